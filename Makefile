@@ -1,0 +1,52 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup run serve worker requeue test lint format bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+
+# Development server (Daphne, auto-reload) with the embedded default: no services needed.
+run: setup
+	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# Production serving: uvicorn streams request bodies (constant memory) and serves WebSockets.
+serve: setup
+	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) --workers $${WEB_CONCURRENCY:-1} \
+		--no-access-log --timeout-graceful-shutdown 30
+
+# Worker processes for the full stack (BROKER_URL set).
+worker: $(STAMP)
+	$(BIN)/python manage.py rundramatiq --processes $${WORKER_PROCESSES:-1} --threads $${WORKER_THREADS:-2}
+
+requeue: $(STAMP)
+	$(BIN)/python manage.py requeue_stale --every 30
+
+test: $(STAMP)
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
+
+clean:
+	rm -rf var/media var/tmp var/staticfiles var/darkroom.sqlite3*

@@ -1,0 +1,78 @@
+"""The JSON API (v1): django-ninja routers, and every error rendered in the one shape."""
+
+import logging
+
+from django.http import Http404
+from ninja import NinjaAPI
+from ninja.errors import HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+from pydantic import ValidationError as PydanticValidationError
+
+from gateway.api import jobs, services
+from gateway.errors import ApiError, error_response, render
+from gateway.uploads import UploadTooLarge
+from processing.errors import InvalidParameters
+
+logger = logging.getLogger(__name__)
+
+api = NinjaAPI(
+    title="Darkroom API",
+    version="1",
+    description="Upload an image, name an operation, get a job; watch it over WebSocket or poll it.",
+    urls_namespace="api-1",
+)
+api.add_router("", services.router)
+api.add_router("", jobs.router)
+
+
+@api.exception_handler(ApiError)
+def on_api_error(request, exc: ApiError):
+    return render(exc)
+
+
+@api.exception_handler(UploadTooLarge)
+def on_upload_too_large(request, exc: UploadTooLarge):
+    return error_response(413, "upload_too_large", str(exc))
+
+
+def describe_pydantic_error(error: dict) -> dict:
+    field = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "form", "query", "path"))
+    return {"field": field or None, "rule": error.get("type"), "message": error.get("msg")}
+
+
+@api.exception_handler(PydanticValidationError)
+def on_parameter_error(request, exc: PydanticValidationError):
+    problems = [describe_pydantic_error(e) for e in exc.errors(include_url=False)]
+    return invalid_parameters_response(problems)
+
+
+@api.exception_handler(NinjaValidationError)
+def on_request_validation_error(request, exc: NinjaValidationError):
+    return invalid_parameters_response([describe_pydantic_error(e) for e in exc.errors])
+
+
+@api.exception_handler(InvalidParameters)
+def on_parameter_misfit(request, exc: InvalidParameters):
+    return invalid_parameters_response([{"field": exc.field, "rule": "fits_image", "message": exc.message}])
+
+
+def invalid_parameters_response(problems: list[dict]):
+    summary = "; ".join(f"{p['field']}: {p['message']}" if p["field"] else p["message"] for p in problems)
+    return error_response(422, "invalid_parameters", summary, fields=problems)
+
+
+@api.exception_handler(Http404)
+def on_not_found(request, exc):
+    return error_response(404, "not_found", "not found")
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request, exc: HttpError):
+    return error_response(exc.status_code, "http_error", str(exc))
+
+
+@api.exception_handler(Exception)
+def on_unexpected_error(request, exc: Exception):
+    # A bug, not the client's fault: log it whole, and still answer in the API's shape.
+    logger.exception("unhandled error in %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "something went wrong on our side; it has been logged")

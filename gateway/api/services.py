@@ -1,0 +1,22 @@
+from ninja import Router
+
+from processing.operations import OPERATIONS
+
+router = Router(tags=["services"])
+
+
+@router.get("/services", url_name="services")
+def list_services(request):
+    """The operations, each with its description and the JSON schema of its parameters."""
+    return {
+        "services": [
+            {
+                "name": operation.name,
+                "description": operation.description,
+                "produces": operation.produces,
+                "parameters": operation.json_schema(),
+                "submit_url": f"/api/v1/process/{operation.name}",
+            }
+            for operation in OPERATIONS.values()
+        ]
+    }

@@ -1,0 +1,83 @@
+"""HTTP middleware: request ids, and the request body limit applied before Django reads a body."""
+
+import json
+import re
+import uuid
+
+from django.conf import settings
+
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class RequestIdMiddleware:
+    """Takes X-Request-ID from the client (when sane) or makes one, and echoes it on the response."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        given = request.headers.get("X-Request-ID", "")
+        request.request_id_given = bool(REQUEST_ID_PATTERN.match(given))
+        request.request_id = given if request.request_id_given else str(uuid.uuid4())
+        response = self.get_response(request)
+        response["X-Request-ID"] = request.request_id
+        return response
+
+
+class RequestBodyLimit:
+    """ASGI middleware: answer 413 once a request body passes MAX_REQUEST_BYTES.
+
+    Django's ASGI handler reads (and spools to disk) the whole body before any view
+    runs; this stops an oversized upload at its declared length, or at the first
+    chunk past the limit, without reading the rest.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = settings.MAX_REQUEST_BYTES
+        if declared_length(scope) > limit:
+            return await send_too_large(send, limit)
+
+        received, rejected = 0, False
+
+        async def limited_receive():
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    rejected = True
+                    await send_too_large(send, limit)
+                    return {"type": "http.disconnect"}  # Django abandons the request quietly
+            return message
+
+        async def guarded_send(message):
+            if not rejected:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+
+def declared_length(scope) -> int:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+async def send_too_large(send, limit: int) -> None:
+    body = json.dumps(
+        {"error": {"code": "upload_too_large", "message": f"the request body is larger than the limit of {limit} bytes"}}
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

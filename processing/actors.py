@@ -1,0 +1,116 @@
+"""Dramatiq actors: load the job, claim it, run the operation, store the output."""
+
+import hashlib
+import logging
+import time
+
+import dramatiq
+from django.conf import settings
+from dramatiq.middleware import TimeLimitExceeded
+
+from processing import jobs, storage
+from processing.errors import Cancelled, UnprocessableImage
+from processing.imaging import default_output_format, encode_image, load_image, mime_type_for
+from processing.models import Job
+from processing.operations import get_operation
+
+logger = logging.getLogger(__name__)
+
+# A message that finds its job held by a live worker waits for that lease to run out,
+# this many times at most, before giving up on it.
+MAX_LEASE_WAITS = 20
+
+
+def should_retry(retries: int, exception: Exception) -> bool:
+    if isinstance(exception, dramatiq.Retry):
+        return retries < MAX_LEASE_WAITS
+    return retries < settings.JOB_MAX_RETRIES
+
+
+@dramatiq.actor(
+    queue_name="images",
+    time_limit=settings.JOB_TIME_LIMIT_SECONDS * 1000,
+    retry_when=should_retry,
+    min_backoff=1000,
+    max_backoff=30_000,
+    # A job that ran out of time will run out again: fail it instead of retrying.
+    throws=(TimeLimitExceeded,),
+)
+def process_job(job_id: str) -> None:
+    worker = jobs.worker_id()
+    job = jobs.claim(job_id, worker)
+    if job is None:
+        wait_for_lease_or_skip(job_id)
+        return
+    log_extra = {"job_id": job_id, "request_id": job.request_id}
+    logger.info("processing %s (attempt %d)", job.service, job.attempts, extra=log_extra)
+    try:
+        with jobs.LeaseKeeper(job.id, worker):
+            run(job, worker)
+    except UnprocessableImage as exc:
+        jobs.fail(job.id, exc.code, exc.message, worker)
+    except Cancelled:
+        logger.info("stopped at a checkpoint: the job was cancelled", extra=log_extra)
+    except Exception:
+        # Transient (storage, database) or unexpected: retried with backoff by dramatiq;
+        # when the retries run out, FailJobWhenMessageDies records the failure.
+        jobs.release(job.id, worker)
+        raise
+
+
+def wait_for_lease_or_skip(job_id: str) -> None:
+    """No claim: the job is finished or cancelled (nothing to do), or a live worker holds it."""
+    holder = jobs.lease_holder(job_id)
+    if holder is None:
+        logger.info("nothing to do: job finished, cancelled or unknown", extra={"job_id": job_id})
+        return
+    worker, seconds_left = holder
+    # Its worker may have died (a SIGKILL leaves the lease to run out): look again after the lease.
+    raise dramatiq.Retry(f"job held by {worker}", delay=int(seconds_left * 1000) + 500)
+
+
+def run(job: Job, worker: str) -> None:
+    operation = get_operation(job.service)
+    params = operation.parse(job.parameters)
+    timings = {}
+    started = time.perf_counter()
+    with storage.local_path(job.input_key) as path:
+        image, info = load_image(path, settings.MAX_IMAGE_PIXELS)
+    timings["decode_ms"] = elapsed_ms(started)
+
+    step = time.perf_counter()
+    result = operation.apply(image, params, jobs.ProgressReporter(job, worker))
+    timings["operation_ms"] = elapsed_ms(step)
+
+    fields = {"metrics": {**result.metrics, **timings}}
+    if operation.produces == "report":
+        fields["report"] = result.report
+    else:
+        fields.update(store_image_output(job, result.image, params, info.format, timings))
+    fields["processing_ms"] = elapsed_ms(started)
+    if not jobs.complete(job, worker, **fields):
+        logger.info("finished, but the job was cancelled or taken over meanwhile", extra={"job_id": str(job.id)})
+
+
+def store_image_output(job: Job, image, params, input_format: str, timings: dict) -> dict:
+    output_format = params.format or default_output_format(input_format)
+    step = time.perf_counter()
+    data = encode_image(image, output_format, params.quality)
+    timings["encode_ms"] = elapsed_ms(step)
+
+    step = time.perf_counter()
+    key = storage.save_output(storage.output_key(str(job.id), output_format.replace("jpeg", "jpg")), data)
+    timings["store_ms"] = elapsed_ms(step)
+    return {
+        "output_key": key,
+        "output_format": output_format,
+        "output_content_type": mime_type_for(output_format),
+        "output_bytes": len(data),
+        "output_width": image.width,
+        "output_height": image.height,
+        "output_sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def elapsed_ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)

@@ -1,0 +1,59 @@
+"""The embedded default: Dramatiq worker threads inside the server process.
+
+Messages live in memory (StubBroker), so at start-up every unfinished job is
+published again, and a background thread re-publishes stale jobs periodically.
+"""
+
+import logging
+import threading
+
+import dramatiq
+from django.conf import settings
+from django.db import close_old_connections
+
+from processing import jobs
+from processing.models import Job
+
+logger = logging.getLogger(__name__)
+
+REQUEUE_INTERVAL_SECONDS = 30
+
+_started = False
+_lock = threading.Lock()
+
+
+def start() -> dramatiq.Worker | None:
+    """Start the in-process workers once per process; a no-op unless EMBEDDED_WORKERS is on."""
+    global _started
+    if not settings.EMBEDDED_WORKERS:
+        return None
+    with _lock:
+        if _started:
+            return None
+        _started = True
+    import processing.actors  # noqa: F401  (registers the actors with the broker)
+
+    worker = dramatiq.Worker(dramatiq.get_broker(), worker_threads=settings.EMBEDDED_WORKER_THREADS)
+    worker.start()
+    republish_unfinished()
+    threading.Thread(target=requeue_stale_forever, name="requeue-stale", daemon=True).start()
+    logger.info("embedded workers started (%d threads)", settings.EMBEDDED_WORKER_THREADS)
+    return worker
+
+
+def republish_unfinished() -> None:
+    count = jobs.republish(Job.objects.filter(status__in=[Job.QUEUED, Job.PROCESSING]))
+    if count:
+        logger.info("re-published %d unfinished jobs from before the restart", count)
+    close_old_connections()
+
+
+def requeue_stale_forever() -> None:
+    stop = threading.Event()
+    while not stop.wait(REQUEUE_INTERVAL_SECONDS):
+        try:
+            jobs.republish(jobs.stale_jobs())
+        except Exception:
+            logger.exception("re-publishing stale jobs failed; trying again later")
+        finally:
+            close_old_connections()

@@ -1,0 +1,49 @@
+"""Where a job's files live: `uploads/<job id>/` and `results/<job id>/` in the default storage."""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+
+
+def input_key(job_id: str, extension: str) -> str:
+    return f"uploads/{job_id}/input.{extension}"
+
+
+def output_key(job_id: str, extension: str) -> str:
+    return f"results/{job_id}/output.{extension}"
+
+
+def save_upload(key: str, uploaded_file) -> str:
+    """Store an uploaded file under exactly `key` (never the client's filename)."""
+    return default_storage.save(key, uploaded_file)
+
+
+def save_output(key: str, data: bytes) -> str:
+    # The storages are configured to overwrite: a redelivered job rewrites its one output.
+    return default_storage.save(key, ContentFile(data))
+
+
+def delete_job_files(*keys: str) -> None:
+    for key in keys:
+        if key:
+            default_storage.delete(key)
+
+
+@contextmanager
+def local_path(key: str) -> Iterator[str]:
+    """A filesystem path to the stored file: the file itself on disk storage, a temporary copy otherwise."""
+    try:
+        yield default_storage.path(key)
+        return
+    except NotImplementedError:
+        pass  # remote storage (S3/MinIO): copy it down
+    suffix = os.path.splitext(key)[1]
+    with tempfile.NamedTemporaryFile(suffix=suffix) as copy, default_storage.open(key, "rb") as remote:
+        shutil.copyfileobj(remote, copy, length=1024 * 1024)
+        copy.flush()
+        yield copy.name

@@ -1,0 +1,65 @@
+import dramatiq
+import pytest
+from django.conf import settings
+from django_dramatiq.utils import load_middleware
+from dramatiq.brokers.stub import StubBroker
+
+from processing.actors import process_job
+from tests.services import require
+from tests.stack import LiveStack
+
+ACTORS = [process_job]
+
+
+@pytest.fixture(autouse=True)
+def media_in_tmp(settings, tmp_path):
+    """Each test stores its files in a folder of its own."""
+    default = settings.STORAGES["default"]
+    options = {**default.get("OPTIONS", {}), "location": str(tmp_path / "media")}
+    settings.STORAGES = {**settings.STORAGES, "default": {**default, "OPTIONS": options}}
+
+
+@pytest.fixture
+def stub_broker():
+    """Dramatiq's StubBroker with our middleware, the actors bound to it (RabbitMQ is for the live tests)."""
+    broker = StubBroker(middleware=[load_middleware(path) for path in settings.DRAMATIQ_BROKER["MIDDLEWARE"]])
+    broker.emit_after("process_boot")
+    previous = dramatiq.get_broker()
+    dramatiq.set_broker(broker)
+    for actor in ACTORS:
+        actor.broker = broker
+        broker.declare_actor(actor)
+    yield broker
+    broker.flush_all()
+    broker.close()
+    dramatiq.set_broker(previous)
+    for actor in ACTORS:
+        actor.broker = previous
+
+
+@pytest.fixture
+def stub_worker(stub_broker):
+    worker = dramatiq.Worker(stub_broker, worker_timeout=100, worker_threads=2)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def run_jobs(stub_broker, stub_worker):
+    """Process everything queued, then return: `run_jobs()` after submitting."""
+
+    def run():
+        stub_broker.join(process_job.queue_name, fail_fast=False)
+        stub_worker.join()
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def live_stack(tmp_path_factory):
+    """PostgreSQL + RabbitMQ + Redis + a uvicorn server; tests start the workers they need."""
+    require("postgres", "rabbitmq", "redis")
+    with LiveStack(tmp_path_factory.mktemp("stack")) as stack:
+        stack.start_server()
+        yield stack

@@ -1,0 +1,146 @@
+"""The full stack as real processes on loopback: a fresh PostgreSQL database, a RabbitMQ
+vhost of its own, Redis, a uvicorn server and Dramatiq worker processes."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from tests.services import url_of
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = [sys.executable, str(ROOT / "manage.py")]
+FINISHED = ("completed", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+class LiveStack:
+    def __init__(self, workdir: Path, **settings: str):
+        self.name = f"darkroom_e2e_{uuid.uuid4().hex[:8]}"
+        self.workdir = workdir
+        self.processes: dict[str, subprocess.Popen] = {}
+        postgres = url_of("postgres").rsplit("/", 1)[0]
+        self.admin_dsn = f"{postgres}/postgres"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": f"{postgres}/{self.name}",
+            "BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{self.name}",
+            "REDIS_URL": url_of("redis"),
+            "DARKROOM_VAR_DIR": str(workdir),
+            "JOB_LEASE_SECONDS": "4",
+            "REQUEUE_UNPUBLISHED_AFTER_SECONDS": "5",
+            "LOG_LEVEL": "INFO",
+            **settings,
+        }
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    # --- lifecycle -----------------------------------------------------------
+    def __enter__(self):
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        subprocess.run([*MANAGE, "migrate", "--noinput", "-v", "0"], env=self.env, check=True, timeout=300)
+        return self
+
+    def __exit__(self, *exc_info):
+        for name in list(self.processes):
+            self.stop(name)
+        rabbitmqctl("delete_vhost", self.name)
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def spawn(self, name: str, command: list[str], **env: str) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        process = subprocess.Popen(
+            command, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+        self.processes[name] = process
+        return process
+
+    def start_server(self, **env: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(self.port)]
+        process = self.spawn("server", [*command, "--host", "127.0.0.1", "--no-access-log"], **env)
+        self.wait_until(lambda: self.is_live(), timeout=30, what="the server to answer /health/live")
+        return process
+
+    def start_worker(self, name: str = "worker", threads: int = 2) -> subprocess.Popen:
+        command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(threads)]
+        return self.spawn(name, command)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
+
+    # --- the API, as a client sees it ------------------------------------------
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30)
+
+    def is_live(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/health/live", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def submit(self, service: str, image: bytes, filename: str = "image.jpg", **params) -> dict:
+        with self.client() as client:
+            response = client.post(
+                f"/api/v1/process/{service}",
+                files={"image": (filename, image)},
+                data={k: str(v) for k, v in params.items()},
+            )
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        with self.client() as client:
+            return client.get(f"/api/v1/jobs/{job_id}").json()
+
+    def wait_for_status(self, job_id: str, statuses=FINISHED, timeout: float = 60) -> dict:
+        found = {}
+
+        def reached():
+            found.update(self.job(job_id))
+            return found["status"] in statuses
+
+        self.wait_until(reached, timeout=timeout, what=f"job {job_id} to reach {statuses}")
+        return found
+
+    def result_files(self, job_id: str) -> list[Path]:
+        folder = self.workdir / "media" / "results" / job_id
+        return sorted(folder.iterdir()) if folder.exists() else []
+
+    @staticmethod
+    def wait_until(condition, timeout: float, what: str, interval: float = 0.1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
