@@ -27,6 +27,9 @@ def find_operation(name: str) -> Operation:
 
 def the_upload(request):
     uploads = request.FILES.getlist("image")
+    if not uploads and not request.META.get("CONTENT_LENGTH"):
+        # Django parses multipart bodies only when their length is declared.
+        raise ApiError(411, "length_required", "send the upload with a Content-Length header (not chunked)")
     if not uploads:
         raise ApiError(400, "missing_image", "send the image as a multipart/form-data file field named 'image'")
     return uploads[0]

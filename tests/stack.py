@@ -122,6 +122,10 @@ class LiveStack:
         with self.client() as client:
             return client.get(f"/api/v1/jobs/{job_id}").json()
 
+    def result(self, job_id: str) -> dict:
+        with self.client() as client:
+            return client.get(f"/api/v1/result/{job_id}").json()
+
     def wait_for_status(self, job_id: str, statuses=FINISHED, timeout: float = 60) -> dict:
         found = {}
 

@@ -1,0 +1,193 @@
+"""The process_job actor with Dramatiq's StubBroker and a real Worker."""
+
+from datetime import timedelta
+
+import dramatiq
+import pytest
+from django.utils import timezone
+
+from processing import jobs, storage
+from processing.actors import process_job
+from processing.models import Job
+from tests import images
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def make_job():
+    def make(service="grayscale", data: bytes | None = None, **parameters) -> Job:
+        job = Job(service=service, parameters=parameters, input_sha256="0" * 64, input_format="png",
+                  input_bytes=0, input_width=64, input_height=48)
+        data = data or images.png_bytes(images.gradient(64, 48))
+        job.input_key = storage.save_output(storage.input_key(str(job.id), "png"), data)
+        job.input_bytes = len(data)
+        job.save()
+        return job
+
+    return make
+
+
+def result_files(job: Job):
+    return storage.default_storage.listdir(f"results/{job.id}")[1]
+
+
+def test_a_queued_job_completes_with_its_output_and_timings(make_job, run_jobs):
+    job = make_job(runs=3)
+    jobs.publish(job)
+    run_jobs()
+
+    job.refresh_from_db()
+    assert job.status == Job.COMPLETED and job.progress == 1.0
+    assert job.attempts == 1 and job.worker_id
+    assert job.output_key == f"results/{job.id}/output.png"
+    assert (job.output_width, job.output_height) == (64, 48)
+    assert len(job.metrics["run_ms"]) == 3
+    assert job.started_at <= job.finished_at and job.processing_ms > 0
+    assert job.enqueued_at is not None
+
+
+def test_a_duplicate_delivery_of_a_completed_job_changes_nothing(make_job, run_jobs):
+    job = make_job()
+    jobs.publish(job)
+    run_jobs()
+    job.refresh_from_db()
+    before = (job.finished_at, job.attempts, job.output_sha256, job.worker_id)
+    output_mtime = storage.default_storage.get_modified_time(job.output_key)
+
+    process_job.send(str(job.id))  # the broker delivers it again
+    run_jobs()
+
+    job.refresh_from_db()
+    assert (job.finished_at, job.attempts, job.output_sha256, job.worker_id) == before
+    assert storage.default_storage.get_modified_time(job.output_key) == output_mtime
+    assert result_files(job) == ["output.png"]
+
+
+def test_a_job_whose_worker_died_is_taken_over_when_its_lease_runs_out(make_job, run_jobs):
+    job = make_job()
+    # What a SIGKILLed worker leaves behind: claimed, lease already run out.
+    Job.objects.filter(id=job.id).update(
+        status=Job.PROCESSING, worker_id="dead-host:1:thread", attempts=1,
+        started_at=timezone.now(), lease_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    process_job.send(str(job.id))
+    run_jobs()
+
+    job.refresh_from_db()
+    assert job.status == Job.COMPLETED
+    assert job.attempts == 2 and job.worker_id != "dead-host:1:thread"
+    assert result_files(job) == ["output.png"]
+
+
+def test_a_message_for_a_job_held_by_a_live_worker_waits_for_the_lease(make_job, stub_broker):
+    from processing.actors import wait_for_lease_or_skip
+
+    job = make_job()
+    Job.objects.filter(id=job.id).update(
+        status=Job.PROCESSING, worker_id="busy-host:1:thread", lease_expires_at=timezone.now() + timedelta(seconds=5)
+    )
+    with pytest.raises(dramatiq.Retry) as retry:
+        wait_for_lease_or_skip(str(job.id))
+    assert 4000 < retry.value.delay <= 5500  # looks again just after the lease ends
+    job.refresh_from_db()
+    assert job.status == Job.PROCESSING
+
+
+def test_a_cancelled_job_never_runs(make_job, run_jobs):
+    job = make_job()
+    Job.objects.filter(id=job.id).update(status=Job.CANCELLED)
+    process_job.send(str(job.id))
+    run_jobs()
+    job.refresh_from_db()
+    assert job.status == Job.CANCELLED and job.attempts == 0
+    assert not storage.default_storage.exists(f"results/{job.id}")
+
+
+def test_a_transient_storage_error_is_retried_and_the_job_completes(make_job, run_jobs, monkeypatch):
+    job = make_job()
+    real_save = storage.save_output
+    failures = iter([OSError("storage hiccup")])
+
+    def flaky_save(key, data):
+        for error in failures:
+            raise error
+        return real_save(key, data)
+
+    monkeypatch.setattr(storage, "save_output", flaky_save)
+    monkeypatch.setattr(process_job, "options", {**process_job.options, "min_backoff": 10, "max_backoff": 20})
+    jobs.publish(job)
+    run_jobs()
+
+    job.refresh_from_db()
+    assert job.status == Job.COMPLETED
+    assert job.attempts == 2
+
+
+def test_when_retries_run_out_the_job_fails_with_a_reason_and_the_message_is_dead_lettered(
+    make_job, run_jobs, stub_broker, monkeypatch, settings
+):
+    settings.JOB_MAX_RETRIES = 1
+    job = make_job()
+
+    def broken_storage(key, data):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(storage, "save_output", broken_storage)
+    monkeypatch.setattr(process_job, "options", {**process_job.options, "min_backoff": 10, "max_backoff": 20})
+    jobs.publish(job)
+    run_jobs()
+
+    job.refresh_from_db()
+    assert job.status == Job.FAILED
+    assert job.error_code == "processing_error"
+    assert "disk on fire" in job.error_message
+    assert len(stub_broker.dead_letters) == 1
+    assert stub_broker.dead_letters[0].args == (str(job.id),)
+
+
+def test_an_unprocessable_image_fails_at_once_without_retries(make_job, run_jobs, stub_broker):
+    job = make_job(data=images.truncated_jpeg_bytes())
+    jobs.publish(job)
+    run_jobs()
+    job.refresh_from_db()
+    assert job.status == Job.FAILED and job.error_code == "corrupt_image"
+    assert job.attempts == 1
+    assert stub_broker.dead_letters == []  # a bad image is the job's end, not a broken message
+
+
+def test_progress_reaches_subscribers_and_the_database(make_job, run_jobs):
+    from processing.signals import job_changed
+
+    seen = []
+
+    def listen(sender, job, event, **kwargs):
+        seen.append((event, job.progress))
+
+    job_changed.connect(listen)
+    try:
+        job = make_job(runs=2)
+        jobs.publish(job)
+        run_jobs()
+    finally:
+        job_changed.disconnect(listen)
+    events = [event for event, _ in seen]
+    assert events[0] == "job.processing" and events[-1] == "job.completed"
+    assert ("job.progress", 1.0) in seen
+
+
+def test_a_failing_event_receiver_never_fails_the_job(make_job, run_jobs):
+    from processing.signals import job_changed
+
+    def broken(sender, **kwargs):
+        raise ConnectionError("channel layer down")
+
+    job_changed.connect(broken)
+    try:
+        job = make_job()
+        jobs.publish(job)
+        run_jobs()
+    finally:
+        job_changed.disconnect(broken)
+    job.refresh_from_db()
+    assert job.status == Job.COMPLETED

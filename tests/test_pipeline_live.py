@@ -1,0 +1,143 @@
+"""The whole pipeline as real processes: uvicorn, RabbitMQ, PostgreSQL, Redis and Dramatiq workers."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests import images
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def worker(live_stack):
+    live_stack.start_worker("worker")
+    yield
+    live_stack.stop("worker")
+
+
+def test_the_curl_example_works_as_written(live_stack, worker, tmp_path):
+    (tmp_path / "test.jpg").write_bytes(images.jpeg_bytes(images.gradient(640, 480)))
+    command = f'curl -s -X POST {live_stack.base_url}/api/v1/process/grayscale -F "image=@test.jpg" -F "threads=4" -F "runs=1"'
+    answer = json.loads(subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, check=True).stdout)
+    assert answer["status"] == "queued" and answer["request_id"] and answer["poll_url"]
+
+    with live_stack.client() as client:
+        status = {}
+        live_stack.wait_until(
+            lambda: status.update(client.get(answer["poll_url"]).json()) or status["status"] == "completed",
+            timeout=60, what="the job to complete",
+        )
+        download = client.get(status["download_url"])
+    assert download.status_code == 200
+    result = Image.open(io.BytesIO(download.content))
+    assert result.format == "JPEG" and result.mode == "L" and result.size == (640, 480)
+
+
+def big_jpeg(width: int = 7000, height: int = 7000) -> bytes:
+    """49 megapixels (under the 50 MP limit) that compress small: a slow job from a small upload."""
+    return images.jpeg_bytes(images.gradient(width, height), quality=80)
+
+
+def worker_pid(job: dict, live_stack) -> int:
+    worker = live_stack.result(job["job_id"])["worker"]  # host:pid:thread
+    return int(worker.split(":")[1])
+
+
+def test_a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once(live_stack):
+    live_stack.start_worker("first", threads=1)
+    live_stack.start_worker("second", threads=1)
+    try:
+        job = live_stack.submit("grayscale", big_jpeg(), runs=10)
+        live_stack.wait_for_status(job["job_id"], ("processing",), timeout=60)
+        os.kill(worker_pid(job, live_stack), signal.SIGKILL)
+
+        done = live_stack.wait_for_status(job["job_id"], timeout=120)
+        assert done["status"] == "completed", done["error"]
+        assert live_stack.result(job["job_id"])["attempts"] == 2
+        files = live_stack.result_files(job["job_id"])
+        assert [f.name for f in files] == ["output.jpg"]
+        assert Image.open(files[0]).size == (7000, 7000)
+    finally:
+        live_stack.stop("first")
+        live_stack.stop("second")
+
+
+def test_every_job_accepted_before_a_rabbitmq_restart_completes(live_stack):
+    jpeg = images.jpeg_bytes(images.gradient(320, 240))
+    accepted = [live_stack.submit("sobel", jpeg)["job_id"] for _ in range(5)]  # no worker yet: they wait in RabbitMQ
+
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, timeout=120)
+    subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120)
+    subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, timeout=120)
+
+    accepted.append(live_stack.submit("sobel", jpeg)["job_id"])  # the gateway reconnects by itself
+    live_stack.start_worker("after-restart")
+    try:
+        for job_id in accepted:
+            assert live_stack.wait_for_status(job_id, timeout=90)["status"] == "completed"
+    finally:
+        live_stack.stop("after-restart")
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def bmp_upload_body(boundary: str, megabytes: int):
+    """A multipart body carrying a `megabytes` MB BMP, generated as it is sent (never held in memory)."""
+    width = 4096
+    height = megabytes * 1024 * 1024 // (width * 3)
+    pixels = width * 3 * height
+    header = b"BM" + (54 + pixels).to_bytes(4, "little") + b"\0\0\0\0" + (54).to_bytes(4, "little")
+    header += (40).to_bytes(4, "little") + width.to_bytes(4, "little") + height.to_bytes(4, "little")
+    header += (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + b"\0" * 24
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.bmp\"\r\n"
+            "Content-Type: image/bmp\r\n\r\n").encode() + header
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    chunk = b"\x80" * (1024 * 1024)
+
+    def stream():
+        yield head
+        for _ in range(pixels // len(chunk)):
+            yield chunk
+        yield b"\x80" * (pixels % len(chunk))
+        yield tail
+
+    return len(head) + pixels + len(tail), stream
+
+
+@pytest.mark.parametrize("accepted", [False, True], ids=["rejected-over-limit", "accepted-with-raised-limit"])
+def test_a_200_mb_upload_does_not_grow_the_server_by_its_size(live_stack, accepted, tmp_path):
+    from tests.stack import LiveStack
+
+    limits = {"MAX_UPLOAD_BYTES": str(300 * 1024 * 1024), "MAX_REQUEST_BYTES": str(300 * 1024 * 1024),
+              "MAX_IMAGE_PIXELS": str(100_000_000)} if accepted else {}
+    with LiveStack(tmp_path, **limits) as stack:
+        server = stack.start_server()
+        for _ in range(3):  # warm up: imports, database connection, thread pool
+            stack.submit("grayscale", images.jpeg_bytes(images.gradient(64, 64)))
+        before = peak_rss_kib(server.pid)
+
+        boundary = "darkroom-memory-test"
+        length, body = bmp_upload_body(boundary, megabytes=200)
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        if accepted:
+            headers["Content-Length"] = str(length)
+        # else chunked, so the server can't refuse on a declared length: it must count as it reads.
+        response = httpx.post(f"{stack.base_url}/api/v1/process/grayscale", content=body(), timeout=120,
+                              headers=headers)
+        grown_mib = (peak_rss_kib(server.pid) - before) / 1024
+
+        assert response.status_code == (202 if accepted else 413), response.text
+        assert grown_mib <= 20, f"the server grew by {grown_mib:.1f} MiB"
