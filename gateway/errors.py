@@ -13,7 +13,9 @@ class ApiError(Exception):
         self.details = details
 
 
-def error_response(status: int, code: str, message: str, *, retry_after: int | None = None, **details) -> JsonResponse:
+def error_response(
+    status: int, code: str, message: str, *, retry_after: int | None = None, **details
+) -> JsonResponse:
     response = JsonResponse({"error": {"code": code, "message": message, **details}}, status=status)
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
@@ -21,7 +23,9 @@ def error_response(status: int, code: str, message: str, *, retry_after: int | N
 
 
 def render(error: ApiError) -> JsonResponse:
-    return error_response(error.status, error.code, error.message, retry_after=error.retry_after, **error.details)
+    return error_response(
+        error.status, error.code, error.message, retry_after=error.retry_after, **error.details
+    )
 
 
 def not_found(what: str = "job") -> ApiError:
@@ -30,5 +34,8 @@ def not_found(what: str = "job") -> ApiError:
 
 def service_unavailable(dependency: str, retry_after: int = 5) -> ApiError:
     return ApiError(
-        503, f"{dependency}_unavailable", f"the {dependency} is unavailable; try again shortly", retry_after=retry_after
+        503,
+        f"{dependency}_unavailable",
+        f"the {dependency} is unavailable; try again shortly",
+        retry_after=retry_after,
     )

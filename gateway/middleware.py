@@ -76,8 +76,17 @@ def declared_length(scope) -> int:
 
 async def send_too_large(send, limit: int) -> None:
     body = json.dumps(
-        {"error": {"code": "upload_too_large", "message": f"the request body is larger than the limit of {limit} bytes"}}
+        {
+            "error": {
+                "code": "upload_too_large",
+                "message": f"the request body is larger than the limit of {limit} bytes",
+            }
+        }
     ).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})

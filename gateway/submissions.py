@@ -1,4 +1,4 @@
-"""Turning an upload into a queued job: every check a client can fail happens here, before anything is queued."""
+"""Turning an upload into a queued job: every check a client can fail happens here, before queueing."""
 
 import logging
 import uuid
@@ -22,7 +22,9 @@ def find_operation(name: str) -> Operation:
     try:
         return get_operation(name)
     except KeyError:
-        raise ApiError(404, "unknown_service", f"there is no service named {name!r}; see /api/v1/services") from None
+        raise ApiError(
+            404, "unknown_service", f"there is no service named {name!r}; see /api/v1/services"
+        ) from None
 
 
 def the_upload(request):
@@ -31,7 +33,9 @@ def the_upload(request):
         # Django parses multipart bodies only when their length is declared.
         raise ApiError(411, "length_required", "send the upload with a Content-Length header (not chunked)")
     if not uploads:
-        raise ApiError(400, "missing_image", "send the image as a multipart/form-data file field named 'image'")
+        raise ApiError(
+            400, "missing_image", "send the image as a multipart/form-data file field named 'image'"
+        )
     return uploads[0]
 
 

@@ -7,9 +7,10 @@ import time
 import dramatiq
 from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
+from pydantic import ValidationError
 
 from processing import jobs, storage
-from processing.errors import Cancelled, UnprocessableImage
+from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import default_output_format, encode_image, load_image, mime_type_for
 from processing.models import Job
 from processing.operations import get_operation
@@ -49,6 +50,9 @@ def process_job(job_id: str) -> None:
             run(job, worker)
     except UnprocessableImage as exc:
         jobs.fail(job.id, exc.code, exc.message, worker)
+    except (InvalidParameters, ValidationError) as exc:
+        # The gateway checks these at upload; this catches what only the decoded image reveals.
+        jobs.fail(job.id, "invalid_parameters", str(exc), worker)
     except Cancelled:
         logger.info("stopped at a checkpoint: the job was cancelled", extra=log_extra)
     except Exception:
@@ -89,7 +93,9 @@ def run(job: Job, worker: str) -> None:
         fields.update(store_image_output(job, result.image, params, info.format, timings))
     fields["processing_ms"] = elapsed_ms(started)
     if not jobs.complete(job, worker, **fields):
-        logger.info("finished, but the job was cancelled or taken over meanwhile", extra={"job_id": str(job.id)})
+        logger.info(
+            "finished, but the job was cancelled or taken over meanwhile", extra={"job_id": str(job.id)}
+        )
 
 
 def store_image_output(job: Job, image, params, input_format: str, timings: dict) -> dict:

@@ -115,7 +115,9 @@ class LeaseKeeper:
                 try:
                     _mine(self.job_id, self.worker).update(lease_expires_at=lease_until())
                 except Exception:  # the next renewal may succeed; the job itself decides its fate
-                    logger.warning("could not renew the lease", exc_info=True, extra={"job_id": str(self.job_id)})
+                    logger.warning(
+                        "could not renew the lease", exc_info=True, extra={"job_id": str(self.job_id)}
+                    )
         finally:
             connection.close()
 
@@ -153,7 +155,11 @@ def complete(job: Job, worker: str, **result_fields) -> bool:
 
 def fail(job_id, code: str, message: str, worker: str | None = None) -> bool:
     """Mark the job failed with a reason; only a job still in flight (and, given `worker`, held by it)."""
-    jobs = _mine(job_id, worker) if worker else Job.objects.filter(id=job_id, status__in=[Job.QUEUED, Job.PROCESSING])
+    jobs = (
+        _mine(job_id, worker)
+        if worker
+        else Job.objects.filter(id=job_id, status__in=[Job.QUEUED, Job.PROCESSING])
+    )
     updated = jobs.update(
         status=Job.FAILED,
         error_code=code,

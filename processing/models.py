@@ -54,13 +54,17 @@ class Job(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     worker_id = models.CharField(max_length=100, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="when the broker last confirmed the message")
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the broker last confirmed the message"
+    )
 
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     processing_ms = models.FloatField(null=True, blank=True)
-    metrics = models.JSONField(default=dict, blank=True, help_text="operation timings, e.g. each grayscale run")
+    metrics = models.JSONField(
+        default=dict, blank=True, help_text="operation timings, e.g. each grayscale run"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -118,7 +118,11 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "darkroom.sqlite3",
             # Worker threads and request threads write concurrently in the embedded mode.
-            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL;",
+            },
             # A file, not shared-cache memory, so worker threads in tests wait for locks instead of failing.
             "TEST": {"NAME": VAR_DIR / "test.sqlite3"},
         }
@@ -194,7 +198,11 @@ if BROKER_URL:
         "MIDDLEWARE": _DRAMATIQ_MIDDLEWARE,
     }
 else:
-    DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}, "MIDDLEWARE": _DRAMATIQ_MIDDLEWARE}
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.stub.StubBroker",
+        "OPTIONS": {},
+        "MIDDLEWARE": _DRAMATIQ_MIDDLEWARE,
+    }
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 
 # --- Storage ------------------------------------------------------------------
@@ -216,7 +224,10 @@ if AWS_STORAGE_BUCKET_NAME:
     }
 else:
     # Overwrite, so that a redelivered job rewrites its one output instead of adding a second.
-    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"allow_overwrite": True}}
+    _default_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"allow_overwrite": True},
+    }
 STORAGES = {
     "default": _default_storage,
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

@@ -68,9 +68,14 @@ class LiveStack:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
     def spawn(self, name: str, command: list[str], **env: str) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "ab")
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (the child process keeps it)
         process = subprocess.Popen(
-            command, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            command,
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
         )
         self.processes[name] = process
         return process

@@ -17,8 +17,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def make_job():
     def make(service="grayscale", data: bytes | None = None, **parameters) -> Job:
-        job = Job(service=service, parameters=parameters, input_sha256="0" * 64, input_format="png",
-                  input_bytes=0, input_width=64, input_height=48)
+        job = Job(
+            service=service,
+            parameters=parameters,
+            input_sha256="0" * 64,
+            input_format="png",
+            input_bytes=0,
+            input_width=64,
+            input_height=48,
+        )
         data = data or images.png_bytes(images.gradient(64, 48))
         job.input_key = storage.save_output(storage.input_key(str(job.id), "png"), data)
         job.input_bytes = len(data)
@@ -68,8 +75,11 @@ def test_a_job_whose_worker_died_is_taken_over_when_its_lease_runs_out(make_job,
     job = make_job()
     # What a SIGKILLed worker leaves behind: claimed, lease already run out.
     Job.objects.filter(id=job.id).update(
-        status=Job.PROCESSING, worker_id="dead-host:1:thread", attempts=1,
-        started_at=timezone.now(), lease_expires_at=timezone.now() - timedelta(seconds=1),
+        status=Job.PROCESSING,
+        worker_id="dead-host:1:thread",
+        attempts=1,
+        started_at=timezone.now(),
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
     )
     process_job.send(str(job.id))
     run_jobs()
@@ -85,7 +95,9 @@ def test_a_message_for_a_job_held_by_a_live_worker_waits_for_the_lease(make_job,
 
     job = make_job()
     Job.objects.filter(id=job.id).update(
-        status=Job.PROCESSING, worker_id="busy-host:1:thread", lease_expires_at=timezone.now() + timedelta(seconds=5)
+        status=Job.PROCESSING,
+        worker_id="busy-host:1:thread",
+        lease_expires_at=timezone.now() + timedelta(seconds=5),
     )
     with pytest.raises(dramatiq.Retry) as retry:
         wait_for_lease_or_skip(str(job.id))

@@ -82,7 +82,10 @@ def test_without_a_client_request_id_the_status_url_works_with_the_request_id(cl
 
 def test_resize_and_crop_have_their_own_urls(client, run_jobs):
     png = images.png_bytes(images.gradient(80, 60))
-    resized = client.post("/api/v1/resize", {"image": SimpleUploadedFile("a.png", png), "width": 40, "fit": "fill", "height": 10})
+    resized = client.post(
+        "/api/v1/resize",
+        {"image": SimpleUploadedFile("a.png", png), "width": 40, "fit": "fill", "height": 10},
+    )
     cropped = client.post(
         "/api/v1/crop", {"image": SimpleUploadedFile("a.png", png), "x": 5, "y": 6, "width": 20, "height": 10}
     )
@@ -97,13 +100,28 @@ def test_resize_and_crop_have_their_own_urls(client, run_jobs):
 def test_every_service_listed_completes_on_a_small_image(client, run_jobs):
     services = client.get("/api/v1/services").json()["services"]
     assert {s["name"] for s in services} >= {
-        "grayscale", "sobel", "resize", "crop", "thumbnail", "blur", "sharpen", "rotate", "convert", "analyze"
+        "grayscale",
+        "sobel",
+        "resize",
+        "crop",
+        "thumbnail",
+        "blur",
+        "sharpen",
+        "rotate",
+        "convert",
+        "analyze",
     }
-    required = {"resize": {"width": 10}, "crop": {"x": 0, "y": 0, "width": 5, "height": 5}, "rotate": {"angle": 90},
-                "convert": {"format": "webp"}}
+    required = {
+        "resize": {"width": 10},
+        "crop": {"x": 0, "y": 0, "width": 5, "height": 5},
+        "rotate": {"angle": 90},
+        "convert": {"format": "webp"},
+    }
     job_ids = {}
     for service in services:
-        response = upload(client, service["name"], images.png_bytes(images.gradient()), **required.get(service["name"], {}))
+        response = upload(
+            client, service["name"], images.png_bytes(images.gradient()), **required.get(service["name"], {})
+        )
         assert response.status_code == 202, (service["name"], response.content)
         job_ids[service["name"]] = response.json()["job_id"]
     run_jobs()

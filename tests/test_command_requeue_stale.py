@@ -14,9 +14,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def queued_job(age_seconds: int, **fields) -> Job:
-    job = Job(service="grayscale", input_sha256="0" * 64, input_format="png", input_width=64, input_height=48,
-              input_bytes=0, created_at=timezone.now() - timedelta(seconds=age_seconds), **fields)
-    job.input_key = storage.save_output(storage.input_key(str(job.id), "png"), images.png_bytes(images.gradient()))
+    job = Job(
+        service="grayscale",
+        input_sha256="0" * 64,
+        input_format="png",
+        input_width=64,
+        input_height=48,
+        input_bytes=0,
+        created_at=timezone.now() - timedelta(seconds=age_seconds),
+        **fields,
+    )
+    job.input_key = storage.save_output(
+        storage.input_key(str(job.id), "png"), images.png_bytes(images.gradient())
+    )
     job.save()
     return job
 
@@ -32,15 +42,22 @@ def test_a_job_whose_message_never_reached_the_broker_is_republished_and_complet
 
 def test_fresh_and_confirmed_jobs_are_left_alone(stub_broker, capsys):
     queued_job(age_seconds=1)  # its publish may still be under way
-    queued_job(age_seconds=120, enqueued_at=timezone.now() - timedelta(seconds=100))  # in the queue, confirmed
+    queued_job(
+        age_seconds=120, enqueued_at=timezone.now() - timedelta(seconds=100)
+    )  # in the queue, confirmed
     call_command("requeue_stale")
     assert "re-published 0 stale job(s)" in capsys.readouterr().out
     assert stub_broker.queues.get("images") is None or stub_broker.queues["images"].qsize() == 0
 
 
 def test_a_job_whose_worker_died_long_ago_is_republished(run_jobs):
-    abandoned = queued_job(age_seconds=600, status=Job.PROCESSING, worker_id="gone:1:t", enqueued_at=timezone.now(),
-                           lease_expires_at=timezone.now() - timedelta(seconds=300))
+    abandoned = queued_job(
+        age_seconds=600,
+        status=Job.PROCESSING,
+        worker_id="gone:1:t",
+        enqueued_at=timezone.now(),
+        lease_expires_at=timezone.now() - timedelta(seconds=300),
+    )
     call_command("requeue_stale")
     run_jobs()
     abandoned.refresh_from_db()

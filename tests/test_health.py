@@ -20,8 +20,10 @@ def test_ready_names_each_dependency_with_its_state_and_latency(client):
 
 def test_ready_is_503_when_a_required_dependency_is_down(client, settings):
     settings.BROKER_URL = "amqp://guest:guest@127.0.0.1:1/%2F"
-    settings.DRAMATIQ_BROKER = {**settings.DRAMATIQ_BROKER, "OPTIONS": {
-        "url": "amqp://guest:guest@127.0.0.1:1/%2F?connection_attempts=1&socket_timeout=1"}}
+    settings.DRAMATIQ_BROKER = {
+        **settings.DRAMATIQ_BROKER,
+        "OPTIONS": {"url": "amqp://guest:guest@127.0.0.1:1/%2F?connection_attempts=1&socket_timeout=1"},
+    }
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert response["Retry-After"]

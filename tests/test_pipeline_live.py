@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import httpx
 import pytest
@@ -25,15 +24,19 @@ def worker(live_stack):
 
 def test_the_curl_example_works_as_written(live_stack, worker, tmp_path):
     (tmp_path / "test.jpg").write_bytes(images.jpeg_bytes(images.gradient(640, 480)))
-    command = f'curl -s -X POST {live_stack.base_url}/api/v1/process/grayscale -F "image=@test.jpg" -F "threads=4" -F "runs=1"'
-    answer = json.loads(subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, check=True).stdout)
+    url = f"{live_stack.base_url}/api/v1/process/grayscale"
+    command = f'curl -s -X POST {url} -F "image=@test.jpg" -F "threads=4" -F "runs=1"'
+    answer = json.loads(
+        subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, check=True).stdout
+    )
     assert answer["status"] == "queued" and answer["request_id"] and answer["poll_url"]
 
     with live_stack.client() as client:
         status = {}
         live_stack.wait_until(
             lambda: status.update(client.get(answer["poll_url"]).json()) or status["status"] == "completed",
-            timeout=60, what="the job to complete",
+            timeout=60,
+            what="the job to complete",
         )
         download = client.get(status["download_url"])
     assert download.status_code == 200
@@ -72,7 +75,9 @@ def test_a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once(li
 
 def test_every_job_accepted_before_a_rabbitmq_restart_completes(live_stack):
     jpeg = images.jpeg_bytes(images.gradient(320, 240))
-    accepted = [live_stack.submit("sobel", jpeg)["job_id"] for _ in range(5)]  # no worker yet: they wait in RabbitMQ
+    accepted = [
+        live_stack.submit("sobel", jpeg)["job_id"] for _ in range(5)
+    ]  # no worker yet: they wait in RabbitMQ
 
     subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, timeout=120)
     subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120)
@@ -88,9 +93,10 @@ def test_every_job_accepted_before_a_rabbitmq_restart_completes(live_stack):
 
 
 def peak_rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
     raise AssertionError("no VmHWM")
 
 
@@ -102,8 +108,10 @@ def bmp_upload_body(boundary: str, megabytes: int):
     header = b"BM" + (54 + pixels).to_bytes(4, "little") + b"\0\0\0\0" + (54).to_bytes(4, "little")
     header += (40).to_bytes(4, "little") + width.to_bytes(4, "little") + height.to_bytes(4, "little")
     header += (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + b"\0" * 24
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.bmp\"\r\n"
-            "Content-Type: image/bmp\r\n\r\n").encode() + header
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.bmp"\r\n'
+        "Content-Type: image/bmp\r\n\r\n"
+    ).encode() + header
     tail = f"\r\n--{boundary}--\r\n".encode()
     chunk = b"\x80" * (1024 * 1024)
 
@@ -121,8 +129,15 @@ def bmp_upload_body(boundary: str, megabytes: int):
 def test_a_200_mb_upload_does_not_grow_the_server_by_its_size(live_stack, accepted, tmp_path):
     from tests.stack import LiveStack
 
-    limits = {"MAX_UPLOAD_BYTES": str(300 * 1024 * 1024), "MAX_REQUEST_BYTES": str(300 * 1024 * 1024),
-              "MAX_IMAGE_PIXELS": str(100_000_000)} if accepted else {}
+    limits = (
+        {
+            "MAX_UPLOAD_BYTES": str(300 * 1024 * 1024),
+            "MAX_REQUEST_BYTES": str(300 * 1024 * 1024),
+            "MAX_IMAGE_PIXELS": str(100_000_000),
+        }
+        if accepted
+        else {}
+    )
     with LiveStack(tmp_path, **limits) as stack:
         server = stack.start_server()
         for _ in range(3):  # warm up: imports, database connection, thread pool
@@ -135,8 +150,9 @@ def test_a_200_mb_upload_does_not_grow_the_server_by_its_size(live_stack, accept
         if accepted:
             headers["Content-Length"] = str(length)
         # else chunked, so the server can't refuse on a declared length: it must count as it reads.
-        response = httpx.post(f"{stack.base_url}/api/v1/process/grayscale", content=body(), timeout=120,
-                              headers=headers)
+        response = httpx.post(
+            f"{stack.base_url}/api/v1/process/grayscale", content=body(), timeout=120, headers=headers
+        )
         grown_mib = (peak_rss_kib(server.pid) - before) / 1024
 
         assert response.status_code == (202 if accepted else 413), response.text

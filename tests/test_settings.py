@@ -12,8 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def check_with(**env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL", "REDIS_URL")}
-    return subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize(
@@ -34,12 +40,22 @@ def test_a_bad_value_fails_at_start_up_naming_the_variable(env, message):
 
 def test_no_environment_gives_the_embedded_default():
     result = subprocess.run(
-        [sys.executable, "-c", "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='project.settings'; "
-         "from django.conf import settings as s; print(s.DATABASES['default']['ENGINE'], "
-         "s.DRAMATIQ_BROKER['BROKER'], s.CHANNEL_LAYERS['default']['BACKEND'], s.EMBEDDED_WORKERS)"],
-        cwd=ROOT, env={k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL", "REDIS_URL")},
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='project.settings'; "
+            "from django.conf import settings as s; print(s.DATABASES['default']['ENGINE'], "
+            "s.DRAMATIQ_BROKER['BROKER'], s.CHANNEL_LAYERS['default']['BACKEND'], s.EMBEDDED_WORKERS)",
+        ],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL", "REDIS_URL")},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.stdout.split() == [
-        "django.db.backends.sqlite3", "dramatiq.brokers.stub.StubBroker", "channels.layers.InMemoryChannelLayer", "True"
+        "django.db.backends.sqlite3",
+        "dramatiq.brokers.stub.StubBroker",
+        "channels.layers.InMemoryChannelLayer",
+        "True",
     ]

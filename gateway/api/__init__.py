@@ -36,7 +36,9 @@ def on_upload_too_large(request, exc: UploadTooLarge):
 
 
 def describe_pydantic_error(error: dict) -> dict:
-    field = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "form", "query", "path"))
+    field = ".".join(
+        str(part) for part in error.get("loc", ()) if part not in ("body", "form", "query", "path")
+    )
     return {"field": field or None, "rule": error.get("type"), "message": error.get("msg")}
 
 

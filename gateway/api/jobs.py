@@ -31,7 +31,9 @@ def submit_one(request, service: str) -> JsonResponse:
     # A single submission without a client-chosen X-Request-ID takes the request id as its
     # job id, so /status/{request_id} (as the original design polls) finds it.
     job_id = None if request.request_id_given else uuid.UUID(request.request_id)
-    job = submissions.submit(request, service, upload, submissions.parameters_from(request.POST), job_id=job_id)
+    job = submissions.submit(
+        request, service, upload, submissions.parameters_from(request.POST), job_id=job_id
+    )
     return accepted(job)
 
 
@@ -102,12 +104,18 @@ def job_result(request, job_id: str):
 def job_download(request, job_id: str):
     job = get_job(request, job_id)
     if job.status != Job.COMPLETED:
-        raise ApiError(409, "not_ready", f"the job is {job.status}; there is nothing to download", job_status=job.status)
+        raise ApiError(
+            409, "not_ready", f"the job is {job.status}; there is nothing to download", job_status=job.status
+        )
     if job.report is not None and not job.output_key:
-        return JsonResponse(job.report, headers={"Content-Disposition": f'attachment; filename="{job.id}.json"'})
+        return JsonResponse(
+            job.report, headers={"Content-Disposition": f'attachment; filename="{job.id}.json"'}
+        )
     filename = f"{job.id}.{job.output_key.rsplit('.', 1)[-1]}"
     try:
         path = default_storage.path(job.output_key)
     except NotImplementedError:  # object storage: send the client to a signed, expiring URL
         return HttpResponseRedirect(default_storage.url(job.output_key))
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=job.output_content_type)
+    return FileResponse(
+        open(path, "rb"), as_attachment=True, filename=filename, content_type=job.output_content_type
+    )

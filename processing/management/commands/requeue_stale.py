@@ -12,7 +12,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--every", type=int, default=0, metavar="SECONDS", help="keep running, once per SECONDS")
+        parser.add_argument(
+            "--every", type=int, default=0, metavar="SECONDS", help="keep running, once per SECONDS"
+        )
 
     def handle(self, *args, every: int, **options):
         while True:

@@ -1,0 +1,44 @@
+"""Errors raised by image processing; the gateway and the actors map them to responses and job failures."""
+
+
+class UnprocessableImage(Exception):
+    """The image can't be processed; retrying won't help. `code` is a stable machine-readable string."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UnsupportedImage(UnprocessableImage):
+    """Not an image, or not one of the allowed input formats."""
+
+    def __init__(self, message: str):
+        super().__init__("unsupported_image", message)
+
+
+class ImageTooLarge(UnprocessableImage):
+    """More pixels than the configured limit."""
+
+    def __init__(self, message: str):
+        super().__init__("image_too_large", message)
+
+
+class EmptyImage(UnprocessableImage):
+    """A zero-byte upload."""
+
+    def __init__(self, message: str = "the uploaded file is empty"):
+        super().__init__("empty_image", message)
+
+
+class InvalidParameters(Exception):
+    """A parameter is valid on its own but doesn't fit this image (e.g. a crop box outside it)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop an operation at its next checkpoint."""

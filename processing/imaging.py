@@ -1,0 +1,206 @@
+"""Reading uploads safely and writing results cleanly: the only place that decides which files are images."""
+
+import io
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from processing.errors import EmptyImage, ImageTooLarge, UnprocessableImage, UnsupportedImage
+
+# Pillow format names. Never EPS, PDF or PSD: their decoders are large attack surfaces
+# (EPS runs Ghostscript) and nobody needs them to resize a photo.
+ALLOWED_INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+OUTPUT_FORMATS = ("jpeg", "png", "webp")
+# The largest width or height each encoder can write.
+MAX_EDGE = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383}
+
+MIME_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+
+# What Pillow raises on damaged data, from the header parsers and the decoders.
+DECODING_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+
+# Orientations 5-8 swap width and height.
+SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a header says about an image; width and height are as displayed (EXIF orientation applied)."""
+
+    format: str
+    width: int
+    height: int
+    mime_type: str
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+def probe(path: str | os.PathLike, max_pixels: int) -> ImageInfo:
+    """Identify an upload from its header alone; never decodes the pixels."""
+    with open(path, "rb") as fp:
+        image = open_allowed(fp, max_pixels)
+        width, height = displayed_size(image)
+        return ImageInfo(format_of(image), width, height, MIME_TYPES[format_of(image)])
+
+
+def load_image(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+    """Decode the first frame, upright, in sRGB, as L, LA, RGB or RGBA, for the operations to work on."""
+    with open(path, "rb") as fp:
+        image = open_allowed(fp, max_pixels)
+        source_format = format_of(image)
+        try:
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+        except DECODING_ERRORS as exc:
+            raise UnprocessableImage("corrupt_image", f"the {source_format} data is damaged: {exc}") from None
+    image = to_working_mode(image)
+    image.info["source_format"] = source_format
+    info = ImageInfo(source_format, image.width, image.height, MIME_TYPES[source_format])
+    return image, info
+
+
+def open_allowed(fp, max_pixels: int) -> Image.Image:
+    """Open the header with only the allowed decoders, refusing empty files and too many pixels."""
+    if os.fstat(fp.fileno()).st_size == 0:
+        raise EmptyImage()
+    try:
+        image = Image.open(fp, formats=ALLOWED_INPUT_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image is too large to decode: {exc}") from None
+    except UnidentifiedImageError:
+        allowed = ", ".join(ALLOWED_INPUT_FORMATS)
+        raise UnsupportedImage(f"not an image in a supported format ({allowed})") from None
+    except DECODING_ERRORS as exc:
+        raise UnprocessableImage("corrupt_image", f"the image header is damaged: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{width}x{height} is {width * height / 1e6:.1f} megapixels; the limit is {max_pixels / 1e6:g}"
+        )
+    return image
+
+
+def format_of(image: Image.Image) -> str:
+    # Multi-picture JPEGs (most phone cameras) open as MPO; their first picture is a plain JPEG.
+    return "JPEG" if image.format == "MPO" else image.format
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    # A PNG may keep its eXIf chunk after the pixel data, and Pillow would decode to find it.
+    if image.format == "PNG" and "exif" not in image.info:
+        return width, height
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except DECODING_ERRORS:
+        return width, height  # unreadable EXIF: load_image reports the damage if it matters
+    return (height, width) if orientation in SWAPPING_ORIENTATIONS else (width, height)
+
+
+def to_working_mode(image: Image.Image) -> Image.Image:
+    """Convert to sRGB and to one of L, LA, RGB, RGBA, the only modes the operations handle."""
+    profile = embedded_profile(image)
+    if profile is not None and image.mode == "CMYK" and profile.profile.xcolor_space == "CMYK":
+        return to_srgb(image, profile, "RGB")
+    image = normalise_mode(image)
+    if profile is not None and image.mode in ("RGB", "RGBA") and profile.profile.xcolor_space == "RGB ":
+        return to_srgb(image, profile, image.mode)
+    return image
+
+
+def to_srgb(image: Image.Image, profile: ImageCms.ImageCmsProfile, mode: str) -> Image.Image:
+    # A profile per call: LittleCMS profile handles are not safe to share between worker threads.
+    srgb = ImageCms.createProfile("sRGB")
+    return ImageCms.profileToProfile(image, profile, srgb, outputMode=mode)
+
+
+def embedded_profile(image: Image.Image) -> ImageCms.ImageCmsProfile | None:
+    """The embedded ICC profile when converting is worth it: not absent, not already sRGB, not broken."""
+    data = image.info.get("icc_profile")
+    if not data:
+        return None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(data))
+    except (ImageCms.PyCMSError, OSError):
+        return None  # a broken profile is no reason to refuse the pixels; they are shown as sRGB
+    if "sRGB" in (profile.profile.profile_description or ""):
+        return None
+    return profile
+
+
+def normalise_mode(image: Image.Image) -> Image.Image:
+    if image.mode in ("LA", "RGBA") or (image.mode in ("L", "RGB") and not image.has_transparency_data):
+        return image
+    if image.mode.startswith("I"):
+        # 16-bit samples: Pillow's convert("L") clips at 255 instead of scaling.
+        samples = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+        return Image.fromarray((samples >> 8).astype(np.uint8), "L")
+    if image.mode in ("1", "F"):
+        return image.convert("L")
+    try:
+        return image.convert("RGBA" if image.has_transparency_data else "RGB")
+    except ValueError:
+        raise UnprocessableImage("unsupported_color_mode", f"{image.mode} images are not supported") from None
+
+
+def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
+    """Encode pixels only: no EXIF (so no GPS), XMP, ICC profile or comment reaches the output."""
+    if format not in OUTPUT_FORMATS:
+        raise ValueError(f"cannot encode {format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if max(image.size) > MAX_EDGE[format]:
+        raise UnprocessableImage(
+            "too_large_for_format",
+            f"{format.upper()} images can be at most {MAX_EDGE[format]} pixels wide and high; "
+            f"this one is {image.width}x{image.height}",
+        )
+    clean = pixels_for(image, format)
+    # A converted copy carries its source's info, and encoders fall back to it (PNG writes its
+    # ICC profile, JPEG its comment): empty it, and pass explicit blanks as well.
+    clean.info = {}
+    out = io.BytesIO()
+    if format == "jpeg":
+        clean.save(out, "JPEG", quality=quality, exif=b"", icc_profile=None, comment=b"")
+    elif format == "webp":
+        clean.save(out, "WEBP", quality=quality, exif=b"", icc_profile=None, xmp=b"")
+    else:
+        clean.save(out, "PNG", optimize=False, compress_level=6, exif=b"", icc_profile=None)
+    return out.getvalue()
+
+
+def pixels_for(image: Image.Image, format: str) -> Image.Image:
+    """A new image in a mode the format can store; JPEG has no alpha, so it is flattened onto white."""
+    has_alpha = "A" in image.getbands() or image.has_transparency_data
+    if format == "jpeg":
+        base = "L" if image.mode in ("L", "LA") else "RGB"
+        if not has_alpha:
+            return image.convert(base)
+        flat = Image.new(base, image.size, "white")
+        flat.paste(image.convert(base), mask=image.convert("RGBA").getchannel("A"))
+        return flat
+    if format == "png" and image.mode in ("L", "LA", "RGB", "RGBA"):
+        return image.copy()
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def default_output_format(input_format: str) -> str:
+    """Keep the input's format when it is an output format; anything else becomes lossless PNG."""
+    name = input_format.lower()
+    return name if name in OUTPUT_FORMATS else "png"
+
+
+def mime_type_for(output_format: str) -> str:
+    return MIME_TYPES[output_format.upper()]

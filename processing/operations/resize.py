@@ -1,0 +1,71 @@
+"""Resize to a box, keeping or ignoring the aspect ratio."""
+
+from typing import Literal
+
+from PIL import Image, ImageOps
+from pydantic import Field, model_validator
+
+from processing.errors import InvalidParameters
+from processing.operations.base import Operation, OperationResult, OutputOptions, ProgressCallback
+
+MAX_OUTPUT_PIXELS = 100_000_000
+
+
+class ResizeParams(OutputOptions):
+    width: int | None = Field(None, ge=1, le=10000, description="Box width in pixels.")
+    height: int | None = Field(None, ge=1, le=10000, description="Box height in pixels.")
+    fit: Literal["contain", "cover", "fill", "inside"] = Field(
+        "contain",
+        description="contain: fit inside the box; cover: fill the box, cropping the centre; "
+        "fill: stretch to the box; inside: like contain, but never enlarge.",
+    )
+
+    @model_validator(mode="after")
+    def needs_a_dimension(self) -> "ResizeParams":
+        if self.width is None and self.height is None:
+            raise ValueError("give a width, a height or both")
+        return self
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size of the result for an input of width x height."""
+        if self.width is None or self.height is None:
+            # One side given: the other follows the aspect ratio, whatever the fit.
+            scale = self.width / width if self.width is not None else self.height / height
+        elif self.fit in ("fill", "cover"):
+            return self.width, self.height
+        else:
+            scale = min(self.width / width, self.height / height)
+        if self.fit == "inside":
+            scale = min(scale, 1.0)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def check_fits(self, width: int, height: int) -> None:
+        out_width, out_height = self.output_size(width, height)
+        if out_width * out_height > MAX_OUTPUT_PIXELS:
+            raise InvalidParameters(
+                "width" if self.width is not None else "height",
+                f"the result would be {out_width}x{out_height}, over the limit of "
+                f"{MAX_OUTPUT_PIXELS // 1_000_000} megapixels",
+            )
+
+
+def resize(image: Image.Image, params: ResizeParams, progress: ProgressCallback) -> OperationResult:
+    params.check_fits(image.width, image.height)
+    size = params.output_size(image.width, image.height)
+    if size == image.size:
+        resized = image
+    elif params.fit == "cover" and params.width is not None and params.height is not None:
+        resized = ImageOps.fit(image, size, Image.Resampling.LANCZOS)
+    else:
+        # reducing_gap: a fast integer reduction first, then Lanczos; indistinguishable, much faster.
+        resized = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    progress(1.0)
+    return OperationResult(image=resized)
+
+
+OPERATION = Operation(
+    name="resize",
+    description="Resize to a width and/or height, fitting, covering or filling the box.",
+    params=ResizeParams,
+    apply=resize,
+)

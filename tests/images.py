@@ -1,0 +1,293 @@
+"""Small generated test images: PIL images to operate on, and encoded bytes to upload.
+
+Functions named after an image return a PIL image; `*_bytes` functions return an encoded file.
+Everything is generated, so tests never depend on fixture files or on the network.
+"""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import ExifTags, Image, ImageCms
+
+RED = (255, 0, 0)
+GREEN = (0, 255, 0)
+BLUE = (0, 0, 255)
+WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
+
+# EXIF Orientation 6: the camera was turned clockwise; viewers rotate the pixels 90 degrees clockwise.
+ROTATE_CLOCKWISE = 6
+GPS_LATITUDE = (48.0, 51.0, 29.76)  # Paris: where a leak would point
+
+
+# Images
+
+
+def gradient(width: int = 64, height: int = 48, mode: str = "RGB") -> Image.Image:
+    """Red rises left to right, green top to bottom, blue is constant; in L, a left-to-right ramp."""
+    xs = np.linspace(0, 255, width, dtype=np.float32)
+    ys = np.linspace(0, 255, height, dtype=np.float32)
+    red = np.broadcast_to(xs, (height, width))
+    if mode == "L":
+        return Image.fromarray(red.astype(np.uint8), "L")
+    green = np.broadcast_to(ys[:, None], (height, width))
+    blue = np.full((height, width), 128, dtype=np.float32)
+    rgb = Image.fromarray(np.dstack([red, green, blue]).astype(np.uint8), "RGB")
+    return rgb.convert(mode)
+
+
+def checkerboard(width: int = 64, height: int = 64, square: int = 8, mode: str = "L") -> Image.Image:
+    """Black and white squares of `square` pixels, starting black at the top-left."""
+    ys, xs = np.indices((height, width))
+    cells = ((ys // square + xs // square) % 2 * 255).astype(np.uint8)
+    return Image.fromarray(cells, "L").convert(mode)
+
+
+def solid(width: int = 32, height: int = 32, color=WHITE, mode: str = "RGB") -> Image.Image:
+    return Image.new(mode, (width, height), color)
+
+
+def two_colors(
+    width: int = 40, height: int = 10, left=RED, right=BLUE, left_fraction: float = 0.75
+) -> Image.Image:
+    """`left` fills the first `left_fraction` of the columns, `right` the rest."""
+    image = Image.new("RGB", (width, height), right)
+    image.paste(left, (0, 0, round(width * left_fraction), height))
+    return image
+
+
+def color_blocks(colors=(RED, GREEN, BLUE, WHITE), block: int = 16) -> Image.Image:
+    """Square blocks of each colour side by side, `block` pixels each."""
+    image = Image.new("RGB", (block * len(colors), block))
+    for index, color in enumerate(colors):
+        image.paste(color, (index * block, 0, (index + 1) * block, block))
+    return image
+
+
+def step_edge(width: int = 32, height: int = 16, at: int = 16, low: int = 0, high: int = 255) -> Image.Image:
+    """A vertical edge: columns before `at` are `low`, from `at` on `high` (mode L)."""
+    image = Image.new("L", (width, height), low)
+    image.paste(high, (at, 0, width, height))
+    return image
+
+
+def noise(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
+    """Random RGB pixels: incompressible, so an encoded file has data all the way through."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def marked(width: int = 40, height: int = 20) -> Image.Image:
+    """White, wider than tall, with a red square in the top-left corner to tell rotations apart."""
+    image = Image.new("RGB", (width, height), WHITE)
+    image.paste(RED, (0, 0, height // 2, height // 2))
+    return image
+
+
+def with_alpha(image: Image.Image, alpha: int = 128) -> Image.Image:
+    """The image as RGBA with a uniform alpha."""
+    rgba = image.convert("RGBA")
+    rgba.putalpha(alpha)
+    return rgba
+
+
+# Encoded files
+
+
+def encode(image: Image.Image, format: str, **params) -> bytes:
+    """The image saved with Pillow in `format` ("JPEG", "PNG", ...) with any save parameters."""
+    out = io.BytesIO()
+    image.save(out, format, **params)
+    return out.getvalue()
+
+
+def jpeg_bytes(image: Image.Image | None = None, quality: int = 95) -> bytes:
+    return encode(image or gradient(), "JPEG", quality=quality)
+
+
+def png_bytes(image: Image.Image | None = None) -> bytes:
+    return encode(image or gradient(), "PNG")
+
+
+def bytes_in_each_input_format(image: Image.Image | None = None) -> dict[str, bytes]:
+    """The same image encoded in every allowed input format, keyed by Pillow format name."""
+    image = image or gradient()
+    return {name: encode(image, name) for name in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")}
+
+
+def oriented_jpeg_bytes(orientation: int = ROTATE_CLOCKWISE, image: Image.Image | None = None) -> bytes:
+    """A JPEG of `marked()` (40x20 stored) whose EXIF tells viewers to apply `orientation`."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    return encode(image or marked(), "JPEG", quality=95, exif=exif)
+
+
+def camera_exif() -> Image.Exif:
+    """EXIF as a phone writes it: make, model, date and a GPS position."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Darkroom Test Camera"
+    exif[ExifTags.Base.Model] = "Leaky 1"
+    exif[ExifTags.Base.DateTime] = "2024:05:01 12:00:00"
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps[ExifTags.GPS.GPSLatitudeRef] = "N"
+    gps[ExifTags.GPS.GPSLatitude] = GPS_LATITUDE
+    gps[ExifTags.GPS.GPSLongitudeRef] = "E"
+    gps[ExifTags.GPS.GPSLongitude] = (2.0, 21.0, 7.92)
+    return exif
+
+
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description creator="leak"/></rdf:RDF></x:xmpmeta>'
+
+
+def with_metadata_bytes(format: str = "JPEG", image: Image.Image | None = None) -> bytes:
+    """An image carrying EXIF with GPS, an sRGB ICC profile, XMP and (JPEG, PNG) a comment."""
+    image = image or gradient()
+    params = {"exif": camera_exif(), "icc_profile": srgb_icc()}
+    if format == "JPEG":
+        params.update(comment=b"shot at home", xmp=XMP, quality=95)
+    elif format == "WEBP":
+        params.update(xmp=XMP, quality=95)
+    elif format == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        text = PngInfo()
+        text.add_text("Comment", "shot at home")
+        text.add_itxt("XML:com.adobe.xmp", XMP.decode())
+        params["pnginfo"] = text
+    return encode(image, format, **params)
+
+
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def swapped_primaries_icc() -> bytes:
+    """An RGB display profile whose red and green primaries are swapped (gamma 2.2).
+
+    Pure red stored under this profile is green on screen, so a test can tell at a glance
+    whether the profile was applied.
+    """
+    # sRGB colorants adapted to D50, as ICC v2 profiles store them.
+    red, green, blue = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+    return icc_profile("Swapped red and green", red=green, green=red, blue=blue, gamma=2.2)
+
+
+def icc_profile(description: str, red, green, blue, gamma: float) -> bytes:
+    """A minimal ICC v2 matrix/TRC RGB display profile."""
+
+    def xyz(values) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(struct.pack(">i", round(v * 65536)) for v in values)
+
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    ascii_text = description.encode("ascii") + b"\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(ascii_text)) + ascii_text + bytes(4 + 4 + 2 + 1 + 67)
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
+        (b"rXYZ", xyz(red)),
+        (b"gXYZ", xyz(green)),
+        (b"bXYZ", xyz(blue)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+        (b"cprt", b"text\0\0\0\0No copyright\0"),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (
+        struct.pack(">I", size)
+        + b"lcms"
+        + struct.pack(">I", 0x02100000)
+        + b"mntrRGB XYZ "
+        + struct.pack(">6H", 2024, 1, 1, 0, 0, 0)
+        + b"acsp"
+        + bytes(28)
+        + struct.pack(">3i", *(round(v * 65536) for v in (0.9642, 1.0, 0.8249)))
+        + bytes(4 + 16 + 28)
+    )
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def swapped_primaries_png_bytes(color=RED) -> bytes:
+    """A solid image of `color` tagged with `swapped_primaries_icc()`."""
+    return encode(solid(16, 16, color), "PNG", icc_profile=swapped_primaries_icc())
+
+
+def truncated_jpeg_bytes() -> bytes:
+    """The first half of a JPEG of noise: the header is intact, the scan data stops early."""
+    data = encode(noise(64, 64), "JPEG", quality=90)
+    return data[: len(data) // 2]
+
+
+def png_header_bytes(width: int = 30000, height: int = 30000) -> bytes:
+    """A PNG whose header claims width x height (8-bit RGB) but holds a few bytes of pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(4 * width)))
+        + chunk(b"IEND", b"")
+    )
+
+
+def animated_gif_bytes(colors=(RED, GREEN, BLUE), size: int = 16) -> bytes:
+    """One frame per colour; the first frame is `colors[0]`."""
+    frames = [solid(size, size, color) for color in colors]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def multipage_tiff_bytes(colors=(RED, GREEN, BLUE), size: int = 16) -> bytes:
+    """One page per colour; the first page is `colors[0]`."""
+    pages = [solid(size, size, color) for color in colors]
+    return encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+
+
+def sixteen_bit_png_bytes(width: int = 64, height: int = 8) -> bytes:
+    """A 16-bit greyscale ramp from 0 to 65535, left to right."""
+    ramp = np.broadcast_to(np.linspace(0, 65535, width).astype(np.uint16), (height, width))
+    return encode(Image.fromarray(np.ascontiguousarray(ramp)), "PNG")
+
+
+def cmyk_jpeg_bytes(cmyk=(0, 255, 255, 0), size: int = 16) -> bytes:
+    """A CMYK JPEG; the default colour is red (no cyan, full magenta and yellow)."""
+    return encode(Image.new("CMYK", (size, size), cmyk), "JPEG", quality=95)
+
+
+def transparent_palette_png_bytes(size: int = 16) -> bytes:
+    """A palette PNG: left half transparent, right half opaque red."""
+    image = Image.new("P", (size, size), 0)
+    image.putpalette([*WHITE, *RED])
+    image.paste(1, (size // 2, 0, size, size))
+    return encode(image, "PNG", transparency=0)
+
+
+# Files that must never be decoded
+
+
+def eps_bytes() -> bytes:
+    """A real EPS file (PostScript, which Pillow would hand to Ghostscript)."""
+    return encode(solid(8, 8), "EPS")
+
+
+def pdf_bytes() -> bytes:
+    return encode(solid(8, 8), "PDF")
+
+
+def svg_bytes() -> bytes:
+    return b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>'
+
+
+def text_bytes() -> bytes:
+    return b"this is a text file, not an image\n"

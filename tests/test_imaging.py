@@ -1,0 +1,305 @@
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import ExifTags, Image
+
+from processing.errors import EmptyImage, ImageTooLarge, UnprocessableImage, UnsupportedImage
+from processing.imaging import (
+    ALLOWED_INPUT_FORMATS,
+    OUTPUT_FORMATS,
+    ImageInfo,
+    default_output_format,
+    encode_image,
+    load_image,
+    mime_type_for,
+    probe,
+)
+from tests import images
+
+LIMIT = 10_000_000
+
+
+@pytest.fixture
+def upload(tmp_path):
+    """Write bytes to a file and return its path, as the gateway's temporary upload would be."""
+
+    def write(data: bytes, name: str = "upload"):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    return write
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def decoded(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+# probe
+
+
+@pytest.mark.parametrize(
+    "format, mime_type, extension",
+    [
+        ("JPEG", "image/jpeg", "jpg"),
+        ("PNG", "image/png", "png"),
+        ("WEBP", "image/webp", "webp"),
+        ("GIF", "image/gif", "gif"),
+        ("BMP", "image/bmp", "bmp"),
+        ("TIFF", "image/tiff", "tiff"),
+    ],
+)
+def test_probe_accepts_every_allowed_format(upload, format, mime_type, extension):
+    info = probe(upload(images.encode(images.gradient(64, 48), format)), LIMIT)
+    assert info == ImageInfo(format=format, width=64, height=48, mime_type=mime_type)
+    assert info.extension == extension
+
+
+def test_the_allow_list_has_exactly_the_six_formats():
+    assert set(ALLOWED_INPUT_FORMATS) == {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+
+
+@pytest.mark.parametrize(
+    "make_bytes",
+    [images.eps_bytes, images.pdf_bytes, images.svg_bytes, images.text_bytes],
+    ids=["eps", "pdf", "svg", "text"],
+)
+def test_probe_rejects_what_is_not_an_allowed_image(upload, make_bytes):
+    with pytest.raises(UnsupportedImage) as caught:
+        probe(upload(make_bytes()), LIMIT)
+    assert caught.value.code == "unsupported_image"
+
+
+def test_probe_rejects_an_empty_file(upload):
+    with pytest.raises(EmptyImage) as caught:
+        probe(upload(b""), LIMIT)
+    assert caught.value.code == "empty_image"
+    assert str(caught.value) == caught.value.message
+
+
+@pytest.mark.parametrize("max_pixels", [50_000_000, 10_000_000_000], ids=["our-limit", "pillow-limit"])
+def test_probe_rejects_a_decompression_bomb_from_its_header(upload, max_pixels):
+    path = upload(images.png_header_bytes(30000, 30000))
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLarge) as caught:
+        probe(path, max_pixels)
+    assert time.perf_counter() - started < 0.5  # decoding 900 megapixels would take far longer
+    assert caught.value.code == "image_too_large"
+
+
+def test_probe_allows_exactly_the_pixel_limit(upload):
+    path = upload(images.png_bytes(images.gradient(100, 100)))
+    assert probe(path, 10_000).width == 100
+    with pytest.raises(ImageTooLarge, match="100x100"):
+        probe(path, 9_999)
+
+
+def test_probe_reports_the_displayed_size_of_a_rotated_photo(upload):
+    info = probe(upload(images.oriented_jpeg_bytes(images.ROTATE_CLOCKWISE)), LIMIT)
+    assert (info.width, info.height) == (20, 40)
+
+
+def test_probe_does_not_decode_the_pixels(upload):
+    # The data after the header is missing; only a decode would notice.
+    assert probe(upload(images.truncated_jpeg_bytes()), LIMIT).format == "JPEG"
+
+
+# load_image
+
+
+def test_a_truncated_jpeg_is_reported_as_corrupt(upload):
+    with pytest.raises(UnprocessableImage) as caught:
+        load_image(upload(images.truncated_jpeg_bytes()), LIMIT)
+    assert caught.value.code == "corrupt_image"
+    assert "JPEG" in caught.value.message
+
+
+@pytest.mark.parametrize("make_bytes", [images.eps_bytes, images.pdf_bytes, images.svg_bytes])
+def test_load_image_refuses_what_probe_refuses(upload, make_bytes):
+    with pytest.raises(UnsupportedImage):
+        load_image(upload(make_bytes()), LIMIT)
+
+
+def test_load_image_refuses_too_many_pixels(upload):
+    with pytest.raises(ImageTooLarge):
+        load_image(upload(images.png_bytes(images.gradient(100, 100))), 9_999)
+
+
+def test_load_image_applies_exif_orientation(upload):
+    image, info = load_image(upload(images.oriented_jpeg_bytes(images.ROTATE_CLOCKWISE)), LIMIT)
+    assert image.size == (20, 40) == (info.width, info.height)
+    # The red mark, top-left as stored, is top-right once turned clockwise.
+    assert np.allclose(pixels(image)[2:8, -8:-2], images.RED, atol=40)
+    assert np.allclose(pixels(image)[2:8, 2:8], images.WHITE, atol=40)
+    assert ExifTags.Base.Orientation not in image.getexif()
+
+
+@pytest.mark.parametrize("make_bytes", [images.animated_gif_bytes, images.multipage_tiff_bytes])
+def test_load_image_takes_the_first_frame(upload, make_bytes):
+    image, _ = load_image(upload(make_bytes((images.RED, images.GREEN, images.BLUE))), LIMIT)
+    assert image.mode == "RGB"
+    assert np.all(pixels(image) == images.RED)
+
+
+def test_load_image_converts_an_embedded_colour_profile_to_srgb(upload):
+    # Under this profile the stored red is displayed green; loading must produce what is displayed.
+    image, _ = load_image(upload(images.swapped_primaries_png_bytes(images.RED)), LIMIT)
+    red, green, blue = pixels(image)[0, 0]
+    assert green > 200 and red < 60 and blue < 60
+
+
+def test_load_image_keeps_srgb_pixels_as_they_are(upload):
+    gradient = images.gradient()
+    image, _ = load_image(upload(images.encode(gradient, "PNG", icc_profile=images.srgb_icc())), LIMIT)
+    assert np.array_equal(pixels(image), pixels(gradient))
+
+
+def test_load_image_scales_16_bit_samples_instead_of_clipping(upload):
+    image, _ = load_image(upload(images.sixteen_bit_png_bytes(width=64)), LIMIT)
+    assert image.mode == "L"
+    row = pixels(image)[0]
+    assert row[0] == 0 and row[-1] == 255
+    assert 120 <= row[32] <= 135
+
+
+def test_load_image_turns_cmyk_into_rgb(upload):
+    image, _ = load_image(upload(images.cmyk_jpeg_bytes()), LIMIT)
+    assert image.mode == "RGB"
+    assert np.allclose(pixels(image)[8, 8], images.RED, atol=10)
+
+
+def test_load_image_keeps_palette_transparency_as_alpha(upload):
+    image, _ = load_image(upload(images.transparent_palette_png_bytes(16)), LIMIT)
+    assert image.mode == "RGBA"
+    assert image.getpixel((0, 0))[3] == 0
+    assert image.getpixel((15, 0)) == (*images.RED, 255)
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_load_image_returns_a_working_mode_and_the_source_format(upload, format):
+    image, info = load_image(upload(images.encode(images.gradient(), format)), LIMIT)
+    assert image.mode in ("L", "LA", "RGB", "RGBA")
+    assert image.info["source_format"] == info.format == format
+
+
+def test_a_loaded_image_can_be_processed_after_the_file_is_closed(upload):
+    image, _ = load_image(upload(images.animated_gif_bytes()), LIMIT)
+    assert image.copy().rotate(90).size == image.size
+
+
+# encode_image
+
+
+def assert_no_metadata(data: bytes) -> None:
+    output = decoded(data)
+    assert not output.getexif()
+    assert not output.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    leaked = {"exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment", "Comment"} & set(output.info)
+    assert not leaked
+    assert b"Leaky" not in data and b"shot at home" not in data and b"rdf:" not in data
+
+
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+@pytest.mark.parametrize("input_format", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_encoded_output_carries_no_metadata(upload, input_format, output_format):
+    data = images.with_metadata_bytes(input_format)
+    assert b"Leaky" in data  # the input does carry it
+    image, _ = load_image(upload(data), LIMIT)
+    assert_no_metadata(encode_image(image, output_format, 85))
+
+
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_metadata_attached_to_the_image_is_not_written(output_format):
+    image = images.gradient()
+    image.info.update(
+        exif=images.camera_exif().tobytes(), icc_profile=images.srgb_icc(), comment=b"shot at home"
+    )
+    image.info["xmp"] = images.XMP
+    assert_no_metadata(encode_image(image, output_format, 85))
+
+
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
+def test_encoded_output_is_the_requested_format(output_format):
+    output = decoded(encode_image(images.gradient(), output_format, 90))
+    assert output.format == output_format.upper()
+    assert output.mode == "RGB"
+    assert output.size == (64, 48)
+
+
+def test_png_output_is_lossless():
+    image = images.noise(32, 32)
+    assert np.array_equal(pixels(decoded(encode_image(image, "png", 1))), pixels(image))
+
+
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_lossy_output_stays_close_to_the_input(output_format):
+    image = images.gradient(64, 48)
+    output = decoded(encode_image(image, output_format, 90)).convert("RGB")
+    assert np.abs(pixels(output) - pixels(image)).mean() < 3
+
+
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_quality_trades_size_for_fidelity(output_format):
+    image = images.noise(64, 64)
+    assert len(encode_image(image, output_format, 10)) < len(encode_image(image, output_format, 95))
+
+
+def test_jpeg_flattens_transparency_onto_white():
+    transparent = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    output = decoded(encode_image(transparent, "jpeg", 95))
+    assert output.mode == "RGB"
+    assert np.allclose(pixels(output), images.WHITE, atol=3)
+
+
+def test_jpeg_keeps_grayscale_as_grayscale():
+    output = decoded(encode_image(images.gradient(mode="LA"), "jpeg", 95))
+    assert output.mode == "L"
+
+
+@pytest.mark.parametrize("output_format", ["png", "webp"])
+def test_png_and_webp_keep_transparency(output_format):
+    image = images.with_alpha(images.gradient(), alpha=0)
+    image.paste((0, 0, 255, 255), (0, 0, 8, 8))
+    output = decoded(encode_image(image, output_format, 100))
+    assert output.mode == "RGBA"
+    assert output.getpixel((20, 20))[3] == 0
+    assert output.getpixel((2, 2))[3] == 255
+
+
+def test_an_image_too_wide_for_webp_is_unprocessable_in_webp_only():
+    strip = Image.new("L", (16_384, 1))
+    with pytest.raises(UnprocessableImage) as caught:
+        encode_image(strip, "webp", 85)
+    assert caught.value.code == "too_large_for_format"
+    assert decoded(encode_image(strip, "png", 85)).size == (16_384, 1)
+
+
+def test_encode_image_refuses_other_formats():
+    with pytest.raises(ValueError):
+        encode_image(images.gradient(), "gif", 85)
+
+
+# Formats and MIME types
+
+
+@pytest.mark.parametrize(
+    "input_format, output_format",
+    [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "png"), ("BMP", "png"), ("TIFF", "png")],
+)
+def test_the_default_output_format_follows_the_input(input_format, output_format):
+    assert default_output_format(input_format) == output_format
+
+
+@pytest.mark.parametrize(
+    "output_format, mime_type", [("jpeg", "image/jpeg"), ("png", "image/png"), ("webp", "image/webp")]
+)
+def test_mime_type_for_each_output_format(output_format, mime_type):
+    assert mime_type_for(output_format) == mime_type

@@ -1,0 +1,468 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+from pydantic import ValidationError
+
+from processing.errors import Cancelled, InvalidParameters
+from processing.imaging import OUTPUT_FORMATS, encode_image, load_image
+from processing.operations import OPERATIONS, Operation, OperationResult, get_operation
+from processing.operations import grayscale as grayscale_module
+from tests import images
+
+# Parameters that every operation accepts, for tests that run all of them.
+SAMPLE_PARAMS = {
+    "grayscale": {"threads": 3, "runs": 2},
+    "sobel": {},
+    "resize": {"width": 20, "height": 20, "fit": "cover"},
+    "crop": {"x": 2, "y": 3, "width": 10, "height": 8},
+    "thumbnail": {"size": 16},
+    "blur": {"radius": 1.5},
+    "sharpen": {},
+    "rotate": {"angle": 30},
+    "convert": {"format": "webp"},
+    "analyze": {},
+}
+
+
+def no_progress(fraction: float) -> None:
+    pass
+
+
+def run(name: str, image: Image.Image, **raw) -> OperationResult:
+    operation = get_operation(name)
+    return operation.apply(image, operation.parse(raw), no_progress)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+# The registry
+
+
+def test_the_registry_offers_every_service_in_the_design():
+    assert set(OPERATIONS) == set(SAMPLE_PARAMS)
+    assert all(isinstance(operation, Operation) for operation in OPERATIONS.values())
+
+
+def test_an_unknown_service_is_a_key_error():
+    with pytest.raises(KeyError):
+        get_operation("posterize")
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_every_service_describes_itself_and_its_parameters(name):
+    operation = OPERATIONS[name]
+    assert operation.name == name
+    assert operation.description.endswith(".")
+    schema = json.loads(json.dumps(operation.json_schema()))
+    if operation.produces == "image":
+        assert {"format", "quality"} <= set(schema["properties"])
+    else:
+        assert "format" not in schema.get("properties", {})
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_stored_parameters_parse_back_to_the_same_values(name):
+    # The gateway stores model_dump(mode="json"); the worker parses it again.
+    operation = OPERATIONS[name]
+    params = operation.parse(SAMPLE_PARAMS[name])
+    assert operation.parse(params.model_dump(mode="json")) == params
+
+
+# Parameter validation
+
+
+@pytest.mark.parametrize(
+    "name, raw",
+    [
+        ("grayscale", {"threads": 0}),
+        ("grayscale", {"threads": 17}),
+        ("grayscale", {"runs": 11}),
+        ("resize", {"width": 0}),
+        ("resize", {"width": 10001}),
+        ("resize", {"width": 10, "fit": "stretch"}),
+        ("crop", {"x": -1, "y": 0, "width": 1, "height": 1}),
+        ("crop", {"x": 0, "y": 0, "width": 0, "height": 1}),
+        ("thumbnail", {"size": 2049}),
+        ("blur", {"radius": 0}),
+        ("blur", {"radius": 101}),
+        ("sharpen", {"percent": 0}),
+        ("sharpen", {"threshold": 256}),
+        ("rotate", {"angle": 361}),
+        ("rotate", {"angle": 10, "fill": "red"}),
+        ("convert", {"format": "gif"}),
+        ("blur", {"quality": 0}),
+        ("blur", {"quality": 101}),
+        ("sobel", {"format": "tiff"}),
+    ],
+)
+def test_out_of_range_parameters_are_rejected(name, raw):
+    with pytest.raises(ValidationError):
+        get_operation(name).parse(raw)
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_unknown_parameters_are_rejected(name):
+    with pytest.raises(ValidationError) as caught:
+        get_operation(name).parse({**SAMPLE_PARAMS[name], "colour": "blue"})
+    assert caught.value.errors()[0]["loc"] == ("colour",)
+
+
+@pytest.mark.parametrize(
+    "name, raw",
+    [("resize", {"fit": "cover"}), ("crop", {"x": 0, "y": 0, "width": 5}), ("rotate", {}), ("convert", {})],
+)
+def test_required_parameters_must_be_given(name, raw):
+    with pytest.raises(ValidationError):
+        get_operation(name).parse(raw)
+
+
+def test_form_strings_are_accepted():
+    assert get_operation("grayscale").parse({"threads": "4", "runs": "2"}).threads == 4
+    rotate = get_operation("rotate").parse({"angle": "-45.5", "expand": "false", "quality": "70"})
+    assert (rotate.angle, rotate.expand, rotate.quality) == (-45.5, False, 70)
+    crop = get_operation("crop").parse({"x": "1", "y": "2", "width": "3", "height": "4"})
+    assert (crop.x, crop.y, crop.width, crop.height) == (1, 2, 3, 4)
+
+
+def test_blank_form_fields_mean_the_default():
+    params = get_operation("resize").parse({"width": "100", "height": "", "format": "", "quality": ""})
+    assert (params.width, params.height, params.format, params.quality) == (100, None, None, 85)
+
+
+def test_format_names_are_case_insensitive_and_jpg_means_jpeg():
+    assert get_operation("blur").parse({"format": "JPG"}).format == "jpeg"
+    assert get_operation("convert").parse({"format": "WebP"}).format == "webp"
+
+
+def test_analyze_takes_no_output_options():
+    with pytest.raises(ValidationError):
+        get_operation("analyze").parse({"format": "png"})
+
+
+# Parameters that must fit the image
+
+
+@pytest.mark.parametrize(
+    "box, field",
+    [
+        ({"x": 40, "y": 0, "width": 1, "height": 1}, "x"),
+        ({"x": 0, "y": 30, "width": 1, "height": 1}, "y"),
+        ({"x": 30, "y": 0, "width": 11, "height": 1}, "width"),
+        ({"x": 0, "y": 20, "width": 1, "height": 11}, "height"),
+    ],
+)
+def test_a_crop_box_outside_the_image_names_the_field(box, field):
+    operation = get_operation("crop")
+    with pytest.raises(InvalidParameters) as caught:
+        operation.check_fits(operation.parse(box), 40, 30)
+    assert caught.value.field == field
+    assert "40x30" in caught.value.message
+
+
+def test_a_crop_box_outside_the_image_is_refused_by_the_operation_too():
+    with pytest.raises(InvalidParameters):
+        run("crop", images.gradient(40, 30), x=30, y=0, width=11, height=1)
+
+
+def test_a_crop_box_covering_the_whole_image_fits():
+    operation = get_operation("crop")
+    operation.check_fits(operation.parse({"x": 0, "y": 0, "width": 40, "height": 30}), 40, 30)
+
+
+def test_a_resize_over_100_megapixels_is_refused():
+    operation = get_operation("resize")
+    params = operation.parse({"width": 10000})
+    operation.check_fits(params, 1000, 1000)  # 10000 x 10000: exactly at the limit
+    with pytest.raises(InvalidParameters) as caught:
+        operation.check_fits(params, 100, 101)
+    assert caught.value.field == "width"
+
+
+def test_operations_without_a_size_rule_fit_any_image():
+    operation = get_operation("blur")
+    operation.check_fits(operation.parse({}), 1, 1)
+
+
+# Grayscale
+
+
+@pytest.mark.parametrize("threads", [1, 3, 16])
+@pytest.mark.parametrize("size", [(37, 23), (8, 5)])
+def test_grayscale_matches_pillow_convert_pixel_for_pixel(threads, size):
+    image = images.noise(*size)
+    result = run("grayscale", image, threads=threads)
+    assert result.image.mode == "L"
+    assert np.array_equal(pixels(result.image), pixels(image.convert("L")))
+
+
+def test_grayscale_times_each_run():
+    result = run("grayscale", images.gradient(), threads=2, runs=3)
+    assert result.metrics["threads"] == 2
+    assert result.metrics["runs"] == 3
+    assert len(result.metrics["run_ms"]) == 3
+    assert all(ms >= 0 for ms in result.metrics["run_ms"])
+
+
+def test_grayscale_keeps_transparency():
+    image = images.with_alpha(images.gradient(), alpha=100)
+    result = run("grayscale", image)
+    assert result.image.mode == "LA"
+    assert np.array_equal(pixels(result.image.getchannel("L")), pixels(image.convert("L")))
+    assert np.all(pixels(result.image.getchannel("A")) == 100)
+
+
+def test_grayscale_reports_progress_after_each_run():
+    operation = get_operation("grayscale")
+    seen = []
+    operation.apply(images.gradient(), operation.parse({"runs": 4}), seen.append)
+    assert seen == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_a_cancelled_progress_callback_stops_grayscale_between_runs(monkeypatch):
+    conversions = []
+    convert = grayscale_module.to_gray_in_bands
+
+    def counting(*args):
+        conversions.append(1)
+        return convert(*args)
+
+    def cancel_at_the_second_checkpoint(fraction):
+        if fraction >= 0.2:
+            raise Cancelled("the job was cancelled")
+
+    monkeypatch.setattr(grayscale_module, "to_gray_in_bands", counting)
+    operation = get_operation("grayscale")
+    with pytest.raises(Cancelled):
+        operation.apply(images.gradient(), operation.parse({"runs": 10}), cancel_at_the_second_checkpoint)
+    assert len(conversions) == 2
+
+
+# Sobel
+
+
+def test_sobel_of_a_flat_image_is_black():
+    result = run("sobel", images.solid(20, 10, (90, 120, 200)))
+    assert result.image.mode == "L"
+    assert result.image.size == (20, 10)
+    assert not pixels(result.image).any()
+
+
+def test_sobel_of_a_vertical_step_is_bright_exactly_along_the_edge():
+    result = run("sobel", images.step_edge(width=32, height=16, at=16))
+    edges = pixels(result.image)
+    assert np.all(edges[:, 15:17] == 255)
+    assert not edges[:, :15].any()
+    assert not edges[:, 17:].any()
+
+
+def test_sobel_finds_horizontal_edges_too():
+    result = run("sobel", images.step_edge(width=32, height=16, at=16).transpose(Image.Transpose.TRANSPOSE))
+    edges = pixels(result.image)
+    assert np.all(edges[15:17] == 255)
+    assert not edges[:15].any() and not edges[17:].any()
+
+
+def test_sobel_reports_progress_band_by_band(monkeypatch):
+    from processing.operations import sobel
+
+    monkeypatch.setattr(sobel, "BAND_ROWS", 4)
+    operation = get_operation("sobel")
+    seen = []
+    result = operation.apply(images.checkerboard(16, 10, square=3), operation.parse({}), seen.append)
+    assert seen == [0.4, 0.8, 1.0]
+    unbanded = run("sobel", images.checkerboard(16, 10, square=3))
+    assert np.array_equal(pixels(result.image), pixels(unbanded.image))
+
+
+# Resize
+
+
+@pytest.mark.parametrize(
+    "raw, size",
+    [
+        ({"width": 50, "height": 50}, (50, 25)),
+        ({"width": 400, "height": 400}, (400, 200)),
+        ({"width": 50, "height": 50, "fit": "cover"}, (50, 50)),
+        ({"width": 50, "height": 80, "fit": "fill"}, (50, 80)),
+        ({"width": 50, "height": 50, "fit": "inside"}, (50, 25)),
+        ({"width": 400, "height": 400, "fit": "inside"}, (200, 100)),
+        ({"width": 100}, (100, 50)),
+        ({"height": 20}, (40, 20)),
+        ({"width": 400, "fit": "inside"}, (200, 100)),
+        ({"width": 100, "fit": "fill"}, (100, 50)),
+    ],
+)
+def test_resize_fit_modes_give_the_expected_size(raw, size):
+    image = images.gradient(200, 100)
+    operation = get_operation("resize")
+    params = operation.parse(raw)
+    assert params.output_size(200, 100) == size
+    assert operation.apply(image, params, no_progress).image.size == size
+
+
+def test_resize_keeps_the_picture():
+    image = images.two_colors(200, 100, left_fraction=0.5)
+    result = pixels(run("resize", image, width=50).image)
+    assert np.array_equal(result[12, 5], images.RED)
+    assert np.array_equal(result[12, 45], images.BLUE)
+
+
+def test_resize_cover_keeps_the_centre():
+    image = images.color_blocks((images.RED, images.GREEN, images.BLUE), block=16)
+    result = pixels(run("resize", image, width=8, height=8, fit="cover").image)
+    assert np.allclose(result, images.GREEN, atol=16)  # Lanczos borrows a little from the neighbours
+
+
+def test_resize_keeps_transparency():
+    result = run("resize", images.with_alpha(images.gradient(), alpha=60), width=16).image
+    assert result.mode == "RGBA"
+    assert np.all(pixels(result.getchannel("A")) == 60)
+
+
+# Crop, thumbnail, rotate, convert
+
+
+def test_crop_returns_exactly_the_box():
+    image = images.noise(40, 30)
+    result = run("crop", image, x=5, y=7, width=20, height=10).image
+    assert result.size == (20, 10)
+    assert np.array_equal(pixels(result), pixels(image)[7:17, 5:25])
+
+
+@pytest.mark.parametrize(
+    "size, expected", [((300, 150), (64, 32)), ((150, 300), (32, 64)), ((30, 20), (30, 20))]
+)
+def test_thumbnail_fits_the_longest_edge_and_never_upscales(size, expected):
+    assert run("thumbnail", images.gradient(*size), size=64).image.size == expected
+
+
+def test_thumbnail_does_not_change_the_input():
+    image = images.gradient(300, 150)
+    run("thumbnail", image, size=64)
+    assert image.size == (300, 150)
+
+
+@pytest.mark.parametrize("angle, turns", [(90, 1), (-90, -1), (180, 2), (270, 3), (-270, 1), (360, 0)])
+def test_rotating_by_right_angles_is_an_exact_transpose(angle, turns):
+    image = images.noise(20, 12)
+    result = run("rotate", image, angle=angle).image
+    assert np.array_equal(pixels(result), np.rot90(pixels(image), k=turns))
+
+
+def test_rotating_90_degrees_without_expand_keeps_the_canvas():
+    assert run("rotate", images.gradient(40, 20), angle=90, expand=False).image.size == (40, 20)
+
+
+def test_rotating_45_degrees_grows_the_canvas_and_fills_the_corners():
+    result = run("rotate", images.solid(40, 40, images.BLUE), angle=45, fill="#00ff00").image
+    assert result.width > 40 and result.height > 40
+    assert result.getpixel((0, 0)) == images.GREEN
+    assert result.getpixel((result.width // 2, result.height // 2)) == images.BLUE
+
+
+def test_convert_leaves_the_pixels_alone():
+    image = images.noise(16, 16)
+    assert np.array_equal(pixels(run("convert", image, format="png").image), pixels(image))
+
+
+# Blur and sharpen
+
+
+def test_blur_reduces_variance():
+    image = images.checkerboard(32, 32, square=4)
+    assert pixels(run("blur", image, radius=2).image).var() < 0.5 * pixels(image).var()
+
+
+def test_a_larger_blur_radius_blurs_more():
+    image = images.checkerboard(32, 32, square=4)
+    light, heavy = run("blur", image, radius=0.5).image, run("blur", image, radius=4).image
+    assert pixels(heavy).var() < pixels(light).var()
+
+
+def test_sharpen_increases_variance():
+    soft = images.checkerboard(32, 32, square=8).filter(ImageFilter.GaussianBlur(1.5))
+    assert pixels(run("sharpen", soft).image).var() > pixels(soft).var()
+
+
+def test_sharpen_leaves_flat_areas_alone():
+    image = images.solid(16, 16, (10, 200, 30))
+    assert np.array_equal(pixels(run("sharpen", image, percent=500).image), pixels(image))
+
+
+# Analyze
+
+
+def test_analyze_reports_the_brightness_and_contrast_of_a_known_image():
+    half_and_half = images.two_colors(20, 10, left=images.BLACK, right=images.WHITE, left_fraction=0.5)
+    report = run("analyze", half_and_half).report
+    assert report["brightness"] == 127.5
+    assert report["contrast"] == 127.5
+    assert report["histogram"]["luma"] == [0.5] + [0.0] * 14 + [0.5]
+
+
+def test_analyze_of_a_flat_grey_image():
+    report = run("analyze", images.solid(1000, 500, (100, 100, 100))).report
+    assert report["megapixels"] == 0.5
+    assert report["brightness"] == 100
+    assert report["contrast"] == 0
+    assert report["sharpness"] == 0
+    assert report["histogram"]["luma"][100 // 16] == 1.0
+    assert set(report["histogram"]) == {"luma", "red", "green", "blue"}
+
+
+def test_analyze_finds_the_dominant_colours_of_a_two_colour_image():
+    report = run("analyze", images.two_colors(40, 10, left=images.RED, right=images.BLUE)).report
+    assert report["dominant_colors"] == [
+        {"hex": "#ff0000", "fraction": 0.75},
+        {"hex": "#0000ff", "fraction": 0.25},
+    ]
+
+
+def test_analyze_rates_crisp_detail_sharper_than_a_blur():
+    crisp = images.checkerboard(64, 64, square=2)
+    blurred = crisp.filter(ImageFilter.GaussianBlur(2))
+    assert run("analyze", crisp).report["sharpness"] > 10 * run("analyze", blurred).report["sharpness"]
+
+
+def test_analyze_report_is_json_and_describes_the_image():
+    image = images.with_alpha(images.gradient(64, 48))
+    image.info["source_format"] = "PNG"
+    report = json.loads(json.dumps(run("analyze", image).report))
+    assert report["format"] == "PNG"
+    assert (report["mode"], report["width"], report["height"]) == ("RGBA", 64, 48)
+    assert report["has_alpha"] is True
+    assert len(report["histogram"]["luma"]) == 16
+    assert 1 <= len(report["dominant_colors"]) <= 5
+
+
+def test_analyze_describes_the_upload_as_loaded(tmp_path):
+    # Orientation 6: stored 40x20, displayed 20x40. The report describes what the user sees.
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(images.oriented_jpeg_bytes())
+    image, _ = load_image(path, max_pixels=10_000)
+    report = run("analyze", image).report
+    assert (report["format"], report["width"], report["height"]) == ("JPEG", 20, 40)
+
+
+# Every operation, every working mode
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_every_operation_handles_every_mode_load_image_returns(name, mode):
+    image = images.gradient(32, 24, mode=mode)
+    operation = OPERATIONS[name]
+    seen = []
+    result = operation.apply(image, operation.parse(SAMPLE_PARAMS[name]), seen.append)
+    assert seen and seen[-1] == 1.0
+    if operation.produces == "report":
+        assert result.image is None
+        json.dumps(result.report)
+        return
+    assert result.image.mode in ("L", "LA", "RGB", "RGBA")
+    for output_format in OUTPUT_FORMATS:
+        assert encode_image(result.image, output_format, 80)
