@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_dramatiq",
+    "project",
     "processing",
     "gateway",
 ]

@@ -59,3 +59,9 @@ def test_no_environment_gives_the_embedded_default():
         "channels.layers.InMemoryChannelLayer",
         "True",
     ]
+
+
+def test_a_request_limit_below_the_upload_limit_fails_the_system_check():
+    result = check_with(MAX_UPLOAD_BYTES="2000000", MAX_REQUEST_BYTES="1000")
+    assert result.returncode != 0
+    assert "darkroom.E001" in result.stderr
