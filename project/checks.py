@@ -11,7 +11,7 @@ def check_limits(app_configs=None, **kwargs):
     if settings.MAX_REQUEST_BYTES < settings.MAX_UPLOAD_BYTES:
         return [
             checks.Error(
-                "MAX_REQUEST_BYTES is smaller than MAX_UPLOAD_BYTES: uploads near the limit would be refused.",
+                "MAX_REQUEST_BYTES is smaller than MAX_UPLOAD_BYTES: uploads near it would be refused.",
                 hint="Leave MAX_REQUEST_BYTES unset, or make it MAX_UPLOAD_BYTES plus 1 MB.",
                 id="darkroom.E001",
             )
