@@ -6,6 +6,8 @@ import uuid
 
 from django.conf import settings
 
+from processing import logcontext
+
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -19,7 +21,8 @@ class RequestIdMiddleware:
         given = request.headers.get("X-Request-ID", "")
         request.request_id_given = bool(REQUEST_ID_PATTERN.match(given))
         request.request_id = given if request.request_id_given else str(uuid.uuid4())
-        response = self.get_response(request)
+        with logcontext.bound(request=request.request_id):
+            response = self.get_response(request)
         response["X-Request-ID"] = request.request_id
         return response
 
@@ -38,7 +41,7 @@ class RequestBodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = settings.MAX_REQUEST_BYTES
+        limit = body_limit(scope["path"])
         if declared_length(scope) > limit:
             return await send_too_large(send, limit)
 
@@ -62,6 +65,12 @@ class RequestBodyLimit:
                 await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
+
+
+def body_limit(path: str) -> int:
+    if path.rstrip("/").endswith("/jobs/batch"):
+        return settings.MAX_UPLOAD_BYTES * settings.MAX_BATCH_FILES + settings.MAX_REQUEST_BYTES
+    return settings.MAX_REQUEST_BYTES
 
 
 def declared_length(scope) -> int:
@@ -90,3 +99,19 @@ async def send_too_large(send, limit: int) -> None:
     ]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class RateLimitHeadersMiddleware:
+    """X-RateLimit-Limit/Remaining/Reset on every rate-limited API response."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        usage = getattr(request, "rate_limit", None)
+        if usage:
+            response["X-RateLimit-Limit"] = str(usage["limit"])
+            response["X-RateLimit-Remaining"] = str(max(usage["limit"] - usage["count"], 0))
+            response["X-RateLimit-Reset"] = str(max(usage["time_left"], 0))
+        return response

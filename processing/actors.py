@@ -9,7 +9,7 @@ from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
-from processing import jobs, storage
+from processing import jobs, logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import default_output_format, encode_image, load_image, mime_type_for
 from processing.models import Job
@@ -43,8 +43,12 @@ def process_job(job_id: str) -> None:
     if job is None:
         wait_for_lease_or_skip(job_id)
         return
-    log_extra = {"job_id": job_id, "request_id": job.request_id}
-    logger.info("processing %s (attempt %d)", job.service, job.attempts, extra=log_extra)
+    with logcontext.bound(request=job.request_id, job=job_id):
+        process_claimed(job, worker)
+
+
+def process_claimed(job: Job, worker: str) -> None:
+    logger.info("processing %s (attempt %d)", job.service, job.attempts)
     try:
         with jobs.LeaseKeeper(job.id, worker):
             run(job, worker)
@@ -54,7 +58,7 @@ def process_job(job_id: str) -> None:
         # The gateway checks these at upload; this catches what only the decoded image reveals.
         jobs.fail(job.id, "invalid_parameters", str(exc), worker)
     except Cancelled:
-        logger.info("stopped at a checkpoint: the job was cancelled", extra=log_extra)
+        logger.info("stopped at a checkpoint: the job was cancelled")
     except Exception:
         # Transient (storage, database) or unexpected: retried with backoff by dramatiq;
         # when the retries run out, FailJobWhenMessageDies records the failure.
@@ -93,9 +97,9 @@ def run(job: Job, worker: str) -> None:
         fields.update(store_image_output(job, result.image, params, info.format, timings))
     fields["processing_ms"] = elapsed_ms(started)
     if not jobs.complete(job, worker, **fields):
-        logger.info(
-            "finished, but the job was cancelled or taken over meanwhile", extra={"job_id": str(job.id)}
-        )
+        logger.info("finished, but the job was cancelled or taken over meanwhile")
+        if Job.objects.filter(id=job.id, status=Job.CANCELLED).exists():
+            storage.delete_job_files(fields.get("output_key", ""))
 
 
 def store_image_output(job: Job, image, params, input_format: str, timings: dict) -> dict:

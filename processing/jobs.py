@@ -9,6 +9,8 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import timedelta
 
 import dramatiq
@@ -42,15 +44,25 @@ def emit(job: Job, event: str) -> None:
             logger.warning("event receiver %r failed: %s", receiver, result, extra={"job_id": str(job.id)})
 
 
+# Publishing runs on these threads so a caller can stop waiting: Dramatiq's own enqueue
+# retries a dead or blocked broker for many seconds, and a request must not hang on it.
+_publishers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
+
+
 def publish(job: Job) -> None:
     """Send the job's message (its id only) and record the broker's confirmation.
 
-    Call after the job row has committed, so a worker always finds it.
+    Call after the job row has committed, so a worker always finds it. Raises
+    BrokerUnavailable when the broker hasn't confirmed within BROKER_PUBLISH_TIMEOUT;
+    a message confirmed later anyway is harmless (see `claim`).
     """
     from processing.actors import process_job  # the actor module imports this one
 
+    sending = _publishers.submit(process_job.send, str(job.id))
     try:
-        process_job.send(str(job.id))
+        sending.result(timeout=settings.BROKER_PUBLISH_TIMEOUT)
+    except FutureTimeout:
+        raise BrokerUnavailable(f"no confirmation within {settings.BROKER_PUBLISH_TIMEOUT}s") from None
     except dramatiq.errors.ConnectionError as exc:
         raise BrokerUnavailable(str(exc) or exc.__class__.__name__) from exc
     Job.objects.filter(id=job.id).update(enqueued_at=timezone.now())
@@ -170,6 +182,20 @@ def fail(job_id, code: str, message: str, worker: str | None = None) -> bool:
     if updated:
         logger.info("job failed: %s: %s", code, message, extra={"job_id": str(job_id)})
         emit(Job.objects.get(id=job_id), "job.failed")
+    return bool(updated)
+
+
+def cancel(job_id) -> bool:
+    """Cancel a queued or running job; False when it had already finished.
+
+    A queued job's message finds it cancelled and does nothing; a running one stops
+    at its next progress checkpoint, and its result, if it still finishes, is dropped.
+    """
+    updated = Job.objects.filter(id=job_id, status__in=[Job.QUEUED, Job.PROCESSING]).update(
+        status=Job.CANCELLED, finished_at=timezone.now(), lease_expires_at=None
+    )
+    if updated:
+        emit(Job.objects.get(id=job_id), "job.cancelled")
     return bool(updated)
 
 

@@ -62,6 +62,9 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     processing_ms = models.FloatField(null=True, blank=True)
+    files_removed_at = models.DateTimeField(
+        null=True, blank=True, help_text="input and output deleted by cleanup"
+    )
     metrics = models.JSONField(
         default=dict, blank=True, help_text="operation timings, e.g. each grayscale run"
     )

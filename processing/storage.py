@@ -28,6 +28,11 @@ def save_output(key: str, data: bytes) -> str:
     return default_storage.save(key, ContentFile(data))
 
 
+def copy(source_key: str, target_key: str) -> str:
+    with default_storage.open(source_key, "rb") as source:
+        return default_storage.save(target_key, source)
+
+
 def delete_job_files(*keys: str) -> None:
     for key in keys:
         if key:

@@ -7,6 +7,7 @@ variables switch each part to the full stack. Bad values fail at start-up.
 """
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlparse
 
@@ -42,6 +43,22 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true or false)")
 
 
+def env_float(name: str, default: float) -> float:
+    raw = os.getenv(name, str(default))
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate limit such as 60/m (per second, minute, hour or day)."""
+    raw = os.getenv(name, default)
+    if not re.fullmatch(r"\d+/\d*[smhd]", raw):
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a rate like 60/m, 1000/h or 10/s")
+    return raw
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
 
@@ -72,6 +89,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "corsheaders",
+    "django_prometheus",
     "django_dramatiq",
     "project",
     "processing",
@@ -79,15 +98,19 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "gateway.middleware.RequestIdMiddleware",
+    "gateway.middleware.RateLimitHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -246,6 +269,38 @@ FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 512 * 1024  # what the ASGI handler spools in memory before disk
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # non-file form fields
 
+# --- The API: owners, limits, reuse ---------------------------------------------
+# Production: every API call needs a key (browser sessions from our own pages still work).
+API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", False)
+RATE_LIMIT_SUBMIT = env_rate("RATE_LIMIT_SUBMIT", "120/m")  # job-creating requests, per key or address
+RATE_LIMIT_READ = env_rate("RATE_LIMIT_READ", "1200/m")  # everything else
+RATELIMIT_FAIL_OPEN = True  # Redis down: serve without limits rather than refuse everyone
+# Proxies (e.g. nginx) whose X-Forwarded-For names the real client address.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
+MAX_BATCH_FILES = env_int("MAX_BATCH_FILES", 20, minimum=1)
+# A new job whose input, service and parameters match a completed one copies its result.
+RESULT_REUSE = env_bool("RESULT_REUSE", True)
+# Stored files of finished jobs are removed by POST /api/v1/files/cleanup after this long.
+FILE_TTL_SECONDS = env_int("FILE_TTL_SECONDS", 24 * 3600, minimum=0)
+# A submission waits this long for the broker's confirmation before answering 503.
+BROKER_PUBLISH_TIMEOUT = env_float("BROKER_PUBLISH_TIMEOUT", 1.5)
+# Optional: RabbitMQ's management API, for in-flight (unacknowledged) counts per queue.
+RABBITMQ_MANAGEMENT_URL = env_url("RABBITMQ_MANAGEMENT_URL", ("http", "https"))
+
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
+CORS_ALLOW_HEADERS = [
+    "accept",
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "x-api-key",
+    "x-request-id",
+]
+CORS_EXPOSE_HEADERS = ["Location", "Retry-After", "X-Request-ID"] + [
+    f"X-RateLimit-{name}" for name in ("Limit", "Remaining", "Reset")
+]
+PROMETHEUS_EXPORT_MIGRATIONS = False
+
 # --- Static files -------------------------------------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
@@ -265,10 +320,10 @@ LOGGING = {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(job_id)s",
-            "defaults": {"request_id": None, "job_id": None},
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "filters": {"context": {"()": "processing.logcontext.ContextFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"pika": {"level": "WARNING"}, "botocore": {"level": "WARNING"}},
 }

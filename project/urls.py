@@ -1,12 +1,15 @@
 from django.contrib import admin
 from django.urls import path
+from django.views.generic import RedirectView
 
-from gateway import health
+from gateway import health, metrics
 from gateway.api import api
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("api/docs", RedirectView.as_view(url="/api/v1/docs", permanent=False), name="api-docs"),
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
+    path("metrics", metrics.metrics, name="metrics"),
 ]

@@ -4,11 +4,12 @@ import logging
 
 from django.http import Http404
 from ninja import NinjaAPI
-from ninja.errors import HttpError
+from ninja.errors import AuthenticationError, HttpError, Throttled
 from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import ValidationError as PydanticValidationError
 
-from gateway.api import jobs, services
+from gateway.api import jobs, services, system
+from gateway.api.auth import API_AUTH
 from gateway.errors import ApiError, error_response, render
 from gateway.uploads import UploadTooLarge
 from processing.errors import InvalidParameters
@@ -20,9 +21,12 @@ api = NinjaAPI(
     version="1",
     description="Upload an image, name an operation, get a job; watch it over WebSocket or poll it.",
     urls_namespace="api-1",
+    auth=API_AUTH,
+    docs_url="/docs",
 )
 api.add_router("", services.router)
 api.add_router("", jobs.router)
+api.add_router("", system.router)
 
 
 @api.exception_handler(ApiError)
@@ -66,6 +70,21 @@ def invalid_parameters_response(problems: list[dict]):
 @api.exception_handler(Http404)
 def on_not_found(request, exc):
     return error_response(404, "not_found", "not found")
+
+
+@api.exception_handler(AuthenticationError)
+def on_authentication_required(request, exc):
+    return error_response(
+        401,
+        "authentication_required",
+        "send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    )
+
+
+@api.exception_handler(Throttled)
+def on_rate_limited(request, exc: Throttled):
+    wait = int(exc.wait or 1)
+    return error_response(429, "rate_limited", f"too many requests; try again in {wait}s", retry_after=wait)
 
 
 @api.exception_handler(HttpError)

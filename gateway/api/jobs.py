@@ -1,121 +1,301 @@
-"""Jobs: submit, read, poll, download."""
+"""Jobs: submit (one or a batch), list, read, poll, download, metrics, cancel."""
 
+import base64
 import uuid
+from datetime import datetime
 
+from django.conf import settings
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpResponseRedirect, JsonResponse
-from ninja import Router
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
+from ninja import Query, Router, Schema, Status
+from pydantic import Field
 
 from gateway import submissions
+from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
+from gateway.api.schemas import ErrorOut, JobOut, JobPageOut, JobsOut, JobStatus, MetricsOut, StatusOut
 from gateway.errors import ApiError, not_found
+from processing import jobs
 from processing.models import Job
 
 router = Router(tags=["jobs"])
 
+SUBMIT_ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 411, 413, 415, 422, 429, 503)}
+READ_ERRORS = {code: ErrorOut for code in (401, 403, 404, 429)}
+
+# The parameters of a submission are the service's own (GET /api/v1/services lists them),
+# sent as further form fields beside `image`.
+PARAMETER_FIELDS_DOC = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "additionalProperties": {"type": "string"},
+                }
+            }
+        },
+        "required": True,
+    }
+}
+
 
 def get_job(request, job_id: str) -> Job:
-    """The job, or 404. Ownership checks join here (the API issue)."""
+    """The caller's job, or 404: someone else's job looks exactly like one that doesn't exist."""
     try:
-        return Job.objects.get(id=uuid.UUID(job_id))
+        return request.auth.visible_jobs().get(id=uuid.UUID(job_id))
     except (ValueError, Job.DoesNotExist):
         raise not_found() from None
 
 
-def accepted(job: Job) -> JsonResponse:
-    body = job.to_dict()
-    return JsonResponse(body, status=202, headers={"Location": body["job_url"]})
-
-
-def submit_one(request, service: str) -> JsonResponse:
-    upload = submissions.the_upload(request)
-    # A single submission without a client-chosen X-Request-ID takes the request id as its
-    # job id, so /status/{request_id} (as the original design polls) finds it.
-    job_id = None if request.request_id_given else uuid.UUID(request.request_id)
-    job = submissions.submit(
-        request, service, upload, submissions.parameters_from(request.POST), job_id=job_id
+def submit(request, response: HttpResponse, service: str, *, at_most: int = 1, job_id=None) -> list[Job]:
+    uploads = submissions.uploads_from(request, at_most=at_most)
+    submission = submissions.Submission(
+        caller=request.auth,
+        request_id=request.request_id,
+        service=service,
+        raw_parameters=submissions.parameters_from(request.POST),
+        uploads=uploads,
+        job_id=job_id,
     )
-    return accepted(job)
+    try:
+        with submissions.idempotent(request.auth, request.headers.get("Idempotency-Key")) as created:
+            created.extend(submissions.submit(submission))
+    except submissions.Replayed as replay:
+        response["Idempotent-Replayed"] = "true"
+        return replay.jobs
+    return created
 
 
-@router.post("/process/{service}", url_name="process", response={202: dict})
-def process(request, service: str):
+def submit_one(request, response: HttpResponse, service: str):
+    # Without a client-chosen X-Request-ID, the request id doubles as the job id, so
+    # /status/{request_id} (as the original design polls) finds the job.
+    job_id = None if request.request_id_given else uuid.UUID(request.request_id)
+    found = submit(request, response, service, job_id=job_id)
+    if not found:
+        raise not_found()  # an idempotent replay whose job has since been deleted
+    job = found[0]
+    response["Location"] = job.urls()["job_url"]
+    return Status(202, job.to_dict())
+
+
+@router.post(
+    "/process/{service}",
+    response={202: JobOut, **SUBMIT_ERRORS},
+    throttle=SUBMIT_LIMIT,
+    url_name="process",
+    openapi_extra=PARAMETER_FIELDS_DOC,
+)
+def process(request, response: HttpResponse, service: str):
     """Upload `image` (multipart) with the service's parameters as form fields; answers 202 with the job."""
-    return submit_one(request, service)
+    return submit_one(request, response, service)
 
 
-@router.post("/resize", url_name="resize", response={202: dict})
-def resize(request):
-    """The same as /process/resize."""
-    return submit_one(request, "resize")
+@router.post(
+    "/resize",
+    response={202: JobOut, **SUBMIT_ERRORS},
+    throttle=SUBMIT_LIMIT,
+    url_name="resize",
+    openapi_extra=PARAMETER_FIELDS_DOC,
+)
+def resize(request, response: HttpResponse):
+    """The same as /process/resize: `width`, `height`, `fit`."""
+    return submit_one(request, response, "resize")
 
 
-@router.post("/crop", url_name="crop", response={202: dict})
-def crop(request):
-    """The same as /process/crop."""
-    return submit_one(request, "crop")
+@router.post(
+    "/crop",
+    response={202: JobOut, **SUBMIT_ERRORS},
+    throttle=SUBMIT_LIMIT,
+    url_name="crop",
+    openapi_extra=PARAMETER_FIELDS_DOC,
+)
+def crop(request, response: HttpResponse):
+    """The same as /process/crop: `x`, `y`, `width`, `height`."""
+    return submit_one(request, response, "crop")
 
 
-@router.get("/jobs/{job_id}", url_name="job_detail")
+class BatchForm(Schema):
+    service: str = Field(description="the service for every image; its parameters go in further fields")
+
+
+@router.post(
+    "/jobs/batch",
+    response={202: JobsOut, **SUBMIT_ERRORS},
+    throttle=SUBMIT_LIMIT,
+    url_name="batch",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image", "service"],
+                        "properties": {
+                            "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            "service": {"type": "string"},
+                        },
+                        "additionalProperties": {"type": "string"},
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
+)
+def batch(request, response: HttpResponse):
+    """Several `image` files, one `service` and its parameters: a job per image, all or none."""
+    service = request.POST.get("service")
+    if not service:
+        raise ApiError(400, "missing_service", "name the service in a form field called 'service'")
+    created = submit(request, response, service, at_most=settings.MAX_BATCH_FILES)
+    return Status(202, {"jobs": [job.to_dict() for job in created]})
+
+
+class JobFilters(Schema):
+    status: JobStatus | None = None
+    service: str | None = None
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, description="next_cursor from the previous page")
+
+
+def encode_cursor(job: Job) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created_at), uuid.UUID(job_id)
+    except ValueError:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from None
+
+
+@router.get(
+    "/jobs",
+    response={200: JobPageOut, 400: ErrorOut, **READ_ERRORS},
+    throttle=READ_LIMIT,
+    url_name="job_list",
+)
+def job_list(request, filters: Query[JobFilters]):
+    """The caller's jobs, newest first; follow `next_cursor` for older ones."""
+    found = request.auth.visible_jobs().order_by("-created_at", "-id")
+    if filters.status:
+        found = found.filter(status=filters.status)
+    if filters.service:
+        found = found.filter(service=filters.service)
+    if filters.cursor:
+        created_at, job_id = decode_cursor(filters.cursor)
+        found = found.filter(created_at__lte=created_at).exclude(created_at=created_at, id__gte=job_id)
+    page = list(found[: filters.limit + 1])
+    more = len(page) > filters.limit
+    page = page[: filters.limit]
+    return {"jobs": [job.to_dict() for job in page], "next_cursor": encode_cursor(page[-1]) if more else None}
+
+
+@router.get(
+    "/jobs/{job_id}", response={200: JobOut, **READ_ERRORS}, throttle=READ_LIMIT, url_name="job_detail"
+)
 def job_detail(request, job_id: str):
     return get_job(request, job_id).to_dict()
 
 
-@router.get("/status/{job_id}", url_name="job_status")
+@router.get(
+    "/status/{job_id}", response={200: StatusOut, **READ_ERRORS}, throttle=READ_LIMIT, url_name="job_status"
+)
 def job_status(request, job_id: str):
     job = get_job(request, job_id)
-    urls = job.urls()
     return {
         "job_id": str(job.id),
         "request_id": job.request_id,
         "status": job.status,
         "progress": round(job.progress, 3),
-        "download_url": urls["download_url"] if job.status == Job.COMPLETED else None,
-        "result_url": urls["result_url"],
+        "download_url": job.urls()["download_url"] if job.status == Job.COMPLETED else None,
+        "result_url": job.urls()["result_url"],
         "error": job.error_dict(),
     }
 
 
-@router.get("/result/{job_id}", url_name="job_result")
+def image_facts(format: str, size: int | None, width, height, sha256: str) -> dict:
+    return {"format": format, "bytes": size, "width": width, "height": height, "sha256": sha256}
+
+
+@router.get(
+    "/result/{job_id}", response={200: MetricsOut, **READ_ERRORS}, throttle=READ_LIMIT, url_name="job_result"
+)
 def job_result(request, job_id: str):
+    """Where the time went (queue wait, processing, total), attempts, worker, and both images' facts."""
     job = get_job(request, job_id)
+    output = None
+    if job.status == Job.COMPLETED and job.output_key:
+        output = image_facts(
+            job.output_format, job.output_bytes, job.output_width, job.output_height, job.output_sha256
+        )
     return {
         "job_id": str(job.id),
         "status": job.status,
         "service": job.service,
         "attempts": job.attempts,
         "worker": job.worker_id or None,
+        "cache_hit": bool(job.metrics.get("cache_hit")),
         "queue_wait_ms": job.queue_wait_ms,
         "processing_ms": job.processing_ms,
         "total_ms": job.total_ms,
+        "run_ms": job.metrics.get("run_ms"),
         "metrics": job.metrics,
-        "input": {
-            "format": job.input_format,
-            "bytes": job.input_bytes,
-            "width": job.input_width,
-            "height": job.input_height,
-            "sha256": job.input_sha256,
-        },
-        "output": job.result_dict() and {**job.result_dict(), "sha256": job.output_sha256},
+        "input": image_facts(
+            job.input_format, job.input_bytes, job.input_width, job.input_height, job.input_sha256
+        ),
+        "output": output,
         "error": job.error_dict(),
     }
 
 
-@router.get("/download/{job_id}", url_name="job_download")
+@router.get(
+    "/download/{job_id}",
+    response={200: None, 302: None, 409: ErrorOut, 410: ErrorOut, **READ_ERRORS},
+    throttle=READ_LIMIT,
+    url_name="job_download",
+)
 def job_download(request, job_id: str):
+    """The result file, or a redirect to a signed, expiring URL when results live in object storage."""
     job = get_job(request, job_id)
     if job.status != Job.COMPLETED:
         raise ApiError(
             409, "not_ready", f"the job is {job.status}; there is nothing to download", job_status=job.status
         )
-    if job.report is not None and not job.output_key:
+    if job.files_removed_at:
+        raise ApiError(410, "expired", "the result was removed after its retention period")
+    if not job.output_key:  # a report service: the report is the result
         return JsonResponse(
             job.report, headers={"Content-Disposition": f'attachment; filename="{job.id}.json"'}
         )
     filename = f"{job.id}.{job.output_key.rsplit('.', 1)[-1]}"
     try:
         path = default_storage.path(job.output_key)
-    except NotImplementedError:  # object storage: send the client to a signed, expiring URL
+    except NotImplementedError:  # object storage
         return HttpResponseRedirect(default_storage.url(job.output_key))
     return FileResponse(
         open(path, "rb"), as_attachment=True, filename=filename, content_type=job.output_content_type
     )
+
+
+def cancel(request, job_id: str):
+    job = get_job(request, job_id)
+    if not jobs.cancel(job.id):
+        job.refresh_from_db()
+        raise ApiError(409, "already_finished", f"the job is already {job.status}", job_status=job.status)
+    job.refresh_from_db()
+    return job.to_dict()
+
+
+router.add_api_operation(
+    "/jobs/{job_id}/cancel",
+    ["POST", "DELETE"],
+    cancel,
+    response={200: JobOut, 409: ErrorOut, **READ_ERRORS},
+    throttle=SUBMIT_LIMIT,
+    url_name="job_cancel",
+    summary="Cancel a queued or running job (a finished one is a 409)",
+)

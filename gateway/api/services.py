@@ -1,11 +1,12 @@
 from ninja import Router
 
+from gateway.api.schemas import ServicesOut
 from processing.operations import OPERATIONS
 
 router = Router(tags=["services"])
 
 
-@router.get("/services", url_name="services")
+@router.get("/services", response=ServicesOut, auth=None, url_name="services")
 def list_services(request):
     """The operations, each with its description and the JSON schema of its parameters."""
     return {

@@ -1,0 +1,116 @@
+"""Who is calling (API key, browser session or anonymous), and how often they may."""
+
+import ipaddress
+import logging
+import threading
+
+from django.conf import settings
+from django.http import HttpRequest
+from django_ratelimit.core import get_usage
+from ninja.security import APIKeyHeader, HttpBearer
+from ninja.throttling import BaseThrottle
+from ninja.utils import check_csrf
+
+from gateway import owners
+from gateway.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def invalid_key() -> ApiError:
+    return ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
+
+
+class BearerKey(HttpBearer):
+    """Authorization: Bearer <key>"""
+
+    def authenticate(self, request: HttpRequest, token: str) -> owners.Caller:
+        return owners.from_key(token) or _raise(invalid_key())
+
+
+class HeaderKey(APIKeyHeader):
+    """X-API-Key: <key>"""
+
+    param_name = "X-API-Key"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> owners.Caller | None:
+        if not key:
+            return None
+        return owners.from_key(key) or _raise(invalid_key())
+
+
+def session_or_anonymous(request: HttpRequest) -> owners.Caller | None:
+    """A browser with a session cookie is its session (CSRF applies); others are anonymous, if allowed."""
+    if owners.has_session_cookie(request):
+        if request.method not in SAFE_METHODS and check_csrf(request):
+            raise ApiError(403, "csrf_failed", "a browser session must send the CSRF token (X-CSRFToken)")
+        return owners.from_session(request.session, request.user)
+    if settings.API_KEYS_REQUIRED:
+        return None  # ninja answers 401
+    return owners.Caller()
+
+
+def _raise(error: Exception):
+    raise error
+
+
+API_AUTH = [BearerKey(), HeaderKey(), session_or_anonymous]
+
+
+def client_address(request: HttpRequest) -> str:
+    """The client's address; X-Forwarded-For counts only when the request came through a trusted proxy."""
+    remote = request.META.get("REMOTE_ADDR", "")
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if not forwarded or remote not in settings.TRUSTED_PROXIES:
+        return remote
+    # The right-most address a trusted proxy did not add is the client.
+    for address in reversed([a.strip() for a in forwarded.split(",")]):
+        if address not in settings.TRUSTED_PROXIES and is_ip(address):
+            return address
+    return remote
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def rate_limit_key(group: str, request: HttpRequest) -> str:
+    caller = getattr(request, "auth", None)
+    if caller is not None and caller.identity != "anonymous":
+        return caller.identity
+    return f"address:{client_address(request)}"
+
+
+class CallerRateLimit(BaseThrottle):
+    """A fixed-window limit per API key (per client address when anonymous), counted in the cache,
+    which is Redis in the full stack and so shared by every gateway process and machine."""
+
+    def __init__(self, scope: str):
+        self.scope = scope  # "submit" or "read": RATE_LIMIT_SUBMIT / RATE_LIMIT_READ
+        self._local = threading.local()  # wait() is called right after allow_request(), in the same thread
+
+    def allow_request(self, request: HttpRequest) -> bool:
+        rate = getattr(settings, f"RATE_LIMIT_{self.scope.upper()}")
+        try:
+            usage = get_usage(request, group=self.scope, key=rate_limit_key, rate=rate, increment=True)
+        except Exception as exc:  # the cache (Redis) is down: serve without limits
+            logger.warning("rate limit not applied: %s", exc)
+            return True
+        if usage is None:
+            return True
+        request.rate_limit = usage
+        self._local.wait = max(usage["time_left"], 1)
+        return not usage["should_limit"]
+
+    def wait(self) -> int:
+        return self._local.wait
+
+
+SUBMIT_LIMIT = [CallerRateLimit("submit")]
+READ_LIMIT = [CallerRateLimit("read")]

@@ -1,0 +1,179 @@
+"""Response shapes, for the OpenAPI document and for checking what the API returns."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from ninja import Schema
+from pydantic import ConfigDict
+
+JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
+
+
+class FieldProblem(Schema):
+    field: str | None
+    rule: str | None
+    message: str | None
+
+
+class ErrorDetail(Schema):
+    model_config = ConfigDict(extra="allow")  # e.g. job_status on a 409
+    code: str
+    message: str
+    fields: list[FieldProblem] | None = None
+
+
+class ErrorOut(Schema):
+    error: ErrorDetail
+
+
+class JobError(Schema):
+    code: str
+    message: str
+
+
+class ResultOut(Schema):
+    url: str
+    content_type: str
+    format: str
+    width: int | None
+    height: int | None
+    bytes: int | None
+    report: dict[str, Any] | None = None
+
+
+class JobOut(Schema):
+    job_id: str
+    request_id: str
+    service: str
+    status: JobStatus
+    progress: float
+    parameters: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: ResultOut | None
+    error: JobError | None
+    poll_url: str
+    job_url: str
+    download_url: str
+    result_url: str
+    ws_url: str
+
+
+class JobsOut(Schema):
+    jobs: list[JobOut]
+
+
+class JobPageOut(JobsOut):
+    next_cursor: str | None
+
+
+class StatusOut(Schema):
+    job_id: str
+    request_id: str
+    status: JobStatus
+    progress: float
+    download_url: str | None
+    result_url: str
+    error: JobError | None
+
+
+class ImageFacts(Schema):
+    format: str
+    bytes: int | None
+    width: int | None
+    height: int | None
+    sha256: str
+
+
+class MetricsOut(Schema):
+    job_id: str
+    status: JobStatus
+    service: str
+    attempts: int
+    worker: str | None
+    cache_hit: bool
+    queue_wait_ms: float | None
+    processing_ms: float | None
+    total_ms: float | None
+    run_ms: list[float] | None
+    metrics: dict[str, Any]
+    input: ImageFacts
+    output: ImageFacts | None
+    error: JobError | None
+
+
+class ServiceOut(Schema):
+    name: str
+    description: str
+    produces: Literal["image", "report"]
+    parameters: dict[str, Any]
+    submit_url: str
+
+
+class ServicesOut(Schema):
+    services: list[ServiceOut]
+
+
+class QueueOut(Schema):
+    name: str
+    ready: int | None
+    delayed: int | None
+    in_flight: int | None
+    dead_letters: int | None
+    consumers: int | None
+
+
+class QueueStatusOut(Schema):
+    broker: Literal["rabbitmq", "embedded"]
+    available: bool
+    queues: list[QueueOut]
+    jobs_queued: int
+    jobs_processing: int
+
+
+class DurationStats(Schema):
+    mean_ms: float | None
+    p95_ms: float | None
+    samples: int
+
+
+class StatisticsOut(Schema):
+    total: int
+    by_status: dict[str, int]
+    by_service: dict[str, dict[str, int]]
+    completed_per_minute_5m: float
+    completed_per_minute_60m: float
+    queue_wait: DurationStats
+    processing: DurationStats
+
+
+class FileGroup(Schema):
+    files: int
+    bytes: int
+
+
+class FileStatsOut(Schema):
+    uploads: FileGroup
+    results: FileGroup
+    expired: FileGroup
+    ttl_seconds: int
+
+
+class CleanupOut(Schema):
+    jobs: int
+    files_removed: int
+    bytes_freed: int
+
+
+class DependencyOut(Schema):
+    status: Literal["up", "down"]
+    required: bool
+    latency_ms: float
+    error: str | None = None
+
+
+class HealthOut(Schema):
+    status: Literal["ok", "degraded", "down"]
+    mode: Literal["embedded", "full-stack"]
+    checks: dict[str, DependencyOut]

@@ -1,0 +1,68 @@
+"""For operators: queues, statistics, stored files, health."""
+
+from django.http import HttpResponse
+from ninja import Router, Status
+
+from gateway import health
+from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
+from gateway.api.schemas import CleanupOut, ErrorOut, FileStatsOut, HealthOut, QueueStatusOut, StatisticsOut
+from gateway.errors import ApiError
+from processing import broker, reports
+
+router = Router(tags=["system"])
+
+AUTH_ERRORS = {401: ErrorOut, 429: ErrorOut}
+
+
+def require_staff(request) -> None:
+    if not request.auth.is_staff:
+        raise ApiError(403, "staff_only", "only staff users and staff API keys may do this")
+
+
+@router.get(
+    "/queue/status", response={200: QueueStatusOut, **AUTH_ERRORS}, throttle=READ_LIMIT, url_name="queues"
+)
+def queue_status(request):
+    """Per queue, from the broker itself: messages ready, delayed, in flight, dead-lettered; consumers."""
+    return {**broker.queue_status(), **reports.in_flight_counts()}
+
+
+@router.get(
+    "/statistics", response={200: StatisticsOut, **AUTH_ERRORS}, throttle=READ_LIMIT, url_name="statistics"
+)
+def statistics(request):
+    """The caller's jobs (all jobs for staff): counts, throughput, and queue-wait and processing durations."""
+    return reports.statistics(request.auth.visible_jobs())
+
+
+@router.get(
+    "/files/stats",
+    response={200: FileStatsOut, 403: ErrorOut, **AUTH_ERRORS},
+    throttle=READ_LIMIT,
+    url_name="file_stats",
+)
+def file_stats(request):
+    """Stored uploads and results, and how much of it is past its retention (staff only)."""
+    require_staff(request)
+    return reports.file_stats()
+
+
+@router.post(
+    "/files/cleanup",
+    response={200: CleanupOut, 403: ErrorOut, **AUTH_ERRORS},
+    throttle=SUBMIT_LIMIT,
+    url_name="file_cleanup",
+)
+def file_cleanup(request):
+    """Remove the files of jobs finished more than FILE_TTL_SECONDS ago (staff only)."""
+    require_staff(request)
+    return reports.remove_expired_files()
+
+
+@router.get("/health", response={200: HealthOut, 503: HealthOut}, auth=None, url_name="health")
+def api_health(request, response: HttpResponse):
+    """Each dependency named, with its state and latency; 503 when a required one is down."""
+    status, body = health.readiness()
+    if status == 503:
+        response["Retry-After"] = "5"
+    return Status(status, body)

@@ -1,0 +1,82 @@
+"""Who is calling, and which jobs they may see.
+
+An API key owns the jobs it creates; a browser session owns its own (through a
+token kept in the session, so it survives logging in); staff see everything.
+Requests with neither (scripts in the embedded default, when API keys are not
+required) share the anonymous owner. Someone else's job is always a 404.
+"""
+
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import timezone
+
+from gateway.models import ApiKey
+from processing.models import Job
+
+SESSION_OWNER_KEY = "darkroom_owner"
+
+
+@dataclass(frozen=True)
+class Caller:
+    key: ApiKey | None = None
+    session_owner: str = ""
+    user_id: int | None = None
+    is_staff: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "api_key" if self.key else "session" if self.session_owner else "anonymous"
+
+    @property
+    def identity(self) -> str:
+        """A stable name for rate limits and idempotency keys."""
+        if self.key:
+            return f"key:{self.key.pk}"
+        if self.session_owner:
+            return f"session:{self.session_owner}"
+        return "anonymous"
+
+    def visible_jobs(self):
+        jobs = Job.objects.all()
+        if self.is_staff:
+            return jobs
+        if self.key:
+            return jobs.filter(owner_key=str(self.key.pk))
+        if self.session_owner:
+            return jobs.filter(owner_session=self.session_owner)
+        return jobs.filter(owner_key="", owner_session="")
+
+    def owner_fields(self) -> dict:
+        """The fields that make a new job this caller's."""
+        return {
+            "owner_key": str(self.key.pk) if self.key else "",
+            "owner_session": "" if self.key else self.session_owner,
+            "owner_user_id": self.user_id,
+        }
+
+
+def from_key(presented: str) -> Caller | None:
+    key = ApiKey.find(presented)
+    if key is None:
+        return None
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    return Caller(key=key, is_staff=key.is_staff)
+
+
+def from_session(session, user) -> Caller | None:
+    """The browser session's caller, making its owner token on first use; None without a session."""
+    if session is None:
+        return None
+    owner = session.get(SESSION_OWNER_KEY)
+    if owner is None:
+        owner = session[SESSION_OWNER_KEY] = uuid.uuid4().hex
+    signed_in = user is not None and user.is_authenticated
+    return Caller(
+        session_owner=owner, user_id=user.pk if signed_in else None, is_staff=signed_in and user.is_staff
+    )
+
+
+def has_session_cookie(request) -> bool:
+    return settings.SESSION_COOKIE_NAME in request.COOKIES
