@@ -89,6 +89,7 @@ def submit(submission: Submission) -> list[Job]:
         withdraw(created)
         raise
     for job in created:
+        logger.info("accepted a %s job (%s)", job.service, job.status, extra={"job_id": str(job.id)})
         jobs.emit(job, "job.queued" if job.status == Job.QUEUED else "job.completed")
     return created
 

@@ -96,7 +96,9 @@ def run(job: Job, worker: str) -> None:
     else:
         fields.update(store_image_output(job, result.image, params, info.format, timings))
     fields["processing_ms"] = elapsed_ms(started)
-    if not jobs.complete(job, worker, **fields):
+    if jobs.complete(job, worker, **fields):
+        logger.info("completed in %.1f ms", fields["processing_ms"])
+    else:
         logger.info("finished, but the job was cancelled or taken over meanwhile")
         if Job.objects.filter(id=job.id, status=Job.CANCELLED).exists():
             storage.delete_job_files(fields.get("output_key", ""))

@@ -9,7 +9,7 @@ import threading
 
 import dramatiq
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from processing import jobs
 from processing.models import Job
@@ -42,10 +42,15 @@ def start() -> dramatiq.Worker | None:
 
 
 def republish_unfinished() -> None:
-    count = jobs.republish(Job.objects.filter(status__in=[Job.QUEUED, Job.PROCESSING]))
+    try:
+        count = jobs.republish(Job.objects.filter(status__in=[Job.QUEUED, Job.PROCESSING]))
+    except DatabaseError as exc:  # e.g. not migrated yet: serve anyway, the periodic pass catches up
+        logger.error("could not re-publish unfinished jobs: %s", exc)
+        return
+    finally:
+        close_old_connections()
     if count:
         logger.info("re-published %d unfinished jobs from before the restart", count)
-    close_old_connections()
 
 
 def requeue_stale_forever() -> None:

@@ -63,3 +63,15 @@ def live_stack(tmp_path_factory):
     with LiveStack(tmp_path_factory.mktemp("stack")) as stack:
         stack.start_server()
         yield stack
+
+
+@pytest.fixture
+def api_key(db):
+    """Make an API key: `api_key("name", staff=False)` gives the headers that present it."""
+    from gateway.models import ApiKey
+
+    def make(name: str = "client", staff: bool = False) -> dict:
+        _, presented = ApiKey.issue(name, is_staff=staff)
+        return {"X-API-Key": presented}
+
+    return make

@@ -80,11 +80,20 @@ class LiveStack:
         self.processes[name] = process
         return process
 
-    def start_server(self, **env: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(self.port)]
-        process = self.spawn("server", [*command, "--host", "127.0.0.1", "--no-access-log"], **env)
-        self.wait_until(lambda: self.is_live(), timeout=30, what="the server to answer /health/live")
+    def start_server(self, name: str = "server", port: int | None = None, **env: str) -> subprocess.Popen:
+        port = port or self.port
+        command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(port)]
+        process = self.spawn(name, [*command, "--host", "127.0.0.1", "--no-access-log"], **env)
+        url = f"http://127.0.0.1:{port}"
+        self.wait_until(lambda: self.is_live(url), timeout=30, what=f"{name} to answer /health/live")
         return process
+
+    def manage(self, *args: str) -> str:
+        """Run a manage.py command against this stack; its standard output."""
+        done = subprocess.run(
+            [*MANAGE, *args], env=self.env, capture_output=True, text=True, check=True, timeout=120
+        )
+        return done.stdout.strip()
 
     def start_worker(self, name: str = "worker", threads: int = 2) -> subprocess.Popen:
         command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(threads)]
@@ -107,9 +116,9 @@ class LiveStack:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30)
 
-    def is_live(self) -> bool:
+    def is_live(self, url: str | None = None) -> bool:
         try:
-            return httpx.get(f"{self.base_url}/health/live", timeout=1).status_code == 200
+            return httpx.get(f"{url or self.base_url}/health/live", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 

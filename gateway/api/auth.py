@@ -26,6 +26,13 @@ def invalid_key() -> ApiError:
 class BearerKey(HttpBearer):
     """Authorization: Bearer <key>"""
 
+    def __call__(self, request: HttpRequest) -> owners.Caller | None:
+        # Credentials that are there but wrong are refused, never ignored for weaker ones.
+        header = request.headers.get("Authorization")
+        if header is not None and not header.lower().startswith("bearer "):
+            raise invalid_key()
+        return super().__call__(request)
+
     def authenticate(self, request: HttpRequest, token: str) -> owners.Caller:
         return owners.from_key(token) or _raise(invalid_key())
 

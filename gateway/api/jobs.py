@@ -16,29 +16,36 @@ from gateway.api.schemas import ErrorOut, JobOut, JobPageOut, JobsOut, JobStatus
 from gateway.errors import ApiError, not_found
 from processing import jobs
 from processing.models import Job
+from processing.operations import get_operation
 
 router = Router(tags=["jobs"])
 
 SUBMIT_ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 411, 413, 415, 422, 429, 503)}
-READ_ERRORS = {code: ErrorOut for code in (401, 403, 404, 429)}
+READ_ERRORS = {code: ErrorOut for code in (401, 403, 404, 422, 429)}
 
-# The parameters of a submission are the service's own (GET /api/v1/services lists them),
-# sent as further form fields beside `image`.
-PARAMETER_FIELDS_DOC = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                    "additionalProperties": {"type": "string"},
-                }
-            }
-        },
-        "required": True,
+
+def multipart_doc(service: str | None = None, *, many: bool = False) -> dict:
+    """The OpenAPI request body of a submission: `image` and the service's parameters as form fields.
+
+    For /process/{service} the parameters depend on the service (GET /api/v1/services lists them).
+    """
+    image = {"type": "string", "format": "binary"}
+    schema = {
+        "type": "object",
+        "required": ["image"],
+        "properties": {"image": {"type": "array", "items": image} if many else image},
+        "additionalProperties": {"type": "string"},
     }
-}
+    if service:
+        parameters = get_operation(service).json_schema()
+        schema["properties"].update(parameters.get("properties", {}))
+        schema["required"] += parameters.get("required", [])
+        schema["additionalProperties"] = False
+        schema["$defs"] = parameters.get("$defs", {})
+    if many:
+        schema["required"].append("service")
+        schema["properties"]["service"] = {"type": "string", "description": "the service for every image"}
+    return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}, "required": True}}
 
 
 def get_job(request, job_id: str) -> Job:
@@ -85,7 +92,7 @@ def submit_one(request, response: HttpResponse, service: str):
     response={202: JobOut, **SUBMIT_ERRORS},
     throttle=SUBMIT_LIMIT,
     url_name="process",
-    openapi_extra=PARAMETER_FIELDS_DOC,
+    openapi_extra=multipart_doc(),
 )
 def process(request, response: HttpResponse, service: str):
     """Upload `image` (multipart) with the service's parameters as form fields; answers 202 with the job."""
@@ -97,7 +104,7 @@ def process(request, response: HttpResponse, service: str):
     response={202: JobOut, **SUBMIT_ERRORS},
     throttle=SUBMIT_LIMIT,
     url_name="resize",
-    openapi_extra=PARAMETER_FIELDS_DOC,
+    openapi_extra=multipart_doc("resize"),
 )
 def resize(request, response: HttpResponse):
     """The same as /process/resize: `width`, `height`, `fit`."""
@@ -109,15 +116,11 @@ def resize(request, response: HttpResponse):
     response={202: JobOut, **SUBMIT_ERRORS},
     throttle=SUBMIT_LIMIT,
     url_name="crop",
-    openapi_extra=PARAMETER_FIELDS_DOC,
+    openapi_extra=multipart_doc("crop"),
 )
 def crop(request, response: HttpResponse):
     """The same as /process/crop: `x`, `y`, `width`, `height`."""
     return submit_one(request, response, "crop")
-
-
-class BatchForm(Schema):
-    service: str = Field(description="the service for every image; its parameters go in further fields")
 
 
 @router.post(
@@ -125,24 +128,7 @@ class BatchForm(Schema):
     response={202: JobsOut, **SUBMIT_ERRORS},
     throttle=SUBMIT_LIMIT,
     url_name="batch",
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["image", "service"],
-                        "properties": {
-                            "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                            "service": {"type": "string"},
-                        },
-                        "additionalProperties": {"type": "string"},
-                    }
-                }
-            },
-            "required": True,
-        }
-    },
+    openapi_extra=multipart_doc(many=True),
 )
 def batch(request, response: HttpResponse):
     """Several `image` files, one `service` and its parameters: a job per image, all or none."""

@@ -1,0 +1,123 @@
+"""The client API against the full stack: schemathesis, shared rate limits, a stopped broker, request ids."""
+
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests import images
+from tests.stack import LiveStack, free_port, rabbitmqctl
+
+pytestmark = pytest.mark.services
+
+JPEG = images.jpeg_bytes(images.gradient(96, 64))
+
+
+def post_image(url: str, headers: dict | None = None, **params) -> httpx.Response:
+    return httpx.post(
+        f"{url}/api/v1/process/sobel",
+        files={"image": ("a.jpg", JPEG)},
+        data=params,
+        headers=headers or {},
+        timeout=30,
+    )
+
+
+def test_schemathesis_finds_no_server_error_and_no_response_off_its_schema(live_stack):
+    """Every response to generated requests has a documented status and matches its schema."""
+    # As in production, keys are required: the checks of requests without (valid) credentials apply.
+    port = free_port()
+    limits = {"RATE_LIMIT_SUBMIT": "10000/m", "RATE_LIMIT_READ": "100000/m"}
+    live_stack.start_server("keys-required", port=port, API_KEYS_REQUIRED="true", **limits)
+    key = live_stack.manage("create_api_key", "schemathesis")
+    # The form fields of /process/{service} depend on the service: the document can't say which one
+    # service accepts, so a request "valid by the document" may rightly get a 422.
+    checks = ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
+    run = ["run", f"http://127.0.0.1:{port}/api/v1/openapi.json", *checks, "-H", f"X-API-Key: {key}"]
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        *run,
+        "--max-examples",
+        "25",
+        "--workers",
+        "2",
+        "--seed",
+        "1",
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    finally:
+        live_stack.stop("keys-required")
+    summary = re.search(r"(\d+) generated, .*", result.stdout)
+    print("schemathesis:", summary.group(0) if summary else result.stdout[-500:])
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_a_burst_over_the_limit_across_two_server_processes_gets_429(tmp_path):
+    from tests.services import require
+
+    require("postgres", "rabbitmq", "redis")
+    with LiveStack(tmp_path, RATE_LIMIT_SUBMIT="4/m") as stack:
+        second_port = free_port()
+        stack.start_server()
+        stack.start_server("second", port=second_port)
+        key = {"X-API-Key": stack.manage("create_api_key", "burst")}
+        urls = [stack.base_url, f"http://127.0.0.1:{second_port}"]
+        answers = [post_image(urls[n % 2], key) for n in range(6)]
+
+    assert [a.status_code for a in answers[:4]] == [202] * 4
+    assert [a.status_code for a in answers[4:]] == [429, 429]  # the count is shared through Redis
+    assert int(answers[4].headers["Retry-After"]) >= 1
+    assert answers[4].headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_with_the_broker_stopped_submissions_get_503_fast_and_reads_still_work(live_stack):
+    accepted = post_image(live_stack.base_url).json()
+    rabbitmqctl("stop_app")
+    try:
+        started = time.monotonic()
+        refused = post_image(live_stack.base_url)
+        elapsed = time.monotonic() - started
+        read = httpx.get(f"{live_stack.base_url}{accepted['job_url']}", timeout=10)
+        listed = httpx.get(f"{live_stack.base_url}/api/v1/jobs", timeout=10).json()["jobs"]
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "broker_unavailable"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert elapsed < 2.0, f"took {elapsed:.2f}s"
+    assert read.status_code == 200
+    assert [job["job_id"] for job in listed] == [job["job_id"] for job in listed if job["job_id"] != ""]
+    assert len(listed) == len({job["job_id"] for job in listed})  # the refused job left no row behind
+    assert all(job["job_id"] != refused.headers.get("X-Request-ID") for job in listed)
+    assert post_image(live_stack.base_url).status_code == 202  # after the restart, submissions succeed
+
+
+def test_queue_status_comes_from_rabbitmq(live_stack):
+    post_image(live_stack.base_url, quality="61")  # no worker is running in this module: it waits
+    status = httpx.get(f"{live_stack.base_url}/api/v1/queue/status", timeout=10).json()
+    assert status["broker"] == "rabbitmq" and status["available"] is True
+    images_queue = status["queues"][0]
+    assert images_queue["name"] == "images" and images_queue["ready"] >= 1
+    assert images_queue["consumers"] == 0
+
+
+def test_one_grep_shows_a_jobs_whole_life(live_stack):
+    trace = "trace-one-grep-42"
+    job = post_image(live_stack.base_url, {"X-Request-ID": trace}, quality="62").json()
+    live_stack.start_worker("grep-worker")
+    try:
+        live_stack.wait_for_status(job["job_id"], timeout=60)
+    finally:
+        live_stack.stop("grep-worker")
+    server_lines = [line for line in live_stack.log("server").splitlines() if trace in line]
+    worker_lines = [line for line in live_stack.log("grep-worker").splitlines() if trace in line]
+    assert server_lines and worker_lines
+    assert any(job["job_id"] in line and '"levelname"' in line for line in worker_lines)

@@ -1,0 +1,141 @@
+"""Queue status, statistics, stored files, health, rate limits, metrics and the OpenAPI document."""
+
+import shutil
+import subprocess
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from processing.models import Job
+from tests.services import IN_CI
+from tests.uploads import submit
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_queue_status_counts_what_waits(client, stub_broker):
+    for _ in range(3):
+        submit(client)
+    body = client.get("/api/v1/queue/status").json()
+    assert body["broker"] == "embedded" and body["available"] is True
+    assert body["queues"][0]["name"] == "images" and body["queues"][0]["ready"] == 3
+    assert body["jobs_queued"] == 3 and body["jobs_processing"] == 0
+
+
+def test_statistics_count_by_status_and_service_with_durations(client, run_jobs, stub_worker):
+    for service in ("blur", "blur", "sobel"):
+        submit(client, service)
+    run_jobs()
+    stub_worker.pause()
+    submit(client, "sobel", quality=50)  # still queued (other parameters: no reuse)
+    stats = client.get("/api/v1/statistics").json()
+    assert stats["total"] == 4
+    assert stats["by_status"]["completed"] == 3 and stats["by_status"]["queued"] == 1
+    assert stats["by_service"] == {"blur": {"completed": 2}, "sobel": {"completed": 1, "queued": 1}}
+    assert stats["completed_per_minute_5m"] == pytest.approx(3 / 5)
+    assert stats["processing"]["samples"] == 3 and stats["processing"]["mean_ms"] > 0
+    assert stats["queue_wait"]["p95_ms"] >= 0
+
+
+def test_file_stats_and_cleanup_are_for_staff_only(client, api_key, run_jobs, settings):
+    settings.FILE_TTL_SECONDS = 3600
+    staff = api_key("ops", staff=True)
+    old, fresh = submit(client).json()["job_id"], submit(client).json()["job_id"]
+    run_jobs()
+    Job.objects.filter(id=old).update(finished_at=timezone.now() - timedelta(hours=2))
+
+    assert client.get("/api/v1/files/stats").status_code == 403
+    assert client.post("/api/v1/files/cleanup").status_code == 403
+    stats = client.get("/api/v1/files/stats", headers=staff).json()
+    assert stats["uploads"]["files"] == 2 and stats["results"]["files"] == 2
+    assert stats["expired"]["files"] == 2 and stats["expired"]["bytes"] > 0
+
+    cleaned = client.post("/api/v1/files/cleanup", headers=staff).json()
+    assert cleaned["jobs"] == 1 and cleaned["files_removed"] == 2 and cleaned["bytes_freed"] > 0
+    assert client.get(f"/api/v1/download/{old}").status_code == 410
+    assert client.get(f"/api/v1/download/{fresh}").status_code == 200
+
+
+def test_api_health_names_each_dependency(client):
+    body = client.get("/api/v1/health").json()
+    assert body["status"] == "ok" and set(body["checks"]) == {"database", "broker", "redis", "storage"}
+
+
+def test_over_the_limit_a_client_gets_429_with_retry_after(client, api_key, settings, stub_broker):
+    settings.RATE_LIMIT_SUBMIT = "2/m"
+    headers = api_key("burst")
+    answers = [submit(client, headers=headers) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert answers[0]["X-RateLimit-Limit"] == "2" and answers[0]["X-RateLimit-Remaining"] == "1"
+    limited = answers[2]
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited["Retry-After"]) <= 60
+    assert submit(client, headers=api_key("someone-else")).status_code == 202  # limits are per key
+
+
+def test_anonymous_clients_are_limited_by_address_and_proxies_only_when_trusted(
+    client, settings, stub_broker
+):
+    settings.RATE_LIMIT_READ = "1/m"
+    spoofed = {"X-Forwarded-For": "203.0.113.9"}
+    assert client.get("/api/v1/jobs", headers=spoofed).status_code == 200
+    assert client.get("/api/v1/jobs", headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 429
+
+    settings.TRUSTED_PROXIES = ["127.0.0.1"]  # the test client's address, as if it were nginx
+    assert client.get("/api/v1/jobs", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 200
+    assert client.get("/api/v1/jobs", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 429
+
+
+def test_metrics_expose_jobs_http_and_queues(client, run_jobs):
+    submit(client, "blur")
+    run_jobs()
+    text = client.get("/metrics").content.decode()
+    assert 'darkroom_jobs_submitted_total{service="blur"}' in text
+    assert 'darkroom_jobs_finished_total{service="blur",status="completed"}' in text
+    assert "darkroom_job_processing_seconds_bucket" in text
+    assert 'darkroom_queue_ready{queue="images"}' in text
+    assert "django_http_responses_total_by_status_view_method_total" in text
+
+
+def test_promtool_accepts_the_metrics(client, run_jobs):
+    if not shutil.which("promtool"):
+        missing = "promtool is not installed (Debian's prometheus package)"
+        pytest.fail(missing) if IN_CI else pytest.skip(missing)
+    submit(client, "sobel")
+    run_jobs()
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=client.get("/metrics").content,
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_the_openapi_document_describes_every_endpoint(client):
+    spec = client.get("/api/v1/openapi.json").json()
+    paths = spec["paths"]
+    for path in (
+        "/api/v1/services",
+        "/api/v1/process/{service}",
+        "/api/v1/resize",
+        "/api/v1/crop",
+        "/api/v1/jobs/batch",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/status/{job_id}",
+        "/api/v1/download/{job_id}",
+        "/api/v1/result/{job_id}",
+        "/api/v1/jobs/{job_id}/cancel",
+        "/api/v1/queue/status",
+        "/api/v1/statistics",
+        "/api/v1/files/stats",
+        "/api/v1/files/cleanup",
+        "/api/v1/health",
+    ):
+        assert path in paths, path
+    assert set(paths["/api/v1/jobs/{job_id}/cancel"]) == {"post", "delete"}
+    assert "422" in paths["/api/v1/process/{service}"]["post"]["responses"]
+    assert client.get("/api/docs").status_code == 302
+    assert client.get("/api/v1/docs").status_code == 200
