@@ -139,3 +139,13 @@ def test_the_openapi_document_describes_every_endpoint(client):
     assert "422" in paths["/api/v1/process/{service}"]["post"]["responses"]
     assert client.get("/api/docs").status_code == 302
     assert client.get("/api/v1/docs").status_code == 200
+
+
+def test_cors_answers_only_configured_origins(client, settings):
+    settings.CORS_ALLOWED_ORIGINS = ["https://app.example.com"]
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    allowed = client.options("/api/v1/process/blur", headers=preflight)
+    assert allowed["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "x-api-key" in allowed["Access-Control-Allow-Headers"]
+    other = client.options("/api/v1/process/blur", headers={**preflight, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other
