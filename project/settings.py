@@ -148,7 +148,8 @@ else:
                 "init_command": "PRAGMA journal_mode=WAL;",
             },
             # A file, not shared-cache memory, so worker threads in tests wait for locks instead of failing.
-            "TEST": {"NAME": VAR_DIR / "test.sqlite3"},
+            # One per test process, so that concurrent runs don't share (and drop) one database.
+            "TEST": {"NAME": VAR_DIR / f"test-{os.getpid()}.sqlite3"},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

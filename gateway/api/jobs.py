@@ -99,28 +99,27 @@ def process(request, response: HttpResponse, service: str):
     return submit_one(request, response, service)
 
 
-@router.post(
-    "/resize",
-    response={202: JobOut, **SUBMIT_ERRORS},
-    throttle=SUBMIT_LIMIT,
-    url_name="resize",
-    openapi_extra=multipart_doc("resize"),
-)
-def resize(request, response: HttpResponse):
-    """The same as /process/resize: `width`, `height`, `fit`."""
-    return submit_one(request, response, "resize")
+def add_shortcut(service: str) -> None:
+    """POST /api/v1/{service}: the same as /process/{service}, with the service's fields documented."""
+
+    def shortcut(request, response: HttpResponse):
+        return submit_one(request, response, service)
+
+    shortcut.__name__ = service
+    router.add_api_operation(
+        f"/{service}",
+        ["POST"],
+        shortcut,
+        response={202: JobOut, **SUBMIT_ERRORS},
+        throttle=SUBMIT_LIMIT,
+        url_name=service,
+        openapi_extra=multipart_doc(service),
+        summary=f"The same as /process/{service}",
+    )
 
 
-@router.post(
-    "/crop",
-    response={202: JobOut, **SUBMIT_ERRORS},
-    throttle=SUBMIT_LIMIT,
-    url_name="crop",
-    openapi_extra=multipart_doc("crop"),
-)
-def crop(request, response: HttpResponse):
-    """The same as /process/crop: `x`, `y`, `width`, `height`."""
-    return submit_one(request, response, "crop")
+for _service in ("resize", "crop"):
+    add_shortcut(_service)
 
 
 @router.post(
