@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+WS_PORT ?= 8001
 
-.PHONY: setup run serve worker requeue test lint format bench clean
+.PHONY: setup run serve serve-http serve-ws worker requeue test lint format bench bench-api clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,10 +22,18 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-# Production serving: uvicorn streams request bodies (constant memory) and serves WebSockets.
+# One process for HTTP and WebSockets: uvicorn streams request bodies to disk (constant memory).
 serve: setup
 	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) --workers $${WEB_CONCURRENCY:-1} \
 		--no-access-log --timeout-graceful-shutdown 30
+
+# Behind nginx (deploy/nginx): the HTTP API on gunicorn (WSGI, faster), /ws/ on uvicorn.
+serve-http: setup
+	GUNICORN_BIND=$(HOST):$(PORT) $(BIN)/gunicorn project.wsgi -c project/gunicorn_conf.py
+
+serve-ws: setup
+	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(WS_PORT) --no-access-log
+
 
 # Worker processes for the full stack (BROKER_URL set).
 worker: $(STAMP)
@@ -47,6 +56,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
+
+bench-api: $(STAMP)
+	$(BIN)/python -m bench.api $(BENCH_ARGS)
 
 clean:
 	rm -rf var/media var/tmp var/staticfiles var/darkroom.sqlite3*

@@ -5,6 +5,7 @@ import re
 import uuid
 
 from django.conf import settings
+from django.http import JsonResponse
 
 from processing import logcontext
 
@@ -83,15 +84,17 @@ def declared_length(scope) -> int:
     return 0
 
 
-async def send_too_large(send, limit: int) -> None:
-    body = json.dumps(
-        {
-            "error": {
-                "code": "upload_too_large",
-                "message": f"the request body is larger than the limit of {limit} bytes",
-            }
+def too_large_body(limit: int) -> dict:
+    return {
+        "error": {
+            "code": "upload_too_large",
+            "message": f"the request body is larger than the limit of {limit} bytes",
         }
-    ).encode()
+    }
+
+
+async def send_too_large(send, limit: int) -> None:
+    body = json.dumps(too_large_body(limit)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -99,6 +102,23 @@ async def send_too_large(send, limit: int) -> None:
     ]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class DeclaredBodyLimitMiddleware:
+    """Under WSGI (gunicorn) the body is read lazily: refuse a declared oversized one before reading it."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        limit = body_limit(request.path)
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            return JsonResponse(too_large_body(limit), status=413, headers={"Connection": "close"})
+        return self.get_response(request)
 
 
 class RateLimitHeadersMiddleware:

@@ -9,9 +9,10 @@ django_asgi = get_asgi_application()  # sets Django up before anything imports m
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
+from gateway import routing  # noqa: E402
 from gateway.middleware import RequestBodyLimit  # noqa: E402
 from processing import embedded  # noqa: E402
 
-application = ProtocolTypeRouter({"http": RequestBodyLimit(django_asgi)})
+application = ProtocolTypeRouter({"http": RequestBodyLimit(django_asgi), "websocket": routing.application})
 
 embedded.start()  # in-process workers in the embedded default; a no-op in the full stack

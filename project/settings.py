@@ -95,12 +95,14 @@ INSTALLED_APPS = [
     "project",
     "processing",
     "gateway",
+    "scaler",
 ]
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "gateway.middleware.DeclaredBodyLimitMiddleware",
     "gateway.middleware.RequestIdMiddleware",
     "gateway.middleware.RateLimitHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -328,3 +330,33 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"pika": {"level": "WARNING"}, "botocore": {"level": "WARNING"}},
 }
+
+# --- Autoscaler ---------------------------------------------------------------
+# `manage.py scale_workers` (scaler/). Names as in the original design; every one is also a flag.
+# The SERVICES_* spellings (the design's second table) win over the short ones when both are set.
+SCALE_CHECK_INTERVAL = env_float("SCALE_CHECK_INTERVAL", 30)
+MIN_INSTANCES = env_int("SERVICES_MIN_INSTANCES", env_int("MIN_INSTANCES", 1, minimum=0), minimum=0)
+MAX_INSTANCES = env_int("SERVICES_MAX_INSTANCES", env_int("MAX_INSTANCES", 5, minimum=1), minimum=1)
+# Work per worker process: messages waiting in RabbitMQ plus jobs being processed.
+SCALE_UP_THRESHOLD = env_float("SCALE_UP_THRESHOLD", 10)
+SCALE_DOWN_THRESHOLD = env_float("SCALE_DOWN_THRESHOLD", 2)
+SERVICES_COOLDOWN_PERIOD = env_float("SERVICES_COOLDOWN_PERIOD", env_float("COOLDOWN_PERIOD", 120))
+WORKER_THREADS = env_int("WORKER_THREADS", 2, minimum=1)  # per worker process the scaler starts
+GATEWAY_MIN_INSTANCES = env_int("GATEWAY_MIN_INSTANCES", 1, minimum=1)
+GATEWAY_MAX_INSTANCES = env_int("GATEWAY_MAX_INSTANCES", 3, minimum=1)
+GATEWAY_LOAD_THRESHOLD_UP = env_float("GATEWAY_LOAD_THRESHOLD_UP", 80)
+GATEWAY_LOAD_THRESHOLD_DOWN = env_float("GATEWAY_LOAD_THRESHOLD_DOWN", 30)
+GATEWAY_COOLDOWN_PERIOD = env_float("GATEWAY_COOLDOWN_PERIOD", 180)
+# How long the load score must stay past a threshold before the scaler acts on it.
+GATEWAY_SUSTAIN_PERIOD = env_float("GATEWAY_SUSTAIN_PERIOD", 30)
+GATEWAY_PORT_START = env_int("GATEWAY_PORT_START", 8001, minimum=0)  # 0: any free port
+NGINX_LISTEN = env_str("NGINX_LISTEN", "127.0.0.1:8000")
+NGINX_BINARY = env_str("NGINX_BINARY", "nginx")
+SCALER_BACKEND = env_str("SCALER_BACKEND", "local")
+if SCALER_BACKEND not in ("local", "kubernetes"):
+    raise ImproperlyConfigured(f"SCALER_BACKEND={SCALER_BACKEND!r} is not local or kubernetes")
+SCALER_HOST = env_str("SCALER_HOST", "127.0.0.1")  # where the health and metrics endpoints listen
+SCALER_HEALTH_PORT = env_int("SCALER_HEALTH_PORT", 8082, minimum=0)
+SCALER_METRICS_PORT = env_int("SCALER_METRICS_PORT", 9090, minimum=0)
+KUBERNETES_NAMESPACE = env_str("KUBERNETES_NAMESPACE")  # empty: the scaler pod's own namespace
+KUBERNETES_WORKER_DEPLOYMENT = env_str("KUBERNETES_WORKER_DEPLOYMENT", "darkroom-worker")

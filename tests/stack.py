@@ -20,6 +20,40 @@ MANAGE = [sys.executable, str(ROOT / "manage.py")]
 FINISHED = ("completed", "failed", "cancelled")
 
 
+SERVERS = {
+    "uvicorn": lambda port: [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "project.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ],
+    "gunicorn": lambda port: [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "project.wsgi",
+        "-c",
+        "project/gunicorn_conf.py",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+    ],
+}
+
+
+def serving_pid(process: subprocess.Popen) -> int:
+    """The process that handles requests: the server itself, or a gunicorn master's one worker."""
+    with open(f"/proc/{process.pid}/task/{process.pid}/children") as children:
+        pids = children.read().split()
+    return int(pids[0]) if pids else process.pid
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -80,10 +114,12 @@ class LiveStack:
         self.processes[name] = process
         return process
 
-    def start_server(self, name: str = "server", port: int | None = None, **env: str) -> subprocess.Popen:
+    def start_server(
+        self, name: str = "server", port: int | None = None, kind: str = "uvicorn", **env: str
+    ) -> subprocess.Popen:
+        """uvicorn (ASGI: HTTP and WebSockets) or gunicorn (WSGI, one worker process: HTTP)."""
         port = port or self.port
-        command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(port)]
-        process = self.spawn(name, [*command, "--host", "127.0.0.1", "--no-access-log"], **env)
+        process = self.spawn(name, SERVERS[kind](port), **env)
         url = f"http://127.0.0.1:{port}"
         self.wait_until(lambda: self.is_live(url), timeout=30, what=f"{name} to answer /health/live")
         return process
