@@ -1,0 +1,264 @@
+"""Job events for WebSocket subscribers: `job_changed` in, channel-layer group messages out.
+
+processing sends `job_changed` after every change of a job, from worker processes and
+threads and from gateway request threads. `on_job_changed` makes one message of it
+(the job's public shape, JSON-encoded once for every subscriber) for three groups: the
+job's, its owner's and the staff's. A `Publisher` sends it from an event loop of its
+own, in the order events came, so the sender never waits on the channel layer and never
+sees its errors: a job never fails, nor slows down, because Redis is slow or down.
+Subscribers then miss live events, and clients fall back to polling.
+"""
+
+import asyncio
+import atexit
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import CancelledError
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
+from django.core import checks
+from django.core.serializers.json import DjangoJSONEncoder
+from redis.exceptions import RedisError
+
+from processing.models import Job
+
+logger = logging.getLogger(__name__)
+
+# What a failing channel layer raises: Redis errors, socket errors, and our timeouts around its calls.
+LAYER_ERRORS = (RedisError, OSError)
+
+LAYER_TIMEOUT = 1.0  # seconds for one channel-layer call; a hung Redis costs the publisher this, once
+COOLDOWN = 5.0  # seconds after a failure during which events are dropped rather than tried
+BACKLOG = 10_000  # events waiting to be sent; past this (Redis too slow) new ones are dropped
+FLUSH_AT_EXIT = 1.0  # seconds a finishing process waits for its last events to go out
+
+STAFF_GROUP = "jobs.all"
+MESSAGE_TYPE = "job.event"  # handled by the consumers' `job_event`
+
+
+# --- Groups and messages ------------------------------------------------------------
+
+
+def job_group(job_id) -> str:
+    return f"job.{job_id}"
+
+
+def owner_group(identity: str) -> str:
+    """The group of one owner, named by `owners.Caller.identity` ("key:12", "session:…", "anonymous")."""
+    return "owner." + identity.replace(":", ".")
+
+
+def owner_identity(job: Job) -> str:
+    """The identity of the caller who owns `job`, as `owners.Caller.identity` names it."""
+    if job.owner_key:
+        return f"key:{job.owner_key}"
+    if job.owner_session:
+        return f"session:{job.owner_session}"
+    return "anonymous"
+
+
+def groups_for(job: Job) -> list[str]:
+    return [job_group(job.id), owner_group(owner_identity(job)), STAFF_GROUP]
+
+
+def event_text(event: str, job: Job) -> str:
+    """The WebSocket frame for one event: {"type": "job.completed", "job": {...}}."""
+    return json.dumps({"type": event, "job": job.to_dict()}, cls=DjangoJSONEncoder)
+
+
+def event_message(event: str, job: Job) -> dict:
+    # The status travels beside the text so consumers can order events without decoding them.
+    return {"type": MESSAGE_TYPE, "job_id": str(job.id), "status": job.status, "text": event_text(event, job)}
+
+
+def on_job_changed(sender, job: Job, event: str, **kwargs) -> None:
+    """The `job_changed` receiver: hands the event to this process's publisher and returns at once."""
+    publisher = current_publisher()
+    if publisher is not None:
+        publisher.publish(groups_for(job), event_message(event, job))
+
+
+# --- Publishing ---------------------------------------------------------------------
+
+
+class Publisher:
+    """Sends group messages from one task on `loop`, one after another, so each group sees
+    events in the order they were published; `publish` is thread-safe and never blocks.
+
+    After a failure it drops events for COOLDOWN seconds (a circuit breaker), so a dead
+    Redis costs one timeout per cooldown rather than one per event.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.layer = get_channel_layer()
+        self.pending: asyncio.Queue = asyncio.Queue(BACKLOG)
+        self.paused_until = 0.0
+        self.dropped = 0
+        loop.call_soon_threadsafe(self._start)
+
+    def _start(self) -> None:
+        self.task = self.loop.create_task(self._send_forever())
+
+    def publish(self, groups: list[str], message: dict) -> None:
+        # A closed loop raises RuntimeError: its server is shutting down, nobody is listening.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._enqueue, groups, message)
+
+    def _enqueue(self, groups: list[str], message: dict) -> None:
+        try:
+            self.pending.put_nowait((groups, message))
+        except asyncio.QueueFull:
+            self._drop("the channel layer is not keeping up")
+
+    async def _send_forever(self) -> None:
+        while True:
+            groups, message = await self.pending.get()
+            try:
+                await self.send(groups, message)
+            finally:
+                self.pending.task_done()
+
+    async def send(self, groups: Iterable[str], message: dict) -> None:
+        if time.monotonic() < self.paused_until:
+            self._drop("the channel layer failed recently")
+            return
+        try:
+            for group in groups:
+                async with asyncio.timeout(LAYER_TIMEOUT):
+                    await self.layer.group_send(group, message)
+        except LAYER_ERRORS as exc:
+            self.paused_until = time.monotonic() + COOLDOWN
+            logger.warning(
+                "job events not delivered (%s: %s); dropping them for %ss",
+                type(exc).__name__,
+                exc,
+                COOLDOWN,
+                extra={"job_id": message.get("job_id")},
+            )
+        else:
+            if self.dropped:
+                logger.info("job events flowing again after %d dropped", self.dropped)
+                self.dropped = 0
+
+    def _drop(self, why: str) -> None:
+        if not self.dropped:
+            logger.warning("dropping job events: %s", why)
+        self.dropped += 1
+
+    def flush(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the pending events to be sent (from another thread)."""
+        if self.loop.is_closed():
+            return
+        flushed = asyncio.run_coroutine_threadsafe(self.pending.join(), self.loop)
+        try:
+            flushed.result(timeout)
+        except (TimeoutError, CancelledError):  # the events are lost, as they would be without waiting
+            flushed.cancel()
+
+
+def start_in_thread() -> Publisher:
+    """A publisher on an event loop in a daemon thread of its own (keeps its Redis connections)."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="job-events", daemon=True).start()
+    publisher = Publisher(loop)
+    # A worker that completes a job and exits at once must not take the event with it.
+    atexit.register(publisher.flush, FLUSH_AT_EXIT)
+    return publisher
+
+
+_publisher: Publisher | None = None
+_publisher_pid: int | None = None
+_lock = threading.Lock()
+
+
+def current_publisher() -> Publisher | None:
+    """This process's publisher, or None while nobody in this process could receive the events.
+
+    The in-memory layer (the embedded default) only reaches consumers on the event loop
+    that serves them, and its queues may only be touched from that loop, so it publishes
+    there (see `serve_from_running_loop`). Other layers (Redis) get a thread of their own,
+    made on first use in each process (worker processes are forked).
+    """
+    global _publisher, _publisher_pid
+    if isinstance(get_channel_layer(), InMemoryChannelLayer):
+        return _publisher
+    with _lock:
+        if _publisher is None or _publisher_pid != os.getpid():
+            _publisher, _publisher_pid = start_in_thread(), os.getpid()
+        return _publisher
+
+
+def serve_from_running_loop() -> None:
+    """Called by consumers as they connect: with the in-memory layer, publish on their loop."""
+    global _publisher, _publisher_pid
+    if not isinstance(get_channel_layer(), InMemoryChannelLayer):
+        return
+    loop = asyncio.get_running_loop()
+    with _lock:
+        if _publisher is None or _publisher.loop is not loop or _publisher.layer is not get_channel_layer():
+            _publisher, _publisher_pid = Publisher(loop), os.getpid()
+
+
+# --- Subscribing (for consumers) -----------------------------------------------------
+
+
+async def join(channel_layer, groups: Iterable[str], channel: str) -> list[str]:
+    """Add `channel` to each group; returns the groups it joined, [] when the layer is down."""
+    joined = []
+    try:
+        for group in groups:
+            async with asyncio.timeout(LAYER_TIMEOUT):
+                await channel_layer.group_add(group, channel)
+            joined.append(group)
+    except LAYER_ERRORS as exc:
+        logger.warning("live job events unavailable: %s: %s", type(exc).__name__, exc)
+        await leave(channel_layer, joined, channel)
+        return []
+    return joined
+
+
+async def leave(channel_layer, groups: Iterable[str], channel: str) -> None:
+    """Remove `channel` from each group; a layer that is down has forgotten it, or soon expires it."""
+    for group in groups:
+        try:
+            async with asyncio.timeout(LAYER_TIMEOUT):
+                await channel_layer.group_discard(group, channel)
+        except LAYER_ERRORS as exc:
+            logger.warning("could not leave %s: %s: %s", group, type(exc).__name__, exc)
+            return
+
+
+# --- Configuration ------------------------------------------------------------------
+
+
+def check_channel_layer(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """gateway.E001: every Redis channel-layer host sets "socket_timeout": None.
+
+    channels-redis waits for events in 5 s BZPOPMIN calls, and redis-py's default socket
+    timeout is 5 s too: idle WebSockets would break every 5 s. Any socket timeout also
+    makes redis-py wrap its writes in asyncio.wait_for, which on Python 3.11 can swallow a
+    cancellation (CPython gh-86296): a closed socket's receive then never ends, and its
+    consumer stays in memory. Hung Redis calls are bounded by this module's timeouts.
+    """
+    errors = []
+    for alias, layer in settings.CHANNEL_LAYERS.items():
+        if not layer["BACKEND"].startswith("channels_redis."):
+            continue
+        for host in layer.get("CONFIG", {}).get("hosts", []):
+            if not (isinstance(host, dict) and "socket_timeout" in host and host["socket_timeout"] is None):
+                errors.append(
+                    checks.Error(
+                        f'CHANNEL_LAYERS[{alias!r}]: a Redis host without "socket_timeout": None',
+                        hint='Give each host as {"address": REDIS_URL, "socket_timeout": None, '
+                        '"socket_connect_timeout": 1}; see gateway.events.check_channel_layer.',
+                        id="gateway.E001",
+                    )
+                )
+    return errors

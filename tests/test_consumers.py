@@ -1,0 +1,445 @@
+"""WS /ws/jobs/{id}/ and WS /ws/jobs/: state on connect, every change, owners only.
+
+The consumers run in the test's event loop with the in-memory channel layer; job changes
+go through processing.jobs, as a worker makes them, and reach the sockets through
+gateway.events, as they do in the server.
+"""
+
+import socket
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.sessions.backends.db import SessionStore
+
+from gateway import events, owners, routing
+from gateway.models import ApiKey
+from processing import jobs
+from processing.models import Job
+from tests.stack import free_port
+
+pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
+
+WORKER = "test-host:1:worker"
+IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def in_memory_layer(settings):
+    """The embedded default's layer (CI sets REDIS_URL, which would make it Redis)."""
+    settings.CHANNEL_LAYERS = IN_MEMORY
+
+
+@pytest.fixture
+def alice():
+    key, presented = ApiKey.issue("alice")
+    return presented, owners.Caller(key=key)
+
+
+@pytest.fixture
+def bob():
+    key, presented = ApiKey.issue("bob")
+    return presented, owners.Caller(key=key)
+
+
+def make_job(caller: owners.Caller, status: str = Job.QUEUED) -> Job:
+    return Job.objects.create(
+        service="grayscale",
+        status=status,
+        input_key="uploads/test.png",
+        input_sha256="0" * 64,
+        input_format="png",
+        input_bytes=100,
+        input_width=64,
+        input_height=48,
+        **caller.owner_fields(),
+    )
+
+
+def in_thread(function):
+    """Run processing code as a worker does: synchronously, off the event loop."""
+    return database_sync_to_async(function)
+
+
+async def watch(path: str, key: str | None = None, headers=()) -> WebsocketCommunicator:
+    """A connected ws; the key goes as a subprotocol, the way browsers send it."""
+    subprotocols = ["darkroom", f"darkroom.key.{key}"] if key else []
+    ws = WebsocketCommunicator(routing.application, path, headers=list(headers), subprotocols=subprotocols)
+    connected, _ = await ws.connect()
+    assert connected
+    return ws
+
+
+async def closed_with(ws: WebsocketCommunicator) -> tuple[int, str]:
+    message = await ws.receive_output(timeout=1)
+    assert message["type"] == "websocket.close", message
+    return message["code"], message.get("reason", "")
+
+
+async def complete(job: Job) -> None:
+    claimed = await in_thread(jobs.claim)(job.id, WORKER)
+    await in_thread(jobs.complete)(
+        claimed,
+        WORKER,
+        output_key=f"results/{job.id}/output.png",
+        output_format="png",
+        output_content_type="image/png",
+        output_bytes=10,
+        output_width=64,
+        output_height=48,
+    )
+
+
+# --- WS /ws/jobs/{id}/ ---------------------------------------------------------------
+
+
+async def test_a_job_socket_sends_the_current_state_on_connect(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+    state = await ws.receive_json_from()
+
+    assert state["type"] == "job.state"
+    assert state["job"]["job_id"] == str(job.id)
+    assert state["job"]["status"] == "queued"
+    assert state["job"]["poll_url"] == f"/api/v1/status/{job.id}"
+    await ws.disconnect()
+
+
+async def test_it_sends_each_change_with_progress_then_the_download_url_and_closes(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+    await ws.receive_json_from()
+
+    claimed = await in_thread(jobs.claim)(job.id, WORKER)
+    processing = await ws.receive_json_from()
+    await in_thread(jobs.ProgressReporter(claimed, WORKER))(0.5)
+    progress = await ws.receive_json_from()
+    await in_thread(jobs.complete)(
+        claimed,
+        WORKER,
+        output_key=f"results/{job.id}/output.png",
+        output_format="png",
+        output_content_type="image/png",
+        output_bytes=10,
+        output_width=64,
+        output_height=48,
+    )
+    completed = await ws.receive_json_from()
+
+    assert (processing["type"], processing["job"]["status"]) == ("job.processing", "processing")
+    assert (progress["type"], progress["job"]["progress"]) == ("job.progress", 0.5)
+    assert completed["type"] == "job.completed"
+    assert completed["job"]["progress"] == 1.0
+    assert completed["job"]["result"]["url"] == f"/api/v1/download/{job.id}"
+    assert completed["job"]["download_url"] == f"/api/v1/download/{job.id}"
+    assert await closed_with(ws) == (1000, "job finished")
+
+
+async def test_a_failed_job_arrives_with_its_reason_then_the_socket_closes(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+    await ws.receive_json_from()
+
+    await in_thread(jobs.claim)(job.id, WORKER)
+    await ws.receive_json_from()
+    await in_thread(jobs.fail)(job.id, "unsupported_image", "not an image", WORKER)
+    failed = await ws.receive_json_from()
+
+    assert failed["type"] == "job.failed"
+    assert failed["job"]["error"] == {"code": "unsupported_image", "message": "not an image"}
+    assert failed["job"]["result"] is None
+    assert (await closed_with(ws))[0] == 1000
+
+
+async def test_a_cancelled_job_arrives_then_the_socket_closes(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+    await ws.receive_json_from()
+
+    await in_thread(jobs.cancel)(job.id)
+    cancelled = await ws.receive_json_from()
+
+    assert (cancelled["type"], cancelled["job"]["status"]) == ("job.cancelled", "cancelled")
+    assert (await closed_with(ws))[0] == 1000
+
+
+async def test_a_client_that_connects_after_the_end_gets_the_result_and_a_close(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    await complete(job)
+
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+    state = await ws.receive_json_from()
+
+    assert state["job"]["status"] == "completed"
+    assert state["job"]["result"]["url"] == f"/api/v1/download/{job.id}"
+    assert await closed_with(ws) == (1000, "job finished")
+
+
+async def test_a_late_event_does_not_take_the_client_back_to_an_older_status(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    claimed = await in_thread(jobs.claim)(job.id, WORKER)
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+    assert (await ws.receive_json_from())["job"]["status"] == "processing"
+
+    # The gateway's "queued" can reach the layer after the worker's "processing".
+    stale = await in_thread(Job.objects.get)(id=job.id)
+    stale.status = Job.QUEUED
+    await get_channel_layer().group_send(events.job_group(job.id), events.event_message("job.queued", stale))
+    assert await ws.receive_nothing(timeout=0.2)
+
+    await in_thread(jobs.complete)(claimed, WORKER)
+    assert (await ws.receive_json_from())["type"] == "job.completed"
+
+
+async def test_a_browser_session_watches_the_jobs_it_created():
+    session = SessionStore()
+    caller = await in_thread(owners.from_session)(session, None)
+    await in_thread(session.save)()
+    job = await in_thread(make_job)(caller)
+
+    cookie = (b"cookie", f"sessionid={session.session_key}".encode())
+    ws = await watch(f"/ws/jobs/{job.id}/", headers=[cookie])
+
+    assert (await ws.receive_json_from())["job"]["job_id"] == str(job.id)
+    await ws.disconnect()
+
+
+async def test_a_script_may_send_its_key_in_the_api_header(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+
+    ws = await watch(f"/ws/jobs/{job.id}/", headers=[(b"x-api-key", key.encode())])
+
+    assert (await ws.receive_json_from())["job"]["job_id"] == str(job.id)
+    await ws.disconnect()
+
+
+async def test_a_key_sent_as_a_subprotocol_is_answered_with_the_darkroom_subprotocol(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    ws = WebsocketCommunicator(
+        routing.application, f"/ws/jobs/{job.id}/", subprotocols=["darkroom", f"darkroom.key.{key}"]
+    )
+
+    assert await ws.connect() == (True, "darkroom")  # a browser fails a ws without it
+    await ws.disconnect()
+
+
+# --- Refusals ----------------------------------------------------------------------
+
+
+async def test_another_owners_job_is_refused_exactly_like_a_job_that_does_not_exist(alice, bob):
+    alice_key, _ = alice
+    _, bob_caller = bob
+    bobs_job = await in_thread(make_job)(bob_caller)
+
+    foreign = await watch(f"/ws/jobs/{bobs_job.id}/", alice_key)
+    unknown = await watch("/ws/jobs/00000000-0000-4000-8000-000000000000/", alice_key)
+    malformed = await watch("/ws/jobs/not-a-job/", alice_key)
+
+    assert await closed_with(foreign) == (4404, "no such job")
+    assert await closed_with(unknown) == (4404, "no such job")
+    assert await closed_with(malformed) == (4404, "no such job")
+
+
+async def test_the_owner_of_a_foreign_job_gets_no_events_through_a_refused_socket(alice, bob):
+    alice_key, _ = alice
+    _, bob_caller = bob
+    bobs_job = await in_thread(make_job)(bob_caller)
+    foreign = await watch(f"/ws/jobs/{bobs_job.id}/", alice_key)
+    await closed_with(foreign)
+
+    await in_thread(jobs.claim)(bobs_job.id, WORKER)
+
+    assert await foreign.receive_nothing(timeout=0.2)
+
+
+async def test_a_bad_key_is_refused_with_4401(alice):
+    _, caller = alice
+    job = await in_thread(make_job)(caller)
+
+    as_subprotocol = await watch(f"/ws/jobs/{job.id}/", "dk_000000000000_wrong")
+    as_header = await watch("/ws/jobs/", headers=[(b"authorization", b"Bearer dk_000000000000_wrong")])
+
+    assert await closed_with(as_subprotocol) == (4401, "the API key is unknown or revoked")
+    assert await closed_with(as_header) == (4401, "the API key is unknown or revoked")
+
+
+async def test_without_credentials_the_socket_is_refused_when_keys_are_required(settings):
+    settings.API_KEYS_REQUIRED = True
+    ws = await watch("/ws/jobs/")
+
+    code, reason = await closed_with(ws)
+
+    assert code == 4401 and "authentication required" in reason
+
+
+async def test_a_page_from_another_site_is_refused_at_the_handshake(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    path = f"/ws/jobs/{job.id}/"
+
+    evil = WebsocketCommunicator(routing.application, path, headers=[(b"origin", b"https://evil.example")])
+    ours = WebsocketCommunicator(
+        routing.application, path, headers=[(b"origin", b"http://localhost"), (b"x-api-key", key.encode())]
+    )
+
+    assert (await evil.connect())[0] is False
+    assert await ours.connect() == (True, None)
+    await ours.disconnect()
+
+
+async def test_an_unknown_websocket_path_is_closed_with_4404():
+    ws = await watch("/ws/nothing-here/")
+
+    assert await closed_with(ws) == (4404, "no such endpoint")
+
+
+# --- WS /ws/jobs/ ----------------------------------------------------------------------
+
+
+async def test_the_callers_stream_has_their_jobs_and_never_anyone_elses(alice, bob):
+    key, caller = alice
+    _, bob_caller = bob
+    earlier = await in_thread(make_job)(caller)
+    theirs = await in_thread(make_job)(bob_caller)
+    stream = await watch("/ws/jobs/", key)
+    state = await stream.receive_json_from()
+
+    mine = await in_thread(make_job)(caller)
+    await in_thread(jobs.claim)(theirs.id, WORKER)
+    await in_thread(jobs.claim)(mine.id, WORKER)
+    await in_thread(jobs.cancel)(earlier.id)
+    seen = [await stream.receive_json_from() for _ in range(2)]
+
+    assert state["type"] == "jobs.state"
+    assert [job["job_id"] for job in state["jobs"]] == [str(earlier.id)]
+    assert [(e["type"], e["job"]["job_id"]) for e in seen] == [
+        ("job.processing", str(mine.id)),
+        ("job.cancelled", str(earlier.id)),
+    ]
+    assert await stream.receive_nothing(timeout=0.2)
+    await stream.disconnect()
+
+
+async def test_a_staff_stream_sees_every_owners_jobs(alice):
+    key, staff = await in_thread(ApiKey.issue)("ops", is_staff=True)
+    _, caller = alice
+    job = await in_thread(make_job)(caller)
+    stream = await watch("/ws/jobs/", staff)
+    await stream.receive_json_from()
+
+    await in_thread(jobs.claim)(job.id, WORKER)
+
+    assert (await stream.receive_json_from())["job"]["job_id"] == str(job.id)
+    await stream.disconnect()
+
+
+async def test_the_stream_drops_a_late_event_for_a_job_that_has_moved_on(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    stream = await watch("/ws/jobs/", key)
+    await stream.receive_json_from()
+    await complete(job)
+    seen = [(await stream.receive_json_from())["type"] for _ in range(2)]
+    assert seen == ["job.processing", "job.completed"]
+
+    late = await in_thread(Job.objects.get)(id=job.id)
+    late.status = Job.QUEUED
+    await get_channel_layer().group_send(
+        events.owner_group(caller.identity), events.event_message("job.queued", late)
+    )
+
+    assert await stream.receive_nothing(timeout=0.2)
+    await stream.disconnect()
+
+
+async def test_a_disconnected_socket_leaves_its_groups(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+    stream = await watch("/ws/jobs/", key)
+    layer = get_channel_layer()
+    assert events.job_group(job.id) in layer.groups
+
+    await ws.disconnect()
+    await stream.disconnect()
+
+    assert not layer.groups
+
+
+# --- Without Redis ---------------------------------------------------------------------
+
+
+def redis_layer(address: str) -> dict:
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": address, "socket_connect_timeout": 0.5}]},
+        }
+    }
+
+
+@pytest.fixture
+def redis_down(settings):
+    """The Redis channel layer, pointing where no Redis listens."""
+    settings.CHANNEL_LAYERS = redis_layer(f"redis://127.0.0.1:{free_port()}/0")
+
+
+@pytest.fixture
+def redis_hung(settings):
+    """A "Redis" that takes connections and never answers: the worst case for a sender."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(100)
+        settings.CHANNEL_LAYERS = redis_layer(f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+        yield
+
+
+async def test_with_redis_down_a_socket_gets_the_state_then_a_clean_close(alice, redis_down):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+
+    assert (await ws.receive_json_from())["job"]["status"] == "queued"
+    assert await closed_with(ws) == (1013, "live updates unavailable; poll the API")
+
+
+@pytest.mark.parametrize("layer", ["redis_down", "redis_hung"])
+async def test_a_worker_finishes_its_job_without_waiting_for_a_failing_channel_layer(alice, layer, request):
+    request.getfixturevalue(layer)
+    _, caller = alice
+    job = await in_thread(make_job)(caller)
+
+    started = time.monotonic()
+    await complete(job)
+    took = time.monotonic() - started
+
+    assert (await in_thread(Job.objects.get)(id=job.id)).status == Job.COMPLETED
+    assert took < events.LAYER_TIMEOUT / 2, f"the worker waited {took:.2f}s for events"
+
+
+def test_events_reach_the_group_of_the_owner_the_api_knows(alice):
+    _, by_key = alice
+    by_session = owners.Caller(session_owner="5f0c2d0e9b7a4e34a3f1d6c8b2e4a7d9")
+    anonymous = owners.Caller()
+
+    for caller in (by_key, by_session, anonymous):
+        job = make_job(caller)
+        assert events.owner_group(events.owner_identity(job)) == events.owner_group(caller.identity)
+        assert events.owner_group(caller.identity) in events.groups_for(job)
