@@ -1,21 +1,412 @@
-from django.contrib import admin
+"""The jobs admin: find jobs (status, service, owner, date; by id or sha256), see their
+images, timings and audit trail, and act on them: retry, cancel, re-publish the dead
+letters, delete with their files.
 
+Every field is read-only: a job changes only through its lifecycle (processing.jobs).
+Storage keys never appear; images are shown as thumbnails made by an admin-only view.
+"""
+
+import json
+import logging
+
+from django.apps import apps
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.cache import cache
+from django.http import Http404, HttpResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from processing import jobs, storage
+from processing.errors import UnprocessableImage
+from processing.imaging import encode_image, load_image
 from processing.models import Job
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_EDGE = 160
+THUMBNAIL_CACHE_SECONDS = 24 * 3600
+IMAGE_SIDES = ("input", "output")
+# Failures recorded when a message died (retries used up, time limit, lost worker): the
+# message went to the dead-letter queue, and the input may well be fine.
+DEAD_LETTER_CODES = ("processing_error", "worker_lost", "time_limit_exceeded")
+
+
+class OwnerFilter(admin.SimpleListFilter):
+    title = "owner"
+    parameter_name = "owner"
+
+    def lookups(self, request, model_admin):
+        # Looked up by name, not imported: the domain doesn't depend on the gateway's models.
+        api_key = apps.get_model("gateway", "ApiKey")
+        keys = [(f"key:{key.pk}", f"API key: {key.name}") for key in api_key.objects.order_by("name")[:50]]
+        return [("session", "Browser sessions"), ("anonymous", "Anonymous"), *keys]
+
+    def queryset(self, request, queryset):
+        value = self.value() or ""
+        if value == "session":
+            return queryset.filter(owner_key="").exclude(owner_session="")
+        if value == "anonymous":
+            return queryset.filter(owner_key="", owner_session="")
+        if value.startswith("key:"):
+            return queryset.filter(owner_key=value.removeprefix("key:"))
+        return queryset
 
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = (
-        "id",
+        "short_id",
         "service",
         "status",
-        "progress",
-        "attempts",
-        "created_at",
-        "finished_at",
+        "owner",
+        "input_thumbnail",
+        "output_thumbnail",
+        "timings",
+        "created",
         "error_code",
     )
-    list_filter = ("status", "service", "created_at")
-    search_fields = ("=id", "=input_sha256", "=request_id")
+    list_display_links = ("short_id",)
+    list_filter = (
+        "status",
+        "service",
+        OwnerFilter,
+        ("owner_user", admin.RelatedOnlyFieldListFilter),
+        ("created_at", admin.DateFieldListFilter),
+        "error_code",
+    )
+    list_select_related = ("owner_user",)
+    list_per_page = 50
+    search_fields = ("=id", "=input_sha256", "=output_sha256", "=request_id")
+    search_help_text = "A job id, an input or output sha256, or a request id"
     date_hierarchy = "created_at"
-    readonly_fields = [field.name for field in Job._meta.fields]
+    actions = ("retry_failed", "republish_dead_letters", "cancel_jobs")
+    fieldsets = (
+        (None, {"fields": ("id", "service", "status", "progress", "parameters_json", "request_id")}),
+        ("Owner", {"fields": ("owner_key", "owner_session", "owner_user")}),
+        (
+            "Input",
+            {
+                "fields": (
+                    "input_preview",
+                    "input_filename",
+                    "input_format",
+                    "input_width",
+                    "input_height",
+                    "input_bytes",
+                    "input_sha256",
+                )
+            },
+        ),
+        (
+            "Output",
+            {
+                "fields": (
+                    "output_preview",
+                    "output_format",
+                    "output_content_type",
+                    "output_width",
+                    "output_height",
+                    "output_bytes",
+                    "output_sha256",
+                    "report_json",
+                )
+            },
+        ),
+        (
+            "Timings",
+            {
+                "fields": (
+                    "created_at",
+                    "enqueued_at",
+                    "started_at",
+                    "finished_at",
+                    "queue_wait",
+                    "processing_time",
+                    "total_time",
+                    "metrics_json",
+                )
+            },
+        ),
+        (
+            "Attempts and errors",
+            {
+                "fields": (
+                    "attempts",
+                    "worker_id",
+                    "lease_expires_at",
+                    "error_code",
+                    "error_message",
+                    "files_removed_at",
+                )
+            },
+        ),
+    )
+    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
+
+    # --- Permissions and the change form -------------------------------------------------
+
+    def has_add_permission(self, request):
+        return False  # jobs come from uploads
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        # Everything is read-only: offer the history and delete, not a Save that saves nothing.
+        context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_actions(self, request):
+        found = super().get_actions(request)
+        if "delete_selected" in found:
+            function, name, _ = found["delete_selected"]
+            found["delete_selected"] = (function, name, "Delete the selected jobs and their files")
+        return found
+
+    # --- Columns and fields ----------------------------------------------------------------
+
+    @admin.display(description="job", ordering="id")
+    def short_id(self, job: Job) -> str:
+        return str(job.id)[:8]
+
+    @admin.display(description="owner")
+    def owner(self, job: Job) -> str:
+        if job.owner_key:
+            return f"API key #{job.owner_key}"
+        if job.owner_user_id:
+            return f"user {job.owner_user}"
+        if job.owner_session:
+            return f"session {job.owner_session[:8]}"
+        return "anonymous"
+
+    @admin.display(description="input")
+    def input_thumbnail(self, job: Job) -> str:
+        return thumbnail_tag(job, "input", size=64)
+
+    @admin.display(description="output")
+    def output_thumbnail(self, job: Job) -> str:
+        return thumbnail_tag(job, "output", size=64)
+
+    @admin.display(description="image")
+    def input_preview(self, job: Job) -> str:
+        return thumbnail_tag(job, "input", size=THUMBNAIL_EDGE)
+
+    @admin.display(description="image")
+    def output_preview(self, job: Job) -> str:
+        return thumbnail_tag(job, "output", size=THUMBNAIL_EDGE)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, job: Job) -> str:
+        return timezone.localtime(job.created_at).strftime("%Y-%m-%d %H:%M:%S")
+
+    @admin.display(description="wait / processing", ordering="processing_ms")
+    def timings(self, job: Job) -> str:
+        return f"{milliseconds(job.queue_wait_ms)} / {milliseconds(job.processing_ms)}"
+
+    @admin.display(description="queue wait")
+    def queue_wait(self, job: Job) -> str:
+        return milliseconds(job.queue_wait_ms)
+
+    @admin.display(description="processing", ordering="processing_ms")
+    def processing_time(self, job: Job) -> str:
+        return milliseconds(job.processing_ms)
+
+    @admin.display(description="total")
+    def total_time(self, job: Job) -> str:
+        return milliseconds(job.total_ms)
+
+    @admin.display(description="parameters")
+    def parameters_json(self, job: Job) -> str:
+        return pretty_json(job.parameters)
+
+    @admin.display(description="report")
+    def report_json(self, job: Job) -> str:
+        return pretty_json(job.report) if job.report is not None else "–"
+
+    @admin.display(description="metrics")
+    def metrics_json(self, job: Job) -> str:
+        return pretty_json(job.metrics)
+
+    # --- Thumbnails ---------------------------------------------------------------------
+
+    def get_urls(self):
+        thumbnail = self.admin_site.admin_view(self.thumbnail_view)
+        return [
+            path("<uuid:job_id>/thumbnail/<str:side>/", thumbnail, name="processing_job_thumbnail"),
+            *super().get_urls(),
+        ]
+
+    def thumbnail_view(self, request, job_id, side: str):
+        """A small WebP of the job's input or output, for staff only: the files themselves stay private."""
+        job = self.get_queryset(request).filter(pk=job_id).first()
+        if job is None or not self.has_view_permission(request, job) or not has_image(job, side):
+            raise Http404("no such image")
+        try:
+            data = thumbnail_bytes(job, side)
+        except (OSError, UnprocessableImage) as exc:  # a missing or damaged file
+            logger.warning("no thumbnail for the %s: %s", side, exc, extra={"job_id": str(job.id)})
+            raise Http404("no such image") from None
+        response = HttpResponse(data, content_type="image/webp")
+        response["Cache-Control"] = "private, max-age=3600"
+        return response
+
+    # --- Actions ----------------------------------------------------------------------
+
+    @admin.action(description="Retry the selected failed jobs", permissions=["change"])
+    def retry_failed(self, request, queryset):
+        self.requeue(request, queryset.filter(status=Job.FAILED), "retried")
+
+    @admin.action(
+        description="Re-publish dead-lettered jobs (processing_error, worker_lost, time_limit_exceeded)",
+        permissions=["change"],
+    )
+    def republish_dead_letters(self, request, queryset):
+        dead = queryset.filter(status=Job.FAILED, error_code__in=DEAD_LETTER_CODES)
+        skipped = queryset.count() - dead.count()
+        self.requeue(request, dead, "re-published")
+        if skipped:
+            self.message_user(
+                request,
+                f"Left {skipped} selected job(s) alone: they did not die in the queue. "
+                "Use Retry for other failures.",
+                messages.WARNING,
+            )
+        self.message_user(
+            request,
+            "The old messages stay in the dead-letter queue: one delivered again later finds its job "
+            "taken or finished and does nothing.",
+            messages.INFO,
+        )
+
+    @admin.action(description="Cancel the selected queued or running jobs", permissions=["change"])
+    def cancel_jobs(self, request, queryset):
+        cancelled = 0
+        for job in queryset.filter(status__in=[Job.QUEUED, Job.PROCESSING]):
+            if jobs.cancel(job.id):
+                self.log_change(request, job, "Cancelled.")
+                cancelled += 1
+        self.message_user(request, f"Cancelled {cancelled} job(s).", messages.SUCCESS)
+
+    def requeue(self, request, failed, verb: str) -> None:
+        """Queue each failed job again with a clean slate, then publish it."""
+        requeued, unpublished, gone = 0, 0, 0
+        for job in failed:
+            if job.files_removed_at:
+                gone += 1  # its input was cleaned up: nothing to process
+                continue
+            if not reset_for_retry(job):
+                continue  # it changed meanwhile (another admin's click)
+            self.log_change(request, job, f"{verb.capitalize()} after failing with {job.error_code}.")
+            requeued += 1
+            if not publish(job):
+                unpublished += 1
+        self.message_user(request, f"{verb.capitalize()} {requeued} job(s).", messages.SUCCESS)
+        if unpublished:
+            self.message_user(
+                request,
+                f"The broker did not confirm {unpublished} of them; they are queued and will be "
+                "re-published automatically (requeue_stale).",
+                messages.WARNING,
+            )
+        if gone:
+            self.message_user(
+                request, f"{gone} job(s) could not be retried: their files were removed.", messages.WARNING
+            )
+
+    # --- Deleting, with the files -------------------------------------------------------
+
+    def delete_model(self, request, obj: Job) -> None:
+        delete_files(obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for job in queryset:
+            delete_files(job)
+        super().delete_queryset(request, queryset)
+
+
+# --- Helpers ---------------------------------------------------------------------------------
+
+
+def has_image(job: Job, side: str) -> bool:
+    if side not in IMAGE_SIDES or job.files_removed_at:
+        return False
+    return bool(job.input_key) if side == "input" else bool(job.output_key and job.status == Job.COMPLETED)
+
+
+def thumbnail_tag(job: Job, side: str, size: int) -> str:
+    if not has_image(job, side):
+        return "–"
+    url = reverse("admin:processing_job_thumbnail", args=[job.pk, side])
+    return format_html(
+        '<img src="{}" alt="{} of job {}" width="{}" height="{}" loading="lazy" '
+        'style="object-fit:contain;background:#eee">',
+        url,
+        side.capitalize(),
+        str(job.pk)[:8],
+        size,
+        size,
+    )
+
+
+def thumbnail_bytes(job: Job, side: str) -> bytes:
+    """Made once per image content and cached (Redis in the full stack): decoding a photo is slow."""
+    key, sha256 = (
+        (job.input_key, job.input_sha256) if side == "input" else (job.output_key, job.output_sha256)
+    )
+    cache_key = f"admin-thumbnail:{job.pk}:{side}:{sha256}"
+    data = cache.get(cache_key)
+    if data is None:
+        with storage.local_path(key) as local:
+            image, _ = load_image(local, settings.MAX_IMAGE_PIXELS)
+        image.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE))
+        data = encode_image(image, "webp", 80)
+        cache.set(cache_key, data, THUMBNAIL_CACHE_SECONDS)
+    return data
+
+
+def reset_for_retry(job: Job) -> bool:
+    """Failed → queued, error-free, as if new (attempts are kept for the record); False if it
+    is no longer failed. The conditional update makes a double click requeue it once."""
+    reset = Job.objects.filter(id=job.id, status=Job.FAILED).update(
+        status=Job.QUEUED,
+        progress=0.0,
+        error_code="",
+        error_message="",
+        worker_id="",
+        started_at=None,
+        finished_at=None,
+        lease_expires_at=None,
+        enqueued_at=None,
+        processing_ms=None,
+        metrics={},
+    )
+    return bool(reset)
+
+
+def publish(job: Job) -> bool:
+    """Announce and publish a requeued job; False when the broker didn't confirm it."""
+    job.refresh_from_db()
+    jobs.emit(job, "job.queued")
+    try:
+        jobs.publish(job)
+    except jobs.BrokerUnavailable as exc:
+        logger.warning("requeued, but not published: %s", exc, extra={"job_id": str(job.id)})
+        return False
+    return True
+
+
+def delete_files(job: Job) -> None:
+    # Files first: if storage fails, the job (and the way to its files) is still there to retry.
+    if not job.is_finished:
+        jobs.cancel(job.id)  # a worker still on it stops at its next checkpoint
+    storage.delete_job_files(job.input_key, job.output_key)
+
+
+def milliseconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.1f} s"
+
+
+def pretty_json(value) -> str:
+    return format_html("<pre style='margin:0;white-space:pre-wrap'>{}</pre>", json.dumps(value, indent=2))

@@ -2,10 +2,14 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
-from gateway import health, metrics
+from gateway import health, metrics, views
 from gateway.api import api
 
 urlpatterns = [
+    path("", views.home, name="home"),
+    path("upload", views.upload, name="upload"),
+    path("jobs/", views.job_list, name="job-list"),
+    path("jobs/<uuid:job_id>/", views.job_status, name="job-status"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("api/docs", RedirectView.as_view(url="/api/v1/docs", permanent=False), name="api-docs"),

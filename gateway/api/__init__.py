@@ -8,7 +8,7 @@ from ninja.errors import AuthenticationError, HttpError, Throttled
 from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import ValidationError as PydanticValidationError
 
-from gateway.api import jobs, services, system
+from gateway.api import frontend, jobs, services, system
 from gateway.api.auth import API_AUTH
 from gateway.errors import ApiError, error_response, render
 from gateway.uploads import UploadTooLarge
@@ -27,6 +27,7 @@ api = NinjaAPI(
 api.add_router("", services.router)
 api.add_router("", jobs.router)
 api.add_router("", system.router)
+api.add_router("", frontend.router)
 
 
 @api.exception_handler(ApiError)

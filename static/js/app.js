@@ -1,0 +1,474 @@
+/* Darkroom's desktop and mobile pages: the upload form (its options built from the
+ * services' JSON schemas) and the live job list. Needs live.js; reads the page's
+ * frontend config (the same as GET /api/v1/frontend/config) from #darkroom-config.
+ */
+(function () {
+  "use strict";
+
+  const D = window.Darkroom;
+  const form = document.querySelector("[data-upload-form]");
+  if (!D || !form) return;
+
+  const config = JSON.parse(document.getElementById("darkroom-config").textContent);
+  const features = config.features;
+  const mobile = document.body.dataset.ui === "mobile";
+
+  const STATUS_TEXT = {
+    queued: "Queued",
+    processing: "Processing",
+    completed: "Completed",
+    failed: "Failed",
+    cancelled: "Cancelled",
+  };
+  // Options every image service shares go after the service's own, unless required.
+  const OUTPUT_OPTIONS = ["format", "quality"];
+  const COLOUR_PATTERN = "^#[0-9a-fA-F]{6}$";
+
+  const fileInputs = Array.from(form.querySelectorAll("[data-file-input]"));
+  const chosenList = form.querySelector("[data-chosen]");
+  const serviceSelect = form.querySelector("[data-service]");
+  const serviceDescription = form.querySelector("[data-service-description]");
+  const parameterBox = form.querySelector("[data-parameters]");
+  const errorBox = form.querySelector("[data-form-error]");
+  const progressBox = form.querySelector("[data-upload-progress]");
+  const submitButton = form.querySelector("[data-submit]");
+  const jobList = document.querySelector("[data-job-list]");
+  const emptyNote = document.querySelector("[data-empty]");
+  const transportLabel = document.querySelector("[data-transport-label]");
+  const announcer = document.querySelector("[data-announcer]");
+
+  const services = new Map(); // name -> the service from GET /api/v1/services
+  const uploads = new Map(); // job id -> {name, file} for the jobs uploaded from this page
+  const cards = new Map(); // job id -> the job's card in the list
+  const previews = new WeakMap(); // File -> object URL
+
+  // --- Small helpers -------------------------------------------------------------------
+
+  function el(tag, attributes, ...children) {
+    const node = document.createElement(tag);
+    Object.entries(attributes || {}).forEach(([key, value]) => {
+      if (value === null || value === undefined || value === false) return;
+      if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value === true ? "" : String(value));
+    });
+    node.append(...children.filter(Boolean));
+    return node;
+  }
+
+  function formatBytes(bytes) {
+    if (bytes < 1024) return bytes + " B";
+    if (bytes < 1024 * 1024) return (bytes / 1024).toFixed(0) + " KB";
+    return (bytes / 1024 / 1024).toFixed(1) + " MB";
+  }
+
+  function formatMs(ms) {
+    if (ms === null || ms === undefined) return "–";
+    return ms < 1000 ? Math.round(ms) + " ms" : (ms / 1000).toFixed(1) + " s";
+  }
+
+  function previewUrl(file) {
+    if (!previews.has(file)) previews.set(file, URL.createObjectURL(file));
+    return previews.get(file);
+  }
+
+  /** Say `text` to screen readers; the last few messages stay, so that quick ones aren't lost. */
+  function announce(text) {
+    announcer.append(el("p", { text }));
+    while (announcer.children.length > 3) announcer.firstElementChild.remove();
+  }
+
+  // --- The options form, from the service's JSON schema ---------------------------------
+
+  function withoutNull(prop) {
+    const choices = (prop.anyOf || []).filter((choice) => choice.type !== "null");
+    return choices.length === 1 ? choices[0] : prop;
+  }
+
+  function parameterField(name, prop, required) {
+    const spec = withoutNull(prop);
+    const id = "param-" + name;
+    const value = prop.default === undefined || prop.default === null ? "" : String(prop.default);
+    const help = prop.description ? el("small", { id: id + "-help", text: prop.description }) : null;
+    const common = { id, name, required, "aria-describedby": help && id + "-help", "data-parameter": true };
+    let control;
+    if (spec.enum) {
+      const blank = value === "" && !required ? [el("option", { value: "", text: "Default" })] : [];
+      const options = spec.enum.map((option) => el("option", { value: option, text: option, selected: String(option) === value }));
+      control = el("select", common, ...blank, ...options);
+    } else if (spec.type === "boolean") {
+      control = el(
+        "select",
+        common,
+        el("option", { value: "true", text: "Yes", selected: prop.default === true }),
+        el("option", { value: "false", text: "No", selected: prop.default !== true })
+      );
+    } else if (spec.type === "integer" || spec.type === "number") {
+      const step = spec.type === "integer" ? "1" : "any";
+      const inputmode = spec.type === "integer" ? "numeric" : "decimal";
+      control = el("input", { ...common, type: "number", value, min: spec.minimum, max: spec.maximum, step, inputmode });
+    } else if (spec.pattern === COLOUR_PATTERN) {
+      control = el("input", { ...common, type: "color", value: value || "#ffffff" });
+    } else {
+      const pattern = spec.pattern ? spec.pattern.replace(/^\^|\$$/g, "") : null;
+      control = el("input", { ...common, type: "text", value, pattern });
+    }
+    const label = el("label", { for: id, text: (prop.title || name) + (required ? " (required)" : "") });
+    return el("div", { class: "field" }, label, control, help);
+  }
+
+  function showParameters() {
+    const service = services.get(serviceSelect.value);
+    const option = serviceSelect.selectedOptions[0];
+    serviceDescription.textContent = option ? option.dataset.description : "";
+    const legend = parameterBox.querySelector("legend");
+    if (!service) return;
+    const schema = service.parameters;
+    const required = new Set(schema.required || []);
+    const later = (name) => OUTPUT_OPTIONS.includes(name) && !required.has(name);
+    const names = Object.keys(schema.properties || {}).sort((a, b) => later(a) - later(b));
+    const fields = names.map((name) => parameterField(name, schema.properties[name], required.has(name)));
+    const none = el("p", { class: "hint", text: "This operation has no options." });
+    parameterBox.replaceChildren(legend, ...(fields.length ? fields : [none]));
+  }
+
+  function chosenParameters() {
+    const values = {};
+    form.querySelectorAll("[data-parameter]").forEach((control) => {
+      if (control.value !== "") values[control.name] = control.value;
+    });
+    return values;
+  }
+
+  // --- Choosing files: the inputs, and the drop zone that is their label -----------------------
+
+  function chosenFiles() {
+    return fileInputs.flatMap((input) => Array.from(input.files));
+  }
+
+  function showChosen() {
+    const items = chosenFiles().map((file) =>
+      el(
+        "li",
+        {},
+        features.real_time_preview ? el("img", { src: previewUrl(file), alt: "" }) : null,
+        el("span", { text: file.name + " (" + formatBytes(file.size) + ")" })
+      )
+    );
+    chosenList.replaceChildren(...items);
+    submitButton.textContent = mobile ? "Process photo" : items.length > 1 ? "Process " + items.length + " images" : "Process images";
+  }
+
+  function clearChosen() {
+    fileInputs.forEach((input) => (input.value = ""));
+    showChosen();
+  }
+
+  fileInputs.forEach((input) =>
+    input.addEventListener("change", () => {
+      // One photo at a time on a phone: a new choice replaces the other input's.
+      if (mobile) fileInputs.filter((other) => other !== input).forEach((other) => (other.value = ""));
+      showChosen();
+    })
+  );
+
+  function enableDropping(zone) {
+    ["dragenter", "dragover"].forEach((type) =>
+      zone.addEventListener(type, (event) => {
+        event.preventDefault();
+        zone.classList.add("is-dragging");
+      })
+    );
+    ["dragleave", "drop"].forEach((type) => zone.addEventListener(type, () => zone.classList.remove("is-dragging")));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      const images = Array.from(event.dataTransfer.files).filter((file) => file.type.startsWith("image/"));
+      const transfer = new DataTransfer();
+      images.forEach((file) => transfer.items.add(file));
+      fileInputs[0].files = transfer.files;
+      showChosen();
+      announce(images.length + (images.length === 1 ? " image" : " images") + " chosen");
+    });
+    // A file dropped beside the zone must not navigate away from the page.
+    window.addEventListener("dragover", (event) => event.preventDefault());
+    window.addEventListener("drop", (event) => event.preventDefault());
+  }
+
+  // --- Uploading -----------------------------------------------------------------------
+
+  function problemWith(files) {
+    if (!files.length) return mobile ? "Take or choose a photo first." : "Choose at least one image first.";
+    const large = files.filter((file) => file.size > config.max_upload_bytes);
+    if (large.length) {
+      return large.map((file) => file.name).join(", ") + ": larger than " + formatBytes(config.max_upload_bytes) + ".";
+    }
+    return null;
+  }
+
+  function showError(error) {
+    const fields = error.fields || [];
+    const list = fields.length
+      ? el("ul", {}, ...fields.map((f) => el("li", { text: (f.field ? f.field + ": " : "") + f.message })))
+      : null;
+    errorBox.replaceChildren(el("p", { text: fields.length ? "Please check the options." : error.message || String(error) }), list);
+    form.querySelectorAll("[data-parameter]").forEach((control) => {
+      const invalid = fields.some((f) => f.field === control.name);
+      if (invalid) control.setAttribute("aria-invalid", "true");
+      else control.removeAttribute("aria-invalid");
+    });
+  }
+
+  function setBusy(busy) {
+    submitButton.disabled = busy;
+    form.setAttribute("aria-busy", String(busy));
+    progressBox.hidden = !busy;
+  }
+
+  function inGroups(files, size) {
+    const groups = [];
+    for (let start = 0; start < files.length; start += size) groups.push(files.slice(start, start + size));
+    return groups;
+  }
+
+  /** Run `work` on every item, at most `limit` at a time. */
+  async function inParallel(items, limit, work) {
+    const queue = items.slice();
+    const runner = async () => {
+      while (queue.length) await work(queue.shift());
+    };
+    await Promise.all(Array.from({ length: Math.min(limit, queue.length) }, runner));
+  }
+
+  async function send(files, service, parameters, onProgress) {
+    const data = new FormData();
+    files.forEach((file) => data.append("image", file, file.name));
+    Object.entries(parameters).forEach(([name, value]) => data.append(name, value));
+    let path = "/api/v1/process/" + encodeURIComponent(service);
+    if (files.length > 1) {
+      path = "/api/v1/jobs/batch";
+      data.append("service", service);
+    }
+    const answer = await D.api.upload(path, data, onProgress);
+    const jobs = answer.jobs || [answer];
+    jobs.forEach((job, index) => {
+      uploads.set(job.job_id, { name: files[index].name, file: files[index] });
+      feed.update(job);
+      render(feed.jobs.get(job.job_id)); // the card may exist already, from a faster WebSocket event
+    });
+    return jobs;
+  }
+
+  async function submit(event) {
+    event.preventDefault();
+    const files = chosenFiles();
+    const problem = problemWith(files);
+    if (problem) {
+      showError({ message: problem });
+      return;
+    }
+    errorBox.replaceChildren();
+    setBusy(true);
+    const progress = progressBox.querySelector("progress");
+    const total = files.reduce((sum, file) => sum + file.size, 0) || 1;
+    const sent = new Map();
+    const groups = inGroups(files, features.batch_processing ? config.max_batch_files : 1);
+    const created = [];
+    try {
+      await inParallel(groups, config.max_concurrent_uploads, async (group) => {
+        const size = group.reduce((sum, file) => sum + file.size, 0);
+        const jobs = await send(group, serviceSelect.value, chosenParameters(), (fraction) => {
+          sent.set(group, fraction * size);
+          progress.value = Math.round((100 * Array.from(sent.values()).reduce((a, b) => a + b, 0)) / total);
+        });
+        created.push(...jobs);
+      });
+      clearChosen();
+      announce(created.length === 1 ? "Uploaded; processing has started." : created.length + " images uploaded.");
+      if (mobile && created.length) focusCard(created[0].job_id);
+    } catch (error) {
+      showError(error);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  // --- The job list ----------------------------------------------------------------------
+
+  function titleOf(job) {
+    const upload = uploads.get(job.job_id);
+    return upload ? upload.name : job.service + " " + job.job_id.slice(0, 8);
+  }
+
+  function createCard(job) {
+    const card = {
+      item: el("li", { class: "job", "data-job-id": job.job_id, "data-created": job.created_at }),
+      title: el("h3", { tabindex: "-1" }),
+      status: el("span", { class: "status" }),
+      progress: el("progress", { max: "100", value: "0" }),
+      preview: el("div", { class: "preview" }),
+      metrics: el("p", { class: "metrics" }),
+      report: el("div", { class: "report" }),
+      error: el("p", { class: "job-error" }),
+      actions: el("div", { class: "job-actions" }),
+    };
+    const head = el("div", { class: "job-head" }, card.title, el("span", { class: "job-service", text: job.service }), card.status);
+    card.item.append(head, card.progress, card.error, card.preview, card.metrics, card.report, card.actions);
+    return card;
+  }
+
+  function place(card, job) {
+    // Newest first, wherever an event for an older job turns up from.
+    const later = Array.from(jobList.children).find((item) => item.dataset.created < job.created_at);
+    jobList.insertBefore(card.item, later || null);
+  }
+
+  function render(job, previous) {
+    let card = cards.get(job.job_id);
+    if (!card) {
+      card = createCard(job);
+      cards.set(job.job_id, card);
+      place(card, job);
+    }
+    fill(card, job, previous);
+    emptyNote.hidden = cards.size > 0;
+    if (previous && previous.status !== job.status) announce(titleOf(job) + ": " + STATUS_TEXT[job.status].toLowerCase());
+  }
+
+  function fill(card, job, previous) {
+    const title = titleOf(job);
+    card.item.className = "job job-" + job.status;
+    card.item.dataset.status = job.status;
+    card.title.textContent = title;
+    card.status.textContent = STATUS_TEXT[job.status];
+    card.status.className = "status status-" + job.status;
+    card.progress.value = Math.round((job.status === "completed" ? 1 : job.progress || 0) * 100);
+    card.progress.setAttribute("aria-label", "Progress of " + title);
+    card.progress.hidden = job.status === "failed" || job.status === "cancelled";
+    card.error.textContent = job.error ? job.error.message : "";
+    card.error.hidden = !job.error;
+    if (!previous || previous.status !== job.status || !card.actions.hasChildNodes()) fillActions(card, job);
+    if (features.real_time_preview) fillPreview(card, job, title);
+    if (job.result && job.result.report && !card.report.hasChildNodes()) card.report.append(...reportView(job.result.report));
+    if (features.advanced_metrics && D.isFinished(job) && !card.metricsRequested) showMetrics(card, job);
+  }
+
+  function fillActions(card, job) {
+    const actions = [];
+    if (job.status === "completed") {
+      const what = job.result && job.result.report ? "Download report" : "Download";
+      const label = what + ": " + titleOf(job);
+      actions.push(el("a", { class: "button secondary small", href: job.download_url, download: "", "aria-label": label, text: what }));
+    } else if (!D.isFinished(job)) {
+      const button = el("button", { type: "button", class: "button secondary small", "aria-label": "Cancel " + titleOf(job), text: "Cancel" });
+      button.addEventListener("click", () => cancel(job, button));
+      actions.push(button);
+    }
+    card.actions.replaceChildren(...actions);
+  }
+
+  function fillPreview(card, job, title) {
+    const upload = uploads.get(job.job_id);
+    const isImage = job.result && String(job.result.content_type).startsWith("image/");
+    if (card.preview.hasChildNodes() || !upload) {
+      if (isImage && !card.after) addAfter(card, job, title);
+      return;
+    }
+    const before = el("figure", {}, el("img", { src: previewUrl(upload.file), alt: "Before: " + title }), el("figcaption", { text: "Before" }));
+    card.preview.append(before);
+    if (isImage) addAfter(card, job, title);
+  }
+
+  function addAfter(card, job, title) {
+    card.after = el("img", { src: job.result.url, alt: "After " + job.service + ": " + title });
+    card.preview.append(el("figure", {}, card.after, el("figcaption", { text: "After" })));
+  }
+
+  async function showMetrics(card, job) {
+    card.metricsRequested = true;
+    try {
+      const facts = await D.api.get(job.result_url);
+      const parts = ["Queue wait " + formatMs(facts.queue_wait_ms), "processing " + formatMs(facts.processing_ms), "total " + formatMs(facts.total_ms)];
+      if (facts.output) parts.push(facts.output.width + " × " + facts.output.height + ", " + formatBytes(facts.output.bytes));
+      card.metrics.textContent = parts.join(" · ");
+    } catch (error) {
+      card.metricsRequested = false; // try again with the next update
+    }
+  }
+
+  function reportView(report) {
+    const facts = [];
+    if (report.format) facts.push(["Format", report.format]);
+    if (report.width) facts.push(["Size", report.width + " × " + report.height + " px (" + report.megapixels + " MP)"]);
+    if ("has_alpha" in report) facts.push(["Transparency", report.has_alpha ? "yes" : "no"]);
+    if ("brightness" in report) facts.push(["Brightness", report.brightness + " of 255"]);
+    if ("contrast" in report) facts.push(["Contrast", String(report.contrast)]);
+    if ("sharpness" in report) facts.push(["Sharpness", report.sharpness + " (higher is crisper)"]);
+    const parts = [el("dl", {}, ...facts.flatMap(([term, value]) => [el("dt", { text: term }), el("dd", { text: value })]))];
+    const colours = report.dominant_colors || [];
+    if (colours.length) {
+      const items = colours.map((c) =>
+        el("li", {}, el("span", { class: "swatch", style: "background:" + c.hex, "aria-hidden": "true" }), el("span", { text: c.hex + " " + Math.round(c.fraction * 100) + "%" }))
+      );
+      parts.push(el("ul", { class: "colours", "aria-label": "Main colours" }, ...items));
+    }
+    const luma = report.histogram && report.histogram.luma;
+    if (luma && !mobile) parts.push(histogramView(luma));
+    return parts;
+  }
+
+  function histogramView(bins) {
+    const highest = Math.max(...bins) || 1;
+    const share = (from, to) => Math.round(100 * bins.slice(from, to).reduce((a, b) => a + b, 0));
+    const label = "Brightness histogram: " + share(0, 5) + "% dark, " + share(5, 11) + "% mid-tones, " + share(11, 16) + "% light";
+    const bars = bins.map((value) => el("span", { style: "height:" + Math.round((100 * value) / highest) + "%" }));
+    return el("div", { class: "histogram", role: "img", "aria-label": label }, ...bars);
+  }
+
+  async function cancel(job, button) {
+    button.disabled = true;
+    try {
+      feed.update(await D.api.post(job.job_url + "/cancel"));
+    } catch (error) {
+      announce(titleOf(job) + ": " + error.message);
+      button.disabled = false;
+    }
+  }
+
+  function focusCard(jobId) {
+    const card = cards.get(jobId);
+    if (!card) return;
+    card.title.focus();
+    card.item.scrollIntoView({ block: "nearest" });
+  }
+
+  function showTransport(transport) {
+    jobList.dataset.transport = transport;
+    transportLabel.textContent =
+      transport === "websocket" ? "Live updates on" : "Checking every " + Math.round(config.polling_interval / 1000) + " s";
+  }
+
+  // --- Start ------------------------------------------------------------------------------
+
+  const feed = new D.JobFeed({ pollingInterval: config.polling_interval, onJob: render, onTransport: showTransport });
+
+  form.addEventListener("submit", submit);
+  serviceSelect.addEventListener("change", showParameters);
+  const dropzone = form.querySelector("[data-dropzone]");
+  if (dropzone) enableDropping(dropzone);
+
+  D.api
+    .get("/api/v1/services")
+    .then((answer) => {
+      answer.services.forEach((service) => services.set(service.name, service));
+      showParameters();
+    })
+    .catch(() => showError({ message: "Could not load the operations' options; reload the page to try again." }));
+
+  D.api
+    .get("/api/v1/jobs?limit=" + (mobile ? 5 : 20))
+    .then((page) => page.jobs.forEach((job) => feed.update(job)))
+    .catch(() => null) // the feed's state fills the list anyway
+    .finally(() => {
+      feed.start();
+      document.body.dataset.ready = "true";
+    });
+})();

@@ -1,0 +1,179 @@
+"""The jobs admin: filters, search, thumbnails, read-only audit fields, and its actions."""
+
+import io
+import re
+from datetime import timedelta
+
+import dramatiq
+import pytest
+from django.core.files.storage import default_storage
+from django.test import Client
+from django.utils import timezone
+from PIL import Image
+
+from processing import jobs
+from processing.actors import process_job
+from processing.models import Job
+from tests import images
+from tests.uploads import png, submit
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANGELIST = "/admin/processing/job/"
+
+
+def create_job(client, service: str = "grayscale", seed: int = 0, headers: dict | None = None) -> Job:
+    """A job made through the API, each from an image of its own (so no result is reused)."""
+    response = submit(client, service, headers=headers, image=png(image=images.noise(32, 24, seed=seed)))
+    assert response.status_code == 202, response.content
+    return Job.objects.get(id=response.json()["job_id"])
+
+
+def failed_job(client, broker, code: str = "processing_error", seed: int = 0) -> Job:
+    """A job whose message died in the queue: its input is fine, so a retry succeeds."""
+    job = create_job(client, seed=seed)
+    broker.flush_all()  # the message is gone (to the dead-letter queue) before the job is failed
+    assert jobs.fail(job.id, code, "gave up after repeated errors: OSError: storage timed out")
+    return Job.objects.get(id=job.id)
+
+
+def process_queued(broker) -> None:
+    """Run a worker over everything queued so far, then stop it: jobs wait until a test says so."""
+    worker = dramatiq.Worker(broker, worker_timeout=100)
+    worker.start()
+    broker.join(process_job.queue_name, fail_fast=False)
+    worker.join()
+    worker.stop()
+
+
+def act(admin_client, action: str, *selected: Job, **extra):
+    data = {"action": action, "_selected_action": [str(job.id) for job in selected], **extra}
+    return admin_client.post(CHANGELIST, data, follow=True)
+
+
+def listed(response) -> set[str]:
+    return {str(job.id) for job in response.context["cl"].result_list}
+
+
+# --- Finding jobs -------------------------------------------------------------------------------
+
+
+def test_staff_filter_jobs_by_status_service_owner_and_date(admin_client, client, api_key, stub_broker):
+    key = api_key("reporting")
+    failed = failed_job(client, stub_broker, seed=1)
+    queued = create_job(client, "sobel", seed=2, headers=key)
+    old = create_job(client, seed=3)
+    Job.objects.filter(id=old.id).update(created_at=timezone.now() - timedelta(days=40))
+
+    assert listed(admin_client.get(f"{CHANGELIST}?status__exact=failed")) == {str(failed.id)}
+    assert listed(admin_client.get(f"{CHANGELIST}?service=sobel")) == {str(queued.id)}
+    key_id = queued.owner_key
+    assert listed(admin_client.get(f"{CHANGELIST}?owner=key:{key_id}")) == {str(queued.id)}
+    assert listed(admin_client.get(f"{CHANGELIST}?owner=anonymous")) == {str(failed.id), str(old.id)}
+    past_week = {"created_at__gte": (timezone.now() - timedelta(days=7)).isoformat()}  # "Past 7 days"
+    assert str(old.id) not in listed(admin_client.get(CHANGELIST, past_week))
+    assert "API key: reporting" in admin_client.get(CHANGELIST).content.decode()
+
+
+def test_staff_find_a_job_by_id_or_sha256(admin_client, client, stub_broker):
+    wanted, other = create_job(client, seed=1), create_job(client, seed=2)
+
+    assert listed(admin_client.get(CHANGELIST, {"q": str(wanted.id)})) == {str(wanted.id)}
+    assert listed(admin_client.get(CHANGELIST, {"q": wanted.input_sha256})) == {str(wanted.id)}
+    assert str(other.id) not in listed(admin_client.get(CHANGELIST, {"q": "not-a-job-id"}))
+
+
+# --- Seeing a job ------------------------------------------------------------------------------
+
+
+def test_the_list_shows_input_and_output_thumbnails_to_staff_only(admin_client, client, stub_broker):
+    job = create_job(client)
+    process_queued(stub_broker)
+    html = admin_client.get(CHANGELIST).content.decode()
+
+    for side in ("input", "output"):
+        url = f"{CHANGELIST}{job.id}/thumbnail/{side}/"
+        assert f'src="{url}"' in html
+        response = admin_client.get(url)
+        assert response.status_code == 200 and response["Content-Type"] == "image/webp"
+        assert max(Image.open(io.BytesIO(response.content)).size) <= 160
+        assert Client().get(url).status_code == 302  # to the login page
+
+
+def test_a_job_without_an_output_has_no_output_thumbnail(admin_client, client, stub_broker):
+    job = create_job(client)
+    assert admin_client.get(f"{CHANGELIST}{job.id}/thumbnail/output/").status_code == 404
+    assert admin_client.get(f"{CHANGELIST}{job.id}/thumbnail/elsewhere/").status_code == 404
+
+
+def test_the_change_page_is_read_only_and_never_shows_storage_paths(admin_client, client, stub_broker):
+    job = create_job(client)
+    process_queued(stub_broker)
+    job.refresh_from_db()
+    html = admin_client.get(f"{CHANGELIST}{job.id}/change/").content.decode()
+
+    assert job.input_sha256 in html and "queue wait" in html.lower()
+    assert job.input_key not in html and job.output_key not in html
+    assert 'name="_save"' not in html
+    form = html.split('id="job_form"')[1].split("</form>")[0]
+    controls = re.findall(r"<(?:input|select|textarea)\b[^>]*>", form)
+    assert [c for c in controls if "csrfmiddlewaretoken" not in c] == []  # nothing to edit
+    assert admin_client.get(f"{CHANGELIST}add/").status_code == 403
+
+
+# --- Actions -----------------------------------------------------------------------------------
+
+
+def test_retrying_a_failed_job_queues_it_afresh_and_it_completes(admin_client, client, stub_broker):
+    job = failed_job(client, stub_broker)
+
+    response = act(admin_client, "retry_failed", job)
+
+    assert "Retried 1 job(s)" in response.content.decode()
+    process_queued(stub_broker)
+    job.refresh_from_db()
+    assert job.status == Job.COMPLETED
+    assert (job.error_code, job.error_message) == ("", "")
+    assert job.output_key and default_storage.exists(job.output_key)
+
+
+def test_retry_leaves_jobs_that_did_not_fail_alone(admin_client, client, stub_broker):
+    job = create_job(client)
+    process_queued(stub_broker)
+    act(admin_client, "retry_failed", job)
+    job.refresh_from_db()
+    assert job.status == Job.COMPLETED and job.attempts == 1
+
+
+def test_re_publishing_dead_letters_takes_only_jobs_whose_message_died(admin_client, client, stub_broker):
+    dead = failed_job(client, stub_broker, "worker_lost", seed=1)
+    broken = failed_job(client, stub_broker, "corrupt_image", seed=2)
+
+    response = act(admin_client, "republish_dead_letters", dead, broken).content.decode()
+
+    assert "Re-published 1 job(s)" in response
+    assert "stay in the dead-letter queue" in response
+    process_queued(stub_broker)
+    assert Job.objects.get(id=dead.id).status == Job.COMPLETED
+    assert Job.objects.get(id=broken.id).status == Job.FAILED
+
+
+def test_cancelling_a_queued_job(admin_client, client, stub_broker):
+    job = create_job(client)
+    act(admin_client, "cancel_jobs", job)
+    assert Job.objects.get(id=job.id).status == Job.CANCELLED
+
+
+def test_deleting_jobs_removes_their_files(admin_client, client, stub_broker):
+    job = create_job(client)
+    process_queued(stub_broker)
+    job.refresh_from_db()
+    keys = (job.input_key, job.output_key)
+    assert all(default_storage.exists(key) for key in keys)
+
+    confirm = admin_client.post(CHANGELIST, {"action": "delete_selected", "_selected_action": [str(job.id)]})
+    assert "Are you sure" in confirm.content.decode()
+    act(admin_client, "delete_selected", job, post="yes")
+
+    assert not Job.objects.filter(id=job.id).exists()
+    assert not any(default_storage.exists(key) for key in keys)

@@ -1,0 +1,337 @@
+"""The UIs in a real browser: Debian's headless Chromium, driven by Playwright, against uvicorn
+serving the embedded default (SQLite, in-process workers, WebSockets) on a free port.
+
+Screenshots of each UI go to test-artifacts/. Without chromium or the playwright package the
+tests skip with a reason; under CI=true that is a failure.
+"""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests import images
+from tests.services import IN_CI
+from tests.stack import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.0 Mobile/15E148 Safari/604.1"
+)
+STAFF = ("staff", "a-long-test-password-1")
+SERVICE_VARIABLES = ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "AWS_STORAGE_BUCKET_NAME")
+WAIT_MS = 20_000
+LITE_PAGE_BUDGET_BYTES = 6 * 1024  # everything a first visit downloads, headers included
+
+
+def require_browser() -> None:
+    """Skip without Chromium or Playwright; under CI that is a failure."""
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (pip install playwright)")
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    if not missing:
+        return
+    reason = "needs " + " and ".join(missing)
+    if IN_CI:
+        pytest.fail(f"CI=true and the browser tests can't run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass
+class Server:
+    url: str
+    var_dir: Path
+    has_websocket: bool
+
+    def api(self, path: str) -> dict:
+        return httpx.get(f"{self.url}{path}", timeout=10).json()
+
+    def wait_for_job(self, job_id: str, status: str, timeout: float = 20) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.api(f"/api/v1/jobs/{job_id}")
+            if job["status"] == status:
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not reach {status}: {job}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    require_browser()
+    var_dir = tmp_path_factory.mktemp("browser")
+    env = {name: value for name, value in os.environ.items() if name not in SERVICE_VARIABLES}
+    # No retries, so that the admin test's job fails at once instead of after backoffs.
+    env.update(DARKROOM_VAR_DIR=str(var_dir), JOB_MAX_RETRIES="0", LOG_LEVEL="WARNING")
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
+        subprocess.run([*manage, *command, "-v", "0"], env=env, cwd=ROOT, check=True, timeout=120)
+    staff = ["createsuperuser", "--noinput", "--username", STAFF[0], "--email", "staff@example.com"]
+    subprocess.run(
+        [*manage, *staff], env={**env, "DJANGO_SUPERUSER_PASSWORD": STAFF[1]}, cwd=ROOT, check=True
+    )
+
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1"]
+    log = open(var_dir / "server.log", "wb")  # noqa: SIM115 (the server writes to it)
+    process = subprocess.Popen([*command, "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process)
+        yield Server(url, var_dir, websocket_answers(port))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def wait_until_live(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError(f"the server at {url} did not come up")
+
+
+def websocket_answers(port: int) -> bool:
+    """Whether WS /ws/jobs/ serves the job stream (so the pages must use it, not polling)."""
+    from websockets.sync.client import connect
+
+    try:
+        with connect(f"ws://127.0.0.1:{port}/ws/jobs/", open_timeout=3) as socket:
+            return json.loads(socket.recv(timeout=3)).get("type") == "jobs.state"
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page_errors():
+    """JavaScript errors on the pages of a test: there must be none."""
+    errors = []
+    yield errors
+    assert errors == []
+
+
+def open_page(browser, page_errors, **context_options):
+    context = browser.new_context(**context_options)
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
+    return page
+
+
+def image_file(name: str, seed: int, size=(240, 160)) -> dict:
+    """A PNG of noise, different for every seed and run, so that no earlier result is reused."""
+    pixels = images.noise(*size, seed=seed + time.time_ns() % 1_000_000)
+    return {"name": name, "mimeType": "image/png", "buffer": images.png_bytes(pixels)}
+
+
+def downloaded_image(download) -> Image.Image:
+    image = Image.open(io.BytesIO(Path(download.path()).read_bytes()))
+    image.load()
+    return image
+
+
+def ui_of(page) -> str:
+    return page.get_attribute("body", "data-ui")
+
+
+# --- Desktop ---------------------------------------------------------------------------------
+
+
+def test_desktop_batch_of_three_completes_live_and_downloads_an_image(server, browser, page_errors):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    page.goto(server.url)
+    assert ui_of(page) == "desktop"
+    page.wait_for_selector("body[data-ready]")
+    page.evaluate("window.notReloaded = true")
+
+    page.set_input_files("#images", [image_file(f"photo-{n}.png", n) for n in range(3)])
+    page.select_option("#service", "grayscale")
+    page.fill("#param-runs", "3")
+    page.click("[data-submit]")
+
+    page.wait_for_function("document.querySelectorAll('.jobs li[data-status=completed]').length === 3")
+    assert page.evaluate("window.notReloaded") is True
+    assert page.locator(".jobs li h3").all_inner_texts() == ["photo-2.png", "photo-1.png", "photo-0.png"]
+    if server.has_websocket:
+        assert page.get_attribute("[data-job-list]", "data-transport") == "websocket"
+    page.wait_for_function("[...document.querySelectorAll('.preview img')].every(i => i.complete)")
+    page.wait_for_selector(".jobs li .metrics:has-text('Queue wait')")
+
+    with page.expect_download() as download:
+        page.locator(".jobs li", has_text="photo-0.png").get_by_role("link", name="Download").click()
+    result = downloaded_image(download.value)
+    assert result.size == (240, 160) and result.mode == "L"
+    page.screenshot(path=ARTIFACTS / "desktop.png", full_page=True)
+
+
+def test_desktop_falls_back_to_polling_when_the_websocket_is_refused(server, browser, page_errors):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    page.route_web_socket("**/ws/**", lambda socket: socket.close())
+    page.goto(server.url)
+    page.wait_for_selector("[data-job-list][data-transport=polling]", state="attached")
+
+    page.set_input_files("#images", [image_file("polled.png", 10)])
+    page.select_option("#service", "analyze")
+    page.click("[data-submit]")
+
+    card = page.locator(".jobs li", has_text="polled.png")
+    card.and_(page.locator("[data-status=completed]")).wait_for()
+    assert "Brightness" in card.inner_text()
+
+
+# --- Mobile ----------------------------------------------------------------------------------
+
+
+def test_mobile_ui_on_an_iphone_uploads_one_photo_that_completes(server, browser, page_errors):
+    iphone = {
+        "viewport": {"width": 390, "height": 844},
+        "user_agent": IPHONE,
+        "is_mobile": True,
+        "has_touch": True,
+    }
+    page = open_page(browser, page_errors, **iphone, device_scale_factor=2)
+    page.goto(server.url)
+    assert ui_of(page) == "mobile"
+    assert page.get_attribute("#camera", "capture") == "environment"
+    page.wait_for_selector("body[data-ready]")
+
+    page.set_input_files("#camera", image_file("IMG_0001.png", 20))
+    page.select_option("#service", "sobel")
+    page.click("[data-submit]")
+
+    page.wait_for_selector(".jobs li[data-status=completed] >> text=IMG_0001.png")
+    assert page.locator(".preview img").count() == 0  # no previews on a phone
+    page.screenshot(path=ARTIFACTS / "mobile.png", full_page=True)
+
+
+# --- Lite, with JavaScript off ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("how", "path", "headers"),
+    [("save-data", "/", {"Save-Data": "on"}), ("bandwidth-low", "/?bandwidth=low", {})],
+)
+def test_low_bandwidth_gets_the_lite_ui_which_works_without_javascript(
+    server, browser, page_errors, how, path, headers
+):
+    page = open_page(
+        browser,
+        page_errors,
+        viewport={"width": 800, "height": 700},
+        java_script_enabled=False,
+        extra_http_headers=headers,
+    )
+    responses = []
+    page.on("response", lambda response: responses.append(response))
+    page.goto(server.url + path)
+    assert ui_of(page) == "lite"
+    weight = sum(
+        r.request.sizes()["responseBodySize"] + r.request.sizes()["responseHeadersSize"] for r in responses
+    )
+    print(f"lite page ({how}): {len(responses)} requests, {weight} bytes transferred")
+    assert weight < LITE_PAGE_BUDGET_BYTES
+    page.screenshot(path=ARTIFACTS / f"lite-{how}.png", full_page=True)
+
+    page.set_input_files("#image", image_file("slow-link.png", 30))
+    page.click("text=Upload and process")
+    page.wait_for_selector("[data-status=completed]")  # the page reloads itself until then
+    page.screenshot(path=ARTIFACTS / f"lite-status-{how}.png", full_page=True)
+
+    with page.expect_download() as download:
+        page.click("text=Download the result")
+    assert downloaded_image(download.value).size == (240, 160)
+
+
+# --- The admin --------------------------------------------------------------------------------
+
+
+def test_staff_filter_failed_jobs_and_retry_one_which_completes(server, browser, page_errors):
+    job_id = failed_by_storage(server)
+
+    page = open_page(browser, page_errors, viewport={"width": 1600, "height": 900})
+    page.goto(f"{server.url}/admin/login/?next=/admin/processing/job/")
+    page.fill("#id_username", STAFF[0])
+    page.fill("#id_password", STAFF[1])
+    page.click("input[type=submit]")
+    page.click("#changelist-filter a:text-is('failed')")
+    page.wait_for_url("**status__exact=failed**")
+
+    page.check(f"input[name=_selected_action][value='{job_id}']")
+    page.screenshot(path=ARTIFACTS / "admin-failed.png", full_page=True)
+    page.select_option("select[name=action]", "retry_failed")
+    page.click("button[name=index]")
+    page.wait_for_selector("text=Retried 1 job(s)")
+
+    assert server.wait_for_job(job_id, "completed")["error"] is None
+    page.goto(f"{server.url}/admin/processing/job/?q={job_id}")
+    page.wait_for_selector(f"img[src*='{job_id}/thumbnail/output']")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#result_list img')].every(i => i.naturalWidth > 0)"
+    )
+    page.screenshot(path=ARTIFACTS / "admin.png", full_page=True)
+
+
+def failed_by_storage(server) -> str:
+    """A job that fails with processing_error because storage refuses its result, then is fixed.
+
+    A plain file where the results folder belongs makes every result write fail, as a broken
+    volume would; once it is moved away, the job's input is as good as ever.
+    """
+    results = server.var_dir / "media" / "results"
+    aside = results.with_name("results-aside")
+    if results.exists():
+        results.rename(aside)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("not a folder")
+    try:
+        files = {"image": ("doomed.png", images.png_bytes(images.noise(64, 48, seed=time.time_ns() % 10**6)))}
+        accepted = httpx.post(f"{server.url}/api/v1/process/grayscale", files=files, timeout=10).json()
+        failed = server.wait_for_job(accepted["job_id"], "failed")
+        assert failed["error"]["code"] == "processing_error"
+    finally:
+        results.unlink()
+        if aside.exists():
+            aside.rename(results)
+    return accepted["job_id"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def clean_artifacts():
+    """Screenshots of this run only."""
+    for old in ARTIFACTS.glob("*.png") if ARTIFACTS.exists() else ():
+        old.unlink()
+    yield
+    shutil.rmtree(ARTIFACTS / "downloads", ignore_errors=True)
