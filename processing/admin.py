@@ -293,7 +293,7 @@ class JobAdmin(admin.ModelAdmin):
             if job.files_removed_at:
                 gone += 1  # its input was cleaned up: nothing to process
                 continue
-            if not reset_for_retry(job):
+            if not jobs.requeue_failed(job.id):
                 continue  # it changed meanwhile (another admin's click)
             self.log_change(request, job, f"{verb.capitalize()} after failing with {job.error_code}.")
             requeued += 1
@@ -362,25 +362,6 @@ def thumbnail_bytes(job: Job, side: str) -> bytes:
         data = encode_image(image, "webp", 80)
         cache.set(cache_key, data, THUMBNAIL_CACHE_SECONDS)
     return data
-
-
-def reset_for_retry(job: Job) -> bool:
-    """Failed → queued, error-free, as if new (attempts are kept for the record); False if it
-    is no longer failed. The conditional update makes a double click requeue it once."""
-    reset = Job.objects.filter(id=job.id, status=Job.FAILED).update(
-        status=Job.QUEUED,
-        progress=0.0,
-        error_code="",
-        error_message="",
-        worker_id="",
-        started_at=None,
-        finished_at=None,
-        lease_expires_at=None,
-        enqueued_at=None,
-        processing_ms=None,
-        metrics={},
-    )
-    return bool(reset)
 
 
 def publish(job: Job) -> bool:

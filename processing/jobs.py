@@ -199,6 +199,27 @@ def cancel(job_id) -> bool:
     return bool(updated)
 
 
+def requeue_failed(job_id) -> bool:
+    """Failed → queued with a clean slate (attempts are kept, for the record); publish it next.
+
+    False when the job is no longer failed: the conditional update makes a double click requeue it once.
+    """
+    reset = Job.objects.filter(id=job_id, status=Job.FAILED).update(
+        status=Job.QUEUED,
+        progress=0.0,
+        error_code="",
+        error_message="",
+        worker_id="",
+        started_at=None,
+        finished_at=None,
+        lease_expires_at=None,
+        enqueued_at=None,
+        processing_ms=None,
+        metrics={},
+    )
+    return bool(reset)
+
+
 def stale_jobs(now=None):
     """Queued jobs whose message may never have reached a worker, and jobs whose worker died."""
     now = now or timezone.now()
