@@ -162,7 +162,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 200, "expiry": 30},
+            # No socket timeout: idle subscribers wait in 5 s blocking reads (see gateway.E001).
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "socket_connect_timeout": 1}],
+                "capacity": 200,
+                "expiry": 30,
+            },
         }
     }
     CACHES = {
