@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run serve serve-http serve-ws worker requeue test lint format bench bench-api clean
+.PHONY: setup run serve serve-http serve-ws worker requeue scale test lint format bench bench-api bench-scaler clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,14 @@ bench: $(STAMP)
 
 bench-api: $(STAMP)
 	$(BIN)/python -m bench.api $(BENCH_ARGS)
+
+bench-scaler: $(STAMP)
+	$(BIN)/python -m bench.scaler $(BENCH_ARGS)
+
+# The autoscaler (full stack): worker processes by queue depth + jobs in flight; with
+# SCALE_ARGS=--gateways also 1..3 gateways behind a private nginx on NGINX_LISTEN (127.0.0.1:8000).
+scale: setup
+	$(BIN)/python manage.py scale_workers $(SCALE_ARGS)
 
 clean:
 	rm -rf var/media var/tmp var/staticfiles var/darkroom.sqlite3*

@@ -138,7 +138,9 @@ class LiveStack:
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         process = self.processes.pop(name)
         if process.poll() is None:
-            os.killpg(process.pid, sig)
+            # The main process only: it stops its children itself. A Dramatiq worker that got a
+            # second SIGTERM (as the whole group would) exits at once, mid-job.
+            os.kill(process.pid, sig)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,181 @@
+"""Gateway processes (uvicorn) on local ports, behind the scaler's own nginx.
+
+A new gateway joins nginx's upstream list once it answers /health/live, so nginx never sends a
+request to a process still importing Django. A gateway leaves the list before it is stopped,
+and uvicorn's graceful shutdown finishes the requests it already has. A gateway that exits on
+its own is taken out of the list and replaced.
+"""
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from scaler.backends.nginx import Nginx
+from scaler.backends.processes import describe_exit, free_port, spawn, utc_now, wait_all
+from scaler.observe import answers, probe_ms
+
+logger = logging.getLogger(__name__)
+
+GRACEFUL_SHUTDOWN_SECONDS = 30
+STARTUP_TIMEOUT = 60
+
+
+@dataclass
+class Gateway:
+    port: int
+    process: subprocess.Popen
+    host: str = "127.0.0.1"
+    in_service: bool = False  # listed in nginx's upstreams
+    started_at: str = field(default_factory=utc_now)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def describe(self) -> dict:
+        return {
+            "pid": self.process.pid,
+            "port": self.port,
+            "in_service": self.in_service,
+            "started_at": self.started_at,
+        }
+
+
+def gateway_command(host: str, port: int) -> list[str]:
+    return [
+        *(sys.executable, "-m", "uvicorn", "project.asgi:application"),
+        *("--host", host, "--port", str(port), "--no-access-log"),
+        *("--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS)),
+    ]
+
+
+class LocalGateways:
+    """Keeps `target()` gateway processes running behind nginx."""
+
+    name = "gateways"
+
+    def __init__(self, nginx: Nginx, port_start: int = 0, host: str = "127.0.0.1"):
+        self.nginx = nginx
+        self.port_start = port_start  # ports port_start, port_start + 1, ...; 0: any free port
+        self.host = host
+        self.gateways: list[Gateway] = []
+        self.stopping: list[Gateway] = []
+        self.nginx_restarts = 0
+
+    # --- the pool ---------------------------------------------------------------------
+    def target(self) -> int:
+        return len(self.gateways)
+
+    def start(self, count: int) -> None:
+        """Start `count` gateways and nginx in front of them, once they answer."""
+        self.scale_to(count)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not all(gateway.in_service for gateway in self.gateways):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateways did not answer /health/live within {STARTUP_TIMEOUT}s")
+            self._admit_live_gateways()
+            time.sleep(0.1)
+        self.nginx.start(self.upstreams())
+
+    def scale_to(self, target: int) -> None:
+        while len(self.gateways) < target:
+            self.gateways.append(self._start())
+        removed = []
+        while len(self.gateways) > target:
+            removed.append(self.gateways.pop())
+        if removed:
+            self._update_nginx()  # out of the list first, so nginx sends them nothing new
+            for gateway in removed:
+                gateway.process.send_signal(signal.SIGTERM)
+                self.stopping.append(gateway)
+                logger.info("stopping gateway on port %d", gateway.port)
+
+    def supervise(self) -> int:
+        """Admit gateways that came up, replace crashed ones, restart nginx if it died."""
+        self.stopping = [g for g in self.stopping if g.process.poll() is None]
+        crashed = [gateway for gateway in self.gateways if gateway.process.poll() is not None]
+        for gateway in crashed:
+            logger.warning(
+                "gateway on port %d exited unexpectedly (%s): replacing it",
+                gateway.port,
+                describe_exit(gateway.process.returncode),
+            )
+            self.gateways[self.gateways.index(gateway)] = self._start()
+        admitted = self._admit_live_gateways()
+        if self.nginx.process is not None and not self.nginx.is_running():
+            logger.warning("nginx exited unexpectedly: restarting it")
+            self.nginx.start(self.upstreams())
+            self.nginx_restarts += 1
+        elif crashed or admitted:
+            self._update_nginx()
+        return len(crashed)
+
+    def describe(self) -> dict:
+        return {
+            "target": len(self.gateways),
+            "running": sum(1 for g in self.gateways if g.process.poll() is None),
+            "in_service": sum(1 for g in self.gateways if g.in_service),
+            "stopping": len(self.stopping),
+            "nginx": {
+                "url": self.nginx.url,
+                "running": self.nginx.is_running(),
+                "restarts": self.nginx_restarts,
+            },
+            "processes": [gateway.describe() for gateway in self.gateways],
+        }
+
+    def shutdown(self) -> None:
+        self.nginx.stop()
+        self.scale_to(0)
+        for process in wait_all([g.process for g in self.stopping], GRACEFUL_SHUTDOWN_SECONDS + 5):
+            process.kill()
+            process.wait()
+
+    # --- the load score's health-check part --------------------------------------------
+    def response_ms(self) -> float:
+        """The mean time the gateways in service take to answer /health/ready."""
+        timings = [probe_ms(f"{g.url}/health/ready") for g in self.gateways if g.in_service]
+        return sum(timings) / len(timings) if timings else 0.0
+
+    # --- inside ---------------------------------------------------------------------------
+    def upstreams(self) -> list[str]:
+        serving = [g.address for g in self.gateways if g.in_service]
+        # nginx refuses an empty upstream; while none answers, list those coming up: nginx
+        # answers 503 in JSON for what fails meanwhile.
+        return serving or [g.address for g in self.gateways]
+
+    def _update_nginx(self) -> None:
+        if self.nginx.is_running():
+            self.nginx.set_upstreams(self.upstreams())
+
+    def _admit_live_gateways(self) -> bool:
+        """Put gateways that answer /health/live in service; True when any was."""
+        admitted = False
+        for gateway in self.gateways:
+            if (
+                not gateway.in_service
+                and gateway.process.poll() is None
+                and answers(f"{gateway.url}/health/live")
+            ):
+                gateway.in_service = admitted = True
+                logger.info("gateway on port %d is live", gateway.port)
+        return admitted
+
+    def _start(self) -> Gateway:
+        port = self._next_port()
+        process = spawn(gateway_command(self.host, port))
+        logger.info("started gateway %d on port %d", process.pid, port)
+        return Gateway(port=port, process=process, host=self.host)
+
+    def _next_port(self) -> int:
+        if not self.port_start:
+            return free_port(self.host)
+        taken = {g.port for g in [*self.gateways, *self.stopping]}
+        return next(port for port in range(self.port_start, self.port_start + 1000) if port not in taken)

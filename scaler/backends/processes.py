@@ -1,0 +1,73 @@
+"""Starting and watching the local processes the scaler owns."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+
+MANAGE = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+
+
+def spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `command` in a session of its own, its output joined to the scaler's.
+
+    Its own session keeps signals meant for the scaler (a Ctrl-C, a `kill` of the scaler's process
+    group) from reaching it: the scaler decides how each of its processes stops.
+    """
+    return subprocess.Popen(
+        command, env={**os.environ, **(env or {})}, cwd=settings.BASE_DIR, start_new_session=True
+    )
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of `pid` (Linux /proc), or [] where that can't be read."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Send `sig` to what is left of the process group `pid` led; nothing there is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def wait_all(processes: list[subprocess.Popen], timeout: float) -> list[subprocess.Popen]:
+    """Wait up to `timeout` seconds for all of `processes` to exit; those still running."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    return [process for process in processes if process.poll() is None]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"

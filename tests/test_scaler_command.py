@@ -1,0 +1,118 @@
+"""`manage.py scale_workers`: its settings from the environment, its flags, and `--once`."""
+
+import json
+import os
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from processing.models import Job
+from scaler import observe
+from scaler.observe import Readings
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("DATABASE_URL", "BROKER_URL", "REDIS_URL")
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in SERVICES}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def scaler_settings(**env: str) -> dict:
+    names = "MIN_INSTANCES MAX_INSTANCES SERVICES_COOLDOWN_PERIOD SCALE_CHECK_INTERVAL GATEWAY_MAX_INSTANCES"
+    values = f"{{name: getattr(settings, name) for name in {names.split()!r}}}"
+    code = f"import json; from django.conf import settings; print(json.dumps({values}))"
+    result = manage("shell", "--no-imports", "-c", code, **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_defaults_are_the_original_designs():
+    assert scaler_settings() == {
+        "MIN_INSTANCES": 1,
+        "MAX_INSTANCES": 5,
+        "SERVICES_COOLDOWN_PERIOD": 120.0,
+        "SCALE_CHECK_INTERVAL": 30.0,
+        "GATEWAY_MAX_INSTANCES": 3,
+    }
+
+
+def test_both_spellings_of_the_design_are_read_and_services_wins():
+    found = scaler_settings(
+        MIN_INSTANCES="2", SERVICES_MAX_INSTANCES="8", MAX_INSTANCES="6", COOLDOWN_PERIOD="60"
+    )
+    assert (found["MIN_INSTANCES"], found["MAX_INSTANCES"], found["SERVICES_COOLDOWN_PERIOD"]) == (2, 8, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MAX_INSTANCES": "many"}, "MAX_INSTANCES='many' is not an integer"),
+        ({"SCALER_BACKEND": "nomad"}, "SCALER_BACKEND='nomad' is not local or kubernetes"),
+        ({"MIN_INSTANCES": "4", "MAX_INSTANCES": "3"}, "darkroom.E101"),
+        ({"SCALE_DOWN_THRESHOLD": "12"}, "darkroom.E102"),
+        ({"GATEWAY_LOAD_THRESHOLD_DOWN": "90"}, "darkroom.E104"),
+    ],
+)
+def test_contradicting_or_bad_settings_stop_the_start(env, message):
+    result = manage("check", **env)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def once() -> dict:
+    out = StringIO()
+    call_command("scale_workers", "--once", stdout=out)
+    return json.loads(out.getvalue())
+
+
+def test_once_reports_what_it_would_do_with_the_workers_rabbitmq_sees(monkeypatch):
+    queue = {"name": "images", "ready": 30, "delayed": 0, "consumers": 2}
+    monkeypatch.setattr(
+        observe, "read", lambda: Readings(broker_available=True, queues=(queue,), in_flight=0)
+    )
+    report = once()
+    decision = report["last_decisions"]["workers"]
+    assert (decision["from"], decision["to"]) == (2, 3) and "30 waiting + 0 in flight on 2" in decision[
+        "reason"
+    ]
+    assert report["instances"]["workers"] == {"target": 2, "observed_consumers": 2, "would_scale_to": 3}
+
+
+@pytest.mark.django_db
+def test_once_reads_the_queue_and_the_jobs_in_flight(stub_broker):
+    from processing.actors import process_job
+
+    for _ in range(3):
+        process_job.send("00000000-0000-0000-0000-000000000000")
+    report = once()
+    assert report["status"] == "ok" and report["queues"][0]["ready"] == 3 and report["jobs_in_flight"] == 0
+    assert report["last_decisions"]["workers"]["reason"] == "0 is outside 1..5: 1"  # no worker: start one
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--min-instances", "4", "--max-instances", "2"], "0 <= min <= max instances"),
+        (["--scale-down-threshold", "20"], "scale-down threshold < scale-up threshold"),
+        (["--gateway-down", "85"], "gateway down threshold < up threshold"),
+        (["--interval", "0"], "a positive interval"),
+        (["--gateways", "--backend", "kubernetes"], "--gateways runs gateway processes locally"),
+    ],
+)
+def test_contradicting_flags_are_refused(flags, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("scale_workers", *flags)

@@ -1,0 +1,348 @@
+"""The deployment files (docker-compose.yml, deploy/nginx, deploy/k8s) parse and agree with each
+other and with the application: service names, ports, credentials, labels, selectors, ConfigMap
+and Secret keys, and the environment variables the settings actually read."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from django.conf import settings
+
+from processing.actors import process_job
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "darkroom.conf"
+
+# Read by something other than project/settings.py: prometheus_client, Dramatiq, Django itself.
+READ_ELSEWHERE = {
+    "PROMETHEUS_MULTIPROC_DIR",
+    "DJANGO_SETTINGS_MODULE",
+    "dramatiq_queue_prefetch",
+    "dramatiq_delay_queue_prefetch",
+}
+
+
+def settings_variables() -> set[str]:
+    source = (ROOT / "project" / "settings.py").read_text()
+    return set(re.findall(r'env_\w+\(\s*"([A-Za-z0-9_]+)"', source)) | READ_ELSEWHERE
+
+
+# --- docker-compose.yml ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def app_services(services: dict) -> dict:
+    return {name: service for name, service in services.items() if service.get("image") == "darkroom:latest"}
+
+
+def test_compose_runs_every_part_of_the_stack(services):
+    for name in (
+        "nginx",
+        "gateway",
+        "scaler",
+        "requeue",
+        "migrate",
+        "postgres",
+        "rabbitmq",
+        "redis",
+        "minio",
+    ):
+        assert name in services, name
+    assert "management" in services["rabbitmq"]["image"]
+    assert services["gateway"]["deploy"]["replicas"] == 2
+    assert "8000:8000" in services["nginx"]["ports"]
+    assert "ports" not in services["gateway"], "gateways are reached through nginx only"
+
+
+def test_compose_dependencies_name_services_that_exist(services):
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+
+
+def test_every_app_container_is_built_from_the_dockerfile_and_reads_only_real_settings(services):
+    known = settings_variables()
+    for name, service in app_services(services).items():
+        assert service["build"] == "."
+        unknown = set(service["environment"]) - known
+        assert not unknown, f"{name} sets variables nothing reads: {unknown}"
+    assert (ROOT / "Dockerfile").exists()
+
+
+def test_the_app_reaches_each_backing_service_by_its_compose_name_and_credentials(services):
+    env = services["gateway"]["environment"]
+    database, broker = urlparse(env["DATABASE_URL"]), urlparse(env["BROKER_URL"])
+    postgres = services["postgres"]["environment"]
+    assert database.hostname == "postgres"
+    assert (database.username, database.password, database.path[1:]) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        postgres["POSTGRES_DB"],
+    )
+    rabbitmq = services["rabbitmq"]["environment"]
+    assert broker.hostname == "rabbitmq"
+    assert (broker.username, broker.password) == (
+        rabbitmq["RABBITMQ_DEFAULT_USER"],
+        rabbitmq["RABBITMQ_DEFAULT_PASS"],
+    )
+    assert urlparse(env["REDIS_URL"]).hostname == "redis"
+    minio = services["minio"]["environment"]
+    assert urlparse(env["AWS_S3_ENDPOINT_URL"]).hostname == "minio"
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+
+
+def test_minio_init_creates_the_bucket_the_app_uses(services):
+    init = services["minio-init"]
+    assert init["environment"]["BUCKET"] == services["gateway"]["environment"]["AWS_STORAGE_BUCKET_NAME"]
+    assert "mc mb" in init["entrypoint"][-1] and init["depends_on"] == ["minio"]
+    for name in app_services(services):
+        if name != "migrate":
+            assert services[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def test_nginx_in_compose_fills_every_template_variable_and_fronts_the_gateways(services):
+    nginx = services["nginx"]
+    placeholders = set(re.findall(r"\$\{([A-Z_]+)\}", NGINX_TEMPLATE.read_text()))
+    assert placeholders == {"LISTEN", "CLIENT_MAX_BODY_SIZE", "UPSTREAMS", "ACCESS_LOG"}
+    assert placeholders <= set(nginx["environment"])
+    # Compose turns $$ into $: the image's envsubst then touches these names and no others.
+    only = re.fullmatch(r"\^\((.*)\)\$\$", nginx["environment"]["NGINX_ENVSUBST_FILTER"])
+    assert set(only.group(1).split("|")) == placeholders
+
+    mounts = dict(volume.rsplit(":", 2)[:2] for volume in nginx["volumes"])
+    assert mounts["./deploy/nginx/darkroom.conf"] == "/etc/nginx/templates/darkroom.conf.template"
+    upstreams_file = next(
+        local for local, inside in mounts.items() if inside == nginx["environment"]["UPSTREAMS"]
+    )
+    upstreams = (ROOT / upstreams_file).read_text()
+    assert re.search(r"^server gateway:8000 ", upstreams, re.MULTILINE)
+    assert nginx["environment"]["LISTEN"] == "8000"
+
+
+def test_nginx_takes_uploads_as_large_as_the_gateway_does(services):
+    body_limit = int(services["nginx"]["environment"]["CLIENT_MAX_BODY_SIZE"])
+    assert body_limit == settings.MAX_REQUEST_BYTES  # compose leaves MAX_UPLOAD_BYTES at its default
+
+
+def test_the_gateways_trust_x_forwarded_for_from_nginx_alone(services):
+    nginx_address = services["nginx"]["networks"]["default"]["ipv4_address"]
+    for name, service in app_services(services).items():
+        assert service["environment"]["TRUSTED_PROXIES"] == nginx_address, name
+
+
+def test_the_scaler_publishes_its_health_and_metrics_ports(services):
+    scaler = services["scaler"]
+    env = scaler["environment"]
+    assert scaler["command"][:3] == ["python", "manage.py", "scale_workers"]
+    assert f"{env['SCALER_HEALTH_PORT']}:8082" in scaler["ports"] and env["SCALER_HEALTH_PORT"] == "8082"
+    assert f"{env['SCALER_METRICS_PORT']}:9090" in scaler["ports"]
+    assert env["SCALER_HOST"] == "0.0.0.0" and scaler["init"] is True
+    assert int(scaler["stop_grace_period"].rstrip("s")) > settings.JOB_TIME_LIMIT_SECONDS
+
+
+def compose_command(tmp_path: Path) -> list[str]:
+    """`docker compose config` (Compose v2) where installed, else Debian's docker-compose (v1), which
+    predates the top-level `name:` key and so checks a copy without it."""
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"]
+    if shutil.which("docker-compose"):
+        copy = tmp_path / "docker-compose.yml"
+        copy.write_text(
+            re.sub(r"^name: .*\n", "", (ROOT / "docker-compose.yml").read_text(), flags=re.MULTILINE)
+        )
+        return ["docker-compose", "-f", str(copy), "--project-directory", str(ROOT), "config", "-q"]
+    pytest.skip("no Compose client installed (docker compose, or Debian's docker-compose)")
+
+
+def test_docker_compose_accepts_the_file(tmp_path):
+    done = subprocess.run(compose_command(tmp_path), capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+def test_the_image_is_multi_stage_non_root_healthchecked_with_static_files_collected(manifests):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\w+)", dockerfile, re.MULTILINE)
+    assert len(stages) >= 2
+    build, runtime = dockerfile.split(f"AS {stages[-1]}")
+    assert "collectstatic" in build and "COPY --from=build /app /app" in runtime
+    user = re.search(r"useradd .*--uid (\d+)", runtime).group(1)
+    assert re.search(r"^USER darkroom$", runtime, re.MULTILINE)
+    assert "HEALTHCHECK" in runtime and "/health/live" in runtime
+    assert "EXPOSE 8000" in runtime
+    for name, spec in pod_specs(manifests):
+        assert spec["securityContext"]["runAsUser"] == int(user), (
+            f"{name} runs as another user than the image's"
+        )
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def manifests() -> list[dict]:
+    documents = []
+    for path in sorted(set(K8S.glob("*.yaml")) - {K8S / "kustomization.yaml"}):
+        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return documents
+
+
+def find(manifests: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [m for m in manifests if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)]
+
+
+def one(manifests: list[dict], kind: str, name: str) -> dict:
+    (found,) = find(manifests, kind, name)
+    return found
+
+
+def pod_specs(manifests: list[dict]) -> list[tuple[str, dict]]:
+    return [
+        (m["metadata"]["name"], m["spec"]["template"]["spec"])
+        for m in manifests
+        if m["kind"] in ("Deployment", "Job")
+    ]
+
+
+def test_the_kustomization_lists_existing_files_and_one_worker_scaler():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).exists(), resource
+    # KEDA or the scaler sets darkroom-worker's replicas, never both.
+    assert ("keda.yaml" in kustomization["resources"]) != ("scaler.yaml" in kustomization["resources"])
+
+
+def test_every_deployment_selects_its_own_pods(manifests):
+    for deployment in find(manifests, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_gateway_service_and_hpa_point_at_the_gateway_deployment(manifests):
+    gateway = one(manifests, "Deployment", "darkroom-gateway")
+    service = one(manifests, "Service", "darkroom-gateway")
+    assert service["spec"]["selector"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    port_names = {port["name"] for port in container["ports"]}
+    assert {port["targetPort"] for port in service["spec"]["ports"]} <= port_names
+    hpa = one(manifests, "HorizontalPodAutoscaler", "darkroom-gateway")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "darkroom-gateway",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)  # the original design's 1..3
+    assert gateway["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"], (
+        "HPA needs it"
+    )
+
+
+def test_keda_scales_the_worker_deployment_on_the_actors_queue(manifests):
+    scaled = one(manifests, "ScaledObject", "darkroom-worker")
+    assert find(manifests, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    assert trigger["metadata"]["queueName"] == process_job.queue_name
+    assert trigger["metadata"]["mode"] == "QueueLength"
+    assert float(trigger["metadata"]["value"]) == settings.SCALE_UP_THRESHOLD
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 5)
+
+    auth = one(manifests, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    secret = one(manifests, "Secret", "darkroom-secrets")
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["name"] == "darkroom-secrets" and ref["key"] in secret["stringData"]
+
+
+def test_every_pod_refers_to_config_and_secrets_that_exist(manifests):
+    config = {m["metadata"]["name"]: m["data"] for m in find(manifests, "ConfigMap")}
+    secrets = {m["metadata"]["name"]: m["stringData"] for m in find(manifests, "Secret")}
+    for name, spec in pod_specs(manifests):
+        for container in spec["containers"]:
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in config, name
+                if "secretRef" in source:
+                    assert source["secretRef"]["name"] in secrets, name
+            mounts = {mount["name"] for mount in container.get("volumeMounts", [])}
+            assert mounts <= {volume["name"] for volume in spec.get("volumes", [])}, name
+
+
+def test_config_and_secret_keys_are_variables_the_app_reads(manifests):
+    known = settings_variables()
+    for kind, field in (("ConfigMap", "data"), ("Secret", "stringData")):
+        for manifest in find(manifests, kind):
+            unknown = set(manifest[field]) - known
+            assert not unknown, f"{manifest['metadata']['name']} sets variables nothing reads: {unknown}"
+
+
+def test_every_pod_loading_the_app_has_the_prometheus_directory(manifests):
+    directory = one(manifests, "ConfigMap", "darkroom-config")["data"]["PROMETHEUS_MULTIPROC_DIR"]
+    for name, spec in pod_specs(manifests):
+        for container in spec["containers"]:
+            mounted = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+            assert directory in mounted, f"{name}: prometheus_client fails at start without {directory}"
+
+
+def test_probes_send_a_host_that_allowed_hosts_accepts(manifests):
+    allowed = one(manifests, "ConfigMap", "darkroom-config")["data"]["ALLOWED_HOSTS"].split(",")
+    gateway = one(manifests, "Deployment", "darkroom-gateway")
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        hosts = [h["value"] for h in probe["httpGet"]["httpHeaders"] if h["name"] == "Host"]
+        assert hosts and hosts[0] in allowed
+
+
+def test_the_scaler_may_patch_exactly_the_worker_deployment(manifests):
+    scaler = one(manifests, "Deployment", "darkroom-scaler")
+    spec = scaler["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"][-2:] == ["--backend", "kubernetes"]
+    account = one(manifests, "ServiceAccount", spec["serviceAccountName"])
+    binding = one(manifests, "RoleBinding", "darkroom-scaler")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "darkroom"}
+    ]
+    role = one(manifests, binding["roleRef"]["kind"], binding["roleRef"]["name"])
+    worker_deployment = one(manifests, "ConfigMap", "darkroom-config")["data"]["KUBERNETES_WORKER_DEPLOYMENT"]
+    assert find(manifests, "Deployment", worker_deployment)
+    (rule,) = role["rules"]
+    assert rule["resources"] == ["deployments/scale"] and rule["resourceNames"] == [worker_deployment]
+    assert {"get", "patch"} <= set(rule["verbs"])
+    service = one(manifests, "Service", "darkroom-scaler")
+    assert {p["port"] for p in service["spec"]["ports"]} == {
+        settings.SCALER_HEALTH_PORT,
+        settings.SCALER_METRICS_PORT,
+    }
+
+
+def test_workers_get_time_to_drain_and_hold_no_more_than_they_work_on(manifests):
+    worker = one(manifests, "Deployment", "darkroom-worker")
+    spec = worker["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] > settings.JOB_TIME_LIMIT_SECONDS
+    (container,) = spec["containers"]
+    threads = container["command"][container["command"].index("--threads") + 1]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["dramatiq_queue_prefetch"] == threads
+    assert container["command"][container["command"].index("--processes") + 1] == "1"
+
+
+def test_every_namespaced_object_lives_in_the_darkroom_namespace(manifests):
+    for manifest in manifests:
+        if manifest["kind"] != "Namespace":
+            assert manifest["metadata"]["namespace"] == "darkroom", manifest["metadata"]["name"]

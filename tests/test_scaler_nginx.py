@@ -1,0 +1,182 @@
+"""The nginx configuration (deploy/nginx/darkroom.conf) in a real, private nginx, in front of small
+stand-in gateways that answer with their name and the headers they received."""
+
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from scaler.backends.nginx import Nginx
+from tests.services import IN_CI
+from tests.stack import free_port
+
+
+def require_nginx() -> None:
+    if shutil.which("nginx"):
+        return
+    missing = "nginx is not installed (Debian's nginx package)"
+    pytest.fail(missing) if IN_CI else pytest.skip(missing)
+
+
+class StandIn(BaseHTTPRequestHandler):
+    """Answers JSON naming the server and echoing the request; /slow takes a while; /ws/ upgrades."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path.startswith("/ws/"):
+            self.upgrade()
+            return
+        if self.path == "/slow":
+            time.sleep(1.5)
+        self.answer()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.answer()
+
+    def answer(self):
+        body = json.dumps({"server": self.server.name, "headers": dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def upgrade(self):
+        if (
+            self.headers.get("Upgrade", "").lower() != "websocket"
+            or "upgrade" not in self.headers.get("Connection", "").lower()
+        ):
+            self.send_error(400, "no upgrade")
+            return
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.write(f"hello from {self.server.name}".encode())
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, format, *args):
+        pass
+
+
+def stand_in(name: str) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+    server.name = name
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def address(server: ThreadingHTTPServer) -> str:
+    return f"127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def gateways():
+    servers = {name: stand_in(name) for name in ("a", "b")}
+    yield servers
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    require_nginx()
+    started = []
+
+    def start(upstreams: list[str], max_body_bytes: int = 1024 * 1024) -> Nginx:
+        server = Nginx(tmp_path / "nginx", f"127.0.0.1:{free_port()}", max_body_bytes)
+        server.start(upstreams)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def served_by(nginx: Nginx, count: int, path: str = "/api/v1/services") -> list[str]:
+    with httpx.Client(base_url=nginx.url, timeout=10) as client:
+        return [client.get(path).json()["server"] for _ in range(count)]
+
+
+def test_nginx_spreads_requests_over_the_gateways(nginx, gateways):
+    proxy = nginx([address(g) for g in gateways.values()])
+    assert set(served_by(proxy, 10)) == {"a", "b"}
+
+
+def test_the_gateway_sees_the_client_address_and_host_as_forwarded(nginx, gateways):
+    proxy = nginx([address(gateways["a"])])
+    headers = httpx.get(proxy.url + "/", headers={"Host": "darkroom.example"}).json()["headers"]
+    assert headers["X-Forwarded-For"] == "127.0.0.1"
+    assert headers["Host"] == "darkroom.example"
+    assert headers["X-Forwarded-Proto"] == "http"
+
+
+def test_a_dead_gateway_is_skipped_without_a_failed_request(nginx, gateways):
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    proxy = nginx([dead, address(gateways["a"])])
+    assert served_by(proxy, 10) == ["a"] * 10
+
+
+def test_a_busy_gateway_gets_no_new_request_while_another_is_free(nginx, gateways):
+    proxy = nginx([address(g) for g in gateways.values()])
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(lambda: httpx.get(proxy.url + "/slow", timeout=10).json()["server"])
+        time.sleep(0.3)
+        quick = served_by(proxy, 6)
+        busy = slow.result()
+    assert busy not in quick, "least_conn sends new requests to the gateway without one in flight"
+
+
+def test_a_websocket_upgrade_reaches_the_gateway(nginx, gateways):
+    proxy = nginx([address(gateways["a"])])
+    host, port = proxy.host_port
+    handshake = (
+        "GET /ws/jobs/ HTTP/1.1\r\nHost: darkroom\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(handshake.encode())
+        received = b""
+        while b"hello from a" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, f"connection closed after {received!r}"
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 101")
+
+
+def test_an_upload_over_the_limit_gets_413_in_json_from_nginx_itself(nginx, gateways):
+    proxy = nginx([address(gateways["a"])], max_body_bytes=1000)
+    response = httpx.post(proxy.url + "/api/v1/process/sobel", content=b"x" * 5000)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "upload_too_large"
+    assert httpx.post(proxy.url + "/api/v1/process/sobel", content=b"x" * 500).json()["server"] == "a"
+
+
+def test_no_gateway_answering_gives_503_json_with_retry_after(nginx):
+    proxy = nginx([f"127.0.0.1:{free_port()}"])
+    response = httpx.get(proxy.url + "/api/v1/services")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json()["error"]["code"] == "gateway_unavailable"
+
+
+def test_a_reload_with_a_new_upstream_list_moves_the_traffic(nginx, gateways):
+    proxy = nginx([address(gateways["a"])])
+    assert set(served_by(proxy, 4)) == {"a"}
+    proxy.set_upstreams([address(gateways["b"])])
+    deadline = time.monotonic() + 5
+    while set(served_by(proxy, 4)) != {"b"}:  # the old worker process may answer once more
+        assert time.monotonic() < deadline, "nginx kept sending requests to the removed gateway"
+        time.sleep(0.1)
