@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run serve serve-http serve-ws worker requeue scale test lint format bench bench-api bench-scaler clean
+.PHONY: setup run serve serve-http serve-ws worker requeue scale test lint format bench bench-api bench-ws bench-scaler clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,16 +23,20 @@ run: setup
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # One process for HTTP and WebSockets: uvicorn streams request bodies to disk (constant memory).
+# WebSockets: the sans-I/O protocol and no per-message compression keep a socket near 32 KB.
+UVICORN_WS := --ws websockets-sansio --ws-per-message-deflate false --ws-max-size 65536 --backlog 4096
+
 serve: setup
-	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) --workers $${WEB_CONCURRENCY:-1} \
-		--no-access-log --timeout-graceful-shutdown 30
+	ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
+		--workers $${WEB_CONCURRENCY:-1} --no-access-log --timeout-graceful-shutdown 30 $(UVICORN_WS)
 
 # Behind nginx (deploy/nginx): the HTTP API on gunicorn (WSGI, faster), /ws/ on uvicorn.
 serve-http: setup
 	GUNICORN_BIND=$(HOST):$(PORT) $(BIN)/gunicorn project.wsgi -c project/gunicorn_conf.py
 
 serve-ws: setup
-	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(WS_PORT) --no-access-log
+	ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(WS_PORT) \
+		--no-access-log $(UVICORN_WS)
 
 
 # Worker processes for the full stack (BROKER_URL set).
@@ -59,6 +63,10 @@ bench: $(STAMP)
 
 bench-api: $(STAMP)
 	$(BIN)/python -m bench.api $(BENCH_ARGS)
+
+# WebSocket scale: 10,000 clients watching jobs on one server process (PostgreSQL, redis-server).
+bench-ws: $(STAMP)
+	$(BIN)/python -m bench.websockets $(BENCH_WS_ARGS)
 
 bench-scaler: $(STAMP)
 	$(BIN)/python -m bench.scaler $(BENCH_ARGS)

@@ -18,24 +18,32 @@ Who may subscribe: the job's owner, as for the API.
 - From scripts, the API's headers also work: `X-API-Key` or `Authorization: Bearer`.
 
 Close codes, sent after the handshake so that browsers can read them (code and reason):
-1000 the job finished; 1013 live updates are unavailable (the channel layer is down;
-poll the API); 4401 bad or missing credentials; 4404 no such job, or another owner's
-(the same answer, so that existence isn't revealed). A browser page from another origin
-is refused at the handshake (HTTP 403, see `gateway.routing`).
+- 1000: the job finished.
+- 1001: a stream reached its 12-hour lifetime; reconnect (see STREAM_LIFETIME).
+- 1013: live updates are unavailable (the channel layer is down); reconnect later, or poll.
+- 4401: bad or missing credentials.
+- 4404: no such job, or another owner's (the same answer: existence isn't revealed).
+A browser page from another origin is refused at the handshake (HTTP 403, `gateway.routing`).
 """
 
+import asyncio
 import json
 import logging
 import uuid
 from collections import OrderedDict
 from enum import IntEnum
+from importlib import import_module
+from types import SimpleNamespace
 
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib import auth
+from django.contrib.sessions.backends.base import SessionBase
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
+from django.http.cookie import parse_cookie
 from redis.exceptions import RedisError
 
 from gateway import events, owners
@@ -47,6 +55,9 @@ logger = logging.getLogger(__name__)
 SUBPROTOCOL = "darkroom"
 KEY_SUBPROTOCOL_PREFIX = "darkroom.key."
 RECENT_JOBS = 50  # jobs in the stream's state on connect
+# channels-redis forgets a group's member a day after it joined (its group_expiry): a stream
+# ends before that, so that its client reconnects and joins again instead of silently starving.
+STREAM_LIFETIME = 12 * 3600  # seconds
 REMEMBERED_JOBS = 128  # jobs whose latest status a stream remembers, to drop late events
 
 # Events reach a socket by different paths (the gateway announces "queued", a worker then
@@ -57,6 +68,7 @@ FINISHED_RANK = 2
 
 class Close(IntEnum):
     JOB_FINISHED = 1000
+    RECONNECT = 1001
     TRY_AGAIN_LATER = 1013
     BAD_CREDENTIALS = 4401
     NOT_FOUND = 4404
@@ -83,6 +95,19 @@ def presented_key(scope) -> str | None:
     return None
 
 
+def browser_session(scope) -> tuple[SessionBase, object] | None:
+    """The session and user named by the handshake's session cookie; None without the cookie.
+
+    Read once here rather than by channels' AuthMiddlewareStack, which keeps a session, a
+    user and three more copies of the scope in memory for as long as each socket is open.
+    """
+    cookies = parse_cookie(dict(scope.get("headers") or ()).get(b"cookie", b"").decode("latin-1"))
+    if settings.SESSION_COOKIE_NAME not in cookies:
+        return None
+    session = import_module(settings.SESSION_ENGINE).SessionStore(cookies[settings.SESSION_COOKIE_NAME])
+    return session, auth.get_user(SimpleNamespace(session=session))
+
+
 @database_sync_to_async
 def authenticate(scope) -> owners.Caller | None:
     """The caller behind a handshake, as the API would see it; None when credentials are required
@@ -93,8 +118,9 @@ def authenticate(scope) -> owners.Caller | None:
         if caller is None:
             raise InvalidKey
         return caller
-    if settings.SESSION_COOKIE_NAME in scope.get("cookies", {}):
-        return owners.from_session(scope["session"], scope.get("user"))
+    session = browser_session(scope)
+    if session is not None:
+        return owners.from_session(*session)
     if getattr(settings, "API_KEYS_REQUIRED", False):
         return None
     return owners.Caller()
@@ -128,6 +154,7 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
 
     closed = False
     counted = False
+    lifetime: asyncio.TimerHandle | None = None  # when a long-lived socket must end
 
     async def __call__(self, scope, receive, send):
         try:
@@ -138,6 +165,8 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
             logger.warning("live job events interrupted: %s: %s", type(exc).__name__, exc)
             await self.close(Close.TRY_AGAIN_LATER, "live updates interrupted; reconnect or poll")
         finally:
+            if self.lifetime is not None:
+                self.lifetime.cancel()
             await events.leave(self.channel_layer, self.groups, self.channel_name)
             if self.counted:
                 WEBSOCKET_CONNECTIONS.dec()
@@ -257,7 +286,13 @@ class CallerJobsConsumer(JobEventsConsumer):
         state = {"type": "jobs.state", "jobs": [job.to_dict() for job in jobs]}
         await self.send(text_data=json.dumps(state, cls=DjangoJSONEncoder))
         if not live:
-            await self.close_unavailable()
+            return await self.close_unavailable()
+        self.lifetime = asyncio.get_running_loop().call_later(STREAM_LIFETIME, self.end_of_lifetime)
+
+    def end_of_lifetime(self) -> None:
+        self.ending = asyncio.ensure_future(
+            self.close(Close.RECONNECT, "reconnect to renew the subscription")
+        )
 
     async def job_event(self, message: dict) -> None:
         if not self.closed and self.latest.is_news(message["job_id"], message["status"]):

@@ -21,9 +21,11 @@ from collections.abc import Iterable
 from concurrent.futures import CancelledError
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
 from django.conf import settings
 from django.core import checks
 from django.core.serializers.json import DjangoJSONEncoder
+from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
 from processing.models import Job
@@ -95,9 +97,9 @@ class Publisher:
     Redis costs one timeout per cooldown rather than one per event.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, layer):
         self.loop = loop
-        self.layer = get_channel_layer()
+        self.layer = layer
         self.pending: asyncio.Queue = asyncio.Queue(BACKLOG)
         self.paused_until = 0.0
         self.dropped = 0
@@ -152,24 +154,32 @@ class Publisher:
             logger.warning("dropping job events: %s", why)
         self.dropped += 1
 
-    def flush(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for the pending events to be sent (from another thread)."""
+    def close(self, timeout: float) -> None:
+        """From another thread (at exit): send what is pending, for `timeout` seconds at most, then stop."""
         if self.loop.is_closed():
             return
-        flushed = asyncio.run_coroutine_threadsafe(self.pending.join(), self.loop)
+        closing = asyncio.run_coroutine_threadsafe(self._send_pending_then_stop(), self.loop)
         try:
-            flushed.result(timeout)
-        except (TimeoutError, CancelledError):  # the events are lost, as they would be without waiting
-            flushed.cancel()
+            closing.result(timeout)
+        except (TimeoutError, CancelledError):  # the rest is lost, as it would be without waiting
+            closing.cancel()
+
+    async def _send_pending_then_stop(self) -> None:
+        try:
+            await self.pending.join()
+        finally:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
 
-def start_in_thread() -> Publisher:
+def start_in_thread(layer) -> Publisher:
     """A publisher on an event loop in a daemon thread of its own (keeps its Redis connections)."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="job-events", daemon=True).start()
-    publisher = Publisher(loop)
+    publisher = Publisher(loop, layer)
     # A worker that completes a job and exits at once must not take the event with it.
-    atexit.register(publisher.flush, FLUSH_AT_EXIT)
+    atexit.register(publisher.close, FLUSH_AT_EXIT)
     return publisher
 
 
@@ -187,23 +197,27 @@ def current_publisher() -> Publisher | None:
     made on first use in each process (worker processes are forked).
     """
     global _publisher, _publisher_pid
-    if isinstance(get_channel_layer(), InMemoryChannelLayer):
+    layer = get_channel_layer()
+    if _publisher is not None and _publisher.layer is layer and _publisher_pid == os.getpid():
         return _publisher
+    if isinstance(layer, InMemoryChannelLayer):
+        return None  # no WebSocket has connected to this process yet
     with _lock:
-        if _publisher is None or _publisher_pid != os.getpid():
-            _publisher, _publisher_pid = start_in_thread(), os.getpid()
+        if _publisher is None or _publisher.layer is not layer or _publisher_pid != os.getpid():
+            _publisher, _publisher_pid = start_in_thread(layer), os.getpid()
         return _publisher
 
 
 def serve_from_running_loop() -> None:
     """Called by consumers as they connect: with the in-memory layer, publish on their loop."""
     global _publisher, _publisher_pid
-    if not isinstance(get_channel_layer(), InMemoryChannelLayer):
+    layer = get_channel_layer()
+    if not isinstance(layer, InMemoryChannelLayer):
         return
     loop = asyncio.get_running_loop()
     with _lock:
-        if _publisher is None or _publisher.loop is not loop or _publisher.layer is not get_channel_layer():
-            _publisher, _publisher_pid = Publisher(loop), os.getpid()
+        if _publisher is None or _publisher.loop is not loop or _publisher.layer is not layer:
+            _publisher, _publisher_pid = Publisher(loop, layer), os.getpid()
 
 
 # --- Subscribing (for consumers) -----------------------------------------------------
@@ -249,7 +263,7 @@ def check_channel_layer(app_configs=None, **kwargs) -> list[checks.CheckMessage]
     """
     errors = []
     for alias, layer in settings.CHANNEL_LAYERS.items():
-        if not layer["BACKEND"].startswith("channels_redis."):
+        if not issubclass(import_string(layer["BACKEND"]), ChannelsRedisLayer):
             continue
         for host in layer.get("CONFIG", {}).get("hosts", []):
             if not (isinstance(host, dict) and "socket_timeout" in host and host["socket_timeout"] is None):

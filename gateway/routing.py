@@ -1,6 +1,5 @@
-"""WebSocket routes, behind the origin check and the session and user of the browser."""
+"""WebSocket routes, behind the origin check (sessions and keys are read by the consumers)."""
 
-from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.security.websocket import OriginValidator
 from django.conf import settings
@@ -36,4 +35,4 @@ def allowed_hosts_origin_validator(application):
     return BrowserOriginValidator(application, allowed_hosts)
 
 
-application = allowed_hosts_origin_validator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+application = allowed_hosts_origin_validator(URLRouter(websocket_urlpatterns))

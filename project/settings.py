@@ -161,11 +161,14 @@ REDIS_URL = env_url("REDIS_URL", ("redis", "rediss", "unix"))
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # One reader of each process's Redis inbox, not one per socket (gateway/layers.py).
+            "BACKEND": "gateway.layers.RedisChannelLayer",
             # No socket timeout: idle subscribers wait in 5 s blocking reads (see gateway.E001).
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None, "socket_connect_timeout": 1}],
-                "capacity": 200,
+                "capacity": 100,  # per socket: a client that stops reading holds at most this many events
+                # Each server process has one inbox in Redis for all its sockets: room for a 1 s GC pause.
+                "channel_capacity": {"specific.*": 2000},
                 "expiry": 30,
             },
         }

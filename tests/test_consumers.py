@@ -14,7 +14,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.db import SessionStore
 
-from gateway import events, owners, routing
+from gateway import consumers, events, owners, routing
 from gateway.models import ApiKey
 from processing import jobs
 from processing.models import Job
@@ -368,6 +368,15 @@ async def test_the_stream_drops_a_late_event_for_a_job_that_has_moved_on(alice):
     await stream.disconnect()
 
 
+async def test_a_stream_ends_before_the_channel_layer_would_forget_its_subscription(alice, monkeypatch):
+    monkeypatch.setattr(consumers, "STREAM_LIFETIME", 0.1)
+    key, _ = alice
+    stream = await watch("/ws/jobs/", key)
+    await stream.receive_json_from()
+
+    assert await closed_with(stream) == (1001, "reconnect to renew the subscription")
+
+
 async def test_a_disconnected_socket_leaves_its_groups(alice):
     key, caller = alice
     job = await in_thread(make_job)(caller)
@@ -388,8 +397,10 @@ async def test_a_disconnected_socket_leaves_its_groups(alice):
 def redis_layer(address: str) -> dict:
     return {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": address, "socket_connect_timeout": 0.5}]},
+            "BACKEND": "gateway.layers.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": address, "socket_connect_timeout": 0.5, "socket_timeout": None}]
+            },
         }
     }
 

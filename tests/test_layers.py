@@ -1,0 +1,99 @@
+"""gateway.layers.RedisChannelLayer against a real Redis: one reader per process, bounded buffers."""
+
+import asyncio
+
+import pytest
+import redis
+
+from gateway.events import check_channel_layer
+from gateway.layers import RedisChannelLayer
+from tests.services import require, url_of
+from tests.stack import free_port
+
+pytestmark = [pytest.mark.anyio, pytest.mark.services]
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+async def layer():
+    require("redis")
+    prefix = f"test-layers-{free_port()}"  # keys of our own in a shared Redis
+    layer = RedisChannelLayer(hosts=[{"address": url_of("redis"), "socket_timeout": None}], prefix=prefix)
+    yield layer
+    await layer.flush()
+    await layer.close_pools()
+
+
+async def test_a_group_message_reaches_each_waiting_channel(layer):
+    first, second = await layer.new_channel(), await layer.new_channel()
+    for channel in (first, second):
+        await layer.group_add("job.1", channel)
+
+    await layer.group_send("job.1", {"type": "job.event", "text": "hello"})
+
+    received = await asyncio.wait_for(asyncio.gather(layer.receive(first), layer.receive(second)), 5)
+    assert [message["text"] for message in received] == ["hello", "hello"]
+
+
+async def test_a_stopped_consumers_channel_keeps_nothing(layer):
+    gone, alive = await layer.new_channel(), await layer.new_channel()
+    for channel in (gone, alive):
+        await layer.group_add("job.2", channel)
+    waiting = asyncio.create_task(layer.receive(gone))
+    await asyncio.sleep(0.05)
+    waiting.cancel()  # what channels does when a socket closes
+
+    for number in range(3):
+        await layer.group_send("job.2", {"type": "job.event", "text": str(number)})
+    received = [await asyncio.wait_for(layer.receive(alive), 5) for _ in range(3)]
+
+    assert [message["text"] for message in received] == ["0", "1", "2"]
+    assert gone not in layer.receive_buffer  # all three went by it
+
+
+async def test_a_channel_that_does_not_read_holds_at_most_its_capacity(layer):
+    layer.capacity = 5  # per channel; the process's inbox in Redis may hold more
+    layer.channel_capacity = layer.compile_capacities({"specific.*": 1000})
+    stuck, reader = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("owner.x", stuck)
+    await layer.group_add("job.3", reader)
+    reading = asyncio.create_task(layer.receive(reader))  # starts the process's reader
+
+    for number in range(50):
+        await layer.group_send("owner.x", {"type": "job.event", "text": str(number)})
+    await layer.group_send("job.3", {"type": "job.event", "text": "done"})
+    await asyncio.wait_for(reading, 5)
+
+    assert layer.receive_buffer[stuck].qsize() == 5
+    assert (await layer.receive(stuck))["text"] == "45"  # the oldest were dropped
+
+
+async def test_when_redis_goes_away_every_waiting_receive_raises(layer):
+    dead = RedisChannelLayer(
+        hosts=[{"address": f"redis://127.0.0.1:{free_port()}/0", "socket_timeout": None}]
+    )
+    channels = [await dead.new_channel() for _ in range(3)]
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(dead.receive(channel) for channel in channels), return_exceptions=True), 5
+    )
+
+    assert all(isinstance(result, redis.RedisError) for result in results)
+    assert not dead.receive_buffer
+
+
+def redis_layers(host) -> dict:
+    return {"default": {"BACKEND": "gateway.layers.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
+
+
+def test_start_up_refuses_a_redis_layer_whose_sockets_time_out(settings):
+    # redis-py's default 5 s read timeout would end every idle WebSocket after 5 s.
+    settings.CHANNEL_LAYERS = redis_layers("redis://127.0.0.1:6379/0")
+    assert [error.id for error in check_channel_layer()] == ["gateway.E001"]
+
+    settings.CHANNEL_LAYERS = redis_layers({"address": "redis://127.0.0.1:6379/0", "socket_timeout": None})
+    assert check_channel_layer() == []

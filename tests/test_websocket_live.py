@@ -1,0 +1,208 @@
+"""Live job status as a client sees it: a real uvicorn server, channels-redis, Dramatiq workers,
+and a real WebSocket client."""
+
+import asyncio
+import io
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+from channels_redis.core import RedisChannelLayer
+from PIL import Image
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests import images
+from tests.services import IN_CI, reachable, require
+from tests.stack import MANAGE, LiveStack, free_port
+
+pytestmark = pytest.mark.services
+
+
+def api_key(stack: LiveStack) -> str:
+    command = [*MANAGE, "create_api_key", "live-test"]
+    return subprocess.run(command, env=stack.env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def ws_url(stack: LiveStack, path: str) -> str:
+    return stack.base_url.replace("http://", "ws://") + path
+
+
+def until_closed(ws) -> tuple[list[dict], int, str]:
+    """Every message the server sends, then the close code and reason it sent."""
+    received = []
+    try:
+        while True:
+            received.append(json.loads(ws.recv(timeout=60)))
+    except ConnectionClosed as closed:
+        return received, closed.rcvd.code, closed.rcvd.reason
+
+
+def test_a_client_watches_its_job_over_a_websocket_until_it_can_download_the_result(live_stack):
+    key = api_key(live_stack)
+    headers = {"X-API-Key": key}
+    with live_stack.client() as client:
+        image = images.jpeg_bytes(images.gradient(640, 480))
+        submitted = client.post(
+            "/api/v1/process/grayscale", files={"image": ("a.jpg", image)}, headers=headers
+        )
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()
+
+        # As a browser would: the key as a subprotocol. No worker yet, so it is still queued.
+        protocols = ["darkroom", f"darkroom.key.{key}"]
+        with connect(ws_url(live_stack, job["ws_url"]), subprotocols=protocols) as ws:
+            assert ws.subprotocol == "darkroom"
+            live_stack.start_worker("ws-worker")
+            try:
+                received, code, reason = until_closed(ws)
+            finally:
+                live_stack.stop("ws-worker")
+
+        assert [m["type"] for m in received[:2]] == ["job.state", "job.processing"], received
+        assert received[0]["job"]["status"] == "queued"
+        assert received[-1]["type"] == "job.completed", received
+        assert (code, reason) == (1000, "job finished")
+        download = client.get(received[-1]["job"]["result"]["url"], headers=headers)
+
+    assert download.status_code == 200
+    assert Image.open(io.BytesIO(download.content)).mode == "L"
+
+
+# --- With a Redis of our own, to stop and to flood without touching anyone else's ----------
+
+
+@pytest.fixture(scope="module")
+def own_redis():
+    """A private, throwaway redis-server: `stop()` kills it, `start()` brings it back."""
+    if not shutil.which("redis-server"):
+        message = "needs redis-server on the PATH"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+    redis = PrivateRedis(free_port())
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+class PrivateRedis:
+    def __init__(self, port: int):
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        LiveStack.wait_until(lambda: reachable(self.url, timeout=0.2), timeout=10, what="redis-server")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def stack_on_own_redis(own_redis, tmp_path_factory):
+    require("postgres", "rabbitmq")
+    with LiveStack(tmp_path_factory.mktemp("own-redis"), REDIS_URL=own_redis.url) as stack:
+        stack.start_server()
+        stack.start_worker()
+        yield stack
+
+
+def server_rss_mib(stack: LiveStack) -> float:
+    with open(f"/proc/{stack.processes['server'].pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def open_and_never_read(stack: LiveStack, path: str) -> socket.socket:
+    """A WebSocket client that completes the handshake, then never reads another byte."""
+    sock = socket.create_connection(("127.0.0.1", stack.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert sock.recv(12) == b"HTTP/1.1 101"
+    return sock
+
+
+async def flood(redis_url: str, group: str, count: int, size: int) -> None:
+    layer = RedisChannelLayer(hosts=[redis_url])
+    message = {"type": "job.event", "job_id": "flood", "status": "processing", "text": "x" * size}
+    for _ in range(count):
+        await layer.group_send(group, message)
+    await layer.close_pools()
+
+
+def inbox_backlog(redis_url: str) -> int:
+    """Events waiting in Redis for the server process (channels-redis keeps one inbox per process)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(client.zcard(key) for key in client.keys("asgispecific.*"))
+    finally:
+        client.close()
+
+
+def test_a_client_that_never_reads_does_not_grow_the_server(stack_on_own_redis, own_redis):
+    stack = stack_on_own_redis
+    stuck = open_and_never_read(stack, "/ws/jobs/")  # anonymous: the "owner.anonymous" group
+    # A client that reads: its socket waits on the process's inbox, and so empties it.
+    key = {"X-API-Key": api_key(stack)}
+    with stuck, connect(ws_url(stack, "/ws/jobs/"), additional_headers=key) as reader:
+        time.sleep(0.5)
+        before = server_rss_mib(stack)
+        asyncio.run(flood(own_redis.url, "owner.anonymous", count=2500, size=25_000))  # 60 MB of events
+        stack.wait_until(lambda: inbox_backlog(own_redis.url) == 0, timeout=20, what="the inbox to empty")
+        grown = server_rss_mib(stack) - before
+
+        assert grown < 20, f"the server grew by {grown:.0f} MiB for a client that reads nothing"
+        assert json.loads(reader.recv(timeout=10))["type"] == "jobs.state"  # and it serves everyone else
+
+
+def test_with_redis_stopped_jobs_complete_and_sockets_get_the_state_or_a_clean_close(
+    stack_on_own_redis, own_redis
+):
+    stack = stack_on_own_redis
+    image = images.jpeg_bytes(images.gradient(320, 240))
+    with connect(ws_url(stack, "/ws/jobs/")) as live:
+        assert json.loads(live.recv(timeout=10))["type"] == "jobs.state"
+        own_redis.stop()
+        # An open socket loses its live updates: it is told so, and the client can poll.
+        _, code, reason = until_closed(live)
+    try:
+        assert (code, reason) == (1013, "live updates interrupted; reconnect or poll")
+
+        job = stack.submit("sobel", image)  # submissions still work...
+        done = stack.wait_for_status(job["job_id"], timeout=30)  # ...and so do polling and the workers
+        assert done["status"] == "completed"
+
+        with connect(ws_url(stack, job["ws_url"])) as ws:  # a new socket gets the state
+            received, code, reason = until_closed(ws)
+        assert [(m["type"], m["job"]["status"]) for m in received] == [("job.state", "completed")]
+        assert code == 1000
+
+        with connect(ws_url(stack, "/ws/jobs/")) as ws:  # or the state, then a clean close
+            received, code, reason = until_closed(ws)
+        assert received[0]["type"] == "jobs.state"
+        assert (code, reason) == (1013, "live updates unavailable; poll the API")
+    finally:
+        own_redis.start()
