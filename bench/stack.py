@@ -1,0 +1,145 @@
+"""The full stack for a benchmark run, as real processes on loopback: a fresh PostgreSQL database
+and RabbitMQ vhost, one uvicorn server and Dramatiq worker processes; all removed on exit."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = [sys.executable, str(ROOT / "manage.py")]
+QUEUE = "images"  # processing.actors.process_job's queue
+
+
+class StackError(Exception):
+    """A part of the stack did not come up."""
+
+
+def with_path(env_name: str, default: str, path: str) -> str:
+    """The service URL from the environment (or the default), pointing at `path` instead."""
+    return urlparse(os.getenv(env_name) or default)._replace(path=path).geturl()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rabbitmqctl(*args: str, check: bool = True) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=check, capture_output=True, text=True, timeout=120
+    )
+    return done.stdout
+
+
+class Stack:
+    """`with Stack(workers=2, threads=1) as stack:` then talk to `stack.base_url`."""
+
+    def __init__(self, workers: int, threads: int):
+        self.name = f"darkroom_bench_{uuid.uuid4().hex[:8]}"
+        self.workers, self.threads = workers, threads
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}_"))
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.admin_dsn = with_path("DATABASE_URL", "postgres://postgres@127.0.0.1:5432", "/postgres")
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": with_path("DATABASE_URL", self.admin_dsn, f"/{self.name}"),
+            "BROKER_URL": with_path("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672", f"/{self.name}"),
+            "REDIS_URL": os.getenv("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            "DARKROOM_VAR_DIR": str(self.workdir),
+            "DEBUG": "false",  # DEBUG keeps every SQL query in memory
+            # One client on one address sends every request, and every upload must be processed.
+            "RATE_LIMIT_SUBMIT": "1000000/s",
+            "RATE_LIMIT_READ": "1000000/s",
+            "RESULT_REUSE": "false",
+        }
+
+    def __enter__(self) -> "Stack":
+        try:
+            self._create()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _create(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        migrate = [*MANAGE, "migrate", "--noinput", "-v", "0"]
+        done = subprocess.run(migrate, env=self.env, capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise StackError(f"manage.py migrate failed:\n{done.stdout}{done.stderr}")
+        command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(self.port)]
+        self.spawn("server", [*command, "--host", "127.0.0.1", "--no-access-log"])
+        for number in range(self.workers):
+            command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(self.threads)]
+            self.spawn(f"worker{number + 1}", command)
+        self.wait_until(self.is_live, "the server to answer /health/live")
+        # Workers that are still booting would show up as queue wait in the first jobs.
+        self.wait_until(lambda: self.consumers() >= self.workers, f"{self.workers} workers to consume")
+
+    def __exit__(self, *exc_info) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+        rabbitmqctl("delete_vhost", self.name, check=False)
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def spawn(self, name: str, command: list[str]) -> None:
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            self.processes[name] = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name)
+        if process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def is_live(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/health/live", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def consumers(self) -> int:
+        lines = rabbitmqctl("list_consumers", "-p", self.name, "queue_name").split()
+        return lines.count(QUEUE)
+
+    def wait_until(self, condition, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            exited = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+            if exited or time.monotonic() > deadline:
+                reason = f"exited: {exited}" if exited else f"timed out after {timeout:g}s"
+                raise StackError(f"waiting for {what}: {reason}\n{self.log_tails()}")
+            time.sleep(0.2)
+
+    def log_tails(self, lines: int = 15) -> str:
+        tails = []
+        for path in sorted(self.workdir.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            tails.append(f"--- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(tails)
