@@ -10,6 +10,7 @@ from processing import jobs, storage
 from processing.actors import process_job
 from processing.models import Job
 from tests import images
+from tests.factories import stored_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,20 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def make_job():
     def make(service="grayscale", data: bytes | None = None, **parameters) -> Job:
-        job = Job(
-            service=service,
-            parameters=parameters,
-            input_sha256="0" * 64,
-            input_format="png",
-            input_bytes=0,
-            input_width=64,
-            input_height=48,
-        )
-        data = data or images.png_bytes(images.gradient(64, 48))
-        job.input_key = storage.save_output(storage.input_key(str(job.id), "png"), data)
-        job.input_bytes = len(data)
-        job.save()
-        return job
+        return stored_job(service, data, parameters=parameters)
 
     return make
 

@@ -6,29 +6,14 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from processing import storage
 from processing.models import Job
-from tests import images
+from tests.factories import stored_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def queued_job(age_seconds: int, **fields) -> Job:
-    job = Job(
-        service="grayscale",
-        input_sha256="0" * 64,
-        input_format="png",
-        input_width=64,
-        input_height=48,
-        input_bytes=0,
-        created_at=timezone.now() - timedelta(seconds=age_seconds),
-        **fields,
-    )
-    job.input_key = storage.save_output(
-        storage.input_key(str(job.id), "png"), images.png_bytes(images.gradient())
-    )
-    job.save()
-    return job
+    return stored_job(created_at=timezone.now() - timedelta(seconds=age_seconds), **fields)
 
 
 def test_a_job_whose_message_never_reached_the_broker_is_republished_and_completes(run_jobs, capsys):

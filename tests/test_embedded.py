@@ -2,28 +2,15 @@
 
 import pytest
 
-from processing import embedded, jobs, storage
+from processing import embedded, jobs
 from processing.models import Job
-from tests import images
+from tests.factories import stored_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def unfinished_job(status: str) -> Job:
-    job = Job(
-        service="sobel",
-        status=status,
-        input_sha256="0" * 64,
-        input_format="png",
-        input_width=64,
-        input_height=48,
-        input_bytes=0,
-    )
-    job.input_key = storage.save_output(
-        storage.input_key(str(job.id), "png"), images.png_bytes(images.gradient())
-    )
-    job.save()
-    return job
+    return stored_job("sobel", status=status)
 
 
 def test_start_up_republishes_the_jobs_the_last_process_left_queued(run_jobs):
