@@ -13,6 +13,7 @@ import yaml
 from django.conf import settings
 
 from processing.actors import process_job
+from tests.services import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -169,7 +170,8 @@ def compose_command(tmp_path: Path) -> list[str]:
             re.sub(r"^name: .*\n", "", (ROOT / "docker-compose.yml").read_text(), flags=re.MULTILINE)
         )
         return ["docker-compose", "-f", str(copy), "--project-directory", str(ROOT), "config", "-q"]
-    pytest.skip("no Compose client installed (docker compose, or Debian's docker-compose)")
+    missing = "no Compose client installed (docker compose, or Debian's docker-compose)"
+    pytest.fail(missing) if IN_CI else pytest.skip(missing)
 
 
 def test_docker_compose_accepts_the_file(tmp_path):
