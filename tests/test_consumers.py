@@ -85,10 +85,15 @@ async def closed_with(ws: WebsocketCommunicator) -> tuple[int, str]:
 
 async def complete(job: Job) -> None:
     claimed = await in_thread(jobs.claim)(job.id, WORKER)
+    await finish(claimed)
+
+
+async def finish(claimed: Job) -> None:
+    """What a worker records when it has stored a 64x48 PNG result."""
     await in_thread(jobs.complete)(
         claimed,
         WORKER,
-        output_key=f"results/{job.id}/output.png",
+        output_key=f"results/{claimed.id}/output.png",
         output_format="png",
         output_content_type="image/png",
         output_bytes=10,
@@ -124,16 +129,7 @@ async def test_it_sends_each_change_with_progress_then_the_download_url_and_clos
     processing = await ws.receive_json_from()
     await in_thread(jobs.ProgressReporter(claimed, WORKER))(0.5)
     progress = await ws.receive_json_from()
-    await in_thread(jobs.complete)(
-        claimed,
-        WORKER,
-        output_key=f"results/{job.id}/output.png",
-        output_format="png",
-        output_content_type="image/png",
-        output_bytes=10,
-        output_width=64,
-        output_height=48,
-    )
+    await finish(claimed)
     completed = await ws.receive_json_from()
 
     assert (processing["type"], processing["job"]["status"]) == ("job.processing", "processing")
