@@ -90,11 +90,13 @@ def run(job: Job, worker: str) -> None:
     result = operation.apply(image, params, jobs.ProgressReporter(job, worker))
     timings["operation_ms"] = elapsed_ms(step)
 
-    fields = {"metrics": {**result.metrics, **timings}}
+    fields = {}
     if operation.produces == "report":
         fields["report"] = result.report
     else:
         fields.update(store_image_output(job, result.image, params, info.format, timings))
+    # After storing: encode_ms and store_ms belong in the metrics too.
+    fields["metrics"] = {**result.metrics, **timings}
     fields["processing_ms"] = elapsed_ms(started)
     if jobs.complete(job, worker, **fields):
         logger.info("completed in %.1f ms", fields["processing_ms"])

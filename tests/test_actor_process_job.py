@@ -38,6 +38,7 @@ def test_a_queued_job_completes_with_its_output_and_timings(make_job, run_jobs):
     assert job.output_key == f"results/{job.id}/output.png"
     assert (job.output_width, job.output_height) == (64, 48)
     assert len(job.metrics["run_ms"]) == 3
+    assert {"decode_ms", "operation_ms", "encode_ms", "store_ms"} <= set(job.metrics)
     assert job.started_at <= job.finished_at and job.processing_ms > 0
     assert job.enqueued_at is not None
 
