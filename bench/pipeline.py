@@ -213,7 +213,10 @@ def run_pipeline(base_url: str, args, params: dict, jpeg: bytes, count: int, lab
                 except queue.Empty:
                     break
                 upload = tagged(jpeg, f"{label}-{number}")
-                samples.append(run_job(client, args.service, upload, params, args.poll, stop))
+                try:
+                    samples.append(run_job(client, args.service, upload, params, args.poll, stop))
+                except httpx.HTTPError as exc:  # counted as a failure, like a refused submission
+                    samples.append(Sample(submitted=time.time(), error=f"{exc.__class__.__name__}: {exc}"))
         return samples
 
     pool = ThreadPoolExecutor(args.concurrency, thread_name_prefix="client")

@@ -121,3 +121,21 @@ def test_one_grep_shows_a_jobs_whole_life(live_stack):
     worker_lines = [line for line in live_stack.log("grep-worker").splitlines() if trace in line]
     assert server_lines and worker_lines
     assert any(job["job_id"] in line and '"levelname"' in line for line in worker_lines)
+
+
+def test_requests_reuse_pooled_database_connections(live_stack):
+    import psycopg
+
+    def sessions_opened() -> int:
+        """PostgreSQL's count of every session ever opened on the stack's database."""
+        with psycopg.connect(live_stack.admin_dsn, autocommit=True) as conn:
+            query = "SELECT sessions FROM pg_stat_database WHERE datname = %s"
+            return conn.execute(query, (live_stack.name,)).fetchone()[0]
+
+    job = post_image(live_stack.base_url, quality="63").json()
+    with live_stack.client() as client:
+        client.get(job["job_url"])
+        before = sessions_opened()
+        for _ in range(50):
+            assert client.get(job["job_url"]).status_code == 200
+    assert sessions_opened() - before <= 2  # not one new PostgreSQL session per request
