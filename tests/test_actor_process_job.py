@@ -23,6 +23,16 @@ def make_job():
     return make
 
 
+def hold(job: Job, worker: str, lease_seconds: float, **fields) -> None:
+    """Make `worker` the job's holder, its lease running out in `lease_seconds` (negative: already out)."""
+    Job.objects.filter(id=job.id).update(
+        status=Job.PROCESSING,
+        worker_id=worker,
+        lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds),
+        **fields,
+    )
+
+
 def result_files(job: Job):
     return storage.default_storage.listdir(f"results/{job.id}")[1]
 
@@ -63,13 +73,7 @@ def test_a_duplicate_delivery_of_a_completed_job_changes_nothing(make_job, run_j
 def test_a_job_whose_worker_died_is_taken_over_when_its_lease_runs_out(make_job, run_jobs):
     job = make_job()
     # What a SIGKILLed worker leaves behind: claimed, lease already run out.
-    Job.objects.filter(id=job.id).update(
-        status=Job.PROCESSING,
-        worker_id="dead-host:1:thread",
-        attempts=1,
-        started_at=timezone.now(),
-        lease_expires_at=timezone.now() - timedelta(seconds=1),
-    )
+    hold(job, "dead-host:1:thread", lease_seconds=-1, attempts=1, started_at=timezone.now())
     process_job.send(str(job.id))
     run_jobs()
 
@@ -83,11 +87,7 @@ def test_a_message_for_a_job_held_by_a_live_worker_waits_for_the_lease(make_job,
     from processing.actors import wait_for_lease_or_skip
 
     job = make_job()
-    Job.objects.filter(id=job.id).update(
-        status=Job.PROCESSING,
-        worker_id="busy-host:1:thread",
-        lease_expires_at=timezone.now() + timedelta(seconds=5),
-    )
+    hold(job, "busy-host:1:thread", lease_seconds=5)
     with pytest.raises(dramatiq.Retry) as retry:
         wait_for_lease_or_skip(str(job.id))
     assert 4000 < retry.value.delay <= 5500  # looks again just after the lease ends
