@@ -47,6 +47,7 @@ from django.http.cookie import parse_cookie
 from redis.exceptions import RedisError
 
 from gateway import events, owners
+from gateway.serialize import job_json
 from processing.metrics import WEBSOCKET_CONNECTIONS
 from processing.models import Job
 
@@ -283,7 +284,7 @@ class CallerJobsConsumer(JobEventsConsumer):
         self.latest = LatestStatuses()
         for job in reversed(jobs):  # oldest first, so that the newest are remembered longest
             self.latest.is_news(str(job.id), job.status)
-        state = {"type": "jobs.state", "jobs": [job.to_dict() for job in jobs]}
+        state = {"type": "jobs.state", "jobs": [job_json(job) for job in jobs]}
         await self.send(text_data=json.dumps(state, cls=DjangoJSONEncoder))
         if not live:
             return await self.close_unavailable()

@@ -2,6 +2,18 @@
 
 from django.http import JsonResponse
 
+from processing.errors import (
+    BrokerUnavailable,
+    EmptyImage,
+    IdempotencyKeyInUse,
+    IdempotencyKeyInvalid,
+    ImageTooLarge,
+    StorageUnavailable,
+    UnknownService,
+    UnprocessableImage,
+    UnsupportedImage,
+)
+
 
 class ApiError(Exception):
     """An error a client caused or must know about; rendered as the standard JSON error."""
@@ -39,3 +51,34 @@ def service_unavailable(dependency: str, retry_after: int = 5) -> ApiError:
         f"the {dependency} is unavailable; try again shortly",
         retry_after=retry_after,
     )
+
+
+# The domain's errors (processing.errors) a request can cause, as the API answers them.
+def from_domain(exc: Exception) -> ApiError:
+    """The answer to a domain error; anything unlisted is a bug, and re-raised."""
+    if isinstance(exc, UnknownService):
+        return ApiError(404, "unknown_service", f"{exc}; see /api/v1/services")
+    if isinstance(exc, UnprocessableImage):
+        status = IMAGE_ERROR_STATUS.get(type(exc), 422)
+        message = f"{exc.filename}: {exc.message}" if getattr(exc, "filename", None) else exc.message
+        return ApiError(status, exc.code, message)
+    if isinstance(exc, BrokerUnavailable):
+        return service_unavailable("broker")
+    if isinstance(exc, StorageUnavailable):
+        return service_unavailable("storage")
+    if isinstance(exc, IdempotencyKeyInvalid):
+        return ApiError(400, "invalid_idempotency_key", str(exc))
+    if isinstance(exc, IdempotencyKeyInUse):
+        return ApiError(409, "idempotency_key_in_use", str(exc))
+    raise exc
+
+
+IMAGE_ERROR_STATUS = {EmptyImage: 400, UnsupportedImage: 415, ImageTooLarge: 413}
+DOMAIN_ERRORS = (
+    UnknownService,
+    UnprocessableImage,
+    BrokerUnavailable,
+    StorageUnavailable,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyInUse,
+)

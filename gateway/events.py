@@ -28,6 +28,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
+from gateway.serialize import job_json
 from processing.models import Job
 
 logger = logging.getLogger(__name__)
@@ -52,26 +53,17 @@ def job_group(job_id) -> str:
 
 
 def owner_group(identity: str) -> str:
-    """The group of one owner, named by `owners.Caller.identity` ("key:12", "session:…", "anonymous")."""
+    """The group of one owner, named by its identity (processing.models.owner_identity)."""
     return "owner." + identity.replace(":", ".")
 
 
-def owner_identity(job: Job) -> str:
-    """The identity of the caller who owns `job`, as `owners.Caller.identity` names it."""
-    if job.owner_key:
-        return f"key:{job.owner_key}"
-    if job.owner_session:
-        return f"session:{job.owner_session}"
-    return "anonymous"
-
-
 def groups_for(job: Job) -> list[str]:
-    return [job_group(job.id), owner_group(owner_identity(job)), STAFF_GROUP]
+    return [job_group(job.id), owner_group(job.owner_identity), STAFF_GROUP]
 
 
 def event_text(event: str, job: Job) -> str:
     """The WebSocket frame for one event: {"type": "job.completed", "job": {...}}."""
-    return json.dumps({"type": event, "job": job.to_dict()}, cls=DjangoJSONEncoder)
+    return json.dumps({"type": event, "job": job_json(job)}, cls=DjangoJSONEncoder)
 
 
 def event_message(event: str, job: Job) -> dict:
@@ -247,6 +239,13 @@ async def leave(channel_layer, groups: Iterable[str], channel: str) -> None:
         except LAYER_ERRORS as exc:
             logger.warning("could not leave %s: %s: %s", group, type(exc).__name__, exc)
             return
+
+
+def forget_channel(channel_layer, channel: str) -> None:
+    """Drop what the layer keeps for a channel that nobody will receive on again (a finished long poll)."""
+    for kept in (getattr(channel_layer, "receive_buffer", None), getattr(channel_layer, "channels", None)):
+        if isinstance(kept, dict):
+            kept.pop(channel, None)
 
 
 # --- Configuration ------------------------------------------------------------------

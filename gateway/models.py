@@ -12,21 +12,6 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class IdempotencyRecord(models.Model):
-    """The jobs one Idempotency-Key created for one owner: a repeated request gets them, not new ones."""
-
-    owner = models.CharField(max_length=80)
-    key = models.CharField(max_length=200)
-    job_ids = models.JSONField(default=list)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key")]
-
-    def __str__(self) -> str:
-        return f"{self.owner} {self.key}"
-
-
 class ApiKey(models.Model):
     """An API client. The key is shown once at creation; only its hash is stored."""
 

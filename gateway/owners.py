@@ -8,14 +8,17 @@ required) share the anonymous owner. Someone else's job is always a 404.
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
 from gateway.models import ApiKey
-from processing.models import Job
+from processing.models import Job, owned_by
+from processing.submissions import Owner
 
 SESSION_OWNER_KEY = "darkroom_owner"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -30,38 +33,31 @@ class Caller:
         return "api_key" if self.key else "session" if self.session_owner else "anonymous"
 
     @property
+    def owner(self) -> Owner:
+        """The owner this caller's new jobs get."""
+        return Owner(
+            key=str(self.key.pk) if self.key else "", session=self.session_owner, user_id=self.user_id
+        )
+
+    @property
     def identity(self) -> str:
-        """A stable name for rate limits and idempotency keys."""
-        if self.key:
-            return f"key:{self.key.pk}"
-        if self.session_owner:
-            return f"session:{self.session_owner}"
-        return "anonymous"
+        """A stable name for rate limits, idempotency keys and live-event groups."""
+        return self.owner.identity
 
     def visible_jobs(self):
-        jobs = Job.objects.all()
         if self.is_staff:
-            return jobs
-        if self.key:
-            return jobs.filter(owner_key=str(self.key.pk))
-        if self.session_owner:
-            return jobs.filter(owner_session=self.session_owner)
-        return jobs.filter(owner_key="", owner_session="")
-
-    def owner_fields(self) -> dict:
-        """The fields that make a new job this caller's."""
-        return {
-            "owner_key": str(self.key.pk) if self.key else "",
-            "owner_session": "" if self.key else self.session_owner,
-            "owner_user_id": self.user_id,
-        }
+            return Job.objects.all()
+        return Job.objects.filter(owned_by(self.identity))
 
 
 def from_key(presented: str) -> Caller | None:
     key = ApiKey.find(presented)
     if key is None:
         return None
-    ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    now = timezone.now()
+    # To the minute: a write per request would cost more than the request's own work.
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return Caller(key=key, is_staff=key.is_staff)
 
 

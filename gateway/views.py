@@ -20,8 +20,10 @@ from pydantic import ValidationError
 from gateway import devices, owners, submissions
 from gateway.api import describe_pydantic_error
 from gateway.api.auth import SUBMIT_LIMIT
-from gateway.errors import ApiError
+from gateway.errors import DOMAIN_ERRORS, ApiError, from_domain
+from gateway.serialize import job_urls
 from gateway.uploads import UploadTooLarge
+from processing import submissions as create
 from processing.errors import InvalidParameters
 from processing.models import Job
 from processing.operations import OPERATIONS
@@ -100,7 +102,7 @@ def job_status(request, job_id):
         "ui": "lite",
         "ui_links": ui_links("lite", None),
         "job": job,
-        "urls": job.urls(),
+        "urls": job_urls(job.id),
         "report": report_facts(job.report) if job.report else None,
         **refresh(request, not job.is_finished),
     }
@@ -130,8 +132,8 @@ def submit_form(request):
     if refused:
         return error_page(request, refused)
     try:
-        created = submissions.submit(form_submission(request, caller))
-    except (ApiError, ValidationError, InvalidParameters) as exc:
+        created = create.submit(form_submission(request, caller)).jobs
+    except (ApiError, ValidationError, InvalidParameters, *DOMAIN_ERRORS) as exc:
         return error_page(request, as_api_error(exc))
     if len(created) == 1:
         return see_other(reverse("job-status", args=[created[0].id]))
@@ -149,23 +151,21 @@ def over_submit_limit(request, caller: owners.Caller) -> ApiError | None:
 
 
 def as_api_error(exc: Exception) -> ApiError:
-    """An error from submitting (ApiError, InvalidParameters, ValidationError) as the API answers it."""
+    """An error from submitting (ApiError, a domain error, InvalidParameters, ValidationError), as the API
+    answers it."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, DOMAIN_ERRORS):
+        return from_domain(exc)
     if isinstance(exc, InvalidParameters):
         return ApiError(422, "invalid_parameters", "", fields=[{"field": exc.field, "message": exc.message}])
     problems = [describe_pydantic_error(e) for e in exc.errors(include_url=False)]
     return ApiError(422, "invalid_parameters", "", fields=problems)
 
 
-def form_submission(request, caller: owners.Caller) -> submissions.Submission:
-    return submissions.Submission(
-        caller=caller,
-        request_id=request.request_id,
-        service=request.POST.get("service") or DEFAULT_SERVICE,
-        raw_parameters=submissions.parameters_from(request.POST),
-        uploads=submissions.uploads_from(request, at_most=settings.MAX_BATCH_FILES),
-    )
+def form_submission(request, caller: owners.Caller) -> create.Submission:
+    service = request.POST.get("service") or DEFAULT_SERVICE
+    return submissions.submission_from(request, caller, service, at_most=settings.MAX_BATCH_FILES)
 
 
 # --- Helpers ----------------------------------------------------------------------------

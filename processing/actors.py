@@ -9,7 +9,7 @@ from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
-from processing import jobs, logcontext, storage
+from processing import jobs, lease, logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import default_output_format, encode_image, load_image, mime_type_for
 from processing.models import Job
@@ -38,7 +38,7 @@ def should_retry(retries: int, exception: Exception) -> bool:
     throws=(TimeLimitExceeded,),
 )
 def process_job(job_id: str) -> None:
-    worker = jobs.worker_id()
+    worker = lease.worker_id()
     job = jobs.claim(job_id, worker)
     if job is None:
         wait_for_lease_or_skip(job_id)
@@ -50,7 +50,7 @@ def process_job(job_id: str) -> None:
 def process_claimed(job: Job, worker: str) -> None:
     logger.info("processing %s (attempt %d)", job.service, job.attempts)
     try:
-        with jobs.LeaseKeeper(job.id, worker):
+        with lease.renewer.hold(job.id, worker):
             run(job, worker)
     except UnprocessableImage as exc:
         jobs.fail(job.id, exc.code, exc.message, worker)
@@ -62,13 +62,13 @@ def process_claimed(job: Job, worker: str) -> None:
     except Exception:
         # Transient (storage, database) or unexpected: retried with backoff by dramatiq;
         # when the retries run out, FailJobWhenMessageDies records the failure.
-        jobs.release(job.id, worker)
+        lease.release(job.id, worker)
         raise
 
 
 def wait_for_lease_or_skip(job_id: str) -> None:
     """No claim: the job is finished or cancelled (nothing to do), or a live worker holds it."""
-    holder = jobs.lease_holder(job_id)
+    holder = lease.holder(job_id)
     if holder is None:
         logger.info("nothing to do: job finished, cancelled or unknown", extra={"job_id": job_id})
         return

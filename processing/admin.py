@@ -18,10 +18,10 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from processing import jobs, storage
-from processing.errors import UnprocessableImage
+from processing import jobs, publishing, storage
+from processing.errors import BrokerUnavailable, UnprocessableImage
 from processing.imaging import encode_image, load_image
-from processing.models import Job
+from processing.models import Job, owned_by, owner_identity
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,10 @@ class OwnerFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         # Looked up by name, not imported: the domain doesn't depend on the gateway's models.
         api_key = apps.get_model("gateway", "ApiKey")
-        keys = [(f"key:{key.pk}", f"API key: {key.name}") for key in api_key.objects.order_by("name")[:50]]
+        keys = [
+            (owner_identity(str(key.pk), ""), f"API key: {key.name}")
+            for key in api_key.objects.order_by("name")[:50]
+        ]
         return [("session", "Browser sessions"), ("anonymous", "Anonymous"), *keys]
 
     def queryset(self, request, queryset):
@@ -50,7 +53,7 @@ class OwnerFilter(admin.SimpleListFilter):
         if value == "anonymous":
             return queryset.filter(owner_key="", owner_session="")
         if value.startswith("key:"):
-            return queryset.filter(owner_key=value.removeprefix("key:"))
+            return queryset.filter(owned_by(value))
         return queryset
 
 
@@ -293,12 +296,15 @@ class JobAdmin(admin.ModelAdmin):
             if job.files_removed_at:
                 gone += 1  # its input was cleaned up: nothing to process
                 continue
-            if not jobs.requeue_failed(job.id):
-                continue  # it changed meanwhile (another admin's click)
-            self.log_change(request, job, f"{verb.capitalize()} after failing with {job.error_code}.")
-            requeued += 1
-            if not publish(job):
+            error_code = job.error_code
+            try:
+                if not publishing.requeue(job):
+                    continue  # it changed meanwhile (another admin's click)
+            except BrokerUnavailable as exc:
+                logger.warning("requeued, but not published: %s", exc, extra={"job_id": str(job.id)})
                 unpublished += 1
+            self.log_change(request, job, f"{verb.capitalize()} after failing with {error_code}.")
+            requeued += 1
         self.message_user(request, f"{verb.capitalize()} {requeued} job(s).", messages.SUCCESS)
         if unpublished:
             self.message_user(
@@ -362,18 +368,6 @@ def thumbnail_bytes(job: Job, side: str) -> bytes:
         data = encode_image(image, "webp", 80)
         cache.set(cache_key, data, THUMBNAIL_CACHE_SECONDS)
     return data
-
-
-def publish(job: Job) -> bool:
-    """Announce and publish a requeued job; False when the broker didn't confirm it."""
-    job.refresh_from_db()
-    jobs.emit(job, "job.queued")
-    try:
-        jobs.publish(job)
-    except jobs.BrokerUnavailable as exc:
-        logger.warning("requeued, but not published: %s", exc, extra={"job_id": str(job.id)})
-        return False
-    return True
 
 
 def delete_files(job: Job) -> None:

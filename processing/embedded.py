@@ -11,7 +11,7 @@ import dramatiq
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
-from processing import jobs
+from processing import publishing
 from processing.models import Job
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def start() -> dramatiq.Worker | None:
 
 def republish_unfinished() -> None:
     try:
-        count = jobs.republish(Job.objects.filter(status__in=[Job.QUEUED, Job.PROCESSING]))
+        count = publishing.republish(Job.objects.filter(status__in=[Job.QUEUED, Job.PROCESSING]))
     except DatabaseError as exc:  # e.g. not migrated yet: serve anyway, the periodic pass catches up
         logger.error("could not re-publish unfinished jobs: %s", exc)
         return
@@ -57,7 +57,7 @@ def requeue_stale_forever() -> None:
     stop = threading.Event()
     while not stop.wait(REQUEUE_INTERVAL_SECONDS):
         try:
-            jobs.republish(jobs.stale_jobs())
+            publishing.republish(publishing.stale_jobs())
         except Exception:
             logger.exception("re-publishing stale jobs failed; trying again later")
         finally:

@@ -1,4 +1,4 @@
-"""Errors raised by image processing; the gateway and the actors map them to responses and job failures."""
+"""The domain's errors: the actors turn them into job failures, the gateway into HTTP answers."""
 
 
 class UnprocessableImage(Exception):
@@ -42,3 +42,27 @@ class InvalidParameters(Exception):
 
 class Cancelled(Exception):
     """Raised by a progress callback to stop an operation at its next checkpoint."""
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not confirm the message: the job is not queued."""
+
+
+class StorageUnavailable(Exception):
+    """The file storage refused to store or copy a file."""
+
+
+class UnknownService(Exception):
+    """No operation has this name."""
+
+    def __init__(self, name: str):
+        super().__init__(f"there is no service named {name!r}")
+        self.name = name
+
+
+class IdempotencyKeyInvalid(Exception):
+    """An Idempotency-Key that can't be stored (too long)."""
+
+
+class IdempotencyKeyInUse(Exception):
+    """The first request with this Idempotency-Key is still being handled."""

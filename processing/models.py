@@ -1,10 +1,8 @@
 import uuid
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-from django.urls import reverse
 from django.utils import timezone
 
 
@@ -26,7 +24,7 @@ class Job(models.Model):
     progress = models.FloatField(default=0.0)
     request_id = models.CharField(max_length=64, blank=True)
 
-    # Owners: exactly one of these is set for API clients and browsers (see the API issue).
+    # Owners: at most one of key and session is set (none: the anonymous owner of the embedded default).
     owner_key = models.CharField(max_length=64, blank=True, help_text="API key id that created the job")
     owner_session = models.CharField(max_length=64, blank=True, help_text="browser session that created it")
     owner_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -100,60 +98,41 @@ class Job(models.Model):
             return None
         return (self.finished_at - self.created_at).total_seconds() * 1000
 
-    def urls(self) -> dict:
-        job_id = str(self.id)
-        return {
-            "poll_url": reverse("api-1:job_status", args=[job_id]),
-            "job_url": reverse("api-1:job_detail", args=[job_id]),
-            "download_url": reverse("api-1:job_download", args=[job_id]),
-            "result_url": reverse("api-1:job_result", args=[job_id]),
-            "ws_url": f"/ws/jobs/{job_id}/",
-        }
-
-    def result_dict(self) -> dict | None:
-        if self.status != self.COMPLETED:
-            return None
-        result = {
-            "url": self.urls()["download_url"],
-            "content_type": self.output_content_type,
-            "format": self.output_format,
-            "width": self.output_width,
-            "height": self.output_height,
-            "bytes": self.output_bytes,
-        }
-        if self.report is not None:
-            result["report"] = self.report
-        return result
-
-    def error_dict(self) -> dict | None:
-        if not self.error_code:
-            return None
-        return {"code": self.error_code, "message": self.error_message}
-
-    def to_dict(self) -> dict:
-        """The job's public shape: the API, WebSocket events and the UI all use this."""
-        return {
-            "job_id": str(self.id),
-            "request_id": self.request_id,
-            "service": self.service,
-            "status": self.status,
-            "progress": round(self.progress, 3),
-            "parameters": self.parameters,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "result": self.result_dict(),
-            "error": self.error_dict(),
-            **self.urls(),
-        }
+    @property
+    def owner_identity(self) -> str:
+        return owner_identity(self.owner_key, self.owner_session)
 
 
-def claimable_jobs(job_id, now=None):
-    """Jobs a worker may start: queued, or processing under a lease that ran out (its worker died)."""
-    now = now or timezone.now()
-    stale_lease = Q(status=Job.PROCESSING, lease_expires_at__lt=now)
-    return Job.objects.filter(Q(id=job_id) & (Q(status=Job.QUEUED) | stale_lease))
+def owner_identity(owner_key: str, owner_session: str) -> str:
+    """The one name of an owner ("key:12", "session:…" or "anonymous"): rate limits, idempotency
+    keys and the owner's live-event group all use it."""
+    if owner_key:
+        return f"key:{owner_key}"
+    if owner_session:
+        return f"session:{owner_session}"
+    return "anonymous"
 
 
-def lease_until(now=None):
-    return (now or timezone.now()) + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+def owned_by(identity: str) -> Q:
+    """The jobs of the owner that `owner_identity` names `identity`."""
+    kind, _, value = identity.partition(":")
+    if kind == "key":
+        return Q(owner_key=value)
+    if kind == "session":
+        return Q(owner_key="", owner_session=value)
+    return Q(owner_key="", owner_session="")
+
+
+class IdempotencyKey(models.Model):
+    """The jobs one Idempotency-Key created for one owner: a repeated request gets them, not new ones."""
+
+    owner = models.CharField(max_length=80, help_text="the owner's identity (see owner_identity)")
+    key = models.CharField(max_length=200)
+    job_ids = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_key_owner_key")]
+
+    def __str__(self) -> str:
+        return f"{self.owner} {self.key}"

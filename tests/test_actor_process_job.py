@@ -6,7 +6,7 @@ import dramatiq
 import pytest
 from django.utils import timezone
 
-from processing import jobs, storage
+from processing import jobs, publishing, storage
 from processing.actors import process_job
 from processing.models import Job
 from tests import images
@@ -39,7 +39,7 @@ def result_files(job: Job):
 
 def test_a_queued_job_completes_with_its_output_and_timings(make_job, run_jobs):
     job = make_job(runs=3)
-    jobs.publish(job)
+    publishing.publish(job)
     run_jobs()
 
     job.refresh_from_db()
@@ -55,7 +55,7 @@ def test_a_queued_job_completes_with_its_output_and_timings(make_job, run_jobs):
 
 def test_a_duplicate_delivery_of_a_completed_job_changes_nothing(make_job, run_jobs):
     job = make_job()
-    jobs.publish(job)
+    publishing.publish(job)
     run_jobs()
     job.refresh_from_db()
     before = (job.finished_at, job.attempts, job.output_sha256, job.worker_id)
@@ -117,7 +117,7 @@ def test_a_transient_storage_error_is_retried_and_the_job_completes(make_job, ru
 
     monkeypatch.setattr(storage, "save_output", flaky_save)
     monkeypatch.setattr(process_job, "options", {**process_job.options, "min_backoff": 10, "max_backoff": 20})
-    jobs.publish(job)
+    publishing.publish(job)
     run_jobs()
 
     job.refresh_from_db()
@@ -136,7 +136,7 @@ def test_when_retries_run_out_the_job_fails_with_a_reason_and_the_message_is_dea
 
     monkeypatch.setattr(storage, "save_output", broken_storage)
     monkeypatch.setattr(process_job, "options", {**process_job.options, "min_backoff": 10, "max_backoff": 20})
-    jobs.publish(job)
+    publishing.publish(job)
     run_jobs()
 
     job.refresh_from_db()
@@ -149,7 +149,7 @@ def test_when_retries_run_out_the_job_fails_with_a_reason_and_the_message_is_dea
 
 def test_an_unprocessable_image_fails_at_once_without_retries(make_job, run_jobs, stub_broker):
     job = make_job(data=images.truncated_jpeg_bytes())
-    jobs.publish(job)
+    publishing.publish(job)
     run_jobs()
     job.refresh_from_db()
     assert job.status == Job.FAILED and job.error_code == "corrupt_image"
@@ -157,8 +157,10 @@ def test_an_unprocessable_image_fails_at_once_without_retries(make_job, run_jobs
     assert stub_broker.dead_letters == []  # a bad image is the job's end, not a broken message
 
 
-def test_progress_reaches_subscribers_and_the_database(make_job, run_jobs):
+def test_progress_reaches_subscribers_and_the_database(make_job, run_jobs, monkeypatch):
     from processing.signals import job_changed
+
+    monkeypatch.setattr(jobs, "PROGRESS_WRITE_INTERVAL", 0)  # as for a job slower than the interval
 
     seen = []
 
@@ -168,7 +170,7 @@ def test_progress_reaches_subscribers_and_the_database(make_job, run_jobs):
     job_changed.connect(listen)
     try:
         job = make_job(runs=2)
-        jobs.publish(job)
+        publishing.publish(job)
         run_jobs()
     finally:
         job_changed.disconnect(listen)
@@ -186,7 +188,7 @@ def test_a_failing_event_receiver_never_fails_the_job(make_job, run_jobs):
     job_changed.connect(broken)
     try:
         job = make_job()
-        jobs.publish(job)
+        publishing.publish(job)
         run_jobs()
     finally:
         job_changed.disconnect(broken)

@@ -83,7 +83,7 @@ def test_a_running_job_stops_at_its_next_checkpoint_and_leaves_no_output(client,
     job = jobs.claim(job_id, "worker-1")  # a worker has started it
     assert client.delete(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
 
-    reporter = jobs.ProgressReporter(job, "worker-1")
+    reporter = jobs.ProgressReporter(job, "worker-1", interval=0)
     with pytest.raises(Cancelled):
         reporter(1.0)  # the operation's next progress report
     assert jobs.complete(job, "worker-1", output_key="x") is False

@@ -59,7 +59,7 @@ def make_job(caller: owners.Caller, status: str = Job.QUEUED) -> Job:
         input_bytes=100,
         input_width=64,
         input_height=48,
-        **caller.owner_fields(),
+        **caller.owner.fields(),
     )
 
 
@@ -127,7 +127,7 @@ async def test_it_sends_each_change_with_progress_then_the_download_url_and_clos
 
     claimed = await in_thread(jobs.claim)(job.id, WORKER)
     processing = await ws.receive_json_from()
-    await in_thread(jobs.ProgressReporter(claimed, WORKER))(0.5)
+    await in_thread(jobs.ProgressReporter(claimed, WORKER, interval=0))(0.5)
     progress = await ws.receive_json_from()
     await finish(claimed)
     completed = await ws.receive_json_from()
@@ -448,5 +448,5 @@ def test_events_reach_the_group_of_the_owner_the_api_knows(alice):
 
     for caller in (by_key, by_session, anonymous):
         job = make_job(caller)
-        assert events.owner_group(events.owner_identity(job)) == events.owner_group(caller.identity)
+        assert events.owner_group(job.owner_identity) == events.owner_group(caller.identity)
         assert events.owner_group(caller.identity) in events.groups_for(job)

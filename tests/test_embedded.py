@@ -2,7 +2,7 @@
 
 import pytest
 
-from processing import embedded, jobs
+from processing import embedded, jobs, publishing
 from processing.models import Job
 from tests.factories import stored_job
 
@@ -27,7 +27,7 @@ def test_start_up_republishes_the_jobs_the_last_process_left_queued(run_jobs):
 
 def test_a_job_is_published_with_only_its_id(stub_broker):
     job = unfinished_job(Job.QUEUED)
-    jobs.publish(job)
+    publishing.publish(job)
     message = stub_broker.queues["images"].get_nowait()
     assert b'"args":["%s"]' % str(job.id).encode() in message
     assert len(message) < 1024  # never image bytes

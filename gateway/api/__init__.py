@@ -10,7 +10,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from gateway.api import frontend, jobs, services, system
 from gateway.api.auth import API_AUTH
-from gateway.errors import ApiError, error_response, render
+from gateway.errors import DOMAIN_ERRORS, ApiError, error_response, from_domain, render
 from gateway.uploads import UploadTooLarge
 from processing.errors import InvalidParameters
 
@@ -33,6 +33,14 @@ api.add_router("", frontend.router)
 @api.exception_handler(ApiError)
 def on_api_error(request, exc: ApiError):
     return render(exc)
+
+
+def on_domain_error(request, exc: Exception):
+    return render(from_domain(exc))
+
+
+for _error in DOMAIN_ERRORS:
+    api.add_exception_handler(_error, on_domain_error)
 
 
 @api.exception_handler(UploadTooLarge)

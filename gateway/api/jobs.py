@@ -4,17 +4,20 @@ import base64
 import uuid
 from datetime import datetime
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
-from gateway import submissions
+from gateway import submissions, waiting
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
 from gateway.api.schemas import ErrorOut, JobOut, JobPageOut, JobsOut, JobStatus, MetricsOut, StatusOut
 from gateway.errors import ApiError, not_found
+from gateway.serialize import error_json, job_json, job_urls, status_json
 from processing import jobs
+from processing import submissions as create
 from processing.models import Job
 from processing.operations import get_operation
 
@@ -57,22 +60,11 @@ def get_job(request, job_id: str) -> Job:
 
 
 def submit(request, response: HttpResponse, service: str, *, at_most: int = 1, job_id=None) -> list[Job]:
-    uploads = submissions.uploads_from(request, at_most=at_most)
-    submission = submissions.Submission(
-        caller=request.auth,
-        request_id=request.request_id,
-        service=service,
-        raw_parameters=submissions.parameters_from(request.POST),
-        uploads=uploads,
-        job_id=job_id,
-    )
-    try:
-        with submissions.idempotent(request.auth, request.headers.get("Idempotency-Key")) as created:
-            created.extend(submissions.submit(submission))
-    except submissions.Replayed as replay:
+    submission = submissions.submission_from(request, request.auth, service, at_most=at_most, job_id=job_id)
+    accepted = create.submit(submission)
+    if accepted.replayed:
         response["Idempotent-Replayed"] = "true"
-        return replay.jobs
-    return created
+    return accepted.jobs
 
 
 def submit_one(request, response: HttpResponse, service: str):
@@ -83,8 +75,8 @@ def submit_one(request, response: HttpResponse, service: str):
     if not found:
         raise not_found()  # an idempotent replay whose job has since been deleted
     job = found[0]
-    response["Location"] = job.urls()["job_url"]
-    return Status(202, job.to_dict())
+    response["Location"] = job_urls(job.id)["job_url"]
+    return Status(202, job_json(job))
 
 
 @router.post(
@@ -135,7 +127,7 @@ def batch(request, response: HttpResponse):
     if not service:
         raise ApiError(400, "missing_service", "name the service in a form field called 'service'")
     created = submit(request, response, service, at_most=settings.MAX_BATCH_FILES)
-    return Status(202, {"jobs": [job.to_dict() for job in created]})
+    return Status(202, {"jobs": [job_json(job) for job in created]})
 
 
 class JobFilters(Schema):
@@ -176,30 +168,34 @@ def job_list(request, filters: Query[JobFilters]):
     page = list(found[: filters.limit + 1])
     more = len(page) > filters.limit
     page = page[: filters.limit]
-    return {"jobs": [job.to_dict() for job in page], "next_cursor": encode_cursor(page[-1]) if more else None}
+    return {"jobs": [job_json(job) for job in page], "next_cursor": encode_cursor(page[-1]) if more else None}
 
 
 @router.get(
     "/jobs/{job_id}", response={200: JobOut, **READ_ERRORS}, throttle=READ_LIMIT, url_name="job_detail"
 )
-def job_detail(request, job_id: str):
-    return get_job(request, job_id).to_dict()
+async def job_detail(
+    request,
+    job_id: str,
+    wait: float = Query(
+        0,
+        ge=0,
+        le=waiting.MAX_WAIT_SECONDS,
+        description="Seconds to wait for an unfinished job to end (long poll); answered the moment it does.",
+    ),
+):
+    """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first."""
+    job = await sync_to_async(get_job)(request, job_id)
+    if wait and not job.is_finished:
+        job = await waiting.until_finished(job, wait)
+    return job_json(job)
 
 
 @router.get(
     "/status/{job_id}", response={200: StatusOut, **READ_ERRORS}, throttle=READ_LIMIT, url_name="job_status"
 )
 def job_status(request, job_id: str):
-    job = get_job(request, job_id)
-    return {
-        "job_id": str(job.id),
-        "request_id": job.request_id,
-        "status": job.status,
-        "progress": round(job.progress, 3),
-        "download_url": job.urls()["download_url"] if job.status == Job.COMPLETED else None,
-        "result_url": job.urls()["result_url"],
-        "error": job.error_dict(),
-    }
+    return status_json(get_job(request, job_id))
 
 
 def image_facts(format: str, size: int | None, width, height, sha256: str) -> dict:
@@ -233,7 +229,7 @@ def job_result(request, job_id: str):
             job.input_format, job.input_bytes, job.input_width, job.input_height, job.input_sha256
         ),
         "output": output,
-        "error": job.error_dict(),
+        "error": error_json(job),
     }
 
 
@@ -272,7 +268,7 @@ def cancel(request, job_id: str):
         job.refresh_from_db()
         raise ApiError(409, "already_finished", f"the job is already {job.status}", job_status=job.status)
     job.refresh_from_db()
-    return job.to_dict()
+    return job_json(job)
 
 
 router.add_api_operation(

@@ -2,7 +2,7 @@ import time
 
 from django.core.management.base import BaseCommand
 
-from processing import jobs
+from processing import publishing
 
 
 class Command(BaseCommand):
@@ -18,7 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, every: int, **options):
         while True:
-            count = jobs.republish(jobs.stale_jobs())
+            count = publishing.republish(publishing.stale_jobs())
             self.stdout.write(f"re-published {count} stale job(s)")
             if not every:
                 return

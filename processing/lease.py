@@ -1,0 +1,168 @@
+"""The lease: which worker holds a running job, and until when.
+
+A worker claims a job by a conditional update that sets `worker_id` and
+`lease_expires_at`; while it works, one thread per process renews the leases of
+every job the process holds, in one UPDATE. A worker that dies stops renewing, so
+its lease runs out and the next delivery of the job's message claims it again.
+
+    queued ──claim──► processing, held by W until T ──complete / fail / cancel──► finished
+                         │   ▲                │
+                         │   └─renew (T += lease, every lease/3)
+                         │                    │
+                         │ W dies: T passes   │ W hits a transient error: release (T = now)
+                         ▼                    ▼
+                      processing, lease expired ──claim by the next delivery──► held by W2
+
+A delivery that finds the job held by a live worker (a duplicate message) waits for
+that lease to run out and looks again (`holder`); one that finds it finished does
+nothing. `abandoned` finds jobs whose lease ran out a whole lease period ago with no
+delivery to claim them: the re-publisher sends them again.
+
+JOB_LEASE_SECONDS is the lease's length; renewing every third of it leaves two renewals'
+worth of slack for a busy database before a live worker's job is taken over.
+"""
+
+import logging
+import os
+import socket
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from processing.models import Job
+
+logger = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    """This worker thread's name in leases: host, process and thread."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def expires(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+
+
+def claimable(now: datetime) -> Q:
+    """Jobs a worker may start: queued, or processing under a lease that ran out (its worker died)."""
+    return Q(status=Job.QUEUED) | Q(status=Job.PROCESSING, lease_expires_at__lt=now)
+
+
+def claim(job_id, worker: str) -> Job | None:
+    """Take the job for `worker`; None when it is finished, cancelled, unknown, or held by a live worker.
+
+    One read and one conditional update: of two deliveries racing for the job, the update
+    that still sees the attempts count it read wins, and the other finds nothing to update.
+    """
+    now = timezone.now()
+    job = Job.objects.filter(Q(id=job_id) & claimable(now)).first()
+    if job is None:
+        return None
+    claimed = Job.objects.filter(Q(id=job_id, attempts=job.attempts) & claimable(now)).update(
+        status=Job.PROCESSING,
+        worker_id=worker,
+        lease_expires_at=expires(now),
+        started_at=Coalesce(F("started_at"), now),
+        attempts=F("attempts") + 1,
+        progress=0.0,
+    )
+    if not claimed:
+        return None
+    job.status, job.worker_id, job.lease_expires_at = Job.PROCESSING, worker, expires(now)
+    job.started_at = job.started_at or now
+    job.attempts += 1
+    job.progress = 0.0
+    return job
+
+
+def held_by(job_id, worker: str):
+    """The job, if `worker` still holds it: the condition of every update a worker makes."""
+    return Job.objects.filter(id=job_id, status=Job.PROCESSING, worker_id=worker)
+
+
+def holder(job_id) -> tuple[str, float] | None:
+    """(worker, seconds left) when a live worker holds the job, else None."""
+    job = Job.objects.filter(id=job_id, status=Job.PROCESSING).only("worker_id", "lease_expires_at").first()
+    if job is None or job.lease_expires_at is None:
+        return None
+    left = (job.lease_expires_at - timezone.now()).total_seconds()
+    return (job.worker_id, left) if left > 0 else None
+
+
+def release(job_id, worker: str) -> None:
+    """Give the job back after a transient error, so that the retry can claim it at once."""
+    held_by(job_id, worker).update(lease_expires_at=timezone.now())
+
+
+def abandoned(now: datetime | None = None) -> Q:
+    """Running jobs whose lease ran out a lease period ago: nobody is on them, nor about to be."""
+    now = now or timezone.now()
+    return Q(
+        status=Job.PROCESSING,
+        lease_expires_at__lt=now - timedelta(seconds=settings.JOB_LEASE_SECONDS),
+    )
+
+
+class Renewer:
+    """Renews every lease this process holds, from one thread, in one UPDATE per pass.
+
+    Started on first use (never on import) and again in a forked child, which inherits
+    the registry but not the thread.
+    """
+
+    def __init__(self):
+        self._held: dict[str, str] = {}  # job id -> worker
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid: int | None = None
+
+    @contextmanager
+    def hold(self, job_id, worker: str):
+        """Keep the job's lease alive for as long as the block runs."""
+        with self._lock:
+            self._held[str(job_id)] = worker
+            self._start_once()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(str(job_id), None)
+
+    def held(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._held)
+
+    def renew(self) -> int:
+        """One pass: push back the lease of every job still held here; returns how many."""
+        held = self.held()
+        if not held:
+            return 0
+        try:
+            return Job.objects.filter(
+                id__in=held, status=Job.PROCESSING, worker_id__in=set(held.values())
+            ).update(lease_expires_at=expires())
+        finally:
+            connection.close()  # back to the pool; the next pass is a lease-third away
+
+    def _start_once(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        threading.Thread(target=self._run, name="lease-renewer", daemon=True).start()
+
+    def _run(self) -> None:
+        interval = settings.JOB_LEASE_SECONDS / 3
+        while not self._wake.wait(interval):
+            try:
+                self.renew()
+            except Exception:  # the next pass may succeed; each job decides its own fate
+                logger.warning("could not renew leases of %s", sorted(self.held()), exc_info=True)
+
+
+renewer = Renewer()
