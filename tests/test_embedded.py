@@ -2,7 +2,7 @@
 
 import pytest
 
-from processing import embedded, jobs, publishing
+from processing import embedded, publishing
 from processing.models import Job
 from tests.factories import stored_job
 
