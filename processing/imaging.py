@@ -49,6 +49,18 @@ class ImageInfo:
         return EXTENSIONS[self.format]
 
 
+@dataclass(frozen=True)
+class DecodeHint:
+    """What an operation needs from the decoder: a JPEG can be decoded smaller (DCT scaling) or as luma alone.
+
+    `size` is the smallest (width, height) it needs, as displayed (EXIF orientation applied);
+    `mode` "L" asks for the luma alone. Either may be None: no reduction, or any working mode.
+    """
+
+    mode: str | None = None
+    size: tuple[int, int] | None = None
+
+
 def probe(path: str | os.PathLike, max_pixels: int) -> ImageInfo:
     """Identify an upload from its header alone; never decodes the pixels."""
     with open(path, "rb") as fp:
@@ -57,20 +69,60 @@ def probe(path: str | os.PathLike, max_pixels: int) -> ImageInfo:
         return ImageInfo(format_of(image), width, height, MIME_TYPES[format_of(image)])
 
 
-def load_image(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
-    """Decode the first frame, upright, in sRGB, as L, LA, RGB or RGBA, for the operations to work on."""
+def load_image(
+    path: str | os.PathLike, max_pixels: int, hint: DecodeHint | None = None
+) -> tuple[Image.Image, ImageInfo]:
+    """Decode the first frame, upright, in sRGB, as L, LA, RGB or RGBA, for the operations to work on.
+
+    With a hint, a JPEG may come back smaller (by 2, 4 or 8) or as L: the image's info then holds
+    the upload's displayed size as "source_size" (see source_size), and ImageInfo describes the upload.
+    """
     with open(path, "rb") as fp:
         image = open_allowed(fp, max_pixels)
         source_format = format_of(image)
         try:
+            scale = reduce_decode(image, hint) if hint is not None and source_format == "JPEG" else 1
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
         except DECODING_ERRORS as exc:
             raise UnprocessableImage("corrupt_image", f"the {source_format} data is damaged: {exc}") from None
     image = to_working_mode(image)
     image.info["source_format"] = source_format
-    info = ImageInfo(source_format, image.width, image.height, MIME_TYPES[source_format])
+    if scale > 1:
+        image.info["source_size"] = (image.width * scale, image.height * scale)
+    info = ImageInfo(source_format, *source_size(image), MIME_TYPES[source_format])
     return image, info
+
+
+def reduce_decode(image: Image.Image, hint: DecodeHint) -> int:
+    """Ask the JPEG decoder for fewer pixels, before it runs: luma alone, or a DCT scale covering hint.size.
+
+    Only a scale that divides both sides is used, so the result is exactly the upload shrunk by an
+    integer (no partly covered last row or column) and a size computed from either has the same ratio.
+    Returns the scale.
+    """
+    width, height = image.size
+    scale = 1
+    if hint.size is not None:
+        # The hint is as displayed; the decoder sees the stored pixels, on their side for orientations 5-8.
+        swapped = displayed_size(image) != image.size
+        need_width, need_height = reversed(hint.size) if swapped else hint.size
+        fits = (
+            s
+            for s in (8, 4, 2)
+            if width % s == 0 and height % s == 0 and width // s >= need_width and height // s >= need_height
+        )
+        scale = next(fits, 1)
+    # Luma alone is convert("L") only for pixels already in sRGB: a profile to apply needs the colour.
+    mode = "L" if hint.mode == "L" and embedded_profile(image) is None else None
+    if scale > 1 or mode is not None:
+        image.draft(mode, (width // scale, height // scale))
+    return scale
+
+
+def source_size(image: Image.Image) -> tuple[int, int]:
+    """The upload's displayed size: larger than the image when load_image decoded it reduced."""
+    return image.info.get("source_size", image.size)
 
 
 def open_allowed(fp, max_pixels: int) -> Image.Image:

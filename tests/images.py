@@ -79,6 +79,39 @@ def noise(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
+def photo(width: int = 320, height: int = 240, seed: int = 0) -> Image.Image:
+    """Soft gradients, blurred blobs, hard-edged patches and sensor noise: resamples like a photo."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    pixels = 60 + 150 * x * np.array([1.0, 0.2, 0.5], np.float32) + 120 * y * np.array([0.1, 1.0, 0.3])
+    for _ in range(8):
+        cx, cy, r = rng.random(), rng.random(), rng.uniform(0.05, 0.3)
+        pixels = pixels + np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r)) * rng.uniform(-80, 80, 3)
+    for _ in range(20):
+        left, top = rng.integers(0, width - 8), rng.integers(0, height - 8)
+        pixels[top : top + rng.integers(8, height // 3), left : left + rng.integers(8, width // 3)] += (
+            rng.uniform(-50, 50, 3)
+        )
+    pixels = pixels + rng.normal(0, 6, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def ssim(first: Image.Image, second: Image.Image, window: int = 7) -> float:
+    """Mean structural similarity of the two lumas over window x window squares; 1.0 when identical."""
+    x, y = (np.asarray(image.convert("L"), dtype=np.float64) for image in (first, second))
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def mean(a: np.ndarray) -> np.ndarray:
+        total = np.pad(a, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        w = window
+        return (total[w:, w:] - total[:-w, w:] - total[w:, :-w] + total[:-w, :-w]) / (w * w)
+
+    mx, my = mean(x), mean(y)
+    vx, vy, cov = mean(x * x) - mx * mx, mean(y * y) - my * my, mean(x * y) - mx * my
+    return float((((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))).mean())
+
+
 def marked(width: int = 40, height: int = 20) -> Image.Image:
     """White, wider than tall, with a red square in the top-left corner to tell rotations apart."""
     image = Image.new("RGB", (width, height), WHITE)

@@ -9,6 +9,7 @@ from processing.errors import EmptyImage, ImageTooLarge, UnprocessableImage, Uns
 from processing.imaging import (
     ALLOWED_INPUT_FORMATS,
     OUTPUT_FORMATS,
+    DecodeHint,
     ImageInfo,
     default_output_format,
     encode_image,
@@ -140,6 +141,59 @@ def test_load_image_applies_exif_orientation(upload):
     assert np.allclose(pixels(image)[2:8, -8:-2], images.RED, atol=40)
     assert np.allclose(pixels(image)[2:8, 2:8], images.WHITE, atol=40)
     assert ExifTags.Base.Orientation not in image.getexif()
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_a_reduced_decode_of_a_rotated_photo_covers_the_size_as_displayed(upload, orientation):
+    # Stored 80x40, displayed 40x80. Asked for 10x20 as displayed: a quarter (20x10 stored) is enough;
+    # taking the hint as stored would give only half (40x20 stored).
+    path = upload(images.oriented_jpeg_bytes(orientation, images.marked(80, 40)))
+    image, info = load_image(path, LIMIT, DecodeHint(size=(10, 20)))
+    assert image.size == (10, 20)
+    assert (info.width, info.height) == (40, 80) == image.info["source_size"]
+    red = np.array(images.RED)
+    corner = pixels(image)[1, -2] if orientation == 6 else pixels(image)[-2, 1]
+    assert np.abs(corner - red).max() < 60  # the red mark, top-right or bottom-left once upright
+
+
+@pytest.mark.parametrize(
+    "size, hint, decoded",
+    [
+        ((160, 120), (20, 15), (20, 15)),  # by 8
+        ((160, 120), (21, 15), (40, 30)),  # by 4: an eighth is too small
+        ((162, 120), (20, 15), (81, 60)),  # by 2: only 2 divides 162
+        ((161, 120), (20, 15), (161, 120)),  # nothing divides 161: a partial last column would shift pixels
+        ((160, 120), (160, 120), (160, 120)),
+    ],
+)
+def test_a_reduced_decode_shrinks_by_an_integer_that_divides_both_sides(upload, size, hint, decoded):
+    image, info = load_image(upload(images.jpeg_bytes(images.gradient(*size))), LIMIT, DecodeHint(size=hint))
+    assert image.size == decoded
+    assert (info.width, info.height) == size
+    assert image.info.get("source_size", size) == size
+
+
+def test_a_luma_decode_is_gray(upload):
+    image, _ = load_image(upload(images.jpeg_bytes(images.photo(64, 48))), LIMIT, DecodeHint(mode="L"))
+    assert image.mode == "L"
+
+
+def test_a_luma_decode_still_applies_a_colour_profile(upload):
+    # The stored red is displayed green: its gray level is green's, which only the colour pixels give.
+    data = images.encode(images.solid(16, 16, images.RED), "JPEG", icc_profile=images.swapped_primaries_icc())
+    image, _ = load_image(upload(data), LIMIT, DecodeHint(mode="L"))
+    red, green, blue = pixels(image)[8, 8]
+    assert green > 200 and red < 60 and blue < 60
+
+
+@pytest.mark.parametrize("format", ["PNG", "WEBP", "GIF"])
+def test_other_formats_decode_whole_whatever_the_hint(upload, format):
+    image, _ = load_image(
+        upload(images.encode(images.gradient(160, 120), format)), LIMIT, DecodeHint("L", (20, 15))
+    )
+    assert image.size == (160, 120)
+    assert image.mode == "RGB"
+    assert "source_size" not in image.info
 
 
 @pytest.mark.parametrize("make_bytes", [images.animated_gif_bytes, images.multipage_tiff_bytes])

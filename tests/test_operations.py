@@ -6,7 +6,7 @@ from PIL import Image, ImageFilter
 from pydantic import ValidationError
 
 from processing.errors import Cancelled, InvalidParameters
-from processing.imaging import OUTPUT_FORMATS, encode_image, load_image
+from processing.imaging import OUTPUT_FORMATS, DecodeHint, encode_image, load_image
 from processing.operations import OPERATIONS, Operation, OperationResult, get_operation
 from processing.operations import grayscale as grayscale_module
 from tests import images
@@ -199,6 +199,16 @@ def test_grayscale_matches_pillow_convert_pixel_for_pixel(threads, size):
     assert np.array_equal(pixels(result.image), pixels(image.convert("L")))
 
 
+def test_grayscale_on_one_thread_starts_no_pool(monkeypatch):
+    def no_pool(*args, **kwargs):
+        raise AssertionError("one thread needs no pool")
+
+    monkeypatch.setattr(grayscale_module, "ThreadPoolExecutor", no_pool)
+    image = images.noise(37, 23)
+    result = run("grayscale", image, runs=2)
+    assert np.array_equal(pixels(result.image), pixels(image.convert("L")))
+
+
 def test_grayscale_times_each_run():
     result = run("grayscale", images.gradient(), threads=2, runs=3)
     assert result.metrics["threads"] == 2
@@ -224,7 +234,7 @@ def test_grayscale_reports_progress_after_each_run():
 
 def test_a_cancelled_progress_callback_stops_grayscale_between_runs(monkeypatch):
     conversions = []
-    convert = grayscale_module.to_gray_in_bands
+    convert = grayscale_module.to_gray
 
     def counting(*args):
         conversions.append(1)
@@ -234,7 +244,7 @@ def test_a_cancelled_progress_callback_stops_grayscale_between_runs(monkeypatch)
         if fraction >= 0.2:
             raise Cancelled("the job was cancelled")
 
-    monkeypatch.setattr(grayscale_module, "to_gray_in_bands", counting)
+    monkeypatch.setattr(grayscale_module, "to_gray", counting)
     operation = get_operation("grayscale")
     with pytest.raises(Cancelled):
         operation.apply(images.gradient(), operation.parse({"runs": 10}), cancel_at_the_second_checkpoint)
@@ -264,6 +274,28 @@ def test_sobel_finds_horizontal_edges_too():
     edges = pixels(result.image)
     assert np.all(edges[15:17] == 255)
     assert not edges[:15].any() and not edges[17:].any()
+
+
+def sobel_with_pillow_kernels(image: Image.Image) -> np.ndarray:
+    """An independent reference: 3x3 Kernels in Pillow on an edge-padded copy, the magnitude in integers."""
+    gray = np.asarray(image.convert("L"))
+    padded = Image.fromarray(np.pad(gray, 1, mode="edge")).convert("I")
+    # Pillow clips a filtered I image at 0: an offset keeps the negative gradients.
+    gx, gy = (
+        np.asarray(padded.filter(ImageFilter.Kernel((3, 3), weights, 1, 1024)))[1:-1, 1:-1] - 1024
+        for weights in ([-1, 0, 1, -2, 0, 2, -1, 0, 1], [-1, -2, -1, 0, 0, 0, 1, 2, 1])
+    )
+    squares = gx.astype(np.int64) ** 2 + gy.astype(np.int64) ** 2
+    return np.minimum(np.floor(np.sqrt(squares)), 255).astype(np.int16)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [images.noise(37, 23), images.photo(64, 48), images.checkerboard(16, 10, square=3), images.solid(3, 3)],
+    ids=["noise", "photo", "checkerboard", "tiny"],
+)
+def test_sobel_matches_pillows_kernels_pixel_for_pixel_borders_included(image):
+    assert np.array_equal(pixels(run("sobel", image).image), sobel_with_pillow_kernels(image))
 
 
 def test_sobel_reports_progress_band_by_band(monkeypatch):
@@ -321,6 +353,89 @@ def test_resize_keeps_transparency():
     result = run("resize", images.with_alpha(images.gradient(), alpha=60), width=16).image
     assert result.mode == "RGBA"
     assert np.all(pixels(result.getchannel("A")) == 60)
+
+
+# Reduced decodes
+
+
+@pytest.mark.parametrize(
+    "name, raw, hint",
+    [
+        ("grayscale", {}, DecodeHint(mode="L")),
+        ("grayscale", {"threads": 2}, None),  # asks to time the conversion: give it one to do
+        ("grayscale", {"runs": 3}, None),
+        ("resize", {"width": 400, "height": 300}, DecodeHint(size=(800, 450))),
+        ("resize", {"height": 100}, DecodeHint(size=(356, 200))),
+        ("resize", {"width": 400, "height": 400, "fit": "cover"}, DecodeHint(size=(1423, 800))),
+        ("resize", {"width": 400, "height": 100, "fit": "fill"}, DecodeHint(size=(800, 200))),
+        ("resize", {"width": 1000}, None),  # twice the result is more than the image
+        ("resize", {"width": 4000}, None),
+        ("thumbnail", {"size": 256}, DecodeHint(size=(512, 288))),
+        ("thumbnail", {"size": 2048}, None),
+        ("sobel", {}, None),  # luma edges from a reduced decode differ by up to 17 levels
+        ("crop", SAMPLE_PARAMS["crop"], None),
+        ("analyze", {}, None),  # reports the full image's size and statistics
+    ],
+)
+def test_operations_ask_the_decoder_only_for_what_they_need(name, raw, hint):
+    operation = get_operation(name)
+    assert operation.decode_hint(operation.parse(raw), 1920, 1080) == hint
+
+
+@pytest.fixture
+def photo_jpeg(tmp_path):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(images.jpeg_bytes(images.photo(1600, 1200), quality=90))
+    return path
+
+
+def reduced_and_full(name: str, path, **raw) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """The operation's result from a load with its hint, from a full load, and that full load."""
+    operation = get_operation(name)
+    params = operation.parse(raw)
+    full, info = load_image(path, 10_000_000)
+    reduced, _ = load_image(path, 10_000_000, operation.decode_hint(params, info.width, info.height))
+    assert reduced.size != full.size or name == "grayscale"
+    return run(name, reduced, **raw).image, run(name, full, **raw).image, full
+
+
+def test_a_resize_from_a_reduced_decode_looks_like_a_full_lanczos_resize(photo_jpeg):
+    from_reduced, from_full, full = reduced_and_full("resize", photo_jpeg, width=400, height=300)
+    naive = full.resize((400, 300), Image.Resampling.LANCZOS)
+    assert from_reduced.size == from_full.size == (400, 300)
+    assert images.ssim(from_reduced, naive) >= 0.97
+    assert np.abs(pixels(from_reduced) - pixels(naive)).mean() < 2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"width": 333},
+        {"height": 97},
+        {"width": 300, "height": 300, "fit": "cover"},
+        {"width": 90, "fit": "fill"},
+    ],
+)
+def test_a_resize_from_a_reduced_decode_has_the_size_of_one_from_the_full_image(photo_jpeg, raw):
+    from_reduced, from_full, _ = reduced_and_full("resize", photo_jpeg, **raw)
+    assert from_reduced.size == from_full.size
+    assert images.ssim(from_reduced, from_full) >= 0.97
+
+
+def test_a_thumbnail_from_a_reduced_decode_matches_one_from_the_full_image(photo_jpeg):
+    from_reduced, from_full, _ = reduced_and_full("thumbnail", photo_jpeg, size=100)
+    assert from_reduced.size == from_full.size == (100, 75)
+    assert images.ssim(from_reduced, from_full) >= 0.97
+
+
+def test_grayscale_from_the_luma_alone_is_within_two_levels_of_converting(photo_jpeg):
+    from_luma, from_colour, _ = reduced_and_full("grayscale", photo_jpeg)
+    difference = np.abs(pixels(from_luma) - pixels(from_colour))
+    assert from_luma.mode == "L"
+    assert difference.mean() < 0.25
+    # Only colours that the RGB decode clips (out of gamut) differ by more than two levels.
+    assert np.mean(difference > 2) < 0.005
+    assert difference.max() <= 10
 
 
 # Crop, thumbnail, rotate, convert

@@ -1,5 +1,6 @@
 """What an operation is: a pure function on a PIL image, the pydantic model of its parameters, and a name."""
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -7,7 +8,13 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from processing.imaging import DecodeHint
+
 ProgressCallback = Callable[[float], None]
+
+# A reduced decode keeps at least twice the result's pixels on each side, as Image.thumbnail's own
+# draft does: the DCT scaling does the coarse work, the Lanczos filter the accurate last step.
+DECODE_GAP = 2.0
 
 
 class Params(BaseModel):
@@ -70,5 +77,19 @@ class Operation:
         if check is not None:
             check(width, height)
 
+    def decode_hint(self, params: BaseModel, width: int, height: int) -> DecodeHint | None:
+        """What the decoder may leave out for these parameters on an image of this (displayed) size.
+
+        None, unless the parameters model says otherwise: the operation needs every pixel in colour.
+        """
+        hint = getattr(params, "decode_hint", None)
+        return hint(width, height) if hint is not None else None
+
     def json_schema(self) -> dict:
         return self.params.model_json_schema()
+
+
+def shrink_hint(width: int, height: int, x_scale: float, y_scale: float) -> DecodeHint | None:
+    """The hint for a result that shrinks a width x height image by these factors; None if nothing shrinks."""
+    size = (math.ceil(width * x_scale * DECODE_GAP), math.ceil(height * y_scale * DECODE_GAP))
+    return DecodeHint(size=size) if size[0] < width and size[1] < height else None

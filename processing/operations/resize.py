@@ -6,7 +6,14 @@ from PIL import Image, ImageOps
 from pydantic import Field, model_validator
 
 from processing.errors import InvalidParameters
-from processing.operations.base import Operation, OperationResult, OutputOptions, ProgressCallback
+from processing.imaging import DecodeHint, source_size
+from processing.operations.base import (
+    Operation,
+    OperationResult,
+    OutputOptions,
+    ProgressCallback,
+    shrink_hint,
+)
 
 MAX_OUTPUT_PIXELS = 100_000_000
 
@@ -39,6 +46,19 @@ class ResizeParams(OutputOptions):
             scale = min(scale, 1.0)
         return max(1, round(width * scale)), max(1, round(height * scale))
 
+    def decode_hint(self, width: int, height: int) -> DecodeHint | None:
+        out_width, out_height = self.output_size(width, height)
+        if self.covers:
+            # The centre crop keeps one side whole: the picture shrinks by the larger factor both ways.
+            scale = max(out_width / width, out_height / height)
+            return shrink_hint(width, height, scale, scale)
+        return shrink_hint(width, height, out_width / width, out_height / height)
+
+    @property
+    def covers(self) -> bool:
+        """Cover with both sides given: crop the centre to the box's ratio (one side alone is contain)."""
+        return self.fit == "cover" and self.width is not None and self.height is not None
+
     def check_fits(self, width: int, height: int) -> None:
         out_width, out_height = self.output_size(width, height)
         if out_width * out_height > MAX_OUTPUT_PIXELS:
@@ -50,11 +70,13 @@ class ResizeParams(OutputOptions):
 
 
 def resize(image: Image.Image, params: ResizeParams, progress: ProgressCallback) -> OperationResult:
-    params.check_fits(image.width, image.height)
-    size = params.output_size(image.width, image.height)
+    # From the upload's size, not a reduced decode's: the result is the size the user asked for.
+    width, height = source_size(image)
+    params.check_fits(width, height)
+    size = params.output_size(width, height)
     if size == image.size:
         resized = image
-    elif params.fit == "cover" and params.width is not None and params.height is not None:
+    elif params.covers:
         resized = ImageOps.fit(image, size, Image.Resampling.LANCZOS)
     else:
         # reducing_gap: a fast integer reduction first, then Lanczos; indistinguishable, much faster.
