@@ -30,9 +30,11 @@ serve: setup
 	ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
 		--workers $${WEB_CONCURRENCY:-1} --no-access-log --timeout-graceful-shutdown 30 $(UVICORN_WS)
 
-# Behind nginx (deploy/nginx): the HTTP API on gunicorn (WSGI, faster), /ws/ on uvicorn.
+# Behind nginx (deploy/nginx): the HTTP API on uvicorn processes, one per core, /ws/ on uvicorn.
+# ASGI, so that async views (a long poll, GET /api/v1/jobs/{id}?wait=N) hold no worker or thread.
 serve-http: setup
-	GUNICORN_BIND=$(HOST):$(PORT) $(BIN)/gunicorn project.wsgi -c project/gunicorn_conf.py
+	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
+		--workers $${WEB_CONCURRENCY:-$$(nproc)} --no-access-log --timeout-graceful-shutdown 30 --backlog 4096
 
 serve-ws: setup
 	ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(WS_PORT) \

@@ -167,9 +167,9 @@ class RateLimitHeadersMiddleware(DualMiddleware):
     def after(self, request, response):
         usage = getattr(request, "rate_limit", None)
         if usage:
-            response["X-RateLimit-Limit"] = str(usage["limit"])
-            response["X-RateLimit-Remaining"] = str(max(usage["limit"] - usage["count"], 0))
-            response["X-RateLimit-Reset"] = str(max(usage["time_left"], 0))
+            response["X-RateLimit-Limit"] = str(usage.limit)
+            response["X-RateLimit-Remaining"] = str(usage.remaining)
+            response["X-RateLimit-Reset"] = str(max(usage.reset, 0))
         return response
 
 

@@ -1,9 +1,8 @@
-"""gunicorn for the HTTP API in production (`make serve-http`): WSGI, several processes, threads each.
+"""gunicorn (WSGI), kept for comparison: `make bench-api` measures it beside the ASGI servers.
 
-Measured here, it serves a trivial Django view about five times faster than an ASGI
-server does (no event-loop-to-thread hop per request), and reads request bodies
-lazily, so uploads stream to disk. WebSockets stay on uvicorn (`make serve-ws`);
-nginx sends /ws/ there and everything else here.
+It answers a trivial view faster (no event-loop-to-thread hop per request) but holds a
+worker thread for every long poll, so the API is served by uvicorn (see README, "What
+serves what").
 """
 
 import multiprocessing

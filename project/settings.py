@@ -294,7 +294,6 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # non-file form fields
 API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", False)
 RATE_LIMIT_SUBMIT = env_rate("RATE_LIMIT_SUBMIT", "120/m")  # job-creating requests, per key or address
 RATE_LIMIT_READ = env_rate("RATE_LIMIT_READ", "1200/m")  # everything else
-RATELIMIT_FAIL_OPEN = True  # Redis down: serve without limits rather than refuse everyone
 # Proxies (e.g. nginx) whose X-Forwarded-For names the real client address.
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
 MAX_BATCH_FILES = env_int("MAX_BATCH_FILES", 20, minimum=1)

@@ -1,5 +1,6 @@
 import dramatiq
 import pytest
+import redis
 from django.conf import settings
 from django_dramatiq.utils import load_middleware
 from dramatiq.brokers.stub import StubBroker
@@ -75,3 +76,31 @@ def api_key(db):
         return {"X-API-Key": presented}
 
     return make
+
+
+@pytest.fixture
+def fresh_rate_limits(settings):
+    """Rate-limit counters from zero: in Redis (REDIS_URL) they outlive a test run, and a recent
+    Redis failure would otherwise leave the limits off for the next few seconds."""
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    from gateway import ratelimit
+
+    def forget() -> None:
+        ratelimit.reset_failure_memory()
+        if isinstance(caches["default"], LocMemCache):  # the embedded default's counters
+            caches["default"].clear()
+        if settings.REDIS_URL:
+            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                for key in client.scan_iter(match=f"{ratelimit.KEY_PREFIX}*", count=1000):
+                    client.delete(key)
+            except redis.RedisError:
+                pass  # a test that points REDIS_URL at nothing
+            finally:
+                client.close()
+
+    forget()
+    yield
+    forget()

@@ -62,6 +62,7 @@ def test_api_health_names_each_dependency(client):
     assert body["status"] == "ok" and set(body["checks"]) == {"database", "broker", "redis", "storage"}
 
 
+@pytest.mark.usefixtures("fresh_rate_limits")
 def test_over_the_limit_a_client_gets_429_with_retry_after(client, api_key, settings, stub_broker):
     settings.RATE_LIMIT_SUBMIT = "2/m"
     headers = api_key("burst")
@@ -74,6 +75,7 @@ def test_over_the_limit_a_client_gets_429_with_retry_after(client, api_key, sett
     assert submit(client, headers=api_key("someone-else")).status_code == 202  # limits are per key
 
 
+@pytest.mark.usefixtures("fresh_rate_limits")
 def test_anonymous_clients_are_limited_by_address_and_proxies_only_when_trusted(
     client, settings, stub_broker
 ):

@@ -6,12 +6,11 @@ import threading
 
 from django.conf import settings
 from django.http import HttpRequest
-from django_ratelimit.core import get_usage
 from ninja.security import APIKeyHeader, HttpBearer
 from ninja.throttling import BaseThrottle
 from ninja.utils import check_csrf
 
-from gateway import owners
+from gateway import owners, ratelimit
 from gateway.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def is_ip(value: str) -> bool:
         return False
 
 
-def rate_limit_key(group: str, request: HttpRequest) -> str:
+def rate_limit_key(request: HttpRequest) -> str:
     caller = getattr(request, "auth", None)
     if caller is not None and caller.identity != "anonymous":
         return caller.identity
@@ -95,8 +94,8 @@ def rate_limit_key(group: str, request: HttpRequest) -> str:
 
 
 class CallerRateLimit(BaseThrottle):
-    """A fixed-window limit per API key (per client address when anonymous), counted in the cache,
-    which is Redis in the full stack and so shared by every gateway process and machine."""
+    """A fixed-window limit per API key (per client address when anonymous), counted in Redis in the
+    full stack, and so shared by every gateway process and machine (gateway/ratelimit.py)."""
 
     def __init__(self, scope: str):
         self.scope = scope  # "submit" or "read": RATE_LIMIT_SUBMIT / RATE_LIMIT_READ
@@ -105,15 +104,13 @@ class CallerRateLimit(BaseThrottle):
     def allow_request(self, request: HttpRequest) -> bool:
         rate = getattr(settings, f"RATE_LIMIT_{self.scope.upper()}")
         try:
-            usage = get_usage(request, group=self.scope, key=rate_limit_key, rate=rate, increment=True)
-        except Exception as exc:  # the cache (Redis) is down: serve without limits
+            usage = ratelimit.hit(self.scope, rate_limit_key(request), rate)
+        except ratelimit.CounterUnavailable as exc:  # Redis is down: serve without limits
             logger.warning("rate limit not applied: %s", exc)
             return True
-        if usage is None:
-            return True
         request.rate_limit = usage
-        self._local.wait = max(usage["time_left"], 1)
-        return not usage["should_limit"]
+        self._local.wait = max(usage.reset, 1)
+        return not usage.limited
 
     def wait(self) -> int:
         return self._local.wait

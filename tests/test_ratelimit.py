@@ -1,0 +1,141 @@
+"""Rate-limit counters: shared by processes through Redis, one round trip a request, open without Redis."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from gateway import ratelimit
+from gateway.models import ApiKey
+from tests.services import IN_CI, require, url_of
+from tests.stack import free_port
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_rate_limits")]
+
+COUNT_IN_ANOTHER_PROCESS = """
+import django
+django.setup()
+from gateway import ratelimit
+print(ratelimit.hit("read", {identity!r}, {rate!r}).count)
+"""
+
+
+def count_in_another_process(identity: str, rate: str, redis_url: str) -> int:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "REDIS_URL": redis_url}
+    code = COUNT_IN_ANOTHER_PROCESS.format(identity=identity, rate=rate)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
+
+
+@pytest.fixture
+def private_redis():
+    """A redis-server of this test's own, so that its command counts are ours alone."""
+    require("redis")
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "needs the redis-server program"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=1)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield client, f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def commands_called(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): figures["calls"]
+        for name, figures in stats.items()
+        if name not in ("cmdstat_info", "cmdstat_config|resetstat")
+    }
+
+
+def test_two_processes_share_one_counter_through_redis(client, settings):
+    require("redis")
+    settings.REDIS_URL = url_of("redis")
+    settings.RATE_LIMIT_READ = "5/m"
+    key, presented = ApiKey.issue("shared")
+
+    assert count_in_another_process(f"key:{key.pk}", "5/m", settings.REDIS_URL) == 1
+    answer = client.get("/api/v1/jobs", headers={"X-API-Key": presented})
+
+    assert answer.status_code == 200
+    assert answer["X-RateLimit-Limit"] == "5" and answer["X-RateLimit-Remaining"] == "3"
+
+
+def test_a_request_costs_one_redis_round_trip(client, settings, private_redis):
+    redis_client, settings.REDIS_URL = private_redis
+    settings.RATE_LIMIT_READ = "1000/d"
+    assert client.get("/api/v1/jobs").status_code == 200  # loads the script into this Redis
+    redis_client.config_resetstat()
+
+    answers = [client.get("/api/v1/jobs") for _ in range(5)]
+
+    assert [a["X-RateLimit-Remaining"] for a in answers] == ["998", "997", "996", "995", "994"]
+    # One EVALSHA per request; the INCR is the script's own, inside that one command.
+    assert commands_called(redis_client) == {"evalsha": 5, "incr": 5}
+
+
+def test_with_redis_unreachable_requests_are_served_without_limits_and_without_waiting(client, settings):
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings.RATE_LIMIT_READ = "1/m"
+
+    started = time.monotonic()
+    answers = [client.get("/api/v1/jobs") for _ in range(3)]
+    elapsed = time.monotonic() - started
+
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert "X-RateLimit-Limit" not in answers[0]
+    assert elapsed < 2
+
+
+def test_a_redis_that_does_not_answer_is_not_asked_again_for_a_while(client, settings):
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    client.get("/api/v1/jobs")
+    settings.REDIS_URL = url_of("redis")  # back, but not asked until the pause is over
+    assert "X-RateLimit-Limit" not in client.get("/api/v1/jobs")
+
+
+def test_the_embedded_default_counts_in_the_local_cache(client, settings):
+    settings.REDIS_URL = ""
+    settings.RATE_LIMIT_READ = "1/m"
+    assert client.get("/api/v1/jobs").status_code == 200
+    limited = client.get("/api/v1/jobs")
+    assert limited.status_code == 429 and int(limited["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("rate", "limit", "period"),
+    [("120/m", 120, 60), ("10/s", 10, 1), ("10/5s", 10, 5), ("1000/d", 1000, 86400)],
+)
+def test_a_rate_reads_as_a_limit_per_period(rate, limit, period):
+    assert ratelimit.parse_rate(rate) == (limit, period)
+
+
+def test_a_window_ends_within_one_period_and_stays_put_inside_it():
+    ends = {ratelimit.window_end("key:1", 60, now) for now in range(1000, 1060)}
+    assert len(ends) <= 2 and all(1000 <= end < 1120 for end in ends)
+    end = ratelimit.window_end("key:1", 60, 1000)
+    assert ratelimit.window_end("key:1", 60, end) == end
