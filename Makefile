@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run serve serve-http serve-ws worker requeue scale test lint format bench bench-api bench-ws bench-scaler clean
+.PHONY: setup run serve serve-http serve-ws worker requeue scale test lint format bench bench-api bench-ws bench-scaler bench-thumbor clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,19 @@ bench-ws: $(STAMP)
 
 bench-scaler: $(STAMP)
 	$(BIN)/python -m bench.scaler $(BENCH_ARGS)
+
+# Darkroom's full stack against thumbor, same images and cores; thumbor in a virtualenv of its own
+# (it pins Pillow < 13). The file loader needs no pycurl, so no native extras.
+THUMBOR_VENV := var/thumbor-venv
+THUMBOR_VERSION := 7.8.0
+
+$(THUMBOR_VENV)/.installed-$(THUMBOR_VERSION):
+	test -x $(THUMBOR_VENV)/bin/python || $(PYTHON) -m venv $(THUMBOR_VENV)
+	$(THUMBOR_VENV)/bin/pip install --quiet --disable-pip-version-check thumbor==$(THUMBOR_VERSION)
+	rm -f $(THUMBOR_VENV)/.installed-* && touch $@
+
+bench-thumbor: $(STAMP) $(THUMBOR_VENV)/.installed-$(THUMBOR_VERSION)
+	$(BIN)/python -m bench.thumbor --thumbor $(THUMBOR_VENV)/bin/thumbor $(BENCH_ARGS)
 
 # The autoscaler (full stack): worker processes by queue depth + jobs in flight; with
 # SCALE_ARGS=--gateways also 1..3 gateways behind a private nginx on NGINX_LISTEN (127.0.0.1:8000).
