@@ -82,8 +82,10 @@ def run(job: Job, worker: str) -> None:
     params = operation.parse(job.parameters)
     timings = {}
     started = time.perf_counter()
+    # Only what the operation needs: a JPEG may decode at a fraction of its size, or as luma alone.
+    hint = operation.decode_hint(params, job.input_width, job.input_height)
     with storage.local_path(job.input_key) as path:
-        image, info = load_image(path, settings.MAX_IMAGE_PIXELS)
+        image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint)
     timings["decode_ms"] = elapsed_ms(started)
 
     step = time.perf_counter()
