@@ -1,15 +1,16 @@
-"""The full pipeline against a raw Pillow loop: `python -m bench.pipeline --service sobel -n 200 -c 8`.
+"""The full pipeline against the raw Pillow loop: `python -m bench.pipeline --service sobel -n 200 -c 16`.
 
-Brings up the full stack (fresh PostgreSQL database and RabbitMQ vhost, one uvicorn server,
---workers Dramatiq worker processes), submits -n jobs over HTTP at -c concurrency, polls each
-until it finishes, then runs the same decode + operation + JPEG encode as a plain loop on the
-same number of processes, and prints both, and what the pipeline costs over the raw work.
+Runs bench.raw's raw loop (decode + operation + encode in plain Pillow) on --workers processes, then
+brings up the full stack (fresh PostgreSQL database and RabbitMQ vhost, one uvicorn server,
+--workers Dramatiq worker processes), submits -n jobs over HTTP at -c concurrency, each waited for
+with one long poll (GET /api/v1/jobs/{id}?wait=30), while counting the CPU time of every process of
+the stack; then --latency-jobs jobs one at a time for what the pipeline adds to a job's latency.
+Prints both, the CPU per job by process kind, and the issue's goals, met or missed.
 """
 
 import argparse
 import io
 import json
-import multiprocessing
 import os
 import queue
 import signal
@@ -17,6 +18,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,20 +27,39 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from bench.raw import DEFAULT_PARAMS, measure_raw
 from bench.stack import Stack, StackError
 from processing.errors import InvalidParameters
-from processing.imaging import encode_image
-from processing.operations import OPERATIONS, Operation
+from processing.operations import OPERATIONS
 
-DEFAULT_PARAMS = {
-    "resize": {"width": "400", "height": "300"},
-    "crop": {"x": "100", "y": "100", "width": "800", "height": "600"},
-}
 FINISHED = ("completed", "failed", "cancelled")
 JOB_TIMEOUT = 180  # seconds; longer than the workers' time limit
-RAW_SINGLE_IMAGES = 50  # images in the single-process raw loop (its mean is "per image")
+LONG_POLL_S = 30  # GET /api/v1/jobs/{id}?wait=: the server answers when the job ends, or after this
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A figure the issue asks for: at least, or at most, `limit`."""
+
+    limit: float
+    at_most: bool = False
+    unit: str = ""
+
+    def verdict(self, value: float | None) -> str:
+        if value is None:
+            return "unknown"
+        return "met" if (value <= self.limit if self.at_most else value >= self.limit) else "missed"
+
+    def __str__(self) -> str:
+        return f"{'<=' if self.at_most else '>='} {self.limit:g}{self.unit}"
+
+
+# Pipeline jobs/s over raw images/s, on the same cores; the other services have no goal.
+THROUGHPUT_GOALS = {"sobel": Goal(0.85), "resize": Goal(0.85), "grayscale": Goal(0.75), "crop": Goal(0.5)}
+FIXED_COST_GOAL = Goal(5, at_most=True, unit=" ms")  # stack CPU per job beyond the raw work
+OVERHEAD_GOALS = {"p50": Goal(10, at_most=True, unit=" ms"), "p99": Goal(50, at_most=True, unit=" ms")}
 
 
 class UsageError(Exception):
@@ -75,67 +96,6 @@ def tagged(jpeg: bytes, tag: str) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
 
 
-# --- the raw loop ----------------------------------------------------------------
-def process_once(jpeg: bytes, operation: Operation, params: BaseModel) -> tuple[float, float, float]:
-    """Decode, apply, encode as the worker does, minus the job; (decode, operation, encode) seconds."""
-    started = time.perf_counter()
-    image = Image.open(io.BytesIO(jpeg))
-    image.load()
-    decoded = time.perf_counter()
-    result = operation.apply(image, params, lambda fraction: None)
-    applied = time.perf_counter()
-    if operation.produces == "image":
-        encode_image(result.image, params.format or "jpeg", params.quality)
-    return decoded - started, applied - decoded, time.perf_counter() - applied
-
-
-_barrier = None
-
-
-def _share_barrier(barrier) -> None:
-    global _barrier
-    _barrier = barrier
-
-
-def raw_batch(task: tuple[bytes, str, dict, int]) -> tuple[float, float]:
-    """One pool process's share; the barrier starts them together and keeps each to one batch."""
-    jpeg, service, raw_params, count = task
-    operation = OPERATIONS[service]
-    params = operation.parse(raw_params)
-    _barrier.wait()
-    started = time.time()
-    for _ in range(count):
-        process_once(jpeg, operation, params)
-    return started, time.time()
-
-
-def measure_raw(jpeg: bytes, service: str, raw_params: dict, images: int, processes: int) -> dict:
-    operation = OPERATIONS[service]
-    params = operation.parse(raw_params)
-    for _ in range(3):
-        process_once(jpeg, operation, params)
-    single = [process_once(jpeg, operation, params) for _ in range(min(images, RAW_SINGLE_IMAGES))]
-    stages = {
-        name: statistics.fmean(s[i] for s in single) * 1000
-        for i, name in enumerate(("decode", "operation", "encode"))
-    }
-
-    shares = [images // processes + (1 if i < images % processes else 0) for i in range(processes)]
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(processes)
-    with context.Pool(processes, initializer=_share_barrier, initargs=(barrier,)) as pool:
-        spans = pool.map(raw_batch, [(jpeg, service, raw_params, n) for n in shares], chunksize=1)
-    wall = max(end for _, end in spans) - min(start for start, _ in spans)
-    return {
-        "images": images,
-        "processes": processes,
-        "wall_s": wall,
-        "images_per_s": images / wall,
-        "per_image_ms": sum(stages.values()),
-        "stages_ms": stages,
-    }
-
-
 # --- the pipeline ----------------------------------------------------------------
 @dataclass
 class Sample:
@@ -144,6 +104,7 @@ class Sample:
     submitted: float
     job_id: str | None = None
     seen: float | None = None
+    reads: int = 0  # GET /api/v1/jobs/{id} requests it took
     job: dict = field(default_factory=dict)
     result: dict = field(default_factory=dict)
     error: str | None = None
@@ -166,11 +127,15 @@ class Sample:
             "upload": (created - self.submitted) * 1000,  # POST, spooling, probing, storing the input
             "queue": (started - created) * 1000,  # publish and confirm, delivery, waiting for a worker, claim
             "work": (finished - started) * 1000,  # the worker, from claim to complete
-            "notice": (self.seen - finished) * 1000,  # until a poll saw it
+            "notice": (self.seen - finished) * 1000,  # until the client heard of it
         }
 
 
-def run_job(client: httpx.Client, service: str, upload: bytes, params: dict, poll: float, stop) -> Sample:
+def run_job(
+    client: httpx.Client, service: str, upload: bytes, params: dict, poll: float | None, stop
+) -> Sample:
+    """Submit, then wait: one long poll per job by default, asked again only if the job is unfinished;
+    with `poll` seconds, plain reads that many seconds apart instead."""
     sample = Sample(submitted=time.time())
     response = client.post(
         f"/api/v1/process/{service}", files={"image": ("bench.jpg", upload, "image/jpeg")}, data=params
@@ -179,10 +144,12 @@ def run_job(client: httpx.Client, service: str, upload: bytes, params: dict, pol
         sample.error = f"submit answered {response.status_code}: {response.text[:200]}"
         return sample
     sample.job_id = response.json()["job_id"]
-    while not stop.wait(poll):
-        response = client.get(f"/api/v1/jobs/{sample.job_id}")
+    wait = {"wait": LONG_POLL_S} if poll is None else {}
+    while not stop.wait(poll or 0):
+        response = client.get(f"/api/v1/jobs/{sample.job_id}", params=wait)
+        sample.reads += 1
         if response.status_code != 200:
-            sample.error = f"poll answered {response.status_code}: {response.text[:200]}"
+            sample.error = f"read answered {response.status_code}: {response.text[:200]}"
             return sample
         sample.job = response.json()
         if sample.job["status"] in FINISHED:
@@ -197,8 +164,10 @@ def run_job(client: httpx.Client, service: str, upload: bytes, params: dict, pol
     return sample
 
 
-def run_pipeline(base_url: str, args, params: dict, jpeg: bytes, count: int, label: str) -> list[Sample]:
-    """`count` jobs, `args.concurrency` at a time, each submitted and then polled until it finishes."""
+def run_pipeline(
+    base_url: str, args, params: dict, jpeg: bytes, count: int, concurrency: int, label: str
+) -> list[Sample]:
+    """`count` jobs, `concurrency` at a time, each a distinct upload, submitted and waited for."""
     todo = queue.SimpleQueue()
     for number in range(count):
         todo.put(number)
@@ -206,7 +175,8 @@ def run_pipeline(base_url: str, args, params: dict, jpeg: bytes, count: int, lab
 
     def drive() -> list[Sample]:
         samples = []
-        with httpx.Client(base_url=base_url, timeout=60) as client:
+        # Longer than the long poll, so a wait that runs its course is not a client timeout.
+        with httpx.Client(base_url=base_url, timeout=LONG_POLL_S + 30) as client:
             while not stop.is_set():
                 try:
                     number = todo.get_nowait()
@@ -219,9 +189,9 @@ def run_pipeline(base_url: str, args, params: dict, jpeg: bytes, count: int, lab
                     samples.append(Sample(submitted=time.time(), error=f"{exc.__class__.__name__}: {exc}"))
         return samples
 
-    pool = ThreadPoolExecutor(args.concurrency, thread_name_prefix="client")
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="client")
     try:
-        futures = [pool.submit(drive) for _ in range(args.concurrency)]
+        futures = [pool.submit(drive) for _ in range(concurrency)]
         return [sample for future in futures for sample in future.result()]
     finally:
         stop.set()
@@ -263,8 +233,9 @@ def summarise_pipeline(samples: list[Sample], requested: int) -> dict:
         processing_ms_mean=statistics.fmean(processing),
         processing_steps_ms=worker_steps,
         queue_wait_ms_mean=statistics.fmean(s.result["queue_wait_ms"] for s in done),
-        overhead_ms={"p50": percentiles(overhead)["p50"], "mean": statistics.fmean(overhead)},
+        overhead_ms={**percentiles(overhead), "mean": statistics.fmean(overhead)},
         stages_ms_mean={name: statistics.fmean(s[name] for s in stages) for name in stages[0]},
+        reads_per_job=statistics.fmean(s.reads for s in done),
     )
     return summary
 
@@ -276,44 +247,272 @@ def percentiles(values: list[float]) -> dict:
     return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
 
 
+# --- CPU time by process kind (Linux /proc) --------------------------------------------
+KINDS = ("server", "workers", "postgres", "rabbitmq", "redis", "client")
+SERVICE_KINDS = {"postgres": "postgres", "beam.smp": "rabbitmq", "redis-server": "redis"}  # by comm
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One line of /proc/<pid>/stat; cpu_s is utime + stime + cutime + cstime in seconds."""
+
+    pid: int
+    comm: str
+    ppid: int
+    pgrp: int
+    cpu_s: float
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    at: float  # time.monotonic()
+    busy_s: float  # all cores' time on anything but idle and iowait, from /proc/stat
+    processes: dict[int, Proc]
+
+
+def parse_stat(text: str, tick: int) -> Proc:
+    """/proc/<pid>/stat; the command name is in parentheses and may itself hold spaces or parentheses."""
+    fields = text[text.rindex(")") + 2 :].split()  # fields[0] is the state, field 3 of the line
+    ticks = sum(int(t) for t in fields[11:15])  # utime, stime, cutime, cstime: fields 14 to 17
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    return Proc(
+        int(text[: text.index(" ")]), comm, ppid=int(fields[1]), pgrp=int(fields[2]), cpu_s=ticks / tick
+    )
+
+
+def read_sample() -> CpuSample | None:
+    """Every process's CPU seconds and the machine's busy seconds, now; None where there is no /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(t) for t in stat.readline().split()[1:9]]  # guest time is already in user
+    except (OSError, ValueError):
+        return None
+    processes = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            proc = parse_stat(path.read_text(), tick)
+        except OSError:  # the process has gone
+            continue
+        processes[proc.pid] = proc
+    return CpuSample(time.monotonic(), (sum(ticks) - ticks[3] - ticks[4]) / tick, processes)
+
+
+def kind_of(proc: Proc, processes: dict[int, Proc], groups: Mapping[int, str], client_pid: int) -> str | None:
+    """The stack's process groups by their group; then the first of the process and its ancestors that is
+    the client or a service (so beam.smp's children are RabbitMQ's); None for anything else."""
+    if proc.pgrp in groups:
+        return groups[proc.pgrp]
+    for _ in range(64):  # ancestry is shallow; the bound guards against a pid reused mid-read
+        if proc.pid == client_pid:
+            return "client"
+        if proc.comm in SERVICE_KINDS:
+            return SERVICE_KINDS[proc.comm]
+        proc = processes.get(proc.ppid)
+        if proc is None:
+            break
+    return None
+
+
+def cpu_by_kind(start: CpuSample, end: CpuSample, groups: Mapping[int, str], client_pid: int) -> dict:
+    """CPU seconds each kind of process spent between two samples.
+
+    Per kind, the sum over its processes of utime + stime + cutime + cstime is a counter that only grows:
+    a process that exits moves its time (and its reaped children's) into its parent's cutime/cstime when
+    the parent reaps it. Sums are taken per sample, never per pid, so processes that come and go between
+    the samples (PostgreSQL forks a backend per connection, the postmaster reaps it; Dramatiq's and
+    beam.smp's children likewise) are counted once, and a reused pid is no confusion. Time is lost only
+    if a process is reaped by a parent of another kind, which none of the stack's processes are.
+    """
+
+    def totals(sample: CpuSample) -> dict[str, float]:
+        found = dict.fromkeys((*KINDS, *groups.values()), 0.0)
+        for proc in sample.processes.values():
+            kind = kind_of(proc, sample.processes, groups, client_pid)
+            if kind is not None:
+                found[kind] += proc.cpu_s
+        return found
+
+    before, after = totals(start), totals(end)
+    return {kind: after[kind] - before[kind] for kind in after}
+
+
+def other_cores(start: CpuSample, end: CpuSample, ours: Mapping[str, float]) -> float:
+    """Cores that processes of no kind kept busy between the samples (other people's work)."""
+    return max(0.0, (end.busy_s - start.busy_s) - sum(ours.values())) / (end.at - start.at)
+
+
+class OtherLoad:
+    """`with OtherLoad(groups) as load:` then load.cpu_s (CPU seconds by kind, see cpu_by_kind) and
+    load.cores (cores that processes outside the benchmark used meanwhile); both None without /proc.
+
+    `groups` maps the stack's process group ids to their kind; a plain set of ids counts them as "stack".
+    """
+
+    def __init__(self, groups: Mapping[int, str] | Iterable[int] = ()):
+        self.groups = dict(groups) if isinstance(groups, Mapping) else dict.fromkeys(groups, "stack")
+        self.cpu_s: dict[str, float] | None = None
+        self.cores: float | None = None
+
+    def __enter__(self) -> "OtherLoad":
+        self._start = read_sample()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        end = read_sample()
+        if self._start and end:
+            self.cpu_s = cpu_by_kind(self._start, end, self.groups, os.getpid())
+            self.cores = other_cores(self._start, end, self.cpu_s)
+
+
+def stack_groups(stack: Stack) -> dict[int, str]:
+    """Each stack process leads a process group of its own (the worker's forked processes are in it)."""
+    return {p.pid: "server" if name == "server" else "workers" for name, p in stack.processes.items()}
+
+
+def cpu_per_job(cpu_s: Mapping[str, float], jobs: int, raw_per_image_ms: float) -> dict:
+    """CPU ms per job by kind, the stack's total (the load client excluded) and the total with it, and
+    the fixed cost: what the stack spends on a job beyond the raw loop's work on one image."""
+    by_kind = {kind: seconds * 1000 / jobs for kind, seconds in cpu_s.items()}
+    stack = sum(ms for kind, ms in by_kind.items() if kind != "client")
+    return {
+        "by_kind": by_kind,
+        "stack": stack,
+        "total": stack + by_kind.get("client", 0.0),
+        "raw_per_image": raw_per_image_ms,
+        "fixed_cost": stack - raw_per_image_ms,
+    }
+
+
+# --- the verdicts ----------------------------------------------------------------------
+def goals(service: str, ratio: float | None, cpu: dict | None, overhead_c1: dict | None) -> dict:
+    """Each of the issue's goals with the figure measured, as {name: {value, goal, verdict}}."""
+    checks = {}
+    if service in THROUGHPUT_GOALS:
+        checks["pipeline_over_raw"] = (ratio, THROUGHPUT_GOALS[service])
+    checks["fixed_cost_ms"] = (cpu["fixed_cost"] if cpu else None, FIXED_COST_GOAL)
+    for name, goal in OVERHEAD_GOALS.items():
+        checks[f"overhead_c1_{name}_ms"] = (overhead_c1[name] if overhead_c1 else None, goal)
+    return {
+        name: {"value": value, "goal": str(goal), "verdict": goal.verdict(value)}
+        for name, (value, goal) in checks.items()
+    }
+
+
+def summarise(args, params: dict, jpeg: bytes, pipeline: dict, latency: dict, raw: dict, load: dict) -> dict:
+    """Everything the run found, as the --json summary; the report prints from it."""
+    ratio = pipeline["jobs_per_s"] / raw["images_per_s"] if pipeline["completed"] else None
+    cpu_s = load["pipeline"].cpu_s
+    cpu = cpu_per_job(cpu_s, pipeline["completed"], raw["per_image_ms"]) if cpu_s and ratio else None
+    overhead_c1 = latency["overhead_ms"] if latency["completed"] else None
+    return {
+        "service": args.service,
+        "params": params,
+        "image": {"width": args.width, "height": args.height, "bytes": len(jpeg)},
+        "concurrency": args.concurrency,
+        "workers": args.workers,
+        "threads": args.threads,
+        "wait": f"poll every {args.poll:g} s" if args.poll is not None else f"long poll ?wait={LONG_POLL_S}",
+        "other_load_cores": {name: meter.cores for name, meter in load.items()},
+        "pipeline": pipeline,
+        "raw": raw,
+        "pipeline_over_raw": ratio,
+        "pipeline_costs_x_raw": 1 / ratio if ratio else None,
+        "cpu_ms_per_job": cpu,
+        "latency_c1": latency,
+        "goals": goals(args.service, ratio, cpu, overhead_c1),
+    }
+
+
 # --- the report --------------------------------------------------------------------
-def report(args, params: dict, jpeg: bytes, pipeline: dict, raw: dict, other: dict) -> str:
-    shown = " ".join(f"{k}={v}" for k, v in params.items())
+KIND_NAMES = {
+    "server": "server (uvicorn)",
+    "workers": "workers (dramatiq)",
+    "postgres": "PostgreSQL",
+    "rabbitmq": "RabbitMQ (beam.smp)",
+    "redis": "Redis",
+}
+GOAL_NAMES = {
+    "pipeline_over_raw": "pipeline / raw throughput",
+    "fixed_cost_ms": "fixed cost per job",
+    "overhead_c1_p50_ms": "overhead at c=1, p50",
+    "overhead_c1_p99_ms": "overhead at c=1, p99",
+}
+
+
+def report(args, summary: dict) -> str:
+    pipeline, raw, latency, other = (
+        summary[k] for k in ("pipeline", "raw", "latency_c1", "other_load_cores")
+    )
+    shown = " ".join(f"{k}={v}" for k, v in summary["params"].items())
     rows = [
         f"{args.service} {shown}".rstrip()
-        + f" on a {args.width}x{args.height} JPEG ({len(jpeg) / 1024:.0f} KiB, q90)",
-        f"{args.jobs} jobs at concurrency {args.concurrency}; {args.workers} worker processes x "
-        f"{args.threads} thread(s); polling every {args.poll * 1000:g} ms",
-        f"{os.cpu_count()} cores; other work on the machine: {cores(other['raw'])} during the raw loop, "
-        f"{cores(other['pipeline'])} during the pipeline",
+        + f" on a {args.width}x{args.height} JPEG ({summary['image']['bytes'] / 1024:.0f} KiB, q90)",
+        f"{args.jobs} jobs at concurrency {args.concurrency}, then {args.latency_jobs} at concurrency 1; "
+        f"{args.workers} worker processes x {args.threads} thread(s); {summary['wait']}",
+        f"{os.cpu_count()} cores; other work on the machine (outside the stack and this client): "
+        f"{cores(other['raw'])} during the raw loop, {cores(other['pipeline'])} during the pipeline, "
+        f"{cores(other['latency'])} at concurrency 1",
         "",
-        "pipeline (HTTP -> gateway -> RabbitMQ -> worker -> poll)",
-        ("  completed", f"{pipeline['completed']} of {pipeline['jobs']} ({pipeline['failed']} failed)"),
-    ]
-    if pipeline["completed"]:
-        lat, over = pipeline["latency_ms"], pipeline["overhead_ms"]
-        rows += [
-            ("  throughput", f"{pipeline['jobs_per_s']:.1f} jobs/s ({pipeline['wall_s']:.2f} s)"),
-            ("  end-to-end latency", f"p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f} ms"),
-            (
-                "  processing (worker), mean",
-                f"{pipeline['processing_ms_mean']:.1f} ms ({steps(pipeline['processing_steps_ms'])})",
-            ),
-            ("  overhead (e2e - processing)", f"p50 {over['p50']:.1f}  mean {over['mean']:.1f} ms"),
-            ("  where e2e goes, mean", f"{steps(pipeline['stages_ms_mean'])} ms"),
-        ]
-    rows += [
-        f"raw loop (decode + {args.service} + encode, no pipeline)",
+        "pipeline (HTTP -> gateway -> RabbitMQ -> worker -> long poll)",
+        *pipeline_rows(pipeline),
+        f"raw loop (bench.raw: decode + {args.service} + encode in plain Pillow, no pipeline)",
         (
             f"  throughput, {raw['processes']} processes",
             f"{raw['images_per_s']:.1f} images/s ({raw['images']} in {raw['wall_s']:.2f} s)",
         ),
         ("  per image, 1 process", f"{raw['per_image_ms']:.1f} ms ({steps(raw['stages_ms'])})"),
     ]
-    if pipeline["completed"]:
-        ratio = pipeline["jobs_per_s"] / raw["images_per_s"]
+    if summary["pipeline_over_raw"]:
+        ratio = summary["pipeline_over_raw"]
         rows.append(("pipeline / raw throughput", f"{ratio:.2f} (the pipeline costs {1 / ratio:.2f}x raw)"))
+    cpu = summary["cpu_ms_per_job"]
+    if cpu:
+        rows += ["", f"CPU ms per job by process kind (the timed run, {pipeline['completed']} jobs)"]
+        rows += [
+            (f"  {KIND_NAMES.get(k, k)}", f"{ms:7.1f}") for k, ms in cpu["by_kind"].items() if k != "client"
+        ]
+        rows += [
+            ("  stack total", f"{cpu['stack']:7.1f}"),
+            ("  load client (this process)", f"{cpu['by_kind']['client']:7.1f}"),
+            ("  total", f"{cpu['total']:7.1f}"),
+            (
+                "fixed cost per job",
+                f"{cpu['fixed_cost']:.1f} ms (stack {cpu['stack']:.1f} - raw loop per image "
+                f"{cpu['raw_per_image']:.1f})",
+            ),
+        ]
+    rows += ["", f"pipeline at concurrency 1 ({args.latency_jobs} jobs, one at a time)"]
+    rows += pipeline_rows(latency, throughput=False)
+    rows += ["", "the issue's goals"]
+    for name, check in summary["goals"].items():
+        value = "no figure" if check["value"] is None else f"{check['value']:.2f}"
+        rows.append((f"  {GOAL_NAMES[name]}", f"{value:>9}  goal {check['goal']:<9} {check['verdict']}"))
+    if args.service not in THROUGHPUT_GOALS:
+        rows.append(("  pipeline / raw throughput", f"no goal for {args.service}"))
     return "\n".join(row if isinstance(row, str) else f"{row[0]:<32}{row[1]}" for row in rows)
+
+
+def pipeline_rows(pipeline: dict, throughput: bool = True) -> list:
+    rows = [("  completed", f"{pipeline['completed']} of {pipeline['jobs']} ({pipeline['failed']} failed)")]
+    if not pipeline["completed"]:
+        return rows
+    lat, over = pipeline["latency_ms"], pipeline["overhead_ms"]
+    if throughput:
+        rows.append(("  throughput", f"{pipeline['jobs_per_s']:.1f} jobs/s ({pipeline['wall_s']:.2f} s)"))
+    return rows + [
+        ("  end-to-end latency", f"p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f} ms"),
+        (
+            "  processing (worker), mean",
+            f"{pipeline['processing_ms_mean']:.1f} ms ({steps(pipeline['processing_steps_ms'])})",
+        ),
+        (
+            "  overhead (e2e - processing)",
+            f"p50 {over['p50']:.1f}  p99 {over['p99']:.1f}  mean {over['mean']:.1f} ms",
+        ),
+        ("  where e2e goes, mean", f"{steps(pipeline['stages_ms_mean'])} ms"),
+        ("  job reads per job, mean", f"{pipeline['reads_per_job']:.2f}"),
+    ]
 
 
 # --- the command -------------------------------------------------------------------
@@ -324,14 +523,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--param", action="append", default=[], metavar="KEY=VALUE", help="a service parameter (repeatable)"
     )
     parser.add_argument("-n", "--jobs", type=positive, default=200, help="jobs to run (default 200)")
-    parser.add_argument("-c", "--concurrency", type=positive, default=8, help="jobs in flight (default 8)")
+    parser.add_argument("-c", "--concurrency", type=positive, default=16, help="jobs in flight (default 16)")
+    parser.add_argument(
+        "--latency-jobs", type=positive, default=50, help="jobs run one at a time afterwards (default 50)"
+    )
     parser.add_argument(
         "--workers", type=positive, default=os.cpu_count() or 1, help="worker processes (default: cores)"
     )
     parser.add_argument("--threads", type=positive, default=1, help="threads per worker process (default 1)")
     parser.add_argument("--width", type=positive, default=1920)
     parser.add_argument("--height", type=positive, default=1080)
-    parser.add_argument("--poll", type=float, default=0.05, help="seconds between polls (default 0.05)")
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"read jobs every SECONDS instead of one long poll (?wait={LONG_POLL_S}) per job",
+    )
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
     return parser.parse_args(argv)
 
@@ -361,50 +569,6 @@ def service_params(args) -> dict:
     return params
 
 
-class OtherLoad:
-    """Cores that processes outside the benchmark kept busy while it measured (Linux; None elsewhere).
-
-    Ours are this process (with its reaped children), the stack's process groups and the
-    services they use (PostgreSQL, RabbitMQ, Redis); on a shared machine the rest skews the figures.
-    """
-
-    def __init__(self, process_groups: set[int] = frozenset()):
-        self.process_groups = process_groups
-        self.cores: float | None = None
-
-    def __enter__(self) -> "OtherLoad":
-        self._start = self._sample()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        end = self._sample()
-        if self._start and end:
-            (wall, busy, ours), (wall_end, busy_end, ours_end) = self._start, end
-            self.cores = max(0.0, (busy_end - busy) - (ours_end - ours)) / (wall_end - wall)
-
-    def _sample(self) -> tuple[float, float, float] | None:
-        tick = os.sysconf("SC_CLK_TCK")
-        try:
-            with open("/proc/stat") as stat:
-                ticks = [int(t) for t in stat.readline().split()[1:]]
-            ours = sum(self._ticks(path) for path in Path("/proc").glob("[0-9]*/stat"))
-        except (OSError, ValueError):
-            return None
-        return time.monotonic(), (sum(ticks) - ticks[3] - ticks[4]) / tick, ours / tick
-
-    def _ticks(self, path: Path) -> int:
-        try:
-            raw = path.read_text()
-        except OSError:  # the process has gone
-            return 0
-        name = raw[raw.index("(") + 1 : raw.rindex(")")]
-        fields = raw[raw.rindex(")") + 2 :].split()
-        mine = int(path.parent.name) == os.getpid() or int(fields[2]) in self.process_groups
-        if mine or name.startswith(("postgres", "beam.smp", "redis-server")):
-            return sum(int(t) for t in fields[11:15])  # utime, stime, cutime, cstime
-        return 0
-
-
 def cores(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.2f} cores"
 
@@ -416,52 +580,42 @@ def interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt)  # tear the stack down on `kill` as on Ctrl-C
-    other = {}
+    load = {}
     try:
         params = service_params(args)
         jpeg = photo_jpeg(args.width, args.height)
         log(f"raw loop: {args.jobs} images on {args.workers} processes")
-        with OtherLoad() as load:
+        with OtherLoad() as load["raw"]:
             raw = measure_raw(jpeg, args.service, params, args.jobs, args.workers)
-        other["raw"] = load.cores
         log(f"starting the stack: 1 server, {args.workers} workers x {args.threads} thread(s)")
         with Stack(args.workers, args.threads) as stack:
+            groups = stack_groups(stack)
             warmup = max(2 * args.workers * args.threads, args.concurrency)
             log(f"warming up with {warmup} jobs")
-            run_pipeline(stack.base_url, args, params, jpeg, warmup, "warmup")
+            run_pipeline(stack.base_url, args, params, jpeg, warmup, args.concurrency, "warmup")
             log(f"running {args.jobs} jobs at concurrency {args.concurrency}")
-            with OtherLoad({process.pid for process in stack.processes.values()}) as load:
-                samples = run_pipeline(stack.base_url, args, params, jpeg, args.jobs, "run")
-            other["pipeline"] = load.cores
-            fetch_results(stack.base_url, samples)
+            with OtherLoad(groups) as load["pipeline"]:
+                samples = run_pipeline(stack.base_url, args, params, jpeg, args.jobs, args.concurrency, "run")
+            log(f"running {args.latency_jobs} jobs at concurrency 1")
+            with OtherLoad(groups) as load["latency"]:
+                one_by_one = run_pipeline(stack.base_url, args, params, jpeg, args.latency_jobs, 1, "latency")
+            fetch_results(stack.base_url, samples + one_by_one)
             pipeline = summarise_pipeline(samples, args.jobs)
-            if pipeline["failed"]:
-                log(f"failures, e.g. {pipeline['errors']}\n{stack.log_tails()}")
+            latency = summarise_pipeline(one_by_one, args.latency_jobs)
+            if pipeline["failed"] or latency["failed"]:
+                errors = pipeline["errors"] + latency["errors"]
+                log(f"failures, e.g. {errors[:5]}\n{stack.log_tails()}")
     except (UsageError, StackError) as exc:
         log(str(exc))
         return 2
     except KeyboardInterrupt:
         log("interrupted; the stack is torn down")
         return 130
-    print(report(args, params, jpeg, pipeline, raw, other))
+    summary = summarise(args, params, jpeg, pipeline, latency, raw, load)
+    print(report(args, summary))
     if args.json:
-        ratio = pipeline.get("jobs_per_s", 0) / raw["images_per_s"]
-        summary = {
-            "service": args.service,
-            "params": params,
-            "image": {"width": args.width, "height": args.height, "bytes": len(jpeg)},
-            "concurrency": args.concurrency,
-            "workers": args.workers,
-            "threads": args.threads,
-            "poll_s": args.poll,
-            "other_load_cores": other,
-            "pipeline": pipeline,
-            "raw": raw,
-            "pipeline_over_raw": ratio,
-            "pipeline_costs_x_raw": 1 / ratio if ratio else None,
-        }
         print(json.dumps(rounded(summary)))
-    return 1 if pipeline["failed"] else 0
+    return 1 if pipeline["failed"] or latency["failed"] else 0
 
 
 def rounded(value):
