@@ -112,8 +112,10 @@ def gradient_jpeg(width: int, height: int) -> bytes:
 
 
 def submit_burst(stack: LiveStack, count: int) -> list[str]:
-    """`count` jobs of about half a second each, submitted at once: faster than one worker takes them."""
-    uploads = [distinct_jpeg(3000, 2500, f"burst {index}") for index in range(count)]
+    """`count` jobs of a second or more each (30 megapixels, converted ten times), submitted at once:
+    far more than one worker takes, and long enough that every worker still has one in hand when the
+    scaler, looking every half second, starts draining."""
+    uploads = [distinct_jpeg(6000, 5000, f"burst {index}") for index in range(count)]
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(lambda jpeg: stack.submit("grayscale", jpeg, runs=10)["job_id"], uploads))
 
