@@ -19,22 +19,10 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 from gateway import routing  # noqa: E402
-from gateway.middleware import RequestBodyLimit  # noqa: E402
+from gateway.middleware import RequestBodyLimit, WaitsOnTheLoop  # noqa: E402
 from processing import embedded  # noqa: E402
 
 SYNC_THREADS = 16  # requests handled at once on the thread pool; waits never take one
-
-
-class WaitsOnTheLoop:
-    """Sends requests that wait (a `wait` query parameter) to `waiting`, the others to `plain`."""
-
-    def __init__(self, plain, waiting):
-        self.plain, self.waiting = plain, waiting
-
-    async def __call__(self, scope, receive, send):
-        app = self.waiting if b"wait=" in scope.get("query_string", b"") else self.plain
-        return await app(scope, receive, send)
-
 
 django_sync = WSGIMiddleware(get_wsgi_application(), workers=SYNC_THREADS)
 application = ProtocolTypeRouter(
