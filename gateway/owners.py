@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from gateway.models import ApiKey
-from processing.models import Job, owned_by
+from processing.models import Job, find_job, owned_by
 from processing.submissions import Owner
 
 SESSION_OWNER_KEY = "darkroom_owner"
@@ -43,6 +43,10 @@ class Caller:
     def identity(self) -> str:
         """A stable name for rate limits, idempotency keys and live-event groups."""
         return self.owner.identity
+
+    def visible_job(self, job_id: uuid.UUID) -> Job | None:
+        """The job, if this caller may see it."""
+        return find_job(job_id, None if self.is_staff else self.identity)
 
     def visible_jobs(self):
         if self.is_staff:

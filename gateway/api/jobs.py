@@ -54,9 +54,12 @@ def multipart_doc(service: str | None = None, *, many: bool = False) -> dict:
 def get_job(request, job_id: str) -> Job:
     """The caller's job, or 404: someone else's job looks exactly like one that doesn't exist."""
     try:
-        return request.auth.visible_jobs().get(id=uuid.UUID(job_id))
-    except (ValueError, Job.DoesNotExist):
-        raise not_found() from None
+        job = request.auth.visible_job(uuid.UUID(job_id))
+    except ValueError:
+        job = None
+    if job is None:
+        raise not_found()
+    return job
 
 
 def submit(request, response: HttpResponse, service: str, *, at_most: int = 1, job_id=None) -> list[Job]:
