@@ -22,6 +22,7 @@ JOB_LEASE_SECONDS is the lease's length; renewing every third of it leaves two r
 worth of slack for a busy database before a live worker's job is taken over.
 """
 
+import functools
 import logging
 import os
 import socket
@@ -31,8 +32,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce
+from django.db.models import Q
 from django.utils import timezone
 
 from processing.models import Job
@@ -49,36 +49,44 @@ def expires(now: datetime | None = None) -> datetime:
     return (now or timezone.now()) + timedelta(seconds=settings.JOB_LEASE_SECONDS)
 
 
-def claimable(now: datetime) -> Q:
-    """Jobs a worker may start: queued, or processing under a lease that ran out (its worker died)."""
-    return Q(status=Job.QUEUED) | Q(status=Job.PROCESSING, lease_expires_at__lt=now)
-
-
 def claim(job_id, worker: str) -> Job | None:
     """Take the job for `worker`; None when it is finished, cancelled, unknown, or held by a live worker.
 
-    One read and one conditional update: of two deliveries racing for the job, the update
-    that still sees the attempts count it read wins, and the other finds nothing to update.
+    One conditional UPDATE that returns the claimed row: of two deliveries racing for the
+    job, the database lets one update it, and the other finds nothing to update.
     """
     now = timezone.now()
-    job = Job.objects.filter(Q(id=job_id) & claimable(now)).first()
-    if job is None:
-        return None
-    claimed = Job.objects.filter(Q(id=job_id, attempts=job.attempts) & claimable(now)).update(
-        status=Job.PROCESSING,
-        worker_id=worker,
-        lease_expires_at=expires(now),
-        started_at=Coalesce(F("started_at"), now),
-        attempts=F("attempts") + 1,
-        progress=0.0,
+    sql, params = _claim_sql(), _claim_params(job_id, worker, now)
+    return next(iter(Job.objects.raw(sql, params)), None)
+
+
+@functools.cache
+def _claim_sql() -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in Job._meta.concrete_fields)
+    return (
+        f"UPDATE {quote(Job._meta.db_table)} SET status = %s, worker_id = %s, lease_expires_at = %s,"
+        " started_at = COALESCE(started_at, %s), attempts = attempts + 1, progress = 0"
+        " WHERE id = %s AND (status = %s OR (status = %s AND lease_expires_at < %s))"
+        f" RETURNING {columns}"
     )
-    if not claimed:
-        return None
-    job.status, job.worker_id, job.lease_expires_at = Job.PROCESSING, worker, expires(now)
-    job.started_at = job.started_at or now
-    job.attempts += 1
-    job.progress = 0.0
-    return job
+
+
+def _claim_params(job_id, worker: str, now: datetime) -> list:
+    def moment(value: datetime):
+        return Job._meta.get_field("lease_expires_at").get_db_prep_value(value, connection)
+
+    pk = Job._meta.pk.get_db_prep_value(job_id, connection)
+    return [
+        Job.PROCESSING,
+        worker,
+        moment(expires(now)),
+        moment(now),
+        pk,
+        Job.QUEUED,
+        Job.PROCESSING,
+        moment(now),
+    ]
 
 
 def held_by(job_id, worker: str):

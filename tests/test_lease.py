@@ -1,9 +1,12 @@
 """Every lease transition: claim, renew, expire, redeliver, duplicate, release, cancel, dead letter."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import dramatiq
 import pytest
+from django.db import connection
 from django.utils import timezone
 from dramatiq.broker import MessageProxy
 
@@ -56,14 +59,22 @@ def test_a_duplicate_delivery_finds_the_job_held_and_waits_for_the_lease():
     assert waiting.value.delay > seconds_left * 1000  # it looks again just after the lease ends
 
 
-def test_of_two_claims_that_read_the_same_attempt_only_one_wins():
+def test_of_two_workers_claiming_at_once_exactly_one_gets_the_job():
     job = stored_job()
-    first = lease.claim(job.id, W1)
-    # W2 read the job before W1's update (attempts 0) and updates after it: no row matches.
-    lost = (
-        Job.objects.filter(id=job.id, attempts=0).filter(lease.claimable(timezone.now())).update(worker_id=W2)
-    )
-    assert first is not None and lost == 0 and fresh(job).worker_id == W1
+    start = threading.Barrier(2)
+
+    def take(worker: str):
+        start.wait()
+        try:
+            return lease.claim(job.id, worker)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        claims = list(pool.map(take, [W1, W2]))
+
+    winners = [claimed.worker_id for claimed in claims if claimed is not None]
+    assert len(winners) == 1 and fresh(job).worker_id == winners[0] and fresh(job).attempts == 1
 
 
 def test_the_renewer_pushes_back_the_leases_this_process_holds():
