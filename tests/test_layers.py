@@ -39,6 +39,16 @@ async def test_a_group_message_reaches_each_waiting_channel(layer):
     assert [message["text"] for message in received] == ["hello", "hello"]
 
 
+async def test_an_event_for_a_group_nobody_is_in_is_dropped_and_later_ones_arrive(layer):
+    await layer.group_send("job.empty", {"type": "job.event", "text": "nobody saw this"})
+    channel = await layer.new_channel()
+    await layer.group_add("job.empty", channel)
+    await layer.group_send("job.empty", {"type": "job.event", "text": "seen"})
+
+    received = await asyncio.wait_for(layer.receive(channel), 5)
+    assert received["text"] == "seen"
+
+
 async def test_a_stopped_consumers_channel_keeps_nothing(layer):
     gone, alive = await layer.new_channel(), await layer.new_channel()
     for channel in (gone, alive):
