@@ -71,28 +71,6 @@ class RequestIdMiddleware(DualMiddleware):
         return response
 
 
-# GET /api/v1/jobs/{id}?wait=N: a long poll, served by gateway.api.jobs.job_wait.
-LONG_POLL = re.compile(r"^/api/v1/jobs/[0-9a-fA-F-]{32,36}/?$")
-WAIT = re.compile(rb"(^|&)wait=")
-
-
-class WaitsOnTheLoop:
-    """Sends long polls to `waiting` (Django's ASGI handler), every other request to `plain`.
-
-    `GET /api/v1/jobs/{id}?wait=N` is served by the async view at `/api/v1/jobs/{id}/wait`
-    (gateway.api.jobs.job_wait), so that the plain read stays a synchronous view on a thread.
-    """
-
-    def __init__(self, plain, waiting):
-        self.plain, self.waiting = plain, waiting
-
-    async def __call__(self, scope, receive, send):
-        if scope["method"] == "GET" and LONG_POLL.match(scope["path"]) and WAIT.search(scope["query_string"]):
-            path = scope["path"].rstrip("/") + "/wait"
-            return await self.waiting({**scope, "path": path, "raw_path": path.encode()}, receive, send)
-        return await self.plain(scope, receive, send)
-
-
 class RequestBodyLimit:
     """ASGI middleware: answer 413 once a request body passes MAX_REQUEST_BYTES.
 

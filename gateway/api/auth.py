@@ -10,7 +10,7 @@ from ninja.security import APIKeyHeader, HttpBearer
 from ninja.throttling import BaseThrottle
 from ninja.utils import check_csrf
 
-from gateway import owners, ratelimit
+from gateway import owners, ratelimit, waiting
 from gateway.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ class CallerRateLimit(BaseThrottle):
         self._local = threading.local()  # wait() is called right after allow_request(), in the same thread
 
     def allow_request(self, request: HttpRequest) -> bool:
+        if waiting.is_final_pass(request):  # a long poll's answer, counted when it came in
+            return True
         rate = getattr(settings, f"RATE_LIMIT_{self.scope.upper()}")
         try:
             usage = ratelimit.hit(self.scope, rate_limit_key(request), rate)

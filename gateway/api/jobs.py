@@ -4,7 +4,7 @@ import base64
 import uuid
 from datetime import datetime
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -185,30 +185,14 @@ WAIT_PARAMETER = Query(
 @router.get(
     "/jobs/{job_id}", response={200: JobOut, **READ_ERRORS}, throttle=READ_LIMIT, url_name="job_detail"
 )
-def job_detail(request, job_id: str, wait: float = WAIT_PARAMETER):
-    """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first.
-
-    The ASGI entry point (project.asgi) sends requests with `wait` to `job_wait`, which waits
-    on the event loop; this synchronous view waits itself only where nothing else can.
-    """
+def job_detail(request, response: HttpResponse, job_id: str, wait: float = WAIT_PARAMETER):
+    """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first."""
     job = get_job(request, job_id)
     if wait and not job.is_finished:
-        job = async_to_sync(waiting.until_finished)(job, wait)
-    return job_json(job)
-
-
-@router.get(
-    "/jobs/{job_id}/wait",
-    response={200: JobOut, **READ_ERRORS},
-    throttle=READ_LIMIT,
-    url_name="job_wait",
-    include_in_schema=False,
-)
-async def job_wait(request, job_id: str, wait: float = WAIT_PARAMETER):
-    """`GET /jobs/{job_id}?wait=N` as the ASGI entry point routes it: the wait holds no thread."""
-    job = await sync_to_async(get_job)(request, job_id)
-    if wait and not job.is_finished:
-        job = await waiting.until_finished(job, wait)
+        if waiting.deferred_by_the_server(request):
+            response[waiting.WAIT_HEADER] = str(job.id)  # the server waits, on its event loop
+        else:
+            job = async_to_sync(waiting.until_finished)(job, wait)
     return job_json(job)
 
 
