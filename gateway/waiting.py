@@ -19,6 +19,7 @@ import re
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.db import connection
 
 from gateway import events
 from processing.models import Job
@@ -85,7 +86,10 @@ async def poll(job_id, deadline: float) -> bool:
 
 @sync_to_async(thread_sensitive=False)
 def has_ended(job_id) -> bool:
-    return Job.objects.filter(id=job_id, status__in=Job.FINISHED).exists()
+    try:
+        return Job.objects.filter(id=job_id, status__in=Job.FINISHED).exists()
+    finally:
+        connection.close()  # this thread serves no request that would give it back to the pool
 
 
 async def until_finished(job: Job, timeout: float) -> Job:
