@@ -72,11 +72,14 @@ class RequestIdMiddleware(DualMiddleware):
 
 
 class RequestBodyLimit:
-    """ASGI middleware: answer 413 once a request body passes MAX_REQUEST_BYTES.
+    """ASGI middleware: answer 413 once a request body passes MAX_REQUEST_BYTES, and hand the
+    body on in pieces of up to BODY_PIECE bytes.
 
-    Django's ASGI handler reads (and spools to disk) the whole body before any view
-    runs; this stops an oversized upload at its declared length, or at the first
-    chunk past the limit, without reading the rest.
+    An oversized upload is stopped at its declared length, or at the first piece past the
+    limit, without reading the rest. The server receives a body in many small reads; the
+    app (Django on a2wsgi's threads) takes each piece with a hop from its thread to the
+    event loop, so a few large pieces cost far less than many small ones, and still bound
+    the memory an upload takes.
     """
 
     def __init__(self, app):
@@ -95,13 +98,13 @@ class RequestBodyLimit:
             nonlocal received, rejected
             if rejected:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            message = await gathered(receive)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     rejected = True
                     await send_too_large(send, limit)
-                    return {"type": "http.disconnect"}  # Django abandons the request quietly
+                    return {"type": "http.disconnect"}  # the app abandons the request quietly
             return message
 
         async def guarded_send(message):
@@ -109,6 +112,24 @@ class RequestBodyLimit:
                 await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
+
+
+BODY_PIECE = 1024 * 1024
+
+
+async def gathered(receive) -> dict:
+    """The next message, with the body of following `http.request` messages joined to it, up to BODY_PIECE."""
+    message = await receive()
+    if message["type"] != "http.request" or not message.get("more_body"):
+        return message
+    pieces, size = [message.get("body", b"")], len(message.get("body", b""))
+    while message.get("more_body") and size < BODY_PIECE:
+        message = await receive()
+        if message["type"] != "http.request":
+            return message  # the client went away: say so
+        pieces.append(message.get("body", b""))
+        size += len(pieces[-1])
+    return {"type": "http.request", "body": b"".join(pieces), "more_body": message.get("more_body", False)}
 
 
 def body_limit(path: str) -> int:
