@@ -5,7 +5,7 @@ brings up the full stack (fresh PostgreSQL database and RabbitMQ vhost, one uvic
 --workers Dramatiq worker processes), submits -n jobs over HTTP at -c concurrency, each waited for
 with one long poll (GET /api/v1/jobs/{id}?wait=30), while counting the CPU time of every process of
 the stack; then --latency-jobs jobs one at a time for what the pipeline adds to a job's latency.
-Prints both, the CPU per job by process kind, and the issue's goals, met or missed.
+Prints both, the CPU per job by process kind, and the goals, met or missed.
 """
 
 import argparse
@@ -41,7 +41,7 @@ LONG_POLL_S = 30  # GET /api/v1/jobs/{id}?wait=: the server answers when the job
 
 @dataclass(frozen=True)
 class Goal:
-    """A figure the issue asks for: at least, or at most, `limit`."""
+    """A goal for a figure: at least, or at most, `limit`."""
 
     limit: float
     at_most: bool = False
@@ -386,7 +386,7 @@ def cpu_per_job(cpu_s: Mapping[str, float], jobs: int, raw_per_image_ms: float) 
 
 # --- the verdicts ----------------------------------------------------------------------
 def goals(service: str, ratio: float | None, cpu: dict | None, overhead_c1: dict | None) -> dict:
-    """Each of the issue's goals with the figure measured, as {name: {value, goal, verdict}}."""
+    """Each of the goals with the figure measured, as {name: {value, goal, verdict}}."""
     checks = {}
     if service in THROUGHPUT_GOALS:
         checks["pipeline_over_raw"] = (ratio, THROUGHPUT_GOALS[service])
@@ -484,7 +484,7 @@ def report(args, summary: dict) -> str:
         ]
     rows += ["", f"pipeline at concurrency 1 ({args.latency_jobs} jobs, one at a time)"]
     rows += pipeline_rows(latency, throughput=False)
-    rows += ["", "the issue's goals"]
+    rows += ["", "the goals"]
     for name, check in summary["goals"].items():
         value = "no figure" if check["value"] is None else f"{check['value']:.2f}"
         rows.append((f"  {GOAL_NAMES[name]}", f"{value:>9}  goal {check['goal']:<9} {check['verdict']}"))

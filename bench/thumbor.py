@@ -6,7 +6,7 @@ storage of originals or results, JPEG quality = Darkroom's default), stops it, a
 full stack of bench.stack (one server, --processes worker processes): each job is submitted,
 waited for (long-poll, or polling where the server answers at once) and its result downloaded,
 so both sides deliver the bytes. The two servers never run at the same time; each is warmed up.
-Prints thumbor requests/s, Darkroom jobs/s, latencies and Darkroom / thumbor against the issue's targets.
+Prints thumbor requests/s, Darkroom jobs/s, latencies and Darkroom / thumbor against the targets.
 """
 
 import argparse
@@ -57,7 +57,7 @@ class Comparison:
     service: str
     params: dict  # Darkroom's form parameters
     thumbor_options: str  # thumbor's URL options, between /unsafe/ and the image
-    target: float  # the Darkroom / thumbor throughput the issue asks for
+    target: float  # the Darkroom / thumbor throughput aimed for
 
 
 COMPARISONS = [
@@ -304,7 +304,7 @@ def verdict(comparison: Comparison, darkroom: Figures, thumbor: Figures) -> str:
 
 
 def report(header: list[str], results: list[tuple[Comparison, Figures, Figures]]) -> str:
-    """The table for each operation, then the issue's targets; results are (comparison, thumbor, darkroom)."""
+    """The table for each operation, then the targets; results are (comparison, thumbor, darkroom)."""
     rows = [*header]
     for comparison, thumbor, darkroom in results:
         shown = " ".join(f"{k}={v}" for k, v in comparison.params.items())
@@ -325,7 +325,7 @@ def report(header: list[str], results: list[tuple[Comparison, Figures, Figures]]
             rows += [f"    failed: {error}" for error in figures.errors]
         found = ratio(darkroom, thumbor)
         rows.append(f"  {'Darkroom / thumbor':<20}{'n/a' if found is None else f'{found:.2f}x':>9}")
-    rows += ["", "the issue's targets (Darkroom jobs/s over thumbor req/s)"]
+    rows += ["", "the targets (Darkroom jobs/s over thumbor req/s)"]
     rows += [f"  {verdict(comparison, darkroom, thumbor)}" for comparison, thumbor, darkroom in results]
     return "\n".join(rows)
 

@@ -205,7 +205,7 @@ def test_with_poll_the_client_reads_the_job_without_waiting():
     assert all("wait" not in r.url.params for r in reads)
 
 
-def test_the_defaults_are_the_issues_concurrency_16_and_long_polls():
+def test_the_defaults_are_concurrency_16_and_long_polls():
     args = parse_args([])
     assert (args.concurrency, args.jobs, args.latency_jobs, args.poll) == (16, 200, 50, None)
 
