@@ -18,7 +18,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -168,31 +168,47 @@ def run_pipeline(
     base_url: str, args, params: dict, jpeg: bytes, count: int, concurrency: int, label: str
 ) -> list[Sample]:
     """`count` jobs, `concurrency` at a time, each a distinct upload, submitted and waited for."""
+
+    def one(client: httpx.Client, number: int, stop: threading.Event) -> Sample:
+        upload = tagged(jpeg, f"{label}-{number}")
+        return run_job(client, args.service, upload, params, args.poll, stop)
+
+    def failed(exc: httpx.HTTPError, started: float) -> Sample:  # like a refused submission
+        return Sample(submitted=time.time(), error=f"{exc.__class__.__name__}: {exc}")
+
+    return run_concurrently(base_url, range(count), concurrency, one, failed)
+
+
+def run_concurrently(
+    base_url: str, items: Iterable, concurrency: int, one: Callable, failed: Callable
+) -> list:
+    """`one(client, item, stop)` for every item, `concurrency` at a time, a client per thread;
+    an item whose HTTP failed gives `failed(error, started)` (started: its perf_counter)."""
     todo = queue.SimpleQueue()
-    for number in range(count):
-        todo.put(number)
+    for item in items:
+        todo.put(item)
     stop = threading.Event()
 
-    def drive() -> list[Sample]:
-        samples = []
+    def drive() -> list:
+        results = []
         # Longer than the long poll, so a wait that runs its course is not a client timeout.
         with httpx.Client(base_url=base_url, timeout=LONG_POLL_S + 30) as client:
             while not stop.is_set():
                 try:
-                    number = todo.get_nowait()
+                    item = todo.get_nowait()
                 except queue.Empty:
                     break
-                upload = tagged(jpeg, f"{label}-{number}")
+                started = time.perf_counter()
                 try:
-                    samples.append(run_job(client, args.service, upload, params, args.poll, stop))
-                except httpx.HTTPError as exc:  # counted as a failure, like a refused submission
-                    samples.append(Sample(submitted=time.time(), error=f"{exc.__class__.__name__}: {exc}"))
-        return samples
+                    results.append(one(client, item, stop))
+                except httpx.HTTPError as exc:
+                    results.append(failed(exc, started))
+        return results
 
     pool = ThreadPoolExecutor(concurrency, thread_name_prefix="client")
     try:
         futures = [pool.submit(drive) for _ in range(concurrency)]
-        return [sample for future in futures for sample in future.result()]
+        return [result for future in futures for result in future.result()]
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -12,7 +12,6 @@ Prints thumbor requests/s, Darkroom jobs/s, latencies and Darkroom / thumbor aga
 import argparse
 import io
 import os
-import queue
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,6 +27,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from bench import pipeline
 from bench.pipeline import (
     FINISHED,
     JOB_TIMEOUT,
@@ -221,42 +220,13 @@ def darkroom_job(
     return delivered(outcome, client.get(f"/api/v1/download/{job_id}", follow_redirects=True))
 
 
-def run_concurrently(
-    base_url: str,
-    names: list[str],
-    concurrency: int,
-    one: Callable[[httpx.Client, str, threading.Event], Outcome],
-) -> list[Outcome]:
+def run_concurrently(base_url: str, names: list[str], concurrency: int, one: Callable) -> list[Outcome]:
     """`one(client, name, stop)` for every name, `concurrency` at a time, a client per thread."""
-    todo = queue.SimpleQueue()
-    for name in names:
-        todo.put(name)
-    stop = threading.Event()
 
-    def drive() -> list[Outcome]:
-        outcomes = []
-        # Longer than the long-poll, so a wait that runs its course is not a client timeout.
-        with httpx.Client(base_url=base_url, timeout=LONG_POLL_S + 30) as client:
-            while not stop.is_set():
-                try:
-                    name = todo.get_nowait()
-                except queue.Empty:
-                    break
-                started = time.perf_counter()
-                try:
-                    outcomes.append(one(client, name, stop))
-                except httpx.HTTPError as exc:
-                    failure = f"{exc.__class__.__name__}: {exc}"
-                    outcomes.append(Outcome(started, time.perf_counter(), error=failure))
-        return outcomes
+    def failed(exc: httpx.HTTPError, started: float) -> Outcome:
+        return Outcome(started, time.perf_counter(), error=f"{exc.__class__.__name__}: {exc}")
 
-    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="client")
-    try:
-        futures = [pool.submit(drive) for _ in range(concurrency)]
-        return [outcome for future in futures for outcome in future.result()]
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+    return pipeline.run_concurrently(base_url, names, concurrency, one, failed)
 
 
 # --- the figures -----------------------------------------------------------------
