@@ -32,10 +32,9 @@ serve: setup
 
 # Behind nginx (deploy/nginx): the HTTP API on uvicorn processes, one per core, /ws/ on uvicorn.
 # ASGI, so that async views (a long poll, GET /api/v1/jobs/{id}?wait=N) hold no worker or thread.
-# The HTTP API behind nginx: granian (its HTTP in Rust) costs half of uvicorn's CPU per request.
 serve-http: setup
-	$(BIN)/granian project.asgi:application --interface asgi --loop uvloop --host $(HOST) --port $(PORT) \
-		--workers $${WEB_CONCURRENCY:-$$(nproc)} --no-access-log --backlog 4096
+	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
+		--workers $${WEB_CONCURRENCY:-$$(nproc)} --no-access-log --timeout-graceful-shutdown 30 --backlog 4096
 
 serve-ws: setup
 	ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(WS_PORT) \

@@ -30,7 +30,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from bench.raw import DEFAULT_PARAMS, measure_raw
-from bench.stack import SERVERS, Stack, StackError
+from bench.stack import Stack, StackError
 from processing.errors import InvalidParameters
 from processing.operations import OPERATIONS
 
@@ -465,8 +465,7 @@ def report(args, summary: dict) -> str:
         f"{args.service} {shown}".rstrip()
         + f" on a {args.width}x{args.height} JPEG ({summary['image']['bytes'] / 1024:.0f} KiB, q90)",
         f"{args.jobs} jobs at concurrency {args.concurrency}, then {args.latency_jobs} at concurrency 1; "
-        f"{args.server} server, {args.workers} worker processes x {args.threads} thread(s); "
-        f"{summary['wait']}",
+        f"{args.workers} worker processes x {args.threads} thread(s); {summary['wait']}",
         f"{os.cpu_count()} cores; other work on the machine (outside the stack and this client): "
         f"{cores(other['raw'])} during the raw loop, {cores(other['pipeline'])} during the pipeline, "
         f"{cores(other['latency'])} at concurrency 1",
@@ -548,12 +547,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers", type=positive, default=os.cpu_count() or 1, help="worker processes (default: cores)"
     )
     parser.add_argument("--threads", type=positive, default=1, help="threads per worker process (default 1)")
-    parser.add_argument(
-        "--server",
-        choices=sorted(SERVERS),
-        default="granian",
-        help="the HTTP server: granian as `make serve-http` runs the API (default), uvicorn as `make serve`",
-    )
     parser.add_argument("--width", type=positive, default=1920)
     parser.add_argument("--height", type=positive, default=1080)
     parser.add_argument(
@@ -610,8 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"raw loop: {args.jobs} images on {args.workers} processes")
         with OtherLoad() as load["raw"]:
             raw = measure_raw(jpeg, args.service, params, args.jobs, args.workers)
-        log(f"starting the stack: 1 {args.server} server, {args.workers} workers x {args.threads} thread(s)")
-        with Stack(args.workers, args.threads, args.server) as stack:
+        log(f"starting the stack: 1 server, {args.workers} workers x {args.threads} thread(s)")
+        with Stack(args.workers, args.threads) as stack:
             groups = stack_groups(stack)
             warmup = max(2 * args.workers * args.threads, args.concurrency)
             log(f"warming up with {warmup} jobs")

@@ -1,6 +1,5 @@
 """The full stack for a benchmark run, as real processes on loopback: a fresh PostgreSQL database
-and RabbitMQ vhost, one server (granian, as `make serve-http` runs the API, or uvicorn, as
-`make serve` does) and Dramatiq worker processes; all removed on exit."""
+and RabbitMQ vhost, one uvicorn server and Dramatiq worker processes; all removed on exit."""
 
 import os
 import shutil
@@ -20,16 +19,6 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
 QUEUE = "images"  # processing.actors.process_job's queue
-
-
-# The HTTP servers a stack may run, each as its make target runs it (the port is added).
-SERVERS = {
-    "granian": [
-        *("granian", "project.asgi:application", "--interface", "asgi", "--loop", "uvloop"),
-        *("--host", "127.0.0.1", "--no-access-log"),
-    ],
-    "uvicorn": ["uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--no-access-log"],
-}
 
 
 class StackError(Exception):
@@ -57,9 +46,9 @@ def rabbitmqctl(*args: str, check: bool = True) -> str:
 class Stack:
     """`with Stack(workers=2, threads=1) as stack:` then talk to `stack.base_url`."""
 
-    def __init__(self, workers: int, threads: int, server: str = "granian"):
+    def __init__(self, workers: int, threads: int):
         self.name = f"darkroom_bench_{uuid.uuid4().hex[:8]}"
-        self.workers, self.threads, self.server = workers, threads, server
+        self.workers, self.threads = workers, threads
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}_"))
         self.processes: dict[str, subprocess.Popen] = {}
         self.admin_dsn = with_path("DATABASE_URL", "postgres://postgres@127.0.0.1:5432", "/postgres")
@@ -95,7 +84,8 @@ class Stack:
         done = subprocess.run(migrate, env=self.env, capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise StackError(f"manage.py migrate failed:\n{done.stdout}{done.stderr}")
-        self.spawn("server", [sys.executable, "-m", *SERVERS[self.server], "--port", str(self.port)])
+        command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(self.port)]
+        self.spawn("server", [*command, "--host", "127.0.0.1", "--no-access-log"])
         for number in range(self.workers):
             command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(self.threads)]
             self.spawn(f"worker{number + 1}", command)

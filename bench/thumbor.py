@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                     server.base_url, groups, names, warmup, args.concurrency, ask
                 )
 
-        log(f"Darkroom: 1 granian server (as make serve-http), {args.processes} worker processes x 1 thread")
+        log(f"Darkroom: 1 server, {args.processes} worker processes x 1 thread")
         with Stack(args.processes, 1) as server:
             for comparison in COMPARISONS:
                 log(f"Darkroom {comparison.service}: {len(names)} jobs at concurrency {args.concurrency}")
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         f"JPEG quality {DARKROOM_QUALITY} on both sides; one server at a time, each warmed up with "
         f"{len(warmup)} images",
         f"thumbor: {args.processes} processes, file loader, no storage; Darkroom: full stack, "
-        f"1 granian server + {args.processes} worker processes, submit + wait + download",
+        f"1 server + {args.processes} worker processes, submit + wait + download",
         f"{os.cpu_count()} cores; 'other load' is what processes outside the benchmark used meanwhile",
     ]
     results = [(c, thumbor[c.service], darkroom[c.service]) for c in COMPARISONS]

@@ -21,15 +21,6 @@ FINISHED = ("completed", "failed", "cancelled")
 
 
 SERVERS = {
-    # What `make serve-http` runs: the HTTP API (WebSockets stay on uvicorn).
-    "granian": lambda port: [
-        sys.executable,
-        "-m",
-        "granian",
-        "project.asgi:application",
-        *("--interface", "asgi", "--loop", "uvloop", "--no-access-log"),
-        *("--host", "127.0.0.1", "--port", str(port)),
-    ],
     "uvicorn": lambda port: [
         sys.executable,
         "-m",
@@ -126,8 +117,7 @@ class LiveStack:
     def start_server(
         self, name: str = "server", port: int | None = None, kind: str = "uvicorn", **env: str
     ) -> subprocess.Popen:
-        """uvicorn (`make serve`: HTTP and WebSockets), granian (`make serve-http`: HTTP), or gunicorn
-        (WSGI, one worker process: HTTP)."""
+        """uvicorn (ASGI: HTTP and WebSockets) or gunicorn (WSGI, one worker process: HTTP)."""
         port = port or self.port
         process = self.spawn(name, SERVERS[kind](port), **env)
         url = f"http://127.0.0.1:{port}"

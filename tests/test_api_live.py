@@ -139,26 +139,3 @@ def test_requests_reuse_pooled_database_connections(live_stack):
         for _ in range(50):
             assert client.get(job["job_url"]).status_code == 200
     assert sessions_opened() - before <= 2  # not one new PostgreSQL session per request
-
-
-def test_the_serve_http_server_answers_a_long_poll_the_moment_the_job_completes(live_stack):
-    """granian, as `make serve-http` runs the API: submit, then one request waits for the result."""
-    port = free_port()
-    live_stack.start_server("granian", port=port, kind="granian")
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        submitted = post_image(base_url)
-        assert submitted.status_code == 202, submitted.text
-        job_id = submitted.json()["job_id"]
-        queued = httpx.get(f"{base_url}/api/v1/jobs/{job_id}?wait=0.2", timeout=10).json()
-        assert queued["status"] == "queued"  # no worker yet: the wait ran out
-
-        live_stack.start_worker("granian-worker")
-        waited = httpx.get(f"{base_url}/api/v1/jobs/{job_id}?wait=30", timeout=40)
-        assert waited.status_code == 200 and "darkroom-wait" not in waited.headers
-        assert waited.json()["status"] == "completed"
-        assert httpx.get(f"{base_url}{waited.json()['result']['url']}", timeout=10).status_code == 200
-    finally:
-        for name in ("granian-worker", "granian"):
-            if name in live_stack.processes:
-                live_stack.stop(name)

@@ -221,7 +221,6 @@ def test_the_report_prints_the_cpu_table_the_fixed_cost_and_each_goals_verdict()
         latency_jobs=50,
         workers=2,
         threads=1,
-        server="granian",
     )
     pipeline = {"jobs": 100, "completed": 100, "failed": 0, "jobs_per_s": 30.0, "wall_s": 3.33}
     pipeline |= {

@@ -125,7 +125,7 @@ def bmp_upload_body(boundary: str, megabytes: int):
     return len(head) + pixels + len(tail), stream
 
 
-@pytest.mark.parametrize("server", ["granian", "uvicorn", "gunicorn"])
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
 @pytest.mark.parametrize("accepted", [False, True], ids=["rejected-over-limit", "accepted-with-raised-limit"])
 def test_a_200_mb_upload_does_not_grow_the_server_by_its_size(live_stack, accepted, server, tmp_path):
     from tests.stack import LiveStack, serving_pid
