@@ -123,10 +123,15 @@ class Publisher:
         if time.monotonic() < self.paused_until:
             self._drop("the channel layer failed recently")
             return
+        send_many = getattr(self.layer, "group_send_many", None)  # ours: one round trip for all
         try:
-            for group in groups:
+            if send_many is not None:
                 async with asyncio.timeout(LAYER_TIMEOUT):
-                    await self.layer.group_send(group, message)
+                    await send_many(list(groups), message)
+            else:
+                for group in groups:
+                    async with asyncio.timeout(LAYER_TIMEOUT):
+                        await self.layer.group_send(group, message)
         except LAYER_ERRORS as exc:
             self.paused_until = time.monotonic() + COOLDOWN
             logger.warning(

@@ -49,6 +49,21 @@ async def test_an_event_for_a_group_nobody_is_in_is_dropped_and_later_ones_arriv
     assert received["text"] == "seen"
 
 
+async def test_one_message_to_several_groups_reaches_only_their_members_once_each(layer):
+    in_job, in_owner, elsewhere = [await layer.new_channel() for _ in range(3)]
+    await layer.group_add("job.7", in_job)
+    await layer.group_add("owner.key.7", in_owner)
+    await layer.group_add("job.8", elsewhere)
+
+    await layer.group_send_many(["job.7", "owner.key.7", "jobs.all"], {"type": "job.event", "text": "7"})
+
+    for channel in (in_job, in_owner):
+        assert (await asyncio.wait_for(layer.receive(channel), 5))["text"] == "7"
+    assert await layer.groups_with_members(["job.7", "jobs.all", "job.8"]) == ["job.7", "job.8"]
+    await layer.group_send("job.8", {"type": "job.event", "text": "8"})
+    assert (await asyncio.wait_for(layer.receive(elsewhere), 5))["text"] == "8"  # and not "7" before it
+
+
 async def test_a_stopped_consumers_channel_keeps_nothing(layer):
     gone, alive = await layer.new_channel(), await layer.new_channel()
     for channel in (gone, alive):
