@@ -1,72 +1,29 @@
-"""HTTP middleware: request ids, the request body limit, static files, rate-limit headers.
-
-Every middleware here runs natively in both modes: under ASGI a sync-only middleware
-makes Django run the rest of the request in a thread, and an async view behind it
-(a long poll) would hold that thread for as long as it waits.
-"""
+"""HTTP middleware: request ids, the request body limit, rate-limit headers."""
 
 import json
 import re
 import uuid
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.http import JsonResponse
-from whitenoise.middleware import WhiteNoiseMiddleware
 
 from processing import logcontext
-
-
-class DualMiddleware:
-    """A middleware that serves sync (WSGI) and async (ASGI) requests alike: subclasses implement
-    `before(request)` (a response to answer with, or None) and `after(request, response)`."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if iscoroutinefunction(self):
-            return self._acall(request)
-        response = self.before(request) or self.get_response(request)
-        return self.after(request, response)
-
-    async def _acall(self, request):
-        response = self.before(request) or await self.get_response(request)
-        return self.after(request, response)
-
-    def before(self, request):
-        return None
-
-    def after(self, request, response):
-        return response
-
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-class RequestIdMiddleware(DualMiddleware):
-    """Takes X-Request-ID from the client (when sane) or makes one, and echoes it on the response;
-    the request's log lines carry it."""
+class RequestIdMiddleware:
+    """Takes X-Request-ID from the client (when sane) or makes one, and echoes it on the response."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
 
     def __call__(self, request):
         given = request.headers.get("X-Request-ID", "")
         request.request_id_given = bool(REQUEST_ID_PATTERN.match(given))
         request.request_id = given if request.request_id_given else str(uuid.uuid4())
-        if iscoroutinefunction(self):
-            return self._acall(request)
         with logcontext.bound(request=request.request_id):
-            return self.after(request, self.get_response(request))
-
-    async def _acall(self, request):
-        with logcontext.bound(request=request.request_id):
-            return self.after(request, await self.get_response(request))
-
-    def after(self, request, response):
+            response = self.get_response(request)
         response["X-Request-ID"] = request.request_id
         return response
 
@@ -168,10 +125,13 @@ async def send_too_large(send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class DeclaredBodyLimitMiddleware(DualMiddleware):
-    """Under WSGI (gunicorn) the body is read lazily: refuse a declared oversized one before reading it."""
+class DeclaredBodyLimitMiddleware:
+    """Under WSGI the body is read lazily: refuse a declared oversized one before reading it."""
 
-    def before(self, request):
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
         limit = body_limit(request.path)
         try:
             declared = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -179,42 +139,20 @@ class DeclaredBodyLimitMiddleware(DualMiddleware):
             declared = 0
         if declared > limit:
             return JsonResponse(too_large_body(limit), status=413, headers={"Connection": "close"})
-        return None
+        return self.get_response(request)
 
 
-class RateLimitHeadersMiddleware(DualMiddleware):
+class RateLimitHeadersMiddleware:
     """X-RateLimit-Limit/Remaining/Reset on every rate-limited API response."""
 
-    def after(self, request, response):
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
         usage = getattr(request, "rate_limit", None)
         if usage:
             response["X-RateLimit-Limit"] = str(usage.limit)
             response["X-RateLimit-Remaining"] = str(usage.remaining)
             response["X-RateLimit-Reset"] = str(max(usage.reset, 0))
         return response
-
-
-class StaticFilesMiddleware(WhiteNoiseMiddleware):
-    """WhiteNoise (sync-only upstream), passing async requests on without a thread of their own."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response=None, settings=settings):
-        super().__init__(get_response, settings)
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if iscoroutinefunction(self):
-            return self._acall(request)
-        return super().__call__(request)
-
-    async def _acall(self, request):
-        if self.autorefresh:  # development: looks at the disk
-            static_file = await sync_to_async(self.find_file)(request.path_info)
-        else:
-            static_file = self.files.get(request.path_info)
-        if static_file is not None:
-            return self.serve(static_file, request)
-        return await self.get_response(request)

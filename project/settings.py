@@ -101,7 +101,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "gateway.middleware.StaticFilesMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "gateway.middleware.DeclaredBodyLimitMiddleware",
     "gateway.middleware.RequestIdMiddleware",
     "gateway.middleware.RateLimitHeadersMiddleware",
