@@ -14,7 +14,6 @@ from django.utils import timezone
 
 from processing import lease
 from processing.errors import Cancelled
-from processing.lease import expires, held_by
 from processing.models import Job
 from processing.signals import job_changed
 
@@ -56,7 +55,9 @@ class ProgressReporter:
             return
         self._last_write = now
         fraction = max(0.0, min(1.0, fraction))
-        updated = held_by(self.job.id, self.worker).update(progress=fraction, lease_expires_at=expires())
+        updated = lease.held_by(self.job.id, self.worker).update(
+            progress=fraction, lease_expires_at=lease.expires()
+        )
         if not updated:
             raise Cancelled(f"job {self.job.id} is no longer ours to process")
         self.job.progress = fraction
@@ -71,7 +72,7 @@ def complete(job: Job, worker: str, **result_fields) -> bool:
         "finished_at": timezone.now(),
         "lease_expires_at": None,
     }
-    updated = held_by(job.id, worker).update(**finished, **result_fields)
+    updated = lease.held_by(job.id, worker).update(**finished, **result_fields)
     if updated:
         for name, value in {**finished, **result_fields}.items():
             setattr(job, name, value)
@@ -82,7 +83,7 @@ def complete(job: Job, worker: str, **result_fields) -> bool:
 def fail(job_id, code: str, message: str, worker: str | None = None) -> bool:
     """Mark the job failed with a reason; only a job still in flight (and, given `worker`, held by it)."""
     jobs = (
-        held_by(job_id, worker)
+        lease.held_by(job_id, worker)
         if worker
         else Job.objects.filter(id=job_id, status__in=[Job.QUEUED, Job.PROCESSING])
     )
