@@ -43,7 +43,26 @@ def rabbitmqctl(*args: str, check: bool = True) -> str:
     return done.stdout
 
 
-class Stack:
+class StartedOrCleanedUp:
+    """A context manager that starts something in `_start()` and tears it down in `__exit__()`,
+    also when starting fails halfway (whatever had started is stopped)."""
+
+    def __enter__(self):
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, *exc_info) -> None:
+        raise NotImplementedError
+
+
+class Stack(StartedOrCleanedUp):
     """`with Stack(workers=2, threads=1) as stack:` then talk to `stack.base_url`."""
 
     def __init__(self, workers: int, threads: int):
@@ -67,15 +86,7 @@ class Stack:
             "RESULT_REUSE": "false",
         }
 
-    def __enter__(self) -> "Stack":
-        try:
-            self._create()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _create(self) -> None:
+    def _start(self) -> None:
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.name}"')
         rabbitmqctl("add_vhost", self.name)

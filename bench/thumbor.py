@@ -41,7 +41,7 @@ from bench.pipeline import (
     positive,
     tagged,
 )
-from bench.stack import ROOT, Stack, StackError, free_port
+from bench.stack import ROOT, Stack, StackError, StartedOrCleanedUp, free_port
 from processing.operations.base import OutputOptions
 
 THUMBOR = ROOT / "var" / "thumbor-venv" / "bin" / "thumbor"  # where `make bench-thumbor` installs it
@@ -84,7 +84,7 @@ def thumbor_config(images: Path, quality: int) -> str:
     return "".join(f"{name} = {value!r}\n" for name, value in settings.items())
 
 
-class Thumbor:
+class Thumbor(StartedOrCleanedUp):
     """`with Thumbor(executable, images, processes=2) as thumbor:` then GET thumbor.base_url + path."""
 
     def __init__(self, executable: Path, images: Path, processes: int):
@@ -92,14 +92,6 @@ class Thumbor:
         self.workdir = Path(tempfile.mkdtemp(prefix="darkroom_bench_thumbor_"))
         self.base_url = f"http://127.0.0.1:{free_port()}"
         self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "Thumbor":
-        try:
-            self._start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
 
     def _start(self) -> None:
         conf = self.workdir / "thumbor.conf"

@@ -41,6 +41,8 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
+from bench.stack import StartedOrCleanedUp
+
 ROOT = Path(__file__).resolve().parent.parent
 FD_LIMIT = 20_000
 WORKER = "bench-ws:driver"
@@ -111,7 +113,7 @@ def reachable(host: str, port: int) -> bool:
 # --- The stack: a private Redis, a fresh database, one server ---------------------------
 
 
-class Stack:
+class Stack(StartedOrCleanedUp):
     """A private redis-server, a fresh PostgreSQL database and one uvicorn server; all removed on exit."""
 
     def __init__(self, serve_flags: str):
@@ -132,14 +134,6 @@ class Stack:
             "LOG_LEVEL": "WARNING",
         }
         self.url = f"ws://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "Stack":
-        try:
-            self._start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
 
     def _start(self) -> None:
         import psycopg
