@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -127,7 +128,6 @@ class Renewer:
     def __init__(self):
         self._held: dict[str, str] = {}  # job id -> worker
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._pid: int | None = None
 
     @contextmanager
@@ -166,7 +166,8 @@ class Renewer:
 
     def _run(self) -> None:
         interval = settings.JOB_LEASE_SECONDS / 3
-        while not self._wake.wait(interval):
+        while True:
+            time.sleep(interval)
             try:
                 self.renew()
             except Exception:  # the next pass may succeed; each job decides its own fate
