@@ -6,11 +6,12 @@ import functools
 import os
 import re
 import signal
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import httpx
+import psycopg
 import pytest
 
 from tests import images
@@ -30,23 +31,15 @@ def stack(tmp_path_factory):
 
 
 class Scaler:
-    """`manage.py scale_workers` as a process, watched through its health endpoint.
+    """`manage.py scale_workers` as a process, watched through its health endpoint."""
 
-    A thread polls the health endpoint all along and remembers every worker group it saw, with its
-    worker processes and when it was told to drain: a group may be gone before the test asks.
-    """
-
-    def __init__(self, stack: LiveStack, name: str, *flags: str):
+    def __init__(self, stack: LiveStack, name: str, *flags: str, **env: str):
         self.stack, self.name = stack, name
         health_port, self.metrics_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{health_port}/health"
         ports = ["--health-port", str(health_port), "--metrics-port", str(self.metrics_port)]
-        stack.spawn(name, [*MANAGE, "scale_workers", *ports, *flags])
-        self.groups: dict[int, dict] = {}
-        self._stop = threading.Event()
+        stack.spawn(name, [*MANAGE, "scale_workers", *ports, *flags], **env)
         self.wait_for(lambda health: health["last_check_at"], "the first check")
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-        self._watcher.start()
 
     def health(self) -> dict:
         return httpx.get(self.url, timeout=5).json()
@@ -65,19 +58,7 @@ class Scaler:
         return seen
 
     def stop(self) -> None:
-        self._stop.set()
         self.stack.stop(self.name)  # SIGTERM: the scaler drains its workers, stops gateways and nginx
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                workers = self.health()["instances"].get("workers", {})
-            except httpx.HTTPError:
-                continue
-            for group in workers.get("groups", []):
-                seen = self.groups.setdefault(group["pid"], {"worker_pids": set(), "draining_since": None})
-                seen["worker_pids"].update(group["worker_pids"])
-                seen["draining_since"] = seen["draining_since"] or group["draining_since"]
 
 
 def workers(health: dict) -> dict:
@@ -86,6 +67,10 @@ def workers(health: dict) -> dict:
 
 def gateways(health: dict) -> dict:
     return health["instances"]["gateways"]
+
+
+def one_worker_consuming(health: dict) -> bool:
+    return workers(health)["running"] == 1 and bool(health["queues"][0]["consumers"])
 
 
 def events(health: dict, pool: str) -> dict[str, int]:
@@ -112,38 +97,113 @@ def gradient_jpeg(width: int, height: int) -> bytes:
 
 
 def submit_burst(stack: LiveStack, count: int) -> list[str]:
-    """`count` jobs of a second or more each (30 megapixels, converted ten times), submitted at once:
-    far more than one worker takes, and long enough that every worker still has one in hand when the
-    scaler, looking every half second, starts draining."""
+    """`count` jobs of a second or so each (30 megapixels, converted ten times), submitted at once."""
     uploads = [distinct_jpeg(6000, 5000, f"burst {index}") for index in range(count)]
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(lambda jpeg: stack.submit("grayscale", jpeg, runs=10)["job_id"], uploads))
 
 
+def pid_of(worker: str) -> int:
+    return int(worker.split(":")[1])  # a job's worker is host:pid:thread
+
+
 def worker_pid(stack: LiveStack, job_id: str) -> int:
-    return int(stack.result(job_id)["worker"].split(":")[1])  # host:pid:thread
+    return pid_of(stack.result(job_id)["worker"])
+
+
+class HeldWorkers:
+    """Worker processes stopped (SIGSTOP) in the middle of a job, resumed (SIGCONT) at the test's word.
+
+    A stopped worker holds its job for as long as the test needs: the scaler sees it in flight, and
+    whatever the scaler decides meanwhile (a drain) happens while that job is in hand, on any machine.
+    """
+
+    def __init__(self, stack: LiveStack):
+        self.database = stack.env["DATABASE_URL"]
+        self.wait_until = stack.wait_until
+        self.held: dict[int, str] = {}  # worker pid -> the job it holds
+
+    def hold(self, count: int, timeout: float = 90) -> None:
+        """Stop every worker that starts a job, until `count` of them hold one."""
+
+        def enough_held() -> bool:
+            for job_id, pid in self._running().items():
+                if pid not in self.held:
+                    self._try_hold(pid, job_id)
+            return len(self.held) >= count
+
+        self.wait_until(enough_held, timeout, f"{count} workers each holding a job", interval=0.02)
+
+    def resume(self, *pids: int) -> None:
+        for pid in pids:
+            if self.held.pop(pid, None) is not None:
+                os.kill(pid, signal.SIGCONT)
+
+    def resume_all(self) -> None:
+        self.resume(*self.held)
+
+    def _running(self) -> dict[str, int]:
+        """Job -> worker pid, for the jobs being processed now (one query: no job slips by unseen)."""
+        with psycopg.connect(self.database) as conn:
+            rows = conn.execute("SELECT id::text, worker_id FROM processing_job WHERE status = 'processing'")
+            return {job_id: pid_of(worker) for job_id, worker in rows}
+
+    def _try_hold(self, pid: int, job_id: str) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        # A statement sent just before the stop may still commit: look once it surely has.
+        time.sleep(0.2)
+        if self._running().get(job_id) == pid:
+            self.held[pid] = job_id
+        else:  # it finished that job first: let it go on to the next and catch it there
+            os.kill(pid, signal.SIGCONT)
+
+
+def worker_pids(health: dict) -> set[int]:
+    return {pid for group in workers(health)["groups"] for pid in group["worker_pids"]}
 
 
 # --- workers ----------------------------------------------------------------------------------
 def test_a_burst_scales_workers_up_then_down_draining_without_a_job_redone(stack):
+    """1 -> 3 -> 2 -> 1 worker groups, and the group told to drain finishes the job in its hands.
+
+    The test holds the state each step needs instead of hoping for it. Nine jobs wait before the
+    scaler starts, and each worker is stopped as soon as it is processing one, so the work per
+    worker cannot fall: the scaler must scale up (9 on 1 > 2) and then stay at three (9 on 3, at
+    the maximum). Resuming the oldest worker lets jobs finish until 5 on 3 < 1.8: the scaler drains
+    the newest group while its worker is still stopped with a job in hand.
+    """
+    jobs = submit_burst(stack, 9)
+    held = HeldWorkers(stack)
     scaler = Scaler(
         stack, "burst",
         *("--interval", "0.5", "--cooldown", "3", "--threads", "1"),
         *("--min-instances", "1", "--max-instances", "3"),
-        *("--scale-up-threshold", "2", "--scale-down-threshold", "1.5"),
+        *("--scale-up-threshold", "2", "--scale-down-threshold", "1.8"),
+        # A stopped worker renews no lease: a long one keeps its job from being handed to another.
+        JOB_LEASE_SECONDS="120",
     )  # fmt: skip
     try:
-        scaler.wait_for(lambda h: workers(h)["running"] == 1 and h["queues"][0]["consumers"], "one worker")
-        jobs = submit_burst(stack, 16)
-
-        up = scaler.wait_for(lambda h: workers(h)["target"] == 3, "scale up to 3 workers")
+        held.hold(3)
+        up = scaler.wait_for(lambda h: workers(h)["target"] == 3, "3 workers")
         assert any(a["to"] == 3 and "each > 2" in a["reason"] for a in up["recent_actions"])
+        oldest, *_, newest = workers(up)["groups"]
+        assert worker_pids(up) == held.held.keys(), "every worker holds a job"
+
+        held.resume(*oldest["worker_pids"])
+        draining = scaler.wait_for(lambda h: workers(h)["draining"] == 1, "a group draining")
+        (drained,) = [g for g in workers(draining)["groups"] if g["draining_since"]]
+        assert drained["pid"] == newest["pid"], "the newest group drains first"
+        (drained_worker,) = drained["worker_pids"]
+        job_in_hand = held.held[drained_worker]
+        held.resume_all()
+
         finished = [stack.wait_for_status(job_id, timeout=120) for job_id in jobs]
         down = scaler.wait_for(
-            lambda h: workers(h)["target"] == 1 and workers(h)["draining"] == 0, "scale down to 1", timeout=40
+            lambda h: workers(h)["target"] == 1 and workers(h)["draining"] == 0, "scale down to 1", timeout=60
         )
         metrics = httpx.get(f"http://127.0.0.1:{scaler.metrics_port}/metrics").text
     finally:
+        held.resume_all()
         scaler.stop()
 
     assert {job["status"] for job in finished} == {"completed"}
@@ -152,18 +212,10 @@ def test_a_burst_scales_workers_up_then_down_draining_without_a_job_redone(stack
     assert actions["up"] >= 1 and actions["down"] >= 2, actions
     assert 'darkroom_scaler_scaling_events_total{action="down",pool="workers"}' in metrics
 
-    # The proof that scale-down drains: a job that was running when its worker was told to stop
-    # finished on that same worker, on its first attempt.
-    drained = {pid: g for pid, g in scaler.groups.items() if g["draining_since"]}
-    assert drained, "no worker group was seen draining"
-    finished_while_draining = [
-        job
-        for job in finished
-        for group in drained.values()
-        if worker_pid(stack, job["job_id"]) in group["worker_pids"]
-        and when(job["started_at"]) < when(group["draining_since"]) < when(job["finished_at"])
-    ]
-    assert finished_while_draining, "no drained worker had a job in hand: the test proved nothing"
+    # The drain: the job in the drained worker's hands when it was told to stop finished there, once.
+    in_hand = stack.job(job_in_hand)
+    assert worker_pid(stack, job_in_hand) == drained_worker
+    assert when(in_hand["started_at"]) < when(drained["draining_since"]) < when(in_hand["finished_at"])
 
 
 def test_a_worker_killed_with_sigkill_is_replaced_and_its_job_completes(stack):
@@ -171,7 +223,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_job_completes(stack):
         stack, "crash", "--interval", "1", "--min-instances", "1", "--max-instances", "1", "--threads", "1"
     )
     try:
-        scaler.wait_for(lambda h: workers(h)["running"] == 1 and h["queues"][0]["consumers"], "one worker")
+        scaler.wait_for(one_worker_consuming, "one worker")
         job = stack.submit("grayscale", distinct_jpeg(7000, 7000, "crash"), runs=10)
         stack.wait_for_status(job["job_id"], ("processing",), timeout=60)
         (group,) = workers(scaler.health())["groups"]
