@@ -18,9 +18,13 @@ setup: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 
-# Development server (Daphne, auto-reload) with the embedded default: no services needed.
+# Development server with the embedded default (no services needed): uvicorn, reloading on code
+# changes. Like `make serve`, it hands request bodies over in pieces, so an upload of any size
+# costs constant memory. Daphne stays available as `manage.py runserver`.
+RELOAD_DIRS := $(foreach dir,project gateway processing scaler,--reload-dir $(dir))
+
 run: setup
-	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) --reload $(RELOAD_DIRS) $(UVICORN_WS)
 
 # One process for HTTP and WebSockets: uvicorn streams request bodies to disk (constant memory).
 # WebSockets: the sans-I/O protocol and no per-message compression keep a socket near 32 KB.

@@ -35,8 +35,9 @@ def start() -> dramatiq.Worker | None:
 
     worker = dramatiq.Worker(dramatiq.get_broker(), worker_threads=settings.EMBEDDED_WORKER_THREADS)
     worker.start()
-    republish_unfinished()
-    threading.Thread(target=requeue_stale_forever, name="requeue-stale", daemon=True).start()
+    # The database work runs on a thread of its own: the server may import the application from
+    # inside its event loop (uvicorn does), where Django refuses synchronous queries.
+    threading.Thread(target=requeue_forever, name="requeue", daemon=True).start()
     logger.info("embedded workers started (%d threads)", settings.EMBEDDED_WORKER_THREADS)
     return worker
 
@@ -53,7 +54,9 @@ def republish_unfinished() -> None:
         logger.info("re-published %d unfinished jobs from before the restart", count)
 
 
-def requeue_stale_forever() -> None:
+def requeue_forever() -> None:
+    """Re-publish what the last process left unfinished, then stale jobs every interval."""
+    republish_unfinished()
     stop = threading.Event()
     while not stop.wait(REQUEUE_INTERVAL_SECONDS):
         try:

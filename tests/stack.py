@@ -54,6 +54,39 @@ def serving_pid(process: subprocess.Popen) -> int:
     return int(pids[0]) if pids else process.pid
 
 
+def peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def bmp_upload_body(boundary: str, megabytes: int):
+    """A multipart body carrying a `megabytes` MB BMP, generated as it is sent (never held in memory)."""
+    width = 4096
+    height = megabytes * 1024 * 1024 // (width * 3)
+    pixels = width * 3 * height
+    header = b"BM" + (54 + pixels).to_bytes(4, "little") + b"\0\0\0\0" + (54).to_bytes(4, "little")
+    header += (40).to_bytes(4, "little") + width.to_bytes(4, "little") + height.to_bytes(4, "little")
+    header += (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + b"\0" * 24
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.bmp"\r\n'
+        "Content-Type: image/bmp\r\n\r\n"
+    ).encode() + header
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    chunk = b"\x80" * (1024 * 1024)
+
+    def stream():
+        yield head
+        for _ in range(pixels // len(chunk)):
+            yield chunk
+        yield b"\x80" * (pixels % len(chunk))
+        yield tail
+
+    return len(head) + pixels + len(tail), stream
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

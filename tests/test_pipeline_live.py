@@ -92,43 +92,10 @@ def test_every_job_accepted_before_a_rabbitmq_restart_completes(live_stack):
         live_stack.stop("after-restart")
 
 
-def peak_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
-def bmp_upload_body(boundary: str, megabytes: int):
-    """A multipart body carrying a `megabytes` MB BMP, generated as it is sent (never held in memory)."""
-    width = 4096
-    height = megabytes * 1024 * 1024 // (width * 3)
-    pixels = width * 3 * height
-    header = b"BM" + (54 + pixels).to_bytes(4, "little") + b"\0\0\0\0" + (54).to_bytes(4, "little")
-    header += (40).to_bytes(4, "little") + width.to_bytes(4, "little") + height.to_bytes(4, "little")
-    header += (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + b"\0" * 24
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.bmp"\r\n'
-        "Content-Type: image/bmp\r\n\r\n"
-    ).encode() + header
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    chunk = b"\x80" * (1024 * 1024)
-
-    def stream():
-        yield head
-        for _ in range(pixels // len(chunk)):
-            yield chunk
-        yield b"\x80" * (pixels % len(chunk))
-        yield tail
-
-    return len(head) + pixels + len(tail), stream
-
-
 @pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
 @pytest.mark.parametrize("accepted", [False, True], ids=["rejected-over-limit", "accepted-with-raised-limit"])
 def test_a_200_mb_upload_does_not_grow_the_server_by_its_size(live_stack, accepted, server, tmp_path):
-    from tests.stack import LiveStack, serving_pid
+    from tests.stack import LiveStack, bmp_upload_body, peak_rss_kib, serving_pid
 
     big = str(300 * 1024 * 1024)
     if accepted:
