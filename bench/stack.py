@@ -65,7 +65,7 @@ class StartedOrCleanedUp:
 class Stack(StartedOrCleanedUp):
     """`with Stack(workers=2, threads=1) as stack:` then talk to `stack.base_url`."""
 
-    def __init__(self, workers: int, threads: int):
+    def __init__(self, workers: int, threads: int, **settings: str):
         self.name = f"darkroom_bench_{uuid.uuid4().hex[:8]}"
         self.workers, self.threads = workers, threads
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}_"))
@@ -84,6 +84,7 @@ class Stack(StartedOrCleanedUp):
             "RATE_LIMIT_SUBMIT": "1000000/s",
             "RATE_LIMIT_READ": "1000000/s",
             "RESULT_REUSE": "false",
+            **settings,
         }
 
     def _start(self) -> None:

@@ -1,6 +1,10 @@
 """The API's one error shape: {"error": {"code": ..., "message": ...}} with the right status."""
 
-from django.http import JsonResponse
+import sys
+
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
+from django.utils.html import escape
 
 from processing.errors import (
     BrokerUnavailable,
@@ -51,6 +55,34 @@ def service_unavailable(dependency: str, retry_after: int = 5) -> ApiError:
         f"the {dependency} is unavailable; try again shortly",
         retry_after=retry_after,
     )
+
+
+# A database that can't be reached (stopped, restarting, connection lost): the client may retry.
+DATABASE_OUTAGES = (OperationalError, InterfaceError)
+
+
+def database_unavailable() -> ApiError:
+    return service_unavailable("database")
+
+
+def internal_error() -> ApiError:
+    return ApiError(500, "internal_error", "something went wrong on our side; it has been logged")
+
+
+def server_error(request):
+    """Django's handler500, for what fails outside the API's own handlers (middleware, pages).
+
+    A database outage is a 503 that a client retries, not a 500. The answer is built without
+    templates or the database, which may be what failed.
+    """
+    error = database_unavailable() if isinstance(sys.exc_info()[1], DATABASE_OUTAGES) else internal_error()
+    if "text/html" not in request.headers.get("Accept", ""):
+        return render(error)
+    page = f"<!doctype html><title>Darkroom</title><h1>{escape(error.message)}</h1>"
+    response = HttpResponse(page, status=error.status)
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    return response
 
 
 # The domain's errors (processing.errors) a request can cause, as the API answers them.

@@ -59,9 +59,4 @@ def requeue_forever() -> None:
     republish_unfinished()
     stop = threading.Event()
     while not stop.wait(REQUEUE_INTERVAL_SECONDS):
-        try:
-            publishing.republish(publishing.stale_jobs())
-        except Exception:
-            logger.exception("re-publishing stale jobs failed; trying again later")
-        finally:
-            close_old_connections()
+        publishing.republish_stale()

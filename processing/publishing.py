@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import dramatiq
 from django.conf import settings
+from django.db import DatabaseError, close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -91,3 +92,15 @@ def republish(found) -> int:
             break
         count += 1
     return count
+
+
+def republish_stale() -> int:
+    """One pass of the re-publisher. A database outage is logged and left to the next pass: the
+    loop that calls this must outlive it, or nothing would ever re-publish again."""
+    try:
+        return republish(stale_jobs())
+    except DatabaseError as exc:
+        logger.warning("database unavailable, will retry later: %s", exc)
+        return 0
+    finally:
+        close_old_connections()  # a connection broken by an outage is replaced on the next pass

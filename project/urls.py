@@ -5,6 +5,8 @@ from django.views.generic import RedirectView
 from gateway import health, metrics, views
 from gateway.api import api
 
+handler500 = "gateway.errors.server_error"  # a database outage answers 503, not 500
+
 urlpatterns = [
     path("", views.home, name="home"),
     path("upload", views.upload, name="upload"),

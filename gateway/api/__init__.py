@@ -10,7 +10,16 @@ from pydantic import ValidationError as PydanticValidationError
 
 from gateway.api import frontend, jobs, services, system
 from gateway.api.auth import API_AUTH
-from gateway.errors import DOMAIN_ERRORS, ApiError, error_response, from_domain, render
+from gateway.errors import (
+    DATABASE_OUTAGES,
+    DOMAIN_ERRORS,
+    ApiError,
+    database_unavailable,
+    error_response,
+    from_domain,
+    internal_error,
+    render,
+)
 from gateway.uploads import UploadTooLarge
 from processing.errors import InvalidParameters
 
@@ -41,6 +50,15 @@ def on_domain_error(request, exc: Exception):
 
 for _error in DOMAIN_ERRORS:
     api.add_exception_handler(_error, on_domain_error)
+
+
+def on_database_outage(request, exc: Exception):
+    logger.warning("database unavailable: %s", exc)
+    return render(database_unavailable())
+
+
+for _outage in DATABASE_OUTAGES:
+    api.add_exception_handler(_outage, on_database_outage)
 
 
 @api.exception_handler(UploadTooLarge)
@@ -105,4 +123,4 @@ def on_http_error(request, exc: HttpError):
 def on_unexpected_error(request, exc: Exception):
     # A bug, not the client's fault: log it whole, and still answer in the API's shape.
     logger.exception("unhandled error in %s %s", request.method, request.path)
-    return error_response(500, "internal_error", "something went wrong on our side; it has been logged")
+    return render(internal_error())

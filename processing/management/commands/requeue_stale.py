@@ -18,7 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, every: int, **options):
         while True:
-            count = publishing.republish(publishing.stale_jobs())
+            count = publishing.republish_stale()
             self.stdout.write(f"re-published {count} stale job(s)")
             if not every:
                 return
