@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from gateway.waiting import MAX_WAIT_SECONDS
 from tests import images
 from tests.stack import LiveStack, free_port, rabbitmqctl
 
@@ -48,6 +49,10 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_its_schema(live_
         "2",
         "--seed",
         "1",
+        # A generated long poll (?wait=N) of a job no worker takes is answered after N seconds, as
+        # documented: the client must wait that long, or it reports the wait as a network error.
+        "--request-timeout",
+        str(MAX_WAIT_SECONDS + 15),
     ]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
