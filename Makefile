@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run serve serve-http serve-ws worker requeue scale test lint format bench bench-api bench-ws bench-scaler bench-thumbor clean
+.PHONY: setup run serve serve-http serve-ws worker requeue scale test lint format bench bench-api bench-ws bench-scaler bench-thumbor chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ bench-api: $(STAMP)
 # WebSocket scale: 10,000 clients watching jobs on one server process (PostgreSQL, redis-server).
 bench-ws: $(STAMP)
 	$(BIN)/python -m bench.websockets $(BENCH_WS_ARGS)
+
+# The fault suite on the full stack: worker kills and PostgreSQL, RabbitMQ and Redis restarts under
+# load (it stops and starts this machine's services). CHAOS_ARGS="--jobs 60 --fault redis-restart".
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 bench-scaler: $(STAMP)
 	$(BIN)/python -m bench.scaler $(BENCH_ARGS)

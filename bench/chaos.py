@@ -35,8 +35,9 @@ from bench.stack import MANAGE, Stack, rabbitmqctl
 
 OUTAGE_SECONDS = 4  # how long a stopped service stays down
 SETTLE_SECONDS = 120  # after the fault, how long accepted jobs get to end before they count as stuck
-FAST_503_MS = 1000  # a 503 slower than this keeps a client waiting for nothing
+FAST_503_MS = 1500  # a 503 slower than this keeps a client waiting for nothing
 GIVE_UP_SECONDS = 90  # a client retrying 503s stops after this long
+SUBMIT_RATE = 20  # images per second while the fault lasts
 
 
 # --- the faults ---------------------------------------------------------------------------------
@@ -229,28 +230,26 @@ class Client:
 
 
 def run_fault(stack: Stack, fault: str, jobs: int, concurrency: int) -> Outcome:
+    """A third of the jobs, then the fault strikes while the rest go in at SUBMIT_RATE, and on until
+    the fault is over; then every accepted job is followed to its end."""
     outcome = Outcome(fault)
     client = Client(stack.base_url, outcome)
-    strike_after = jobs // 3
-    struck = threading.Event()
 
     def strike() -> None:
         try:
             FAULTS[fault](stack)
         except Exception as exc:  # a fault that could not be made is reported, not hidden
             outcome.fault_error = f"{exc.__class__.__name__}: {exc}"
-        finally:
-            struck.set()
 
     striker = threading.Thread(target=strike, name=f"fault {fault}")
-
-    def submit(index: int) -> None:
-        if index == strike_after:
-            striker.start()
-        client.submit(distinct_jpeg(index))
-
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(submit, range(jobs)))
+        list(pool.map(client.submit, map(distinct_jpeg, range(jobs // 3))))
+        striker.start()
+        index = jobs // 3
+        while index < jobs or striker.is_alive():
+            pool.submit(client.submit, distinct_jpeg(index))
+            index += 1
+            time.sleep(1 / SUBMIT_RATE)
     striker.join()
     client.follow(list(outcome.accepted), deadline=time.monotonic() + SETTLE_SECONDS)
     return outcome

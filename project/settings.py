@@ -144,8 +144,10 @@ if DATABASE_URL:
         DATABASES["default"]["CONN_MAX_AGE"] = 0
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
-            "max_size": env_int("DATABASE_POOL_SIZE", 10, minimum=1),
-            "timeout": 5,
+            # At least the server's request threads (project/asgi.py): no request queues for a connection,
+            "max_size": env_int("DATABASE_POOL_SIZE", 20, minimum=1),
+            # so a wait for one means the database is down, and waiting longer only delays the 503.
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 1.0),
         }
 else:
     DATABASES = {

@@ -24,7 +24,7 @@ from processing.operations import get_operation
 router = Router(tags=["jobs"])
 
 SUBMIT_ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 411, 413, 415, 422, 429, 503)}
-READ_ERRORS = {code: ErrorOut for code in (401, 403, 404, 422, 429)}
+READ_ERRORS = {code: ErrorOut for code in (401, 403, 404, 422, 429, 503)}
 
 
 def multipart_doc(service: str | None = None, *, many: bool = False) -> dict:

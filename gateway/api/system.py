@@ -11,7 +11,7 @@ from processing import broker, reports
 
 router = Router(tags=["system"])
 
-AUTH_ERRORS = {401: ErrorOut, 429: ErrorOut}
+AUTH_ERRORS = {401: ErrorOut, 429: ErrorOut, 503: ErrorOut}  # 503: the database is down
 
 
 def require_staff(request) -> None:
