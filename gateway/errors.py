@@ -12,6 +12,7 @@ from processing.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyInvalid,
     ImageTooLarge,
+    OutputTooLarge,
     StorageUnavailable,
     UnknownService,
     UnprocessableImage,
@@ -93,7 +94,7 @@ def from_domain(exc: Exception) -> ApiError:
     if isinstance(exc, UnprocessableImage):
         status = IMAGE_ERROR_STATUS.get(type(exc), 422)
         message = f"{exc.filename}: {exc.message}" if getattr(exc, "filename", None) else exc.message
-        return ApiError(status, exc.code, message)
+        return ApiError(status, exc.code, message, **image_error_details(exc))
     if isinstance(exc, BrokerUnavailable):
         return service_unavailable("broker")
     if isinstance(exc, StorageUnavailable):
@@ -103,6 +104,16 @@ def from_domain(exc: Exception) -> ApiError:
     if isinstance(exc, IdempotencyKeyInUse):
         return ApiError(409, "idempotency_key_in_use", str(exc))
     raise exc
+
+
+def image_error_details(exc: UnprocessableImage) -> dict:
+    """A too-large result names its parameters as `fields`, like any other 422 about parameters."""
+    if not isinstance(exc, OutputTooLarge):
+        return {}
+    problem = "makes the result larger than MAX_OUTPUT_PIXELS"
+    return {
+        "fields": [{"field": name, "rule": "max_output_pixels", "message": problem} for name in exc.fields]
+    }
 
 
 IMAGE_ERROR_STATUS = {EmptyImage: 400, UnsupportedImage: 415, ImageTooLarge: 413}

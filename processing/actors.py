@@ -9,7 +9,7 @@ from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
-from processing import jobs, lease, logcontext, storage
+from processing import jobs, lease, logcontext, storage, thumbnails
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import default_output_format, encode_image, load_image, mime_type_for
 from processing.models import Job
@@ -85,8 +85,10 @@ def run(job: Job, worker: str) -> None:
     # Only what the operation needs: a JPEG may decode at a fraction of its size, or as luma alone.
     hint = operation.decode_hint(params, job.input_width, job.input_height)
     with storage.local_path(job.input_key) as path:
-        image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint)
+        image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint, settings.MAX_JPEG_SCANS)
     timings["decode_ms"] = elapsed_ms(started)
+    # The gateway checked this from the header; here it holds for any job, before a pixel is made.
+    operation.check_output(params, info.width, info.height, settings.MAX_OUTPUT_PIXELS)
 
     step = time.perf_counter()
     result = operation.apply(image, params, jobs.ProgressReporter(job, worker))
@@ -97,6 +99,8 @@ def run(job: Job, worker: str) -> None:
         fields["report"] = result.report
     else:
         fields.update(store_image_output(job, result.image, params, info.format, timings))
+        thumbnails.store(fields["output_key"], result.image)
+    thumbnails.store(job.input_key, image)  # from the decoded pixels: the admin never decodes an upload
     # After storing: encode_ms and store_ms belong in the metrics too.
     fields["metrics"] = {**result.metrics, **timings}
     fields["processing_ms"] = elapsed_ms(started)

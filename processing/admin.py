@@ -3,31 +3,36 @@ images, timings and audit trail, and act on them: retry, cancel, re-publish the 
 letters, delete with their files.
 
 Every field is read-only: a job changes only through its lifecycle (processing.jobs).
-Storage keys never appear; images are shown as thumbnails made by an admin-only view.
+Storage keys never appear; images are shown as the thumbnails the worker stored when the job
+completed (processing.thumbnails), through an admin-only view: the web process never decodes an upload.
 """
 
 import json
 import logging
 
 from django.apps import apps
-from django.conf import settings
 from django.contrib import admin, messages
-from django.core.cache import cache
 from django.http import Http404, HttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from processing import jobs, publishing, storage
-from processing.errors import BrokerUnavailable, UnprocessableImage
-from processing.imaging import encode_image, load_image
+from processing import jobs, publishing, storage, thumbnails
+from processing.errors import BrokerUnavailable
 from processing.models import Job, owned_by, owner_identity
 
 logger = logging.getLogger(__name__)
 
-THUMBNAIL_EDGE = 160
-THUMBNAIL_CACHE_SECONDS = 24 * 3600
+THUMBNAIL_EDGE = thumbnails.EDGE
 IMAGE_SIDES = ("input", "output")
+# Shown until the worker has stored a job's thumbnail, and for a job that never had one made
+# (it finished with a copy of an earlier job's result, or before thumbnails were stored).
+PLACEHOLDER = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160" viewBox="0 0 160 160">'
+    b'<rect width="160" height="160" fill="#eee"/>'
+    b'<text x="80" y="86" font-family="sans-serif" font-size="16" fill="#888" text-anchor="middle">'
+    b"no preview</text></svg>"
+)
 # Failures recorded when a message died (retries used up, time limit, lost worker): the
 # message went to the dead-letter queue, and the input may well be fine.
 DEAD_LETTER_CODES = ("processing_error", "worker_lost", "time_limit_exceeded")
@@ -239,16 +244,17 @@ class JobAdmin(admin.ModelAdmin):
         ]
 
     def thumbnail_view(self, request, job_id, side: str):
-        """A small WebP of the job's input or output, for staff only: the files themselves stay private."""
+        """The job's stored input or output thumbnail, for staff only; a placeholder until it is made."""
         job = self.get_queryset(request).filter(pk=job_id).first()
-        if job is None or not self.has_view_permission(request, job) or not has_image(job, side):
+        if job is None or not self.has_view_permission(request, job) or not has_thumbnail(job, side):
             raise Http404("no such image")
         try:
-            data = thumbnail_bytes(job, side)
-        except (OSError, UnprocessableImage) as exc:  # a missing or damaged file
-            logger.warning("no thumbnail for the %s: %s", side, exc, extra={"job_id": str(job.id)})
-            raise Http404("no such image") from None
-        response = HttpResponse(data, content_type="image/webp")
+            data = storage.read(storage.thumbnail_key(file_key(job, side)))
+        except OSError:  # not stored (see PLACEHOLDER)
+            response = HttpResponse(PLACEHOLDER, content_type="image/svg+xml")
+            response["Cache-Control"] = "private, no-cache"
+            return response
+        response = HttpResponse(data, content_type=thumbnails.CONTENT_TYPE)
         response["Cache-Control"] = "private, max-age=3600"
         return response
 
@@ -333,15 +339,21 @@ class JobAdmin(admin.ModelAdmin):
 # --- Helpers ---------------------------------------------------------------------------------
 
 
-def has_image(job: Job, side: str) -> bool:
-    if side not in IMAGE_SIDES or job.files_removed_at:
+def file_key(job: Job, side: str) -> str:
+    return job.input_key if side == "input" else job.output_key
+
+
+def has_thumbnail(job: Job, side: str) -> bool:
+    """Whether the worker made (or should have made) a thumbnail: it does so when a job completes."""
+    if side not in IMAGE_SIDES or job.files_removed_at or job.status != Job.COMPLETED:
         return False
-    return bool(job.input_key) if side == "input" else bool(job.output_key and job.status == Job.COMPLETED)
+    return bool(file_key(job, side))
 
 
 def thumbnail_tag(job: Job, side: str, size: int) -> str:
-    if not has_image(job, side):
-        return "–"
+    if not has_thumbnail(job, side):
+        # A running job's thumbnails come when it completes; other jobs have none to show.
+        return "pending" if not job.is_finished else "–"
     url = reverse("admin:processing_job_thumbnail", args=[job.pk, side])
     return format_html(
         '<img src="{}" alt="{} of job {}" width="{}" height="{}" loading="lazy" '
@@ -352,22 +364,6 @@ def thumbnail_tag(job: Job, side: str, size: int) -> str:
         size,
         size,
     )
-
-
-def thumbnail_bytes(job: Job, side: str) -> bytes:
-    """Made once per image content and cached (Redis in the full stack): decoding a photo is slow."""
-    key, sha256 = (
-        (job.input_key, job.input_sha256) if side == "input" else (job.output_key, job.output_sha256)
-    )
-    cache_key = f"admin-thumbnail:{job.pk}:{side}:{sha256}"
-    data = cache.get(cache_key)
-    if data is None:
-        with storage.local_path(key) as local:
-            image, _ = load_image(local, settings.MAX_IMAGE_PIXELS)
-        image.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE))
-        data = encode_image(image, "webp", 80)
-        cache.set(cache_key, data, THUMBNAIL_CACHE_SECONDS)
-    return data
 
 
 def delete_files(job: Job) -> None:

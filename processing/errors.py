@@ -24,6 +24,21 @@ class ImageTooLarge(UnprocessableImage):
         super().__init__("image_too_large", message)
 
 
+class OutputTooLarge(UnprocessableImage):
+    """The parameters ask for a result with more pixels than MAX_OUTPUT_PIXELS; `fields` names them."""
+
+    def __init__(self, fields: tuple[str, ...], message: str):
+        super().__init__("output_too_large", message)
+        self.fields = fields
+
+
+class TooManyScans(UnprocessableImage):
+    """A progressive JPEG with so many scans that decoding it would cost far more than its size says."""
+
+    def __init__(self, message: str):
+        super().__init__("too_many_scans", message)
+
+
 class EmptyImage(UnprocessableImage):
     """A zero-byte upload."""
 

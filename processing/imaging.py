@@ -1,7 +1,9 @@
 """Reading uploads safely and writing results cleanly: the only place that decides which files are images."""
 
 import io
+import mmap
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from processing.errors import EmptyImage, ImageTooLarge, UnprocessableImage, UnsupportedImage
+from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
 
 # Pillow format names. Never EPS, PDF or PSD: their decoders are large attack surfaces
 # (EPS runs Ghostscript) and nobody needs them to resize a photo.
@@ -30,6 +32,12 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": 
 
 # What Pillow raises on damaged data, from the header parsers and the decoders.
 DECODING_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+
+# JPEG markers. Inside a scan's entropy-coded data a 0xFF byte is followed by 0x00 (stuffing), a
+# restart marker (0xD0-0xD7) or more 0xFF fill: anything else ends the scan.
+SOS, EOI = 0xDA, 0xD9
+STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}
+END_OF_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 # Orientations 5-8 swap width and height.
 SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
@@ -61,16 +69,19 @@ class DecodeHint:
     size: tuple[int, int] | None = None
 
 
-def probe(path: str | os.PathLike, max_pixels: int) -> ImageInfo:
-    """Identify an upload from its header alone; never decodes the pixels."""
+def probe(path: str | os.PathLike, max_pixels: int, max_jpeg_scans: int | None = None) -> ImageInfo:
+    """Identify an upload from its header alone (and a JPEG's markers); never decodes the pixels."""
     with open(path, "rb") as fp:
-        image = open_allowed(fp, max_pixels)
+        image = open_allowed(fp, max_pixels, max_jpeg_scans)
         width, height = displayed_size(image)
         return ImageInfo(format_of(image), width, height, MIME_TYPES[format_of(image)])
 
 
 def load_image(
-    path: str | os.PathLike, max_pixels: int, hint: DecodeHint | None = None
+    path: str | os.PathLike,
+    max_pixels: int,
+    hint: DecodeHint | None = None,
+    max_jpeg_scans: int | None = None,
 ) -> tuple[Image.Image, ImageInfo]:
     """Decode the first frame, upright, in sRGB, as L, LA, RGB or RGBA, for the operations to work on.
 
@@ -78,7 +89,7 @@ def load_image(
     the upload's displayed size as "source_size" (see source_size), and ImageInfo describes the upload.
     """
     with open(path, "rb") as fp:
-        image = open_allowed(fp, max_pixels)
+        image = open_allowed(fp, max_pixels, max_jpeg_scans)
         source_format = format_of(image)
         try:
             scale = reduce_decode(image, hint) if hint is not None and source_format == "JPEG" else 1
@@ -125,8 +136,9 @@ def source_size(image: Image.Image) -> tuple[int, int]:
     return image.info.get("source_size", image.size)
 
 
-def open_allowed(fp, max_pixels: int) -> Image.Image:
-    """Open the header with only the allowed decoders, refusing empty files and too many pixels."""
+def open_allowed(fp, max_pixels: int, max_jpeg_scans: int | None = None) -> Image.Image:
+    """Open the header with only the allowed decoders, refusing empty files, too many pixels and,
+    given max_jpeg_scans, a JPEG with more scans than that."""
     if os.fstat(fp.fileno()).st_size == 0:
         raise EmptyImage()
     try:
@@ -143,7 +155,54 @@ def open_allowed(fp, max_pixels: int) -> Image.Image:
         raise ImageTooLarge(
             f"{width}x{height} is {width * height / 1e6:.1f} megapixels; the limit is {max_pixels / 1e6:g}"
         )
+    if max_jpeg_scans is not None and format_of(image) == "JPEG":
+        check_jpeg_scans(fp, max_jpeg_scans)
     return image
+
+
+def check_jpeg_scans(fp, limit: int) -> None:
+    """Refuse a JPEG with more than `limit` scans, from its markers alone.
+
+    Decoding costs a pass over the whole image per scan, so a small progressive JPEG of thousands
+    of scans takes minutes. Counting them is a walk from marker to marker, stopped past the limit.
+    """
+    with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        scans = count_scans(data, stop_after=limit)
+    if scans > limit:
+        raise TooManyScans(
+            f"the JPEG has more than {limit} scans (MAX_JPEG_SCANS); decoding it would take minutes"
+        )
+
+
+def count_scans(data, stop_after: int) -> int:
+    """The SOS markers of the JPEG in `data` up to its first EOI, counting no further than stop_after + 1.
+
+    Segments are skipped by their lengths (an EXIF thumbnail is a whole JPEG inside one), a scan's
+    entropy-coded data by searching for the marker that ends it. A damaged walk just stops: the
+    decoder reports damage, this only bounds the work.
+    """
+    position, scans, size = 2, 0, len(data)  # after SOI
+    while position + 4 <= size and scans <= stop_after:
+        if data[position] != 0xFF:
+            break
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == EOI:
+            break
+        if marker in STANDALONE_MARKERS:
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        position += 2 + length
+        if marker == SOS:
+            scans += 1
+            end = END_OF_SCAN.search(data, position)
+            if end is None:
+                break
+            position = end.start()
+    return scans
 
 
 def format_of(image: Image.Image) -> str:

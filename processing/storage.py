@@ -1,4 +1,5 @@
-"""Where a job's files live: `uploads/<job id>/` and `results/<job id>/` in the default storage."""
+"""Where a job's files live: `uploads/<job id>/` and `results/<job id>/` in the default storage,
+and their admin thumbnails under `thumbnails/`."""
 
 import os
 import shutil
@@ -18,6 +19,12 @@ def output_key(job_id: str, extension: str) -> str:
     return f"results/{job_id}/output.{extension}"
 
 
+def thumbnail_key(key: str) -> str:
+    """Where the admin's thumbnail of the file at `key` is stored: a folder of their own, so that
+    a job's results folder holds its one output and nothing else."""
+    return f"thumbnails/{key}.webp"
+
+
 def save_upload(key: str, uploaded_file) -> str:
     """Store an uploaded file under exactly `key` (never the client's filename)."""
     return default_storage.save(key, uploaded_file)
@@ -33,10 +40,18 @@ def copy(source_key: str, target_key: str) -> str:
         return default_storage.save(target_key, source)
 
 
+def read(key: str) -> bytes:
+    """The stored file's bytes (for small files: thumbnails); OSError (FileNotFoundError) if it is absent."""
+    with default_storage.open(key, "rb") as stored:
+        return stored.read()
+
+
 def delete_job_files(*keys: str) -> None:
+    """Delete each file and its thumbnail (which may never have been made)."""
     for key in keys:
         if key:
             default_storage.delete(key)
+            default_storage.delete(thumbnail_key(key))
 
 
 @contextmanager

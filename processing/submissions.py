@@ -123,6 +123,7 @@ def create_jobs(submission: Submission) -> list[Job]:
     inspected = [(upload, inspect(upload)) for upload in submission.uploads]
     for _, info in inspected:
         operation.check_fits(params, info.width, info.height)
+        operation.check_output(params, info.width, info.height, settings.MAX_OUTPUT_PIXELS)
 
     canonical = params.model_dump(mode="json")
     created: list[Job] = []
@@ -145,7 +146,7 @@ def create_jobs(submission: Submission) -> list[Job]:
 def inspect(upload: Upload) -> ImageInfo:
     """The upload's header facts; an UnprocessableImage names the file it is about (`filename`)."""
     try:
-        return probe(upload.temporary_file_path(), settings.MAX_IMAGE_PIXELS)
+        return probe(upload.temporary_file_path(), settings.MAX_IMAGE_PIXELS, settings.MAX_JPEG_SCANS)
     except UnprocessableImage as exc:
         exc.filename = upload.name
         raise

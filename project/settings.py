@@ -282,6 +282,11 @@ STORAGES = {
 # --- Uploads ------------------------------------------------------------------
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 25 * 1024 * 1024, minimum=1)
 MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 50_000_000, minimum=1)
+# Bounded work: what a small upload may ask the workers to make or decode.
+MAX_OUTPUT_PIXELS = env_int("MAX_OUTPUT_PIXELS", MAX_IMAGE_PIXELS, minimum=1)
+# Each scan of a progressive JPEG is one more pass over the whole image when it is decoded;
+# ordinary encoders write about 10. libjpeg-turbo's own tools suggest refusing beyond a few hundred.
+MAX_JPEG_SCANS = env_int("MAX_JPEG_SCANS", 100, minimum=1)
 # A whole request body: the upload plus its multipart framing and form fields.
 MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", MAX_UPLOAD_BYTES + 1024 * 1024, minimum=1)
 # Uploads always stream to a temporary file on disk, never into memory.

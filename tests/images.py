@@ -247,19 +247,109 @@ def truncated_jpeg_bytes() -> bytes:
     return data[: len(data) // 2]
 
 
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def png_header_bytes(width: int = 30000, height: int = 30000) -> bytes:
     """A PNG whose header claims width x height (8-bit RGB) but holds a few bytes of pixel data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(bytes(4 * width)))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(bytes(4 * width)))
+        + png_chunk(b"IEND", b"")
     )
+
+
+# Hostile files: small, and each one a large cost for whoever decodes it carelessly
+
+
+def gif_header_bytes(width: int = 65535, height: int = 65535) -> bytes:
+    """A GIF whose screen and first frame claim width x height, with one byte of image data."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0)
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0)
+    return screen + frame + b"\x08\x01\x00\x00\x3b"
+
+
+def bmp_header_bytes(width: int = 30000, height: int = 30000) -> bytes:
+    """A 24-bit BMP whose header claims width x height, with a few bytes of pixels."""
+    pixels = bytes(16)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    file_header = b"BM" + struct.pack("<IHHI", 14 + len(info) + len(pixels), 0, 0, 14 + len(info))
+    return file_header + info + pixels
+
+
+def tiff_header_bytes(width: int = 30000, height: int = 30000) -> bytes:
+    """An uncompressed 8-bit greyscale TIFF whose tags claim width x height, with a few bytes of pixels."""
+    tags = [  # (tag, type SHORT=3 / LONG=4, value)
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 8),  # the strip starts right after the 8-byte header
+        (277, 3, 1),
+        (278, 4, height),
+        (279, 4, 16),
+    ]
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, value in tags:
+        ifd += struct.pack("<HHI", tag, kind, 1) + (
+            struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        )
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8 + 16) + bytes(16) + ifd
+
+
+def cut_jpeg_bytes(length: int = 250) -> bytes:
+    """The first `length` bytes of a photo's JPEG: cut inside its header (quantisation and Huffman tables)."""
+    return jpeg_bytes(photo(64, 64))[:length]
+
+
+def cut_png_bytes(length: int = 20) -> bytes:
+    """The first `length` bytes of a PNG: 20 cuts its header chunk, 60 its pixel data."""
+    return png_bytes(photo(64, 64))[:length]
+
+
+def png_bomb_bytes(kind: bytes = b"zTXt", after_pixels: bool = False) -> bytes:
+    """An 8x8 PNG with a zTXt, iTXt or iCCP chunk of 50 MB of zeros compressed to about 50 KB."""
+    payload = zlib.compress(bytes(50_000_000), 9)
+    body = {b"zTXt": b"note\x00\x00", b"iTXt": b"note\x00\x01\x00\x00\x00", b"iCCP": b"icc\x00\x00"}[kind]
+    chunk = png_chunk(kind, body + payload)
+    data = png_bytes(gradient(8, 8))
+    at = data.index(b"IEND") - 4 if after_pixels else 33  # 33: just after the IHDR chunk
+    return data[:at] + chunk + data[at:]
+
+
+def many_scans_jpeg_bytes(scans: int = 20_000, width: int = 256, height: int = 256) -> bytes:
+    """A progressive JPEG with one of its (12-byte) scans repeated until it has `scans` of them.
+
+    Decoding makes a pass over the whole image per scan: at 4000x4000 and 20,000 scans, about 250 KB
+    that take minutes to decode.
+    """
+    data = encode(solid(width, height, (90, 140, 200)), "JPEG", progressive=True, quality=90)
+    start, end = smallest_scan(data)
+    present = data.count(b"\xff\xda")
+    return data[:end] + data[start:end] * (scans - present) + data[end:]
+
+
+def smallest_scan(data: bytes) -> tuple[int, int]:
+    """(start, end) of the JPEG's shortest scan: its SOS segment and its entropy-coded data."""
+    found, position = [], 2
+    while data[position + 1] != 0xD9:
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        end = position + 2 + length
+        if data[position + 1] == 0xDA:
+            end = next(
+                i
+                for i in range(end, len(data) - 1)
+                if data[i] == 0xFF and data[i + 1] not in (0, *range(0xD0, 0xD8))
+            )
+            found.append((end - position, position, end))
+        position = end
+    _, start, end = min(found)
+    return start, end
 
 
 def animated_gif_bytes(colors=(RED, GREEN, BLUE), size: int = 16) -> bytes:

@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 from PIL import Image
 
-from processing import jobs
+from processing import jobs, storage
 from processing.actors import process_job
 from processing.models import Job
 from tests import images
@@ -22,9 +22,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CHANGELIST = "/admin/processing/job/"
 
 
-def create_job(client, service: str = "grayscale", seed: int = 0, headers: dict | None = None) -> Job:
+def create_job(
+    client, service: str = "grayscale", seed: int = 0, headers: dict | None = None, **params
+) -> Job:
     """A job made through the API, each from an image of its own (so no result is reused)."""
-    response = submit(client, service, headers=headers, image=png(image=images.noise(32, 24, seed=seed)))
+    image = png(image=images.noise(32, 24, seed=seed))
+    response = submit(client, service, headers=headers, image=image, **params)
     assert response.status_code == 202, response.content
     return Job.objects.get(id=response.json()["job_id"])
 
@@ -100,6 +103,48 @@ def test_the_list_shows_input_and_output_thumbnails_to_staff_only(admin_client, 
         assert Client().get(url).status_code == 302  # to the login page
 
 
+def test_thumbnails_are_made_by_the_worker_so_the_admin_never_decodes_an_upload(
+    admin_client, client, stub_broker, monkeypatch
+):
+    job = create_job(client, service="rotate", angle="90")
+    process_queued(stub_broker)
+    # What the worker stored is all the admin shows: decoding anything now would fail the test.
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: pytest.fail("the admin decoded an image"))
+
+    assert admin_client.get(CHANGELIST).status_code == 200
+    assert admin_client.get(f"{CHANGELIST}{job.id}/change/").status_code == 200
+    thumbnails = {
+        side: admin_client.get(f"{CHANGELIST}{job.id}/thumbnail/{side}/").content
+        for side in ("input", "output")
+    }
+    monkeypatch.undo()
+    sizes = {side: Image.open(io.BytesIO(data)).size for side, data in thumbnails.items()}
+    assert sizes == {"input": (32, 24), "output": (24, 32)}  # a 32x24 input, turned a quarter: not enlarged
+
+
+def test_a_job_that_has_not_completed_shows_a_placeholder_until_it_does(admin_client, client, stub_broker):
+    job = create_job(client)
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert f"{job.id}/thumbnail/" not in html and "pending" in html
+    assert admin_client.get(f"{CHANGELIST}{job.id}/thumbnail/input/").status_code == 404
+
+    process_queued(stub_broker)
+    assert f"{job.id}/thumbnail/input/" in admin_client.get(CHANGELIST).content.decode()
+
+
+def test_a_completed_job_without_a_stored_thumbnail_gets_a_placeholder(admin_client, client, stub_broker):
+    job = create_job(client)
+    process_queued(stub_broker)
+    job.refresh_from_db()
+    default_storage.delete(
+        storage.thumbnail_key(job.input_key)
+    )  # e.g. it completed before thumbnails were kept
+
+    response = admin_client.get(f"{CHANGELIST}{job.id}/thumbnail/input/")
+    assert response.status_code == 200 and response["Content-Type"] == "image/svg+xml"
+    assert b"no preview" in response.content
+
+
 def test_a_job_without_an_output_has_no_output_thumbnail(admin_client, client, stub_broker):
     job = create_job(client)
     assert admin_client.get(f"{CHANGELIST}{job.id}/thumbnail/output/").status_code == 404
@@ -168,7 +213,8 @@ def test_deleting_jobs_removes_their_files(admin_client, client, stub_broker):
     job = create_job(client)
     process_queued(stub_broker)
     job.refresh_from_db()
-    keys = (job.input_key, job.output_key)
+    files = (job.input_key, job.output_key)
+    keys = (*files, *(storage.thumbnail_key(key) for key in files))
     assert all(default_storage.exists(key) for key in keys)
 
     confirm = admin_client.post(CHANGELIST, {"action": "delete_selected", "_selected_action": [str(job.id)]})

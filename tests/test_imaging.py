@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from processing.errors import EmptyImage, ImageTooLarge, UnprocessableImage, UnsupportedImage
+from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
 from processing.imaging import (
     ALLOWED_INPUT_FORMATS,
     OUTPUT_FORMATS,
     DecodeHint,
     ImageInfo,
+    count_scans,
     default_output_format,
     encode_image,
     load_image,
@@ -111,6 +112,37 @@ def test_probe_reports_the_displayed_size_of_a_rotated_photo(upload):
 def test_probe_does_not_decode_the_pixels(upload):
     # The data after the header is missing; only a decode would notice.
     assert probe(upload(images.truncated_jpeg_bytes()), LIMIT).format == "JPEG"
+
+
+# JPEG scans: counted from the markers, without decoding
+
+
+def test_a_baseline_jpeg_has_one_scan_and_a_progressive_one_about_ten():
+    assert count_scans(images.jpeg_bytes(images.photo(64, 64)), stop_after=100) == 1
+    assert (
+        5 <= count_scans(images.encode(images.photo(64, 64), "JPEG", progressive=True), stop_after=100) <= 20
+    )
+
+
+def test_the_scans_of_a_thumbnail_inside_an_app_segment_are_not_counted():
+    plain = images.encode(images.photo(64, 64), "JPEG", progressive=True)
+    thumbnail = images.encode(images.photo(48, 32), "JPEG", progressive=True)  # as EXIF carries one
+    app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    with_thumbnail = plain[:2] + app1 + plain[2:]
+    assert count_scans(with_thumbnail, stop_after=100) == count_scans(plain, stop_after=100)
+
+
+def test_counting_stops_just_past_the_limit():
+    assert count_scans(images.many_scans_jpeg_bytes(20_000), stop_after=100) == 101
+
+
+@pytest.mark.parametrize("read", [probe, load_image], ids=["probe", "load_image"])
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(upload, read):
+    path = upload(images.many_scans_jpeg_bytes(500))
+    with pytest.raises(TooManyScans) as caught:
+        read(path, LIMIT, max_jpeg_scans=100)
+    assert caught.value.code == "too_many_scans" and "MAX_JPEG_SCANS" in caught.value.message
+    assert probe(path, LIMIT).format == "JPEG"  # no limit given: no count
 
 
 # load_image

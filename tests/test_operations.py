@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, ImageFilter
 from pydantic import ValidationError
 
-from processing.errors import Cancelled, InvalidParameters
+from processing.errors import Cancelled, InvalidParameters, OutputTooLarge
 from processing.imaging import OUTPUT_FORMATS, DecodeHint, encode_image, load_image
 from processing.operations import OPERATIONS, Operation, OperationResult, get_operation
 from processing.operations import grayscale as grayscale_module
@@ -173,13 +173,99 @@ def test_a_crop_box_covering_the_whole_image_fits():
     operation.check_fits(operation.parse({"x": 0, "y": 0, "width": 40, "height": 30}), 40, 30)
 
 
-def test_a_resize_over_100_megapixels_is_refused():
+# Output sizes: known before any pixel is made, and bounded by MAX_OUTPUT_PIXELS
+
+# (service, parameters, input size, the size of the image it makes); None: a report, no image.
+OUTPUT_SIZES = [
+    ("grayscale", {"threads": 3}, (64, 48), (64, 48)),
+    ("sobel", {}, (64, 48), (64, 48)),
+    ("blur", {"radius": 3}, (64, 48), (64, 48)),
+    ("sharpen", {}, (64, 48), (64, 48)),
+    ("convert", {"format": "png"}, (64, 48), (64, 48)),
+    ("crop", {"x": 2, "y": 3, "width": 10, "height": 8}, (64, 48), (10, 8)),
+    ("thumbnail", {"size": 16}, (64, 48), (16, 12)),
+    ("thumbnail", {"size": 16}, (1, 64), (1, 16)),
+    ("thumbnail", {"size": 100}, (64, 48), (64, 48)),  # never enlarged
+    ("resize", {"width": 32}, (64, 48), (32, 24)),
+    ("resize", {"height": 96}, (64, 48), (128, 96)),
+    ("resize", {"width": 20, "height": 20, "fit": "contain"}, (64, 48), (20, 15)),
+    ("resize", {"width": 20, "height": 20, "fit": "cover"}, (64, 48), (20, 20)),
+    ("resize", {"width": 90, "height": 10, "fit": "fill"}, (64, 48), (90, 10)),
+    ("resize", {"width": 128, "fit": "inside"}, (64, 48), (64, 48)),
+    ("rotate", {"angle": 90}, (64, 48), (48, 64)),
+    ("rotate", {"angle": -90, "expand": False}, (64, 48), (64, 48)),
+    ("rotate", {"angle": 180}, (64, 48), (64, 48)),
+    ("rotate", {"angle": 45}, (64, 48), (80, 80)),
+    ("rotate", {"angle": 30}, (64, 48), (80, 74)),
+    ("rotate", {"angle": 30, "expand": False}, (64, 48), (64, 48)),
+    ("analyze", {}, (64, 48), None),
+]
+
+
+def test_every_service_has_its_output_size_checked():
+    assert {service for service, *_ in OUTPUT_SIZES} == set(OPERATIONS)
+
+
+@pytest.mark.parametrize("service, raw, size, expected", OUTPUT_SIZES)
+def test_each_operation_knows_its_output_size_from_the_input_size(service, raw, size, expected):
+    operation = get_operation(service)
+    params = operation.parse(raw)
+    assert operation.output_size(params, *size) == expected
+    result = operation.apply(images.gradient(*size), params, no_progress)
+    made = result.image.size if result.image is not None else None
+    assert made == expected  # the prediction is what the operation then makes
+
+
+@pytest.mark.parametrize("angle", [1, 7.5, 33, 45, 60, 89.9, 135, 200, 271, 333.3, -45, -170])
+@pytest.mark.parametrize("size", [(1, 1), (3, 700), (640, 480), (99, 101)])
+def test_the_rotated_size_agrees_with_pillow_to_the_pixel(angle, size):
+    operation = get_operation("rotate")
+    params = operation.parse({"angle": angle})
+    made = Image.new("L", size).rotate(angle, expand=True).size
+    assert operation.output_size(params, *size) == made
+
+
+@pytest.mark.parametrize(
+    "service, raw, size, fields",
+    [
+        ("resize", {"width": 10000, "height": 10000, "fit": "fill"}, (10, 10), ("width", "height")),
+        ("resize", {"width": 10000}, (1000, 1000), ("width",)),
+        ("rotate", {"angle": 45}, (20000, 200), ("angle", "expand")),
+        ("crop", {"x": 0, "y": 0, "width": 9000, "height": 9000}, (9000, 9000), ("width", "height")),
+        ("blur", {}, (9000, 9000), ()),
+    ],
+)
+def test_a_result_over_the_output_limit_is_refused_naming_the_parameters(service, raw, size, fields):
+    operation = get_operation(service)
+    with pytest.raises(OutputTooLarge) as caught:
+        operation.check_output(operation.parse(raw), *size, max_pixels=50_000_000)
+    assert caught.value.code == "output_too_large" and caught.value.fields == fields
+    assert "exceeds MAX_OUTPUT_PIXELS (50000000)" in caught.value.message
+    for name in fields:
+        assert f"{name}=" in caught.value.message
+
+
+def test_the_output_limit_names_the_values_as_a_client_writes_them():
+    operation = get_operation("rotate")
+    with pytest.raises(OutputTooLarge) as caught:
+        operation.check_output(operation.parse({"angle": "45"}), 20000, 200, max_pixels=50_000_000)
+    assert caught.value.message == (
+        "angle=45, expand=true: the result would be 14284 × 14284 = 204032656 pixels, "
+        "which exceeds MAX_OUTPUT_PIXELS (50000000)"
+    )
+
+
+def test_a_result_of_exactly_the_output_limit_is_allowed():
     operation = get_operation("resize")
     params = operation.parse({"width": 10000})
-    operation.check_fits(params, 1000, 1000)  # 10000 x 10000: exactly at the limit
-    with pytest.raises(InvalidParameters) as caught:
-        operation.check_fits(params, 100, 101)
-    assert caught.value.field == "width"
+    operation.check_output(params, 1000, 1000, max_pixels=100_000_000)  # 10000 x 10000
+    with pytest.raises(OutputTooLarge):
+        operation.check_output(params, 100, 101, max_pixels=100_000_000)
+
+
+def test_a_report_makes_no_image_so_has_no_output_limit():
+    operation = get_operation("analyze")
+    operation.check_output(operation.parse({}), 7000, 7000, max_pixels=1)
 
 
 def test_operations_without_a_size_rule_fit_any_image():

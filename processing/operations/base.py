@@ -3,11 +3,12 @@
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from processing.errors import OutputTooLarge
 from processing.imaging import DecodeHint
 
 ProgressCallback = Callable[[float], None]
@@ -39,6 +40,13 @@ class OutputOptions(Params):
     )
     quality: int = Field(85, ge=1, le=100, description="JPEG and WebP quality; PNG ignores it.")
 
+    # The parameters that decide the result's size, named when it would be too large.
+    size_fields: ClassVar[tuple[str, ...]] = ()
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The result's size for an input of width x height, before any pixel is made: by default the same."""
+        return width, height
+
     @field_validator("format", mode="before")
     @classmethod
     def format_names_are_forgiving(cls, value: Any) -> Any:
@@ -50,6 +58,11 @@ class OutputOptions(Params):
 
 class ReportParams(Params):
     """The base for operations that produce a report rather than an image."""
+
+    size_fields: ClassVar[tuple[str, ...]] = ()
+
+    def output_size(self, width: int, height: int) -> None:
+        return None  # no image is made
 
 
 @dataclass
@@ -77,6 +90,27 @@ class Operation:
         if check is not None:
             check(width, height)
 
+    def output_size(self, params: BaseModel, width: int, height: int) -> tuple[int, int] | None:
+        """The size of the image these parameters make from a width x height input; None for a report."""
+        return params.output_size(width, height)
+
+    def check_output(self, params: BaseModel, width: int, height: int, max_pixels: int) -> None:
+        """Raise OutputTooLarge, naming the parameters, when the result would have over max_pixels pixels.
+
+        Called with the input's size from its header, so nothing is decoded or made for a refused job.
+        """
+        size = self.output_size(params, width, height)
+        if size is None or size[0] * size[1] <= max_pixels:
+            return
+        fields = tuple(name for name in params.size_fields if getattr(params, name) is not None)
+        given = [f"{name}={json_value(getattr(params, name))}" for name in fields]
+        asked = ", ".join(given) if given else f"the input's own size ({width} × {height})"
+        raise OutputTooLarge(
+            fields,
+            f"{asked}: the result would be {size[0]} × {size[1]} = {size[0] * size[1]} pixels, "
+            f"which exceeds MAX_OUTPUT_PIXELS ({max_pixels})",
+        )
+
     def decode_hint(self, params: BaseModel, width: int, height: int) -> DecodeHint | None:
         """What the decoder may leave out for these parameters on an image of this (displayed) size.
 
@@ -93,3 +127,12 @@ def shrink_hint(width: int, height: int, x_scale: float, y_scale: float) -> Deco
     """The hint for a result that shrinks a width x height image by these factors; None if nothing shrinks."""
     size = (math.ceil(width * x_scale * DECODE_GAP), math.ceil(height * y_scale * DECODE_GAP))
     return DecodeHint(size=size) if size[0] < width and size[1] < height else None
+
+
+def json_value(value: Any) -> str:
+    """A parameter as a client would write it: true, not True; 45, not 45.0."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

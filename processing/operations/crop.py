@@ -1,5 +1,7 @@
 """Cut out a rectangle."""
 
+from typing import ClassVar
+
 from PIL import Image
 from pydantic import Field
 
@@ -12,6 +14,11 @@ class CropParams(OutputOptions):
     y: int = Field(ge=0, description="Top edge of the box, in pixels from the top of the image.")
     width: int = Field(ge=1, description="Box width in pixels.")
     height: int = Field(ge=1, description="Box height in pixels.")
+
+    size_fields: ClassVar[tuple[str, ...]] = ("width", "height")
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        return self.width, self.height  # check_fits keeps the box inside the image
 
     def check_fits(self, width: int, height: int) -> None:
         size = f"the image is {width}x{height}"

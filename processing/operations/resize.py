@@ -1,11 +1,10 @@
 """Resize to a box, keeping or ignoring the aspect ratio."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from PIL import Image, ImageOps
 from pydantic import Field, model_validator
 
-from processing.errors import InvalidParameters
 from processing.imaging import DecodeHint, source_size
 from processing.operations.base import (
     Operation,
@@ -14,8 +13,6 @@ from processing.operations.base import (
     ProgressCallback,
     shrink_hint,
 )
-
-MAX_OUTPUT_PIXELS = 100_000_000
 
 
 class ResizeParams(OutputOptions):
@@ -26,6 +23,8 @@ class ResizeParams(OutputOptions):
         description="contain: fit inside the box; cover: fill the box, cropping the centre; "
         "fill: stretch to the box; inside: like contain, but never enlarge.",
     )
+
+    size_fields: ClassVar[tuple[str, ...]] = ("width", "height")
 
     @model_validator(mode="after")
     def needs_a_dimension(self) -> "ResizeParams":
@@ -59,21 +58,10 @@ class ResizeParams(OutputOptions):
         """Cover with both sides given: crop the centre to the box's ratio (one side alone is contain)."""
         return self.fit == "cover" and self.width is not None and self.height is not None
 
-    def check_fits(self, width: int, height: int) -> None:
-        out_width, out_height = self.output_size(width, height)
-        if out_width * out_height > MAX_OUTPUT_PIXELS:
-            raise InvalidParameters(
-                "width" if self.width is not None else "height",
-                f"the result would be {out_width}x{out_height}, over the limit of "
-                f"{MAX_OUTPUT_PIXELS // 1_000_000} megapixels",
-            )
-
 
 def resize(image: Image.Image, params: ResizeParams, progress: ProgressCallback) -> OperationResult:
     # From the upload's size, not a reduced decode's: the result is the size the user asked for.
-    width, height = source_size(image)
-    params.check_fits(width, height)
-    size = params.output_size(width, height)
+    size = params.output_size(*source_size(image))
     if size == image.size:
         resized = image
     elif params.covers:

@@ -1,5 +1,8 @@
 """Rotate counter-clockwise by any angle; right angles are exact."""
 
+import math
+from typing import ClassVar
+
 from PIL import Image
 from pydantic import Field
 
@@ -18,6 +21,27 @@ class RotateParams(OutputOptions):
     fill: str = Field(
         "#ffffff", pattern=r"^#[0-9a-fA-F]{6}$", description="Colour of the uncovered corners, as #rrggbb."
     )
+
+    size_fields: ClassVar[tuple[str, ...]] = ("angle", "expand")
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The input's size without expand; with it, the turned canvas's bounding box (as Image.rotate)."""
+        angle = self.angle % 360
+        if not self.expand or angle in (0, 180):
+            return width, height
+        if angle in (90, 270):
+            return height, width
+        # Image.rotate's own arithmetic (its matrix rounded to 15 digits, the corners of the canvas
+        # mapped by it, ceil(max) - floor(min)), so the size agrees with it to the pixel.
+        radians = -math.radians(angle)
+        a, b = round(math.cos(radians), 15), round(math.sin(radians), 15)
+        d, e = round(-math.sin(radians), 15), round(math.cos(radians), 15)
+        cx, cy = width / 2, height / 2
+        c, f = a * -cx + b * -cy + cx, d * -cx + e * -cy + cy
+        corners = ((0, 0), (width, 0), (width, height), (0, height))
+        xs = [a * x + b * y + c for x, y in corners]
+        ys = [d * x + e * y + f for x, y in corners]
+        return math.ceil(max(xs)) - math.floor(min(xs)), math.ceil(max(ys)) - math.floor(min(ys))
 
 
 def rotate(image: Image.Image, params: RotateParams, progress: ProgressCallback) -> OperationResult:

@@ -1,5 +1,8 @@
 """A small preview: the longest edge at most `size`, never enlarged."""
 
+import math
+from typing import ClassVar
+
 from PIL import Image
 from pydantic import Field
 
@@ -16,9 +19,25 @@ from processing.operations.base import (
 class ThumbnailParams(OutputOptions):
     size: int = Field(256, ge=1, le=2048, description="Longest edge in pixels; never enlarged.")
 
+    size_fields: ClassVar[tuple[str, ...]] = ("size",)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """Image.thumbnail's size: the aspect kept as closely as whole pixels allow, never enlarged."""
+        if self.size >= width and self.size >= height:
+            return width, height
+        aspect = width / height
+        if aspect <= 1:  # the height is the longest edge
+            return closest(self.size * aspect, key=lambda n: abs(aspect - n / self.size)), self.size
+        return self.size, closest(self.size / aspect, key=lambda n: abs(aspect - self.size / n) if n else 0)
+
     def decode_hint(self, width: int, height: int) -> DecodeHint | None:
         scale = self.size / max(width, height)
         return shrink_hint(width, height, scale, scale)
+
+
+def closest(number: float, key) -> int:
+    """Whichever of floor and ceil of `number` the key likes best, at least 1 (as Image.thumbnail rounds)."""
+    return max(min(math.floor(number), math.ceil(number), key=key), 1)
 
 
 def thumbnail(image: Image.Image, params: ThumbnailParams, progress: ProgressCallback) -> OperationResult:
