@@ -7,6 +7,7 @@ from processing.errors import (
     EmptyImage,
     IdempotencyKeyInUse,
     IdempotencyKeyInvalid,
+    IdempotencyKeyMismatch,
     ImageTooLarge,
     StorageUnavailable,
     UnknownService,
@@ -70,6 +71,8 @@ def from_domain(exc: Exception) -> ApiError:
         return ApiError(400, "invalid_idempotency_key", str(exc))
     if isinstance(exc, IdempotencyKeyInUse):
         return ApiError(409, "idempotency_key_in_use", str(exc))
+    if isinstance(exc, IdempotencyKeyMismatch):
+        return ApiError(422, "idempotency_mismatch", str(exc))
     raise exc
 
 
@@ -81,4 +84,5 @@ DOMAIN_ERRORS = (
     StorageUnavailable,
     IdempotencyKeyInvalid,
     IdempotencyKeyInUse,
+    IdempotencyKeyMismatch,
 )
