@@ -7,7 +7,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run serve serve-http serve-ws worker requeue scale test lint format bench bench-api bench-ws bench-scaler bench-thumbor chaos clean
+.PHONY: setup run serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-ws \
+	bench-scaler bench-thumbor chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,20 +30,24 @@ run: setup
 # One process for HTTP and WebSockets: uvicorn streams request bodies to disk (constant memory).
 # WebSockets: the sans-I/O protocol and no per-message compression keep a socket near 32 KB.
 UVICORN_WS := --ws websockets-sansio --ws-per-message-deflate false --ws-max-size 65536 --backlog 4096
+# X-Forwarded-For and -Proto only from TRUSTED_PROXIES (empty: from no one). uvicorn's own default
+# trusts 127.0.0.1, so that any local client could pick its address, and so its rate limits.
+UVICORN_TRUST = --forwarded-allow-ips "$${TRUSTED_PROXIES:-}"
 
 serve: setup
 	ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
-		--workers $${WEB_CONCURRENCY:-1} --no-access-log --timeout-graceful-shutdown 30 $(UVICORN_WS)
+		--workers $${WEB_CONCURRENCY:-1} --no-access-log --timeout-graceful-shutdown 30 $(UVICORN_WS) $(UVICORN_TRUST)
 
 # Behind nginx (deploy/nginx): the HTTP API on uvicorn processes, one per core, /ws/ on uvicorn.
 # ASGI, so that async views (a long poll, GET /api/v1/jobs/{id}?wait=N) hold no worker or thread.
 serve-http: setup
 	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
-		--workers $${WEB_CONCURRENCY:-$$(nproc)} --no-access-log --timeout-graceful-shutdown 30 --backlog 4096
+		--workers $${WEB_CONCURRENCY:-$$(nproc)} --no-access-log --timeout-graceful-shutdown 30 --backlog 4096 \
+		$(UVICORN_TRUST)
 
 serve-ws: setup
 	ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(WS_PORT) \
-		--no-access-log $(UVICORN_WS)
+		--no-access-log $(UVICORN_WS) $(UVICORN_TRUST)
 
 
 # Worker processes for the full stack (BROKER_URL set).
@@ -51,6 +56,10 @@ worker: $(STAMP)
 
 requeue: $(STAMP)
 	$(BIN)/python manage.py requeue_stale --every 30
+
+# Removes files of jobs past FILE_TTL_SECONDS and files whose job is gone, every hour (full stack).
+cleanup: $(STAMP)
+	$(BIN)/python manage.py cleanup_files --every 3600
 
 test: $(STAMP)
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0

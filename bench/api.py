@@ -65,7 +65,7 @@ def server_commands(port: int, processes: int) -> dict[str, list[str]]:
             "uvicorn",
             "project.asgi:application",
             *("--host", "127.0.0.1", "--port", str(port), "--workers", str(processes)),
-            *("--no-access-log", "--loop", "uvloop", "--http", "httptools"),
+            *("--no-access-log", "--loop", "uvloop", "--http", "httptools", "--forwarded-allow-ips", ""),
         ],
         "granian": [
             *python,

@@ -84,6 +84,8 @@ class Stack(StartedOrCleanedUp):
             "RATE_LIMIT_SUBMIT": "1000000/s",
             "RATE_LIMIT_READ": "1000000/s",
             "RESULT_REUSE": "false",
+            "SECRET_KEY": f"bench-{uuid.uuid4().hex}",  # the embedded default is refused with services
+            "API_KEYS_REQUIRED": "false",  # the load client is anonymous
             **settings,
         }
 
@@ -97,7 +99,9 @@ class Stack(StartedOrCleanedUp):
         if done.returncode:
             raise StackError(f"manage.py migrate failed:\n{done.stdout}{done.stderr}")
         command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(self.port)]
-        self.spawn("server", [*command, "--host", "127.0.0.1", "--no-access-log"])
+        self.spawn(
+            "server", [*command, "--host", "127.0.0.1", "--no-access-log", "--forwarded-allow-ips", ""]
+        )
         for number in range(self.workers):
             command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(self.threads)]
             self.spawn(f"worker{number + 1}", command)

@@ -132,6 +132,8 @@ class Stack(StartedOrCleanedUp):
             "EMBEDDED_WORKERS": "false",  # this bench drives the jobs itself
             "DEBUG": "false",
             "LOG_LEVEL": "WARNING",
+            "SECRET_KEY": f"bench-ws-{uuid.uuid4().hex}",  # the embedded default is refused with services
+            "API_KEYS_REQUIRED": "false",  # the clients are anonymous
         }
         self.url = f"ws://127.0.0.1:{self.port}"
 
@@ -146,7 +148,15 @@ class Stack(StartedOrCleanedUp):
         manage = [sys.executable, str(ROOT / "manage.py")]
         subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=self.env, check=True, cwd=ROOT)
         server = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1"]
-        server += ["--port", str(self.port), "--no-access-log", "--backlog", "4096"]
+        server += [
+            "--port",
+            str(self.port),
+            "--no-access-log",
+            "--backlog",
+            "4096",
+            "--forwarded-allow-ips",
+            "",
+        ]
         self.spawn("server", [*server, *shlex.split(self.serve_flags)])
         wait_until(lambda: reachable("127.0.0.1", self.port), "the server")
 

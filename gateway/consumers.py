@@ -31,7 +31,6 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
-from enum import IntEnum
 from importlib import import_module
 from types import SimpleNamespace
 
@@ -67,7 +66,9 @@ STATUS_RANK = {Job.QUEUED: 0, Job.PROCESSING: 1, **{status: 2 for status in Job.
 FINISHED_RANK = 2
 
 
-class Close(IntEnum):
+class Close:
+    """Close codes, as plain ints: Daphne closes with 1011 for a code whose type isn't exactly int."""
+
     JOB_FINISHED = 1000
     RECONNECT = 1001
     TRY_AGAIN_LATER = 1013

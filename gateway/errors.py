@@ -11,6 +11,7 @@ from processing.errors import (
     EmptyImage,
     IdempotencyKeyInUse,
     IdempotencyKeyInvalid,
+    IdempotencyKeyMismatch,
     ImageTooLarge,
     OutputTooLarge,
     StorageUnavailable,
@@ -103,6 +104,8 @@ def from_domain(exc: Exception) -> ApiError:
         return ApiError(400, "invalid_idempotency_key", str(exc))
     if isinstance(exc, IdempotencyKeyInUse):
         return ApiError(409, "idempotency_key_in_use", str(exc))
+    if isinstance(exc, IdempotencyKeyMismatch):
+        return ApiError(422, "idempotency_mismatch", str(exc))
     raise exc
 
 
@@ -124,4 +127,5 @@ DOMAIN_ERRORS = (
     StorageUnavailable,
     IdempotencyKeyInvalid,
     IdempotencyKeyInUse,
+    IdempotencyKeyMismatch,
 )

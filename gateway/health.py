@@ -1,4 +1,8 @@
-"""Liveness and readiness: each dependency named, with its state and latency."""
+"""Liveness and readiness: each dependency named, with its state and latency.
+
+Anyone may ask whether the service is live or ready (probes, load balancers); which dependency is
+down, and why, is for operators (gateway.owners.is_operator): an error names hosts and ports.
+"""
 
 import time
 from collections.abc import Callable
@@ -9,6 +13,8 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import connection
 from django.http import JsonResponse
+
+from gateway.owners import is_operator
 
 
 def check_database() -> None:
@@ -70,8 +76,18 @@ def live(request):
     return JsonResponse({"status": "ok"})
 
 
-def ready(request):
+def public_view(body: dict) -> dict:
+    """What anyone may see of a readiness answer: the overall status."""
+    return {"status": body["status"]}
+
+
+def readiness_for(request) -> tuple[int, dict]:
     status, body = readiness()
+    return status, body if is_operator(request) else public_view(body)
+
+
+def ready(request):
+    status, body = readiness_for(request)
     response = JsonResponse(body, status=status)
     if status == 503:
         response["Retry-After"] = "5"

@@ -1,10 +1,15 @@
-"""GET /metrics: Prometheus exposition of this process (or, multiprocess, this machine) and the broker."""
+"""GET /metrics: Prometheus exposition of this process (or, multiprocess, this machine) and the broker.
+
+For operators only (gateway.owners.is_operator): Prometheus sends `Authorization: Bearer <METRICS_TOKEN>`.
+"""
 
 import os
 
 from django.http import HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
+from gateway.errors import error_response
+from gateway.owners import is_operator
 from processing.metrics import BrokerCollector
 
 live_registry = CollectorRegistry(auto_describe=False)
@@ -20,5 +25,11 @@ def process_registry() -> CollectorRegistry:
 
 
 def metrics(request):
+    if not is_operator(request):
+        return error_response(
+            401,
+            "authentication_required",
+            "send 'Authorization: Bearer <METRICS_TOKEN>', or a staff API key",
+        )
     body = generate_latest(process_registry()) + generate_latest(live_registry)
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

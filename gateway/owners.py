@@ -1,11 +1,14 @@
 """Who is calling, and which jobs they may see.
 
 An API key owns the jobs it creates; a browser session owns its own (through a
-token kept in the session, so it survives logging in); staff see everything.
+token kept in the session, so it survives logging in); staff see everything. Only
+sessions the site issued count: a cookie naming no stored session is no session, and
+only the pages (`issue_session`) make new ones, never the API or the WebSocket.
 Requests with neither (scripts in the embedded default, when API keys are not
 required) share the anonymous owner. Someone else's job is always a 404.
 """
 
+import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -66,9 +69,25 @@ def from_key(presented: str) -> Caller | None:
 
 
 def from_session(session, user) -> Caller | None:
-    """The browser session's caller, making its owner token on first use; None without a session."""
-    if session is None:
+    """The caller of a session the site issued, making its owner token on first use; None for no
+    session, or one the client made up (anyone can send any cookie: it must not buy an owner)."""
+    if session is None or not is_issued(session):
         return None
+    return session_caller(session, user)
+
+
+def issue_session(session, user) -> Caller:
+    """The browser's caller on our pages: its session, or a new one the site issues now."""
+    return from_session(session, user) or session_caller(session, user)
+
+
+def is_issued(session) -> bool:
+    """True when the session is one the site stored (loading an unknown key leaves it keyless)."""
+    session.get(SESSION_OWNER_KEY)  # loads the session
+    return session.session_key is not None
+
+
+def session_caller(session, user) -> Caller:
     owner = session.get(SESSION_OWNER_KEY)
     if owner is None:
         owner = session[SESSION_OWNER_KEY] = uuid.uuid4().hex
@@ -80,3 +99,18 @@ def from_session(session, user) -> Caller | None:
 
 def has_session_cookie(request) -> bool:
     return settings.SESSION_COOKIE_NAME in request.COOKIES
+
+
+def is_operator(request) -> bool:
+    """May see /metrics and the health checks' details: the holder of METRICS_TOKEN (as a Bearer
+    token, what Prometheus sends), a staff API key, or a signed-in staff user."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip() if scheme.lower() == "bearer" else request.headers.get("X-API-Key", "")
+    token = settings.METRICS_TOKEN
+    if token and presented and hmac.compare_digest(presented.encode(), token.encode()):
+        return True
+    if presented:
+        caller = from_key(presented)
+        return caller is not None and caller.is_staff
+    user = getattr(request, "user", None)
+    return user is not None and user.is_authenticated and user.is_staff

@@ -20,13 +20,19 @@ KEY_PREFIX = "rl:"
 REDIS_TIMEOUT_SECONDS = 0.25  # loopback or LAN Redis answers in well under a millisecond
 RETRY_AFTER_FAILURE_SECONDS = 5  # Redis down: don't block every request on it
 
-# INCR and EXPIRE in one command: one round trip, and a counter never outlives its window.
+# INCRBY and EXPIRE of every counter a request is charged to, in one command: one round trip,
+# and a counter never outlives its window. ARGV: the amount, then each key's expiry.
 HIT_SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then
-    redis.call('EXPIRE', KEYS[1], ARGV[1])
+local amount = tonumber(ARGV[1])
+local counts = {}
+for i, key in ipairs(KEYS) do
+    local count = redis.call('INCRBY', key, amount)
+    if count == amount then
+        redis.call('EXPIRE', key, ARGV[i + 1])
+    end
+    counts[i] = count
 end
-return count
+return counts
 """
 
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -64,23 +70,38 @@ def window_end(identity: str, period: int, now: int) -> int:
     return end + period if end < now else end
 
 
-def hit(scope: str, identity: str, rate: str) -> Usage:
-    """Count one request by `identity` in `scope` against `rate` (e.g. "120/m")."""
+def hit(scope: str, identity: str, rate: str, amount: int = 1) -> Usage:
+    """Count `amount` requests by `identity` in `scope` against `rate` (e.g. "120/m")."""
+    return hit_all(scope, [identity], rate, amount)
+
+
+def hit_all(scope: str, identities: list[str], rate: str, amount: int = 1) -> Usage:
+    """Charge `amount` requests to each of `identities` (e.g. a session and its client address), each
+    against `rate`, in one round trip; the usage of the one closest to its limit."""
     limit, period = parse_rate(rate)
     now = int(time.time())
-    end = window_end(identity, period, now)
-    key = f"{KEY_PREFIX}{scope}:{limit}/{period}:{identity}:{end}"
-    expiry = end - now + 1
-    count = redis_count(settings.REDIS_URL, key, expiry) if settings.REDIS_URL else cache_count(key, expiry)
-    return Usage(count=count, limit=limit, reset=end - now)
+    ends = [window_end(identity, period, now) for identity in identities]
+    keys = [
+        f"{KEY_PREFIX}{scope}:{limit}/{period}:{identity}:{end}"
+        for identity, end in zip(identities, ends, strict=True)
+    ]
+    expiries = [end - now + 1 for end in ends]
+    if settings.REDIS_URL:
+        counts = redis_counts(settings.REDIS_URL, keys, expiries, amount)
+    else:
+        counts = [cache_count(key, expiry, amount) for key, expiry in zip(keys, expiries, strict=True)]
+    usages = [
+        Usage(count=count, limit=limit, reset=end - now) for count, end in zip(counts, ends, strict=True)
+    ]
+    return max(usages, key=lambda usage: (usage.count, usage.reset))
 
 
-def cache_count(key: str, expiry: int) -> int:
+def cache_count(key: str, expiry: int, amount: int = 1) -> int:
     """The embedded default: the local (per-process) cache."""
-    if cache.add(key, 1, expiry):
-        return 1
+    if cache.add(key, amount, expiry):
+        return amount
     try:
-        return cache.incr(key)
+        return cache.incr(key, amount)
     except ValueError:  # expired between add() and incr()
         raise CounterUnavailable("the counter expired while counting") from None
 
@@ -89,12 +110,12 @@ _down_until = 0.0
 _down_lock = threading.Lock()
 
 
-def redis_count(url: str, key: str, expiry: int) -> int:
+def redis_counts(url: str, keys: list[str], expiries: list[int], amount: int) -> list[int]:
     global _down_until
     if time.monotonic() < _down_until:
         raise CounterUnavailable("Redis failed recently")
     try:
-        return int(hit_script(url)(keys=[key], args=[expiry]))
+        return [int(count) for count in hit_script(url)(keys=keys, args=[amount, *expiries])]
     except redis.RedisError as exc:
         with _down_lock:
             _down_until = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS

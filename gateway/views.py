@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from gateway import devices, owners, submissions
 from gateway.api import describe_pydantic_error
-from gateway.api.auth import SUBMIT_LIMIT
+from gateway.api.auth import SUBMIT_LIMIT, charge_more_submissions
 from gateway.errors import DOMAIN_ERRORS, ApiError, from_domain
 from gateway.serialize import job_urls
 from gateway.uploads import UploadTooLarge
@@ -141,13 +141,19 @@ def submit_form(request):
 
 
 def over_submit_limit(request, caller: owners.Caller) -> ApiError | None:
-    """The API's submit rate limit, counted per caller as for the API: the 429 to show, if over it."""
+    """The API's submit rate limit, counted per caller and per file as for the API: the 429 to show,
+    if over it."""
     request.auth = caller
     limit = SUBMIT_LIMIT[0]
-    if limit.allow_request(request):
-        return None
-    wait = limit.wait()
-    return ApiError(429, "rate_limited", f"Please wait {wait} s and try again.", retry_after=wait)
+    if not limit.allow_request(request):
+        wait = limit.wait()
+        return ApiError(429, "rate_limited", f"Please wait {wait} s and try again.", retry_after=wait)
+    files = min(len(request.FILES.getlist("image")), settings.MAX_BATCH_FILES)
+    try:
+        charge_more_submissions(request, files - 1)
+    except ApiError as refused:
+        return refused
+    return None
 
 
 def as_api_error(exc: Exception) -> ApiError:
@@ -173,13 +179,15 @@ def form_submission(request, caller: owners.Caller) -> create.Submission:
 
 def session_caller(request) -> owners.Caller:
     """The browser's caller, making its session (and owner token) on the first visit."""
-    return owners.from_session(request.session, request.user)
+    return owners.issue_session(request.session, request.user)
 
 
 def returning_caller(request) -> owners.Caller | None:
     """The caller of a browser that has a session already. Pages that only show jobs make none:
     crawlers get the lite page, and a session row per crawl would pile up for nothing."""
-    return session_caller(request) if owners.has_session_cookie(request) else None
+    if not owners.has_session_cookie(request):
+        return None
+    return owners.from_session(request.session, request.user)
 
 
 def recent_jobs(caller: owners.Caller | None, count: int) -> list[Job]:

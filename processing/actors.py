@@ -107,8 +107,10 @@ def run(job: Job, worker: str) -> None:
     if jobs.complete(job, worker, **fields):
         logger.info("completed in %.1f ms", fields["processing_ms"])
     else:
-        logger.info("finished, but the job was cancelled or taken over meanwhile")
-        if Job.objects.filter(id=job.id, status=Job.CANCELLED).exists():
+        logger.info("finished, but the job was cancelled, deleted or taken over meanwhile")
+        # Taken over: the other worker writes the same key, so the file is theirs. Otherwise no
+        # one will ever serve it.
+        if not Job.objects.filter(id=job.id).exclude(status=Job.CANCELLED).exists():
             storage.delete_job_files(fields.get("output_key", ""))
 
 

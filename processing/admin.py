@@ -326,13 +326,14 @@ class JobAdmin(admin.ModelAdmin):
 
     # --- Deleting, with the files -------------------------------------------------------
 
+    # The files go with the row (processing.storage.delete_files_of_deleted_job).
     def delete_model(self, request, obj: Job) -> None:
-        delete_files(obj)
+        stop_if_running(obj)
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset) -> None:
         for job in queryset:
-            delete_files(job)
+            stop_if_running(job)
         super().delete_queryset(request, queryset)
 
 
@@ -366,11 +367,11 @@ def thumbnail_tag(job: Job, side: str, size: int) -> str:
     )
 
 
-def delete_files(job: Job) -> None:
-    # Files first: if storage fails, the job (and the way to its files) is still there to retry.
+def stop_if_running(job: Job) -> None:
+    # A worker still on it stops at its next checkpoint; one that finishes first finds the row gone
+    # and deletes the output it wrote (processing.actors).
     if not job.is_finished:
-        jobs.cancel(job.id)  # a worker still on it stops at its next checkpoint
-    storage.delete_job_files(job.input_key, job.output_key)
+        jobs.cancel(job.id)
 
 
 def milliseconds(value: float | None) -> str:

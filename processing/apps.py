@@ -6,4 +6,9 @@ class ProcessingConfig(AppConfig):
     verbose_name = "Image processing"
 
     def ready(self):
-        from processing import metrics  # noqa: F401  (connects the metrics to job events)
+        from django.db.models.signals import post_delete
+
+        from processing import metrics, storage  # noqa: F401  (metrics: connects itself to job events)
+        from processing.models import Job
+
+        post_delete.connect(storage.delete_files_of_deleted_job, sender=Job, dispatch_uid="job-files")

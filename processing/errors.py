@@ -81,3 +81,7 @@ class IdempotencyKeyInvalid(Exception):
 
 class IdempotencyKeyInUse(Exception):
     """The first request with this Idempotency-Key is still being handled."""
+
+
+class IdempotencyKeyMismatch(Exception):
+    """An Idempotency-Key used again for a different request."""

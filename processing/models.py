@@ -161,6 +161,9 @@ class IdempotencyKey(models.Model):
     owner = models.CharField(max_length=80, help_text="the owner's identity (see owner_identity)")
     key = models.CharField(max_length=200)
     job_ids = models.JSONField(default=list)
+    fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="sha256 of the request: service, parameters, inputs"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -9,6 +9,9 @@ from contextlib import contextmanager
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import transaction
+
+JOB_FOLDERS = ("uploads", "results")
 
 
 def input_key(job_id: str, extension: str) -> str:
@@ -52,6 +55,26 @@ def delete_job_files(*keys: str) -> None:
         if key:
             default_storage.delete(key)
             default_storage.delete(thumbnail_key(key))
+
+
+def delete_files_of_deleted_job(sender, instance, **kwargs) -> None:
+    """post_delete of a Job, however it was deleted (admin, shell, a withdrawn submission): its files
+    go once the deletion commits, so that a rolled-back deletion keeps them."""
+    keys = (instance.input_key, instance.output_key)
+    transaction.on_commit(lambda: delete_job_files(*keys))
+
+
+def stored_job_folders(folder: str) -> list[str]:
+    """The job ids that have a folder under `folder` ("uploads" or "results")."""
+    if not default_storage.exists(folder):
+        return []
+    job_ids, _ = default_storage.listdir(folder)
+    return job_ids
+
+
+def folder_files(folder: str, job_id: str) -> list[str]:
+    _, names = default_storage.listdir(f"{folder}/{job_id}")
+    return [f"{folder}/{job_id}/{name}" for name in names]
 
 
 @contextmanager

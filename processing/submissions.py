@@ -5,6 +5,8 @@ domain error (processing.errors) that the gateway turns into an answer. A submis
 all or nothing: when one of its jobs can't be stored or published, none is left behind.
 """
 
+import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -18,12 +20,13 @@ from processing import jobs, publishing, storage
 from processing.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyInvalid,
+    IdempotencyKeyMismatch,
     StorageUnavailable,
     UnknownService,
     UnprocessableImage,
 )
 from processing.imaging import ImageInfo, probe
-from processing.models import IdempotencyKey, Job, owner_identity
+from processing.models import IdempotencyKey, Job, owned_by, owner_identity
 from processing.operations import Operation, get_operation
 
 logger = logging.getLogger(__name__)
@@ -103,7 +106,7 @@ def submit(submission: Submission) -> Accepted:
     key = submission.idempotency_key
     if not key:
         return Accepted(create_jobs(submission))
-    record, remembered = reserve(submission.owner.identity, key)
+    record, remembered = reserve(submission.owner.identity, key, fingerprint(submission))
     if remembered is not None:
         return Accepted(remembered, replayed=True)
     try:
@@ -114,6 +117,17 @@ def submit(submission: Submission) -> Accepted:
     record.job_ids = [str(job.id) for job in created]
     record.save(update_fields=["job_ids"])
     return Accepted(created)
+
+
+def fingerprint(submission: Submission) -> str:
+    """What makes two requests the same: the service, its parameters as parsed, and each input's bytes."""
+    operation = find_operation(submission.service)
+    request = {
+        "service": operation.name,
+        "parameters": operation.parse(submission.raw_parameters).model_dump(mode="json"),
+        "inputs": [upload.sha256 for upload in submission.uploads],
+    }
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
 def create_jobs(submission: Submission) -> list[Job]:
@@ -177,9 +191,11 @@ def create_job(
 
 
 def reusable_result(job: Job) -> Job | None:
-    """A completed job with the same input bytes, service and parameters, whose files still exist."""
+    """The same owner's completed job with the same input bytes, service and parameters, whose files
+    still exist. Never another owner's: that would tell them someone processed this image before."""
     return (
         Job.objects.filter(
+            owned_by(job.owner_identity),
             status=Job.COMPLETED,
             service=job.service,
             input_sha256=job.input_sha256,
@@ -221,10 +237,12 @@ def withdraw(created: list[Job]) -> None:
         Job.objects.filter(id=job.id).delete()
 
 
-def reserve(owner: str, key: str) -> tuple[IdempotencyKey | None, list[Job] | None]:
-    """(the new record, None) for a first use of the key; (None, its jobs) for a repeat.
+def reserve(owner: str, key: str, request: str) -> tuple[IdempotencyKey | None, list[Job] | None]:
+    """(the new record, None) for a first use of the key; (None, its jobs) for a repeat of the
+    request whose `fingerprint` is `request`.
 
-    Raises IdempotencyKeyInUse while the first request with the key is still being handled.
+    Raises IdempotencyKeyMismatch when the key was used for a different request, and
+    IdempotencyKeyInUse while the first request with the key is still being handled.
     """
     if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise IdempotencyKeyInvalid(
@@ -232,13 +250,18 @@ def reserve(owner: str, key: str) -> tuple[IdempotencyKey | None, list[Job] | No
         )
     try:
         with transaction.atomic():
-            return IdempotencyKey.objects.create(owner=owner, key=key), None
+            return IdempotencyKey.objects.create(owner=owner, key=key, fingerprint=request), None
     except IntegrityError:
-        return None, remembered_jobs(owner, key)
+        return None, remembered_jobs(owner, key, request)
 
 
-def remembered_jobs(owner: str, key: str) -> list[Job]:
+def remembered_jobs(owner: str, key: str, request: str) -> list[Job]:
     record = IdempotencyKey.objects.get(owner=owner, key=key)
+    if record.fingerprint and record.fingerprint != request:  # keys from before fingerprints match all
+        raise IdempotencyKeyMismatch(
+            "this Idempotency-Key was used for a different request (service, parameters or image); "
+            "use a new key for a new request"
+        )
     if not record.job_ids:
         raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
     found = {str(job.id): job for job in Job.objects.filter(id__in=record.job_ids)}

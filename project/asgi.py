@@ -14,6 +14,9 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_wsgi = get_wsgi_application()  # sets Django up before anything imports models
 
+from project.checks import refuse_unsafe_start  # noqa: E402
+
+refuse_unsafe_start()  # e.g. the default SECRET_KEY with services configured: don't serve
 from a2wsgi import WSGIMiddleware  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 

@@ -1,7 +1,12 @@
-"""System checks (stable ids) for the configuration Darkroom depends on; `manage.py check [--deploy]`."""
+"""System checks (stable ids) for the configuration Darkroom depends on; `manage.py check [--deploy]`.
+
+Every management command runs them; the ASGI and WSGI entry points run `refuse_unsafe_start`, so
+that a server refuses to start on a configuration that must not serve.
+"""
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
 DEFAULT_SECRET_KEY_PREFIX = "embedded-default-insecure-key"
 
@@ -32,10 +37,31 @@ def check_object_storage(app_configs=None, **kwargs):
     return []
 
 
+@checks.register("darkroom")
+def check_secret_key(app_configs=None, **kwargs):
+    if settings.SERVICES_CONFIGURED and settings.SECRET_KEY.startswith(DEFAULT_SECRET_KEY_PREFIX):
+        return [
+            checks.Error(
+                "SECRET_KEY is the embedded default, and DATABASE_URL or BROKER_URL is set: anyone could "
+                "forge sessions and signed values.",
+                hint='Set SECRET_KEY, e.g. to python -c "import secrets; print(secrets.token_urlsafe(50))".',
+                id="darkroom.E002",
+            )
+        ]
+    return []
+
+
+def refuse_unsafe_start() -> None:
+    """Raise ImproperlyConfigured when a check of ours finds an error: a server must not start."""
+    errors = [problem for problem in check_secret_key() + check_limits() if problem.is_serious()]
+    if errors:
+        raise ImproperlyConfigured("; ".join(f"{error.id}: {error.msg} {error.hint}" for error in errors))
+
+
 @checks.register("darkroom", deploy=True)
 def check_deployment(app_configs=None, **kwargs):
     problems = []
-    if settings.SECRET_KEY.startswith(DEFAULT_SECRET_KEY_PREFIX):
+    if settings.SECRET_KEY.startswith(DEFAULT_SECRET_KEY_PREFIX) and not settings.SERVICES_CONFIGURED:
         problems.append(
             checks.Warning("SECRET_KEY is the embedded default.", hint="Set SECRET_KEY.", id="darkroom.W001")
         )

@@ -63,6 +63,21 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
 
 
+def env_header(name: str) -> tuple[str, str] | None:
+    """A request header and the value that marks a request as HTTPS, written "X-Forwarded-Proto: https";
+    as Django's SECURE_PROXY_SSL_HEADER wants it: ("HTTP_X_FORWARDED_PROTO", "https"). None when unset."""
+    raw = os.getenv(name, "")
+    if not raw:
+        return None
+    match = re.fullmatch(r"\s*([A-Za-z0-9-]+)\s*:\s*(\S+)\s*", raw)
+    if not match:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a header and value like 'X-Forwarded-Proto: https'"
+        )
+    header, value = match.groups()
+    return "HTTP_" + header.upper().replace("-", "_"), value
+
+
 def env_url(name: str, schemes: tuple[str, ...]) -> str:
     """An optional URL whose scheme must be one of `schemes`; empty when unset."""
     raw = os.getenv(name, "")
@@ -75,9 +90,20 @@ VAR_DIR = Path(env_str("DARKROOM_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
+# Refused at start-up once a service is configured (project.checks, darkroom.E002).
 SECRET_KEY = env_str("SECRET_KEY", "embedded-default-insecure-key-change-me-for-any-real-deployment")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# HTTPS, when a TLS-terminating proxy is in front (all off by default: the embedded default is plain HTTP).
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Only behind a proxy that sets this header on every request (clients' own copies overwritten).
+SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
+# Probes and scrapers speak plain HTTP to the process itself.
+SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$", r"^api/v1/health$"]
 
 INSTALLED_APPS = [
     "daphne",  # makes `runserver` the Daphne development server (HTTP + WebSocket)
@@ -297,12 +323,17 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 512 * 1024  # what the ASGI handler spools in memo
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # non-file form fields
 
 # --- The API: owners, limits, reuse ---------------------------------------------
+# A configured service means a deployment, not the embedded default on one machine: safe defaults.
+SERVICES_CONFIGURED = bool(DATABASE_URL or BROKER_URL)
 # Production: every API call needs a key (browser sessions from our own pages still work).
-API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", False)
+API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", SERVICES_CONFIGURED)
 RATE_LIMIT_SUBMIT = env_rate("RATE_LIMIT_SUBMIT", "120/m")  # job-creating requests, per key or address
 RATE_LIMIT_READ = env_rate("RATE_LIMIT_READ", "1200/m")  # everything else
-# Proxies (e.g. nginx) whose X-Forwarded-For names the real client address.
+# Proxies (e.g. nginx) whose X-Forwarded-For names the real client address. Servers must be told
+# too: uvicorn's --forwarded-allow-ips (the Makefile, compose and Kubernetes pass this list).
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
+# /metrics and the health checks' details: for staff, and for `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
 MAX_BATCH_FILES = env_int("MAX_BATCH_FILES", 20, minimum=1)
 # A new job whose input, service and parameters match a completed one copies its result.
 RESULT_REUSE = env_bool("RESULT_REUSE", True)

@@ -1,3 +1,5 @@
+import os
+
 import dramatiq
 import pytest
 import redis
@@ -10,6 +12,17 @@ from tests.services import require
 from tests.stack import LiveStack
 
 ACTORS = [process_job]
+
+# The processes tests start (servers, workers, manage.py) often have services configured, where the
+# embedded default SECRET_KEY is refused (project.checks, darkroom.E002).
+os.environ.setdefault("SECRET_KEY", "the-test-suite-key-never-used-outside-the-tests")
+
+
+@pytest.fixture(autouse=True)
+def anonymous_callers_allowed(settings):
+    """The suite's requests are anonymous unless a test presents a key or requires one: with services
+    configured (CI), API_KEYS_REQUIRED would otherwise default to true (tests/test_settings.py)."""
+    settings.API_KEYS_REQUIRED = False
 
 
 @pytest.fixture(autouse=True)

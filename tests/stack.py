@@ -113,6 +113,10 @@ class LiveStack:
             "JOB_LEASE_SECONDS": "4",
             "REQUEUE_UNPUBLISHED_AFTER_SECONDS": "5",
             "LOG_LEVEL": "INFO",
+            # Services are configured, so production defaults apply: a key of its own, and (as the
+            # tests are anonymous clients) API keys not required unless a test asks for them.
+            "SECRET_KEY": f"live-stack-{uuid.uuid4().hex}",
+            "API_KEYS_REQUIRED": "false",
             **settings,
         }
         self.port = free_port()
@@ -152,7 +156,10 @@ class LiveStack:
     ) -> subprocess.Popen:
         """uvicorn (ASGI: HTTP and WebSockets) or gunicorn (WSGI, one worker process: HTTP)."""
         port = port or self.port
-        process = self.spawn(name, SERVERS[kind](port), **env)
+        command = SERVERS[kind](port)
+        if kind == "uvicorn":  # as the Makefile does: forwarded headers only from TRUSTED_PROXIES
+            command += ["--forwarded-allow-ips", {**self.env, **env}.get("TRUSTED_PROXIES", "")]
+        process = self.spawn(name, command, **env)
         url = f"http://127.0.0.1:{port}"
         self.wait_until(lambda: self.is_live(url), timeout=30, what=f"{name} to answer /health/live")
         return process

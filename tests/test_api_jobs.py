@@ -128,6 +128,22 @@ def test_a_failed_request_does_not_use_up_its_idempotency_key(client, stub_broke
     assert submit(client, headers=headers, threads=2).status_code == 202
 
 
+def test_an_idempotency_key_reused_for_a_different_request_is_refused(client, stub_broker):
+    headers = {"Idempotency-Key": "order-43"}
+    first = submit(client, "blur", headers=headers, radius=2)
+    assert first.status_code == 202
+
+    other_parameters = submit(client, "blur", headers=headers, radius=3)
+    other_service = submit(client, "sharpen", headers=headers)
+    other_image = submit(client, "blur", headers=headers, image=png(image=images.gradient(20, 20)), radius=2)
+
+    for refused in (other_parameters, other_service, other_image):
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "idempotency_mismatch"
+    assert Job.objects.count() == 1
+    assert submit(client, "blur", headers=headers, radius="2.0").json()["job_id"] == first.json()["job_id"]
+
+
 # --- result reuse ---
 
 
@@ -164,3 +180,19 @@ def test_a_queued_job_is_answered_as_it_is_when_the_wait_runs_out(client, stub_b
     job_id = submit(client).json()["job_id"]
     response = client.get(f"/api/v1/jobs/{job_id}?wait=0.3")
     assert response.status_code == 200 and response.json()["status"] == "queued"
+
+
+def test_another_owner_uploading_the_same_image_gets_a_job_of_its_own(client, api_key, run_jobs):
+    alice, bob = api_key("alice"), api_key("bob")
+    image = images.gradient(40, 30)
+    first = submit(client, "sobel", headers=alice, image=png(image=image)).json()["job_id"]
+    run_jobs()
+
+    second = submit(client, "sobel", headers=bob, image=png(image=image)).json()
+    assert second["status"] == "queued"  # processed for bob, not copied from alice's job
+    run_jobs()
+    result = client.get(f"/api/v1/result/{second['job_id']}", headers=bob).json()
+    assert result["cache_hit"] is False and first not in str(result)
+
+    again = submit(client, "sobel", headers=alice, image=png(image=image)).json()
+    assert again["status"] == "completed"  # alice's own result is still reused

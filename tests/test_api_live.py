@@ -144,3 +144,24 @@ def test_requests_reuse_pooled_database_connections(live_stack):
         for _ in range(50):
             assert client.get(job["job_url"]).status_code == 200
     assert sessions_opened() - before <= 2  # not one new PostgreSQL session per request
+
+
+def test_a_forged_x_forwarded_for_from_an_untrusted_client_does_not_change_its_rate_limit_identity(
+    live_stack,
+):
+    """uvicorn, left to its default, trusts forwarded headers from 127.0.0.1: any local client could
+    pick a new address for each request, and so a fresh rate-limit counter."""
+    import redis
+
+    forged = [f"203.0.113.{n}" for n in range(1, 4)]
+    for address in forged:
+        answer = httpx.get(f"{live_stack.base_url}/api/v1/jobs", headers={"X-Forwarded-For": address})
+        assert answer.status_code == 200 and "X-RateLimit-Remaining" in answer.headers
+
+    counters = redis.Redis.from_url(live_stack.env["REDIS_URL"])
+    try:
+        counted = {key.decode().split(":")[-2] for key in counters.scan_iter(match="rl:read:*:address:*")}
+    finally:
+        counters.close()
+    assert "127.0.0.1" in counted
+    assert not counted & set(forged)

@@ -57,8 +57,8 @@ def test_file_stats_and_cleanup_are_for_staff_only(client, api_key, run_jobs, se
     assert client.get(f"/api/v1/download/{fresh}").status_code == 200
 
 
-def test_api_health_names_each_dependency(client):
-    body = client.get("/api/v1/health").json()
+def test_api_health_names_each_dependency_to_operators(client, operator):
+    body = client.get("/api/v1/health", headers=operator).json()
     assert body["status"] == "ok" and set(body["checks"]) == {"database", "broker", "redis", "storage"}
 
 
@@ -89,10 +89,16 @@ def test_anonymous_clients_are_limited_by_address_and_proxies_only_when_trusted(
     assert client.get("/api/v1/jobs", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 429
 
 
-def test_metrics_expose_jobs_http_and_queues(client, run_jobs):
+@pytest.fixture
+def operator(settings) -> dict:
+    settings.METRICS_TOKEN = "a-metrics-token"
+    return {"Authorization": "Bearer a-metrics-token"}
+
+
+def test_metrics_expose_jobs_http_and_queues(client, run_jobs, operator):
     submit(client, "blur")
     run_jobs()
-    text = client.get("/metrics").content.decode()
+    text = client.get("/metrics", headers=operator).content.decode()
     assert 'darkroom_jobs_submitted_total{service="blur"}' in text
     assert 'darkroom_jobs_finished_total{service="blur",status="completed"}' in text
     assert "darkroom_job_processing_seconds_bucket" in text
@@ -100,7 +106,7 @@ def test_metrics_expose_jobs_http_and_queues(client, run_jobs):
     assert "django_http_responses_total_by_status_view_method_total" in text
 
 
-def test_promtool_accepts_the_metrics(client, run_jobs):
+def test_promtool_accepts_the_metrics(client, run_jobs, operator):
     if not shutil.which("promtool"):
         missing = "promtool is not installed (Debian's prometheus package)"
         pytest.fail(missing) if IN_CI else pytest.skip(missing)
@@ -108,7 +114,7 @@ def test_promtool_accepts_the_metrics(client, run_jobs):
     run_jobs()
     result = subprocess.run(
         ["promtool", "check", "metrics"],
-        input=client.get("/metrics").content,
+        input=client.get("/metrics", headers=operator).content,
         capture_output=True,
         timeout=30,
     )

@@ -7,6 +7,7 @@ gateway.events, as they do in the server.
 
 import socket
 import time
+import uuid
 
 import pytest
 from channels.db import database_sync_to_async
@@ -203,7 +204,7 @@ async def test_a_late_event_does_not_take_the_client_back_to_an_older_status(ali
 
 async def test_a_browser_session_watches_the_jobs_it_created():
     session = SessionStore()
-    caller = await in_thread(owners.from_session)(session, None)
+    caller = await in_thread(owners.issue_session)(session, None)
     await in_thread(session.save)()
     job = await in_thread(make_job)(caller)
 
@@ -289,14 +290,55 @@ async def test_a_page_from_another_site_is_refused_at_the_handshake(alice):
     job = await in_thread(make_job)(caller)
     path = f"/ws/jobs/{job.id}/"
 
-    evil = WebsocketCommunicator(routing.application, path, headers=[(b"origin", b"https://evil.example")])
-    ours = WebsocketCommunicator(
-        routing.application, path, headers=[(b"origin", b"http://localhost"), (b"x-api-key", key.encode())]
-    )
+    async def handshake(origin: bytes, host: bytes = b"localhost:8000", **scope) -> bool:
+        headers = [(b"origin", origin), (b"host", host), (b"x-api-key", key.encode())]
+        ws = WebsocketCommunicator(routing.application, path, headers=headers)
+        ws.scope.update(scope)
+        connected, _ = await ws.connect()
+        if connected:
+            await ws.disconnect()
+        return connected
 
-    assert (await evil.connect())[0] is False
-    assert await ours.connect() == (True, None)
-    await ours.disconnect()
+    assert await handshake(b"http://localhost:8000")
+    assert not await handshake(b"https://evil.example")
+    # The same host is not enough: another port, or plain HTTP for an HTTPS site, is another origin.
+    assert not await handshake(b"http://localhost:9999")
+    assert not await handshake(b"http://localhost:8000", scheme="wss")
+    assert await handshake(b"https://localhost:8000", scheme="wss")
+    assert not await handshake(b"https://localhost:8000")  # a page on HTTPS, the socket on plain ws
+    assert not await handshake(b"http://evil.example", host=b"evil.example")  # not in ALLOWED_HOSTS
+
+
+async def test_an_origin_in_csrf_trusted_origins_may_connect_and_one_behind_a_tls_proxy(alice, settings):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    settings.CSRF_TRUSTED_ORIGINS = ["https://app.example.com"]
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+    async def handshake(*headers) -> bool:
+        ws = WebsocketCommunicator(routing.application, f"/ws/jobs/{job.id}/", headers=list(headers))
+        connected, _ = await ws.connect()
+        if connected:
+            await ws.disconnect()
+        return connected
+
+    key_header = (b"x-api-key", key.encode())
+    assert await handshake((b"origin", b"https://app.example.com"), (b"host", b"localhost"), key_header)
+    assert not await handshake((b"origin", b"http://app.example.com"), (b"host", b"localhost"), key_header)
+    proxied = [(b"host", b"localhost"), (b"x-forwarded-proto", b"https"), key_header]
+    assert await handshake((b"origin", b"https://localhost"), *proxied)
+
+
+async def test_close_codes_are_plain_ints_as_servers_require(alice):
+    """Daphne turns a close code that is not exactly an int (an IntEnum) into 1011."""
+    key, caller = alice
+    ws = WebsocketCommunicator(
+        routing.application, f"/ws/jobs/{uuid.uuid4()}/", headers=[(b"x-api-key", key.encode())]
+    )
+    await ws.connect()
+    message = await ws.receive_output(timeout=1)
+    assert message["type"] == "websocket.close" and message["code"] == 4404
+    assert type(message["code"]) is int
 
 
 async def test_an_unknown_websocket_path_is_closed_with_4404():

@@ -4,6 +4,14 @@ import pytest
 
 pytestmark = pytest.mark.django_db
 
+TOKEN = "a-metrics-token"
+OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(autouse=True)
+def metrics_token(settings):
+    settings.METRICS_TOKEN = TOKEN
+
 
 def test_live_answers_ok(client):
     response = client.get("/health/live")
@@ -11,7 +19,7 @@ def test_live_answers_ok(client):
 
 
 def test_ready_names_each_dependency_with_its_state_and_latency(client):
-    response = client.get("/health/ready")
+    response = client.get("/health/ready", headers=OPERATOR)
     body = response.json()
     assert response.status_code == 200 and body["status"] == "ok"
     assert set(body["checks"]) == {"database", "broker", "redis", "storage"}
@@ -24,7 +32,7 @@ def test_ready_is_503_when_a_required_dependency_is_down(client, settings):
         **settings.DRAMATIQ_BROKER,
         "OPTIONS": {"url": "amqp://guest:guest@127.0.0.1:1/%2F?connection_attempts=1&socket_timeout=1"},
     }
-    response = client.get("/health/ready")
+    response = client.get("/health/ready", headers=OPERATOR)
     assert response.status_code == 503
     assert response["Retry-After"]
     assert response.json()["checks"]["broker"]["status"] == "down"
@@ -32,7 +40,31 @@ def test_ready_is_503_when_a_required_dependency_is_down(client, settings):
 
 def test_redis_down_degrades_but_stays_ready(client, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
-    response = client.get("/health/ready")
+    response = client.get("/health/ready", headers=OPERATOR)
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "degraded" and body["checks"]["redis"]["status"] == "down"
+
+
+def test_anyone_learns_whether_it_is_ready_but_not_what_is_down_or_where(client, settings, api_key):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    for headers in ({}, {"Authorization": "Bearer a-wrong-token"}, api_key("not staff")):
+        for path in ("/health/ready", "/api/v1/health"):
+            response = client.get(path, headers=headers)
+            assert response.status_code == 200 and response.json() == {"status": "degraded"}, path
+
+    detailed = client.get("/api/v1/health", headers=api_key("ops", staff=True)).json()
+    assert detailed["checks"]["redis"]["status"] == "down"
+
+
+def test_metrics_are_for_the_token_and_staff_only(client, api_key):
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer a-wrong-token"}).status_code == 401
+    assert client.get("/metrics", headers=api_key("not staff")).status_code == 401
+
+    assert b"darkroom_" in client.get("/metrics", headers=OPERATOR).content
+    assert client.get("/metrics", headers=api_key("ops", staff=True)).status_code == 200
+
+
+def test_liveness_stays_public(client):
+    assert client.get("/health/live").status_code == 200

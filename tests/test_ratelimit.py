@@ -94,8 +94,8 @@ def test_a_request_costs_one_redis_round_trip(client, settings, private_redis):
     answers = [client.get("/api/v1/jobs") for _ in range(5)]
 
     assert [a["X-RateLimit-Remaining"] for a in answers] == ["998", "997", "996", "995", "994"]
-    # One EVALSHA per request; the INCR is the script's own, inside that one command.
-    assert commands_called(redis_client) == {"evalsha": 5, "incr": 5}
+    # One EVALSHA per request; the INCRBY is the script's own, inside that one command.
+    assert commands_called(redis_client) == {"evalsha": 5, "incrby": 5}
 
 
 def test_with_redis_unreachable_requests_are_served_without_limits_and_without_waiting(client, settings):

@@ -348,3 +348,40 @@ def test_every_namespaced_object_lives_in_the_darkroom_namespace(manifests):
     for manifest in manifests:
         if manifest["kind"] != "Namespace":
             assert manifest["metadata"]["namespace"] == "darkroom", manifest["metadata"]["name"]
+
+
+# --- Forwarded headers ------------------------------------------------------------------------
+def test_every_uvicorn_command_line_trusts_forwarded_headers_from_trusted_proxies_alone(manifests):
+    """uvicorn's own default trusts X-Forwarded-For from 127.0.0.1: a local client could then pick
+    its address, and so its rate-limit counter."""
+    from scaler.backends.gateways import gateway_command
+
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("serve", "serve-http", "serve-ws"):
+        recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
+        assert "$(UVICORN_TRUST)" in recipe, target
+    assert 'UVICORN_TRUST = --forwarded-allow-ips "$${TRUSTED_PROXIES:-}"' in makefile
+    assert '--forwarded-allow-ips \\"${TRUSTED_PROXIES:-}\\"' in (ROOT / "Dockerfile").read_text()
+    gateway = one(manifests, "Deployment", "darkroom-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert "--forwarded-allow-ips=$(TRUSTED_PROXIES)" in gateway["command"]
+    command = gateway_command("127.0.0.1", 8001)
+    assert command[command.index("--forwarded-allow-ips") + 1] == ",".join(settings.TRUSTED_PROXIES)
+
+
+def test_compose_and_kubernetes_set_the_production_settings(services, manifests):
+    environment = services["gateway"]["environment"]
+    assert environment["SECRET_KEY"].startswith("${SECRET_KEY:?")  # no known default key
+    https = ("SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS", "SECURE_SSL_REDIRECT")
+    for name in (*https, "SECURE_PROXY_SSL_HEADER", "METRICS_TOKEN"):
+        assert name in environment, name
+    config = one(manifests, "ConfigMap", "darkroom-config")["data"]
+    assert all(config[name] not in ("false", "0") for name in https)
+    assert config["SECURE_PROXY_SSL_HEADER"] == "X-Forwarded-Proto: https"
+    assert "METRICS_TOKEN" in one(manifests, "Secret", "darkroom-secrets")["stringData"]
+
+
+def test_file_cleanup_runs_on_a_schedule_in_compose_and_kubernetes(services, manifests):
+    assert services["cleanup"]["command"][:3] == ["python", "manage.py", "cleanup_files"]
+    (cronjob,) = find(manifests, "CronJob")
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "manage.py", "cleanup_files"]

@@ -48,11 +48,15 @@ class HeaderKey(APIKeyHeader):
 
 
 def session_or_anonymous(request: HttpRequest) -> owners.Caller | None:
-    """A browser with a session cookie is its session (CSRF applies); others are anonymous, if allowed."""
-    if owners.has_session_cookie(request):
+    """A browser with a session the site issued is its session (CSRF applies); others are anonymous,
+    if allowed. A cookie naming no stored session is no session: the API never makes one."""
+    caller = (
+        owners.from_session(request.session, request.user) if owners.has_session_cookie(request) else None
+    )
+    if caller is not None:
         if request.method not in SAFE_METHODS and check_csrf(request):
             raise ApiError(403, "csrf_failed", "a browser session must send the CSRF token (X-CSRFToken)")
-        return owners.from_session(request.session, request.user)
+        return caller
     if settings.API_KEYS_REQUIRED:
         return None  # ninja answers 401
     return owners.Caller()
@@ -86,16 +90,47 @@ def is_ip(value: str) -> bool:
         return False
 
 
-def rate_limit_key(request: HttpRequest) -> str:
+def rate_limit_identities(request: HttpRequest) -> list[str]:
+    """Whom a request is counted against: an API key; a session and its client address (anyone can
+    get sessions, one per page view, so changing them must buy nothing); or the address alone."""
     caller = getattr(request, "auth", None)
-    if caller is not None and caller.identity != "anonymous":
-        return caller.identity
-    return f"address:{client_address(request)}"
+    address = f"address:{client_address(request)}"
+    if caller is None or caller.kind == "anonymous":
+        return [address]
+    if caller.kind == "session":
+        return [caller.identity, address]
+    return [caller.identity]
+
+
+def charge(request: HttpRequest, scope: str, amount: int = 1) -> ratelimit.Usage | None:
+    """Count `amount` requests in `scope` ("submit" or "read") for the caller; None when Redis is down."""
+    rate = getattr(settings, f"RATE_LIMIT_{scope.upper()}")
+    try:
+        return ratelimit.hit_all(scope, rate_limit_identities(request), rate, amount)
+    except ratelimit.CounterUnavailable as exc:  # Redis is down: serve without limits
+        logger.warning("rate limit not applied: %s", exc)
+        return None
+
+
+def charge_more_submissions(request: HttpRequest, count: int) -> None:
+    """A batch is as many submissions as it has files: the throttle counted one, count the rest.
+
+    Raises a 429 ApiError when they take the caller past the limit."""
+    if count <= 0:
+        return
+    usage = charge(request, "submit", count)
+    if usage is None:
+        return
+    request.rate_limit = usage
+    if usage.limited:
+        wait = max(usage.reset, 1)
+        raise ApiError(429, "rate_limited", f"too many submissions; try again in {wait}s", retry_after=wait)
 
 
 class CallerRateLimit(BaseThrottle):
-    """A fixed-window limit per API key (per client address when anonymous), counted in Redis in the
-    full stack, and so shared by every gateway process and machine (gateway/ratelimit.py)."""
+    """A fixed-window limit per API key (per session and client address, or per address when
+    anonymous), counted in Redis in the full stack, and so shared by every gateway process and
+    machine (gateway/ratelimit.py)."""
 
     def __init__(self, scope: str):
         self.scope = scope  # "submit" or "read": RATE_LIMIT_SUBMIT / RATE_LIMIT_READ
@@ -104,11 +139,8 @@ class CallerRateLimit(BaseThrottle):
     def allow_request(self, request: HttpRequest) -> bool:
         if waiting.is_final_pass(request):  # a long poll's answer, counted when it came in
             return True
-        rate = getattr(settings, f"RATE_LIMIT_{self.scope.upper()}")
-        try:
-            usage = ratelimit.hit(self.scope, rate_limit_key(request), rate)
-        except ratelimit.CounterUnavailable as exc:  # Redis is down: serve without limits
-            logger.warning("rate limit not applied: %s", exc)
+        usage = charge(request, self.scope)
+        if usage is None:
             return True
         request.rate_limit = usage
         self._local.wait = max(usage.reset, 1)

@@ -12,7 +12,7 @@ from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from gateway import submissions, waiting
-from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
+from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, charge_more_submissions
 from gateway.api.schemas import ErrorOut, JobOut, JobPageOut, JobsOut, JobStatus, MetricsOut, StatusOut
 from gateway.errors import ApiError, not_found
 from gateway.serialize import error_json, job_json, job_urls, status_json
@@ -64,6 +64,7 @@ def get_job(request, job_id: str) -> Job:
 
 def submit(request, response: HttpResponse, service: str, *, at_most: int = 1, job_id=None) -> list[Job]:
     submission = submissions.submission_from(request, request.auth, service, at_most=at_most, job_id=job_id)
+    charge_more_submissions(request, len(submission.uploads) - 1)  # the throttle counted the first
     accepted = create.submit(submission)
     if accepted.replayed:
         response["Idempotent-Replayed"] = "true"

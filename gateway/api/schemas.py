@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ninja import Schema
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
 
@@ -164,6 +164,7 @@ class CleanupOut(Schema):
     jobs: int
     files_removed: int
     bytes_freed: int
+    orphans_removed: int = Field(description="stored files whose job row was gone")
 
 
 class DependencyOut(Schema):
@@ -175,5 +176,6 @@ class DependencyOut(Schema):
 
 class HealthOut(Schema):
     status: Literal["ok", "degraded", "down"]
-    mode: Literal["embedded", "full-stack"]
-    checks: dict[str, DependencyOut]
+    # Operators only (staff, METRICS_TOKEN):
+    mode: Literal["embedded", "full-stack"] | None = None
+    checks: dict[str, DependencyOut] | None = None

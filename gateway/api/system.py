@@ -54,15 +54,19 @@ def file_stats(request):
     url_name="file_cleanup",
 )
 def file_cleanup(request):
-    """Remove the files of jobs finished more than FILE_TTL_SECONDS ago (staff only)."""
+    """Remove the files of jobs finished more than FILE_TTL_SECONDS ago, and stored files whose job is
+    gone (staff only). `manage.py cleanup_files --every N` does this on a schedule."""
     require_staff(request)
-    return reports.remove_expired_files()
+    return reports.clean_up()
 
 
-@router.get("/health", response={200: HealthOut, 503: HealthOut}, auth=None, url_name="health")
+@router.get(
+    "/health", response={200: HealthOut, 503: HealthOut}, auth=None, exclude_none=True, url_name="health"
+)
 def api_health(request, response: HttpResponse):
-    """Each dependency named, with its state and latency; 503 when a required one is down."""
-    status, body = health.readiness()
+    """Overall status (503 when a required dependency is down); for staff and METRICS_TOKEN, each
+    dependency named with its state and latency."""
+    status, body = health.readiness_for(request)
     if status == 503:
         response["Retry-After"] = "5"
     return Status(status, body)

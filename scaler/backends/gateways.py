@@ -13,6 +13,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from django.conf import settings
+
 from scaler.backends.nginx import Nginx
 from scaler.backends.processes import describe_exit, free_port, spawn, utc_now, wait_all
 from scaler.observe import answers, probe_ms
@@ -53,6 +55,8 @@ def gateway_command(host: str, port: int) -> list[str]:
         *(sys.executable, "-m", "uvicorn", "project.asgi:application"),
         *("--host", host, "--port", str(port), "--no-access-log"),
         *("--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS)),
+        # X-Forwarded-For only from our nginx (TRUSTED_PROXIES); uvicorn's default trusts any local client.
+        *("--forwarded-allow-ips", ",".join(settings.TRUSTED_PROXIES)),
     ]
 
 

@@ -1,0 +1,76 @@
+"""Only sessions the site issued count, and session and anonymous callers are limited by address too."""
+
+import uuid
+
+import pytest
+from django.contrib.sessions.models import Session
+from django.test import Client
+
+from tests.uploads import png, submit
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_rate_limits")]
+
+CSRF = "a" * 32  # a token of the caller's own making: cookie and header agree, as Django checks
+
+
+def made_up_browser() -> Client:
+    """A script pretending to be a browser: a session cookie and a CSRF pair of its own making."""
+    client = Client()
+    client.cookies["sessionid"] = uuid.uuid4().hex
+    client.cookies["csrftoken"] = CSRF
+    return client
+
+
+def site_issued_browser() -> Client:
+    client = Client()
+    client.get("/")  # the page issues the session
+    return client
+
+
+def test_a_made_up_session_cookie_creates_no_session(stub_broker):
+    response = submit(made_up_browser(), headers={"X-CSRFToken": CSRF})
+    assert response.status_code == 202  # anonymous: the embedded default allows it
+    assert Session.objects.count() == 0
+    assert response.cookies["sessionid"].value == ""  # the made-up cookie is cleared, not adopted
+
+
+def test_a_made_up_session_cookie_is_no_way_around_required_api_keys(settings, stub_broker):
+    settings.API_KEYS_REQUIRED = True
+    response = submit(made_up_browser(), headers={"X-CSRFToken": CSRF})
+    assert response.status_code == 401
+    assert Session.objects.count() == 0
+
+
+def test_a_new_made_up_cookie_each_time_still_gets_429_after_the_limit(settings, stub_broker):
+    settings.RATE_LIMIT_SUBMIT = "3/m"
+    answers = [submit(made_up_browser(), headers={"X-CSRFToken": CSRF}) for _ in range(5)]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
+
+
+def test_sessions_the_site_issued_are_limited_by_address_too(settings, stub_broker):
+    settings.RATE_LIMIT_SUBMIT = "3/m"
+    browsers = [site_issued_browser() for _ in range(5)]
+    answers = [
+        submit(browser, headers={"X-CSRFToken": browser.cookies["csrftoken"].value}) for browser in browsers
+    ]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
+
+
+def test_a_site_issued_session_owns_its_jobs(stub_broker):
+    browser = site_issued_browser()
+    job_id = submit(browser, headers={"X-CSRFToken": browser.cookies["csrftoken"].value}).json()["job_id"]
+    assert browser.get(f"/api/v1/jobs/{job_id}").status_code == 200
+    assert made_up_browser().get(f"/api/v1/jobs/{job_id}").status_code == 404
+
+
+def test_each_file_of_a_batch_counts_against_the_submit_limit(client, api_key, settings, stub_broker):
+    settings.RATE_LIMIT_SUBMIT = "4/m"
+    key = api_key("batcher")
+    files = [png(f"{n}.png") for n in range(3)]
+    first = client.post("/api/v1/jobs/batch", {"image": files, "service": "blur"}, headers=key)
+    assert first.status_code == 202 and first["X-RateLimit-Remaining"] == "1"
+
+    files = [png(f"{n}.png") for n in range(2)]
+    refused = client.post("/api/v1/jobs/batch", {"image": files, "service": "blur"}, headers=key)
+    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limited"
