@@ -25,7 +25,7 @@ setup: $(STAMP)
 RELOAD_DIRS := $(foreach dir,project gateway processing scaler,--reload-dir $(dir))
 
 run: setup
-	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) --reload $(RELOAD_DIRS) $(UVICORN_WS)
+	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) --reload $(RELOAD_DIRS) $(UVICORN_WS) $(UVICORN_TRUST)
 
 # One process for HTTP and WebSockets: uvicorn streams request bodies to disk (constant memory).
 # WebSockets: the sans-I/O protocol and no per-message compression keep a socket near 32 KB.

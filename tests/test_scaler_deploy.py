@@ -357,7 +357,7 @@ def test_every_uvicorn_command_line_trusts_forwarded_headers_from_trusted_proxie
     from scaler.backends.gateways import gateway_command
 
     makefile = (ROOT / "Makefile").read_text()
-    for target in ("serve", "serve-http", "serve-ws"):
+    for target in ("run", "serve", "serve-http", "serve-ws"):
         recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
         assert "$(UVICORN_TRUST)" in recipe, target
     assert 'UVICORN_TRUST = --forwarded-allow-ips "$${TRUSTED_PROXIES:-}"' in makefile
