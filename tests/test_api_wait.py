@@ -101,6 +101,24 @@ async def test_a_job_still_running_after_the_wait_is_answered_as_it_is(server):
     assert time.monotonic() - started >= 0.5  # it waited the whole time it was given
 
 
+async def test_a_job_still_running_is_waited_for_once_not_again_by_the_answering_pass(server, monkeypatch):
+    waits = []
+
+    async def counted(job_id, timeout):
+        waits.append(timeout)
+        return await until_ended(job_id, timeout)
+
+    until_ended = waiting.until_ended
+    monkeypatch.setattr(waiting, "until_ended", counted)
+    job = await in_thread(stored_job)()
+    await in_thread(lease.claim)(job.id, WORKER)
+
+    response = await server.get(f"/api/v1/jobs/{job.id}?wait=0.2")
+
+    assert response.json()["status"] == "processing"
+    assert waits == [0.2], "the client asked to wait 0.2 s once, and was kept for each wait listed"
+
+
 async def test_a_wait_out_of_range_is_refused(server):
     job = await in_thread(stored_job)()
     response = await server.get(f"/api/v1/jobs/{job.id}?wait=3600")

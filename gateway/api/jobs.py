@@ -189,7 +189,7 @@ WAIT_PARAMETER = Query(
 def job_detail(request, response: HttpResponse, job_id: str, wait: float = WAIT_PARAMETER):
     """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first."""
     job = get_job(request, job_id)
-    if wait and not job.is_finished:
+    if wait and not job.is_finished and not waiting.is_final_pass(request):  # a final pass has waited
         if waiting.deferred_by_the_server(request):
             response[waiting.WAIT_HEADER] = str(job.id)  # the server waits, on its event loop
         else:
