@@ -223,6 +223,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "django_dramatiq.middleware.DbConnectionsMiddleware",
     "processing.middleware.FailJobWhenMessageDies",
     "dramatiq.middleware.Retries",
+    "processing.middleware.ExitWhenOrphaned",
 ]
 
 
