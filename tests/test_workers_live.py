@@ -5,6 +5,7 @@ import io
 import os
 import signal
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,16 +16,24 @@ from tests.stack import MANAGE, LiveStack, free_port
 pytestmark = pytest.mark.services
 
 
+def distinct(image: Image.Image) -> Image.Image:
+    """`image` with a first row no other call gives: a job the stack has never seen (no result reuse)."""
+    stamp = uuid.uuid4().bytes * (image.width // 16 + 1)
+    row = Image.frombytes("L", (image.width, 1), stamp[: image.width])
+    image.paste(row.convert(image.mode), (0, 0))
+    return image
+
+
 def big_jpeg(side: int = 6000) -> bytes:
     """A job of a few seconds at least (with runs=10), so a test can catch its worker mid-job."""
     buffer = io.BytesIO()
-    Image.radial_gradient("L").resize((side, side)).convert("RGB").save(buffer, "JPEG", quality=85)
+    distinct(Image.radial_gradient("L").resize((side, side)).convert("RGB")).save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
 
 
 def small_png() -> bytes:
     buffer = io.BytesIO()
-    Image.radial_gradient("L").save(buffer, "PNG")
+    distinct(Image.radial_gradient("L")).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -109,6 +118,7 @@ def test_an_orphaned_worker_finishes_its_job_in_hand_and_exits(live_stack):
         live_stack.wait_until(lambda: gone(orphan), 120, "the orphaned worker process to exit")
         done = live_stack.wait_for_status(job["job_id"], timeout=120)
         assert done["status"] == "completed", done["error"]
+        assert live_stack.result(job["job_id"])["attempts"] == 1  # finished by the orphan, not redone
         assert "is gone: stopping after the jobs in hand" in live_stack.log("orphaned")
 
         # Nothing holds a consumer it does not serve: the replacement takes every new job.
@@ -117,7 +127,9 @@ def test_an_orphaned_worker_finishes_its_job_in_hand_and_exits(live_stack):
     finally:
         if not gone(orphan):
             os.kill(orphan, signal.SIGKILL)
-        live_stack.stop("replacement")
+        for name in ("orphaned", "replacement"):
+            if name in live_stack.processes:
+                live_stack.stop(name)
 
 
 @pytest.fixture
@@ -146,6 +158,7 @@ def test_a_worker_completes_its_jobs_when_redis_is_unreachable(live_stack, reque
         for job in jobs:
             done = live_stack.wait_for_status(job["job_id"], timeout=90)
             assert done["status"] == "completed", done["error"]  # not failed at its time limit
+            assert live_stack.result(job["job_id"])["attempts"] == 1  # run by this worker, first time
     finally:
         live_stack.stop(name)
     assert live_stack.processes.get(name) is None
