@@ -26,6 +26,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from gateway.serialize import job_json
@@ -40,6 +41,9 @@ LAYER_TIMEOUT = 1.0  # seconds for one channel-layer call; a hung Redis costs th
 COOLDOWN = 5.0  # seconds after a failure during which events are dropped rather than tried
 BACKLOG = 10_000  # events waiting to be sent; past this (Redis too slow) new ones are dropped
 FLUSH_AT_EXIT = 1.0  # seconds a finishing process waits for its last events to go out
+
+# Every event that never reached the channel layer, by why: its subscribers fell back to polling.
+EVENTS_DROPPED = Counter("darkroom_job_events_dropped", "Job events never sent to subscribers", ["reason"])
 
 STAFF_GROUP = "jobs.all"
 MESSAGE_TYPE = "job.event"  # handled by the consumers' `job_event`
@@ -109,19 +113,23 @@ class Publisher:
         try:
             self.pending.put_nowait((groups, message))
         except asyncio.QueueFull:
-            self._drop("the channel layer is not keeping up")
+            self._drop("backlog", "the channel layer is not keeping up")
 
     async def _send_forever(self) -> None:
         while True:
             groups, message = await self.pending.get()
             try:
                 await self.send(groups, message)
+            except Exception:  # anything else the layer raises: this event is lost, never the rest
+                self.dropped += 1
+                EVENTS_DROPPED.labels("error").inc()
+                logger.exception("job event not delivered", extra={"job_id": message.get("job_id")})
             finally:
                 self.pending.task_done()
 
     async def send(self, groups: Iterable[str], message: dict) -> None:
         if time.monotonic() < self.paused_until:
-            self._drop("the channel layer failed recently")
+            self._drop("cooldown", "the channel layer failed recently")
             return
         send_many = getattr(self.layer, "group_send_many", None)  # ours: one round trip for all
         try:
@@ -134,6 +142,8 @@ class Publisher:
                         await self.layer.group_send(group, message)
         except LAYER_ERRORS as exc:
             self.paused_until = time.monotonic() + COOLDOWN
+            self.dropped += 1
+            EVENTS_DROPPED.labels("failed").inc()
             logger.warning(
                 "job events not delivered (%s: %s); dropping them for %ss",
                 type(exc).__name__,
@@ -146,10 +156,11 @@ class Publisher:
                 logger.info("job events flowing again after %d dropped", self.dropped)
                 self.dropped = 0
 
-    def _drop(self, why: str) -> None:
+    def _drop(self, reason: str, why: str) -> None:
         if not self.dropped:
             logger.warning("dropping job events: %s", why)
         self.dropped += 1
+        EVENTS_DROPPED.labels(reason).inc()
 
     def close(self, timeout: float) -> None:
         """From another thread (at exit): send what is pending, for `timeout` seconds at most, then stop."""

@@ -305,7 +305,7 @@ class JobAdmin(admin.ModelAdmin):
             error_code = job.error_code
             try:
                 if not publishing.requeue(job):
-                    continue  # it changed meanwhile (another admin's click)
+                    continue  # it changed meanwhile (another admin's click), or ran out of attempts
             except BrokerUnavailable as exc:
                 logger.warning("requeued, but not published: %s", exc, extra={"job_id": str(job.id)})
                 unpublished += 1

@@ -33,7 +33,11 @@ def start() -> dramatiq.Worker | None:
         _started = True
     import processing.actors  # noqa: F401  (registers the actors with the broker)
 
-    worker = dramatiq.Worker(dramatiq.get_broker(), worker_threads=settings.EMBEDDED_WORKER_THREADS)
+    broker = dramatiq.get_broker()
+    # What Dramatiq's own worker processes get at boot: middleware starts its machinery here,
+    # the time limit its timer thread (without it, JOB_TIME_LIMIT_SECONDS never fires).
+    broker.emit_after("process_boot")
+    worker = dramatiq.Worker(broker, worker_threads=settings.EMBEDDED_WORKER_THREADS)
     worker.start()
     # The database work runs on a thread of its own: the server may import the application from
     # inside its event loop (uvicorn does), where Django refuses synchronous queries.

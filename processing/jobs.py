@@ -10,6 +10,8 @@ a running job `processing.lease`.
 import logging
 import time
 
+from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from processing import lease
@@ -30,11 +32,30 @@ def emit(job: Job, event: str) -> None:
 
 
 def claim(job_id, worker: str) -> Job | None:
-    """Start the job on `worker` (see lease.claim) and announce it; None when there is nothing to do."""
+    """Start the job on `worker` (see lease.claim) and announce it; None when there is nothing to do.
+
+    A job out of attempts is failed here rather than started again: see `give_up`.
+    """
     job = lease.claim(job_id, worker)
     if job is not None:
         emit(job, "job.processing")
+    else:
+        give_up(job_id)
     return job
+
+
+def give_up(job_id) -> bool:
+    """Fail a job that would otherwise start for the (JOB_MAX_ATTEMPTS + 1)th time; False when it wouldn't.
+
+    Every attempt so far ended without a result: a job whose worker is killed each time
+    (say, for memory) would otherwise be redelivered forever.
+    """
+    limit = settings.JOB_MAX_ATTEMPTS
+    message = (
+        f"started {limit} times (JOB_MAX_ATTEMPTS) and never finished: its worker was lost each time, "
+        "for example killed for lack of memory, so it is not started again"
+    )
+    return _fail(lease.out_of_attempts(job_id), job_id, "worker_lost", message)
 
 
 class ProgressReporter:
@@ -87,6 +108,15 @@ def fail(job_id, code: str, message: str, worker: str | None = None) -> bool:
         if worker
         else Job.objects.filter(id=job_id, status__in=[Job.QUEUED, Job.PROCESSING])
     )
+    return _fail(jobs, job_id, code, message)
+
+
+def fail_unless_held_elsewhere(job_id, code: str, message: str, worker: str) -> bool:
+    """Fail the job unless a live worker other than `worker` holds it (and will finish it)."""
+    return _fail(lease.free_or_held_by(job_id, worker), job_id, code, message)
+
+
+def _fail(jobs, job_id, code: str, message: str) -> bool:
     updated = jobs.update(
         status=Job.FAILED,
         error_code=code,
@@ -115,21 +145,29 @@ def cancel(job_id) -> bool:
 
 
 def requeue_failed(job_id) -> bool:
-    """Failed → queued with a clean slate (attempts are kept, for the record); `publishing.requeue` sends it.
+    """Failed → queued with a clean slate and JOB_MAX_ATTEMPTS new attempts; `publishing.requeue` sends it.
 
-    False when the job is no longer failed: the conditional update makes a double click requeue it once.
+    False when the job is no longer failed (the conditional update makes a double click requeue it
+    once), or when it ran out of attempts (`give_up`): a job that killed its worker every time
+    would kill the next one too, so it stays failed.
     """
-    reset = Job.objects.filter(id=job_id, status=Job.FAILED).update(
-        status=Job.QUEUED,
-        progress=0.0,
-        error_code="",
-        error_message="",
-        worker_id="",
-        started_at=None,
-        finished_at=None,
-        lease_expires_at=None,
-        enqueued_at=None,
-        processing_ms=None,
-        metrics={},
+    poisoned = Q(error_code="worker_lost", attempts__gte=settings.JOB_MAX_ATTEMPTS)
+    reset = (
+        Job.objects.filter(id=job_id, status=Job.FAILED)
+        .exclude(poisoned)
+        .update(
+            status=Job.QUEUED,
+            progress=0.0,
+            attempts=0,
+            error_code="",
+            error_message="",
+            worker_id="",
+            started_at=None,
+            finished_at=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            processing_ms=None,
+            metrics={},
+        )
     )
     return bool(reset)

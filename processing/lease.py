@@ -12,11 +12,18 @@ its lease runs out and the next delivery of the job's message claims it again.
                          │ W dies: T passes   │ W hits a transient error: release (T = now)
                          ▼                    ▼
                       processing, lease expired ──claim by the next delivery──► held by W2
+                         │
+                         └─ JOB_MAX_ATTEMPTS claims used up: the next delivery fails it (worker_lost)
+
+Every claim counts an attempt. A job that has been started JOB_MAX_ATTEMPTS times is never
+claimed again (a job whose worker is killed each time, e.g. for memory, would be redelivered
+forever): the delivery that finds it `claimable` but out of attempts fails it instead.
 
 A delivery that finds the job held by a live worker (a duplicate message) waits for
 that lease to run out and looks again (`holder`); one that finds it finished does
-nothing. `abandoned` finds jobs whose lease ran out a whole lease period ago with no
-delivery to claim them: the re-publisher sends them again.
+nothing. A message given up on while a live worker holds its job leaves the job to that
+worker (`free_or_held_by`). `abandoned` finds jobs whose lease ran out a whole lease
+period ago with no delivery to claim them: the re-publisher sends them again.
 
 JOB_LEASE_SECONDS is the lease's length; renewing every third of it leaves two renewals'
 worth of slack for a busy database before a live worker's job is taken over.
@@ -51,7 +58,8 @@ def expires(now: datetime | None = None) -> datetime:
 
 
 def claim(job_id, worker: str) -> Job | None:
-    """Take the job for `worker`; None when it is finished, cancelled, unknown, or held by a live worker.
+    """Take the job for `worker`; None when it is finished, cancelled, unknown, held by a live worker,
+    or out of attempts (see `claimable`).
 
     One conditional UPDATE that returns the claimed row: of two deliveries racing for the
     job, the database lets one update it, and the other finds nothing to update.
@@ -68,7 +76,7 @@ def _claim_sql() -> str:
     return (
         f"UPDATE {quote(Job._meta.db_table)} SET status = %s, worker_id = %s, lease_expires_at = %s,"
         " started_at = COALESCE(started_at, %s), attempts = attempts + 1, progress = 0"
-        " WHERE id = %s AND (status = %s OR (status = %s AND lease_expires_at < %s))"
+        " WHERE id = %s AND (status = %s OR (status = %s AND lease_expires_at < %s)) AND attempts < %s"
         f" RETURNING {columns}"
     )
 
@@ -87,7 +95,27 @@ def _claim_params(job_id, worker: str, now: datetime) -> list:
         Job.QUEUED,
         Job.PROCESSING,
         moment(now),
+        settings.JOB_MAX_ATTEMPTS,
     ]
+
+
+def claimable(job_id, now: datetime | None = None):
+    """The job, if a delivery may start it: queued, or running with its lease run out."""
+    now = now or timezone.now()
+    return Job.objects.filter(
+        Q(status=Job.QUEUED) | Q(status=Job.PROCESSING, lease_expires_at__lt=now), id=job_id
+    )
+
+
+def out_of_attempts(job_id):
+    """The job, if it is claimable but has been started JOB_MAX_ATTEMPTS times already."""
+    return claimable(job_id).filter(attempts__gte=settings.JOB_MAX_ATTEMPTS)
+
+
+def free_or_held_by(job_id, worker: str):
+    """The job, if it is in flight and no live worker other than `worker` holds it."""
+    live_elsewhere = Q(status=Job.PROCESSING, lease_expires_at__gte=timezone.now()) & ~Q(worker_id=worker)
+    return Job.objects.filter(id=job_id, status__in=[Job.QUEUED, Job.PROCESSING]).exclude(live_elsewhere)
 
 
 def held_by(job_id, worker: str):

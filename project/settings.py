@@ -227,6 +227,10 @@ BROKER_URL = env_url("BROKER_URL", ("amqp", "amqps"))
 BROKER_CONNECT_TIMEOUT = env_int("BROKER_CONNECT_TIMEOUT", 2, minimum=1)
 JOB_TIME_LIMIT_SECONDS = env_int("JOB_TIME_LIMIT_SECONDS", 120, minimum=1)
 JOB_MAX_RETRIES = env_int("JOB_MAX_RETRIES", 3, minimum=0)
+# Starts of one job, whatever ended each (an error, or its worker killed, e.g. out of memory): past
+# this the job fails as worker_lost rather than being redelivered forever. The default leaves room
+# for every retry, so only lost workers make a job run out of attempts.
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", JOB_MAX_RETRIES + 1, minimum=1)
 # A claimed job's lease; the worker renews it while it works, so a job whose worker
 # died is claimable again once its lease runs out.
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 20, minimum=3)
@@ -247,6 +251,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "django_dramatiq.middleware.DbConnectionsMiddleware",
     "processing.middleware.FailJobWhenMessageDies",
     "dramatiq.middleware.Retries",
+    "processing.middleware.ExitWhenOrphaned",
 ]
 
 

@@ -171,9 +171,9 @@ class LiveStack:
         )
         return done.stdout.strip()
 
-    def start_worker(self, name: str = "worker", threads: int = 2) -> subprocess.Popen:
+    def start_worker(self, name: str = "worker", threads: int = 2, **env: str) -> subprocess.Popen:
         command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(threads)]
-        return self.spawn(name, command)
+        return self.spawn(name, command, **env)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         process = self.processes.pop(name)

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from processing import jobs, publishing, storage
-from processing.actors import process_job
+from processing.actors import MAX_LEASE_WAITS, process_job
 from processing.models import Job
 from tests import images
 from tests.factories import stored_job
@@ -194,3 +194,45 @@ def test_a_failing_event_receiver_never_fails_the_job(make_job, run_jobs):
         job_changed.disconnect(broken)
     job.refresh_from_db()
     assert job.status == Job.COMPLETED
+
+
+def test_a_job_whose_worker_was_killed_at_every_attempt_fails_as_worker_lost(make_job, run_jobs, settings):
+    job = make_job()
+    # The last of its JOB_MAX_ATTEMPTS workers was killed mid-job; RabbitMQ delivers the message again.
+    hold(job, "dead-host:1:thread", lease_seconds=-1, attempts=settings.JOB_MAX_ATTEMPTS)
+    publishing.publish(job)
+    run_jobs()
+
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == (Job.FAILED, "worker_lost")
+    assert job.attempts == settings.JOB_MAX_ATTEMPTS  # not started again
+    assert not storage.default_storage.exists(f"results/{job.id}")
+
+    publishing.publish(job)  # a stray duplicate changes nothing
+    run_jobs()
+    job.refresh_from_db()
+    assert job.status == Job.FAILED and job.attempts == settings.JOB_MAX_ATTEMPTS
+
+
+def test_a_job_with_attempts_left_is_taken_over_and_completes(make_job, run_jobs, settings):
+    job = make_job()
+    hold(job, "dead-host:1:thread", lease_seconds=-1, attempts=settings.JOB_MAX_ATTEMPTS - 1)
+    publishing.publish(job)
+    run_jobs()
+
+    job.refresh_from_db()
+    assert job.status == Job.COMPLETED and job.attempts == settings.JOB_MAX_ATTEMPTS
+
+
+def test_a_duplicate_given_up_on_leaves_the_job_to_the_live_worker_holding_it(
+    make_job, run_jobs, stub_broker
+):
+    job = make_job()
+    hold(job, "busy-host:1:thread", lease_seconds=60)
+    # A duplicate that has already waited out the lease as often as it may.
+    process_job.send_with_options(args=(str(job.id),), retries=MAX_LEASE_WAITS)
+    run_jobs()
+
+    assert len(stub_broker.dead_letters) == 1
+    job.refresh_from_db()
+    assert (job.status, job.worker_id, job.error_code) == (Job.PROCESSING, "busy-host:1:thread", "")

@@ -1,8 +1,16 @@
 """The embedded default: jobs survive a server restart although the in-memory broker does not."""
 
-import pytest
+import threading
+import time
 
-from processing import embedded, publishing
+import dramatiq
+import pytest
+from django.conf import settings
+from django_dramatiq.utils import load_middleware
+from dramatiq.brokers.stub import StubBroker
+
+from processing import actors, embedded, publishing
+from processing.actors import process_job
 from processing.models import Job
 from tests.factories import stored_job
 
@@ -31,3 +39,58 @@ def test_a_job_is_published_with_only_its_id(stub_broker):
     message = stub_broker.queues["images"].get_nowait()
     assert b'"args":["%s"]' % str(job.id).encode() in message
     assert len(message) < 1024  # never image bytes
+
+
+@pytest.fixture
+def unbooted_broker():
+    """The broker as the server has it before the embedded workers start: no process_boot yet."""
+    broker = StubBroker(middleware=[load_middleware(path) for path in settings.DRAMATIQ_BROKER["MIDDLEWARE"]])
+    previous = dramatiq.get_broker()
+    dramatiq.set_broker(broker)
+    process_job.broker = broker
+    broker.declare_actor(process_job)
+    yield broker
+    broker.close()
+    dramatiq.set_broker(previous)
+    process_job.broker = previous
+
+
+@pytest.fixture
+def embedded_start(unbooted_broker, settings, monkeypatch):
+    """embedded.start() as the server runs it, its worker stopped after the test."""
+    settings.EMBEDDED_WORKERS = True
+    monkeypatch.setattr(embedded, "_started", False)
+    monkeypatch.setattr(embedded, "requeue_stale_forever", lambda: None)  # its own tests cover it
+    workers = []
+
+    def start() -> dramatiq.Worker:
+        workers.append(embedded.start())
+        return workers[-1]
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def test_an_embedded_job_over_its_time_limit_fails_with_the_reason(
+    unbooted_broker, embedded_start, monkeypatch
+):
+    job = unfinished_job(Job.QUEUED)
+    monkeypatch.setattr(process_job, "options", {**process_job.options, "time_limit": 200})
+    never = threading.Event()
+
+    def endless(job, worker):
+        # Python-level work that only the time limit stops; without one it gives up after a
+        # generous while, leaving the job unfinished, so that the test fails rather than hangs.
+        deadline = time.monotonic() + 30
+        while not never.wait(0.01) and time.monotonic() < deadline:
+            pass
+
+    monkeypatch.setattr(actors, "run", endless)
+
+    worker = embedded_start()  # publishes the job left queued
+    unbooted_broker.join(process_job.queue_name, fail_fast=False)
+    worker.join()
+
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == (Job.FAILED, "time_limit_exceeded")

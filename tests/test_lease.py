@@ -162,7 +162,7 @@ def test_a_job_cancelled_mid_run_stops_at_its_checkpoint_and_its_lease_is_gone()
 
 def test_a_dead_letter_fails_the_job_with_the_reason():
     job = stored_job()
-    lease.claim(job.id, W1)
+    lease.claim(job.id, lease.worker_id())  # this thread ran the job, e.g. until its time limit
     message = MessageProxy(process_job.message(str(job.id)))
     message.fail()  # what Retries does when it gives up on the message
 
@@ -172,3 +172,56 @@ def test_a_dead_letter_fails_the_job_with_the_reason():
     assert (row.status, row.error_code) == (Job.FAILED, "worker_lost")
     assert row.lease_expires_at is None
     assert lease.claim(job.id, W2) is None
+
+
+def test_a_dead_lettered_duplicate_leaves_the_job_to_the_live_worker_that_holds_it():
+    job = stored_job()
+    claimed = lease.claim(job.id, W1)
+    duplicate = MessageProxy(process_job.message(str(job.id)))
+    duplicate.fail()  # it waited out the lease MAX_LEASE_WAITS times while W1 kept renewing it
+
+    FailJobWhenMessageDies().after_process_message(None, duplicate, exception=dramatiq.Retry("held"))
+
+    assert fresh(job).status == Job.PROCESSING and fresh(job).worker_id == W1
+    assert jobs.complete(claimed, W1)  # W1 finishes it as if nothing happened
+    assert fresh(job).status == Job.COMPLETED
+
+
+def test_a_dead_letter_fails_a_job_whose_holder_died():
+    job = stored_job()
+    lease.claim(job.id, W1)
+    expire(job)
+    message = MessageProxy(process_job.message(str(job.id)))
+    message.fail()
+
+    FailJobWhenMessageDies().after_process_message(None, message, exception=OSError("disk on fire"))
+
+    assert (fresh(job).status, fresh(job).error_code) == (Job.FAILED, "processing_error")
+
+
+def test_a_job_started_job_max_attempts_times_is_failed_by_its_next_delivery_and_stays_failed(settings):
+    settings.JOB_MAX_ATTEMPTS = 2
+    job = stored_job()
+    for worker in (W1, W2):  # each killed mid-job (say, out of memory): its lease runs out
+        assert lease.claim(job.id, worker) is not None
+        expire(job, seconds_ago=settings.JOB_LEASE_SECONDS * 2)
+
+    assert jobs.claim(job.id, "host:3:worker-3") is None
+
+    row = fresh(job)
+    assert (row.status, row.error_code, row.attempts) == (Job.FAILED, "worker_lost", 2)
+    assert "started 2 times" in row.error_message and "JOB_MAX_ATTEMPTS" in row.error_message
+    assert not publishing.stale_jobs().filter(id=job.id).exists()  # the re-publisher leaves it alone
+    assert not jobs.requeue_failed(job.id)  # and so does a requeue: it would kill the next worker too
+    assert fresh(job).status == Job.FAILED
+
+
+def test_a_failed_job_requeued_gets_its_attempts_anew(settings):
+    settings.JOB_MAX_ATTEMPTS = 1
+    job = stored_job()
+    lease.claim(job.id, W1)
+    jobs.fail(job.id, "processing_error", "storage was down", W1)
+
+    assert jobs.requeue_failed(job.id)
+
+    assert lease.claim(job.id, W2) is not None and fresh(job).attempts == 1

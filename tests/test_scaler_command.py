@@ -116,3 +116,9 @@ def test_once_reads_the_queue_and_the_jobs_in_flight(stub_broker):
 def test_contradicting_flags_are_refused(flags, message):
     with pytest.raises(CommandError, match=message):
         call_command("scale_workers", *flags)
+
+
+@pytest.mark.parametrize("flags", [["--processes", "0"], ["--threads", "0"]])
+def test_run_workers_refuses_to_run_nothing(flags):
+    with pytest.raises(CommandError, match="at least one process and one thread"):
+        call_command("run_workers", *flags)

@@ -344,6 +344,16 @@ def test_workers_get_time_to_drain_and_hold_no_more_than_they_work_on(manifests)
     assert container["command"][container["command"].index("--processes") + 1] == "1"
 
 
+def test_every_documented_way_to_run_workers_supervises_them(manifests, services):
+    # A dead worker process is replaced by the same code everywhere: scaler.backends.local.LocalWorkers.
+    container = one(manifests, "Deployment", "darkroom-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["python", "manage.py", "run_workers"]
+    assert services["scaler"]["command"][:3] == ["python", "manage.py", "scale_workers"]
+    assert not any("rundramatiq" in str(service.get("command", "")) for service in services.values())
+    make_worker = re.search(r"^worker:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
+    assert "manage.py run_workers" in make_worker.group(1)
+
+
 def test_every_namespaced_object_lives_in_the_darkroom_namespace(manifests):
     for manifest in manifests:
         if manifest["kind"] != "Namespace":

@@ -103,9 +103,9 @@ class LocalWorkers:
                 group.pid,
                 describe_exit(group.process.returncode),
             )
-            # If the main process died and not its worker, the worker lives on, orphaned, in the
-            # group; one SIGTERM lets it finish its jobs and go, like any drain.
-            signal_group(group.pid, signal.SIGTERM)
+            # If the main process died and not its worker, the orphaned worker stops itself after
+            # its jobs in hand (processing.middleware.ExitWhenOrphaned): a SIGTERM from here too
+            # could be its second, which makes it exit mid-job.
             self.active.append(self._start())
         return len(crashed)
 

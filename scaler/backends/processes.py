@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,16 @@ from pathlib import Path
 from django.conf import settings
 
 MANAGE = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+
+SUPERVISE_EVERY = 1.0  # seconds: how soon a crashed process is replaced
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: a supervisor stops its processes its own way, once."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -1,6 +1,5 @@
 import json
 import logging
-import signal
 import threading
 import time
 from pathlib import Path
@@ -15,11 +14,10 @@ from scaler.backends.gateways import LocalGateways
 from scaler.backends.kubernetes import KubernetesApi, KubernetesDeployment, KubernetesError, pod_namespace
 from scaler.backends.local import LocalWorkers, ObservedWorkers
 from scaler.backends.nginx import Nginx, NginxError
+from scaler.backends.processes import SUPERVISE_EVERY, stop_on_signals
 from scaler.observability import serve_health, serve_metrics
 from scaler.policy import GatewayPolicy, WorkerPolicy
 from scaler.status import Status
-
-SUPERVISE_EVERY = 1.0  # seconds: how soon a crashed process is replaced, whatever the check interval
 
 
 class Command(BaseCommand):
@@ -83,9 +81,7 @@ class Command(BaseCommand):
             return
         autoscaler = Autoscaler(status, worker_policy=worker_policy, gateway_policy=gateway_policy)
         servers = []
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop = stop_on_signals()
         try:
             autoscaler.workers = None if options["no_workers"] else worker_pool(options)
             if options["gateways"]:

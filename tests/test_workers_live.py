@@ -1,0 +1,164 @@
+"""Worker processes on the full stack: supervised by `run_workers` (`make worker`), never orphaned
+or stalled. Real PostgreSQL, RabbitMQ and Redis (tests/stack.py)."""
+
+import io
+import os
+import signal
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.stack import MANAGE, LiveStack, free_port
+
+pytestmark = pytest.mark.services
+
+
+def distinct(image: Image.Image) -> Image.Image:
+    """`image` with a first row no other call gives: a job the stack has never seen (no result reuse)."""
+    stamp = uuid.uuid4().bytes * (image.width // 16 + 1)
+    row = Image.frombytes("L", (image.width, 1), stamp[: image.width])
+    image.paste(row.convert(image.mode), (0, 0))
+    return image
+
+
+def big_jpeg(side: int = 6000) -> bytes:
+    """A job of a few seconds at least (with runs=10), so a test can catch its worker mid-job."""
+    buffer = io.BytesIO()
+    distinct(Image.radial_gradient("L").resize((side, side)).convert("RGB")).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def small_png() -> bytes:
+    buffer = io.BytesIO()
+    distinct(Image.radial_gradient("L")).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def worker_processes(supervisor: int) -> set[int]:
+    """The Dramatiq worker processes under `run_workers`: each group's main process forks one."""
+    return {worker for group in children(supervisor) for worker in children(group)}
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # exited; whoever adopted it has not reaped it yet
+
+
+def worker_pid(stack: LiveStack, job_id: str) -> int:
+    return int(stack.result(job_id)["worker"].split(":")[1])  # host:pid:thread
+
+
+def hold_mid_job(stack: LiveStack, job_id: str) -> int:
+    """Stop (SIGSTOP) the worker process that is processing `job_id`; its pid."""
+    stack.wait_for_status(job_id, ("processing",), timeout=60)
+    pid = worker_pid(stack, job_id)
+    os.kill(pid, signal.SIGSTOP)
+    assert stack.job(job_id)["status"] == "processing"  # stopped with the job in hand
+    return pid
+
+
+def test_make_worker_replaces_a_killed_worker_process_and_drains_on_sigterm(live_stack):
+    supervisor = live_stack.spawn(
+        "run-workers", [*MANAGE, "run_workers", "--processes", "2", "--threads", "1"]
+    )
+    try:
+        live_stack.wait_until(lambda: len(worker_processes(supervisor.pid)) == 2, 60, "two worker processes")
+        victim = min(worker_processes(supervisor.pid))
+        os.kill(victim, signal.SIGKILL)  # as the OOM killer would
+
+        def replaced() -> bool:
+            workers = worker_processes(supervisor.pid)
+            return len(workers) == 2 and victim not in workers
+
+        live_stack.wait_until(replaced, 60, "the killed worker process to be replaced")
+        jobs = [live_stack.submit("grayscale", small_png(), filename="image.png") for _ in range(4)]
+        for job in jobs:
+            assert live_stack.wait_for_status(job["job_id"], timeout=90)["status"] == "completed"
+
+        # SIGTERM with a job in hand: the supervisor drains, the job finishes where it started.
+        job = live_stack.submit("grayscale", big_jpeg(), runs=10)
+        held = hold_mid_job(live_stack, job["job_id"])
+        supervisor.send_signal(signal.SIGTERM)
+        os.kill(held, signal.SIGCONT)
+        assert supervisor.wait(timeout=120) == 0
+        assert live_stack.job(job["job_id"])["status"] == "completed"
+        assert live_stack.result(job["job_id"])["attempts"] == 1
+        assert all(gone(pid) for pid in [held, *worker_processes(supervisor.pid)])
+    finally:
+        live_stack.processes.pop("run-workers", None)
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            supervisor.wait()
+
+
+def test_an_orphaned_worker_finishes_its_job_in_hand_and_exits(live_stack):
+    group = live_stack.start_worker("orphaned", threads=1)
+    job = live_stack.submit("grayscale", big_jpeg(), runs=10)
+    orphan = hold_mid_job(live_stack, job["job_id"])
+    try:
+        os.kill(group.pid, signal.SIGKILL)  # the main process: its worker process lives on, orphaned
+        group.wait()
+        live_stack.processes.pop("orphaned")
+        live_stack.start_worker("replacement", threads=1)
+        os.kill(orphan, signal.SIGCONT)
+
+        live_stack.wait_until(lambda: gone(orphan), 120, "the orphaned worker process to exit")
+        done = live_stack.wait_for_status(job["job_id"], timeout=120)
+        assert done["status"] == "completed", done["error"]
+        assert live_stack.result(job["job_id"])["attempts"] == 1  # finished by the orphan, not redone
+        assert "is gone: stopping after the jobs in hand" in live_stack.log("orphaned")
+
+        # Nothing holds a consumer it does not serve: the replacement takes every new job.
+        later = live_stack.submit("grayscale", small_png(), filename="image.png")
+        assert live_stack.wait_for_status(later["job_id"], timeout=90)["status"] == "completed"
+    finally:
+        if not gone(orphan):
+            os.kill(orphan, signal.SIGKILL)
+        for name in ("orphaned", "replacement"):
+            if name in live_stack.processes:
+                live_stack.stop(name)
+
+
+@pytest.fixture
+def silent_redis():
+    """A hung Redis: connections are accepted (by the kernel: a listening socket) but never answered."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(64)
+        yield f"redis://127.0.0.1:{listening.getsockname()[1]}/0"
+
+
+@pytest.fixture
+def refusing_redis():
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+@pytest.mark.parametrize("redis_url", ["silent_redis", "refusing_redis"])
+def test_a_worker_completes_its_jobs_when_redis_is_unreachable(live_stack, request, redis_url):
+    # The gateway keeps the real Redis; only the worker's events go nowhere.
+    name = f"worker-{redis_url}"
+    live_stack.start_worker(
+        name, threads=2, REDIS_URL=request.getfixturevalue(redis_url), JOB_TIME_LIMIT_SECONDS="30"
+    )
+    try:
+        jobs = [live_stack.submit("sobel", small_png(), filename="image.png") for _ in range(6)]
+        for job in jobs:
+            done = live_stack.wait_for_status(job["job_id"], timeout=90)
+            assert done["status"] == "completed", done["error"]  # not failed at its time limit
+            assert live_stack.result(job["job_id"])["attempts"] == 1  # run by this worker, first time
+    finally:
+        live_stack.stop(name)
+    assert live_stack.processes.get(name) is None
