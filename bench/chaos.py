@@ -1,8 +1,10 @@
 """`make chaos`: the full stack through the faults it promises to survive, one fault per run of jobs.
 
-For each fault, clients submit a few hundred distinct images (retrying a 503, as a client of a
-queue should) while the fault strikes: a worker process or a worker's main process SIGKILLed,
-RabbitMQ stopped and started, Redis killed and started, PostgreSQL stopped and started. Then
+The stack runs as the README's full stack does: the gateway, `make worker` (supervised worker
+processes) and `make requeue`. For each fault, clients submit a few hundred distinct images
+(retrying a 503, as a client of a queue should) while the fault strikes: a worker process or a
+worker's main process SIGKILLed, RabbitMQ stopped and started, Redis killed and started,
+PostgreSQL stopped and started. Then
 every accepted job is followed until it ends. Per fault it prints jobs accepted, completed,
 failed (with their reasons) and stuck, the 503s and how fast they came, and any other 5xx.
 
@@ -287,7 +289,7 @@ LEASES = {
 
 
 def run(faults: list[str], jobs: int, concurrency: int = 8, workers: int = 2) -> list[Outcome]:
-    with Stack(workers=workers, threads=2, **LEASES) as stack:
+    with Stack(workers=workers, threads=2, supervised=True, **LEASES) as stack:
         stack.spawn("requeue", [*MANAGE, "requeue_stale", "--every", "5"])
         return [run_fault(stack, fault, jobs, concurrency) for fault in faults]
 

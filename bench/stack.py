@@ -65,9 +65,11 @@ class StartedOrCleanedUp:
 class Stack(StartedOrCleanedUp):
     """`with Stack(workers=2, threads=1) as stack:` then talk to `stack.base_url`."""
 
-    def __init__(self, workers: int, threads: int, **settings: str):
+    def __init__(self, workers: int, threads: int, supervised: bool = False, **settings: str):
         self.name = f"darkroom_bench_{uuid.uuid4().hex[:8]}"
         self.workers, self.threads = workers, threads
+        # Supervised: one `run_workers` process keeps them (`make worker`); else a process per group.
+        self.supervised = supervised
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}_"))
         self.processes: dict[str, subprocess.Popen] = {}
         self.admin_dsn = with_path("DATABASE_URL", "postgres://postgres@127.0.0.1:5432", "/postgres")
@@ -102,7 +104,10 @@ class Stack(StartedOrCleanedUp):
         self.spawn(
             "server", [*command, "--host", "127.0.0.1", "--no-access-log", "--forwarded-allow-ips", ""]
         )
-        for number in range(self.workers):
+        if self.supervised:
+            count = ["--processes", str(self.workers), "--threads", str(self.threads)]
+            self.spawn("workers", [*MANAGE, "run_workers", *count])
+        for number in range(0 if self.supervised else self.workers):
             command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(self.threads)]
             self.spawn(f"worker{number + 1}", command)
         self.wait_until(self.is_live, "the server to answer /health/live")
