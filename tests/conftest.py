@@ -1,4 +1,5 @@
 import os
+import socket
 
 import dramatiq
 import pytest
@@ -9,7 +10,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from processing.actors import process_job
 from tests.services import require
-from tests.stack import LiveStack
+from tests.stack import LiveStack, free_port
 
 ACTORS = [process_job]
 
@@ -117,3 +118,18 @@ def fresh_rate_limits(settings):
     forget()
     yield
     forget()
+
+
+@pytest.fixture
+def silent_redis():
+    """A hung Redis: connections are accepted (by the kernel: a listening socket) but never answered."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(64)
+        yield f"redis://127.0.0.1:{listening.getsockname()[1]}/0"
+
+
+@pytest.fixture
+def refusing_redis():
+    """A Redis that is down: nothing listens on its port."""
+    return f"redis://127.0.0.1:{free_port()}/0"

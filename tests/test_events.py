@@ -1,14 +1,12 @@
 """gateway.events.Publisher: a job's events never wait on the channel layer, and none is lost unseen."""
 
 import asyncio
-import socket
 
 import pytest
 from prometheus_client import REGISTRY
 
 from gateway.events import Publisher
 from gateway.layers import RedisChannelLayer
-from tests.stack import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -16,21 +14,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture
-def silent_redis():
-    """A hung Redis: connections are accepted (by the kernel: a listening socket) but never answered."""
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen(64)
-        yield f"redis://127.0.0.1:{listening.getsockname()[1]}/0"
-
-
-@pytest.fixture
-def refusing_redis():
-    """A Redis that is down: nothing listens on its port."""
-    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 def dropped_total() -> float:

@@ -4,14 +4,13 @@ or stalled. Real PostgreSQL, RabbitMQ and Redis (tests/stack.py)."""
 import io
 import os
 import signal
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.stack import MANAGE, LiveStack, free_port
+from tests.stack import MANAGE, LiveStack
 
 pytestmark = pytest.mark.services
 
@@ -130,20 +129,6 @@ def test_an_orphaned_worker_finishes_its_job_in_hand_and_exits(live_stack):
         for name in ("orphaned", "replacement"):
             if name in live_stack.processes:
                 live_stack.stop(name)
-
-
-@pytest.fixture
-def silent_redis():
-    """A hung Redis: connections are accepted (by the kernel: a listening socket) but never answered."""
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen(64)
-        yield f"redis://127.0.0.1:{listening.getsockname()[1]}/0"
-
-
-@pytest.fixture
-def refusing_redis():
-    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 @pytest.mark.parametrize("redis_url", ["silent_redis", "refusing_redis"])
