@@ -60,7 +60,7 @@ def embedded_start(unbooted_broker, settings, monkeypatch):
     """embedded.start() as the server runs it, its worker stopped after the test."""
     settings.EMBEDDED_WORKERS = True
     monkeypatch.setattr(embedded, "_started", False)
-    monkeypatch.setattr(embedded, "requeue_stale_forever", lambda: None)  # its own tests cover it
+    monkeypatch.setattr(embedded, "requeue_forever", lambda: None)  # its own tests cover it
     workers = []
 
     def start() -> dramatiq.Worker:
@@ -88,7 +88,8 @@ def test_an_embedded_job_over_its_time_limit_fails_with_the_reason(
 
     monkeypatch.setattr(actors, "run", endless)
 
-    worker = embedded_start()  # publishes the job left queued
+    worker = embedded_start()
+    embedded.republish_unfinished()  # the first thing its requeue thread does: the job left queued
     unbooted_broker.join(process_job.queue_name, fail_fast=False)
     worker.join()
 
