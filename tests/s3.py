@@ -9,6 +9,7 @@ stack talks to.
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,6 +40,7 @@ PORT_NAMES = (
     "s3.port.grpc",
 )
 START_ATTEMPTS = 3
+UNEPHEMERAL_PORTS = (20000, 32000)  # Linux hands out source ports from 32768 up
 
 
 def weed_binary() -> str | None:
@@ -47,16 +49,20 @@ def weed_binary() -> str | None:
 
 
 def unused_ports(count: int) -> list[int]:
-    """Ports free right now; held open together so that they differ. Another process may take one before
-    weed binds it: SeaweedServer.start then tries again with new ones."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """Ports free right now, below the kernel's ephemeral range: weed's own outgoing connections take
+    their source ports from that range and could hold one of ours when weed restarts. Another process
+    may still take one before weed binds it: SeaweedServer.start then tries again with new ones."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(*UNEPHEMERAL_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 class SeaweedServer:
