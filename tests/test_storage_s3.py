@@ -16,7 +16,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image
 
-from processing import reports
+from processing import reports, storage
 from processing.models import Job
 from tests import images
 from tests.uploads import png, submit
@@ -154,3 +154,29 @@ def test_cleanup_finds_files_in_the_bucket_whose_job_is_gone(client, run_jobs, s
     assert removed == 1
     assert orphan not in s3_server.keys(bucket)
     assert len(job_keys(s3_server, bucket, job_id)) == 4  # its job still exists
+
+
+def test_a_worker_whose_output_write_fails_retries_and_completes(
+    client, run_jobs, s3_server, bucket, monkeypatch
+):
+    """S3 goes away between reading the input and writing the output: the job is retried, not failed."""
+    save_output = storage.save_output
+    outages = []
+
+    def s3_gone_for_the_first_output(key: str, data: bytes) -> str:
+        if outages or not key.startswith("results/"):
+            return save_output(key, data)
+        outages.append(key)
+        s3_server.stop()
+        try:
+            return save_output(key, data)  # against a server that is not there
+        finally:
+            s3_server.restart()  # back before the retry
+
+    monkeypatch.setattr(storage, "save_output", s3_gone_for_the_first_output)
+    job_id = create_job(client, seed=9)
+    run_jobs()
+
+    job = Job.objects.get(id=job_id)
+    assert outages and (job.status, job.attempts) == (Job.COMPLETED, 2)
+    assert f"results/{job_id}/output.png" in s3_server.keys(bucket)
