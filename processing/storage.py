@@ -66,9 +66,12 @@ def delete_files_of_deleted_job(sender, instance, **kwargs) -> None:
 
 def stored_job_folders(folder: str) -> list[str]:
     """The job ids that have a folder under `folder` ("uploads" or "results")."""
-    if not default_storage.exists(folder):
+    # Listed, not tested with exists(): object storage has no folders, only keys under a prefix, and
+    # exists("uploads") there is always False.
+    try:
+        job_ids, _ = default_storage.listdir(folder)
+    except FileNotFoundError:  # disk storage before its first file
         return []
-    job_ids, _ = default_storage.listdir(folder)
     return job_ids
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlparse
 
 import dj_database_url
+from botocore.config import Config
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -297,6 +298,17 @@ if AWS_STORAGE_BUCKET_NAME:
             "region_name": env_str("AWS_S3_REGION_NAME") or None,
             "querystring_expire": env_int("AWS_QUERYSTRING_EXPIRE", 600, minimum=1),
             "file_overwrite": True,
+            # botocore's own defaults (60 s to connect, 60 s per read, 5 attempts) hold a request for
+            # minutes when S3 hangs; bounded, an upload gets its 503 storage_unavailable in seconds
+            # and a worker's job is retried.
+            "client_config": Config(
+                connect_timeout=env_int("AWS_S3_CONNECT_TIMEOUT", 2, minimum=1),
+                read_timeout=env_int("AWS_S3_READ_TIMEOUT", 5, minimum=1),
+                retries={
+                    "mode": "standard",
+                    "total_max_attempts": env_int("AWS_S3_MAX_ATTEMPTS", 2, minimum=1),
+                },
+            ),
         },
     }
 else:

@@ -9,6 +9,7 @@ from django_dramatiq.utils import load_middleware
 from dramatiq.brokers.stub import StubBroker
 
 from processing.actors import process_job
+from tests.s3 import SeaweedServer
 from tests.services import require
 from tests.stack import LiveStack, free_port
 
@@ -78,6 +79,16 @@ def live_stack(tmp_path_factory):
     with LiveStack(tmp_path_factory.mktemp("stack")) as stack:
         stack.start_server()
         yield stack
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS, tests/s3.py) for the whole run; each user makes its own bucket."""
+    require("s3")
+    server = SeaweedServer(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

