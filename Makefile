@@ -50,9 +50,10 @@ serve-ws: setup
 		--no-access-log $(UVICORN_WS) $(UVICORN_TRUST)
 
 
-# Worker processes for the full stack (BROKER_URL set), each replaced within a second if it dies.
+# Worker processes for the full stack (BROKER_URL set), each replaced within a second if it dies:
+# WORKER_PROCESSES of them, WORKER_THREADS threads each (run_workers reads both).
 worker: $(STAMP)
-	$(BIN)/python manage.py run_workers --processes $${WORKER_PROCESSES:-1} --threads $${WORKER_THREADS:-2}
+	$(BIN)/python manage.py run_workers
 
 requeue: $(STAMP)
 	$(BIN)/python manage.py requeue_stale --every 30

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.http import JsonResponse
 
 from processing import logcontext
+from project import config
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -29,7 +30,7 @@ class RequestIdMiddleware:
 
 
 class RequestBodyLimit:
-    """ASGI middleware: answer 413 once a request body passes MAX_REQUEST_BYTES, and hand the
+    """ASGI middleware: answer 413 once a request body passes its limit (`body_limit`), and hand the
     body on in pieces of up to BODY_PIECE bytes.
 
     An oversized upload is stopped at its declared length, or at the first piece past the
@@ -47,7 +48,7 @@ class RequestBodyLimit:
             return await self.app(scope, receive, send)
         limit = body_limit(scope["path"])
         if declared_length(scope) > limit:
-            return await send_too_large(send, limit)
+            return await send_too_large(send, scope["path"])
 
         received, rejected = 0, False
 
@@ -60,7 +61,7 @@ class RequestBodyLimit:
                 received += len(message.get("body", b""))
                 if received > limit:
                     rejected = True
-                    await send_too_large(send, limit)
+                    await send_too_large(send, scope["path"])
                     return {"type": "http.disconnect"}  # the app abandons the request quietly
             return message
 
@@ -89,10 +90,18 @@ async def gathered(receive) -> dict:
     return {"type": "http.request", "body": b"".join(pieces), "more_body": message.get("more_body", False)}
 
 
+# Requests that may carry a batch of up to MAX_BATCH_FILES uploads: the API's and the upload form's.
+BATCH_PATHS = ("/jobs/batch", "/upload")
+
+
+def is_batch(path: str) -> bool:
+    return path.rstrip("/").endswith(BATCH_PATHS)
+
+
 def body_limit(path: str) -> int:
-    if path.rstrip("/").endswith("/jobs/batch"):
-        return settings.MAX_UPLOAD_BYTES * settings.MAX_BATCH_FILES + settings.MAX_REQUEST_BYTES
-    return settings.MAX_REQUEST_BYTES
+    """The largest body a request to `path` may carry (project.config.body_limits, which nginx shares)."""
+    limits = config.body_limits(settings)
+    return limits.batch if is_batch(path) else limits.one_file
 
 
 def declared_length(scope) -> int:
@@ -105,17 +114,23 @@ def declared_length(scope) -> int:
     return 0
 
 
-def too_large_body(limit: int) -> dict:
-    return {
-        "error": {
-            "code": "upload_too_large",
-            "message": f"the request body is larger than the limit of {limit} bytes",
-        }
-    }
+def too_large_body(path: str) -> dict:
+    return {"error": {"code": "upload_too_large", "message": too_large_message(path)}}
 
 
-async def send_too_large(send, limit: int) -> None:
-    body = json.dumps(too_large_body(limit)).encode()
+def too_large_message(path: str) -> str:
+    """What was refused and what fits, so a client knows how to split its request."""
+    each = f"of up to {settings.MAX_UPLOAD_BYTES} bytes"
+    fits = (
+        f"a batch of up to {settings.MAX_BATCH_FILES} files {each} each"
+        if is_batch(path)
+        else f"one file {each}"
+    )
+    return f"the request body is larger than the limit of {body_limit(path)} bytes: {fits}"
+
+
+async def send_too_large(send, path: str) -> None:
+    body = json.dumps(too_large_body(path)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -138,7 +153,7 @@ class DeclaredBodyLimitMiddleware:
         except ValueError:
             declared = 0
         if declared > limit:
-            return JsonResponse(too_large_body(limit), status=413, headers={"Connection": "close"})
+            return JsonResponse(too_large_body(request.path), status=413, headers={"Connection": "close"})
         return self.get_response(request)
 
 

@@ -8,20 +8,23 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
+from project import config
+
 DEFAULT_SECRET_KEY_PREFIX = "embedded-default-insecure-key"
+
+
+def rule_errors(groups: tuple[str, ...]) -> list[checks.Error]:
+    """An error for each rule between settings of `groups` (project/config.py, RULES) that they break."""
+    values = {name: getattr(settings, name) for rule in config.RULES for name in rule.names}
+    return [
+        checks.Error(rule.describe(lambda name: f"{name}={values[name]}"), hint=rule.hint, id=rule.id)
+        for rule in config.broken_rules(values, groups)
+    ]
 
 
 @checks.register("darkroom")
 def check_limits(app_configs=None, **kwargs):
-    if settings.MAX_REQUEST_BYTES < settings.MAX_UPLOAD_BYTES:
-        return [
-            checks.Error(
-                "MAX_REQUEST_BYTES is smaller than MAX_UPLOAD_BYTES: uploads near it would be refused.",
-                hint="Leave MAX_REQUEST_BYTES unset, or make it MAX_UPLOAD_BYTES plus 1 MB.",
-                id="darkroom.E001",
-            )
-        ]
-    return []
+    return rule_errors((config.LIMITS,))
 
 
 @checks.register("darkroom")

@@ -5,13 +5,15 @@ worker thread for every long poll, so the API is served by uvicorn (see README, 
 serves what").
 """
 
-import multiprocessing
 import os
 
-bind = os.getenv("GUNICORN_BIND", "127.0.0.1:8000")
-workers = int(os.getenv("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+from project import config
+
+env = config.load(os.environ)  # GUNICORN_BIND, WEB_CONCURRENCY, GUNICORN_THREADS: docs/settings.md
+bind = env.GUNICORN_BIND
+workers = env.WEB_CONCURRENCY
 worker_class = "gthread"
-threads = int(os.getenv("GUNICORN_THREADS", "4"))
+threads = env.GUNICORN_THREADS
 timeout = 120  # a 25 MB upload from a slow client, when no proxy buffers it
 graceful_timeout = 30
 accesslog = None  # requests are logged by the application, as JSON

@@ -3,106 +3,29 @@
 With no environment set this is the embedded default: SQLite and files under
 var/, in-memory channel layer and cache, Dramatiq's StubBroker with worker threads
 inside the server process. DATABASE_URL, BROKER_URL, REDIS_URL and the AWS_*
-variables switch each part to the full stack. Bad values fail at start-up.
+variables switch each part to the full stack. Every variable is declared in project/config.py
+(docs/settings.md lists them); bad values fail at start-up.
 """
 
 import os
-import re
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlparse
 
 import dj_database_url
 from botocore.config import Config
-from django.core.exceptions import ImproperlyConfigured
+
+from project import config
+from project.config import env_int, env_str  # the STORAGES block reads its AWS_* variables itself
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# Every setting read from the environment is declared once, in project/config.py (listed in
+# docs/settings.md): parsed and checked here, each becomes the Django setting of the same name.
+env = config.load(os.environ)
+globals().update(config.django_settings(env))
 
-def env_str(name: str, default: str = "") -> str:
-    return os.getenv(name, default)
+env.VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-
-def env_int(name: str, default: int, minimum: int | None = None) -> int:
-    raw = os.getenv(name, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
-    if minimum is not None and value < minimum:
-        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.getenv(name)
-    if raw is None:
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true or false)")
-
-
-def env_float(name: str, default: float) -> float:
-    raw = os.getenv(name, str(default))
-    try:
-        return float(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
-
-
-def env_rate(name: str, default: str) -> str:
-    """A rate limit such as 60/m (per second, minute, hour or day)."""
-    raw = os.getenv(name, default)
-    if not re.fullmatch(r"\d+/\d*[smhd]", raw):
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a rate like 60/m, 1000/h or 10/s")
-    return raw
-
-
-def env_list(name: str, default: str = "") -> list[str]:
-    return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
-
-
-def env_header(name: str) -> tuple[str, str] | None:
-    """A request header and the value that marks a request as HTTPS, written "X-Forwarded-Proto: https";
-    as Django's SECURE_PROXY_SSL_HEADER wants it: ("HTTP_X_FORWARDED_PROTO", "https"). None when unset."""
-    raw = os.getenv(name, "")
-    if not raw:
-        return None
-    match = re.fullmatch(r"\s*([A-Za-z0-9-]+)\s*:\s*(\S+)\s*", raw)
-    if not match:
-        raise ImproperlyConfigured(
-            f"{name}={raw!r} is not a header and value like 'X-Forwarded-Proto: https'"
-        )
-    header, value = match.groups()
-    return "HTTP_" + header.upper().replace("-", "_"), value
-
-
-def env_url(name: str, schemes: tuple[str, ...]) -> str:
-    """An optional URL whose scheme must be one of `schemes`; empty when unset."""
-    raw = os.getenv(name, "")
-    if raw and urlparse(raw).scheme not in schemes:
-        raise ImproperlyConfigured(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
-    return raw
-
-
-VAR_DIR = Path(env_str("DARKROOM_VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
-
-DEBUG = env_bool("DEBUG", False)
-# Refused at start-up once a service is configured (project.checks, darkroom.E002).
-SECRET_KEY = env_str("SECRET_KEY", "embedded-default-insecure-key-change-me-for-any-real-deployment")
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
-CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
-
-# HTTPS, when a TLS-terminating proxy is in front (all off by default: the embedded default is plain HTTP).
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
-SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
-# Only behind a proxy that sets this header on every request (clients' own copies overwritten).
-SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
 # Probes and scrapers speak plain HTTP to the process itself.
 SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$", r"^api/v1/health$"]
 
@@ -162,9 +85,8 @@ TEMPLATES = [
 ]
 
 # --- Database ----------------------------------------------------------------
-DATABASE_URL = env_url("DATABASE_URL", ("postgres", "postgresql", "sqlite"))
-if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+if env.DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(env.DATABASE_URL)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # A pool per process: under ASGI each request runs in a new thread, so persistent
         # connections would never be reused and every request would open a new session.
@@ -172,15 +94,15 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
             # At least the server's request threads (project/asgi.py): no request queues for a connection,
-            "max_size": env_int("DATABASE_POOL_SIZE", 20, minimum=1),
+            "max_size": env.DATABASE_POOL_SIZE,
             # so a wait for one means the database is down, and waiting longer only delays the 503.
-            "timeout": env_float("DATABASE_POOL_TIMEOUT", 1.0),
+            "timeout": env.DATABASE_POOL_TIMEOUT,
         }
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "darkroom.sqlite3",
+            "NAME": env.VAR_DIR / "darkroom.sqlite3",
             # Worker threads and request threads write concurrently in the embedded mode.
             "OPTIONS": {
                 "timeout": 20,
@@ -189,21 +111,20 @@ else:
             },
             # A file, not shared-cache memory, so worker threads in tests wait for locks instead of failing.
             # One per test process, so that concurrent runs don't share (and drop) one database.
-            "TEST": {"NAME": VAR_DIR / f"test-{os.getpid()}.sqlite3"},
+            "TEST": {"NAME": env.VAR_DIR / f"test-{os.getpid()}.sqlite3"},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer and cache -------------------------------------------
-REDIS_URL = env_url("REDIS_URL", ("redis", "rediss", "unix"))
-if REDIS_URL:
+if env.REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             # One reader of each process's Redis inbox, not one per socket (gateway/layers.py).
             "BACKEND": "gateway.layers.RedisChannelLayer",
             # No socket timeout: idle subscribers wait in 5 s blocking reads (see gateway.E001).
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "socket_connect_timeout": 1}],
+                "hosts": [{"address": env.REDIS_URL, "socket_timeout": None, "socket_connect_timeout": 1}],
                 "capacity": 100,  # per socket: a client that stops reading holds at most this many events
                 # Each server process has one inbox in Redis for all its sockets: room for a 1 s GC pause.
                 "channel_capacity": {"specific.*": 2000},
@@ -214,7 +135,7 @@ if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
+            "LOCATION": env.REDIS_URL,
             "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
         }
     }
@@ -223,25 +144,6 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Broker and workers -------------------------------------------------------
-BROKER_URL = env_url("BROKER_URL", ("amqp", "amqps"))
-# Fail fast when RabbitMQ is unreachable or blocked: a request must never hang on it.
-BROKER_CONNECT_TIMEOUT = env_int("BROKER_CONNECT_TIMEOUT", 2, minimum=1)
-JOB_TIME_LIMIT_SECONDS = env_int("JOB_TIME_LIMIT_SECONDS", 120, minimum=1)
-JOB_MAX_RETRIES = env_int("JOB_MAX_RETRIES", 3, minimum=0)
-# Starts of one job, whatever ended each (an error, or its worker killed, e.g. out of memory): past
-# this the job fails as worker_lost rather than being redelivered forever. The default leaves room
-# for every retry, so only lost workers make a job run out of attempts.
-JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", JOB_MAX_RETRIES + 1, minimum=1)
-# A claimed job's lease; the worker renews it while it works, so a job whose worker
-# died is claimable again once its lease runs out.
-JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 20, minimum=3)
-# A queued job whose message was never confirmed by the broker is re-published after this.
-REQUEUE_UNPUBLISHED_AFTER_SECONDS = env_int("REQUEUE_UNPUBLISHED_AFTER_SECONDS", 30, minimum=1)
-# A queued job that nobody claimed for this long is re-published (its message may be gone).
-REQUEUE_STALE_AFTER_SECONDS = env_int("REQUEUE_STALE_AFTER_SECONDS", 900, minimum=10)
-EMBEDDED_WORKERS = env_bool("EMBEDDED_WORKERS", not BROKER_URL)
-EMBEDDED_WORKER_THREADS = env_int("EMBEDDED_WORKER_THREADS", 2, minimum=1)
-
 # "after" hooks run in reverse order: FailJobWhenMessageDies sits before Retries so it
 # sees the verdict Retries gives, and after DbConnections so its database work is cleaned up.
 _DRAMATIQ_MIDDLEWARE = [
@@ -263,16 +165,16 @@ def with_default_query(url: str, defaults: dict[str, object]) -> str:
     return parts._replace(query=urlencode({**{k: str(v) for k, v in defaults.items()}, **query})).geturl()
 
 
-if BROKER_URL:
+if env.BROKER_URL:
     _pika_timeouts = {
         "connection_attempts": 1,
-        "socket_timeout": BROKER_CONNECT_TIMEOUT,
-        "stack_timeout": BROKER_CONNECT_TIMEOUT * 2,
-        "blocked_connection_timeout": BROKER_CONNECT_TIMEOUT,
+        "socket_timeout": env.BROKER_CONNECT_TIMEOUT,
+        "stack_timeout": env.BROKER_CONNECT_TIMEOUT * 2,
+        "blocked_connection_timeout": env.BROKER_CONNECT_TIMEOUT,
     }
     DRAMATIQ_BROKER = {
         "BROKER": "dramatiq.brokers.rabbitmq.RabbitmqBroker",
-        "OPTIONS": {"url": with_default_query(BROKER_URL, _pika_timeouts), "confirm_delivery": True},
+        "OPTIONS": {"url": with_default_query(env.BROKER_URL, _pika_timeouts), "confirm_delivery": True},
         "MIDDLEWARE": _DRAMATIQ_MIDDLEWARE,
     }
 else:
@@ -284,7 +186,7 @@ else:
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 
 # --- Storage ------------------------------------------------------------------
-MEDIA_ROOT = VAR_DIR / "media"
+MEDIA_ROOT = env.VAR_DIR / "media"
 MEDIA_URL = "/media/"
 AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME")
 if AWS_STORAGE_BUCKET_NAME:
@@ -323,45 +225,16 @@ STORAGES = {
 }
 
 # --- Uploads ------------------------------------------------------------------
-MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 25 * 1024 * 1024, minimum=1)
-MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 50_000_000, minimum=1)
-# Bounded work: what a small upload may ask the workers to make or decode.
-MAX_OUTPUT_PIXELS = env_int("MAX_OUTPUT_PIXELS", MAX_IMAGE_PIXELS, minimum=1)
-# Each scan of a progressive JPEG is one more pass over the whole image when it is decoded;
-# ordinary encoders write about 10. libjpeg-turbo's own tools suggest refusing beyond a few hundred.
-MAX_JPEG_SCANS = env_int("MAX_JPEG_SCANS", 100, minimum=1)
-# A whole request body: the upload plus its multipart framing and form fields.
-MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", MAX_UPLOAD_BYTES + 1024 * 1024, minimum=1)
 # Uploads always stream to a temporary file on disk, never into memory.
 FILE_UPLOAD_HANDLERS = ["gateway.uploads.LimitedTemporaryFileUploadHandler"]
-FILE_UPLOAD_TEMP_DIR = VAR_DIR / "tmp"
+FILE_UPLOAD_TEMP_DIR = env.VAR_DIR / "tmp"
 FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 512 * 1024  # what the ASGI handler spools in memory before disk
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # non-file form fields
 
 # --- The API: owners, limits, reuse ---------------------------------------------
 # A configured service means a deployment, not the embedded default on one machine: safe defaults.
-SERVICES_CONFIGURED = bool(DATABASE_URL or BROKER_URL)
-# Production: every API call needs a key (browser sessions from our own pages still work).
-API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", SERVICES_CONFIGURED)
-RATE_LIMIT_SUBMIT = env_rate("RATE_LIMIT_SUBMIT", "120/m")  # job-creating requests, per key or address
-RATE_LIMIT_READ = env_rate("RATE_LIMIT_READ", "1200/m")  # everything else
-# Proxies (e.g. nginx) whose X-Forwarded-For names the real client address. Servers must be told
-# too: uvicorn's --forwarded-allow-ips (the Makefile, compose and Kubernetes pass this list).
-TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
-# /metrics and the health checks' details: for staff, and for `Authorization: Bearer <METRICS_TOKEN>`.
-METRICS_TOKEN = env_str("METRICS_TOKEN")
-MAX_BATCH_FILES = env_int("MAX_BATCH_FILES", 20, minimum=1)
-# A new job whose input, service and parameters match a completed one copies its result.
-RESULT_REUSE = env_bool("RESULT_REUSE", True)
-# Stored files of finished jobs are removed by POST /api/v1/files/cleanup after this long.
-FILE_TTL_SECONDS = env_int("FILE_TTL_SECONDS", 24 * 3600, minimum=0)
-# A submission waits this long for the broker's confirmation before answering 503.
-BROKER_PUBLISH_TIMEOUT = env_float("BROKER_PUBLISH_TIMEOUT", 1.5)
-# Optional: RabbitMQ's management API, for in-flight (unacknowledged) counts per queue.
-RABBITMQ_MANAGEMENT_URL = env_url("RABBITMQ_MANAGEMENT_URL", ("http", "https"))
-
-CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
+SERVICES_CONFIGURED = config.services_configured(env)
 CORS_ALLOW_HEADERS = [
     "accept",
     "authorization",
@@ -377,7 +250,7 @@ PROMETHEUS_EXPORT_MIGRATIONS = False
 
 # --- Static files -------------------------------------------------------------
 STATIC_URL = "/static/"
-STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT = env.VAR_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
 # --- The rest -----------------------------------------------------------------
@@ -386,7 +259,6 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -398,36 +270,6 @@ LOGGING = {
     },
     "filters": {"context": {"()": "processing.logcontext.ContextFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "root": {"handlers": ["console"], "level": env.LOG_LEVEL},
     "loggers": {"pika": {"level": "WARNING"}, "botocore": {"level": "WARNING"}},
 }
-
-# --- Autoscaler ---------------------------------------------------------------
-# `manage.py scale_workers` (scaler/). Names as in the original design; every one is also a flag.
-# The SERVICES_* spellings (the design's second table) win over the short ones when both are set.
-SCALE_CHECK_INTERVAL = env_float("SCALE_CHECK_INTERVAL", 30)
-MIN_INSTANCES = env_int("SERVICES_MIN_INSTANCES", env_int("MIN_INSTANCES", 1, minimum=0), minimum=0)
-MAX_INSTANCES = env_int("SERVICES_MAX_INSTANCES", env_int("MAX_INSTANCES", 5, minimum=1), minimum=1)
-# Work per worker process: messages waiting in RabbitMQ plus jobs being processed.
-SCALE_UP_THRESHOLD = env_float("SCALE_UP_THRESHOLD", 10)
-SCALE_DOWN_THRESHOLD = env_float("SCALE_DOWN_THRESHOLD", 2)
-SERVICES_COOLDOWN_PERIOD = env_float("SERVICES_COOLDOWN_PERIOD", env_float("COOLDOWN_PERIOD", 120))
-WORKER_THREADS = env_int("WORKER_THREADS", 2, minimum=1)  # per worker process the scaler starts
-GATEWAY_MIN_INSTANCES = env_int("GATEWAY_MIN_INSTANCES", 1, minimum=1)
-GATEWAY_MAX_INSTANCES = env_int("GATEWAY_MAX_INSTANCES", 3, minimum=1)
-GATEWAY_LOAD_THRESHOLD_UP = env_float("GATEWAY_LOAD_THRESHOLD_UP", 80)
-GATEWAY_LOAD_THRESHOLD_DOWN = env_float("GATEWAY_LOAD_THRESHOLD_DOWN", 30)
-GATEWAY_COOLDOWN_PERIOD = env_float("GATEWAY_COOLDOWN_PERIOD", 180)
-# How long the load score must stay past a threshold before the scaler acts on it.
-GATEWAY_SUSTAIN_PERIOD = env_float("GATEWAY_SUSTAIN_PERIOD", 30)
-GATEWAY_PORT_START = env_int("GATEWAY_PORT_START", 8001, minimum=0)  # 0: any free port
-NGINX_LISTEN = env_str("NGINX_LISTEN", "127.0.0.1:8000")
-NGINX_BINARY = env_str("NGINX_BINARY", "nginx")
-SCALER_BACKEND = env_str("SCALER_BACKEND", "local")
-if SCALER_BACKEND not in ("local", "kubernetes"):
-    raise ImproperlyConfigured(f"SCALER_BACKEND={SCALER_BACKEND!r} is not local or kubernetes")
-SCALER_HOST = env_str("SCALER_HOST", "127.0.0.1")  # where the health and metrics endpoints listen
-SCALER_HEALTH_PORT = env_int("SCALER_HEALTH_PORT", 8082, minimum=0)
-SCALER_METRICS_PORT = env_int("SCALER_METRICS_PORT", 9090, minimum=0)
-KUBERNETES_NAMESPACE = env_str("KUBERNETES_NAMESPACE")  # empty: the scaler pod's own namespace
-KUBERNETES_WORKER_DEPLOYMENT = env_str("KUBERNETES_WORKER_DEPLOYMENT", "darkroom-worker")

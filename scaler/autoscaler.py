@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from django.conf import settings
 from django.db import DatabaseError
 
 from scaler import observe
@@ -49,8 +50,10 @@ class Autoscaler:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.status = status
-        self.workers, self.worker_policy = workers, worker_policy or WorkerPolicy()
-        self.gateways, self.gateway_policy = gateways, gateway_policy or GatewayPolicy()
+        self.workers = workers
+        self.worker_policy = worker_policy or WorkerPolicy.from_settings(settings)
+        self.gateways = gateways
+        self.gateway_policy = gateway_policy or GatewayPolicy.from_settings(settings)
         self.read, self.clock = read, clock
         self.last_action_at: dict[str, float | None] = {"workers": None, "gateways": None}
         # The gateways' load score: which side of the thresholds it is on, and since when.

@@ -13,6 +13,7 @@ scaling up above 80 and down below 30, once the score has stayed there for a sus
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 UP = "up"
 DOWN = "down"
@@ -31,11 +32,24 @@ class Decision:
 
 @dataclass(frozen=True)
 class WorkerPolicy:
-    min_instances: int = 1
-    max_instances: int = 5
-    scale_up_threshold: float = 10
-    scale_down_threshold: float = 2
-    cooldown: float = 120
+    """Defaults and bounds live with the settings (project/config.py): no second copy here."""
+
+    min_instances: int
+    max_instances: int
+    scale_up_threshold: float
+    scale_down_threshold: float
+    cooldown: float
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "WorkerPolicy":
+        """From Django's settings, or any object with the same names (the scaler's flags applied)."""
+        return cls(
+            min_instances=s.MIN_INSTANCES,
+            max_instances=s.MAX_INSTANCES,
+            scale_up_threshold=s.SCALE_UP_THRESHOLD,
+            scale_down_threshold=s.SCALE_DOWN_THRESHOLD,
+            cooldown=s.SERVICES_COOLDOWN_PERIOD,
+        )
 
 
 @dataclass(frozen=True)
@@ -48,12 +62,23 @@ class WorkerState:
 
 @dataclass(frozen=True)
 class GatewayPolicy:
-    min_instances: int = 1
-    max_instances: int = 3
-    load_threshold_up: float = 80
-    load_threshold_down: float = 30
-    cooldown: float = 180
-    sustain: float = 30
+    min_instances: int
+    max_instances: int
+    load_threshold_up: float
+    load_threshold_down: float
+    cooldown: float
+    sustain: float
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "GatewayPolicy":
+        return cls(
+            min_instances=s.GATEWAY_MIN_INSTANCES,
+            max_instances=s.GATEWAY_MAX_INSTANCES,
+            load_threshold_up=s.GATEWAY_LOAD_THRESHOLD_UP,
+            load_threshold_down=s.GATEWAY_LOAD_THRESHOLD_DOWN,
+            cooldown=s.GATEWAY_COOLDOWN_PERIOD,
+            sustain=s.GATEWAY_SUSTAIN_PERIOD,
+        )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import time
 import pytest
 from django.db import OperationalError
 
+from project import config
 from scaler.autoscaler import Autoscaler
 from scaler.backends.local import LocalWorkers
 from scaler.observe import Readings
@@ -63,8 +64,8 @@ def autoscaler(clock, load: list, **pools) -> Autoscaler:
     status = Status("fake", check_interval=30, clock=clock)
     return Autoscaler(
         status,
-        worker_policy=WorkerPolicy(),
-        gateway_policy=GatewayPolicy(),
+        worker_policy=WorkerPolicy.from_settings(config.defaults()),
+        gateway_policy=GatewayPolicy.from_settings(config.defaults()),
         read=lambda: load[0],
         clock=clock,
         **pools,

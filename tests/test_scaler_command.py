@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from io import StringIO
@@ -11,7 +12,10 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from processing.models import Job
+from project import config
 from scaler import observe
+from scaler.checks import SCALER_GROUPS
+from scaler.management.commands.scale_workers import policies
 from scaler.observe import Readings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +43,7 @@ def scaler_settings(**env: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_the_defaults_are_the_original_designs():
+def test_the_defaults_are_the_declared_ones():
     assert scaler_settings() == {
         "MIN_INSTANCES": 1,
         "MAX_INSTANCES": 5,
@@ -106,19 +110,67 @@ def test_once_reads_the_queue_and_the_jobs_in_flight(stub_broker):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--min-instances", "4", "--max-instances", "2"], "0 <= min <= max instances"),
-        (["--scale-down-threshold", "20"], "scale-down threshold < scale-up threshold"),
-        (["--gateway-down", "85"], "gateway down threshold < up threshold"),
-        (["--interval", "0"], "a positive interval"),
+        (["--min-instances", "4", "--max-instances", "2"], "--min-instances 4 is above --max-instances 2"),
+        (
+            ["--scale-down-threshold", "20"],
+            "--scale-down-threshold 20.0 is not below --scale-up-threshold 10.0",
+        ),
+        (["--gateway-down", "85"], "--gateway-down 85.0 is not below --gateway-up 80.0"),
+        (["--interval", "0"], "--interval 0.0 must be positive"),
+        (["--threads", "0"], "--threads=0 must be at least 1"),
+        (["--max-instances", "many"], "--max-instances='many' is not an integer"),
+        (["--backend", "nomad"], "--backend='nomad' is not local or kubernetes"),
         (["--gateways", "--backend", "kubernetes"], "--gateways runs gateway processes locally"),
     ],
 )
-def test_contradicting_flags_are_refused(flags, message):
-    with pytest.raises(CommandError, match=message):
+def test_contradicting_or_bad_flags_are_refused_naming_them(flags, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
         call_command("scale_workers", *flags)
+
+
+def parsed(command: str, *flags: str) -> dict:
+    """The options a command would run with: its flags over the settings."""
+    from django.core.management import load_command_class
+
+    parser = load_command_class("scaler", command).create_parser("manage.py", command)
+    return vars(parser.parse_args(flags))
+
+
+def test_every_scaler_setting_is_a_flag_defaulting_to_the_setting(settings):
+    settings.MAX_INSTANCES = 9
+    settings.SCALER_BACKEND = "kubernetes"
+    options = parsed("scale_workers")
+    scaler = [s for s in config.SETTINGS if s.group in SCALER_GROUPS and s.django]  # not Kubernetes' own
+    assert all(setting.flag for setting in scaler)
+    assert {s.name: options[s.name] for s in scaler} == {s.name: getattr(settings, s.name) for s in scaler}
+    assert (options["MAX_INSTANCES"], options["SCALER_BACKEND"]) == (9, "kubernetes")
+
+
+def test_a_flag_overrides_its_setting_and_reaches_the_policy(settings):
+    settings.SCALE_UP_THRESHOLD = 10
+    options = parsed("scale_workers", "--scale-up-threshold", "25", "--gateway-sustain", "5")
+    workers, gateways = policies(options)
+    assert workers.scale_up_threshold == 25.0
+    assert workers.max_instances == settings.MAX_INSTANCES  # not given: the setting
+    assert gateways.sustain == 5.0
+
+
+def test_the_flags_help_says_what_each_does_and_where_its_default_comes_from():
+    out = subprocess.run(
+        [sys.executable, "manage.py", "scale_workers", "--help"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert "--cooldown" in out and "Seconds between two scaling actions on the workers" in out
+    assert "SERVICES_COOLDOWN_PERIOD or COOLDOWN_PERIOD" in " ".join(out.split())
+
+
+def test_run_workers_takes_its_counts_from_the_settings(settings):
+    settings.WORKER_PROCESSES, settings.WORKER_THREADS = 3, 4
+    options = parsed("run_workers")
+    assert (options["WORKER_PROCESSES"], options["WORKER_THREADS"]) == (3, 4)
+    assert parsed("run_workers", "--processes", "2")["WORKER_PROCESSES"] == 2
 
 
 @pytest.mark.parametrize("flags", [["--processes", "0"], ["--threads", "0"]])
 def test_run_workers_refuses_to_run_nothing(flags):
-    with pytest.raises(CommandError, match="at least one process and one thread"):
+    with pytest.raises(CommandError, match="must be at least 1"):
         call_command("run_workers", *flags)

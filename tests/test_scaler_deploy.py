@@ -13,24 +13,20 @@ import yaml
 from django.conf import settings
 
 from processing.actors import process_job
+from project import config
 from tests.services import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "darkroom.conf"
 
-# Read by something other than project/settings.py: prometheus_client, Dramatiq, Django itself.
-READ_ELSEWHERE = {
-    "PROMETHEUS_MULTIPROC_DIR",
-    "DJANGO_SETTINGS_MODULE",
-    "dramatiq_queue_prefetch",
-    "dramatiq_delay_queue_prefetch",
-}
+# Read by something other than Darkroom: Django itself and Dramatiq (set by the scaler for its workers).
+READ_ELSEWHERE = {"DJANGO_SETTINGS_MODULE", "dramatiq_queue_prefetch", "dramatiq_delay_queue_prefetch"}
 
 
 def settings_variables() -> set[str]:
-    source = (ROOT / "project" / "settings.py").read_text()
-    return set(re.findall(r'env_\w+\(\s*"([A-Za-z0-9_]+)"', source)) | READ_ELSEWHERE
+    """Every variable declared in project/config.py, and the few read by others."""
+    return {variable for setting in config.SETTINGS for variable in setting.variables} | READ_ELSEWHERE
 
 
 # --- docker-compose.yml ---------------------------------------------------------------------
@@ -135,9 +131,16 @@ def test_nginx_in_compose_fills_every_template_variable_and_fronts_the_gateways(
     assert nginx["environment"]["LISTEN"] == "8000"
 
 
-def test_nginx_takes_uploads_as_large_as_the_gateway_does(services):
+def test_nginx_takes_batches_as_large_as_the_gateway_does(services):
+    """Compose leaves the body limits at their defaults: nginx's cap is the rule's batch size for them."""
     body_limit = int(services["nginx"]["environment"]["CLIENT_MAX_BODY_SIZE"])
-    assert body_limit == settings.MAX_REQUEST_BYTES  # compose leaves MAX_UPLOAD_BYTES at its default
+    limit_settings = ("MAX_UPLOAD_BYTES", "MAX_REQUEST_BYTES", "MAX_BATCH_FILES")
+    assert not any(
+        name in service["environment"]
+        for service in app_services(services).values()
+        for name in limit_settings
+    )
+    assert body_limit == config.body_limits(config.defaults()).batch
 
 
 def test_the_gateways_trust_x_forwarded_for_from_nginx_alone(services):

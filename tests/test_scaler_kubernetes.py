@@ -6,6 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from project import config
 from scaler.autoscaler import Autoscaler
 from scaler.backends.kubernetes import KubernetesApi, KubernetesDeployment, KubernetesError
 from scaler.observe import Readings
@@ -101,7 +102,10 @@ def test_the_autoscaler_scales_the_deployment_with_the_cluster_as_the_truth(api,
     queue = {"name": "images", "ready": 100, "delayed": 0, "consumers": 2}
     busy = Readings(broker_available=True, queues=(queue,), in_flight=4)
     scaler = Autoscaler(
-        Status("kubernetes", 30), workers=workers, worker_policy=WorkerPolicy(), read=lambda: busy
+        Status("kubernetes", 30),
+        workers=workers,
+        worker_policy=WorkerPolicy.from_settings(config.defaults()),
+        read=lambda: busy,
     )
     scaler.check()
     assert api_server.replicas == 5

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from project import config
 from scaler.backends.nginx import Nginx
 from tests.services import IN_CI
 from tests.stack import free_port
@@ -160,8 +161,20 @@ def test_an_upload_over_the_limit_gets_413_in_json_from_nginx_itself(nginx, gate
     proxy = nginx([address(gateways["a"])], max_body_bytes=1000)
     response = httpx.post(proxy.url + "/api/v1/process/sobel", content=b"x" * 5000)
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == "upload_too_large"
+    assert response.json()["error"] == {
+        "code": "upload_too_large",
+        "message": "the request body is larger than the limit of 1000 bytes",
+    }
     assert httpx.post(proxy.url + "/api/v1/process/sobel", content=b"x" * 500).json()["server"] == "a"
+
+
+def test_a_batch_at_the_gateways_limit_passes_nginx_and_one_byte_more_does_not(nginx, gateways, settings):
+    settings.MAX_UPLOAD_BYTES, settings.MAX_REQUEST_BYTES, settings.MAX_BATCH_FILES = 1000, 2000, 3
+    largest = config.body_limits(settings).batch  # what the gateway takes on /api/v1/jobs/batch
+    proxy = nginx([address(gateways["a"])], max_body_bytes=largest)
+    batch = proxy.url + "/api/v1/jobs/batch"
+    assert httpx.post(batch, content=b"x" * largest).json()["server"] == "a"
+    assert httpx.post(batch, content=b"x" * (largest + 1)).status_code == 413
 
 
 def test_no_gateway_answering_gives_503_json_with_retry_after(nginx):

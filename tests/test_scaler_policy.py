@@ -1,7 +1,10 @@
 """The scaling policies as tables: what the scaler sees, and how many processes it keeps."""
 
+from dataclasses import replace
+
 import pytest
 
+from project import config
 from scaler.policy import (
     GatewayPolicy,
     GatewayState,
@@ -13,8 +16,12 @@ from scaler.policy import (
 )
 
 NOW = 10_000.0
-DESIGN = WorkerPolicy()  # the original design: 1..5 workers, up above 10, down below 2, 120 s cooldown
-GATEWAYS = GatewayPolicy()  # 1..3, up above 80, down below 30, 180 s cooldown, 30 s sustain
+DESIGN = WorkerPolicy.from_settings(
+    config.defaults()
+)  # the defaults: 1..5 workers, up above 10, down below 2, 120 s cooldown
+GATEWAYS = GatewayPolicy.from_settings(
+    config.defaults()
+)  # 1..3, up above 80, down below 30, 180 s cooldown, 30 s sustain
 
 
 def ago(seconds: float) -> float:
@@ -73,7 +80,7 @@ def test_a_cooling_decision_says_how_long_is_left():
 
 
 def test_with_min_instances_zero_workers_scale_to_zero_and_back():
-    policy = WorkerPolicy(min_instances=0)
+    policy = replace(DESIGN, min_instances=0)
     assert decide_workers(WorkerState(1, 0, 0), policy, NOW).target == 0
     assert decide_workers(WorkerState(0, 0, 0), policy, NOW).target == 0
     assert decide_workers(WorkerState(0, 3, 0), policy, NOW).target == 1
@@ -95,7 +102,7 @@ def simulate(
 
 def test_a_load_hovering_between_the_thresholds_never_flaps():
     wobbling = [(waiting, 2) for waiting in [2, 15, 3, 14, 4, 16, 2, 13] * 5]  # 2 workers: 2..9 each
-    policy = WorkerPolicy(min_instances=2)
+    policy = replace(DESIGN, min_instances=2)
     assert simulate(wobbling, policy) == []
 
 

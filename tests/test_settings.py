@@ -1,11 +1,15 @@
 """Settings come from the environment; bad values stop the start with a clear message."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from project import config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,12 +34,87 @@ def check_with(**env) -> subprocess.CompletedProcess:
         ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL must start with"),
         ({"EMBEDDED_WORKERS": "maybe"}, "EMBEDDED_WORKERS='maybe' is not a boolean"),
         ({"JOB_LEASE_SECONDS": "1"}, "JOB_LEASE_SECONDS=1 must be at least 3"),
+        ({"SCALE_UP_THRESHOLD": "ten"}, "SCALE_UP_THRESHOLD='ten' is not a number"),
+        ({"RATE_LIMIT_READ": "fast"}, "RATE_LIMIT_READ='fast' is not a rate"),
+        ({"SCALER_BACKEND": "nomad"}, "SCALER_BACKEND='nomad' is not local or kubernetes"),
+        # Either spelling is checked, even when the other one wins.
+        ({"SERVICES_MAX_INSTANCES": "4", "MAX_INSTANCES": "many"}, "MAX_INSTANCES='many' is not an integer"),
+        ({"COOLDOWN_PERIOD": "-1"}, "COOLDOWN_PERIOD=-1.0 must be at least 0"),
     ],
 )
-def test_a_bad_value_fails_at_start_up_naming_the_variable(env, message):
-    result = check_with(**env)
+def test_a_bad_value_is_refused_naming_the_variable(env, message):
+    with pytest.raises(ImproperlyConfigured) as refused:
+        config.load(env)
+    assert message in str(refused.value)
+
+
+def test_a_bad_value_stops_the_start():
+    result = check_with(MAX_UPLOAD_BYTES="lots")
     assert result.returncode != 0
-    assert message in result.stderr
+    assert "MAX_UPLOAD_BYTES='lots' is not an integer" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "name", "expected"),
+    [
+        ({}, "MAX_OUTPUT_PIXELS", 50_000_000),
+        ({"MAX_IMAGE_PIXELS": "1000"}, "MAX_OUTPUT_PIXELS", 1000),
+        ({"MAX_IMAGE_PIXELS": "1000", "MAX_OUTPUT_PIXELS": "5000"}, "MAX_OUTPUT_PIXELS", 5000),
+        ({"MAX_UPLOAD_BYTES": "1000"}, "MAX_REQUEST_BYTES", 1000 + 1024 * 1024),
+        ({"JOB_MAX_RETRIES": "5"}, "JOB_MAX_ATTEMPTS", 6),
+        ({}, "EMBEDDED_WORKERS", True),
+        ({"BROKER_URL": "amqp://rabbit"}, "EMBEDDED_WORKERS", False),
+        ({}, "API_KEYS_REQUIRED", False),
+        ({"DATABASE_URL": "postgres://db/darkroom"}, "API_KEYS_REQUIRED", True),
+        ({"BROKER_URL": "amqp://rabbit", "API_KEYS_REQUIRED": "false"}, "API_KEYS_REQUIRED", False),
+        ({"MIN_INSTANCES": "2", "SERVICES_MIN_INSTANCES": "3"}, "MIN_INSTANCES", 3),
+        ({"COOLDOWN_PERIOD": "60"}, "SERVICES_COOLDOWN_PERIOD", 60.0),
+    ],
+)
+def test_a_default_computed_from_another_setting_follows_it(env, name, expected):
+    assert config.load(env)[name] == expected
+
+
+def test_every_declared_django_setting_is_a_setting_of_the_same_name():
+    from django.conf import settings
+
+    missing = [
+        setting.name for setting in config.SETTINGS if setting.django and not hasattr(settings, setting.name)
+    ]
+    assert missing == []
+
+
+def variables_read_in(source: str) -> set[str]:
+    reads = r'(?:os\.getenv|os\.environ\.get|env_\w+|config\.read)\(\s*"([A-Z][A-Z0-9_]+)"'
+    return set(re.findall(reads, source)) | set(re.findall(r'os\.environ\["([A-Z][A-Z0-9_]+)"\]', source))
+
+
+def test_every_variable_the_code_reads_is_declared_once():
+    declared = [variable for setting in config.SETTINGS for variable in setting.variables]
+    assert len(declared) == len(set(declared))
+    code = [
+        path
+        for folder in ("project", "gateway", "processing", "scaler")
+        for path in (ROOT / folder).rglob("*.py")
+    ]
+    read = {variable for path in code for variable in variables_read_in(path.read_text())}
+    assert read - set(declared) - {"DJANGO_SETTINGS_MODULE"} == set()
+    makefile = set(re.findall(r"\$\$\{([A-Z][A-Z0-9_]+)", (ROOT / "Makefile").read_text()))
+    assert makefile - set(declared) == set()
+
+
+def test_the_settings_reference_is_current():
+    """docs/settings.md is generated: after changing project/config.py, run manage.py settings_reference."""
+    assert config.REFERENCE.read_text() == config.reference()
+
+
+def test_the_settings_reference_lists_every_variable_with_its_default():
+    reference = config.REFERENCE.read_text()
+    for setting in config.SETTINGS:
+        row = next(line for line in reference.splitlines() if line.startswith(f"| `{setting.variables[0]}`"))
+        assert setting.default_text() in row, setting.name
+    for variable in ("EMBEDDED_WORKERS", "MAX_BATCH_FILES", "DATABASE_POOL_SIZE", "COOLDOWN_PERIOD"):
+        assert f"`{variable}`" in reference
 
 
 def test_no_environment_gives_the_embedded_default():

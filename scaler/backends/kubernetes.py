@@ -7,12 +7,13 @@ locally, within the pod's terminationGracePeriodSeconds.
 """
 
 import json
-import os
 import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
+
+from project import config
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -34,7 +35,8 @@ class KubernetesApi:
 
     @classmethod
     def in_cluster(cls) -> "KubernetesApi":
-        host, port = os.getenv("KUBERNETES_SERVICE_HOST"), os.getenv("KUBERNETES_SERVICE_PORT", "443")
+        # Set by Kubernetes in every pod; read when asked, not with Django's settings.
+        host, port = config.read("KUBERNETES_SERVICE_HOST"), config.read("KUBERNETES_SERVICE_PORT")
         if not host:
             raise KubernetesError("not in a Kubernetes pod: KUBERNETES_SERVICE_HOST is not set")
         context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))

@@ -1,8 +1,10 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
+from project import config
 from scaler.backends.local import LocalWorkers
 from scaler.backends.processes import SUPERVISE_EVERY, stop_on_signals
+from scaler.flags import add_setting_flag
 
 
 class Command(BaseCommand):
@@ -13,14 +15,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--processes", type=int, default=1, help="worker processes to keep alive")
-        parser.add_argument(
-            "--threads", type=int, default=settings.WORKER_THREADS, help="per worker process (WORKER_THREADS)"
-        )
+        for name in ("WORKER_PROCESSES", "WORKER_THREADS"):
+            add_setting_flag(parser, config.BY_NAME[name], getattr(settings, name))
 
-    def handle(self, processes: int, threads: int, **options):
-        if processes < 1 or threads < 1:
-            raise CommandError("need at least one process and one thread")
+    def handle(self, **options):
+        processes, threads = options["WORKER_PROCESSES"], options["WORKER_THREADS"]
         stop = stop_on_signals()
         workers = LocalWorkers(threads=threads)
         try:

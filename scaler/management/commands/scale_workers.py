@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
+from project import config
 from scaler import observe
 from scaler.autoscaler import Autoscaler
 from scaler.backends.gateways import LocalGateways
@@ -15,6 +16,8 @@ from scaler.backends.kubernetes import KubernetesApi, KubernetesDeployment, Kube
 from scaler.backends.local import LocalWorkers, ObservedWorkers
 from scaler.backends.nginx import Nginx, NginxError
 from scaler.backends.processes import SUPERVISE_EVERY, stop_on_signals
+from scaler.checks import SCALER_GROUPS
+from scaler.flags import add_setting_flags, chosen, refuse_contradictions
 from scaler.observability import serve_health, serve_metrics
 from scaler.policy import GatewayPolicy, WorkerPolicy
 from scaler.status import Status
@@ -24,42 +27,20 @@ class Command(BaseCommand):
     help = (
         "Keep the number of worker processes (and, with --gateways, gateway processes behind nginx) "
         "matched to the load: queue depth and jobs in flight, checked every SCALE_CHECK_INTERVAL. "
-        "Every setting has a flag; the defaults come from the environment (project/settings.py)."
+        "Every setting has a flag; the defaults come from the environment (docs/settings.md)."
     )
 
     def add_arguments(self, parser):
-        s = settings
-        workers = parser.add_argument_group("workers")
-        workers.add_argument("--interval", type=float, default=s.SCALE_CHECK_INTERVAL, metavar="SECONDS")
-        workers.add_argument("--min-instances", type=int, default=s.MIN_INSTANCES)
-        workers.add_argument("--max-instances", type=int, default=s.MAX_INSTANCES)
-        workers.add_argument("--scale-up-threshold", type=float, default=s.SCALE_UP_THRESHOLD)
-        workers.add_argument("--scale-down-threshold", type=float, default=s.SCALE_DOWN_THRESHOLD)
-        workers.add_argument("--cooldown", type=float, default=s.SERVICES_COOLDOWN_PERIOD, metavar="SECONDS")
-        workers.add_argument("--threads", type=int, default=s.WORKER_THREADS, help="per worker process")
-        workers.add_argument("--no-workers", action="store_true", help="leave the workers alone")
-
-        gateways = parser.add_argument_group("gateways (local backend)")
-        gateways.add_argument("--gateways", action="store_true", help="also run gateways behind nginx")
-        gateways.add_argument("--gateway-min", type=int, default=s.GATEWAY_MIN_INSTANCES)
-        gateways.add_argument("--gateway-max", type=int, default=s.GATEWAY_MAX_INSTANCES)
-        gateways.add_argument("--gateway-up", type=float, default=s.GATEWAY_LOAD_THRESHOLD_UP)
-        gateways.add_argument("--gateway-down", type=float, default=s.GATEWAY_LOAD_THRESHOLD_DOWN)
-        gateways.add_argument("--gateway-cooldown", type=float, default=s.GATEWAY_COOLDOWN_PERIOD)
-        gateways.add_argument("--gateway-sustain", type=float, default=s.GATEWAY_SUSTAIN_PERIOD)
-        gateways.add_argument("--gateway-port-start", type=int, default=s.GATEWAY_PORT_START)
-        gateways.add_argument("--nginx-listen", default=s.NGINX_LISTEN, metavar="HOST:PORT")
-        gateways.add_argument("--nginx-prefix", type=Path, default=Path(s.VAR_DIR) / "nginx")
-        gateways.add_argument("--nginx-binary", default=s.NGINX_BINARY)
-
-        parser.add_argument("--backend", choices=("local", "kubernetes"), default=s.SCALER_BACKEND)
-        parser.add_argument("--namespace", default=s.KUBERNETES_NAMESPACE, help="kubernetes backend")
-        parser.add_argument("--worker-deployment", default=s.KUBERNETES_WORKER_DEPLOYMENT)
+        # Every setting of the scaler's groups is a flag (scaler/flags.py); these few are flags only.
+        add_setting_flags(parser, settings, SCALER_GROUPS)
+        parser.add_argument("--no-workers", action="store_true", help="leave the workers alone")
+        parser.add_argument("--gateways", action="store_true", help="also run gateways behind nginx")
         parser.add_argument(
-            "--host", default=s.SCALER_HOST, help="where the health and metrics endpoints listen"
+            "--nginx-prefix",
+            type=Path,
+            default=Path(settings.VAR_DIR) / "nginx",
+            help="the folder of the scaler's nginx: its configuration, logs and pid file",
         )
-        parser.add_argument("--health-port", type=int, default=s.SCALER_HEALTH_PORT, help="0: none")
-        parser.add_argument("--metrics-port", type=int, default=s.SCALER_METRICS_PORT, help="0: none")
         parser.add_argument(
             "--once",
             action="store_true",
@@ -73,9 +54,9 @@ class Command(BaseCommand):
         # which pika logs as a warning at every check: expected here, so keep it out of the log.
         logging.getLogger("pika.channel").setLevel(logging.ERROR)
         worker_policy, gateway_policy = policies(options)
-        if options["gateways"] and options["backend"] != "local":
+        if options["gateways"] and options["SCALER_BACKEND"] != "local":
             raise CommandError("--gateways runs gateway processes locally: it needs --backend local")
-        status = Status(options["backend"], options["interval"])
+        status = Status(options["SCALER_BACKEND"], options["SCALE_CHECK_INTERVAL"])
         if options["once"]:
             self.check_once(status, worker_policy, options)
             return
@@ -89,7 +70,7 @@ class Command(BaseCommand):
                 autoscaler.gateways = local_gateways(options)
                 autoscaler.gateways.start(gateway_policy.min_instances)
             servers = serve(status, options)
-            run(autoscaler, options["interval"], stop)
+            run(autoscaler, options["SCALE_CHECK_INTERVAL"], stop)
         except (KubernetesError, NginxError, TimeoutError) as exc:
             raise CommandError(str(exc)) from exc
         finally:
@@ -101,7 +82,7 @@ class Command(BaseCommand):
         if options["no_workers"] or options["gateways"]:
             raise CommandError("--once checks the workers only")
         readings = observe.read()
-        if options["backend"] == "local":
+        if options["SCALER_BACKEND"] == "local":
             workers = ObservedWorkers(readings.consumers)
         else:
             workers = worker_pool(options)
@@ -112,66 +93,39 @@ class Command(BaseCommand):
 
 
 def policies(options) -> tuple[WorkerPolicy, GatewayPolicy]:
-    workers = WorkerPolicy(
-        min_instances=options["min_instances"],
-        max_instances=options["max_instances"],
-        scale_up_threshold=options["scale_up_threshold"],
-        scale_down_threshold=options["scale_down_threshold"],
-        cooldown=options["cooldown"],
-    )
-    gateways = GatewayPolicy(
-        min_instances=options["gateway_min"],
-        max_instances=options["gateway_max"],
-        load_threshold_up=options["gateway_up"],
-        load_threshold_down=options["gateway_down"],
-        cooldown=options["gateway_cooldown"],
-        sustain=options["gateway_sustain"],
-    )
-    problems = [
-        (
-            workers.min_instances < 0 or workers.min_instances > workers.max_instances,
-            "0 <= min <= max instances",
-        ),
-        (
-            workers.scale_down_threshold >= workers.scale_up_threshold,
-            "scale-down threshold < scale-up threshold",
-        ),
-        (
-            gateways.min_instances < 1 or gateways.min_instances > gateways.max_instances,
-            "1 <= gateway min <= max",
-        ),
-        (gateways.load_threshold_down >= gateways.load_threshold_up, "gateway down threshold < up threshold"),
-        (options["interval"] <= 0 or options["threads"] < 1, "a positive interval and at least one thread"),
-    ]
-    for wrong, rule in problems:
-        if wrong:
-            raise CommandError(f"inconsistent settings: need {rule}")
-    return workers, gateways
+    """The policies the flags and the settings give, refused when they contradict each other."""
+    values = chosen(options, SCALER_GROUPS)
+    refuse_contradictions(values, SCALER_GROUPS)
+    return WorkerPolicy.from_settings(values), GatewayPolicy.from_settings(values)
 
 
 def worker_pool(options):
-    if options["backend"] == "local":
-        return LocalWorkers(threads=options["threads"])
-    namespace = options["namespace"] or pod_namespace()
-    return KubernetesDeployment(KubernetesApi.in_cluster(), namespace, options["worker_deployment"])
+    if options["SCALER_BACKEND"] == "local":
+        return LocalWorkers(threads=options["WORKER_THREADS"])
+    namespace = options["KUBERNETES_NAMESPACE"] or pod_namespace()
+    return KubernetesDeployment(
+        KubernetesApi.in_cluster(), namespace, options["KUBERNETES_WORKER_DEPLOYMENT"]
+    )
 
 
 def local_gateways(options) -> LocalGateways:
     nginx = Nginx(
         prefix=options["nginx_prefix"],
-        listen=options["nginx_listen"],
-        max_body_bytes=settings.MAX_REQUEST_BYTES,
-        binary=options["nginx_binary"],
+        listen=options["NGINX_LISTEN"],
+        # Batches are the largest bodies: nginx takes them, and the gateway refuses each request
+        # past its own limit (project.config.body_limits).
+        max_body_bytes=config.body_limits(settings).batch,
+        binary=options["NGINX_BINARY"],
     )
-    return LocalGateways(nginx, port_start=options["gateway_port_start"])
+    return LocalGateways(nginx, port_start=options["GATEWAY_PORT_START"])
 
 
 def serve(status: Status, options) -> list:
     servers = []
-    if options["health_port"]:
-        servers.append(serve_health(status, options["host"], options["health_port"]))
-    if options["metrics_port"]:
-        servers.append(serve_metrics(status, options["host"], options["metrics_port"]))
+    if options["SCALER_HEALTH_PORT"]:
+        servers.append(serve_health(status, options["SCALER_HOST"], options["SCALER_HEALTH_PORT"]))
+    if options["SCALER_METRICS_PORT"]:
+        servers.append(serve_metrics(status, options["SCALER_HOST"], options["SCALER_METRICS_PORT"]))
     return servers
 
 

@@ -1,0 +1,992 @@
+"""Every setting Darkroom reads from the environment, declared once: name, type, default, bounds,
+what it does, and its group.
+
+Everything else is derived from this table:
+- project/settings.py: `load(os.environ)` parses and checks each value, and every setting becomes a
+  Django setting of the same name (unless it is marked `django=False`);
+- `manage.py scale_workers` and `run_workers`: a setting with a `flag` is also that command-line
+  flag, whose default is the setting's value and whose help is its description;
+- the start-up checks: a value out of its bounds stops the start naming the variable, and the
+  `RULES` between settings are Django system checks with stable ids;
+- docs/settings.md, written by `manage.py settings_reference` (a test fails when it is not current).
+
+Django-free on purpose (gunicorn's configuration and the scaler's policy read it too).
+"""
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+# --- Types: each parses the raw text of a variable, naming it when the text is wrong ---------------
+@dataclass(frozen=True)
+class Type:
+    label: str  # how docs/settings.md names the type
+    parse: Callable[[str, str], Any]  # (variable, raw text) -> value; raises ImproperlyConfigured
+    show: Callable[[Any], str] = str  # a value as one writes it in the environment
+
+
+def parse_str(name: str, raw: str) -> str:
+    return raw
+
+
+def parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
+
+
+def parse_float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def parse_rate(name: str, raw: str) -> str:
+    """A rate limit such as 60/m (per second, minute, hour or day)."""
+    if not re.fullmatch(r"\d+/\d*[smhd]", raw):
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a rate like 60/m, 1000/h or 10/s")
+    return raw
+
+
+def parse_list(name: str, raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def parse_header(name: str, raw: str) -> tuple[str, str] | None:
+    """A request header and the value that marks a request as HTTPS, written "X-Forwarded-Proto: https";
+    as Django's SECURE_PROXY_SSL_HEADER wants it: ("HTTP_X_FORWARDED_PROTO", "https"). None when empty."""
+    if not raw:
+        return None
+    match = re.fullmatch(r"\s*([A-Za-z0-9-]+)\s*:\s*(\S+)\s*", raw)
+    if not match:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a header and value like 'X-Forwarded-Proto: https'"
+        )
+    header, value = match.groups()
+    return "HTTP_" + header.upper().replace("-", "_"), value
+
+
+def parse_path(name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def url(*schemes: str) -> Type:
+    """An optional URL whose scheme must be one of `schemes`; empty when unset."""
+
+    def parse(name: str, raw: str) -> str:
+        if raw and urlparse(raw).scheme not in schemes:
+            raise ImproperlyConfigured(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return Type(f"URL ({', '.join(s + '://' for s in schemes)})", parse)
+
+
+def choice(*options: str) -> Type:
+    def parse(name: str, raw: str) -> str:
+        if raw not in options:
+            raise ImproperlyConfigured(f"{name}={raw!r} is not {' or '.join(options)}")
+        return raw
+
+    return Type(" or ".join(options), parse)
+
+
+def show_float(value: float) -> str:
+    return f"{value:g}"
+
+
+def show_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def show_list(value: list[str]) -> str:
+    return ",".join(value)
+
+
+def show_header(value: tuple[str, str] | None) -> str:
+    return "" if value is None else f"{value[0].removeprefix('HTTP_').replace('_', '-').title()}: {value[1]}"
+
+
+STR = Type("text", parse_str)
+INT = Type("integer", parse_int)
+FLOAT = Type("number", parse_float, show_float)
+BOOL = Type("boolean", parse_bool, show_bool)
+RATE = Type("rate (60/m, 1000/h, 10/s)", parse_rate)
+LIST = Type("comma-separated list", parse_list, show_list)
+HEADER = Type("header: value", parse_header, show_header)
+PATH = Type("path", parse_path)
+
+
+# --- The declaration ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Computed:
+    """A default that depends on settings declared before it (or on the machine)."""
+
+    text: str  # how docs/settings.md states it
+    compute: Callable[["Values"], Any]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the Django setting, and the environment variable unless `spellings` says otherwise
+    type: Type
+    default: Any  # a value of `type`, or Computed
+    description: str  # one line
+    group: str
+    minimum: float | None = None
+    # Environment variables read, the first one set wins; by default the setting's own name.
+    spellings: tuple[str, ...] = ()
+    flag: str | None = None  # a command-line flag of the scaler's commands that overrides it
+    django: bool = True  # False: read where it is used (named in the description), not a Django setting
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.spellings or (self.name,)
+
+    def parse(self, variable: str, raw: str) -> Any:
+        """The value of `raw`, or ImproperlyConfigured naming `variable` (or a flag) and what is wrong."""
+        value = self.type.parse(variable, raw)
+        if self.minimum is not None and value < self.minimum:
+            raise ImproperlyConfigured(f"{variable}={value} must be at least {self.minimum:g}")
+        return value
+
+    def read(self, environ: Mapping[str, str], earlier: "Values") -> Any:
+        """Every spelling that is set must parse; the first one set gives the value."""
+        found = [
+            self.parse(variable, environ[variable]) for variable in self.variables if variable in environ
+        ]
+        if found:
+            return found[0]
+        return self.default_value(earlier)
+
+    def default_value(self, earlier: "Values") -> Any:
+        return self.default.compute(earlier) if isinstance(self.default, Computed) else self.default
+
+    def default_text(self) -> str:
+        if isinstance(self.default, Computed):
+            return self.default.text
+        return self.type.show(self.default)
+
+
+class Values(dict):
+    """Settings by name, also readable as attributes (values.MAX_UPLOAD_BYTES)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def services_configured(values: Mapping[str, Any]) -> bool:
+    """A configured service means a deployment, not the embedded default on one machine."""
+    return bool(values["DATABASE_URL"] or values["BROKER_URL"])
+
+
+MB = 1024 * 1024
+
+SERVICES = "Services"
+STORAGE = "Object storage"
+SECURITY = "Security"
+LIMITS = "Limits"
+JOBS = "Jobs and workers"
+SCALER_WORKERS = "Scaler: workers"
+SCALER_GATEWAYS = "Scaler: gateways behind nginx"
+SCALER_PROCESS = "Scaler: the process"
+PROCESSES = "Processes and logs"
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- Processes and logs
+    Setting(
+        "VAR_DIR",
+        PATH,
+        Computed("var/ in the project folder", lambda v: BASE_DIR / "var"),
+        "Where the embedded default keeps its database, files and temporary uploads.",
+        PROCESSES,
+        spellings=("DARKROOM_VAR_DIR",),
+    ),
+    Setting("DEBUG", BOOL, False, "Django's debug mode: never in production.", PROCESSES),
+    Setting("LOG_LEVEL", STR, "INFO", "The root logger's level; every process logs JSON lines.", PROCESSES),
+    Setting(
+        "WORKER_PROCESSES",
+        INT,
+        1,
+        "Worker processes `manage.py run_workers` (`make worker`) keeps alive.",
+        PROCESSES,
+        minimum=1,
+        flag="--processes",
+    ),
+    Setting(
+        "WEB_CONCURRENCY",
+        INT,
+        Computed("the machine's cores", lambda v: os.cpu_count() or 1),
+        "Server processes: read by uvicorn itself and by project/gunicorn_conf.py (`make serve` uses 1 "
+        "unless it is set).",
+        PROCESSES,
+        minimum=1,
+        django=False,
+    ),
+    Setting(
+        "GUNICORN_BIND",
+        STR,
+        "127.0.0.1:8000",
+        "Where gunicorn listens (project/gunicorn_conf.py).",
+        PROCESSES,
+        django=False,
+    ),
+    Setting(
+        "GUNICORN_THREADS",
+        INT,
+        4,
+        "Threads per gunicorn process (project/gunicorn_conf.py).",
+        PROCESSES,
+        minimum=1,
+        django=False,
+    ),
+    Setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        STR,
+        "",
+        "Read by prometheus_client: a folder shared by every process on the machine, so /metrics sums "
+        "them; unset, each process reports only itself.",
+        PROCESSES,
+        django=False,
+    ),
+    # --- Services
+    Setting(
+        "DATABASE_URL",
+        url("postgres", "postgresql", "sqlite"),
+        "",
+        "PostgreSQL (postgres://user@host:5432/darkroom) instead of SQLite under VAR_DIR.",
+        SERVICES,
+    ),
+    # A pool per process: under ASGI each request runs in a new thread, so persistent connections would
+    # never be reused. With at least as many connections as request threads no request queues for one,
+    # so a wait means the database is down: DATABASE_POOL_TIMEOUT is short, and the 503 comes fast.
+    Setting(
+        "DATABASE_POOL_SIZE",
+        INT,
+        20,
+        "PostgreSQL connections per process, at most: at least the server's request threads.",
+        SERVICES,
+        minimum=1,
+    ),
+    Setting(
+        "DATABASE_POOL_TIMEOUT",
+        FLOAT,
+        1.0,
+        "Seconds a request waits for a database connection before answering 503.",
+        SERVICES,
+    ),
+    Setting(
+        "BROKER_URL",
+        url("amqp", "amqps"),
+        "",
+        "RabbitMQ (amqp://guest:guest@host:5672/%2F) instead of in-process workers.",
+        SERVICES,
+    ),
+    Setting(
+        "BROKER_CONNECT_TIMEOUT",
+        INT,
+        2,
+        "Seconds to connect to RabbitMQ, or to wait on a blocked connection: a request never hangs on it.",
+        SERVICES,
+        minimum=1,
+    ),
+    Setting(
+        "BROKER_PUBLISH_TIMEOUT",
+        FLOAT,
+        1.5,
+        "Seconds a submission waits for the broker's confirmation before answering 503.",
+        SERVICES,
+    ),
+    Setting(
+        "RABBITMQ_MANAGEMENT_URL",
+        url("http", "https"),
+        "",
+        "RabbitMQ's management API, for the jobs in flight per queue (optional).",
+        SERVICES,
+    ),
+    Setting(
+        "REDIS_URL",
+        url("redis", "rediss", "unix"),
+        "",
+        "Redis for the channel layer and the cache, instead of in-process memory.",
+        SERVICES,
+    ),
+    # --- Object storage (read by the STORAGES block of project/settings.py)
+    Setting(
+        "AWS_STORAGE_BUCKET_NAME",
+        STR,
+        "",
+        "An S3 bucket for uploads and results instead of VAR_DIR/media.",
+        STORAGE,
+        django=False,
+    ),
+    Setting(
+        "AWS_S3_ENDPOINT_URL",
+        STR,
+        "",
+        "An S3-compatible server (e.g. http://minio:9000); unset: AWS S3.",
+        STORAGE,
+        django=False,
+    ),
+    Setting(
+        "AWS_ACCESS_KEY_ID",
+        STR,
+        "",
+        "The bucket's access key; unset: boto3's own lookup.",
+        STORAGE,
+        django=False,
+    ),
+    Setting(
+        "AWS_SECRET_ACCESS_KEY",
+        STR,
+        "",
+        "The bucket's secret key; unset: boto3's own lookup.",
+        STORAGE,
+        django=False,
+    ),
+    Setting("AWS_S3_REGION_NAME", STR, "", "The bucket's region.", STORAGE, django=False),
+    Setting(
+        "AWS_QUERYSTRING_EXPIRE",
+        INT,
+        600,
+        "Seconds a signed download URL stays valid.",
+        STORAGE,
+        minimum=1,
+        django=False,
+    ),
+    Setting(
+        "AWS_S3_CONNECT_TIMEOUT",
+        INT,
+        2,
+        "Seconds to connect to the S3 server: a dead one makes a quick 503, not a hung request.",
+        STORAGE,
+        minimum=1,
+        django=False,
+    ),
+    Setting(
+        "AWS_S3_READ_TIMEOUT",
+        INT,
+        5,
+        "Seconds to wait for the S3 server's answer: a hung one makes a 503 this soon.",
+        STORAGE,
+        minimum=1,
+        django=False,
+    ),
+    Setting(
+        "AWS_S3_MAX_ATTEMPTS",
+        INT,
+        2,
+        "Tries of each S3 request, the first included, before the storage counts as unavailable.",
+        STORAGE,
+        minimum=1,
+        django=False,
+    ),
+    # --- Security
+    Setting(
+        "SECRET_KEY",
+        STR,
+        "embedded-default-insecure-key-change-me-for-any-real-deployment",
+        "Django's signing key: the default is refused once a service is configured (darkroom.E002).",
+        SECURITY,
+    ),
+    Setting(
+        "ALLOWED_HOSTS",
+        LIST,
+        ["127.0.0.1", "localhost", "[::1]", "testserver"],
+        "Host names this server answers to.",
+        SECURITY,
+    ),
+    Setting(
+        "CSRF_TRUSTED_ORIGINS",
+        LIST,
+        [],
+        "Origins (https://host) trusted for form posts across hosts.",
+        SECURITY,
+    ),
+    Setting(
+        "API_KEYS_REQUIRED",
+        BOOL,
+        Computed("true when DATABASE_URL or BROKER_URL is set", services_configured),
+        "Every API call needs a key (browser sessions from our own pages still work).",
+        SECURITY,
+    ),
+    Setting(
+        "TRUSTED_PROXIES",
+        LIST,
+        [],
+        "Proxies whose X-Forwarded-For names the client; tell the servers too (--forwarded-allow-ips).",
+        SECURITY,
+    ),
+    Setting("METRICS_TOKEN", STR, "", "Bearer token for /metrics and the health checks' details.", SECURITY),
+    Setting("CORS_ALLOWED_ORIGINS", LIST, [], "Origins whose pages may call the API.", SECURITY),
+    Setting(
+        "SESSION_COOKIE_SECURE", BOOL, False, "Session cookie over HTTPS only (behind a TLS proxy).", SECURITY
+    ),
+    Setting("CSRF_COOKIE_SECURE", BOOL, False, "CSRF cookie over HTTPS only (behind a TLS proxy).", SECURITY),
+    Setting(
+        "SECURE_HSTS_SECONDS", INT, 0, "Strict-Transport-Security max-age; 0: no header.", SECURITY, minimum=0
+    ),
+    Setting(
+        "SECURE_SSL_REDIRECT",
+        BOOL,
+        False,
+        "Redirect plain HTTP to HTTPS (health and metrics exempt).",
+        SECURITY,
+    ),
+    Setting(
+        "SECURE_PROXY_SSL_HEADER",
+        HEADER,
+        None,
+        "The header a TLS proxy sets on every request to mark HTTPS, e.g. 'X-Forwarded-Proto: https'.",
+        SECURITY,
+    ),
+    # --- Limits
+    Setting(
+        "MAX_UPLOAD_BYTES", INT, 25 * MB, "The largest image file one upload may carry.", LIMITS, minimum=1
+    ),
+    Setting(
+        "MAX_BATCH_FILES",
+        INT,
+        20,
+        "Files one batch (POST /api/v1/jobs/batch, the upload form) may carry.",
+        LIMITS,
+        minimum=1,
+    ),
+    Setting(
+        "MAX_REQUEST_BYTES",
+        INT,
+        Computed("MAX_UPLOAD_BYTES + 1 MB", lambda v: v.MAX_UPLOAD_BYTES + MB),
+        "A one-file request's whole body: the upload plus its multipart framing and form fields. A batch "
+        "may carry MAX_BATCH_FILES uploads with the same framing allowance.",
+        LIMITS,
+        minimum=1,
+    ),
+    Setting(
+        "MAX_IMAGE_PIXELS",
+        INT,
+        50_000_000,
+        "The largest image (width x height) a worker decodes.",
+        LIMITS,
+        minimum=1,
+    ),
+    Setting(
+        "MAX_OUTPUT_PIXELS",
+        INT,
+        Computed("MAX_IMAGE_PIXELS", lambda v: v.MAX_IMAGE_PIXELS),
+        "The largest result an operation may make: a small upload cannot ask for a huge output.",
+        LIMITS,
+        minimum=1,
+    ),
+    # Ordinary encoders write about 10 scans; libjpeg-turbo's own tools suggest refusing beyond a few hundred.
+    Setting(
+        "MAX_JPEG_SCANS",
+        INT,
+        100,
+        "Scans a progressive JPEG may have: each is one more pass over the whole image when decoded.",
+        LIMITS,
+        minimum=1,
+    ),
+    Setting(
+        "RATE_LIMIT_SUBMIT", RATE, "120/m", "Job-creating requests per API key or client address.", LIMITS
+    ),
+    Setting(
+        "RATE_LIMIT_READ", RATE, "1200/m", "Every other API request per API key or client address.", LIMITS
+    ),
+    # --- Jobs and workers
+    Setting("JOB_TIME_LIMIT_SECONDS", INT, 120, "Seconds one attempt at a job may run.", JOBS, minimum=1),
+    Setting(
+        "JOB_MAX_RETRIES",
+        INT,
+        3,
+        "Retries of a job that failed with an error worth retrying.",
+        JOBS,
+        minimum=0,
+    ),
+    # Whatever ended each start: an error, or its worker killed (e.g. out of memory). The default leaves
+    # room for every retry, so only lost workers make a job run out of attempts.
+    Setting(
+        "JOB_MAX_ATTEMPTS",
+        INT,
+        Computed("JOB_MAX_RETRIES + 1", lambda v: v.JOB_MAX_RETRIES + 1),
+        "Starts of one job, whatever ended each: past this it fails as worker_lost, not redelivered forever.",
+        JOBS,
+        minimum=1,
+    ),
+    Setting(
+        "JOB_LEASE_SECONDS",
+        INT,
+        20,
+        "A claimed job's lease, renewed while it runs: a dead worker's job is claimable once it runs out.",
+        JOBS,
+        minimum=3,
+    ),
+    Setting(
+        "REQUEUE_UNPUBLISHED_AFTER_SECONDS",
+        INT,
+        30,
+        "A queued job whose message the broker never confirmed is re-published after this.",
+        JOBS,
+        minimum=1,
+    ),
+    Setting(
+        "REQUEUE_STALE_AFTER_SECONDS",
+        INT,
+        900,
+        "A queued job nobody claimed for this long is re-published (its message may be gone).",
+        JOBS,
+        minimum=10,
+    ),
+    Setting(
+        "EMBEDDED_WORKERS",
+        BOOL,
+        Computed("true unless BROKER_URL is set", lambda v: not v.BROKER_URL),
+        "Worker threads inside the server process.",
+        JOBS,
+    ),
+    Setting("EMBEDDED_WORKER_THREADS", INT, 2, "Worker threads of the embedded workers.", JOBS, minimum=1),
+    Setting(
+        "RESULT_REUSE",
+        BOOL,
+        True,
+        "A new job whose input, service and parameters match a completed one copies its result.",
+        JOBS,
+    ),
+    Setting(
+        "FILE_TTL_SECONDS",
+        INT,
+        24 * 3600,
+        "Finished jobs' files are removed by the cleanup (POST /api/v1/files/cleanup) after this.",
+        JOBS,
+        minimum=0,
+    ),
+    # --- Scaler: workers
+    Setting(
+        "SCALE_CHECK_INTERVAL",
+        FLOAT,
+        30.0,
+        "Seconds between two checks of the load.",
+        SCALER_WORKERS,
+        flag="--interval",
+    ),
+    # The SERVICES_* spellings win over the short ones when both are set (older deployments use either).
+    Setting(
+        "MIN_INSTANCES",
+        INT,
+        1,
+        "Worker processes the scaler keeps at least.",
+        SCALER_WORKERS,
+        minimum=0,
+        spellings=("SERVICES_MIN_INSTANCES", "MIN_INSTANCES"),
+        flag="--min-instances",
+    ),
+    Setting(
+        "MAX_INSTANCES",
+        INT,
+        5,
+        "Worker processes the scaler keeps at most.",
+        SCALER_WORKERS,
+        minimum=1,
+        spellings=("SERVICES_MAX_INSTANCES", "MAX_INSTANCES"),
+        flag="--max-instances",
+    ),
+    Setting(
+        "SCALE_UP_THRESHOLD",
+        FLOAT,
+        10.0,
+        "Work per worker (messages waiting + jobs being processed) above which workers are added.",
+        SCALER_WORKERS,
+        flag="--scale-up-threshold",
+    ),
+    Setting(
+        "SCALE_DOWN_THRESHOLD",
+        FLOAT,
+        2.0,
+        "Work per worker below which one worker is stopped (it drains).",
+        SCALER_WORKERS,
+        flag="--scale-down-threshold",
+    ),
+    Setting(
+        "SERVICES_COOLDOWN_PERIOD",
+        FLOAT,
+        120.0,
+        "Seconds between two scaling actions on the workers.",
+        SCALER_WORKERS,
+        minimum=0,
+        spellings=("SERVICES_COOLDOWN_PERIOD", "COOLDOWN_PERIOD"),
+        flag="--cooldown",
+    ),
+    Setting(
+        "WORKER_THREADS",
+        INT,
+        2,
+        "Threads per worker process the scaler or run_workers starts.",
+        SCALER_WORKERS,
+        minimum=1,
+        flag="--threads",
+    ),
+    # --- Scaler: gateways behind nginx
+    Setting(
+        "GATEWAY_MIN_INSTANCES",
+        INT,
+        1,
+        "Gateway processes kept at least (scale_workers --gateways).",
+        SCALER_GATEWAYS,
+        minimum=1,
+        flag="--gateway-min",
+    ),
+    Setting(
+        "GATEWAY_MAX_INSTANCES",
+        INT,
+        3,
+        "Gateway processes kept at most.",
+        SCALER_GATEWAYS,
+        minimum=1,
+        flag="--gateway-max",
+    ),
+    Setting(
+        "GATEWAY_LOAD_THRESHOLD_UP",
+        FLOAT,
+        80.0,
+        "Load score (average queue depth x 10 + health-check ms / 100) above which a gateway is added.",
+        SCALER_GATEWAYS,
+        flag="--gateway-up",
+    ),
+    Setting(
+        "GATEWAY_LOAD_THRESHOLD_DOWN",
+        FLOAT,
+        30.0,
+        "Load score below which a gateway is removed.",
+        SCALER_GATEWAYS,
+        flag="--gateway-down",
+    ),
+    Setting(
+        "GATEWAY_COOLDOWN_PERIOD",
+        FLOAT,
+        180.0,
+        "Seconds between two scaling actions on the gateways.",
+        SCALER_GATEWAYS,
+        minimum=0,
+        flag="--gateway-cooldown",
+    ),
+    Setting(
+        "GATEWAY_SUSTAIN_PERIOD",
+        FLOAT,
+        30.0,
+        "Seconds the load score must stay past a threshold before the scaler acts on it.",
+        SCALER_GATEWAYS,
+        minimum=0,
+        flag="--gateway-sustain",
+    ),
+    Setting(
+        "GATEWAY_PORT_START",
+        INT,
+        8001,
+        "The first gateway's port, the next ones after it; 0: any free port.",
+        SCALER_GATEWAYS,
+        minimum=0,
+        flag="--gateway-port-start",
+    ),
+    Setting(
+        "NGINX_LISTEN",
+        STR,
+        "127.0.0.1:8000",
+        "Where the scaler's nginx listens (HOST:PORT).",
+        SCALER_GATEWAYS,
+        flag="--nginx-listen",
+    ),
+    Setting(
+        "NGINX_BINARY",
+        STR,
+        "nginx",
+        "The nginx program the scaler runs.",
+        SCALER_GATEWAYS,
+        flag="--nginx-binary",
+    ),
+    # --- Scaler: the process
+    Setting(
+        "SCALER_BACKEND",
+        choice("local", "kubernetes"),
+        "local",
+        "local: worker processes on this machine; kubernetes: the worker Deployment's replicas.",
+        SCALER_PROCESS,
+        flag="--backend",
+    ),
+    Setting(
+        "SCALER_HOST",
+        STR,
+        "127.0.0.1",
+        "Where the scaler's health and metrics endpoints listen.",
+        SCALER_PROCESS,
+        flag="--host",
+    ),
+    Setting(
+        "SCALER_HEALTH_PORT",
+        INT,
+        8082,
+        "The scaler's health endpoint; 0: none.",
+        SCALER_PROCESS,
+        minimum=0,
+        flag="--health-port",
+    ),
+    Setting(
+        "SCALER_METRICS_PORT",
+        INT,
+        9090,
+        "The scaler's Prometheus endpoint; 0: none.",
+        SCALER_PROCESS,
+        minimum=0,
+        flag="--metrics-port",
+    ),
+    Setting(
+        "KUBERNETES_NAMESPACE",
+        STR,
+        "",
+        "The worker Deployment's namespace; empty: the scaler pod's own.",
+        SCALER_PROCESS,
+        flag="--namespace",
+    ),
+    Setting(
+        "KUBERNETES_WORKER_DEPLOYMENT",
+        STR,
+        "darkroom-worker",
+        "The worker Deployment the scaler sizes.",
+        SCALER_PROCESS,
+        flag="--worker-deployment",
+    ),
+    Setting(
+        "KUBERNETES_SERVICE_HOST",
+        STR,
+        "",
+        "Set by Kubernetes in every pod: where the kubernetes backend finds the API server.",
+        SCALER_PROCESS,
+        django=False,
+    ),
+    Setting(
+        "KUBERNETES_SERVICE_PORT",
+        INT,
+        443,
+        "Set by Kubernetes in every pod: the API server's port.",
+        SCALER_PROCESS,
+        django=False,
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
+def load(environ: Mapping[str, str]) -> Values:
+    """Every declared setting, parsed from `environ`, in declaration order (so a computed default can
+    use the settings above it). A bad value raises ImproperlyConfigured naming its variable."""
+    values = Values()
+    for setting in SETTINGS:
+        values[setting.name] = setting.read(environ, values)
+    return values
+
+
+def django_settings(values: Values) -> dict[str, Any]:
+    """The settings that are Django settings of the same name."""
+    return {name: value for name, value in values.items() if BY_NAME[name].django}
+
+
+def read(name: str, environ: Mapping[str, str] = os.environ) -> Any:
+    """One setting read where it is used, outside Django's settings (gunicorn, the Kubernetes API)."""
+    return load(environ)[name]
+
+
+def env_str(name: str, default: str = "") -> str:
+    """For project/settings.py's STORAGES block, which reads its AWS_* variables itself."""
+    return os.getenv(name, default)
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    """For project/settings.py's STORAGES block: an integer, checked as a declared setting is."""
+    return Setting(name, INT, default, "", "", minimum=minimum).read(os.environ, Values())
+
+
+def defaults() -> Values:
+    """Every setting as it is with no environment set."""
+    return load({})
+
+
+# --- Relations between settings: Django system checks with stable ids (project/checks.py,
+# scaler/checks.py), and the scaler's own check of its flags ---------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    names: tuple[str, ...]  # the settings it relates, in the order `message` names them
+    holds: Callable[..., bool]  # called with those settings' values
+    message: str  # a format string: {0}, {1}... are the settings, named as the caller chooses
+    hint: str
+
+    def broken(self, values: Mapping[str, Any]) -> bool:
+        return not self.holds(*(values[name] for name in self.names))
+
+    def describe(self, label: Callable[[str], str]) -> str:
+        return self.message.format(*(label(name) for name in self.names))
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "darkroom.E001",
+        ("MAX_REQUEST_BYTES", "MAX_UPLOAD_BYTES"),
+        lambda request, upload: request >= upload,
+        "{0} is smaller than {1}: uploads near it would be refused.",
+        "Leave MAX_REQUEST_BYTES unset, or make it MAX_UPLOAD_BYTES plus 1 MB.",
+    ),
+    Rule(
+        "darkroom.E101",
+        ("MIN_INSTANCES", "MAX_INSTANCES"),
+        lambda low, high: low <= high,
+        "{0} is above {1}.",
+        "Make MIN_INSTANCES <= MAX_INSTANCES.",
+    ),
+    Rule(
+        "darkroom.E102",
+        ("SCALE_DOWN_THRESHOLD", "SCALE_UP_THRESHOLD"),
+        lambda down, up: down < up,
+        "{0} is not below {1}: the workers would flap.",
+        "Leave a gap, e.g. 2 and 10.",
+    ),
+    Rule(
+        "darkroom.E103",
+        ("GATEWAY_MIN_INSTANCES", "GATEWAY_MAX_INSTANCES"),
+        lambda low, high: low <= high,
+        "{0} is above {1}.",
+        "Make GATEWAY_MIN_INSTANCES <= GATEWAY_MAX_INSTANCES.",
+    ),
+    Rule(
+        "darkroom.E104",
+        ("GATEWAY_LOAD_THRESHOLD_DOWN", "GATEWAY_LOAD_THRESHOLD_UP"),
+        lambda down, up: down < up,
+        "{0} is not below {1}: the gateways would flap.",
+        "Leave a gap, e.g. 30 and 80.",
+    ),
+    Rule(
+        "darkroom.E105",
+        ("SCALE_CHECK_INTERVAL",),
+        lambda interval: interval > 0,
+        "{0} must be positive.",
+        "Use seconds, e.g. 30.",
+    ),
+)
+
+
+def broken_rules(values: Mapping[str, Any], groups: Iterable[str]) -> list[Rule]:
+    """The rules about settings of `groups` that `values` break."""
+    wanted = set(groups)
+    return [rule for rule in RULES if BY_NAME[rule.names[0]].group in wanted and rule.broken(values)]
+
+
+# --- Request bodies: one rule for nginx, the gateway and the batch form ----------------------------
+@dataclass(frozen=True)
+class BodyLimits:
+    one_file: int  # a request that carries one upload
+    batch: int  # a batch: MAX_BATCH_FILES uploads in one request (the largest body any request may carry)
+
+
+def body_limits(values: Any) -> BodyLimits:
+    """The largest request bodies, from Django's settings or `load()`'s values.
+
+    A one-file request may carry MAX_REQUEST_BYTES: its upload plus an allowance for the multipart
+    framing and form fields. A batch may carry MAX_BATCH_FILES uploads with that same allowance. nginx
+    takes the batch size (it cannot tell the requests apart before reading them); the gateway refuses
+    each request past its own size, with a message saying why.
+    """
+    framing = values.MAX_REQUEST_BYTES - values.MAX_UPLOAD_BYTES
+    return BodyLimits(
+        one_file=values.MAX_REQUEST_BYTES,
+        batch=values.MAX_BATCH_FILES * values.MAX_UPLOAD_BYTES + framing,
+    )
+
+
+# --- docs/settings.md --------------------------------------------------------------------------------
+REFERENCE = BASE_DIR / "docs" / "settings.md"
+
+GROUPS = (
+    SERVICES,
+    STORAGE,
+    SECURITY,
+    LIMITS,
+    JOBS,
+    SCALER_WORKERS,
+    SCALER_GATEWAYS,
+    SCALER_PROCESS,
+    PROCESSES,
+)
+
+
+def reference() -> str:
+    """docs/settings.md: every setting by group, as declared above."""
+    lines = [
+        "# Settings",
+        "",
+        "Every environment variable Darkroom reads. Generated from `project/config.py` by",
+        "`python manage.py settings_reference`: edit the table there, not this file (a test checks that",
+        "this file is current). A bad value stops the start with a message naming the variable; the",
+        "relations between settings are system checks (`manage.py check`).",
+        "",
+        "With no variable set, Darkroom runs embedded: SQLite and files under `var/`, workers inside the",
+        "server process. `DATABASE_URL`, `BROKER_URL`, `REDIS_URL` and `AWS_STORAGE_BUCKET_NAME` switch each",
+        "part to its service.",
+    ]
+    for group in GROUPS:
+        lines += [
+            "",
+            f"## {group}",
+            "",
+            "| variable | type | default | meaning |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [reference_row(setting) for setting in SETTINGS if setting.group == group]
+    lines += ["", "## Checks between settings", "", "| check | rule | hint |", "| --- | --- | --- |"]
+    lines += [f"| `{rule.id}` | {rule.describe(code)} | {rule.hint} |" for rule in RULES]
+    lines += [
+        "",
+        "## Request bodies",
+        "",
+        "One rule (`project.config.body_limits`) sets every body limit: a one-file request may carry",
+        "`MAX_REQUEST_BYTES`; a batch (`POST /api/v1/jobs/batch`, the upload form) `MAX_BATCH_FILES`",
+        "uploads of `MAX_UPLOAD_BYTES` with the same allowance for framing and form fields. nginx's",
+        "`client_max_body_size` is the batch size (the scaler's nginx, and docker-compose.yml's value for",
+        f"the defaults: {body_limits(defaults()).batch}); the gateway answers 413 past each request's own.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def code(text: str) -> str:
+    return f"`{text}`"
+
+
+def reference_row(setting: Setting) -> str:
+    names = " or ".join(code(variable) for variable in setting.variables)
+    if setting.variables != (setting.name,):
+        names += f" (setting `{setting.name}`)"
+    default = setting.default_text()
+    default = code(default) if default and not isinstance(setting.default, Computed) else default or "empty"
+    about = setting.description
+    if setting.minimum is not None:
+        about += f" At least {setting.minimum:g}."
+    if setting.flag:
+        about += f" Flag: `{setting.flag}`."
+    return f"| {names} | {setting.type.label} | {default} | {about.replace('|', '&#124;')} |"
