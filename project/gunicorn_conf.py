@@ -7,9 +7,10 @@ serves what").
 
 import os
 
-from project import config
+# Imported under another name: gunicorn reads every name here as a setting, and `config` is one.
+from project.config import load as load_settings
 
-env = config.load(os.environ)  # GUNICORN_BIND, WEB_CONCURRENCY, GUNICORN_THREADS: docs/settings.md
+env = load_settings(os.environ)  # GUNICORN_BIND, WEB_CONCURRENCY, GUNICORN_THREADS: docs/settings.md
 bind = env.GUNICORN_BIND
 workers = env.WEB_CONCURRENCY
 worker_class = "gthread"
