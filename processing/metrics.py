@@ -51,7 +51,7 @@ class BrokerCollector:
 
     def collect(self):
         from processing.broker import queue_status
-        from processing.reports import in_flight_counts
+        from processing.stats import in_flight_counts
 
         status = queue_status()
         families = {
