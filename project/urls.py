@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
-from gateway import health, metrics, pages
+from gateway import health, metrics_endpoint, pages
 from gateway.api import api
 
 handler500 = "gateway.errors.server_error"  # a database outage answers 503, not 500
@@ -17,5 +17,5 @@ urlpatterns = [
     path("api/docs", RedirectView.as_view(url="/api/v1/docs", permanent=False), name="api-docs"),
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
-    path("metrics", metrics.metrics, name="metrics"),
+    path("metrics", metrics_endpoint.metrics, name="metrics"),
 ]
