@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 
 from gateway import events, owners
 from gateway.serialize import job_json
-from processing.metrics import WEBSOCKET_CONNECTIONS
+from processing.job_metrics import WEBSOCKET_CONNECTIONS
 from processing.models import Job
 
 logger = logging.getLogger(__name__)

@@ -60,7 +60,7 @@ def job_json(job: Job) -> dict:
 
 
 def status_json(job: Job) -> dict:
-    """The short answer of /status/{id}, the original design's polling endpoint."""
+    """The short answer of /status/{id}, the polling endpoint: status and where the result is."""
     return {
         "job_id": str(job.id),
         "request_id": job.request_id,

@@ -8,7 +8,7 @@ class ProcessingConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_delete
 
-        from processing import metrics, storage  # noqa: F401  (metrics: connects itself to job events)
+        from processing import job_metrics, storage  # noqa: F401  (job_metrics: connects itself to job events)
         from processing.models import Job
 
         post_delete.connect(storage.delete_files_of_deleted_job, sender=Job, dispatch_uid="job-files")

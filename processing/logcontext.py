@@ -1,4 +1,5 @@
-"""Request and job ids on every log line, so one grep shows a job's whole life (gateway and worker)."""
+"""The request id and job id bound while a request or a job runs, added to every log line written
+meanwhile: one grep shows a job's life (gateway and worker)."""
 
 import logging
 from contextlib import contextmanager

@@ -21,7 +21,7 @@ from a2wsgi import WSGIMiddleware  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from gateway import routing  # noqa: E402
-from gateway.middleware import RequestBodyLimit  # noqa: E402
+from gateway.http_middleware import RequestBodyLimit  # noqa: E402
 from gateway.waiting import LongPolls  # noqa: E402
 from processing import embedded  # noqa: E402
 

@@ -52,9 +52,9 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "gateway.middleware.DeclaredBodyLimitMiddleware",
-    "gateway.middleware.RequestIdMiddleware",
-    "gateway.middleware.RateLimitHeadersMiddleware",
+    "gateway.http_middleware.DeclaredBodyLimitMiddleware",
+    "gateway.http_middleware.RequestIdMiddleware",
+    "gateway.http_middleware.RateLimitHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -152,9 +152,9 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Pipelines",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
-    "processing.middleware.FailJobWhenMessageDies",
+    "processing.dramatiq_middleware.FailJobWhenMessageDies",
     "dramatiq.middleware.Retries",
-    "processing.middleware.ExitWhenOrphaned",
+    "processing.dramatiq_middleware.ExitWhenOrphaned",
 ]
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import DatabaseError
 
-from scaler import observe
 from scaler.backends import Pool
 from scaler.backends.gateways import LocalGateways
 from scaler.backends.kubernetes import KubernetesError
@@ -30,6 +29,7 @@ from scaler.policy import (
     load_score,
     score_side,
 )
+from scaler.readings import Readings, read
 from scaler.status import Status
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Autoscaler:
         worker_policy: WorkerPolicy | None = None,
         gateways: LocalGateways | None = None,
         gateway_policy: GatewayPolicy | None = None,
-        read: Callable[[], observe.Readings] = observe.read,
+        read: Callable[[], Readings] = read,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.status = status
@@ -89,14 +89,14 @@ class Autoscaler:
             return
         self.status.record_check()
 
-    def scale_workers(self, readings: observe.Readings, now: float) -> Decision:
+    def scale_workers(self, readings: Readings, now: float) -> Decision:
         current = self.workers.target()
         state = WorkerState(current, readings.waiting, readings.in_flight, self.last_action_at["workers"])
         decision = decide_workers(state, self.worker_policy, now)
         self.apply(self.workers, current, decision, now)
         return decision
 
-    def scale_gateways(self, readings: observe.Readings, now: float) -> Decision:
+    def scale_gateways(self, readings: Readings, now: float) -> Decision:
         response_ms = self.gateways.response_ms()
         score = load_score(readings.depths, response_ms)
         self.status.record_load(score, response_ms)

@@ -1,12 +1,12 @@
 """When to add or remove a worker or a gateway process: pure functions of what the scaler sees,
 its settings and the time. No I/O here, so every rule is a row in a table of tests.
 
-Workers follow the original design: scale up when the work per worker process exceeds
-SCALE_UP_THRESHOLD, down when it falls below SCALE_DOWN_THRESHOLD, with a cooldown between
-actions. "Work" is the messages waiting in RabbitMQ plus the jobs being processed: a worker busy
-with a long job is not idle just because the queue is empty.
+Workers scale up when the work per worker process exceeds SCALE_UP_THRESHOLD, down when it falls
+below SCALE_DOWN_THRESHOLD, with a cooldown between actions. "Work" is the messages waiting in
+RabbitMQ plus the jobs being processed: a worker busy with a long job is not idle just because the
+queue is empty.
 
-Gateways follow the design's load score, `average queue depth x 10 + health-check ms / 100`,
+Gateways follow a load score, `average queue depth x 10 + health-check ms / 100`,
 scaling up above 80 and down below 30, once the score has stayed there for a sustain period.
 """
 
@@ -97,7 +97,7 @@ def direction_of(current: int, target: int) -> str:
 def cooldown_left(last_action_at: float | None, cooldown: float, now: float) -> float:
     """Seconds before the next scaling action is allowed: every action, either way, starts the cooldown.
 
-    As the original design has it ("120 seconds between scaling actions"): a scale-up is never
+    With SERVICES_COOLDOWN_PERIOD (120 s by default) between scaling actions, a scale-up is never
     undone by the dip it caused itself, and a load wobbling around a threshold moves the count
     at most once per cooldown.
     """
@@ -162,7 +162,7 @@ def decide_workers(state: WorkerState, policy: WorkerPolicy, now: float) -> Deci
 
 # --- gateways -----------------------------------------------------------------------
 def load_score(queue_depths: Sequence[int], response_ms: float) -> float:
-    """The original design's load score: average queue depth x 10 + health-check ms / 100, at most 100."""
+    """The gateways' load score: average queue depth x 10 + health-check ms / 100, at most 100."""
     average_depth = sum(queue_depths) / len(queue_depths) if queue_depths else 0.0
     return min(MAX_LOAD_SCORE, average_depth * 10 + response_ms / 100)
 

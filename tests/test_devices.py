@@ -126,7 +126,7 @@ def test_auto_forgets_a_remembered_choice():
     assert response.cookies[devices.UI_COOKIE]["max-age"] == 0
 
 
-def test_mobile_config_is_the_original_designs():
+def test_a_phone_gets_one_upload_at_a_time_slow_polling_and_no_extras():
     config = devices.frontend_config(devices.detect(request(user_agent=IPHONE)))
     assert {
         key: config[key] for key in ("ui_mode", "max_concurrent_uploads", "polling_interval", "features")

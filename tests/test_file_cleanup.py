@@ -10,7 +10,7 @@ from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.utils import timezone
 
-from processing import actors, lease, reports, storage
+from processing import actors, cleanup, lease, storage
 from processing.models import Job
 from tests.uploads import submit
 
@@ -63,7 +63,7 @@ def test_cleanup_removes_old_files_whose_job_is_gone_and_keeps_the_rest(client, 
     gone = orphan("results", "0b6b7d3e-0000-4000-8000-000000000001", timedelta(hours=2))
     recent = orphan("uploads", "0b6b7d3e-0000-4000-8000-000000000002", timedelta(minutes=1))
 
-    done = reports.clean_up()
+    done = cleanup.clean_up()
 
     assert done["orphans_removed"] == 1
     assert not default_storage.exists(gone)

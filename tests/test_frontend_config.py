@@ -1,4 +1,4 @@
-"""GET /api/v1/frontend/config: the UI settings for a device and connection, as in the original design."""
+"""GET /api/v1/frontend/config: the UI settings for a device and connection."""
 
 import pytest
 
@@ -12,7 +12,7 @@ DESKTOP = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko
 NO_EXTRAS = {"batch_processing": False, "real_time_preview": False, "advanced_metrics": False}
 
 
-def test_an_iphone_gets_the_mobile_config_of_the_original_design(client):
+def test_an_iphone_gets_the_mobile_config(client):
     response = client.get(URL, headers={"User-Agent": IPHONE})
 
     assert response.status_code == 200

@@ -12,8 +12,8 @@ from dramatiq.broker import MessageProxy
 
 from processing import jobs, lease, publishing
 from processing.actors import process_job, wait_for_lease_or_skip
+from processing.dramatiq_middleware import FailJobWhenMessageDies
 from processing.errors import Cancelled
-from processing.middleware import FailJobWhenMessageDies
 from processing.models import Job
 from tests.factories import stored_job
 

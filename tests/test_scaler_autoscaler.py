@@ -9,8 +9,8 @@ from django.db import OperationalError
 from project import config
 from scaler.autoscaler import Autoscaler
 from scaler.backends.local import LocalWorkers
-from scaler.observe import Readings
 from scaler.policy import GatewayPolicy, WorkerPolicy
+from scaler.readings import Readings
 from scaler.status import Status
 
 

@@ -13,10 +13,10 @@ from django.core.management import CommandError, call_command
 
 from processing.models import Job
 from project import config
-from scaler import observe
+from scaler import readings
 from scaler.checks import SCALER_GROUPS
 from scaler.management.commands.scale_workers import policies
-from scaler.observe import Readings
+from scaler.readings import Readings
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("DATABASE_URL", "BROKER_URL", "REDIS_URL")
@@ -85,7 +85,7 @@ def once() -> dict:
 def test_once_reports_what_it_would_do_with_the_workers_rabbitmq_sees(monkeypatch):
     queue = {"name": "images", "ready": 30, "delayed": 0, "consumers": 2}
     monkeypatch.setattr(
-        observe, "read", lambda: Readings(broker_available=True, queues=(queue,), in_flight=0)
+        readings, "read", lambda: Readings(broker_available=True, queues=(queue,), in_flight=0)
     )
     report = once()
     decision = report["last_decisions"]["workers"]

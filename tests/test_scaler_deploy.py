@@ -252,7 +252,7 @@ def test_the_gateway_service_and_hpa_point_at_the_gateway_deployment(manifests):
         "kind": "Deployment",
         "name": "darkroom-gateway",
     }
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)  # the original design's 1..3
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)  # the local gateways
     assert gateway["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"], (
         "HPA needs it"
     )

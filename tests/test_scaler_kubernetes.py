@@ -9,8 +9,8 @@ import pytest
 from project import config
 from scaler.autoscaler import Autoscaler
 from scaler.backends.kubernetes import KubernetesApi, KubernetesDeployment, KubernetesError
-from scaler.observe import Readings
 from scaler.policy import WorkerPolicy
+from scaler.readings import Readings
 from scaler.status import Status
 
 TOKEN = "service-account-token"

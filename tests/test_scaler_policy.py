@@ -16,7 +16,7 @@ from scaler.policy import (
 )
 
 NOW = 10_000.0
-DESIGN = WorkerPolicy.from_settings(
+DEFAULTS = WorkerPolicy.from_settings(
     config.defaults()
 )  # the defaults: 1..5 workers, up above 10, down below 2, 120 s cooldown
 GATEWAYS = GatewayPolicy.from_settings(
@@ -58,29 +58,29 @@ WORKER_TABLE = {
 )
 def test_worker_decisions(instances, waiting, in_flight, last, expected):
     state = WorkerState(instances, waiting, in_flight, last)
-    decision = decide_workers(state, DESIGN, NOW)
+    decision = decide_workers(state, DEFAULTS, NOW)
     assert decision.target == expected, decision.reason
     assert decision.reason
 
 
 def test_a_bounds_correction_is_not_a_reaction_to_load():
-    assert not decide_workers(WorkerState(0, 100, 0), DESIGN, NOW).load_driven
+    assert not decide_workers(WorkerState(0, 100, 0), DEFAULTS, NOW).load_driven
     assert not decide_gateways(GatewayState(5, 0, NOW), GATEWAYS, NOW).load_driven
-    assert decide_workers(WorkerState(1, 100, 0), DESIGN, NOW).load_driven
+    assert decide_workers(WorkerState(1, 100, 0), DEFAULTS, NOW).load_driven
 
 
 def test_a_decision_says_why_in_numbers():
-    decision = decide_workers(WorkerState(1, 25, 3, None), DESIGN, NOW)
+    decision = decide_workers(WorkerState(1, 25, 3, None), DEFAULTS, NOW)
     assert "25 waiting + 3 in flight on 1" in decision.reason and "1 -> 3" in decision.reason
 
 
 def test_a_cooling_decision_says_how_long_is_left():
-    decision = decide_workers(WorkerState(5, 0, 0, ago(100)), DESIGN, NOW)
+    decision = decide_workers(WorkerState(5, 0, 0, ago(100)), DEFAULTS, NOW)
     assert "cooling down for 20s more" in decision.reason
 
 
 def test_with_min_instances_zero_workers_scale_to_zero_and_back():
-    policy = replace(DESIGN, min_instances=0)
+    policy = replace(DEFAULTS, min_instances=0)
     assert decide_workers(WorkerState(1, 0, 0), policy, NOW).target == 0
     assert decide_workers(WorkerState(0, 0, 0), policy, NOW).target == 0
     assert decide_workers(WorkerState(0, 3, 0), policy, NOW).target == 1
@@ -102,27 +102,27 @@ def simulate(
 
 def test_a_load_hovering_between_the_thresholds_never_flaps():
     wobbling = [(waiting, 2) for waiting in [2, 15, 3, 14, 4, 16, 2, 13] * 5]  # 2 workers: 2..9 each
-    policy = replace(DESIGN, min_instances=2)
+    policy = replace(DEFAULTS, min_instances=2)
     assert simulate(wobbling, policy) == []
 
 
 def test_a_load_swinging_across_both_thresholds_changes_at_most_once_per_cooldown():
     swinging = [(0, 0), (60, 0)] * 20  # every 30 s: idle, then a burst, for 20 minutes
-    actions = simulate(swinging, DESIGN)
+    actions = simulate(swinging, DEFAULTS)
     assert actions, "the bursts should scale up"
     gaps = [later - earlier for (earlier, _), (later, _) in zip(actions, actions[1:], strict=False)]
-    assert all(gap >= DESIGN.cooldown for gap in gaps)
+    assert all(gap >= DEFAULTS.cooldown for gap in gaps)
 
 
 def test_a_burst_then_silence_scales_up_once_and_down_one_step_per_cooldown():
     loads = [(500, 0)] + [(0, 0)] * 30  # 15 minutes of nothing after one burst
-    assert simulate(loads, DESIGN) == [(0, 5), (120, 4), (240, 3), (360, 2), (480, 1)]
+    assert simulate(loads, DEFAULTS) == [(0, 5), (120, 4), (240, 3), (360, 2), (480, 1)]
 
 
 # --- gateways -------------------------------------------------------------------------------
 LOAD_SCORES = {
     "idle": ([0], 0.0, 0.0),
-    "the design's example: 8 waiting and a 50 ms health check": ([8], 50.0, 80.5),
+    "8 waiting and a 50 ms health check: just above 80": ([8], 50.0, 80.5),
     "the depth is averaged over the queues": ([3, 5], 200.0, 42.0),
     "a slow health check counts": ([0], 2000.0, 20.0),
     "capped at 100": ([20], 10.0, 100.0),

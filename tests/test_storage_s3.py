@@ -16,7 +16,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image
 
-from processing import reports, storage
+from processing import cleanup, storage
 from processing.models import Job
 from tests import images
 from tests.uploads import png, submit
@@ -149,7 +149,7 @@ def test_cleanup_finds_files_in_the_bucket_whose_job_is_gone(client, run_jobs, s
     run_jobs()
     orphan = default_storage.save("uploads/0b7f5a52-7c1e-4d55-9a6e-2f3c1d9e8a01/input.png", ContentFile(b"x"))
 
-    removed = reports.remove_orphaned_files(now=timezone.now() + timedelta(hours=2))
+    removed = cleanup.remove_orphaned_files(now=timezone.now() + timedelta(hours=2))
 
     assert removed == 1
     assert orphan not in s3_server.keys(bucket)

@@ -72,8 +72,8 @@ def submit(request, response: HttpResponse, service: str, *, at_most: int = 1, j
 
 
 def submit_one(request, response: HttpResponse, service: str):
-    # Without a client-chosen X-Request-ID, the request id doubles as the job id, so
-    # /status/{request_id} (as the original design polls) finds the job.
+    # Without a client-chosen X-Request-ID, the request id doubles as the job id, so a client that
+    # polls /status/{request_id} with the request id it was given finds the job.
     job_id = None if request.request_id_given else uuid.UUID(request.request_id)
     found = submit(request, response, service, job_id=job_id)
     if not found:

@@ -7,7 +7,7 @@ from gateway import health
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
 from gateway.api.schemas import CleanupOut, ErrorOut, FileStatsOut, HealthOut, QueueStatusOut, StatisticsOut
 from gateway.errors import ApiError
-from processing import broker, reports
+from processing import broker, cleanup, stats
 
 router = Router(tags=["system"])
 
@@ -24,7 +24,7 @@ def require_staff(request) -> None:
 )
 def queue_status(request):
     """Per queue, from the broker itself: messages ready, delayed, in flight, dead-lettered; consumers."""
-    return {**broker.queue_status(), **reports.in_flight_counts()}
+    return {**broker.queue_status(), **stats.in_flight_counts()}
 
 
 @router.get(
@@ -32,7 +32,7 @@ def queue_status(request):
 )
 def statistics(request):
     """The caller's jobs (all jobs for staff): counts, throughput, and queue-wait and processing durations."""
-    return reports.statistics(request.auth.visible_jobs())
+    return stats.statistics(request.auth.visible_jobs())
 
 
 @router.get(
@@ -44,7 +44,7 @@ def statistics(request):
 def file_stats(request):
     """Stored uploads and results, and how much of it is past its retention (staff only)."""
     require_staff(request)
-    return reports.file_stats()
+    return stats.file_stats()
 
 
 @router.post(
@@ -57,7 +57,7 @@ def file_cleanup(request):
     """Remove the files of jobs finished more than FILE_TTL_SECONDS ago, and stored files whose job is
     gone (staff only). `manage.py cleanup_files --every N` does this on a schedule."""
     require_staff(request)
-    return reports.clean_up()
+    return cleanup.clean_up()
 
 
 @router.get(

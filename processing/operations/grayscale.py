@@ -1,4 +1,5 @@
-"""Grayscale, optionally in parallel bands, repeated and timed (the original service's benchmark)."""
+"""Grayscale, optionally in parallel bands, repeated and timed: `threads` and `runs` make it a small
+benchmark of the conversion itself."""
 
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor

@@ -17,7 +17,7 @@ from django.conf import settings
 
 from scaler.backends.nginx import Nginx
 from scaler.backends.processes import describe_exit, free_port, spawn, utc_now, wait_all
-from scaler.observe import answers, probe_ms
+from scaler.readings import answers, probe_ms
 
 logger = logging.getLogger(__name__)
 

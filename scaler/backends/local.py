@@ -104,7 +104,7 @@ class LocalWorkers:
                 describe_exit(group.process.returncode),
             )
             # If the main process died and not its worker, the orphaned worker stops itself after
-            # its jobs in hand (processing.middleware.ExitWhenOrphaned): a SIGTERM from here too
+            # its jobs in hand (processing.dramatiq_middleware.ExitWhenOrphaned): a SIGTERM from here too
             # could be its second, which makes it exit mid-job.
             self.active.append(self._start())
         return len(crashed)

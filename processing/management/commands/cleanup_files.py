@@ -4,7 +4,7 @@ import time
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from processing import reports
+from processing import cleanup
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class Command(BaseCommand):
     def handle(self, *args, every: int, **options):
         while True:
             try:
-                done = reports.clean_up()
+                done = cleanup.clean_up()
             except Exception:
                 if not every:
                     raise

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
 from project import config
-from scaler import observe
+from scaler import readings
 from scaler.autoscaler import Autoscaler
 from scaler.backends.gateways import LocalGateways
 from scaler.backends.kubernetes import KubernetesApi, KubernetesDeployment, KubernetesError, pod_namespace
@@ -17,8 +17,8 @@ from scaler.backends.local import LocalWorkers, ObservedWorkers
 from scaler.backends.nginx import Nginx, NginxError
 from scaler.backends.processes import SUPERVISE_EVERY, stop_on_signals
 from scaler.checks import SCALER_GROUPS
+from scaler.endpoints import serve_health, serve_metrics
 from scaler.flags import add_setting_flags, chosen, refuse_contradictions
-from scaler.observability import serve_health, serve_metrics
 from scaler.policy import GatewayPolicy, WorkerPolicy
 from scaler.status import Status
 
@@ -81,12 +81,12 @@ class Command(BaseCommand):
     def check_once(self, status: Status, worker_policy: WorkerPolicy, options) -> None:
         if options["no_workers"] or options["gateways"]:
             raise CommandError("--once checks the workers only")
-        readings = observe.read()
+        current = readings.read()
         if options["SCALER_BACKEND"] == "local":
-            workers = ObservedWorkers(readings.consumers)
+            workers = ObservedWorkers(current.consumers)
         else:
             workers = worker_pool(options)
-        autoscaler = Autoscaler(status, workers=workers, worker_policy=worker_policy, read=lambda: readings)
+        autoscaler = Autoscaler(status, workers=workers, worker_policy=worker_policy, read=lambda: current)
         autoscaler.check()
         autoscaler.supervise()
         self.stdout.write(json.dumps(status.snapshot(), indent=2))

@@ -7,9 +7,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scaler.observability import serve_health, serve_metrics
-from scaler.observe import Readings
+from scaler.endpoints import serve_health, serve_metrics
 from scaler.policy import DOWN, HOLD, UP, Decision
+from scaler.readings import Readings
 from scaler.status import Status
 from tests.services import IN_CI
 from tests.stack import free_port

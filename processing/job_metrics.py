@@ -1,4 +1,6 @@
-"""Prometheus metrics for jobs, recorded where each transition happens (gateway or worker).
+"""Prometheus metrics for jobs, recorded where each transition happens (gateway or worker); with
+them the open WebSockets, and the queues as the broker reports them at scrape time. GET /metrics
+(gateway/metrics_endpoint.py) serves them.
 
 With PROMETHEUS_MULTIPROC_DIR set, every process on the machine writes its samples
 there and /metrics adds them up, so worker-side figures appear on the gateway.
@@ -43,7 +45,7 @@ def record(sender, job, event: str, **kwargs) -> None:
             QUEUE_WAIT_SECONDS.labels(job.service).observe(job.queue_wait_ms / 1000)
 
 
-job_changed.connect(record, dispatch_uid="processing.metrics.record")
+job_changed.connect(record, dispatch_uid="processing.job_metrics.record")
 
 
 class BrokerCollector:
@@ -51,7 +53,7 @@ class BrokerCollector:
 
     def collect(self):
         from processing.broker import queue_status
-        from processing.reports import in_flight_counts
+        from processing.stats import in_flight_counts
 
         status = queue_status()
         families = {

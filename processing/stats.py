@@ -1,20 +1,16 @@
-"""Operators' numbers from the job table: statistics, stored files, and their clean-up."""
+"""Operators' figures from the job table: jobs by status and service, durations, jobs in flight,
+stored files and bytes. Removing files is processing.cleanup's."""
 
-import uuid
 from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from processing import storage
+from processing.cleanup import expired_jobs
 from processing.models import Job
 
 DURATION_SAMPLE = 10_000  # the most recent finished jobs the duration figures are computed from
-# A submission stores its input (and a reused result) just before its job row commits: a folder
-# without a row is an orphan only once it is older than any submission in progress.
-ORPHAN_GRACE = timedelta(hours=1)
-ORPHAN_LOOKUP_BATCH = 500
 
 
 def statistics(jobs, now=None) -> dict:
@@ -56,12 +52,6 @@ def duration_stats(values: list[float]) -> dict:
     }
 
 
-def expired_jobs(now=None):
-    """Finished jobs past FILE_TTL_SECONDS whose files are still stored."""
-    cutoff = (now or timezone.now()) - timedelta(seconds=settings.FILE_TTL_SECONDS)
-    return Job.objects.filter(status__in=Job.FINISHED, finished_at__lt=cutoff, files_removed_at__isnull=True)
-
-
 def total(jobs, field: str) -> int:
     return jobs.aggregate(n=Sum(field))["n"] or 0
 
@@ -85,56 +75,6 @@ def file_stats() -> dict:
         "expired": file_group(expired, expired),
         "ttl_seconds": settings.FILE_TTL_SECONDS,
     }
-
-
-def remove_expired_files(now=None) -> dict:
-    """Delete the stored input and output of every expired job; the job rows stay, marked."""
-    removed = freed = count = 0
-    for job in expired_jobs(now).only("id", "input_key", "output_key", "input_bytes", "output_bytes"):
-        keys = [key for key in (job.input_key, job.output_key) if key]
-        storage.delete_job_files(*keys)
-        Job.objects.filter(id=job.id).update(files_removed_at=timezone.now())
-        count += 1
-        removed += len(keys)
-        freed += (job.input_bytes or 0) + (job.output_bytes or 0 if job.output_key else 0)
-    return {"jobs": count, "files_removed": removed, "bytes_freed": freed}
-
-
-def clean_up(now=None) -> dict:
-    """One clean-up pass: the files of expired jobs, then stored files whose job row is gone."""
-    now = now or timezone.now()
-    return {**remove_expired_files(now), "orphans_removed": remove_orphaned_files(now)}
-
-
-def remove_orphaned_files(now=None) -> int:
-    """Delete stored files older than ORPHAN_GRACE whose job row no longer exists (e.g. a job deleted
-    while a worker was still writing its output); the number of files removed."""
-    cutoff = (now or timezone.now()) - ORPHAN_GRACE
-    removed = 0
-    for folder in storage.JOB_FOLDERS:
-        job_ids = [name for name in storage.stored_job_folders(folder) if is_uuid(name)]
-        for start in range(0, len(job_ids), ORPHAN_LOOKUP_BATCH):
-            batch = job_ids[start : start + ORPHAN_LOOKUP_BATCH]
-            existing = {
-                str(job_id) for job_id in Job.objects.filter(id__in=batch).values_list("id", flat=True)
-            }
-            for job_id in set(batch) - existing:
-                old = [key for key in storage.folder_files(folder, job_id) if stored_before(key, cutoff)]
-                storage.delete_job_files(*old)
-                removed += len(old)
-    return removed
-
-
-def stored_before(key: str, cutoff) -> bool:
-    return storage.default_storage.get_modified_time(key) < cutoff
-
-
-def is_uuid(name: str) -> bool:
-    try:
-        uuid.UUID(name)
-        return True
-    except ValueError:
-        return False
 
 
 def in_flight_counts() -> dict:

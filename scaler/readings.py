@@ -7,7 +7,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from processing.broker import queue_status
-from processing.reports import in_flight_counts
+from processing.stats import in_flight_counts
 
 PROBE_TIMEOUT = 2.0  # seconds; a gateway that takes longer counts as this slow
 # Probes go straight to the gateway: an HTTP(S)_PROXY in the environment is for the outside world.

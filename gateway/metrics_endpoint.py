@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from gateway.errors import error_response
 from gateway.owners import is_operator
-from processing.metrics import BrokerCollector
+from processing.job_metrics import BrokerCollector
 
 live_registry = CollectorRegistry(auto_describe=False)
 live_registry.register(BrokerCollector())
