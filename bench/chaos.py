@@ -4,7 +4,7 @@ The stack runs as the README's full stack does: the gateway, `make worker` (supe
 processes) and `make requeue`. For each fault, clients submit a few hundred distinct images
 (retrying a 503, as a client of a queue should) while the fault strikes: a worker process or a
 worker's main process SIGKILLed, RabbitMQ stopped and started, Redis killed and started,
-PostgreSQL stopped and started. Then
+PostgreSQL stopped and started, the S3 server (SeaweedFS: files live there) killed and restarted. Then
 every accepted job is followed until it ends. Per fault it prints jobs accepted, completed,
 failed (with their reasons) and stuck, the 503s and how fast they came, and any other 5xx.
 
@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ import httpx
 import psycopg
 from PIL import Image
 
+from bench.s3 import SeaweedServer
 from bench.stack import MANAGE, Stack, rabbitmqctl
 
 OUTAGE_SECONDS = 4  # how long a stopped service stays down
@@ -43,6 +45,14 @@ SUBMIT_RATE = 20  # images per second while the fault lasts
 
 
 # --- the faults ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """What the faults strike: the stack, and the S3 server its files live on."""
+
+    stack: Stack
+    s3: SeaweedServer
+
+
 BUSY_WORKER = "SELECT worker_id FROM processing_job WHERE status = 'processing' LIMIT 1"
 
 
@@ -65,15 +75,15 @@ def parent_of(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
 
 
-def kill_a_worker_process(stack: Stack) -> None:
-    os.kill(busy_worker_pid(stack), signal.SIGKILL)
+def kill_a_worker_process(target: Target) -> None:
+    os.kill(busy_worker_pid(target.stack), signal.SIGKILL)
 
 
-def kill_a_worker_main_process(stack: Stack) -> None:
-    os.kill(parent_of(busy_worker_pid(stack)), signal.SIGKILL)
+def kill_a_worker_main_process(target: Target) -> None:
+    os.kill(parent_of(busy_worker_pid(target.stack)), signal.SIGKILL)
 
 
-def restart_rabbitmq(stack: Stack) -> None:
+def restart_rabbitmq(target: Target) -> None:
     rabbitmqctl("stop_app")
     try:
         time.sleep(OUTAGE_SECONDS)
@@ -86,8 +96,8 @@ def redis_address(stack: Stack) -> tuple[str, int]:
     return url.hostname or "127.0.0.1", url.port or 6379
 
 
-def restart_redis(stack: Stack) -> None:
-    host, port = redis_address(stack)
+def restart_redis(target: Target) -> None:
+    host, port = redis_address(target.stack)
     subprocess.run(["redis-cli", "-h", host, "-p", str(port), "shutdown", "nosave"], capture_output=True)
     try:
         time.sleep(OUTAGE_SECONDS)
@@ -102,7 +112,7 @@ def postgres_cluster() -> list[str]:
     return ["pg_ctlcluster", version, "main"]
 
 
-def restart_postgres(stack: Stack) -> None:
+def restart_postgres(target: Target) -> None:
     subprocess.run([*postgres_cluster(), "stop", "-m", "fast"], check=True, capture_output=True)
     try:
         time.sleep(OUTAGE_SECONDS)
@@ -110,12 +120,21 @@ def restart_postgres(stack: Stack) -> None:
         subprocess.run([*postgres_cluster(), "start"], check=True, capture_output=True)
 
 
-FAULTS: dict[str, Callable[[Stack], None]] = {
+def restart_s3(target: Target) -> None:
+    target.s3.stop()
+    try:
+        time.sleep(OUTAGE_SECONDS)
+    finally:
+        target.s3.restart()
+
+
+FAULTS: dict[str, Callable[[Target], None]] = {
     "worker-kill": kill_a_worker_process,
     "worker-main-kill": kill_a_worker_main_process,
     "rabbitmq-restart": restart_rabbitmq,
     "redis-restart": restart_redis,
     "postgres-restart": restart_postgres,
+    "s3-restart": restart_s3,
 }
 
 
@@ -231,15 +250,15 @@ class Client:
                 waiting.append(job_id)
 
 
-def run_fault(stack: Stack, fault: str, jobs: int, concurrency: int) -> Outcome:
+def run_fault(target: Target, fault: str, jobs: int, concurrency: int) -> Outcome:
     """A third of the jobs, then the fault strikes while the rest go in at SUBMIT_RATE, and on until
     the fault is over; then every accepted job is followed to its end."""
     outcome = Outcome(fault)
-    client = Client(stack.base_url, outcome)
+    client = Client(target.stack.base_url, outcome)
 
     def strike() -> None:
         try:
-            FAULTS[fault](stack)
+            FAULTS[fault](target)
         except Exception as exc:  # a fault that could not be made is reported, not hidden
             outcome.fault_error = f"{exc.__class__.__name__}: {exc}"
 
@@ -289,9 +308,16 @@ LEASES = {
 
 
 def run(faults: list[str], jobs: int, concurrency: int = 8, workers: int = 2) -> list[Outcome]:
-    with Stack(workers=workers, threads=2, supervised=True, **LEASES) as stack:
-        stack.spawn("requeue", [*MANAGE, "requeue_stale", "--every", "5"])
-        return [run_fault(stack, fault, jobs, concurrency) for fault in faults]
+    with tempfile.TemporaryDirectory(prefix="darkroom-chaos-s3-") as folder:
+        s3 = SeaweedServer(Path(folder))
+        s3.start()
+        try:
+            storage = s3.settings(s3.new_bucket("chaos"))
+            with Stack(workers=workers, threads=2, supervised=True, **LEASES, **storage) as stack:
+                stack.spawn("requeue", [*MANAGE, "requeue_stale", "--every", "5"])
+                return [run_fault(Target(stack, s3), fault, jobs, concurrency) for fault in faults]
+        finally:
+            s3.close()
 
 
 def main(argv: list[str] | None = None) -> int:

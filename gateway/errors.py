@@ -2,6 +2,7 @@
 
 import sys
 
+from botocore.exceptions import BotoCoreError
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 from django.utils.html import escape
@@ -61,10 +62,22 @@ def service_unavailable(dependency: str, retry_after: int = 5) -> ApiError:
 
 # A database that can't be reached (stopped, restarting, connection lost): the client may retry.
 DATABASE_OUTAGES = (OperationalError, InterfaceError)
+# File storage that can't be reached where no code expected it (S3 down or hung, a full disk):
+# the same, for the storage. The submission path names its own failures StorageUnavailable.
+STORAGE_OUTAGES = (BotoCoreError, OSError)
 
 
 def database_unavailable() -> ApiError:
     return service_unavailable("database")
+
+
+def outage(exc: BaseException | None) -> ApiError | None:
+    """The 503 for a dependency that failed, or None when `exc` is no outage."""
+    if isinstance(exc, DATABASE_OUTAGES):
+        return database_unavailable()
+    if isinstance(exc, STORAGE_OUTAGES):
+        return service_unavailable("storage")
+    return None
 
 
 def internal_error() -> ApiError:
@@ -74,10 +87,10 @@ def internal_error() -> ApiError:
 def server_error(request):
     """Django's handler500, for what fails outside the API's own handlers (middleware, pages).
 
-    A database outage is a 503 that a client retries, not a 500. The answer is built without
+    A database or storage outage is a 503 that a client retries, not a 500. The answer is built without
     templates or the database, which may be what failed.
     """
-    error = database_unavailable() if isinstance(sys.exc_info()[1], DATABASE_OUTAGES) else internal_error()
+    error = outage(sys.exc_info()[1]) or internal_error()
     if "text/html" not in request.headers.get("Accept", ""):
         return render(error)
     page = f"<!doctype html><title>Darkroom</title><h1>{escape(error.message)}</h1>"

@@ -8,8 +8,8 @@ from django.conf import settings
 from django_dramatiq.utils import load_middleware
 from dramatiq.brokers.stub import StubBroker
 
+from bench.s3 import SeaweedServer
 from processing.actors import process_job
-from tests.s3 import SeaweedServer
 from tests.services import require
 from tests.stack import LiveStack, free_port
 
@@ -83,7 +83,7 @@ def live_stack(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """A real S3 server (SeaweedFS, tests/s3.py) for the whole run; each user makes its own bucket."""
+    """A real S3 server (SeaweedFS, bench/s3.py) for the whole run; each user makes its own bucket."""
     require("s3")
     server = SeaweedServer(tmp_path_factory.mktemp("s3"))
     server.start()

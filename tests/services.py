@@ -1,7 +1,7 @@
 """Real services for the tests: reachable, or skipped with a reason — and under CI=true, a failure.
 
 PostgreSQL, RabbitMQ and Redis are servers the machine runs (CI starts them in .ci/run); S3 is a
-SeaweedFS process the tests start themselves (tests/s3.py), so what it needs is the `weed` binary.
+SeaweedFS process the tests start themselves (bench/s3.py), so what it needs is the `weed` binary.
 """
 
 import os
@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.s3 import weed_binary
+from bench.s3 import weed_binary
 
 IN_CI = os.getenv("CI", "").lower() in ("1", "true", "yes")
 

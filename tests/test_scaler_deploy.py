@@ -398,3 +398,12 @@ def test_file_cleanup_runs_on_a_schedule_in_compose_and_kubernetes(services, man
     (cronjob,) = find(manifests, "CronJob")
     container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "manage.py", "cleanup_files"]
+
+
+def test_stale_jobs_are_republished_in_compose_and_kubernetes(services, manifests):
+    """Without the re-publisher, a job whose message never reached the broker waits forever."""
+    command = ["python", "manage.py", "requeue_stale", "--every", "30"]
+    assert services["requeue"]["command"] == command
+    requeue = one(manifests, "Deployment", "darkroom-requeue")
+    assert requeue["spec"]["replicas"] == 1
+    assert requeue["spec"]["template"]["spec"]["containers"][0]["command"] == command

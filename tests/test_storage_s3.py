@@ -1,5 +1,5 @@
 """Files in S3: a job's input, output and thumbnails in the bucket, downloads by signed URL, the admin's
-thumbnails, reused results and clean-up, against a real S3 server (SeaweedFS, tests/s3.py).
+thumbnails, reused results and clean-up, against a real S3 server (SeaweedFS, bench/s3.py).
 
 The requests go through Django's test client and the jobs through a real Dramatiq worker on the stub
 broker; tests/test_storage_s3_live.py runs the whole stack as processes, outages included.
@@ -180,3 +180,24 @@ def test_a_worker_whose_output_write_fails_retries_and_completes(
     job = Job.objects.get(id=job_id)
     assert outages and (job.status, job.attempts) == (Job.COMPLETED, 2)
     assert f"results/{job_id}/output.png" in s3_server.keys(bucket)
+
+
+def test_a_cleanup_with_s3_down_answers_503_and_removes_nothing(
+    client, run_jobs, s3_server, bucket, api_key, settings
+):
+    expired = create_job(client, seed=10)
+    run_jobs()
+    Job.objects.filter(id=expired).update(finished_at=timezone.now() - timedelta(days=30))
+    settings.FILE_TTL_SECONDS = 7 * 24 * 3600
+    staff = api_key("operator", staff=True)
+    s3_server.stop()
+    try:
+        response = client.post("/api/v1/files/cleanup", headers=staff)
+    finally:
+        s3_server.restart()
+
+    assert response.status_code == 503, response.content
+    assert response.json()["error"]["code"] == "storage_unavailable"
+    assert int(response["Retry-After"]) > 0
+    assert len(job_keys(s3_server, bucket, expired)) == 4  # nothing was marked removed: the next run does it
+    assert client.post("/api/v1/files/cleanup", headers=staff).json()["files_removed"] == 2

