@@ -308,16 +308,11 @@ LEASES = {
 
 
 def run(faults: list[str], jobs: int, concurrency: int = 8, workers: int = 2) -> list[Outcome]:
-    with tempfile.TemporaryDirectory(prefix="darkroom-chaos-s3-") as folder:
-        s3 = SeaweedServer(Path(folder))
-        s3.start()
-        try:
-            storage = s3.settings(s3.new_bucket("chaos"))
-            with Stack(workers=workers, threads=2, supervised=True, **LEASES, **storage) as stack:
-                stack.spawn("requeue", [*MANAGE, "requeue_stale", "--every", "5"])
-                return [run_fault(Target(stack, s3), fault, jobs, concurrency) for fault in faults]
-        finally:
-            s3.close()
+    with tempfile.TemporaryDirectory(prefix="darkroom-s3-") as folder, SeaweedServer(Path(folder)) as s3:
+        storage = s3.settings(s3.new_bucket("chaos"))
+        with Stack(workers=workers, threads=2, supervised=True, **LEASES, **storage) as stack:
+            stack.spawn("requeue", [*MANAGE, "requeue_stale", "--every", "5"])
+            return [run_fault(Target(stack, s3), fault, jobs, concurrency) for fault in faults]
 
 
 def main(argv: list[str] | None = None) -> int:

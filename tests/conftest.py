@@ -85,10 +85,8 @@ def live_stack(tmp_path_factory):
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS, bench/s3.py) for the whole run; each user makes its own bucket."""
     require("s3")
-    server = SeaweedServer(tmp_path_factory.mktemp("s3"))
-    server.start()
-    yield server
-    server.close()
+    with SeaweedServer(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -20,10 +20,8 @@ pytestmark = pytest.mark.services
 def s3(tmp_path_factory):
     """A server of this module's own: stopping it disturbs no other test."""
     require("s3")
-    server = SeaweedServer(tmp_path_factory.mktemp("s3-outages"))
-    server.start()
-    yield server
-    server.close()
+    with SeaweedServer(tmp_path_factory.mktemp("s3-outages")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
