@@ -14,9 +14,10 @@ import httpx
 import psycopg
 import pytest
 
+from bench.s3 import unused_ports
 from tests import images
 from tests.services import require
-from tests.stack import MANAGE, LiveStack, free_port
+from tests.stack import MANAGE, LiveStack
 
 pytestmark = pytest.mark.services
 
@@ -35,19 +36,26 @@ class Scaler:
 
     def __init__(self, stack: LiveStack, name: str, *flags: str, **env: str):
         self.stack, self.name = stack, name
-        health_port, self.metrics_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{health_port}/health"
-        ports = ["--health-port", str(health_port), "--metrics-port", str(self.metrics_port)]
-        stack.spawn(name, [*MANAGE, "scale_workers", *ports, *flags], **env)
-        self.wait_for(lambda health: health["last_check_at"], "the first check")
+        for _ in range(5):  # a port taken between the check and the bind: the scaler exits, try others
+            health_port, self.metrics_port = unused_ports(2)
+            self.url = f"http://127.0.0.1:{health_port}/health"
+            ports = ["--health-port", str(health_port), "--metrics-port", str(self.metrics_port)]
+            process = stack.spawn(name, [*MANAGE, "scale_workers", *ports, *flags], **env)
+            if self.wait_for(lambda health: health["last_check_at"], "the first check", process=process):
+                return
+        raise AssertionError(f"the scaler exited at each start:\n{stack.log(name)[-3000:]}")
 
     def health(self) -> dict:
         return httpx.get(self.url, timeout=5).json()
 
-    def wait_for(self, condition, what: str, timeout: float = 60) -> dict:
+    def wait_for(self, condition, what: str, timeout: float = 60, process=None) -> dict:
+        """The health once `condition(health)` holds; {} if `process` exits first."""
         seen = {}
 
         def met() -> bool:
+            if process is not None and process.poll() is not None:
+                seen.clear()
+                return True
             try:
                 seen.update(self.health())
             except httpx.HTTPError:
@@ -242,7 +250,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_job_completes(stack):
 
 # --- gateways behind nginx ----------------------------------------------------------------------
 def gateway_flags(stack: LiveStack, name: str, *flags: str) -> tuple[str, ...]:
-    listen = f"127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{unused_ports(1)[0]}"  # below the ephemeral range: no port-0 bind takes it
     prefix = stack.workdir / f"nginx-{name}"
     nginx = ("--nginx-listen", listen, "--nginx-prefix", str(prefix), "--gateway-port-start", "0")
     return ("--no-workers", "--gateways", *nginx, *flags)
