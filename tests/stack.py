@@ -19,7 +19,7 @@ import psycopg
 
 from bench.s3 import unused_ports
 from bench.stack import announced_port
-from tests.services import url_of
+from tests.services import clear_rate_limits, url_of
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
@@ -220,6 +220,7 @@ class LiveStack:
     # --- lifecycle -----------------------------------------------------------
     def __enter__(self):
         TEMPLATE.create(self.admin_dsn, self.env, self.name)
+        clear_rate_limits(self.env["REDIS_URL"])  # not an earlier stack's counts: those of this one
         rabbitmqctl("add_vhost", self.name)
         rabbitmqctl("set_permissions", "-p", self.name, broker_user(), ".*", ".*", ".*")
         return self

@@ -86,6 +86,7 @@ def test_a_burst_over_the_limit_across_two_server_processes_gets_429(tmp_path):
     assert answers[4].headers["X-RateLimit-Remaining"] == "0"
 
 
+@pytest.mark.alone
 def test_with_the_broker_stopped_submissions_get_503_fast_and_reads_still_work(live_stack):
     # Fast: not after a timeout. This server's broker timeouts are longer than the client waits, so
     # an answer that came from one of them would never reach the client.
