@@ -70,7 +70,8 @@ async def test_a_stopped_consumers_channel_keeps_nothing(layer):
     for channel in (gone, alive):
         await layer.group_add("job.2", channel)
     waiting = asyncio.create_task(layer.receive(gone))
-    await asyncio.sleep(0.05)
+    while layer.reader is None:  # receive() starts the reader, then waits on the channel's buffer
+        await asyncio.sleep(0)
     waiting.cancel()  # what channels does when a socket closes
 
     for number in range(3):
