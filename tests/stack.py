@@ -219,16 +219,21 @@ class LiveStack:
 
     # --- lifecycle -----------------------------------------------------------
     def __enter__(self):
-        TEMPLATE.create(self.admin_dsn, self.env, self.name)
-        clear_rate_limits(self.env["REDIS_URL"])  # not an earlier stack's counts: those of this one
-        rabbitmqctl("add_vhost", self.name)
-        rabbitmqctl("set_permissions", "-p", self.name, broker_user(), ".*", ".*", ".*")
+        try:
+            TEMPLATE.create(self.admin_dsn, self.env, self.name)
+            clear_rate_limits(self.env["REDIS_URL"])  # not an earlier stack's counts: those of this one
+            rabbitmqctl("add_vhost", self.name)
+            rabbitmqctl("set_permissions", "-p", self.name, broker_user(), ".*", ".*", ".*")
+        except BaseException:
+            self.__exit__()  # what was made so far: no database or vhost left behind
+            raise
         return self
 
     def __exit__(self, *exc_info):
         for name in list(self.processes):
             self.stop(name)
-        rabbitmqctl("delete_vhost", self.name)
+        with contextlib.suppress(subprocess.CalledProcessError):  # a vhost that was never made
+            rabbitmqctl("delete_vhost", self.name)
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
