@@ -62,9 +62,15 @@ requeue: $(STAMP)
 cleanup: $(STAMP)
 	$(BIN)/python manage.py cleanup_files --every 3600
 
+# On two processes (pytest-xdist; TEST_PROCESSES=1 for one), a file's tests together on one; then
+# the tests marked `alone` (they stop or restart RabbitMQ, PostgreSQL or Redis), with nothing beside
+# them. pytest's exit status 5 is "no test selected" (a PYTEST_ARGS that names none of one part).
+TEST_PROCESSES ?= 2
+
 test: $(STAMP)
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not alone" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

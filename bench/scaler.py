@@ -28,7 +28,8 @@ import numpy as np
 import psycopg
 from PIL import Image
 
-from tests.stack import MANAGE, LiveStack, free_port
+from bench.stack import free_port
+from tests.stack import MANAGE, LiveStack
 
 UNFINISHED = ("queued", "processing")
 

@@ -2,9 +2,9 @@
 and RabbitMQ vhost, one uvicorn server and Dramatiq worker processes; all removed on exit."""
 
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 
 import httpx
 import psycopg
+
+from bench.s3 import unused_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
@@ -30,10 +32,33 @@ def with_path(env_name: str, default: str, path: str) -> str:
     return urlparse(os.getenv(env_name) or default)._replace(path=path).geturl()
 
 
+# A server started on port 0 gets a free port from the kernel (no other process can take it between
+# a check and the bind) and says which one on its first lines of output.
+ANNOUNCED_PORT = re.compile(rb"(?:Uvicorn running on|Listening at:) http://127\.0\.0\.1:(\d+)")
+
+
+def announced_port(log: Path, process: subprocess.Popen, start: int = 0, timeout: float = 60) -> int:
+    """The port a server started on port 0 says it got, in its output (`log`, from offset `start`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(log, "rb") as lines:
+            lines.seek(start)
+            match = ANNOUNCED_PORT.search(lines.read())
+        if match:
+            return int(match.group(1))
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise StackError(f"the server exited ({process.returncode}) before listening:\n{tail}")
+        if time.monotonic() > deadline:
+            raise StackError(f"the server did not say which port it listens on within {timeout}s")
+        time.sleep(0.1)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """For servers that can't bind port 0 and say which port they got: a port free now, below the
+    kernel's ephemeral range, so that no port-0 bind or outgoing connection takes it before the
+    server binds it (see bench.s3.unused_ports)."""
+    return unused_ports(1)[0]
 
 
 def rabbitmqctl(*args: str, check: bool = True) -> str:
@@ -73,8 +98,8 @@ class Stack(StartedOrCleanedUp):
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}_"))
         self.processes: dict[str, subprocess.Popen] = {}
         self.admin_dsn = with_path("DATABASE_URL", "postgres://postgres@127.0.0.1:5432", "/postgres")
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # the server's, once it has started
+        self.base_url = ""
         self.env = {
             **os.environ,
             "DATABASE_URL": with_path("DATABASE_URL", self.admin_dsn, f"/{self.name}"),
@@ -100,10 +125,12 @@ class Stack(StartedOrCleanedUp):
         done = subprocess.run(migrate, env=self.env, capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise StackError(f"manage.py migrate failed:\n{done.stdout}{done.stderr}")
-        command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(self.port)]
+        command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", "0"]
         self.spawn(
             "server", [*command, "--host", "127.0.0.1", "--no-access-log", "--forwarded-allow-ips", ""]
         )
+        self.port = announced_port(self.workdir / "server.log", self.processes["server"])
+        self.base_url = f"http://127.0.0.1:{self.port}"
         if self.supervised:
             count = ["--processes", str(self.workers), "--threads", str(self.threads)]
             self.spawn("workers", [*MANAGE, "run_workers", *count])

@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench.stack import StartedOrCleanedUp
+from bench.stack import StartedOrCleanedUp, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FD_LIMIT = 20_000
@@ -78,12 +78,6 @@ def raise_fd_limit() -> int:
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     return wanted
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int:

@@ -3,21 +3,44 @@ import socket
 
 import dramatiq
 import pytest
-import redis
 from django.conf import settings
 from django_dramatiq.utils import load_middleware
 from dramatiq.brokers.stub import StubBroker
 
 from bench.s3 import SeaweedServer
 from processing.actors import process_job
-from tests.services import require
-from tests.stack import LiveStack, free_port
+from tests.services import CONFIGURED, XDIST_WORKER, clear_rate_limits, require, url_of
+from tests.stack import LiveStack, refused_port
 
 ACTORS = [process_job]
 
 # The processes tests start (servers, workers, manage.py) often have services configured, where the
 # embedded default SECRET_KEY is refused (project.checks, darkroom.E002).
 os.environ.setdefault("SECRET_KEY", "the-test-suite-key-never-used-outside-the-tests")
+
+if XDIST_WORKER and os.getenv("REDIS_URL"):  # the processes tests start use this worker's Redis database
+    os.environ["REDIS_URL"] = url_of("redis")
+
+
+@pytest.fixture(autouse=True)
+def redis_of_this_worker(settings):
+    """This process's settings name REDIS_URL as the environment had it when they were read: under
+    pytest-xdist, point them at this worker's Redis database (tests.services.url_of)."""
+    configured, ours = CONFIGURED["redis"], url_of("redis")
+    if not XDIST_WORKER or configured != settings.REDIS_URL:
+        return
+
+    def moved(place: dict, key: str) -> dict:
+        return {**place, key: ours} if isinstance(place, dict) and place.get(key) == configured else place
+
+    settings.REDIS_URL = ours
+    settings.CACHES = {alias: moved(cache, "LOCATION") for alias, cache in settings.CACHES.items()}
+    layers = {}
+    for alias, layer in settings.CHANNEL_LAYERS.items():
+        config = layer.get("CONFIG", {})
+        hosts = [moved(host, "address") for host in config.get("hosts", [])]
+        layers[alias] = {**layer, "CONFIG": {**config, "hosts": hosts}} if hosts else layer
+    settings.CHANNEL_LAYERS = layers
 
 
 @pytest.fixture(autouse=True)
@@ -101,6 +124,13 @@ def api_key(db):
     return make
 
 
+@pytest.fixture(autouse=True)
+def rate_limits_from_zero(settings, redis_of_this_worker):
+    """No test starts with the counts of the ones before it (all are the same client, 127.0.0.1)."""
+    if settings.REDIS_URL:
+        clear_rate_limits(settings.REDIS_URL)
+
+
 @pytest.fixture
 def fresh_rate_limits(settings):
     """Rate-limit counters from zero: in Redis (REDIS_URL) they outlive a test run, and a recent
@@ -115,14 +145,7 @@ def fresh_rate_limits(settings):
         if isinstance(caches["default"], LocMemCache):  # the embedded default's counters
             caches["default"].clear()
         if settings.REDIS_URL:
-            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-            try:
-                for key in client.scan_iter(match=f"{ratelimit.KEY_PREFIX}*", count=1000):
-                    client.delete(key)
-            except redis.RedisError:
-                pass  # a test that points REDIS_URL at nothing
-            finally:
-                client.close()
+            clear_rate_limits(settings.REDIS_URL)
 
     forget()
     yield
@@ -141,4 +164,5 @@ def silent_redis():
 @pytest.fixture
 def refusing_redis():
     """A Redis that is down: nothing listens on its port."""
-    return f"redis://127.0.0.1:{free_port()}/0"
+    with refused_port() as port:
+        yield f"redis://127.0.0.1:{port}/0"

@@ -9,6 +9,7 @@ import socket
 from urllib.parse import urlparse
 
 import pytest
+import redis
 
 from bench.s3 import weed_binary
 
@@ -22,8 +23,20 @@ DEFAULT_URLS = {
 ENV_NAMES = {"postgres": "DATABASE_URL", "rabbitmq": "BROKER_URL", "redis": "REDIS_URL"}
 
 
+# Under pytest-xdist (`make test` runs the suite on two processes), each worker process has a Redis
+# database of its own: REDIS_URL's, plus the worker's number. Rate-limit counters (all tests count as
+# one client, 127.0.0.1) and the keys a test clears must not be shared with a test running beside it.
+XDIST_WORKER = os.getenv("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+CONFIGURED = {service: os.getenv(name) or DEFAULT_URLS[service] for service, name in ENV_NAMES.items()}
+
+
 def url_of(service: str) -> str:
-    return os.getenv(ENV_NAMES[service]) or DEFAULT_URLS[service]
+    url = CONFIGURED[service]
+    if service == "redis" and XDIST_WORKER:
+        parts = urlparse(url)
+        database = int(parts.path.strip("/") or 0) + int(XDIST_WORKER.removeprefix("gw"))
+        url = parts._replace(path=f"/{database}").geturl()
+    return url
 
 
 def reachable(url: str, timeout: float = 1.0) -> bool:
@@ -51,3 +64,19 @@ def require(*services: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true and a service is missing: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def clear_rate_limits(redis_url: str) -> None:
+    """Forget the rate-limit counts kept in the Redis at `redis_url`: every test and every live stack
+    counts as one client (127.0.0.1), so counts left by earlier ones would depend on their order."""
+    from gateway.ratelimit import KEY_PREFIX
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        # Also those counted through Django's cache (REDIS_URL="" in a test), which prefixes them.
+        for key in client.scan_iter(match=f"*{KEY_PREFIX}*", count=1000):
+            client.delete(key)
+    except redis.RedisError:
+        pass  # a test that points REDIS_URL at nothing
+    finally:
+        client.close()

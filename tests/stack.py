@@ -1,25 +1,33 @@
 """The full stack as real processes on loopback: a fresh PostgreSQL database, a RabbitMQ
 vhost of its own, Redis, a uvicorn server and Dramatiq worker processes."""
 
+import atexit
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import httpx
 import psycopg
 
-from tests.services import url_of
+from bench.s3 import unused_ports
+from bench.stack import announced_port
+from tests.services import clear_rate_limits, url_of
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
 FINISHED = ("completed", "failed", "cancelled")
 
 
+# Servers bind port 0 (the kernel picks a free port: no race with another process for it) and say
+# which port they got on their first lines of output.
 SERVERS = {
     "uvicorn": lambda port: [
         sys.executable,
@@ -87,14 +95,100 @@ def bmp_upload_body(boundary: str, megabytes: int):
     return len(head) + pixels + len(tail), stream
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def refused_port():
+    """A port where every connection is refused for as long as the block lasts: bound, never
+    listening, so that no other process can take it meanwhile (as a closed "free port" could be)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        yield sock.getsockname()[1]
+
+
+class HangingUp:
+    """A server that accepts each connection and closes it at once, counting them: a service that
+    is there but fails every request."""
+
+    def __init__(self):
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            connection.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def start_on_a_free_port(start, attempts: int = 20):
+    """`start(port)` -> started (a process that has bound `port`), or None when the port turned out
+    to be taken: then again on another port. For servers that can't bind port 0 and report it.
+
+    The ports come from below the kernel's ephemeral range (bench.s3.unused_ports), so that no
+    process's port-0 bind or outgoing connection takes one between the check and the start."""
+    for _ in range(attempts):
+        [port] = unused_ports(1)
+        started = start(port)
+        if started is not None:
+            return started, port
+    raise AssertionError(f"no free port after {attempts} attempts")
 
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+def broker_url(vhost: str) -> str:
+    """BROKER_URL (host, port, credentials) with a vhost of the stack's own."""
+    return urlparse(url_of("rabbitmq"))._replace(path=f"/{vhost}").geturl()
+
+
+def broker_user() -> str:
+    return unquote(urlparse(url_of("rabbitmq")).username or "guest")
+
+
+class MigratedTemplate:
+    """One database migrated once per test process; each stack's database is a copy of it.
+
+    `CREATE DATABASE ... TEMPLATE` copies files, well under a second, where `manage.py migrate` takes
+    several seconds per stack. The template is dropped when the process exits.
+    """
+
+    def __init__(self):
+        self.name: str | None = None
+        self.lock = threading.Lock()
+
+    def create(self, admin_dsn: str, env: dict[str, str], name: str) -> None:
+        with self.lock:
+            if self.name is None:
+                template = f"darkroom_e2e_template_{uuid.uuid4().hex[:8]}"
+                with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{template}"')
+                atexit.register(self.drop, admin_dsn, template)
+                database = env["DATABASE_URL"].rsplit("/", 1)[0] + f"/{template}"
+                migrate = [*MANAGE, "migrate", "--noinput", "-v", "0"]
+                subprocess.run(migrate, env={**env, "DATABASE_URL": database}, check=True, timeout=300)
+                self.name = template
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.name}"')
+
+    @staticmethod
+    def drop(admin_dsn: str, template: str) -> None:
+        try:
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+        except psycopg.Error:
+            pass  # the server is gone: nothing to clean up there
+
+
+TEMPLATE = MigratedTemplate()
 
 
 class LiveStack:
@@ -107,7 +201,7 @@ class LiveStack:
         self.env = {
             **os.environ,
             "DATABASE_URL": f"{postgres}/{self.name}",
-            "BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{self.name}",
+            "BROKER_URL": broker_url(self.name),
             "REDIS_URL": url_of("redis"),
             "DARKROOM_VAR_DIR": str(workdir),
             "JOB_LEASE_SECONDS": "4",
@@ -119,22 +213,27 @@ class LiveStack:
             "API_KEYS_REQUIRED": "false",
             **settings,
         }
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.urls: dict[str, str] = {}  # server name -> its URL, once it is started
+        self.port = 0  # the first server's port and URL
+        self.base_url = ""
 
     # --- lifecycle -----------------------------------------------------------
     def __enter__(self):
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.name}"')
-        rabbitmqctl("add_vhost", self.name)
-        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
-        subprocess.run([*MANAGE, "migrate", "--noinput", "-v", "0"], env=self.env, check=True, timeout=300)
+        try:
+            TEMPLATE.create(self.admin_dsn, self.env, self.name)
+            clear_rate_limits(self.env["REDIS_URL"])  # not an earlier stack's counts: those of this one
+            rabbitmqctl("add_vhost", self.name)
+            rabbitmqctl("set_permissions", "-p", self.name, broker_user(), ".*", ".*", ".*")
+        except BaseException:
+            self.__exit__()  # what was made so far: no database or vhost left behind
+            raise
         return self
 
     def __exit__(self, *exc_info):
         for name in list(self.processes):
             self.stop(name)
-        rabbitmqctl("delete_vhost", self.name)
+        with contextlib.suppress(subprocess.CalledProcessError):  # a vhost that was never made
+            rabbitmqctl("delete_vhost", self.name)
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
@@ -151,18 +250,25 @@ class LiveStack:
         self.processes[name] = process
         return process
 
-    def start_server(
-        self, name: str = "server", port: int | None = None, kind: str = "uvicorn", **env: str
-    ) -> subprocess.Popen:
-        """uvicorn (ASGI: HTTP and WebSockets) or gunicorn (WSGI, one worker process: HTTP)."""
-        port = port or self.port
-        command = SERVERS[kind](port)
+    def start_server(self, name: str = "server", kind: str = "uvicorn", **env: str) -> subprocess.Popen:
+        """uvicorn (ASGI: HTTP and WebSockets) or gunicorn (WSGI, one worker process: HTTP), on a port
+        the kernel picks; `url(name)` then answers (and `base_url` too, for the first server)."""
+        command = SERVERS[kind](0)
         if kind == "uvicorn":  # as the Makefile does: forwarded headers only from TRUSTED_PROXIES
             command += ["--forwarded-allow-ips", {**self.env, **env}.get("TRUSTED_PROXIES", "")]
+        log = self.workdir / f"{name}.log"
+        start = log.stat().st_size if log.exists() else 0
         process = self.spawn(name, command, **env)
+        port = announced_port(log, process, start)
         url = f"http://127.0.0.1:{port}"
         self.wait_until(lambda: self.is_live(url), timeout=30, what=f"{name} to answer /health/live")
+        self.urls[name] = url
+        if not self.base_url:
+            self.port, self.base_url = port, url
         return process
+
+    def url(self, name: str) -> str:
+        return self.urls[name]
 
     def manage(self, *args: str) -> str:
         """Run a manage.py command against this stack; its standard output."""

@@ -21,7 +21,7 @@ from PIL import Image
 
 from tests import images
 from tests.services import IN_CI
-from tests.stack import free_port
+from tests.stack import announced_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -88,12 +88,12 @@ def server(tmp_path_factory):
         [*manage, *staff], env={**env, "DJANGO_SUPERUSER_PASSWORD": STAFF[1]}, cwd=ROOT, check=True
     )
 
-    port = free_port()
     command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1"]
     log = open(var_dir / "server.log", "wb")  # noqa: SIM115 (the server writes to it)
-    process = subprocess.Popen([*command, "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([*command, "--port", "0"], env=env, cwd=ROOT, stdout=log, stderr=log)
     try:
+        port = announced_port(var_dir / "server.log", process)
+        url = f"http://127.0.0.1:{port}"
         wait_until_live(url, process)
         yield Server(url, var_dir, websocket_answers(port))
     finally:

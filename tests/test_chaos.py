@@ -10,7 +10,7 @@ from django.db import connections
 from bench import chaos
 from tests.services import require
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.alone]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test import Client
 
 from tests import uploads
-from tests.stack import free_port
+from tests.stack import refused_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 JOB_ID = "6f1c2c8e-6d2a-4c1e-9d6e-0d6c1f1f0a11"
@@ -22,10 +22,11 @@ def database_unreachable():
     if connection.vendor != "postgresql":
         pytest.skip("needs DATABASE_URL pointing at PostgreSQL (the SQLite test database can't go away)")
     saved = copy.deepcopy(connection.settings_dict)
-    reconnect(PORT=free_port())  # nothing listens there
-    connection.settings_dict["OPTIONS"]["pool"]["timeout"] = 0.5  # fail sooner than in production
-    yield
-    reconnect(**saved)
+    with refused_port() as port:
+        reconnect(PORT=port)  # nothing listens there
+        connection.settings_dict["OPTIONS"]["pool"]["timeout"] = 0.5  # fail sooner than in production
+        yield
+        reconnect(**saved)
 
 
 def reconnect(**settings) -> None:

@@ -1,6 +1,7 @@
 """gateway.layers.RedisChannelLayer against a real Redis: one reader per process, bounded buffers."""
 
 import asyncio
+import uuid
 
 import pytest
 import redis
@@ -8,7 +9,7 @@ import redis
 from gateway.events import check_channel_layer
 from gateway.layers import RedisChannelLayer
 from tests.services import require, url_of
-from tests.stack import free_port
+from tests.stack import refused_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 
@@ -21,7 +22,7 @@ def anyio_backend():
 @pytest.fixture
 async def layer():
     require("redis")
-    prefix = f"test-layers-{free_port()}"  # keys of our own in a shared Redis
+    prefix = f"test-layers-{uuid.uuid4().hex[:8]}"  # keys of our own in a shared Redis
     layer = RedisChannelLayer(hosts=[{"address": url_of("redis"), "socket_timeout": None}], prefix=prefix)
     yield layer
     await layer.flush()
@@ -69,7 +70,8 @@ async def test_a_stopped_consumers_channel_keeps_nothing(layer):
     for channel in (gone, alive):
         await layer.group_add("job.2", channel)
     waiting = asyncio.create_task(layer.receive(gone))
-    await asyncio.sleep(0.05)
+    while layer.reader is None:  # receive() starts the reader, then waits on the channel's buffer
+        await asyncio.sleep(0)
     waiting.cancel()  # what channels does when a socket closes
 
     for number in range(3):
@@ -98,14 +100,13 @@ async def test_a_channel_that_does_not_read_holds_at_most_its_capacity(layer):
 
 
 async def test_when_redis_goes_away_every_waiting_receive_raises(layer):
-    dead = RedisChannelLayer(
-        hosts=[{"address": f"redis://127.0.0.1:{free_port()}/0", "socket_timeout": None}]
-    )
-    channels = [await dead.new_channel() for _ in range(3)]
+    with refused_port() as port:
+        dead = RedisChannelLayer(hosts=[{"address": f"redis://127.0.0.1:{port}/0", "socket_timeout": None}])
+        channels = [await dead.new_channel() for _ in range(3)]
 
-    results = await asyncio.wait_for(
-        asyncio.gather(*(dead.receive(channel) for channel in channels), return_exceptions=True), 5
-    )
+        results = await asyncio.wait_for(
+            asyncio.gather(*(dead.receive(channel) for channel in channels), return_exceptions=True), 60
+        )
 
     assert all(isinstance(result, redis.RedisError) for result in results)
     assert not dead.receive_buffer

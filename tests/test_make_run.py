@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests import images
-from tests.stack import ROOT, LiveStack, bmp_upload_body, free_port, peak_rss_kib
+from tests.stack import ROOT, LiveStack, announced_port, bmp_upload_body, peak_rss_kib
 
 SERVICE_VARIABLES = ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "AWS_STORAGE_BUCKET_NAME")
 
@@ -30,16 +30,15 @@ def serving_process(make: subprocess.Popen) -> int:
 
 @pytest.fixture
 def make_run(tmp_path):
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
-    env.update(HOST="127.0.0.1", PORT=str(port), DARKROOM_VAR_DIR=str(tmp_path))
+    env.update(HOST="127.0.0.1", PORT="0", DARKROOM_VAR_DIR=str(tmp_path))  # 0: the kernel picks one
     log = open(tmp_path / "make-run.log", "wb")  # noqa: SIM115 (the child process keeps it)
     process = subprocess.Popen(
         ["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = f"http://127.0.0.1:{announced_port(tmp_path / 'make-run.log', process, timeout=180)}"
         LiveStack.wait_until(lambda: answers(f"{url}/health/live"), 180, "`make run` to serve")
         yield process, url
     finally:

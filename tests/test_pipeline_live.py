@@ -73,6 +73,7 @@ def test_a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once(li
         live_stack.stop("second")
 
 
+@pytest.mark.alone
 def test_every_job_accepted_before_a_rabbitmq_restart_completes(live_stack):
     jpeg = images.jpeg_bytes(images.gradient(320, 240))
     accepted = [

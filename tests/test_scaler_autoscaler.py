@@ -178,7 +178,7 @@ def test_gateways_follow_the_load_score_once_it_is_sustained(clock):
 SLEEPER = ["sleep", "60"]
 
 
-def wait_for(condition, timeout: float = 5) -> None:
+def wait_for(condition, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"

@@ -12,7 +12,6 @@ from scaler.policy import DOWN, HOLD, UP, Decision
 from scaler.readings import Readings
 from scaler.status import Status
 from tests.services import IN_CI
-from tests.stack import free_port
 
 
 @pytest.fixture
@@ -39,9 +38,9 @@ def serving(status):
     servers = []
 
     def serve(kind):
-        port = free_port()
-        servers.append((serve_health if kind == "health" else serve_metrics)(status, "127.0.0.1", port))
-        return f"http://127.0.0.1:{port}"
+        server = (serve_health if kind == "health" else serve_metrics)(status, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
 
     yield serve
     for server in servers:

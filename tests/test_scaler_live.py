@@ -2,21 +2,23 @@
 uvicorn gateways and a private nginx, all started and stopped by `manage.py scale_workers`.
 Intervals and cooldowns are short so the whole file runs in about two minutes."""
 
+import contextlib
 import functools
 import os
 import re
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from bench.s3 import unused_ports
 from tests import images
 from tests.services import require
-from tests.stack import MANAGE, LiveStack, free_port
+from tests.stack import MANAGE, LiveStack
 
 pytestmark = pytest.mark.services
 
@@ -35,19 +37,26 @@ class Scaler:
 
     def __init__(self, stack: LiveStack, name: str, *flags: str, **env: str):
         self.stack, self.name = stack, name
-        health_port, self.metrics_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{health_port}/health"
-        ports = ["--health-port", str(health_port), "--metrics-port", str(self.metrics_port)]
-        stack.spawn(name, [*MANAGE, "scale_workers", *ports, *flags], **env)
-        self.wait_for(lambda health: health["last_check_at"], "the first check")
+        for _ in range(5):  # a port taken between the check and the bind: the scaler exits, try others
+            health_port, self.metrics_port = unused_ports(2)
+            self.url = f"http://127.0.0.1:{health_port}/health"
+            ports = ["--health-port", str(health_port), "--metrics-port", str(self.metrics_port)]
+            process = stack.spawn(name, [*MANAGE, "scale_workers", *ports, *flags], **env)
+            if self.wait_for(lambda health: health["last_check_at"], "the first check", process=process):
+                return
+        raise AssertionError(f"the scaler exited at each start:\n{stack.log(name)[-3000:]}")
 
     def health(self) -> dict:
         return httpx.get(self.url, timeout=5).json()
 
-    def wait_for(self, condition, what: str, timeout: float = 60) -> dict:
+    def wait_for(self, condition, what: str, timeout: float = 60, process=None) -> dict:
+        """The health once `condition(health)` holds; {} if `process` exits first."""
         seen = {}
 
         def met() -> bool:
+            if process is not None and process.poll() is not None:
+                seen.clear()
+                return True
             try:
                 seen.update(self.health())
             except httpx.HTTPError:
@@ -142,6 +151,12 @@ class HeldWorkers:
     def resume_all(self) -> None:
         self.resume(*self.held)
 
+    def _statement_in_flight(self, pid: int) -> bool:
+        """Whether PostgreSQL is running a statement sent by process `pid` (by its connections' ports)."""
+        with psycopg.connect(self.database) as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s) AND state = 'active'"
+            return conn.execute(query, [sorted(tcp_ports(pid))]).fetchone()[0] > 0
+
     def _running(self) -> dict[str, int]:
         """Job -> worker pid, for the jobs being processed now (one query: no job slips by unseen)."""
         with psycopg.connect(self.database) as conn:
@@ -150,12 +165,40 @@ class HeldWorkers:
 
     def _try_hold(self, pid: int, job_id: str) -> None:
         os.kill(pid, signal.SIGSTOP)
-        # A statement sent just before the stop may still commit: look once it surely has.
-        time.sleep(0.2)
+        # A statement sent just before the stop may still commit: look once it has.
+        self.wait_until(lambda: stopped(pid), 30, f"worker {pid} to stop", interval=0.01)
+        what = f"the statements worker {pid} sent before it stopped"
+        self.wait_until(lambda: not self._statement_in_flight(pid), 30, what, interval=0.01)
         if self._running().get(job_id) == pid:
             self.held[pid] = job_id
         else:  # it finished that job first: let it go on to the next and catch it there
             os.kill(pid, signal.SIGCONT)
+
+
+def stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except OSError:
+        return True  # gone: nothing more will come from it
+
+
+def tcp_ports(pid: int) -> set[int]:
+    """The local ports of the TCP connections process `pid` has open (Linux /proc)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def worker_pids(health: dict) -> set[int]:
@@ -242,7 +285,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_job_completes(stack):
 
 # --- gateways behind nginx ----------------------------------------------------------------------
 def gateway_flags(stack: LiveStack, name: str, *flags: str) -> tuple[str, ...]:
-    listen = f"127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{unused_ports(1)[0]}"  # below the ephemeral range: no port-0 bind takes it
     prefix = stack.workdir / f"nginx-{name}"
     nginx = ("--nginx-listen", listen, "--nginx-prefix", str(prefix), "--gateway-port-start", "0")
     return ("--no-workers", "--gateways", *nginx, *flags)

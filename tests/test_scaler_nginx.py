@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from project import config
-from scaler.backends.nginx import Nginx
+from scaler.backends.nginx import Nginx, NginxError
 from tests.services import IN_CI
-from tests.stack import free_port
+from tests.stack import LiveStack, refused_port, start_on_a_free_port
 
 
 def require_nginx() -> None:
@@ -26,7 +26,8 @@ def require_nginx() -> None:
 
 
 class StandIn(BaseHTTPRequestHandler):
-    """Answers JSON naming the server and echoing the request; /slow takes a while; /ws/ upgrades."""
+    """Answers JSON naming the server and echoing the request; /slow waits until the test releases
+    it (`server.in_slow` is set meanwhile); /ws/ upgrades."""
 
     protocol_version = "HTTP/1.1"
 
@@ -35,7 +36,8 @@ class StandIn(BaseHTTPRequestHandler):
             self.upgrade()
             return
         if self.path == "/slow":
-            time.sleep(1.5)
+            self.server.in_slow.set()
+            self.server.release.wait(60)
         self.answer()
 
     def do_POST(self):
@@ -72,6 +74,7 @@ class StandIn(BaseHTTPRequestHandler):
 def stand_in(name: str) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
     server.name = name
+    server.in_slow, server.release = threading.Event(), threading.Event()
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -86,6 +89,7 @@ def gateways():
     servers = {name: stand_in(name) for name in ("a", "b")}
     yield servers
     for server in servers.values():
+        server.release.set()
         server.shutdown()
         server.server_close()
 
@@ -96,9 +100,16 @@ def nginx(tmp_path):
     started = []
 
     def start(upstreams: list[str], max_body_bytes: int = 1024 * 1024) -> Nginx:
-        server = Nginx(tmp_path / "nginx", f"127.0.0.1:{free_port()}", max_body_bytes)
-        server.start(upstreams)
-        started.append(server)
+        def on(port: int) -> Nginx | None:
+            server = Nginx(tmp_path / f"nginx-{port}", f"127.0.0.1:{port}", max_body_bytes)
+            try:
+                server.start(upstreams)
+            except NginxError:  # the port was taken meanwhile: another one
+                return None
+            started.append(server)
+            return server
+
+        server, _ = start_on_a_free_port(on)
         return server
 
     yield start
@@ -125,17 +136,19 @@ def test_the_gateway_sees_the_client_address_and_host_as_forwarded(nginx, gatewa
 
 
 def test_a_dead_gateway_is_skipped_without_a_failed_request(nginx, gateways):
-    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    proxy = nginx([dead, address(gateways["a"])])
-    assert served_by(proxy, 10) == ["a"] * 10
+    with refused_port() as port:
+        proxy = nginx([f"127.0.0.1:{port}", address(gateways["a"])])  # nothing listens on the first
+        assert served_by(proxy, 10) == ["a"] * 10
 
 
 def test_a_busy_gateway_gets_no_new_request_while_another_is_free(nginx, gateways):
     proxy = nginx([address(g) for g in gateways.values()])
     with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(lambda: httpx.get(proxy.url + "/slow", timeout=10).json()["server"])
-        time.sleep(0.3)
-        quick = served_by(proxy, 6)
+        slow = pool.submit(lambda: httpx.get(proxy.url + "/slow", timeout=60).json()["server"])
+        LiveStack.wait_until(lambda: any(g.in_slow.is_set() for g in gateways.values()), 30, "/slow")
+        quick = served_by(proxy, 6)  # while the slow request is in flight at one gateway
+        for gateway in gateways.values():
+            gateway.release.set()
         busy = slow.result()
     assert busy not in quick, "least_conn sends new requests to the gateway without one in flight"
 
@@ -178,8 +191,9 @@ def test_a_batch_at_the_gateways_limit_passes_nginx_and_one_byte_more_does_not(n
 
 
 def test_no_gateway_answering_gives_503_json_with_retry_after(nginx):
-    proxy = nginx([f"127.0.0.1:{free_port()}"])
-    response = httpx.get(proxy.url + "/api/v1/services")
+    with refused_port() as port:
+        proxy = nginx([f"127.0.0.1:{port}"])
+        response = httpx.get(proxy.url + "/api/v1/services")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert response.json()["error"]["code"] == "gateway_unavailable"
@@ -189,7 +203,7 @@ def test_a_reload_with_a_new_upstream_list_moves_the_traffic(nginx, gateways):
     proxy = nginx([address(gateways["a"])])
     assert set(served_by(proxy, 4)) == {"a"}
     proxy.set_upstreams([address(gateways["b"])])
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while set(served_by(proxy, 4)) != {"b"}:  # the old worker process may answer once more
         assert time.monotonic() < deadline, "nginx kept sending requests to the removed gateway"
         time.sleep(0.1)

@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests import images
-from tests.services import IN_CI, reachable, require
-from tests.stack import MANAGE, LiveStack, free_port
+from tests.services import IN_CI, require
+from tests.stack import MANAGE, LiveStack, start_on_a_free_port
 
 pytestmark = pytest.mark.services
 
@@ -83,23 +83,33 @@ def own_redis():
     if not shutil.which("redis-server"):
         message = "needs redis-server on the PATH"
         pytest.fail(message) if IN_CI else pytest.skip(message)
-    redis = PrivateRedis(free_port())
+    redis = PrivateRedis()
     redis.start()
     yield redis
     redis.stop()
 
 
 class PrivateRedis:
-    def __init__(self, port: int):
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
+    """On a port found free at the first start (another one if it was taken meanwhile); the same port
+    at each later start, as the stack's REDIS_URL names it."""
+
+    def __init__(self):
+        self.port = 0
+        self.url = ""
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        if self.port:
+            assert self._start_on(self.port), f"redis-server could not listen on {self.port} again"
+            return
+        _, self.port = start_on_a_free_port(self._start_on)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _start_on(self, port: int) -> subprocess.Popen | None:
         command = [
             "redis-server",
             "--port",
-            str(self.port),
+            str(port),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -108,12 +118,30 @@ class PrivateRedis:
             "no",
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        LiveStack.wait_until(lambda: reachable(self.url, timeout=0.2), timeout=10, what="redis-server")
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 60
+        while self.process.poll() is None:
+            if served_by(url, self.process.pid):
+                return self.process
+            assert time.monotonic() < deadline, "redis-server did not answer"
+            time.sleep(0.05)
+        return None  # it exited: the port was taken
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+
+
+def served_by(url: str, pid: int) -> bool:
+    """Whether the Redis at `url` is the process `pid` (and not another that holds the port)."""
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return client.info("server")["process_id"] == pid
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +181,15 @@ async def flood(redis_url: str, group: str, count: int, size: int) -> None:
     await layer.close_pools()
 
 
+def group_members(redis_url: str, group: str = "*") -> int:
+    """Sockets subscribed to `group` (or to any group), as channels-redis keeps them."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(client.zcard(key) for key in client.keys(f"asgi:group:{group}"))
+    finally:
+        client.close()
+
+
 def inbox_backlog(redis_url: str) -> int:
     """Events waiting in Redis for the server process (channels-redis keeps one inbox per process)."""
     client = redis.Redis.from_url(redis_url)
@@ -168,7 +205,11 @@ def test_a_client_that_never_reads_does_not_grow_the_server(stack_on_own_redis, 
     # A client that reads: its socket waits on the process's inbox, and so empties it.
     key = {"X-API-Key": api_key(stack)}
     with stuck, connect(ws_url(stack, "/ws/jobs/"), additional_headers=key) as reader:
-        time.sleep(0.5)
+        # Both sockets in their groups (the stuck one in the flooded group) before the flood.
+        stack.wait_until(
+            lambda: group_members(own_redis.url) >= 2, timeout=30, what="both sockets to subscribe"
+        )
+        assert group_members(own_redis.url, "owner.anonymous") == 1
         before = server_rss_mib(stack)
         asyncio.run(flood(own_redis.url, "owner.anonymous", count=2500, size=25_000))  # 60 MB of events
         stack.wait_until(lambda: inbox_backlog(own_redis.url) == 0, timeout=20, what="the inbox to empty")

@@ -84,6 +84,7 @@ class LocalGateways:
         while not all(gateway.in_service for gateway in self.gateways):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateways did not answer /health/live within {STARTUP_TIMEOUT}s")
+            self._replace_crashed()
             self._admit_live_gateways()
             time.sleep(0.1)
         self.nginx.start(self.upstreams())
@@ -104,14 +105,7 @@ class LocalGateways:
     def supervise(self) -> int:
         """Admit gateways that came up, replace crashed ones, restart nginx if it died."""
         self.stopping = [g for g in self.stopping if g.process.poll() is None]
-        crashed = [gateway for gateway in self.gateways if gateway.process.poll() is not None]
-        for gateway in crashed:
-            logger.warning(
-                "gateway on port %d exited unexpectedly (%s): replacing it",
-                gateway.port,
-                describe_exit(gateway.process.returncode),
-            )
-            self.gateways[self.gateways.index(gateway)] = self._start()
+        crashed = self._replace_crashed()
         admitted = self._admit_live_gateways()
         if self.nginx.process is not None and not self.nginx.is_running():
             logger.warning("nginx exited unexpectedly: restarting it")
@@ -171,6 +165,19 @@ class LocalGateways:
                 gateway.in_service = admitted = True
                 logger.info("gateway on port %d is live", gateway.port)
         return admitted
+
+    def _replace_crashed(self) -> list[Gateway]:
+        """Start a gateway (on another port) for each that exited: a crash, or, as it starts, a port
+        another process took between the check that it was free and the gateway's bind."""
+        crashed = [gateway for gateway in self.gateways if gateway.process.poll() is not None]
+        for gateway in crashed:
+            logger.warning(
+                "gateway on port %d exited unexpectedly (%s): replacing it",
+                gateway.port,
+                describe_exit(gateway.process.returncode),
+            )
+            self.gateways[self.gateways.index(gateway)] = self._start()
+        return crashed
 
     def _start(self) -> Gateway:
         port = self._next_port()
