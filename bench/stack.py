@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import httpx
 import psycopg
 
-from bench.s3 import unused_ports
+from bench.ports import unused_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
@@ -57,7 +57,7 @@ def announced_port(log: Path, process: subprocess.Popen, start: int = 0, timeout
 def free_port() -> int:
     """For servers that can't bind port 0 and say which port they got: a port free now, below the
     kernel's ephemeral range, so that no port-0 bind or outgoing connection takes it before the
-    server binds it (see bench.s3.unused_ports)."""
+    server binds it (see bench.ports.unused_ports)."""
     return unused_ports(1)[0]
 
 

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 import psycopg
 
-from bench.s3 import unused_ports
+from bench.ports import unused_ports
 from bench.stack import announced_port
 from tests.services import clear_rate_limits, url_of
 
@@ -131,7 +131,7 @@ def start_on_a_free_port(start, attempts: int = 20):
     """`start(port)` -> started (a process that has bound `port`), or None when the port turned out
     to be taken: then again on another port. For servers that can't bind port 0 and report it.
 
-    The ports come from below the kernel's ephemeral range (bench.s3.unused_ports), so that no
+    The ports come from below the kernel's ephemeral range (bench.ports.unused_ports), so that no
     process's port-0 bind or outgoing connection takes one between the check and the start."""
     for _ in range(attempts):
         [port] = unused_ports(1)

@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from bench.s3 import unused_ports
+from bench.ports import unused_ports
 from tests import images
 from tests.services import require
 from tests.stack import MANAGE, LiveStack
