@@ -199,7 +199,10 @@ class Client:
     """Submits images as a well-behaved client: a 503 is retried after a short pause."""
 
     def __init__(self, base_url: str, outcome: Outcome):
-        self.http = httpx.Client(base_url=base_url, timeout=30)
+        # Idle connections are dropped before the server's keep-alive timeout (uvicorn: 5 s) can close
+        # one just as a request goes out on it: that race is the client's, and no fault of the stack's.
+        limits = httpx.Limits(keepalive_expiry=2)
+        self.http = httpx.Client(base_url=base_url, timeout=30, limits=limits)
         self.outcome = outcome
         self.lock = threading.Lock()
 
