@@ -67,14 +67,10 @@ DATABASE_OUTAGES = (OperationalError, InterfaceError)
 STORAGE_OUTAGES = (BotoCoreError, OSError)
 
 
-def database_unavailable() -> ApiError:
-    return service_unavailable("database")
-
-
 def outage(exc: BaseException | None) -> ApiError | None:
     """The 503 for a dependency that failed, or None when `exc` is no outage."""
     if isinstance(exc, DATABASE_OUTAGES):
-        return database_unavailable()
+        return service_unavailable("database")
     if isinstance(exc, STORAGE_OUTAGES):
         return service_unavailable("storage")
     return None

@@ -107,11 +107,16 @@ def body_limit(path: str) -> int:
 def declared_length(scope) -> int:
     for name, value in scope.get("headers", []):
         if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return 0
+            return length_of(value)
     return 0
+
+
+def length_of(content_length: bytes | str | None) -> int:
+    """A Content-Length header's value; 0 when there is none, or no number (the body is then counted)."""
+    try:
+        return int(content_length or 0)
+    except ValueError:
+        return 0
 
 
 def too_large_body(path: str) -> dict:
@@ -147,12 +152,7 @@ class DeclaredBodyLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        limit = body_limit(request.path)
-        try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            declared = 0
-        if declared > limit:
+        if length_of(request.META.get("CONTENT_LENGTH")) > body_limit(request.path):
             return JsonResponse(too_large_body(request.path), status=413, headers={"Connection": "close"})
         return self.get_response(request)
 
