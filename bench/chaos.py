@@ -37,7 +37,7 @@ from PIL import Image
 from bench.s3 import SeaweedServer
 from bench.stack import MANAGE, Stack, rabbitmqctl
 
-OUTAGE_SECONDS = 4  # how long a stopped service stays down
+OUTAGE_SECONDS = 4  # how long a stopped service stays down by default (--outage)
 SETTLE_SECONDS = 120  # after the fault, how long accepted jobs get to end before they count as stuck
 FAST_503_MS = 1500  # a 503 slower than this keeps a client waiting for nothing
 GIVE_UP_SECONDS = 90  # a client retrying 503s stops after this long
@@ -51,6 +51,7 @@ class Target:
 
     stack: Stack
     s3: SeaweedServer
+    outage: float = OUTAGE_SECONDS  # how long a stopped service stays down
 
 
 BUSY_WORKER = "SELECT worker_id FROM processing_job WHERE status = 'processing' LIMIT 1"
@@ -86,7 +87,7 @@ def kill_a_worker_main_process(target: Target) -> None:
 def restart_rabbitmq(target: Target) -> None:
     rabbitmqctl("stop_app")
     try:
-        time.sleep(OUTAGE_SECONDS)
+        time.sleep(target.outage)
     finally:
         rabbitmqctl("start_app")
 
@@ -100,7 +101,7 @@ def restart_redis(target: Target) -> None:
     host, port = redis_address(target.stack)
     subprocess.run(["redis-cli", "-h", host, "-p", str(port), "shutdown", "nosave"], capture_output=True)
     try:
-        time.sleep(OUTAGE_SECONDS)
+        time.sleep(target.outage)
     finally:
         start = ["redis-server", "--daemonize", "yes", "--bind", host, "--port", str(port)]
         subprocess.run([*start, "--save", "", "--appendonly", "no"], check=True, capture_output=True)
@@ -115,7 +116,7 @@ def postgres_cluster() -> list[str]:
 def restart_postgres(target: Target) -> None:
     subprocess.run([*postgres_cluster(), "stop", "-m", "fast"], check=True, capture_output=True)
     try:
-        time.sleep(OUTAGE_SECONDS)
+        time.sleep(target.outage)
     finally:
         subprocess.run([*postgres_cluster(), "start"], check=True, capture_output=True)
 
@@ -123,7 +124,7 @@ def restart_postgres(target: Target) -> None:
 def restart_s3(target: Target) -> None:
     target.s3.stop()
     try:
-        time.sleep(OUTAGE_SECONDS)
+        time.sleep(target.outage)
     finally:
         target.s3.restart()
 
@@ -305,17 +306,19 @@ def report(outcomes: list[Outcome]) -> str:
 # Shorter than the defaults, so that a dead worker's job is taken over within the settle time.
 LEASES = {
     "JOB_LEASE_SECONDS": "6",
-    "REQUEUE_UNPUBLISHED_AFTER_SECONDS": "5",
+    "REQUEUE_UNPUBLISHED_AFTER_SECONDS": "2",
     "REQUEUE_STALE_AFTER_SECONDS": "30",
 }
 
 
-def run(faults: list[str], jobs: int, concurrency: int = 8, workers: int = 2) -> list[Outcome]:
+def run(
+    faults: list[str], jobs: int, concurrency: int = 8, workers: int = 2, outage: float = OUTAGE_SECONDS
+) -> list[Outcome]:
     with tempfile.TemporaryDirectory(prefix="darkroom-s3-") as folder, SeaweedServer(Path(folder)) as s3:
         storage = s3.settings(s3.new_bucket("chaos"))
         with Stack(workers=workers, threads=2, supervised=True, **LEASES, **storage) as stack:
-            stack.spawn("requeue", [*MANAGE, "requeue_stale", "--every", "5"])
-            return [run_fault(Target(stack, s3), fault, jobs, concurrency) for fault in faults]
+            stack.spawn("requeue", [*MANAGE, "requeue_stale", "--every", "1"])
+            return [run_fault(Target(stack, s3, outage), fault, jobs, concurrency) for fault in faults]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=300, help="images submitted per fault")
     parser.add_argument("--concurrency", type=int, default=8, help="clients submitting at once")
     parser.add_argument("--fault", action="append", choices=sorted(FAULTS), help="only these (repeatable)")
+    parser.add_argument("--outage", type=float, default=OUTAGE_SECONDS, help="seconds a service stays down")
     args = parser.parse_args(argv)
-    outcomes = run(args.fault or list(FAULTS), args.jobs, args.concurrency)
+    outcomes = run(args.fault or list(FAULTS), args.jobs, args.concurrency, outage=args.outage)
     print(report(outcomes))
     return 1 if any(outcome.problems() for outcome in outcomes) else 0
 

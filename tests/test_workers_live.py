@@ -43,6 +43,9 @@ def children(pid: int) -> list[int]:
         return []
 
 
+BOOTED = "is booting up."  # what each Dramatiq main process logs once its worker process is ready
+
+
 def worker_processes(supervisor: int) -> set[int]:
     """The Dramatiq worker processes under `run_workers`: each group's main process forks one."""
     return {worker for group in children(supervisor) for worker in children(group)}
@@ -74,7 +77,10 @@ def test_make_worker_replaces_a_killed_worker_process_and_drains_on_sigterm(live
         "run-workers", [*MANAGE, "run_workers", "--processes", "2", "--threads", "1"]
     )
     try:
-        live_stack.wait_until(lambda: len(worker_processes(supervisor.pid)) == 2, 60, "two worker processes")
+        # Booted, not just forked: a Dramatiq main process whose worker dies before it reports ready
+        # notices only at the end of its fork timeout (30 s).
+        booted = lambda: live_stack.log("run-workers").count(BOOTED) == 2  # noqa: E731
+        live_stack.wait_until(booted, 60, "two booted workers")
         victim = min(worker_processes(supervisor.pid))
         os.kill(victim, signal.SIGKILL)  # as the OOM killer would
 
