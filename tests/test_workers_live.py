@@ -79,7 +79,9 @@ def test_make_worker_replaces_a_killed_worker_process_and_drains_on_sigterm(live
     try:
         # Booted, not just forked: a Dramatiq main process whose worker dies before it reports ready
         # notices only at the end of its fork timeout (30 s).
-        booted = lambda: live_stack.log("run-workers").count(BOOTED) == 2  # noqa: E731
+        def booted() -> bool:
+            return live_stack.log("run-workers").count(BOOTED) == 2
+
         live_stack.wait_until(booted, 60, "two booted workers")
         victim = min(worker_processes(supervisor.pid))
         os.kill(victim, signal.SIGKILL)  # as the OOM killer would
