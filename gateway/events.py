@@ -3,7 +3,8 @@
 processing sends `job_changed` after every change of a job, from worker processes and
 threads and from gateway request threads. `on_job_changed` makes one message of it
 (the job's public shape, JSON-encoded once for every subscriber) for three groups: the
-job's, its owner's and the staff's. A `Publisher` sends it from an event loop of its
+job's, its owner's and the staff's; and, when it ends the job, for the group of the
+processes' long-poll listeners. A `Publisher` sends it from an event loop of its
 own, in the order events came, so the sender never waits on the channel layer and never
 sees its errors: a job never fails, nor slows down, because Redis is slow or down.
 Subscribers then miss live events, and clients fall back to polling.
@@ -46,6 +47,7 @@ FLUSH_AT_EXIT = 1.0  # seconds a finishing process waits for its last events to 
 EVENTS_DROPPED = Counter("darkroom_job_events_dropped", "Job events never sent to subscribers", ["reason"])
 
 STAFF_GROUP = "jobs.all"
+ENDED_GROUP = "jobs.ended"  # only the events that end a job: what long polls wait for (gateway.waiting)
 MESSAGE_TYPE = "job.event"  # handled by the consumers' `job_event`
 
 
@@ -62,7 +64,8 @@ def owner_group(identity: str) -> str:
 
 
 def groups_for(job: Job) -> list[str]:
-    return [job_group(job.id), owner_group(job.owner_identity), STAFF_GROUP]
+    groups = [job_group(job.id), owner_group(job.owner_identity), STAFF_GROUP]
+    return [*groups, ENDED_GROUP] if job.status in Job.FINISHED else groups
 
 
 def event_text(event: str, job: Job) -> str:

@@ -4,18 +4,22 @@ Under the ASGI entry point (project.asgi) `LongPolls` serves them in two passes 
 ordinary synchronous view, with the wait between them on the event loop: the first pass
 authenticates, finds the job and, when it has not ended, marks its answer with
 WAIT_HEADER instead of waiting; `LongPolls` then holds the request, holding no thread,
-until the job's live events say it ended (or the wait runs out), and answers with a
-second pass. Elsewhere (a WSGI server, the test client) the view waits itself.
+until the job's end is heard (or the wait runs out), and answers with a second pass.
+Elsewhere (a WSGI server, the test client) the view waits itself, reading the job every
+FALLBACK_INTERVAL seconds.
 
-Waiting joins the job's event group on the channel layer, as a WebSocket would, then
-checks once that the job has not ended meanwhile; where live events can't reach this
-process (the channel layer is down, or its reader runs on another event loop) it looks
-at the job every FALLBACK_INTERVAL seconds instead.
+Ends are heard by one `EndListener` per event loop: a channel in the group that hears
+every job's end (events.ENDED_GROUP), and a future per waiting request. A wait then costs a
+dictionary entry, not a channel of its own, two group changes in Redis and a database
+read. Where the listener can't hear (the channel layer is down) a wait looks at the job
+every FALLBACK_INTERVAL seconds instead.
 """
 
 import asyncio
 import logging
 import re
+import weakref
+from collections import OrderedDict
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -34,45 +38,153 @@ PASS = "darkroom.long_poll"  # scope key: "first" or "final" (clients can't set 
 LONG_POLL = re.compile(r"^/api/v1/jobs/[0-9a-fA-F-]{32,36}/?$")
 WAIT = re.compile(rb"(?:^|&)wait=([0-9.]+)")
 
+REMEMBERED_ENDS = 10_000  # the latest ends a listener keeps: a wait starting just after one ends at once
+RECHECK_EVERY = 5.0  # seconds between reads of a job while its end is awaited (see until_ended)
+# channels-redis forgets a group's member a day after it joined (its group_expiry): join again well before.
+REJOIN_EVERY = 3600  # seconds
+LISTEN_AGAIN_AFTER = events.COOLDOWN  # seconds after the channel layer failed
+
+
+# --- Hearing ends ------------------------------------------------------------------------
+
+
+class NotListening(Exception):
+    """The listener stopped hearing (the channel layer failed): a waiter must look for itself."""
+
+
+class EndListener:
+    """Which jobs ended, as this event loop hears it (see the module's docstring)."""
+
+    _by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its listener
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.loop = asyncio.get_running_loop()
+        self.waiters: dict[str, set[asyncio.Future]] = {}
+        self.ended: OrderedDict[str, None] = OrderedDict()
+        self.hearing_since: float | None = None  # loop time since when no end has gone unheard
+        self.down = False  # the channel layer failed, and the listener has not heard since
+        self.task = self.loop.create_task(self.listen(), name="long-poll-ends")
+
+    @classmethod
+    def of_running_loop(cls) -> "EndListener":
+        loop = asyncio.get_running_loop()
+        listener = cls._by_loop.get(loop)
+        if listener is None or listener.layer is not get_channel_layer():  # new settings (in tests)
+            if listener is not None:
+                listener.task.cancel()
+            listener = cls._by_loop[loop] = cls(get_channel_layer())
+        return listener
+
+    def heard_everything_since(self, moment: float | None) -> bool:
+        return None not in (moment, self.hearing_since) and self.hearing_since <= moment
+
+    def expect(self, job_id: str) -> asyncio.Future:
+        """A future that resolves when the job's end is heard (at once if it was already)."""
+        future = self.loop.create_future()
+        if job_id in self.ended:
+            future.set_result(True)
+        elif self.down:
+            future.set_exception(NotListening())
+        else:  # hearing, or about to: an end before it started is found by until_ended's reads
+            self.waiters.setdefault(job_id, set()).add(future)
+        return future
+
+    def forget(self, job_id: str, future: asyncio.Future) -> None:
+        waiting = self.waiters.get(job_id)
+        if waiting is not None:
+            waiting.discard(future)
+            if not waiting:
+                del self.waiters[job_id]
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # retrieved: a NotListening nobody awaited is no error to report
+
+    def heard_end(self, job_id: str) -> None:
+        self.ended[job_id] = None
+        if len(self.ended) > REMEMBERED_ENDS:
+            self.ended.popitem(last=False)
+        for future in self.waiters.pop(job_id, ()):
+            if not future.done():
+                future.set_result(True)
+
+    def stopped_hearing(self) -> None:
+        self.hearing_since, self.down = None, True
+        waiting, self.waiters = self.waiters, {}
+        for future in (future for futures in waiting.values() for future in futures):
+            if not future.done():
+                future.set_exception(NotListening())
+
+    async def listen(self) -> None:
+        events.serve_from_running_loop()  # the in-memory layer only delivers on the loop that publishes
+        while True:
+            channel = await self.layer.new_channel()
+            try:
+                await self.hear(channel)
+            except (RuntimeError, *events.LAYER_ERRORS) as exc:
+                # RuntimeError: the layer's reader runs on another event loop.
+                logger.warning("long polls fall back to reading their jobs: %s: %s", type(exc).__name__, exc)
+                await events.leave(self.layer, [events.ENDED_GROUP], channel)  # else a member for a day
+            finally:
+                self.stopped_hearing()
+                events.forget_channel(self.layer, channel)
+            await asyncio.sleep(LISTEN_AGAIN_AFTER)
+
+    async def hear(self, channel: str) -> None:
+        async with asyncio.timeout(events.LAYER_TIMEOUT):
+            await self.layer.group_add(events.ENDED_GROUP, channel)
+        self.hearing_since, self.down = self.loop.time(), False
+        rejoining = self.loop.create_task(self.rejoin_now_and_then(channel))
+        try:
+            while True:
+                message = await self.layer.receive(channel)
+                if message.get("status") in Job.FINISHED:
+                    self.heard_end(message["job_id"])
+        finally:
+            rejoining.cancel()
+
+    async def rejoin_now_and_then(self, channel: str) -> None:
+        while True:
+            await asyncio.sleep(REJOIN_EVERY)
+            try:
+                async with asyncio.timeout(events.LAYER_TIMEOUT):
+                    await self.layer.group_add(events.ENDED_GROUP, channel)
+            except events.LAYER_ERRORS as exc:  # the receive fails too, and the listener starts again
+                logger.warning("long polls could not rejoin the group of ends: %s", exc)
+
 
 # --- Waiting ---------------------------------------------------------------------------
 
 
-async def until_ended(job_id, timeout: float) -> bool:
-    """Wait until the job has ended, `timeout` seconds at most; True if it has."""
+async def until_ended(job_id, timeout: float, read_at: float | None = None) -> bool:
+    """Wait until the job has ended, `timeout` seconds at most; True if it has.
+
+    `read_at` is the loop time at which the caller saw the job unfinished: an end since then that
+    the listener heard is known at once. Without it, or with a listener that started hearing
+    later, the job is read once more after the wait is registered. Every RECHECK_EVERY seconds it
+    is read again, so an end that went unheard (an event dropped on the way) costs that, not the wait.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    layer = get_channel_layer()
-    events.serve_from_running_loop()
-    channel = await layer.new_channel()
-    joined = await events.join(layer, [events.job_group(job_id)], channel)
+    listener = EndListener.of_running_loop()
+    job_id = str(job_id)
+    heard = listener.expect(job_id)
     try:
-        if await has_ended(job_id):  # it may have ended before the join
+        if not listener.heard_everything_since(read_at) and await has_ended(job_id):
             return True
-        if joined and await end_event(layer, channel, job_id, deadline):
-            return True
-        return await poll(job_id, deadline)
+        while loop.time() < deadline:
+            try:
+                async with asyncio.timeout(min(RECHECK_EVERY, deadline - loop.time())):
+                    return await asyncio.shield(heard)
+            except TimeoutError:
+                if loop.time() < deadline and await has_ended(job_id):
+                    return True
+            except NotListening:
+                return await poll(job_id, deadline)
+        return False
     finally:
-        await events.leave(layer, joined, channel)
-        events.forget_channel(layer, channel)
-
-
-async def end_event(layer, channel: str, job_id, deadline: float) -> bool:
-    """True when an event says the job ended; False at the deadline, or when events can't come."""
-    loop = asyncio.get_running_loop()
-    while loop.time() < deadline:
-        try:
-            async with asyncio.timeout(deadline - loop.time()):
-                message = await layer.receive(channel)
-        except TimeoutError:
-            return False
-        except (RuntimeError, *events.LAYER_ERRORS) as exc:
-            # RuntimeError: the layer's reader runs on another event loop.
-            logger.info("long poll falls back to reading the job: %s", exc, extra={"job_id": str(job_id)})
-            return False
-        if message.get("status") in Job.FINISHED:
-            return True
-    return False
+        listener.forget(job_id, heard)
 
 
 async def poll(job_id, deadline: float) -> bool:
@@ -93,8 +205,12 @@ def has_ended(job_id) -> bool:
 
 
 async def until_finished(job: Job, timeout: float) -> Job:
-    """The job once it has ended, or as it is after `timeout` seconds (for the view's own wait)."""
-    await until_ended(job.id, timeout)
+    """The job once it has ended, or as it is after `timeout` seconds: the view's own wait.
+
+    Its event loop lives for this one request (a WSGI server's thread), too short for a listener:
+    it reads the job every FALLBACK_INTERVAL instead.
+    """
+    await poll(job.id, asyncio.get_running_loop().time() + timeout)
     await sync_to_async(job.refresh_from_db)()
     return job
 
@@ -122,11 +238,12 @@ class LongPolls:
         wait = requested_wait(scope)
         if not wait:
             return await self.app(scope, receive, send)
+        read_at = asyncio.get_running_loop().time()
         first = await Captured.from_app(self.app, {**scope, PASS: "first"})
         job_id = first.header(WAIT_HEADER)
         if job_id is None:  # ended already, or not found, or refused: the answer as it is
             return await first.replay(send)
-        await until_ended(job_id, min(wait, MAX_WAIT_SECONDS))
+        await until_ended(job_id, min(wait, MAX_WAIT_SECONDS), read_at)
         final = await Captured.from_app(self.app, {**scope, PASS: "final"})
         await final.replay(send)
 

@@ -13,10 +13,9 @@ import httpx
 import pytest
 from a2wsgi import WSGIMiddleware
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.core.wsgi import get_wsgi_application
 
-from gateway import events, waiting
+from gateway import waiting
 from processing import jobs, lease
 from processing.models import Job
 from tests.factories import stored_job
@@ -48,14 +47,17 @@ async def server():
 in_thread = database_sync_to_async
 
 
+def waiters_on(job: Job) -> set:
+    return waiting.EndListener.of_running_loop().waiters.get(str(job.id), set())
+
+
 async def until_someone_waits_on(job: Job) -> None:
-    """Arrange, don't guess: the long poll has joined the job's event group."""
-    layer = get_channel_layer()
+    """Arrange, don't guess: the long poll waits for the job's end, with the listener hearing."""
     for _ in range(500):
-        if layer.groups.get(events.job_group(job.id)):
+        if waiters_on(job) and waiting.EndListener.of_running_loop().hearing_since is not None:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError("the long poll never subscribed to the job's events")
+    raise AssertionError("the long poll never waited for the job's end")
 
 
 async def test_a_finished_job_is_answered_at_once(server):
@@ -77,7 +79,7 @@ async def test_a_running_job_is_answered_when_it_completes(server):
     body = response.json()
     assert response.status_code == 200 and waiting.WAIT_HEADER not in response.headers
     assert body["status"] == "completed" and body["result"]["url"] == f"/api/v1/download/{job.id}"
-    assert not get_channel_layer().groups.get(events.job_group(job.id))  # it left the group
+    assert not waiters_on(job)  # nothing is left waiting
 
 
 async def test_a_long_poll_counts_once_against_the_read_limit(server, settings, fresh_rate_limits):
@@ -104,9 +106,9 @@ async def test_a_job_still_running_after_the_wait_is_answered_as_it_is(server):
 async def test_a_job_still_running_is_waited_for_once_not_again_by_the_answering_pass(server, monkeypatch):
     waits = []
 
-    async def counted(job_id, timeout):
+    async def counted(job_id, timeout, read_at=None):
         waits.append(timeout)
-        return await until_ended(job_id, timeout)
+        return await until_ended(job_id, timeout, read_at)
 
     until_ended = waiting.until_ended
     monkeypatch.setattr(waiting, "until_ended", counted)
@@ -117,6 +119,87 @@ async def test_a_job_still_running_is_waited_for_once_not_again_by_the_answering
 
     assert response.json()["status"] == "processing"
     assert waits == [0.2], "the client asked to wait 0.2 s once, and was kept for each wait listed"
+
+
+async def test_an_end_heard_before_the_wait_began_answers_it_without_a_read(server, monkeypatch):
+    job = await in_thread(stored_job)()
+    claimed = await in_thread(lease.claim)(job.id, WORKER)
+    listener = waiting.EndListener.of_running_loop()
+    await until_hearing(listener)
+    read_at = asyncio.get_running_loop().time()  # as the first pass reads the job: still running
+    await in_thread(jobs.complete)(claimed, WORKER, processing_ms=1.0)
+    await until_heard(listener, job)
+    reads = count_reads(monkeypatch)
+
+    assert await asyncio.wait_for(waiting.until_ended(job.id, 30, read_at), 10)
+    assert reads == [], "the listener had heard the end: no database read was needed"
+
+
+async def test_an_end_that_went_unheard_is_found_by_reading_the_job_again(server, monkeypatch):
+    monkeypatch.setattr(waiting, "RECHECK_EVERY", 0.2)
+    job = await in_thread(stored_job)()
+    await in_thread(lease.claim)(job.id, WORKER)
+    polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=30"))
+    await until_someone_waits_on(job)
+
+    # Completed with no event at all, as when the channel layer dropped it on the way.
+    await in_thread(Job.objects.filter(id=job.id).update)(status=Job.COMPLETED)
+
+    response = await asyncio.wait_for(polling, 10)  # long before the 30 s the client allowed
+    assert response.json()["status"] == "completed"
+
+
+async def test_with_the_channel_layer_down_a_long_poll_reads_the_job_until_it_ends(server, settings):
+    unreachable = {"address": "redis://127.0.0.1:1/0", "socket_timeout": None, "socket_connect_timeout": 1}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "gateway.layers.RedisChannelLayer", "CONFIG": {"hosts": [unreachable]}}
+    }
+    job = await in_thread(stored_job)()
+    claimed = await in_thread(lease.claim)(job.id, WORKER)
+    polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=30"))
+    await until_given_up_hearing(waiting.EndListener.of_running_loop())
+
+    await in_thread(jobs.complete)(claimed, WORKER, processing_ms=1.0)
+
+    response = await asyncio.wait_for(polling, 10)
+    assert response.status_code == 200 and response.json()["status"] == "completed"
+
+
+async def until_hearing(listener: waiting.EndListener) -> None:
+    for _ in range(500):
+        if listener.hearing_since is not None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the listener never joined the group of ends")
+
+
+async def until_heard(listener: waiting.EndListener, job: Job) -> None:
+    for _ in range(500):
+        if str(job.id) in listener.ended:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the listener never heard the job's end")
+
+
+async def until_given_up_hearing(listener: waiting.EndListener) -> None:
+    """The listener has tried the layer and failed (its first try ends in a connect timeout, at most)."""
+    for _ in range(500):
+        if listener.down:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the listener never found the channel layer down")
+
+
+def count_reads(monkeypatch) -> list:
+    reads = []
+    has_ended = waiting.has_ended
+
+    async def counted(job_id):
+        reads.append(job_id)
+        return await has_ended(job_id)
+
+    monkeypatch.setattr(waiting, "has_ended", counted)
+    return reads
 
 
 async def test_a_wait_out_of_range_is_refused(server):
