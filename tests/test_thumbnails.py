@@ -1,0 +1,30 @@
+"""The admin's thumbnails: small, never enlarged, and a faithful preview of the image."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from processing import thumbnails
+from tests import images
+
+
+def thumbnail_of(image: Image.Image) -> Image.Image:
+    return Image.open(io.BytesIO(thumbnails.thumbnail_bytes(image)))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_a_thumbnail_is_a_webp_that_fits_the_edge_and_keeps_the_ratio(mode):
+    thumbnail = thumbnail_of(images.photo(1920, 1080).convert(mode))
+    assert thumbnail.format == "WEBP"
+    assert thumbnail.size == (160, 90)
+
+
+def test_a_small_image_is_never_enlarged():
+    assert thumbnail_of(images.photo(120, 80)).size == (120, 80)
+
+
+def test_a_sampled_thumbnail_looks_like_one_that_averages_every_pixel():
+    photo = images.photo(1920, 1080)
+    averaged = photo.resize((160, 90), Image.Resampling.BOX)  # every pixel counted: slow, and the reference
+    assert images.ssim(thumbnails.shrink(photo, (160, 90)), averaged) >= 0.97
