@@ -62,10 +62,11 @@ requeue: $(STAMP)
 cleanup: $(STAMP)
 	$(BIN)/python manage.py cleanup_files --every 3600
 
-# On two processes (pytest-xdist; TEST_PROCESSES=1 for one), a file's tests together on one; then
-# the tests marked `alone` (they stop or restart RabbitMQ, PostgreSQL or Redis), with nothing beside
-# them. pytest's exit status 5 is "no test selected" (a PYTEST_ARGS that names none of one part).
-TEST_PROCESSES ?= 2
+# On three processes (pytest-xdist; TEST_PROCESSES=1 for one), a file's tests together on one: on
+# two cores, since most live tests spend their time waiting for the servers and workers they start.
+# Then the tests marked `alone` (they stop or restart RabbitMQ, PostgreSQL or Redis), with nothing
+# beside them. pytest's exit status 5 is "no test selected" (a PYTEST_ARGS that names none of one part).
+TEST_PROCESSES ?= 3
 
 test: $(STAMP)
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0

@@ -149,6 +149,9 @@ class Outcome:
     errors: Counter = field(default_factory=Counter)  # other 5xx by status, transport errors by name
     ends: dict[str, dict] = field(default_factory=dict)  # job id -> the job as it ended
     fault_error: str = ""
+    seconds: float = (
+        0.0  # from the first submission until every accepted job ended (or the settle time ran out)
+    )
 
     @property
     def completed(self) -> int:
@@ -259,6 +262,7 @@ def run_fault(target: Target, fault: str, jobs: int, concurrency: int) -> Outcom
     the fault is over; then every accepted job is followed to its end."""
     outcome = Outcome(fault)
     client = Client(target.stack.base_url, outcome)
+    started = time.monotonic()
 
     def strike() -> None:
         try:
@@ -277,6 +281,7 @@ def run_fault(target: Target, fault: str, jobs: int, concurrency: int) -> Outcom
             time.sleep(1 / SUBMIT_RATE)
     striker.join()
     client.follow(list(outcome.accepted), deadline=time.monotonic() + SETTLE_SECONDS)
+    outcome.seconds = time.monotonic() - started
     return outcome
 
 
@@ -287,14 +292,14 @@ def report_row(outcome: Outcome) -> str:
     errors = sum(outcome.errors.values())
     return (
         f"| {outcome.fault} | {len(outcome.accepted)} | {outcome.completed} | {failed} | {outcome.stuck} "
-        f"| {len(outcome.unavailable_ms)} (slowest {slowest:.0f} ms) | {errors} |"
+        f"| {len(outcome.unavailable_ms)} (slowest {slowest:.0f} ms) | {errors} | {outcome.seconds:.0f} s |"
     )
 
 
 def report(outcomes: list[Outcome]) -> str:
     lines = [
-        "| fault | accepted | completed | failed (reason) | stuck | 503s | other errors |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| fault | accepted | completed | failed (reason) | stuck | 503s | other errors | took |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *(report_row(outcome) for outcome in outcomes),
     ]
     for outcome in outcomes:
@@ -312,11 +317,17 @@ LEASES = {
 
 
 def run(
-    faults: list[str], jobs: int, concurrency: int = 8, workers: int = 2, outage: float = OUTAGE_SECONDS
+    faults: list[str],
+    jobs: int,
+    concurrency: int = 8,
+    workers: int = 2,
+    outage: float = OUTAGE_SECONDS,
+    database_template: str | None = None,
 ) -> list[Outcome]:
     with tempfile.TemporaryDirectory(prefix="darkroom-s3-") as folder, SeaweedServer(Path(folder)) as s3:
         storage = s3.settings(s3.new_bucket("chaos"))
-        with Stack(workers=workers, threads=2, supervised=True, **LEASES, **storage) as stack:
+        options = {"supervised": True, "database_template": database_template, **LEASES, **storage}
+        with Stack(workers=workers, threads=2, **options) as stack:
             stack.spawn("requeue", [*MANAGE, "requeue_stale", "--every", "1"])
             return [run_fault(Target(stack, s3, outage), fault, jobs, concurrency) for fault in faults]
 

@@ -166,6 +166,12 @@ class MigratedTemplate:
         self.lock = threading.Lock()
 
     def create(self, admin_dsn: str, env: dict[str, str], name: str) -> None:
+        template = self.ensure(admin_dsn, env)
+        with self.lock, psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+
+    def ensure(self, admin_dsn: str, env: dict[str, str]) -> str:
+        """The template's name, migrating it first if this process has none yet."""
         with self.lock:
             if self.name is None:
                 template = f"darkroom_e2e_template_{uuid.uuid4().hex[:8]}"
@@ -176,8 +182,7 @@ class MigratedTemplate:
                 migrate = [*MANAGE, "migrate", "--noinput", "-v", "0"]
                 subprocess.run(migrate, env={**env, "DATABASE_URL": database}, check=True, timeout=300)
                 self.name = template
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.name}"')
+            return self.name
 
     @staticmethod
     def drop(admin_dsn: str, template: str) -> None:
@@ -189,6 +194,14 @@ class MigratedTemplate:
 
 
 TEMPLATE = MigratedTemplate()
+
+
+def migrated_database() -> str:
+    """This test process's migrated template database, for a bench stack (bench.stack) to copy."""
+    admin_dsn = url_of("postgres").rsplit("/", 1)[0] + "/postgres"
+    # Services are configured, so manage.py refuses the embedded default key.
+    env = {**os.environ, "DATABASE_URL": admin_dsn, "SECRET_KEY": f"template-{uuid.uuid4().hex}"}
+    return TEMPLATE.ensure(admin_dsn, env)
 
 
 class LiveStack:

@@ -11,6 +11,7 @@ from django.db import connections
 
 from bench import chaos
 from tests.services import require
+from tests.stack import migrated_database
 
 pytestmark = pytest.mark.services
 
@@ -29,13 +30,15 @@ def fresh_connections_afterwards():
 
 def test_every_accepted_job_ends_when_a_worker_or_the_s3_server_dies():
     require("postgres", "rabbitmq", "redis")
-    assert_promise_held(chaos.run(OWN_PROCESS_FAULTS, jobs=30, outage=2))
+    outcomes = chaos.run(OWN_PROCESS_FAULTS, jobs=30, outage=2, database_template=migrated_database())
+    assert_promise_held(outcomes)
 
 
 @pytest.mark.alone
 def test_every_accepted_job_ends_when_postgres_rabbitmq_or_redis_restarts(fresh_connections_afterwards):
     require("postgres", "rabbitmq", "redis")
-    assert_promise_held(chaos.run(SERVICE_FAULTS, jobs=30, outage=2))
+    outcomes = chaos.run(SERVICE_FAULTS, jobs=30, outage=2, database_template=migrated_database())
+    assert_promise_held(outcomes)
 
 
 def assert_promise_held(outcomes: list[chaos.Outcome]) -> None:
