@@ -261,7 +261,7 @@ async def leave(channel_layer, groups: Iterable[str], channel: str) -> None:
 
 
 def forget_channel(channel_layer, channel: str) -> None:
-    """Drop what the layer keeps for a channel that nobody will receive on again (a finished long poll)."""
+    """Drop what the layer keeps for a channel that nobody will receive on again (a stopped listener)."""
     for kept in (getattr(channel_layer, "receive_buffer", None), getattr(channel_layer, "channels", None)):
         if isinstance(kept, dict):
             kept.pop(channel, None)

@@ -515,7 +515,8 @@ def stop_publisher() -> None:
     """Stop this process's publisher thread (it may be stuck on the failing layer for an hour)."""
     publisher = events.current_publisher()
     if publisher is not None and not isinstance(get_channel_layer(), InMemoryChannelLayer):
-        publisher.loop.call_soon_threadsafe(publisher.task.cancel)
+        # On the loop, after the publisher's start (callbacks run in order): it may not have run yet.
+        publisher.loop.call_soon_threadsafe(lambda: publisher.task.cancel())
         publisher.loop.call_soon_threadsafe(publisher.loop.stop)
 
 
