@@ -149,9 +149,7 @@ class Outcome:
     errors: Counter = field(default_factory=Counter)  # other 5xx by status, transport errors by name
     ends: dict[str, dict] = field(default_factory=dict)  # job id -> the job as it ended
     fault_error: str = ""
-    seconds: float = (
-        0.0  # from the first submission until every accepted job ended (or the settle time ran out)
-    )
+    seconds: float = 0.0  # from the first submission until every accepted job ended, or settling ran out
 
     @property
     def completed(self) -> int:
