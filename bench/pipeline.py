@@ -9,6 +9,7 @@ Prints both, the CPU per job by process kind, and the goals, met or missed.
 """
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -29,10 +30,13 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
+from bench.profile import RATE, Profiler, ProfilerMissing
+from bench.profile import summary as profile_summary
 from bench.raw import DEFAULT_PARAMS, measure_raw
 from bench.stack import Stack, StackError
 from processing.errors import InvalidParameters
 from processing.operations import OPERATIONS
+from scaler.backends.processes import child_pids
 
 FINISHED = ("completed", "failed", "cancelled")
 JOB_TIMEOUT = 180  # seconds; longer than the workers' time limit
@@ -557,6 +561,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"read jobs every SECONDS instead of one long poll (?wait={LONG_POLL_S}) per job",
     )
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the server and workers with py-spy during the timed run; stacks to DIR (bench.profile)",
+    )
     return parser.parse_args(argv)
 
 
@@ -610,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"warming up with {warmup} jobs")
             run_pipeline(stack.base_url, args, params, jpeg, warmup, args.concurrency, "warmup")
             log(f"running {args.jobs} jobs at concurrency {args.concurrency}")
-            with OtherLoad(groups) as load["pipeline"]:
+            with OtherLoad(groups) as load["pipeline"], profiled(args.profile, stack) as profiler:
                 samples = run_pipeline(stack.base_url, args, params, jpeg, args.jobs, args.concurrency, "run")
             log(f"running {args.latency_jobs} jobs at concurrency 1")
             with OtherLoad(groups) as load["latency"]:
@@ -621,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             if pipeline["failed"] or latency["failed"]:
                 errors = pipeline["errors"] + latency["errors"]
                 log(f"failures, e.g. {errors[:5]}\n{stack.log_tails()}")
-    except (UsageError, StackError) as exc:
+    except (UsageError, StackError, ProfilerMissing) as exc:
         log(str(exc))
         return 2
     except KeyboardInterrupt:
@@ -629,9 +639,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     summary = summarise(args, params, jpeg, pipeline, latency, raw, load)
     print(report(args, summary))
+    if profiler is not None:
+        print(f"\nwhere the timed run's samples went (py-spy, {RATE} a second; stacks in {args.profile})")
+        print("\n".join(profile_summary(path) for path in profiler.outputs.values()))
     if args.json:
         print(json.dumps(rounded(summary)))
     return 1 if pipeline["failed"] or latency["failed"] else 0
+
+
+def profiled(folder: Path | None, stack: Stack):
+    """A Profiler of the stack's server and worker processes, or nothing to do without a folder."""
+    if folder is None:
+        return contextlib.nullcontext()
+    workers = [
+        pid
+        for name, process in stack.processes.items()
+        if name.startswith("worker")
+        for pid in child_pids(process.pid)
+    ]
+    return Profiler(folder, {"server": [stack.processes["server"].pid], "worker": workers})
 
 
 def rounded(value):
