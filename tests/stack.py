@@ -195,6 +195,11 @@ class MigratedTemplate:
 
 TEMPLATE = MigratedTemplate()
 
+# A connection per request, for clients of an nginx that reloads: an old nginx worker closes the
+# connections it kept alive, and a request sent on one just then is reset. That race is the
+# client's, not nginx's.
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
+
 
 def migrated_database() -> str:
     """This test process's migrated template database, for a bench stack (bench.stack) to copy."""

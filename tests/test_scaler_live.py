@@ -18,7 +18,7 @@ import pytest
 from bench.ports import unused_ports
 from tests import images
 from tests.services import require
-from tests.stack import MANAGE, LiveStack
+from tests.stack import MANAGE, NO_KEEPALIVE, LiveStack
 
 pytestmark = pytest.mark.services
 
@@ -319,7 +319,7 @@ def test_requests_through_nginx_keep_succeeding_when_a_gateway_is_killed(stack):
         health = scaler.wait_for(lambda h: gateways(h)["in_service"] == 2, "two gateways in service")
         victim = gateways(health)["processes"][0]
         answers, job_ids = [], []
-        with httpx.Client(base_url=nginx_url(health), timeout=30) as client:
+        with httpx.Client(base_url=nginx_url(health), timeout=30, limits=NO_KEEPALIVE) as client:
             for i in range(40):
                 if i == 10:
                     os.kill(victim["pid"], signal.SIGKILL)
@@ -355,7 +355,7 @@ def test_a_rising_load_score_adds_a_gateway_that_nginx_sends_traffic_to(stack):
     try:
         health = scaler.wait_for(lambda h: gateways(h)["in_service"] == 1, "one gateway in service")
         first_port = gateways(health)["processes"][0]["port"]
-        with httpx.Client(base_url=nginx_url(health), timeout=30) as client:
+        with httpx.Client(base_url=nginx_url(health), timeout=30, limits=NO_KEEPALIVE) as client:
             # No worker runs: nine jobs waiting make the load score 9 x 10 + ms / 100 > 80.
             job_ids = [
                 client.post(

@@ -15,7 +15,7 @@ import pytest
 from project import config
 from scaler.backends.nginx import Nginx, NginxError
 from tests.services import IN_CI
-from tests.stack import LiveStack, refused_port, start_on_a_free_port
+from tests.stack import NO_KEEPALIVE, LiveStack, refused_port, start_on_a_free_port
 
 
 def require_nginx() -> None:
@@ -118,7 +118,7 @@ def nginx(tmp_path):
 
 
 def served_by(nginx: Nginx, count: int, path: str = "/api/v1/services") -> list[str]:
-    with httpx.Client(base_url=nginx.url, timeout=10) as client:
+    with httpx.Client(base_url=nginx.url, timeout=10, limits=NO_KEEPALIVE) as client:
         return [client.get(path).json()["server"] for _ in range(count)]
 
 
