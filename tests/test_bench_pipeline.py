@@ -1,7 +1,10 @@
 """bench.pipeline's pure parts: CPU accounting from /proc snapshots, the fixed cost, the goals, the client."""
 
 import argparse
+import os
 import re
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -256,3 +259,17 @@ def test_the_report_prints_the_cpu_table_the_fixed_cost_and_each_goals_verdict()
     assert re.search(r"fixed cost per job\s+4\.00\s+goal <= 5 ms\s+met", text)
     assert re.search(r"overhead at c=1, p50\s+8\.00\s+goal <= 10 ms\s+met", text)
     assert re.search(r"overhead at c=1, p99\s+60\.00\s+goal <= 50 ms\s+missed", text)
+
+
+BENCHMARKS = ["bench.pipeline", "bench.raw", "bench.chaos", "bench.thumbor", "bench.api", "bench.websockets"]
+
+
+@pytest.mark.parametrize("command", [*BENCHMARKS, "bench.scaler"])
+def test_each_benchmark_starts_as_make_runs_it_without_django_configured(command):
+    """`make bench` and its peers run `python -m bench.X`: nothing they import may need Django's settings."""
+    environment = {name: value for name, value in os.environ.items() if name != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [sys.executable, "-m", command, "--help"], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
