@@ -30,12 +30,13 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from bench.profile import RATE, Profiler, ProfilerMissing, children
+from bench.profile import RATE, Profiler, ProfilerMissing
 from bench.profile import summary as profile_summary
 from bench.raw import DEFAULT_PARAMS, measure_raw
 from bench.stack import Stack, StackError
 from processing.errors import InvalidParameters
 from processing.operations import OPERATIONS
+from scaler.backends.processes import child_pids
 
 FINISHED = ("completed", "failed", "cancelled")
 JOB_TIMEOUT = 180  # seconds; longer than the workers' time limit
@@ -654,7 +655,7 @@ def profiled(folder: Path | None, stack: Stack):
         pid
         for name, process in stack.processes.items()
         if name.startswith("worker")
-        for pid in children(process.pid)
+        for pid in child_pids(process.pid)
     ]
     return Profiler(folder, {"server": [stack.processes["server"].pid], "worker": workers})
 

@@ -64,14 +64,6 @@ class Profiler:
                 recorder.wait()
 
 
-def children(pid: int) -> list[int]:
-    """The direct children of `pid` (Linux /proc): a Dramatiq main process's worker processes."""
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
-
-
 def frame_name(frame: str) -> str:
     """`function (path:line)` as `function (path)`, the path from the package on (site-packages or ours)."""
     found = FRAME.match(frame.strip())

@@ -19,6 +19,7 @@ import psycopg
 
 from bench.ports import unused_ports
 from bench.stack import announced_port
+from scaler.backends.processes import child_pids
 from tests.services import clear_rate_limits, url_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,9 +58,8 @@ SERVERS = {
 
 def serving_pid(process: subprocess.Popen) -> int:
     """The process that handles requests: the server itself, or a gunicorn master's one worker."""
-    with open(f"/proc/{process.pid}/task/{process.pid}/children") as children:
-        pids = children.read().split()
-    return int(pids[0]) if pids else process.pid
+    pids = child_pids(process.pid)
+    return pids[0] if pids else process.pid
 
 
 def peak_rss_kib(pid: int) -> int:

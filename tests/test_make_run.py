@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scaler.backends.processes import child_pids
 from tests import images
 from tests.stack import ROOT, LiveStack, announced_port, bmp_upload_body, peak_rss_kib
 
@@ -16,8 +17,8 @@ SERVICE_VARIABLES = ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "AWS_STORAGE_BUC
 
 
 def descendants(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children] + [d for child in children for d in descendants(int(child))]
+    children = child_pids(pid)
+    return children + [d for child in children for d in descendants(child)]
 
 
 def serving_process(make: subprocess.Popen) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from scaler.backends.processes import child_pids
 from tests.stack import MANAGE, LiveStack
 
 pytestmark = pytest.mark.services
@@ -36,19 +37,12 @@ def small_png() -> bytes:
     return buffer.getvalue()
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 BOOTED = "is booting up."  # what each Dramatiq main process logs once its worker process is ready
 
 
 def worker_processes(supervisor: int) -> set[int]:
     """The Dramatiq worker processes under `run_workers`: each group's main process forks one."""
-    return {worker for group in children(supervisor) for worker in children(group)}
+    return {worker for group in child_pids(supervisor) for worker in child_pids(group)}
 
 
 def gone(pid: int) -> bool:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from django.conf import settings
 
-MANAGE = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+# From this file, not settings.BASE_DIR (the same folder), so that the benchmarks can import this module
+# without configuring Django.
+MANAGE = [sys.executable, str(Path(__file__).resolve().parents[2] / "manage.py")]
 
 SUPERVISE_EVERY = 1.0  # seconds: how soon a crashed process is replaced
 
