@@ -278,16 +278,16 @@ def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
             f"{format.upper()} images can be at most {MAX_EDGE[format]} pixels wide and high; "
             f"this one is {image.width}x{image.height}",
         )
-    out = io.BytesIO()
     if format == "jpeg" and image.mode in ("L", "RGB") and not image.has_transparency_data:
-        # Stored as it is, no copy: JPEG's encoder takes metadata only from these arguments, but
-        # for the comment, which falls back to image.info, and so is given explicitly.
-        image.save(out, "JPEG", quality=quality, exif=b"", icc_profile=None, comment=b"")
-        return out.getvalue()
-    clean = pixels_for(image, format)
-    # A converted copy carries its source's info, and encoders fall back to it (PNG writes its
-    # ICC profile, JPEG its comment): empty it, and pass explicit blanks as well.
-    clean.info = {}
+        # Stored as it is, no copy: JPEG's encoder takes metadata only from the arguments below (the
+        # comment would fall back to image.info, and is given explicitly).
+        clean = image
+    else:
+        clean = pixels_for(image, format)
+        # A converted copy carries its source's info, and encoders fall back to it (PNG writes its
+        # ICC profile, JPEG its comment): empty it, and pass explicit blanks as well.
+        clean.info = {}
+    out = io.BytesIO()
     if format == "jpeg":
         clean.save(out, "JPEG", quality=quality, exif=b"", icc_profile=None, comment=b"")
     elif format == "webp":
