@@ -51,13 +51,20 @@ def waiters_on(job: Job) -> set:
     return waiting.EndListener.of_running_loop().waiters.get(str(job.id), set())
 
 
-async def until_someone_waits_on(job: Job) -> None:
-    """Arrange, don't guess: the long poll waits for the job's end, with the listener hearing."""
+async def until(condition, what: str) -> None:
+    """Arrange, don't guess: wait (5 s at most) for the state a test needs."""
     for _ in range(500):
-        if waiters_on(job) and waiting.EndListener.of_running_loop().hearing_since is not None:
+        if condition():
             return
         await asyncio.sleep(0.01)
-    raise AssertionError("the long poll never waited for the job's end")
+    raise AssertionError(f"never happened: {what}")
+
+
+async def until_someone_waits_on(job: Job) -> None:
+    listener = waiting.EndListener.of_running_loop()
+    await until(
+        lambda: waiters_on(job) and listener.hearing_since is not None, "the long poll waits on the job"
+    )
 
 
 async def test_a_finished_job_is_answered_at_once(server):
@@ -125,10 +132,10 @@ async def test_an_end_heard_before_the_wait_began_answers_it_without_a_read(serv
     job = await in_thread(stored_job)()
     claimed = await in_thread(lease.claim)(job.id, WORKER)
     listener = waiting.EndListener.of_running_loop()
-    await until_hearing(listener)
+    await until(lambda: listener.hearing_since is not None, "the listener joins the group of ends")
     read_at = asyncio.get_running_loop().time()  # as the first pass reads the job: still running
     await in_thread(jobs.complete)(claimed, WORKER, processing_ms=1.0)
-    await until_heard(listener, job)
+    await until(lambda: str(job.id) in listener.ended, "the listener hears the job's end")
     reads = count_reads(monkeypatch)
 
     assert await asyncio.wait_for(waiting.until_ended(job.id, 30, read_at), 10)
@@ -157,37 +164,14 @@ async def test_with_the_channel_layer_down_a_long_poll_reads_the_job_until_it_en
     job = await in_thread(stored_job)()
     claimed = await in_thread(lease.claim)(job.id, WORKER)
     polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=30"))
-    await until_given_up_hearing(waiting.EndListener.of_running_loop())
+    listener = waiting.EndListener.of_running_loop()
+    # Its first try ends in a connect timeout at most.
+    await until(lambda: listener.down, "the listener finds the channel layer down")
 
     await in_thread(jobs.complete)(claimed, WORKER, processing_ms=1.0)
 
     response = await asyncio.wait_for(polling, 10)
     assert response.status_code == 200 and response.json()["status"] == "completed"
-
-
-async def until_hearing(listener: waiting.EndListener) -> None:
-    for _ in range(500):
-        if listener.hearing_since is not None:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the listener never joined the group of ends")
-
-
-async def until_heard(listener: waiting.EndListener, job: Job) -> None:
-    for _ in range(500):
-        if str(job.id) in listener.ended:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the listener never heard the job's end")
-
-
-async def until_given_up_hearing(listener: waiting.EndListener) -> None:
-    """The listener has tried the layer and failed (its first try ends in a connect timeout, at most)."""
-    for _ in range(500):
-        if listener.down:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the listener never found the channel layer down")
 
 
 def count_reads(monkeypatch) -> list:
