@@ -8,7 +8,11 @@ Redis as the channel layer, the server's flags as printed):
   divided by N;
 - latency: from the moment a job's status change is committed (the `started_at` and
   `finished_at` the change stamps, just before its UPDATE commits) to the moment a client
-  receives the event, for `job.processing` and `job.completed`.
+  receives the event, for `job.processing` and `job.completed`: over the run, and in each
+  WINDOW seconds of it (by commit time), so that one bad stretch can't hide in the total;
+- the server's garbage-collector pauses, from its /metrics (gateway.gc_pauses): count, p99
+  (as the histogram's bucket bound) and longest, while the sockets open and while events flow;
+- losses: `darkroom_ws_dropped_total{reason}` and events never received.
 
 Jobs change through processing.jobs.claim and .complete on real Job rows, the code path
 workers use, driven from this process through the Django ORM at `--rate` jobs per second;
@@ -45,12 +49,16 @@ from bench.stack import StartedOrCleanedUp, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FD_LIMIT = 20_000
+METRICS_TOKEN = f"bench-ws-{uuid.uuid4().hex}"
 WORKER = "bench-ws:driver"
 WARM_UP = 300  # sockets opened and closed before the baseline is measured
+WINDOW = 10  # seconds of commits per latency window
 # The field each event's change stamps just before its UPDATE commits.
 COMMIT_STAMPS = {"job.processing": "started_at", "job.completed": "finished_at"}
 # Serve flags that keep a connection small (see the report at the end of a run).
-DEFAULT_SERVE_FLAGS = "--ws websockets-sansio --ws-per-message-deflate false --ws-max-size 65536"
+DEFAULT_SERVE_FLAGS = (
+    "--ws gateway.ws_protocol:LeanWebSocketProtocol --ws-per-message-deflate false --ws-max-size 65536"
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--url", help="a running server's ws:// base URL (else one is started)")
     parser.add_argument("--server-pid", type=int, help="with --url: the server process, for its memory")
+    parser.add_argument("--metrics-token", help="with --url: the server's METRICS_TOKEN, for its GC pauses")
     return parser.parse_args(argv)
 
 
@@ -128,6 +137,7 @@ class Stack(StartedOrCleanedUp):
             "LOG_LEVEL": "WARNING",
             "SECRET_KEY": f"bench-ws-{uuid.uuid4().hex}",  # the embedded default is refused with services
             "API_KEYS_REQUIRED": "false",  # the clients are anonymous
+            "METRICS_TOKEN": METRICS_TOKEN,  # to read the server's garbage-collector pauses
         }
         self.url = f"ws://127.0.0.1:{self.port}"
 
@@ -299,7 +309,7 @@ async def watch(url, key, job_id, options, handshakes, counts, one_done, latenci
             stamp = COMMIT_STAMPS.get(event["type"])
             if stamp:
                 committed = datetime.fromisoformat(event["job"][stamp]).timestamp()
-                latencies[event["type"]].append(received - committed)
+                latencies[event["type"]].append((committed, received - committed))
     if ws.close_code != 1000:  # the server gave up on the socket before its job finished
         counts.setdefault("closed early", []).append(ws.close_code)
 
@@ -362,6 +372,7 @@ def run(args, url: str, server_pid: int | None, key: str, job_ids: list[str]) ->
     job_ids = job_ids[WARM_UP:]
     time.sleep(2)
     before = rss_kib(server_pid) if server_pid else None
+    scraped = {"start": server_metrics(url, args.metrics_token)}
     say(f"opening {len(job_ids)} WebSockets from {args.client_processes} processes")
     opened = time.monotonic()
     processes, results, stop = start_clients(url, key, job_ids, args)
@@ -370,8 +381,10 @@ def run(args, url: str, server_pid: int | None, key: str, job_ids: list[str]) ->
     say(f"{open_count} open, {failed} failed, in {time.monotonic() - opened:.1f} s")
     time.sleep(3)  # let the server settle
     after = rss_kib(server_pid) if server_pid else None
+    scraped["open"] = server_metrics(url, args.metrics_token)
 
     say(f"finishing jobs at {args.rate:g}/s for {args.duration:g} s")
+    started = time.time()
     finished, took = drive(job_ids, args.rate, args.duration)
     time.sleep(2)  # the last events in flight
     stop.set()
@@ -382,8 +395,11 @@ def run(args, url: str, server_pid: int | None, key: str, job_ids: list[str]) ->
     early = latencies.pop("closed early")
     for process in processes:
         process.join(timeout=30)
+    scraped["end"] = server_metrics(url, args.metrics_token)
 
     report(args, open_count, failed, before, after, finished, took, latencies)
+    report_windows(latencies, started)
+    report_server(scraped)
     print(f"sockets the server closed early: {len(early)} {sorted(set(early)) if early else ''}")
 
 
@@ -402,8 +418,80 @@ def report(args, open_count, failed, before, after, finished, took, latencies) -
     )
     print("status commit -> client receipt (from the job's started_at / finished_at):")
     for kind, samples in latencies.items():
-        print(f"  {kind:18s} {percentiles(samples)} ({len(samples)} events)")
+        print(f"  {kind:18s} {percentiles([delay for _, delay in samples])} ({len(samples)} events)")
     print(f"completed events never received: {finished - len(latencies['job.completed'])}")
+
+
+def report_windows(latencies: dict, started: float) -> None:
+    """Both kinds of event together, by the WINDOW of the run their change was committed in."""
+    windows: dict[int, list[float]] = {}
+    for committed, delay in (sample for samples in latencies.values() for sample in samples):
+        windows.setdefault(int((committed - started) // WINDOW), []).append(delay)
+    print(f"per {WINDOW} s window of commits (processing and completed events):")
+    for index in sorted(windows):
+        print(f"  {index * WINDOW:4d}-{(index + 1) * WINDOW:<4d} s  {percentiles(windows[index])}")
+    worst = max((quantile(delays, 0.99) for delays in windows.values() if len(delays) > 1), default=None)
+    if worst is not None:
+        print(f"  worst window p99: {worst * 1000:.1f} ms")
+
+
+# --- The server's own figures, from its /metrics -------------------------------------------------
+
+
+def server_metrics(url: str, token: str | None) -> dict | None:
+    """The server's garbage-collector histogram and losses, or None without a metrics token."""
+    if not token:
+        return None
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request = urllib.request.Request(
+        url.replace("ws://", "http://", 1) + "/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    figures = {"buckets": {}, "count": 0.0, "longest": 0.0, "dropped": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "darkroom_gc_pause_seconds_bucket":
+                bound = float(sample.labels["le"])
+                figures["buckets"][bound] = figures["buckets"].get(bound, 0.0) + sample.value
+            elif sample.name == "darkroom_gc_pause_seconds_count":
+                figures["count"] += sample.value
+            elif sample.name == "darkroom_gc_longest_pause_seconds":
+                figures["longest"] = max(figures["longest"], sample.value)
+            elif sample.name == "darkroom_ws_dropped_total":
+                figures["dropped"][sample.labels["reason"]] = sample.value
+    return figures
+
+
+def gc_pauses_between(first: dict, last: dict) -> str:
+    count = last["count"] - first["count"]
+    if not count:
+        return "none"
+    buckets = sorted(
+        (bound, below - first["buckets"].get(bound, 0.0)) for bound, below in last["buckets"].items()
+    )
+    p99 = next(bound for bound, below in buckets if below >= 0.99 * count)
+    longest = next(bound for bound, below in buckets if below >= count)
+    return f"{count:.0f}, p99 <= {p99 * 1000:g} ms, longest <= {longest * 1000:g} ms"
+
+
+def report_server(scraped: dict) -> None:
+    if scraped["start"] is None:
+        print("server GC pauses:    not read (give --metrics-token for a server already running)")
+        return
+    print("server GC pauses (gateway.gc_pauses; bounds are the histogram's buckets):")
+    print(f"  while the sockets opened: {gc_pauses_between(scraped['start'], scraped['open'])}")
+    print(f"  while events flowed:      {gc_pauses_between(scraped['open'], scraped['end'])}")
+    print(f"  longest since the server started: {scraped['end']['longest'] * 1000:.1f} ms")
+    dropped = scraped["end"]["dropped"]
+    print(f"live events dropped (darkroom_ws_dropped_total): {dict(dropped) or 'none'}")
+
+
+def quantile(samples: list[float], cut: float) -> float:
+    return statistics.quantiles(samples, n=100)[round(cut * 100) - 1]
 
 
 def main(argv=None) -> None:
@@ -416,6 +504,7 @@ def main(argv=None) -> None:
         key, job_ids = create_jobs(WARM_UP + args.connections)
         run(args, args.url.rstrip("/"), args.server_pid, key, job_ids)
         return
+    args.metrics_token = METRICS_TOKEN
     with Stack(args.serve_flags) as stack:
         setup_django(stack.env)
         key, job_ids = create_jobs(WARM_UP + args.connections)

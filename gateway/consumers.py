@@ -10,6 +10,12 @@ open socket per finished job would hold server memory for nothing.
 jobs) on connect, then every change to any of the caller's jobs (every job, for staff),
 and stays open. A client that reconnects gets the state again, so it misses nothing.
 
+A view is never silently stale: when events for a socket were lost (it read too slowly and
+SEND_BACKLOG filled up, or the channel layer lost them: gateway.layers counts each in
+`darkroom_ws_dropped_total{reason}`), the socket gets the current state (`job.state` or
+`jobs.state`) in their place. A client may also ask for it: any message it sends is
+answered with the current state.
+
 Who may subscribe: the job's owner, as for the API.
 - A browser session: its cookie (same-origin pages).
 - An API key as a subprotocol, which browsers can send:
@@ -19,7 +25,6 @@ Who may subscribe: the job's owner, as for the API.
 
 Close codes, sent after the handshake so that browsers can read them (code and reason):
 - 1000: the job finished.
-- 1001: a stream reached its 12-hour lifetime; reconnect (see STREAM_LIFETIME).
 - 1013: live updates are unavailable (the channel layer is down); reconnect later, or poll.
 - 4401: bad or missing credentials.
 - 4404: no such job, or another owner's (the same answer: existence isn't revealed).
@@ -30,35 +35,33 @@ import asyncio
 import json
 import logging
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from importlib import import_module
 from types import SimpleNamespace
 
 from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
 from django.http.cookie import parse_cookie
-from redis.exceptions import RedisError
 
 from gateway import events, owners
+from gateway.layers import WS_DROPPED
 from gateway.serialize import job_json
+from gateway.subscriptions import Subscriptions
 from processing.job_metrics import WEBSOCKET_CONNECTIONS
-from processing.models import Job
+from processing.models import Job, find_job, owned_by
 
 logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "darkroom"
 KEY_SUBPROTOCOL_PREFIX = "darkroom.key."
 RECENT_JOBS = 50  # jobs in the stream's state on connect
-# channels-redis forgets a group's member a day after it joined (its group_expiry): a stream
-# ends before that, so that its client reconnects and joins again instead of silently starving.
-STREAM_LIFETIME = 12 * 3600  # seconds
 REMEMBERED_JOBS = 128  # jobs whose latest status a stream remembers, to drop late events
+# Frames waiting for a socket whose client reads slowly; past this it gets the state instead.
+SEND_BACKLOG = 32
 
 # Events reach a socket by different paths (the gateway announces "queued", a worker then
 # "processing"), so a late one may arrive after a newer one. Statuses only move forward.
@@ -70,7 +73,6 @@ class Close:
     """Close codes, as plain ints: Daphne closes with 1011 for a code whose type isn't exactly int."""
 
     JOB_FINISHED = 1000
-    RECONNECT = 1001
     TRY_AGAIN_LATER = 1013
     BAD_CREDENTIALS = 4401
     NOT_FOUND = 4404
@@ -128,14 +130,20 @@ def authenticate(scope) -> owners.Caller | None:
     return owners.Caller()
 
 
-@database_sync_to_async
-def visible_job(caller: owners.Caller, job_id: uuid.UUID) -> Job | None:
-    return caller.visible_jobs().filter(id=job_id).first()
+def viewer_of(caller: owners.Caller) -> str | None:
+    """What a socket keeps of its caller: the owner identity whose jobs it sees (None: all, staff)."""
+    return None if caller.is_staff else caller.identity
 
 
 @database_sync_to_async
-def recent_jobs(caller: owners.Caller) -> list[Job]:
-    return list(caller.visible_jobs()[:RECENT_JOBS])
+def visible_job(viewer: str | None, job_id: uuid.UUID) -> Job | None:
+    return find_job(job_id, viewer)
+
+
+@database_sync_to_async
+def recent_jobs(viewer: str | None) -> list[Job]:
+    jobs = Job.objects.all() if viewer is None else Job.objects.filter(owned_by(viewer))
+    return list(jobs[:RECENT_JOBS])
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -145,41 +153,58 @@ def parse_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
-# --- Consumers -----------------------------------------------------------------------
+# --- Sockets ---------------------------------------------------------------------------
 
 
-class JobEventsConsumer(AsyncWebsocketConsumer):
-    """What both endpoints share: the handshake, authentication, group membership, closing.
+def text_frame(text: str) -> dict:
+    return {"type": "websocket.send", "text": text}
 
-    Subclasses implement `start(caller)` (subscribe, then send the state) and `job_event`.
+
+def close_frame(code: int, reason: str) -> dict:
+    return {"type": "websocket.close", "code": code, "reason": reason}
+
+
+class LiveSocket:
+    """What both endpoints share: the handshake, authentication, subscriptions, sending, closing.
+
+    A plain ASGI application rather than a channels consumer: a socket then costs the
+    server's own task and this small object, not two more tasks, a channel and a buffer.
+    Frames go out in order through `outbox`, drained by a task that lives only while there
+    is something to send. Subclasses implement `start()` (subscribe, then send the state),
+    `wants(message)` and `current_state()`.
     """
 
-    closed = False
-    counted = False
-    lifetime: asyncio.TimerHandle | None = None  # when a long-lived socket must end
+    __slots__ = ("send_asgi", "viewer", "groups", "closed", "outbox", "sender", "stale", "__weakref__")
 
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        except RedisError as exc:
-            # Redis went away while this socket waited for events: it will get no more.
-            # Close cleanly, so that the client reconnects (and gets the state) or polls.
-            logger.warning("live job events interrupted: %s: %s", type(exc).__name__, exc)
-            await self.close(Close.TRY_AGAIN_LATER, "live updates interrupted; reconnect or poll")
-        finally:
-            if self.lifetime is not None:
-                self.lifetime.cancel()
-            await events.leave(self.channel_layer, self.groups, self.channel_name)
-            if self.counted:
-                WEBSOCKET_CONNECTIONS.dec()
+    def __init__(self, send):
+        self.send_asgi = send
+        self.viewer: str | None = None
+        self.groups: tuple[str, ...] = ()
+        self.closed = False
+        self.outbox: deque | None = None  # frames not yet sent, while a sender drains them
+        self.sender: asyncio.Task | None = None
+        self.stale = False  # events were lost: send the current state before anything else
 
-    async def connect(self):
-        events.serve_from_running_loop()
-        await self.accept(SUBPROTOCOL if SUBPROTOCOL in (self.scope.get("subprotocols") or ()) else None)
+    async def serve(self, scope, receive, **route) -> None:
+        """The whole life of the socket; `route` is what its path says (gateway.routing)."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await self.send_asgi({"type": "websocket.accept", "subprotocol": accepted_subprotocol(scope)})
         WEBSOCKET_CONNECTIONS.inc()
-        self.counted = True
         try:
-            caller = await authenticate(self.scope)
+            await self.open(scope, route)
+            forget_handshake(scope)
+            while (await receive())["type"] == "websocket.receive":
+                self.refresh()  # the client asks for the current state
+        finally:
+            self.closed = True
+            for group in self.groups:
+                Subscriptions.of_running_loop().unsubscribe(group, self)
+            WEBSOCKET_CONNECTIONS.dec()
+
+    async def open(self, scope, route: dict) -> None:
+        try:
+            caller = await authenticate(scope)
         except InvalidKey:
             return await self.close(Close.BAD_CREDENTIALS, "the API key is unknown or revoked")
         except DatabaseError:
@@ -187,73 +212,154 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
             return await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")
         if caller is None:
             return await self.close(Close.BAD_CREDENTIALS, "authentication required: a session or an API key")
+        self.viewer = viewer_of(caller)
         try:
-            await self.start(caller)
+            await self.start(caller, **route)
         except DatabaseError:
             logger.exception("could not start a WebSocket: the database failed")
             await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")
 
-    async def start(self, caller: owners.Caller) -> None:
+    async def start(self, caller: owners.Caller, **route) -> None:
         raise NotImplementedError
 
-    async def subscribe(self, groups: list[str]) -> bool:
-        """Join the groups; False when the channel layer is down (the socket can't be live)."""
-        self.groups = await events.join(self.channel_layer, groups, self.channel_name)
-        return bool(self.groups)
+    async def subscribe(self, group: str) -> bool:
+        """Follow the group; False when the channel layer is down (the socket can't be live)."""
+        if not await Subscriptions.of_running_loop().subscribe(group, self):
+            return False
+        self.groups = (group,)
+        return True
 
-    async def dispatch(self, message):
-        # Channels closes stale database connections before every handler, a hop to the
-        # database thread behind every other socket's queries; job events need no database.
-        if message["type"] == events.MESSAGE_TYPE:
-            await self.job_event(message)
-        else:
-            await super().dispatch(message)
-
-    async def job_event(self, message: dict) -> None:
-        raise NotImplementedError
-
-    async def close_unavailable(self) -> None:
-        await self.close(Close.TRY_AGAIN_LATER, "live updates unavailable; poll the API")
-
-    async def close(self, code=None, reason=None):
+    async def close(self, code: int, reason: str) -> None:
         if not self.closed:
             self.closed = True
-            await super().close(code, reason)
+            await self.send_asgi(close_frame(code, reason))
 
-    async def websocket_disconnect(self, message):
-        raise StopConsumer()  # groups are left in __call__, however the connection ends
+    # --- What Subscriptions call, on the loop ---
+
+    def deliver(self, message: dict) -> None:
+        if self.closed or self.stale or not self.wants(message):
+            return
+        if self.outbox is not None and len(self.outbox) >= SEND_BACKLOG:
+            WS_DROPPED.labels("slow_client").inc()
+            return self.refresh()
+        self.queue(text_frame(message["text"]))
+        if message["status"] in Job.FINISHED and self.closes_when_finished():
+            self.queue(close_frame(Close.JOB_FINISHED, "job finished"))
+
+    def missed(self) -> None:
+        self.refresh()
+
+    def lost(self) -> None:
+        self.groups = ()
+        self.queue(close_frame(Close.TRY_AGAIN_LATER, "live updates interrupted; reconnect or poll"))
+
+    # --- Sending, in order ---
+
+    def refresh(self) -> None:
+        """Send the current state next, in place of whatever is waiting."""
+        self.stale = True
+        if self.outbox:
+            self.outbox.clear()
+        self.queue(None)
+
+    def queue(self, frame: dict | None) -> None:
+        if self.closed:
+            return
+        if self.outbox is None:
+            self.outbox = deque()
+        if frame is not None:
+            self.outbox.append(frame)
+        if self.sender is None:
+            self.sender = asyncio.get_running_loop().create_task(self.send_queued())
+
+    async def send_queued(self) -> None:
+        try:
+            while not self.closed and (self.stale or self.outbox):
+                if self.stale:
+                    self.stale = False
+                    frames = await self.current_state()
+                else:
+                    frames = [self.outbox.popleft()]
+                for frame in frames:
+                    await self.send_frame(frame)
+        except OSError:  # the client has gone; the server tells serve() so
+            pass
+        except DatabaseError:
+            logger.exception("could not send a WebSocket its state: the database failed")
+            await self.send_frame(close_frame(Close.TRY_AGAIN_LATER, "service unavailable; try again later"))
+        finally:
+            self.sender, self.outbox = None, None
+
+    async def send_frame(self, frame: dict) -> None:
+        if frame["type"] == "websocket.close":
+            await self.close(frame["code"], frame["reason"])
+        elif not self.closed:
+            await self.send_asgi(frame)
+
+    def wants(self, message: dict) -> bool:
+        raise NotImplementedError
+
+    def closes_when_finished(self) -> bool:
+        return False
+
+    async def current_state(self) -> list[dict]:
+        raise NotImplementedError
 
 
-class JobConsumer(JobEventsConsumer):
+def forget_handshake(scope) -> None:
+    """Drop what the handshake brought and nothing reads again: the server keeps the scope for
+    as long as the socket is open (about 1.5 KiB a socket; see gateway.ws_protocol)."""
+    for key in ("headers", "subprotocols", "state", "extensions"):
+        scope.pop(key, None)
+
+
+def accepted_subprotocol(scope) -> str | None:
+    return SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
+
+
+class JobSocket(LiveSocket):
     """`WS /ws/jobs/{id}/`: the job's state on connect, each change, then a close with 1000."""
 
-    rank = 0  # how far the client has seen the job go (STATUS_RANK)
+    __slots__ = ("job_id", "rank")
 
-    async def start(self, caller: owners.Caller) -> None:
-        job_id = parse_uuid(self.scope["url_route"]["kwargs"]["job_id"])
-        if job_id is None:
+    async def start(self, caller: owners.Caller, job_id: str) -> None:
+        self.job_id = parse_uuid(job_id)
+        self.rank = 0  # how far the client has seen the job go (STATUS_RANK)
+        if self.job_id is None:
             return await self.close(Close.NOT_FOUND, "no such job")
         # Subscribe before reading, so that no change slips between the read and the
         # subscription; nothing is forwarded unless the job turns out to be the caller's.
-        live = await self.subscribe([events.job_group(job_id)])
-        job = await visible_job(caller, job_id)
+        live = await self.subscribe(events.job_group(self.job_id))
+        job = await visible_job(self.viewer, self.job_id)
         if job is None:
             return await self.close(Close.NOT_FOUND, "no such job")
-        self.rank = STATUS_RANK[job.status]
-        await self.send(text_data=events.event_text("job.state", job))
-        if job.is_finished:
-            await self.close(Close.JOB_FINISHED, "job finished")
-        elif not live:
-            await self.close_unavailable()
+        for frame in self.state_of(job):
+            await self.send_frame(frame)
+        if not live:
+            await self.close(Close.TRY_AGAIN_LATER, "live updates unavailable; poll the API")
 
-    async def job_event(self, message: dict) -> None:
+    def state_of(self, job: Job) -> list[dict]:
+        self.rank = max(self.rank, STATUS_RANK[job.status])
+        frames = [text_frame(events.event_text("job.state", job))]
+        if job.is_finished:
+            frames.append(close_frame(Close.JOB_FINISHED, "job finished"))
+        return frames
+
+    def wants(self, message: dict) -> bool:
         rank = STATUS_RANK[message["status"]]
-        if self.closed or rank < self.rank:
-            return
+        if rank < self.rank:
+            return False
         self.rank = rank
-        await self.send(text_data=message["text"])
-        if rank == FINISHED_RANK:
-            await self.close(Close.JOB_FINISHED, "job finished")
+        return True
+
+    def closes_when_finished(self) -> bool:
+        return True
+
+    async def current_state(self) -> list[dict]:
+        job = await visible_job(self.viewer, self.job_id)
+        if job is None:  # deleted since (cleanup)
+            return [close_frame(Close.NOT_FOUND, "no such job")]
+        return self.state_of(job)
 
 
 class LatestStatuses:
@@ -275,37 +381,33 @@ class LatestStatuses:
         return True
 
 
-class CallerJobsConsumer(JobEventsConsumer):
+class CallerJobsSocket(LiveSocket):
     """`WS /ws/jobs/`: the caller's recent jobs on connect, then every change to their jobs."""
 
+    __slots__ = ("latest",)
+
     async def start(self, caller: owners.Caller) -> None:
-        group = events.STAFF_GROUP if caller.is_staff else events.owner_group(caller.identity)
-        live = await self.subscribe([group])
-        jobs = await recent_jobs(caller)
         self.latest = LatestStatuses()
+        group = events.STAFF_GROUP if caller.is_staff else events.owner_group(caller.identity)
+        live = await self.subscribe(group)
+        for frame in await self.current_state():
+            await self.send_frame(frame)
+        if not live:
+            await self.close(Close.TRY_AGAIN_LATER, "live updates unavailable; poll the API")
+
+    def wants(self, message: dict) -> bool:
+        return self.latest.is_news(message["job_id"], message["status"])
+
+    async def current_state(self) -> list[dict]:
+        jobs = await recent_jobs(self.viewer)
         for job in reversed(jobs):  # oldest first, so that the newest are remembered longest
             self.latest.is_news(str(job.id), job.status)
         state = {"type": "jobs.state", "jobs": [job_json(job) for job in jobs]}
-        await self.send(text_data=json.dumps(state, cls=DjangoJSONEncoder))
-        if not live:
-            return await self.close_unavailable()
-        self.lifetime = asyncio.get_running_loop().call_later(STREAM_LIFETIME, self.end_of_lifetime)
-
-    def end_of_lifetime(self) -> None:
-        self.ending = asyncio.ensure_future(
-            self.close(Close.RECONNECT, "reconnect to renew the subscription")
-        )
-
-    async def job_event(self, message: dict) -> None:
-        if not self.closed and self.latest.is_news(message["job_id"], message["status"]):
-            await self.send(text_data=message["text"])
+        return [text_frame(json.dumps(state, cls=DjangoJSONEncoder))]
 
 
-class UnknownEndpointConsumer(AsyncWebsocketConsumer):
+async def unknown_endpoint(scope, receive, send) -> None:
     """Any other WebSocket path: a readable close rather than a failed handshake."""
-
-    channel_layer_alias = None  # needs no channel
-
-    async def connect(self):
-        await self.accept()
-        await self.close(Close.NOT_FOUND, "no such endpoint")
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.accept"})
+        await send(close_frame(Close.NOT_FOUND, "no such endpoint"))

@@ -48,7 +48,7 @@ EVENTS_DROPPED = Counter("darkroom_job_events_dropped", "Job events never sent t
 
 STAFF_GROUP = "jobs.all"
 ENDED_GROUP = "jobs.ended"  # only the events that end a job: what long polls wait for (gateway.waiting)
-MESSAGE_TYPE = "job.event"  # handled by the consumers' `job_event`
+MESSAGE_TYPE = "job.event"  # what the channel layer carries: a message needs a type
 
 
 # --- Groups and messages ------------------------------------------------------------
@@ -140,9 +140,9 @@ class Publisher:
                 async with asyncio.timeout(LAYER_TIMEOUT):
                     await send_many(list(groups), message)
             else:
-                for group in groups:
+                for group in groups:  # each copy says which group it came for, as ours do
                     async with asyncio.timeout(LAYER_TIMEOUT):
-                        await self.layer.group_send(group, message)
+                        await self.layer.group_send(group, {**message, "groups": [group]})
         except LAYER_ERRORS as exc:
             self.paused_until = time.monotonic() + COOLDOWN
             self.dropped += 1
@@ -231,33 +231,7 @@ def serve_from_running_loop() -> None:
             _publisher, _publisher_pid = Publisher(loop, layer), os.getpid()
 
 
-# --- Subscribing (for consumers) -----------------------------------------------------
-
-
-async def join(channel_layer, groups: Iterable[str], channel: str) -> list[str]:
-    """Add `channel` to each group; returns the groups it joined, [] when the layer is down."""
-    joined = []
-    try:
-        for group in groups:
-            async with asyncio.timeout(LAYER_TIMEOUT):
-                await channel_layer.group_add(group, channel)
-            joined.append(group)
-    except LAYER_ERRORS as exc:
-        logger.warning("live job events unavailable: %s: %s", type(exc).__name__, exc)
-        await leave(channel_layer, joined, channel)
-        return []
-    return joined
-
-
-async def leave(channel_layer, groups: Iterable[str], channel: str) -> None:
-    """Remove `channel` from each group; a layer that is down has forgotten it, or soon expires it."""
-    for group in groups:
-        try:
-            async with asyncio.timeout(LAYER_TIMEOUT):
-                await channel_layer.group_discard(group, channel)
-        except LAYER_ERRORS as exc:
-            logger.warning("could not leave %s: %s: %s", group, type(exc).__name__, exc)
-            return
+# --- Subscribing (gateway.subscriptions) ---------------------------------------------
 
 
 def forget_channel(channel_layer, channel: str) -> None:

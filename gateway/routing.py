@@ -1,8 +1,8 @@
-"""WebSocket routes, behind the origin check (sessions and keys are read by the consumers)."""
+"""WebSocket routes, behind the origin check (sessions and keys are read by the sockets)."""
 
 from urllib.parse import urlsplit
 
-from channels.routing import URLRouter
+from asgiref.sync import markcoroutinefunction
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
@@ -11,29 +11,32 @@ from django.urls import path, re_path
 from gateway import consumers
 
 websocket_urlpatterns = [
-    path("ws/jobs/", consumers.CallerJobsConsumer.as_asgi(), name="ws-jobs"),
-    re_path(r"^ws/jobs/(?P<job_id>[^/]+)/?$", consumers.JobConsumer.as_asgi(), name="ws-job"),
-    re_path(r"", consumers.UnknownEndpointConsumer.as_asgi()),
+    path("ws/jobs/", consumers.CallerJobsSocket, name="ws-jobs"),
+    re_path(r"^ws/jobs/(?P<job_id>[^/]+)/?$", consumers.JobSocket, name="ws-job"),
 ]
 
 
-class BrowserOriginValidator:
-    """Refuses a browser's handshake from another origin (HTTP 403): the Origin's scheme, host and
-    port must be the server's own, as the handshake reached it, or one of CSRF_TRUSTED_ORIGINS.
+@markcoroutinefunction  # an ASGI application all the same: what it returns is awaited
+def application(scope, receive, send):
+    """The origin check, then the socket its path names. A plain function that returns the
+    socket's coroutine: an `async def` here, as any layer of ASGI middleware, would keep a frame
+    in memory for as long as each socket is open.
 
-    Browsers always send Origin, and a page of another site must not reach the WebSocket with the
-    user's cookie (cross-site WebSocket hijacking); nor may a page served over plain HTTP, or on
-    another port of the same host. Scripts and services send no Origin and authenticate with an
-    API key, so a handshake without one goes through.
+    A browser's handshake from another origin is refused (HTTP 403): the Origin's scheme, host
+    and port must be the server's own, as the handshake reached it, or one of
+    CSRF_TRUSTED_ORIGINS. Browsers always send Origin, and a page of another site must not reach
+    the WebSocket with the user's cookie (cross-site WebSocket hijacking); nor may a page served
+    over plain HTTP, or on another port of the same host. Scripts and services send no Origin
+    and authenticate with an API key, so a handshake without one goes through.
     """
-
-    def __init__(self, application):
-        self.application = application
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "websocket" and not origin_allowed(scope):
-            return await WebsocketDenier()(scope, receive, send)
-        return await self.application(scope, receive, send)
+    if not origin_allowed(scope):
+        return WebsocketDenier()(scope, receive, send)
+    path_in_site = scope["path"].removeprefix(scope.get("root_path", "")).lstrip("/")
+    for route in websocket_urlpatterns:
+        match = route.pattern.match(path_in_site)
+        if match is not None:
+            return route.callback(send).serve(scope, receive, **match[2])
+    return consumers.unknown_endpoint(scope, receive, send)
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -92,6 +95,3 @@ def matches(origin: tuple[str, str, int], trusted: str) -> bool:
     if allowed is None or (allowed[0], allowed[2]) != (scheme, port):
         return False
     return host.endswith("." + allowed[1]) if wildcard else host == allowed[1]
-
-
-application = BrowserOriginValidator(URLRouter(websocket_urlpatterns))

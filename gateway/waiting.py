@@ -8,11 +8,11 @@ until the job's end is heard (or the wait runs out), and answers with a second p
 Elsewhere (a WSGI server, the test client) the view waits itself, reading the job every
 FALLBACK_INTERVAL seconds.
 
-Ends are heard by one `EndListener` per event loop: a channel in the group that hears
-every job's end (events.ENDED_GROUP), and a future per waiting request. A wait then costs a
-dictionary entry, not a channel of its own, two group changes in Redis and a database
-read. Where the listener can't hear (the channel layer is down) a wait looks at the job
-every FALLBACK_INTERVAL seconds instead.
+Ends are heard by one `EndListener` per event loop: a subscriber of the group that hears
+every job's end (events.ENDED_GROUP, through gateway.subscriptions), and a future per
+waiting request. A wait then costs a dictionary entry, not a channel of its own, two group
+changes in Redis and a database read. Where the listener can't hear (the channel layer is
+down) a wait looks at the job every FALLBACK_INTERVAL seconds instead.
 """
 
 import asyncio
@@ -26,6 +26,7 @@ from channels.layers import get_channel_layer
 from django.db import connection
 
 from gateway import events
+from gateway.subscriptions import Subscriptions
 from processing.models import Job
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ WAIT = re.compile(rb"(?:^|&)wait=([0-9.]+)")
 
 REMEMBERED_ENDS = 10_000  # the latest ends a listener keeps: a wait starting just after one ends at once
 RECHECK_EVERY = 5.0  # seconds between reads of a job while its end is awaited (see until_ended)
-# channels-redis forgets a group's member a day after it joined (its group_expiry): join again well before.
-REJOIN_EVERY = 3600  # seconds
 LISTEN_AGAIN_AFTER = events.COOLDOWN  # seconds after the channel layer failed
 
 
@@ -117,41 +116,33 @@ class EndListener:
                 future.set_exception(NotListening())
 
     async def listen(self) -> None:
-        events.serve_from_running_loop()  # the in-memory layer only delivers on the loop that publishes
+        subscriptions = Subscriptions.of_running_loop()
         while True:
-            channel = await self.layer.new_channel()
-            try:
-                await self.hear(channel)
-            except (RuntimeError, *events.LAYER_ERRORS) as exc:
-                # RuntimeError: the layer's reader runs on another event loop.
-                logger.warning("long polls fall back to reading their jobs: %s: %s", type(exc).__name__, exc)
-                await events.leave(self.layer, [events.ENDED_GROUP], channel)  # else a member for a day
-            finally:
-                self.stopped_hearing()
-                events.forget_channel(self.layer, channel)
+            self.interrupted = self.loop.create_future()
+            if await subscriptions.subscribe(events.ENDED_GROUP, self):
+                self.hearing_since, self.down = self.loop.time(), False
+                await self.interrupted
+                logger.warning("long polls fall back to reading their jobs: live events interrupted")
+            self.stopped_hearing()
             await asyncio.sleep(LISTEN_AGAIN_AFTER)
 
-    async def hear(self, channel: str) -> None:
-        async with asyncio.timeout(events.LAYER_TIMEOUT):
-            await self.layer.group_add(events.ENDED_GROUP, channel)
-        self.hearing_since, self.down = self.loop.time(), False
-        rejoining = self.loop.create_task(self.rejoin_now_and_then(channel))
-        try:
-            while True:
-                message = await self.layer.receive(channel)
-                if message.get("status") in Job.FINISHED:
-                    self.heard_end(message["job_id"])
-        finally:
-            rejoining.cancel()
+    # What Subscriptions call (gateway.subscriptions).
 
-    async def rejoin_now_and_then(self, channel: str) -> None:
-        while True:
-            await asyncio.sleep(REJOIN_EVERY)
-            try:
-                async with asyncio.timeout(events.LAYER_TIMEOUT):
-                    await self.layer.group_add(events.ENDED_GROUP, channel)
-            except events.LAYER_ERRORS as exc:  # the receive fails too, and the listener starts again
-                logger.warning("long polls could not rejoin the group of ends: %s", exc)
+    def deliver(self, message: dict) -> None:
+        if message.get("status") in Job.FINISHED:
+            self.heard_end(message["job_id"])
+
+    def missed(self) -> None:
+        """Ends may have gone unheard: every waiter reads its job again, and later ones will too."""
+        self.hearing_since = self.loop.time()
+        waiting, self.waiters = self.waiters, {}
+        for future in (future for futures in waiting.values() for future in futures):
+            if not future.done():
+                future.set_result(False)
+
+    def lost(self) -> None:
+        if not self.interrupted.done():
+            self.interrupted.set_result(None)
 
 
 # --- Waiting ---------------------------------------------------------------------------
@@ -176,7 +167,12 @@ async def until_ended(job_id, timeout: float, read_at: float | None = None) -> b
         while loop.time() < deadline:
             try:
                 async with asyncio.timeout(min(RECHECK_EVERY, deadline - loop.time())):
-                    return await asyncio.shield(heard)
+                    if await asyncio.shield(heard):
+                        return True
+                listener.forget(job_id, heard)  # ends may have gone unheard: look, and wait again
+                heard = listener.expect(job_id)
+                if await has_ended(job_id):
+                    return True
             except TimeoutError:
                 if loop.time() < deadline and await has_ended(job_id):
                     return True

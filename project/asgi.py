@@ -18,9 +18,8 @@ from project.checks import refuse_unsafe_start  # noqa: E402
 
 refuse_unsafe_start()  # e.g. the default SECRET_KEY with services configured: don't serve
 from a2wsgi import WSGIMiddleware  # noqa: E402
-from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from gateway import routing  # noqa: E402
+from gateway import gc_pauses, routing  # noqa: E402
 from gateway.http_middleware import RequestBodyLimit  # noqa: E402
 from gateway.waiting import LongPolls  # noqa: E402
 from processing import embedded  # noqa: E402
@@ -28,8 +27,18 @@ from processing import embedded  # noqa: E402
 SYNC_THREADS = 16  # requests handled at once on the thread pool; waits never take one
 
 django_http = WSGIMiddleware(django_wsgi, workers=SYNC_THREADS)
-application = ProtocolTypeRouter(
-    {"http": RequestBodyLimit(LongPolls(django_http)), "websocket": routing.application}
-)
+http_application = RequestBodyLimit(LongPolls(django_http))
+
+
+async def application(scope, receive, send):
+    """HTTP to Django, WebSockets to gateway.routing: the one frame every open socket keeps above its own."""
+    if scope["type"] == "http":
+        return await http_application(scope, receive, send)
+    if scope["type"] == "websocket":
+        return await routing.application(scope, receive, send)
+    raise ValueError(f"no application for {scope['type']!r} connections")  # the server skips lifespan
+
 
 embedded.start()  # in-process workers in the embedded default; a no-op in the full stack
+gc_pauses.watch()
+gc_pauses.freeze_what_is_loaded()

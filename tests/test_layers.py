@@ -1,4 +1,5 @@
-"""gateway.layers.RedisChannelLayer against a real Redis: one reader per process, bounded buffers."""
+"""gateway.layers.RedisChannelLayer against a real Redis: one reader per process, bounded buffers,
+every loss counted and marked."""
 
 import asyncio
 import uuid
@@ -7,7 +8,7 @@ import pytest
 import redis
 
 from gateway.events import check_channel_layer
-from gateway.layers import RedisChannelLayer
+from gateway.layers import WS_DROPPED, RedisChannelLayer
 from tests.services import require, url_of
 from tests.stack import refused_port
 
@@ -58,11 +59,46 @@ async def test_one_message_to_several_groups_reaches_only_their_members_once_eac
 
     await layer.group_send_many(["job.7", "owner.key.7", "jobs.all"], {"type": "job.event", "text": "7"})
 
-    for channel in (in_job, in_owner):
-        assert (await asyncio.wait_for(layer.receive(channel), 5))["text"] == "7"
-    assert await layer.groups_with_members(["job.7", "jobs.all", "job.8"]) == ["job.7", "job.8"]
+    for channel, group in ((in_job, "job.7"), (in_owner, "owner.key.7")):
+        received = await asyncio.wait_for(layer.receive(channel), 5)
+        assert received["text"] == "7" and group in received["groups"]
     await layer.group_send("job.8", {"type": "job.event", "text": "8"})
     assert (await asyncio.wait_for(layer.receive(elsewhere), 5))["text"] == "8"  # and not "7" before it
+
+
+async def test_a_channel_in_several_of_the_groups_gets_the_message_once_with_each_group(layer):
+    process = await layer.new_channel()
+    await layer.group_add_many(["job.9", "owner.key.9", "jobs.all"], process)
+
+    await layer.group_send_many(["job.9", "owner.key.9", "jobs.all"], {"type": "job.event", "text": "9"})
+    await layer.group_send("job.10", {"type": "job.event", "text": "10"})  # nobody is in it
+    await layer.group_discard_many(["job.9", "jobs.all"], process)
+    await layer.group_send_many(["job.9", "owner.key.9", "jobs.all"], {"type": "job.event", "text": "9b"})
+
+    first, second = [await asyncio.wait_for(layer.receive(process), 5) for _ in range(2)]
+    assert (first["text"], sorted(first["groups"])) == ("9", ["job.9", "jobs.all", "owner.key.9"])
+    assert (second["text"], second["groups"]) == ("9b", ["owner.key.9"])
+
+
+def dropped(reason: str) -> float:
+    return WS_DROPPED.labels(reason)._value.get()
+
+
+async def test_a_message_a_full_inbox_cannot_take_is_counted_and_marked_for_its_channel(layer):
+    layer.channel_capacity = layer.compile_capacities({"specific.*": 2})  # a process that stopped reading
+    stalled = await layer.new_channel()
+    await layer.group_add("job.11", stalled)
+    before = dropped("channel_full")
+    assert not await layer.take_losses(stalled)
+
+    for number in range(3):
+        await layer.group_send("job.11", {"type": "job.event", "text": str(number)})
+
+    assert dropped("channel_full") == before + 1
+    assert await layer.take_losses(stalled)
+    assert not await layer.take_losses(stalled)  # told once
+    received = [await asyncio.wait_for(layer.receive(stalled), 5) for _ in range(2)]
+    assert [message["text"] for message in received] == ["0", "1"]
 
 
 async def test_a_stopped_consumers_channel_keeps_nothing(layer):
@@ -97,6 +133,7 @@ async def test_a_channel_that_does_not_read_holds_at_most_its_capacity(layer):
 
     assert layer.receive_buffer[stuck].qsize() == 5
     assert (await layer.receive(stuck))["text"] == "45"  # the oldest were dropped
+    assert await layer.take_losses(stuck) and not await layer.take_losses(reader)
 
 
 async def test_when_redis_goes_away_every_waiting_receive_raises(layer):
