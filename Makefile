@@ -44,7 +44,7 @@ serve: setup
 # ASGI, so that async views (a long poll, GET /api/v1/jobs/{id}?wait=N) hold no worker or thread.
 serve-http: setup
 	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
-		--workers $${WEB_CONCURRENCY:-$$(nproc)} --no-access-log --timeout-graceful-shutdown 30 --backlog 4096 \
+		--workers $${WEB_CONCURRENCY:-$$(nproc)} --no-access-log --timeout-graceful-shutdown 30 $(UVICORN_WS) \
 		$(UVICORN_TRUST)
 
 serve-ws: setup

@@ -169,18 +169,20 @@ class LiveSocket:
 
     A plain ASGI application rather than a channels consumer: a socket then costs the
     server's own task and this small object, not two more tasks, a channel and a buffer.
-    Frames go out in order through `outbox`, drained by a task that lives only while there
-    is something to send. Subclasses implement `start()` (subscribe, then send the state),
+    Frames go out in order: the state first (events that come meanwhile are held, then sent
+    if they are news), then events through `outbox`, drained by a task that lives only while
+    there is something to send. Subclasses implement `start()` (subscribe, then send the state),
     `wants(message)` and `current_state()`.
     """
 
-    __slots__ = ("send_asgi", "viewer", "groups", "closed", "outbox", "sender", "stale", "__weakref__")
+    __slots__ = ("send_asgi", "viewer", "groups", "closed", "held", "outbox", "sender", "stale")
 
     def __init__(self, send):
         self.send_asgi = send
         self.viewer: str | None = None
         self.groups: tuple[str, ...] = ()
         self.closed = False
+        self.held: list[dict] | None = []  # events that came before the state went out
         self.outbox: deque | None = None  # frames not yet sent, while a sender drains them
         self.sender: asyncio.Task | None = None
         self.stale = False  # events were lost: send the current state before anything else
@@ -215,6 +217,7 @@ class LiveSocket:
         self.viewer = viewer_of(caller)
         try:
             await self.start(caller, **route)
+            self.state_sent()
         except DatabaseError:
             logger.exception("could not start a WebSocket: the database failed")
             await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")
@@ -237,7 +240,12 @@ class LiveSocket:
     # --- What Subscriptions call, on the loop ---
 
     def deliver(self, message: dict) -> None:
-        if self.closed or self.stale or not self.wants(message):
+        if self.closed:
+            return
+        if self.held is not None:
+            self.held.append(message)
+            return
+        if self.stale or not self.wants(message):
             return
         if self.outbox is not None and len(self.outbox) >= SEND_BACKLOG:
             WS_DROPPED.labels("slow_client").inc()
@@ -245,6 +253,12 @@ class LiveSocket:
         self.queue(text_frame(message["text"]))
         if message["status"] in Job.FINISHED and self.closes_when_finished():
             self.queue(close_frame(Close.JOB_FINISHED, "job finished"))
+
+    def state_sent(self) -> None:
+        """Now the events that came while the state was read and sent: those that are news."""
+        held, self.held = self.held, None
+        for message in held:
+            self.deliver(message)
 
     def missed(self) -> None:
         self.refresh()

@@ -19,6 +19,7 @@ import psycopg
 
 from bench.ports import unused_ports
 from bench.stack import announced_port
+from gateway.ws_protocol import UVICORN_FLAGS
 from scaler.backends.processes import child_pids
 from tests.services import clear_rate_limits, url_of
 
@@ -40,6 +41,7 @@ SERVERS = {
         "--port",
         str(port),
         "--no-access-log",
+        *UVICORN_FLAGS,
     ],
     "gunicorn": lambda port: [
         sys.executable,

@@ -6,6 +6,7 @@ gateway.events, as they do in the server.
 """
 
 import asyncio
+import json
 import socket
 import uuid
 
@@ -15,7 +16,8 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.db import SessionStore
 
-from gateway import events, owners, routing
+from gateway import consumers, events, owners, routing
+from gateway.layers import WS_DROPPED
 from gateway.models import ApiKey
 from gateway.subscriptions import Subscriptions
 from processing import jobs
@@ -190,6 +192,72 @@ async def test_a_client_that_connects_after_the_end_gets_the_result_and_a_close(
     assert state["job"]["status"] == "completed"
     assert state["job"]["result"]["url"] == f"/api/v1/download/{job.id}"
     assert await closed_with(ws) == (1000, "job finished")
+
+
+async def test_any_message_from_the_client_is_answered_with_the_current_state(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+    assert (await ws.receive_json_from())["job"]["status"] == "queued"
+    await in_thread(Job.objects.filter(id=job.id).update)(progress=0.25)  # a change with no event
+
+    await ws.send_to(text_data="state?")
+
+    state = await ws.receive_json_from()
+    assert (state["type"], state["job"]["progress"]) == ("job.state", 0.25)
+    await ws.disconnect()
+
+
+class SlowClient:
+    """The server's side of a client that stops reading: `send` waits while `reading` is clear."""
+
+    def __init__(self):
+        self.frames: list[dict] = []
+        self.reading = asyncio.Event()
+        self.reading.set()
+        self.incoming: asyncio.Queue = asyncio.Queue()
+
+    async def send(self, frame: dict) -> None:
+        await self.reading.wait()
+        self.frames.append(frame)
+
+    async def receive(self) -> dict:
+        return await self.incoming.get()
+
+    def texts(self) -> list[dict]:
+        return [json.loads(frame["text"]) for frame in self.frames if frame["type"] == "websocket.send"]
+
+
+async def test_a_client_that_falls_behind_gets_the_current_state_instead_of_what_it_missed(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    client = SlowClient()
+    socket_ = consumers.JobSocket(client.send)
+    scope = {"type": "websocket", "headers": [(b"x-api-key", key.encode())], "subprotocols": []}
+    await client.incoming.put({"type": "websocket.connect"})
+    serving = asyncio.create_task(socket_.serve(scope, client.receive, job_id=str(job.id)))
+    await wait_for(lambda: len(client.texts()) == 1, "the state on connect")
+    claimed = await in_thread(jobs.claim)(job.id, WORKER)  # sends job.processing, read in time
+    await wait_for(lambda: len(client.texts()) == 2, "job.processing")
+    dropped_before = WS_DROPPED.labels("slow_client")._value.get()
+
+    client.reading.clear()
+    report = jobs.ProgressReporter(claimed, WORKER, interval=0)
+    for step in range(1, consumers.SEND_BACKLOG + 3):  # more progress than the socket may hold
+        await in_thread(report)(step / 100)
+    await finish(claimed)
+    await wait_for(lambda: socket_.stale or socket_.closed, "the socket to give up on the backlog")
+    client.reading.set()
+    await wait_for(lambda: socket_.closed, "the close")
+
+    texts = client.texts()
+    assert [text["type"] for text in texts[:3]] == ["job.state", "job.processing", "job.progress"]
+    assert texts[-1]["type"] == "job.state" and texts[-1]["job"]["status"] == "completed"
+    assert len(texts) < consumers.SEND_BACKLOG, "the missed events were not all sent"
+    assert client.frames[-1] == {"type": "websocket.close", "code": 1000, "reason": "job finished"}
+    assert WS_DROPPED.labels("slow_client")._value.get() > dropped_before
+    await client.incoming.put({"type": "websocket.disconnect", "code": 1000})
+    await serving
 
 
 async def test_a_late_event_does_not_take_the_client_back_to_an_older_status(alice):

@@ -381,6 +381,25 @@ def test_every_uvicorn_command_line_trusts_forwarded_headers_from_trusted_proxie
     assert command[command.index("--forwarded-allow-ips") + 1] == ",".join(settings.TRUSTED_PROXIES)
 
 
+def test_every_uvicorn_command_line_serves_websockets_with_the_lean_protocol(manifests):
+    """Ten thousand sockets in a process are ten thousand times what uvicorn's protocol keeps for
+    one (gateway/ws_protocol.py): every way a gateway is started uses the same flags."""
+    from gateway.ws_protocol import UVICORN_FLAGS
+    from scaler.backends.gateways import gateway_command
+
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("run", "serve", "serve-http", "serve-ws"):
+        recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
+        assert "$(UVICORN_WS)" in recipe, target
+    flags = " ".join(UVICORN_FLAGS)
+    assert f"UVICORN_WS := {flags}" in makefile.replace("\\\n\t", "")
+    assert flags in (ROOT / "Dockerfile").read_text()
+    gateway = one(manifests, "Deployment", "darkroom-gateway")["spec"]["template"]["spec"]["containers"][0]
+    pairs = zip(UVICORN_FLAGS[::2], UVICORN_FLAGS[1::2], strict=True)
+    assert all(f"{flag}={value}" in gateway["command"] for flag, value in pairs)
+    assert " ".join(gateway_command("127.0.0.1", 8001)).endswith(flags)
+
+
 def test_compose_and_kubernetes_set_the_production_settings(services, manifests):
     environment = services["gateway"]["environment"]
     assert environment["SECRET_KEY"].startswith("${SECRET_KEY:?")  # no known default key

@@ -12,11 +12,11 @@ import time
 
 import pytest
 import redis
-from channels_redis.core import RedisChannelLayer
 from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from gateway.layers import WS_DROPPED, RedisChannelLayer
 from tests import images
 from tests.services import IN_CI, require
 from tests.stack import MANAGE, LiveStack, start_on_a_free_port
@@ -174,8 +174,10 @@ def open_and_never_read(stack: LiveStack, path: str) -> socket.socket:
 
 
 async def flood(redis_url: str, group: str, count: int, size: int) -> None:
+    """`count` events of about `size` bytes for `group`, sent as gateway.events sends them."""
     layer = RedisChannelLayer(hosts=[redis_url])
-    message = {"type": "job.event", "job_id": "flood", "status": "processing", "text": "x" * size}
+    text = json.dumps({"type": "job.progress", "job": {"job_id": "flood", "padding": "x" * size}})
+    message = {"type": "job.event", "job_id": "flood", "status": "processing", "text": text}
     for _ in range(count):
         await layer.group_send(group, message)
     await layer.close_pools()
@@ -194,7 +196,7 @@ def inbox_backlog(redis_url: str) -> int:
     """Events waiting in Redis for the server process (channels-redis keeps one inbox per process)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        return sum(client.zcard(key) for key in client.keys("asgispecific.*"))
+        return sum(client.zcard(key) for key in client.keys("asgispecific.*") if client.type(key) == b"zset")
     finally:
         client.close()
 
@@ -217,6 +219,28 @@ def test_a_client_that_never_reads_does_not_grow_the_server(stack_on_own_redis, 
 
         assert grown < 20, f"the server grew by {grown:.0f} MiB for a client that reads nothing"
         assert json.loads(reader.recv(timeout=10))["type"] == "jobs.state"  # and it serves everyone else
+
+
+def test_a_server_that_could_not_take_its_events_gives_its_sockets_the_current_state(
+    stack_on_own_redis, own_redis
+):
+    stack = stack_on_own_redis
+    server = stack.processes["server"]
+    with connect(ws_url(stack, "/ws/jobs/")) as live:  # anonymous: the "owner.anonymous" group
+        assert json.loads(live.recv(timeout=10))["type"] == "jobs.state"
+        full_before = WS_DROPPED.labels("channel_full")._value.get()
+        server.send_signal(signal.SIGSTOP)  # a server that reads nothing: its inbox in Redis fills up
+        try:
+            asyncio.run(flood(own_redis.url, "owner.anonymous", count=2100, size=100))
+        finally:
+            server.send_signal(signal.SIGCONT)
+        assert WS_DROPPED.labels("channel_full")._value.get() > full_before  # more than its capacity
+
+        # What reached the server arrives; then, for what did not, the state in its place.
+        received = [json.loads(live.recv(timeout=30))["type"]]
+        while received[-1] != "jobs.state":
+            received.append(json.loads(live.recv(timeout=30))["type"])
+    assert set(received[:-1]) <= {"job.progress"}
 
 
 def test_with_redis_stopped_jobs_complete_and_sockets_get_the_state_or_a_clean_close(

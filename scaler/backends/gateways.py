@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from gateway.ws_protocol import UVICORN_FLAGS
 from scaler.backends.nginx import Nginx
 from scaler.backends.processes import describe_exit, free_port, spawn, utc_now, wait_all
 from scaler.readings import answers, probe_ms
@@ -57,6 +58,7 @@ def gateway_command(host: str, port: int) -> list[str]:
         *("--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS)),
         # X-Forwarded-For only from our nginx (TRUSTED_PROXIES); uvicorn's default trusts any local client.
         *("--forwarded-allow-ips", ",".join(settings.TRUSTED_PROXIES)),
+        *UVICORN_FLAGS,
     ]
 
 

@@ -1,0 +1,80 @@
+"""gateway.subscriptions on a real Redis: however many sockets a process holds, it is one channel
+in the channel layer, in each group once, and it leaves the groups nobody follows any more."""
+
+import uuid
+
+import pytest
+import redis
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from gateway import events, owners, routing
+from gateway.models import ApiKey
+from gateway.subscriptions import Subscriptions
+from tests.factories import stored_job
+from tests.services import require, url_of
+
+pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True), pytest.mark.services]
+
+SOCKETS = 20
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def redis_layer(settings):
+    require("redis")
+    prefix = f"test-subscriptions-{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "gateway.layers.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": url_of("redis"), "socket_timeout": None}], "prefix": prefix},
+        }
+    }
+    client = redis.Redis.from_url(url_of("redis"))
+    yield client, prefix
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+def members(client: redis.Redis, prefix: str) -> dict[str, set[bytes]]:
+    """Each group in Redis and the channels in it."""
+    return {
+        key.decode().removeprefix(f"{prefix}:group:"): set(client.zrange(key, 0, -1))
+        for key in client.scan_iter(f"{prefix}:group:*")
+    }
+
+
+@database_sync_to_async
+def jobs_of_a_new_key(count: int) -> tuple[str, list]:
+    key, presented = ApiKey.issue("subscriptions")
+    return presented, [stored_job(**owners.Caller(key=key).owner.fields()) for _ in range(count)]
+
+
+async def test_many_sockets_are_one_channel_in_each_of_their_groups_until_they_close(redis_layer):
+    client, prefix = redis_layer
+    key, jobs = await jobs_of_a_new_key(SOCKETS)
+    sockets = []
+    for job in [*jobs, jobs[0]]:  # two sockets on the first job
+        path, headers = f"/ws/jobs/{job.id}/", [(b"x-api-key", key.encode())]
+        ws = WebsocketCommunicator(routing.application, path, headers=headers)
+        assert (await ws.connect())[0]
+        assert (await ws.receive_json_from())["type"] == "job.state"
+        sockets.append(ws)
+
+    groups = members(client, prefix)
+    assert set(groups) == {events.job_group(job.id) for job in jobs}
+    assert len(set.union(*groups.values())) == 1  # the process's one channel
+    assert all(len(channels) == 1 for channels in groups.values())
+
+    for ws in sockets[1:]:
+        await ws.disconnect()
+    await Subscriptions.of_running_loop().settled()
+    assert set(members(client, prefix)) == {events.job_group(jobs[0].id)}  # still followed
+    await sockets[0].disconnect()
+    await Subscriptions.of_running_loop().settled()
+    assert members(client, prefix) == {}
