@@ -424,7 +424,7 @@ def report_windows(latencies: dict, started: float) -> None:
     """Both kinds of event together, by the WINDOW of the run their change was committed in."""
     windows: dict[int, list[float]] = {}
     for committed, delay in (sample for samples in latencies.values() for sample in samples):
-        windows.setdefault(int((committed - started) // WINDOW), []).append(delay)
+        windows.setdefault(max(0, int((committed - started) // WINDOW)), []).append(delay)
     print(f"per {WINDOW} s window of commits (processing and completed events):")
     for index in sorted(windows):
         print(f"  {index * WINDOW:4d}-{(index + 1) * WINDOW:<4d} s  {percentiles(windows[index])}")
@@ -449,14 +449,12 @@ def server_metrics(url: str, token: str | None) -> dict | None:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
-    figures = {"buckets": {}, "count": 0.0, "longest": 0.0, "dropped": {}}
+    figures = {"buckets": {}, "longest": 0.0, "dropped": {}}  # buckets: (generation, bound) -> count
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "darkroom_gc_pause_seconds_bucket":
-                bound = float(sample.labels["le"])
-                figures["buckets"][bound] = figures["buckets"].get(bound, 0.0) + sample.value
-            elif sample.name == "darkroom_gc_pause_seconds_count":
-                figures["count"] += sample.value
+                bucket = (sample.labels["generation"], float(sample.labels["le"]))
+                figures["buckets"][bucket] = figures["buckets"].get(bucket, 0.0) + sample.value
             elif sample.name == "darkroom_gc_longest_pause_seconds":
                 figures["longest"] = max(figures["longest"], sample.value)
             elif sample.name == "darkroom_ws_dropped_total":
@@ -464,15 +462,17 @@ def server_metrics(url: str, token: str | None) -> dict | None:
     return figures
 
 
-def gc_pauses_between(first: dict, last: dict) -> str:
-    count = last["count"] - first["count"]
+def gc_pauses_between(first: dict, last: dict, generations=("0", "1", "2")) -> str:
+    """How many collections of `generations`, and the bucket bounds of their p99 and longest."""
+    below: dict[float, float] = {}  # bound -> pauses no longer than it
+    for (generation, bound), count in last["buckets"].items():
+        if generation in generations:
+            below[bound] = below.get(bound, 0.0) + count - first["buckets"].get((generation, bound), 0.0)
+    count = below.get(float("inf"), 0.0)
     if not count:
         return "none"
-    buckets = sorted(
-        (bound, below - first["buckets"].get(bound, 0.0)) for bound, below in last["buckets"].items()
-    )
-    p99 = next(bound for bound, below in buckets if below >= 0.99 * count)
-    longest = next(bound for bound, below in buckets if below >= count)
+    p99 = min(bound for bound, within in below.items() if within >= 0.99 * count)
+    longest = min(bound for bound, within in below.items() if within >= count)
     return f"{count:.0f}, p99 <= {p99 * 1000:g} ms, longest <= {longest * 1000:g} ms"
 
 
@@ -481,8 +481,12 @@ def report_server(scraped: dict) -> None:
         print("server GC pauses:    not read (give --metrics-token for a server already running)")
         return
     print("server GC pauses (gateway.gc_pauses; bounds are the histogram's buckets):")
-    print(f"  while the sockets opened: {gc_pauses_between(scraped['start'], scraped['open'])}")
-    print(f"  while events flowed:      {gc_pauses_between(scraped['open'], scraped['end'])}")
+    for phase, (first, last) in {
+        "while the sockets opened": (scraped["start"], scraped["open"]),
+        "while events flowed": (scraped["open"], scraped["end"]),
+    }.items():
+        print(f"  {phase}: {gc_pauses_between(first, last)}")
+        print(f"    of which full collections: {gc_pauses_between(first, last, generations=('2',))}")
     print(f"  longest since the server started: {scraped['end']['longest'] * 1000:.1f} ms")
     dropped = scraped["end"]["dropped"]
     print(f"live events dropped (darkroom_ws_dropped_total): {dict(dropped) or 'none'}")

@@ -66,7 +66,6 @@ SEND_BACKLOG = 32
 # Events reach a socket by different paths (the gateway announces "queued", a worker then
 # "processing"), so a late one may arrive after a newer one. Statuses only move forward.
 STATUS_RANK = {Job.QUEUED: 0, Job.PROCESSING: 1, **{status: 2 for status in Job.FINISHED}}
-FINISHED_RANK = 2
 
 
 class Close:

@@ -12,8 +12,11 @@ Long-lived objects are moved out of its reach, as `gc.freeze()` is meant for:
   garbage), so later full collections only walk what was made since.
 
 `watch()` also times every collection through `gc.callbacks` and exports the pauses as
-`darkroom_gc_pause_seconds{generation}`, the longest as `darkroom_gc_longest_pause_seconds`
-and the frozen objects as `darkroom_gc_frozen_objects` (what `make bench-ws` reports). The
+`darkroom_gc_pause_seconds{generation}` and the longest as `darkroom_gc_longest_pause_seconds`
+(what `make bench-ws` reports). The number of frozen objects is not exported: counting them
+walks them all, holding the interpreter for 10 ms a million objects, and several times that
+on a server's scattered heap (it showed as a 100 ms stall in `make bench-ws`). A leak among
+them would show as the process's resident memory (`process_resident_memory_bytes`). The
 callback only takes notes (and freezes): it runs wherever an allocation triggers a collection,
 possibly inside the metrics library holding its lock; a thread of its own records them.
 """
@@ -34,20 +37,13 @@ PAUSE_SECONDS = Histogram(
 LONGEST_PAUSE = Gauge(
     "darkroom_gc_longest_pause_seconds", "The longest garbage-collector pause so far", multiprocess_mode="max"
 )
-FROZEN_OBJECTS = Gauge(
-    "darkroom_gc_frozen_objects", "Objects kept out of garbage collection", multiprocess_mode="sum"
-)
 OLDEST = 2  # the generation a full collection collects
 RECORD_EVERY = 1.0  # seconds between moving noted pauses into the metrics
-# Counting frozen objects walks them all, holding the interpreter: 10 ms a million objects, and
-# several times that on a server's scattered heap. Often enough for a graph of a leak.
-COUNT_FROZEN_EVERY = 60.0  # seconds
 
 _noted: deque = deque(maxlen=100_000)  # (generation, seconds) not yet recorded
 _started: list[float] = [0.0]
 _longest: list[float] = [0.0]
 _freezing = [False]  # whether full collections freeze what survives them (freeze_what_is_loaded)
-_frozen_counted_at = [0.0]
 
 
 def _on_collection(phase: str, info: dict) -> None:
@@ -71,17 +67,10 @@ def record_noted() -> None:
             LONGEST_PAUSE.set(seconds)
 
 
-def count_frozen() -> None:
-    if time.monotonic() >= _frozen_counted_at[0] + COUNT_FROZEN_EVERY:
-        _frozen_counted_at[0] = time.monotonic()
-        FROZEN_OBJECTS.set(gc.get_freeze_count())
-
-
 def record_forever() -> None:
     while True:
         time.sleep(RECORD_EVERY)
         record_noted()
-        count_frozen()
 
 
 def watch() -> None:
@@ -97,4 +86,3 @@ def freeze_what_is_loaded() -> None:
     gc.collect()
     gc.freeze()
     _freezing[0] = True
-    FROZEN_OBJECTS.set(gc.get_freeze_count())

@@ -40,10 +40,29 @@ class NotSubscribed(Exception):
     """The channel layer failed before the subscription took effect."""
 
 
-class Subscriptions:
-    """The subscriptions of one event loop (see the module's docstring)."""
+class OnePerLoop:
+    """One instance per event loop, made for the channel layer of the moment (tests change it):
+    `of_running_loop()`. An instance has `layer` and a `task` to cancel when it is replaced."""
 
-    _by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its subscriptions
+    _by_loop: weakref.WeakKeyDictionary  # event loop -> its instance
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._by_loop = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of_running_loop(cls):
+        loop = asyncio.get_running_loop()
+        found = cls._by_loop.get(loop)
+        if found is None or found.layer is not get_channel_layer():
+            if found is not None:
+                found.task.cancel()
+            found = cls._by_loop[loop] = cls(get_channel_layer())
+        return found
+
+
+class Subscriptions(OnePerLoop):
+    """The subscriptions of one event loop (see the module's docstring)."""
 
     def __init__(self, layer):
         self.layer = layer
@@ -55,16 +74,6 @@ class Subscriptions:
         self.membership_applied = asyncio.Event()  # every change so far is in the layer
         self.down = False  # the layer failed, and no channel has been tried since
         self.task = self.loop.create_task(self.run(), name="live-subscriptions")
-
-    @classmethod
-    def of_running_loop(cls) -> "Subscriptions":
-        loop = asyncio.get_running_loop()
-        found = cls._by_loop.get(loop)
-        if found is None or found.layer is not get_channel_layer():  # new settings (in tests)
-            if found is not None:
-                found.task.cancel()
-            found = cls._by_loop[loop] = cls(get_channel_layer())
-        return found
 
     # --- For subscribers -------------------------------------------------------------------
 

@@ -18,15 +18,13 @@ down) a wait looks at the job every FALLBACK_INTERVAL seconds instead.
 import asyncio
 import logging
 import re
-import weakref
 from collections import OrderedDict
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.db import connection
 
 from gateway import events
-from gateway.subscriptions import Subscriptions
+from gateway.subscriptions import OnePerLoop, Subscriptions
 from processing.models import Job
 
 logger = logging.getLogger(__name__)
@@ -51,10 +49,8 @@ class NotListening(Exception):
     """The listener stopped hearing (the channel layer failed): a waiter must look for itself."""
 
 
-class EndListener:
+class EndListener(OnePerLoop):
     """Which jobs ended, as this event loop hears it (see the module's docstring)."""
-
-    _by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its listener
 
     def __init__(self, layer):
         self.layer = layer
@@ -64,16 +60,6 @@ class EndListener:
         self.hearing_since: float | None = None  # loop time since when no end has gone unheard
         self.down = False  # the channel layer failed, and the listener has not heard since
         self.task = self.loop.create_task(self.listen(), name="long-poll-ends")
-
-    @classmethod
-    def of_running_loop(cls) -> "EndListener":
-        loop = asyncio.get_running_loop()
-        listener = cls._by_loop.get(loop)
-        if listener is None or listener.layer is not get_channel_layer():  # new settings (in tests)
-            if listener is not None:
-                listener.task.cancel()
-            listener = cls._by_loop[loop] = cls(get_channel_layer())
-        return listener
 
     def heard_everything_since(self, moment: float | None) -> bool:
         return None not in (moment, self.hearing_since) and self.hearing_since <= moment

@@ -40,5 +40,5 @@ async def application(scope, receive, send):
 
 
 embedded.start()  # in-process workers in the embedded default; a no-op in the full stack
+gc_pauses.freeze_what_is_loaded()  # one full collection before serving: nobody waits on it
 gc_pauses.watch()
-gc_pauses.freeze_what_is_loaded()
