@@ -385,7 +385,8 @@ def run(args, url: str, server_pid: int | None, key: str, job_ids: list[str]) ->
     started = time.time()
     finished, took = drive(job_ids, args.rate, args.duration)
     time.sleep(2)  # the last events in flight
-    stop.set()
+    scraped["flowed"] = server_metrics(url, args.metrics_token)
+    stop.set()  # every client leaves at once
     latencies = {"job.processing": [], "job.completed": [], "closed early": []}
     for _, part in collect(results, len(processes), timeout=120):
         for kind, samples in part.items():
@@ -483,7 +484,8 @@ def report_server(scraped: dict) -> None:
     print("server GC pauses (gateway.gc_pauses; bounds are the histogram's buckets):")
     for phase, (first, last) in {
         "while the sockets opened": (scraped["start"], scraped["open"]),
-        "while events flowed": (scraped["open"], scraped["end"]),
+        "while events flowed": (scraped["open"], scraped["flowed"]),
+        "while the rest left at once": (scraped["flowed"], scraped["end"]),
     }.items():
         print(f"  {phase}: {gc_pauses_between(first, last)}")
         print(f"    of which full collections: {gc_pauses_between(first, last, generations=('2',))}")

@@ -69,6 +69,7 @@ class Subscriptions(OnePerLoop):
         self.loop = asyncio.get_running_loop()
         self.members: dict[str, set] = {}  # group -> its subscribers on this loop
         self.joined: set[str] = set()  # groups the channel is in, as the layer knows it
+        self.emptied: set[str] = set()  # groups whose last subscriber left since the last change
         self.joining: dict[str, asyncio.Future] = {}  # groups to join with the next change
         self.membership_changed = asyncio.Event()
         self.membership_applied = asyncio.Event()  # every change so far is in the layer
@@ -110,6 +111,7 @@ class Subscriptions(OnePerLoop):
         members.discard(subscriber)
         if not members:
             del self.members[group]
+            self.emptied.add(group)
             self.membership_changed.set()
 
     # --- The channel -----------------------------------------------------------------------
@@ -154,7 +156,8 @@ class Subscriptions(OnePerLoop):
             self.membership_applied.set()
 
     async def apply_changes(self, channel: str) -> None:
-        leaving = [group for group in self.joined if group not in self.members]
+        emptied, self.emptied = self.emptied, set()
+        leaving = [group for group in emptied if group in self.joined and group not in self.members]
         if leaving:
             self.joined.difference_update(leaving)
             await self.change(discard_many, leaving, channel)
@@ -192,7 +195,7 @@ class Subscriptions(OnePerLoop):
         joining, self.joining = self.joining, {}
         fail(joining.values())
         members, self.members = self.members, {}
-        joined_groups, self.joined = self.joined, set()
+        joined_groups, self.joined, self.emptied = self.joined, set(), set()
         for subscriber in {subscriber for group in members.values() for subscriber in group}:
             subscriber.lost()
         events.forget_channel(self.layer, channel)
