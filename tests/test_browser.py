@@ -19,6 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from gateway.ws_protocol import UVICORN_FLAGS
 from tests import images
 from tests.services import IN_CI
 from tests.stack import announced_port
@@ -90,7 +91,8 @@ def server(tmp_path_factory):
 
     command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1"]
     log = open(var_dir / "server.log", "wb")  # noqa: SIM115 (the server writes to it)
-    process = subprocess.Popen([*command, "--port", "0"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    command += ["--port", "0", *UVICORN_FLAGS]  # as every gateway serves WebSockets
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
     try:
         port = announced_port(var_dir / "server.log", process)
         url = f"http://127.0.0.1:{port}"
