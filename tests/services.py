@@ -80,3 +80,14 @@ def clear_rate_limits(redis_url: str) -> None:
         pass  # a test that points REDIS_URL at nothing
     finally:
         client.close()
+
+
+def close_database_connections() -> None:
+    """Close this thread's database connections and their pool (Django keeps one a thread), so
+    that nothing holds a session once the thread's tests are done with it."""
+    from django.db import connections
+
+    for connection in connections.all():
+        connection.close()
+        if hasattr(connection, "close_pool"):
+            connection.close_pool()

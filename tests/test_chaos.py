@@ -7,10 +7,9 @@ fresh ones.
 """
 
 import pytest
-from django.db import connections
 
 from bench import chaos
-from tests.services import require
+from tests.services import close_database_connections, require
 from tests.stack import migrated_database
 
 pytestmark = pytest.mark.services
@@ -22,10 +21,7 @@ SERVICE_FAULTS = [fault for fault in chaos.FAULTS if fault not in OWN_PROCESS_FA
 @pytest.fixture
 def fresh_connections_afterwards():
     yield
-    for connection in connections.all():
-        connection.close()
-        if hasattr(connection, "close_pool"):
-            connection.close_pool()
+    close_database_connections()
 
 
 def test_every_accepted_job_ends_when_a_worker_or_the_s3_server_dies():

@@ -12,7 +12,7 @@ from gateway import events, owners, routing
 from gateway.models import ApiKey
 from gateway.subscriptions import Subscriptions
 from tests.factories import stored_job
-from tests.services import require, url_of
+from tests.services import close_database_connections, require, url_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True), pytest.mark.services]
 
@@ -47,6 +47,14 @@ def members(client: redis.Redis, prefix: str) -> dict[str, set[bytes]]:
         key.decode().removeprefix(f"{prefix}:group:"): set(client.zrange(key, 0, -1))
         for key in client.scan_iter(f"{prefix}:group:*")
     }
+
+
+@pytest.fixture(autouse=True)
+async def no_connection_left_behind():
+    """The queries ran on the thread sensitive code runs on, each thread with a pool of its own:
+    close that thread's, or the test database can't be dropped at the end of the session."""
+    yield
+    await database_sync_to_async(close_database_connections)()
 
 
 @database_sync_to_async
