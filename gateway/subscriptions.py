@@ -126,8 +126,7 @@ class Subscriptions(OnePerLoop):
                     tasks.create_task(self.read(channel))
                     tasks.create_task(self.keep_membership(channel))
                     tasks.create_task(self.watch_for_losses(channel))
-            except* (RuntimeError, *events.LAYER_ERRORS) as failures:
-                # RuntimeError: the layer's reader runs on another event loop (tests).
+            except* Exception as failures:  # mostly the layer's (RedisError, OSError, timeouts)
                 failure = failures.exceptions[0]
                 logger.warning("live events interrupted: %s: %s", type(failure).__name__, failure)
             finally:
@@ -139,7 +138,12 @@ class Subscriptions(OnePerLoop):
             message = await self.layer.receive(channel)
             for group in message.get("groups", ()):
                 for subscriber in tuple(self.members.get(group, ())):
-                    subscriber.deliver(message)
+                    try:
+                        subscriber.deliver(message)
+                    except Exception:  # one subscriber's fault: the others still hear
+                        logger.exception(
+                            "a live event could not be delivered", extra={"job_id": message.get("job_id")}
+                        )
 
     async def keep_membership(self, channel: str) -> None:
         """Join and leave groups as subscribers come and go, all of a moment's changes at once."""
@@ -172,6 +176,10 @@ class Subscriptions(OnePerLoop):
         self.joined.update(joining)
         for joined in joining.values():
             joined.set_result(True)
+        deserted = [group for group in joining if group not in self.members]  # left while joining
+        if deserted:
+            self.emptied.update(deserted)
+            self.membership_changed.set()
 
     async def change(self, how, groups: list[str], channel: str) -> None:
         async with asyncio.timeout(events.LAYER_TIMEOUT):

@@ -1,6 +1,7 @@
 """gateway.subscriptions on a real Redis: however many sockets a process holds, it is one channel
 in the channel layer, in each group once, and it leaves the groups nobody follows any more."""
 
+import asyncio
 import uuid
 
 import pytest
@@ -85,4 +86,30 @@ async def test_many_sockets_are_one_channel_in_each_of_their_groups_until_they_c
     assert set(members(client, prefix)) == {events.job_group(jobs[0].id)}  # still followed
     await sockets[0].disconnect()
     await Subscriptions.of_running_loop().settled()
+    assert members(client, prefix) == {}
+
+
+class Quiet:
+    """A subscriber that expects nothing."""
+
+    def deliver(self, message):
+        raise AssertionError(f"unexpected event {message}")
+
+    def missed(self):
+        pass
+
+    def lost(self):
+        pass
+
+
+async def test_a_group_left_while_it_was_being_joined_does_not_stay_joined(redis_layer):
+    client, prefix = redis_layer
+    subscriptions, subscriber = Subscriptions.of_running_loop(), Quiet()
+    joining = asyncio.create_task(subscriptions.subscribe("job.deserted", subscriber))
+    await asyncio.sleep(0)  # the subscription is asked for: its join is on its way
+    subscriptions.unsubscribe("job.deserted", subscriber)
+
+    assert await joining
+    async with asyncio.timeout(30):  # else it never settles: the layer keeps a group nobody follows
+        await subscriptions.settled()
     assert members(client, prefix) == {}
