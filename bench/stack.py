@@ -156,8 +156,7 @@ class Stack(StartedOrCleanedUp):
             raise StackError(f"manage.py migrate failed:\n{done.stdout}{done.stderr}")
 
     def __exit__(self, *exc_info) -> None:
-        for name in list(self.processes):
-            self.stop(name)
+        self.stop(*self.processes)
         rabbitmqctl("delete_vhost", self.name, check=False)
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
@@ -169,16 +168,19 @@ class Stack(StartedOrCleanedUp):
                 command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
             )
 
-    def stop(self, name: str) -> None:
-        process = self.processes.pop(name)
-        if process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    def stop(self, *names: str) -> None:
+        """SIGTERM to each process group, then wait for them all: they shut down side by side."""
+        stopping = [self.processes.pop(name) for name in names]
+        for process in stopping:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in stopping:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     def is_live(self) -> bool:
         try:

@@ -250,8 +250,7 @@ class LiveStack:
         return self
 
     def __exit__(self, *exc_info):
-        for name in list(self.processes):
-            self.stop(name)
+        self.stop(*self.processes)
         with contextlib.suppress(subprocess.CalledProcessError):  # a vhost that was never made
             rabbitmqctl("delete_vhost", self.name)
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
@@ -301,14 +300,18 @@ class LiveStack:
         command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(threads)]
         return self.spawn(name, command, **env)
 
-    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        process = self.processes.pop(name)
-        if process.poll() is None:
-            # The main process only: it stops its children itself. A Dramatiq worker that got a
-            # second SIGTERM (as the whole group would) exits at once, mid-job.
-            os.kill(process.pid, sig)
+    def stop(self, *names: str, sig: int = signal.SIGTERM) -> None:
+        """Signal each process, then wait for them all: they shut down side by side."""
+        stopping = [self.processes.pop(name) for name in names]
+        for process in stopping:
+            if process.poll() is None:
+                # The main process only: it stops its children itself. A Dramatiq worker that got a
+                # second SIGTERM (as the whole group would) exits at once, mid-job.
+                os.kill(process.pid, sig)
+        deadline = time.monotonic() + 30
+        for process in stopping:
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
