@@ -6,10 +6,15 @@ Long-lived objects are moved out of its reach, as `gc.freeze()` is meant for:
 
 - `freeze_what_is_loaded()`, once the application has loaded: Django, the URL conf, the
   models, most of a server's objects, never garbage.
-- After each full collection, from then on: what survived it is alive, mostly open sockets,
-  which last minutes. A socket that closes is freed by reference counting, frozen or not
-  (measured: a full collection after 3,000 sockets opened and closed found 83 objects of
-  garbage), so later full collections only walk what was made since.
+- After a full collection that took FREEZE_AFTER seconds or more, from then on: what survived
+  it is alive, and many: mostly open sockets, which last minutes. A socket that closes is freed
+  by reference counting, frozen or not (measured: a full collection after 3,000 sockets opened
+  and closed found 83 objects of garbage), so later full collections only walk what was made
+  since. Not after every full collection: what is frozen is never collected as garbage, and
+  requests in flight at that moment hold cycles that become garbage later (exceptions and
+  their tracebacks). Freezing after each one leaked about one object a request (12,000 in a
+  minute of 9,700 plain requests); freezing only when there is much to keep out leaks that
+  only once per many thousand long-lived objects.
 - Full collections twice as often as by default (FULL_AFTER), so that each walks less: Python
   runs one after ten middle ones, about 70,000 allocations, and with 10,000 sockets opening
   (`make bench-ws`) each walked 70,000–80,000 objects in 30–70 ms; after two, 10–16 ms.
@@ -43,6 +48,7 @@ LONGEST_PAUSE = Gauge(
 OLDEST = 2  # the generation a full collection collects
 RECORD_EVERY = 1.0  # seconds between moving noted pauses into the metrics
 FULL_AFTER = 2  # collections of the middle generation before a full one (Python's default: 10)
+FREEZE_AFTER = 0.010  # seconds of a full collection that make it worth freezing what survived it
 
 _noted: deque = deque(maxlen=100_000)  # (generation, seconds) not yet recorded
 # The collecting thread's CPU time, not the clock's: between the callbacks that bracket a
@@ -57,8 +63,9 @@ def _on_collection(phase: str, info: dict) -> None:
     if phase == "start":
         _started[0] = time.thread_time()
         return
-    _noted.append((info["generation"], time.thread_time() - _started[0]))
-    if info["generation"] == OLDEST and _freezing[0]:
+    pause = time.thread_time() - _started[0]
+    _noted.append((info["generation"], pause))
+    if info["generation"] == OLDEST and _freezing[0] and pause >= FREEZE_AFTER:
         # The collection is over and left only what is alive: keep it out of the next ones.
         # Now rather than a moment later, before more short-lived objects join it.
         gc.freeze()
@@ -89,7 +96,7 @@ def watch() -> None:
 
 def freeze_what_is_loaded() -> None:
     """Collect what is garbage already, keep everything alive now out of future collections, and
-    from now on what survives each full collection (see the module's docstring)."""
+    from now on what survives a long full collection (see the module's docstring)."""
     gc.collect()
     gc.freeze()
     _freezing[0] = True
