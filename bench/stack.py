@@ -87,6 +87,21 @@ class StartedOrCleanedUp:
         raise NotImplementedError
 
 
+def stop_side_by_side(processes: list[subprocess.Popen], signal_each, timeout: float) -> None:
+    """`signal_each` every process still running, then wait for them all: one shutdown's time, not
+    their sum. A process group still running after `timeout` seconds is killed."""
+    for process in processes:
+        if process.poll() is None:
+            signal_each(process)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 class Stack(StartedOrCleanedUp):
     """`with Stack(workers=2, threads=1) as stack:` then talk to `stack.base_url`."""
 
@@ -169,18 +184,9 @@ class Stack(StartedOrCleanedUp):
             )
 
     def stop(self, *names: str) -> None:
-        """SIGTERM to each process group, then wait for them all: they shut down side by side."""
+        """SIGTERM to each process group; they shut down side by side."""
         stopping = [self.processes.pop(name) for name in names]
-        for process in stopping:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for process in stopping:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_side_by_side(stopping, lambda process: os.killpg(process.pid, signal.SIGTERM), timeout=15)
 
     def is_live(self) -> bool:
         try:

@@ -18,7 +18,7 @@ import httpx
 import psycopg
 
 from bench.ports import unused_ports
-from bench.stack import announced_port
+from bench.stack import announced_port, stop_side_by_side
 from gateway.ws_protocol import UVICORN_FLAGS
 from scaler.backends.processes import child_pids
 from tests.services import clear_rate_limits, url_of
@@ -301,20 +301,11 @@ class LiveStack:
         return self.spawn(name, command, **env)
 
     def stop(self, *names: str, sig: int = signal.SIGTERM) -> None:
-        """Signal each process, then wait for them all: they shut down side by side."""
+        """Signal each process; they shut down side by side."""
         stopping = [self.processes.pop(name) for name in names]
-        for process in stopping:
-            if process.poll() is None:
-                # The main process only: it stops its children itself. A Dramatiq worker that got a
-                # second SIGTERM (as the whole group would) exits at once, mid-job.
-                os.kill(process.pid, sig)
-        deadline = time.monotonic() + 30
-        for process in stopping:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        # The main process only: it stops its children itself. A Dramatiq worker that got a
+        # second SIGTERM (as the whole group would) exits at once, mid-job.
+        stop_side_by_side(stopping, lambda process: os.kill(process.pid, sig), timeout=30)
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
