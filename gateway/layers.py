@@ -100,23 +100,24 @@ class RedisChannelLayer(ChannelsRedisLayer):
         """Send `message` to every channel in any of `groups`, once each, with the groups its
         process's channels are in as `message["groups"]`: one round trip to find the members,
         one to deliver."""
-        members = await self.members_of(groups)
-        by_channel: dict[str, list[str]] = {}
-        for group, channels in members.items():
+        by_key: dict[bytes, dict] = {}  # a process's inbox -> the one copy it gets
+        for group, channels in (await self.members_of(groups)).items():
             for channel in channels:
-                by_channel.setdefault(channel, []).append(group)
-        by_key: dict[bytes, dict] = {}
-        for channel, its_groups in by_channel.items():
-            key = self.channel_key(channel)
-            copy = by_key.setdefault(key, {**message, "groups": [], "__asgi_channel__": []})
-            copy["__asgi_channel__"].append(channel)
-            copy["groups"] += [group for group in its_groups if group not in copy["groups"]]
+                copy = by_key.setdefault(
+                    self.channel_key(channel), {**message, "groups": [], "__asgi_channel__": []}
+                )
+                if channel not in copy["__asgi_channel__"]:
+                    copy["__asgi_channel__"].append(channel)
+                if group not in copy["groups"]:
+                    copy["groups"].append(group)
         if by_key:
             await self.deliver(by_key)
 
     def channel_key(self, channel: str) -> bytes:
-        name = self.non_local_name(channel) if "!" in channel else channel
-        return (self.prefix + name).encode()
+        return (self.prefix + self.non_local_name(channel)).encode()
+
+    def inbox_host(self, channel: str) -> int:
+        return self.consistent_hash(self.non_local_name(channel))
 
     async def members_of(self, groups: list[str]) -> dict[str, list[str]]:
         """Each group's live members (expired ones dropped first); one round trip per Redis host."""
@@ -137,8 +138,7 @@ class RedisChannelLayer(ChannelsRedisLayer):
         """Each key's message into its inbox, one script per Redis host; losses counted."""
         by_host: dict[int, list[bytes]] = {}
         for key, copy in by_key.items():
-            channel = copy["__asgi_channel__"][0]
-            by_host.setdefault(self.consistent_hash(self.non_local_name(channel)), []).append(key)
+            by_host.setdefault(self.inbox_host(copy["__asgi_channel__"][0]), []).append(key)
         for index, keys in by_host.items():
             messages = [self.serialize(by_key[key]) for key in keys]
             capacities = [self.get_capacity(by_key[key]["__asgi_channel__"][0]) for key in keys]
@@ -179,8 +179,7 @@ class RedisChannelLayer(ChannelsRedisLayer):
         overflowed = channel in self.overflowed
         self.overflowed.discard(channel)
         key = self.channel_key(channel) + b":lost"
-        connection = self.connection(self.consistent_hash(self.non_local_name(channel)))
-        return bool(await connection.getdel(key)) or overflowed
+        return bool(await self.connection(self.inbox_host(channel)).getdel(key)) or overflowed
 
     # --- Receiving -------------------------------------------------------------------------
 
