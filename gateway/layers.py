@@ -103,9 +103,10 @@ class RedisChannelLayer(ChannelsRedisLayer):
         by_key: dict[bytes, dict] = {}  # a process's inbox -> the one copy it gets
         for group, channels in (await self.members_of(groups)).items():
             for channel in channels:
-                copy = by_key.setdefault(
-                    self.channel_key(channel), {**message, "groups": [], "__asgi_channel__": []}
-                )
+                key = self.channel_key(channel)
+                if key not in by_key:
+                    by_key[key] = {**message, "groups": [], "__asgi_channel__": []}
+                copy = by_key[key]
                 if channel not in copy["__asgi_channel__"]:
                     copy["__asgi_channel__"].append(channel)
                 if group not in copy["groups"]:
