@@ -52,7 +52,7 @@ from gateway.layers import WS_DROPPED
 from gateway.serialize import job_json
 from gateway.subscriptions import Subscriptions
 from processing.job_metrics import WEBSOCKET_CONNECTIONS
-from processing.models import Job, find_job, owned_by
+from processing.models import Job, find_job
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +129,6 @@ def authenticate(scope) -> owners.Caller | None:
     return owners.Caller()
 
 
-def viewer_of(caller: owners.Caller) -> str | None:
-    """What a socket keeps of its caller: the owner identity whose jobs it sees (None: all, staff)."""
-    return None if caller.is_staff else caller.identity
-
-
 @database_sync_to_async
 def visible_job(viewer: str | None, job_id: uuid.UUID) -> Job | None:
     return find_job(job_id, viewer)
@@ -141,8 +136,7 @@ def visible_job(viewer: str | None, job_id: uuid.UUID) -> Job | None:
 
 @database_sync_to_async
 def recent_jobs(viewer: str | None) -> list[Job]:
-    jobs = Job.objects.all() if viewer is None else Job.objects.filter(owned_by(viewer))
-    return list(jobs[:RECENT_JOBS])
+    return list(owners.jobs_visible_to(viewer)[:RECENT_JOBS])
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -213,7 +207,7 @@ class LiveSocket:
             return await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")
         if caller is None:
             return await self.close(Close.BAD_CREDENTIALS, "authentication required: a session or an API key")
-        self.viewer = viewer_of(caller)
+        self.viewer = caller.viewer  # not the caller: it holds a whole ApiKey row
         try:
             await self.start(caller, **route)
             self.state_sent()

@@ -47,14 +47,23 @@ class Caller:
         """A stable name for rate limits, idempotency keys and live-event groups."""
         return self.owner.identity
 
+    @property
+    def viewer(self) -> str | None:
+        """Whose jobs this caller sees: an owner identity, or None for everyone's (staff). All that a
+        long-lived holder of the caller (a WebSocket) needs to keep of it."""
+        return None if self.is_staff else self.identity
+
     def visible_job(self, job_id: uuid.UUID) -> Job | None:
         """The job, if this caller may see it."""
-        return find_job(job_id, None if self.is_staff else self.identity)
+        return find_job(job_id, self.viewer)
 
     def visible_jobs(self):
-        if self.is_staff:
-            return Job.objects.all()
-        return Job.objects.filter(owned_by(self.identity))
+        return jobs_visible_to(self.viewer)
+
+
+def jobs_visible_to(viewer: str | None):
+    """The jobs of owner identity `viewer`, or everyone's for None (see Caller.viewer)."""
+    return Job.objects.all() if viewer is None else Job.objects.filter(owned_by(viewer))
 
 
 def from_key(presented: str) -> Caller | None:
