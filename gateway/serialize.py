@@ -29,10 +29,18 @@ def result_json(job: Job) -> dict | None:
         "width": job.output_width,
         "height": job.output_height,
         "bytes": job.output_bytes,
+        "placeholder": placeholder_json(job),
+        "fallback_format": job.fallback_format or None,
     }
     if job.report is not None:
         result["report"] = job.report
     return result
+
+
+def placeholder_json(job: Job) -> dict | None:
+    if not job.placeholder_blurhash:
+        return None
+    return {"blurhash": job.placeholder_blurhash, "preview": job.placeholder_preview}
 
 
 def error_json(job: Job) -> dict | None:

@@ -3,6 +3,7 @@
 import uuid
 
 from gateway.errors import ApiError
+from gateway.negotiation import named_image_formats
 from gateway.owners import Caller
 from processing.submissions import Submission
 
@@ -39,4 +40,5 @@ def submission_from(
         uploads=uploads_from(request, at_most=at_most),
         job_id=job_id,
         idempotency_key=request.headers.get("Idempotency-Key"),
+        accepts=named_image_formats(request),
     )

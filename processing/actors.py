@@ -9,9 +9,15 @@ from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
-from processing import jobs, lease, logcontext, storage, thumbnails
+from processing import jobs, lease, logcontext, placeholders, storage, thumbnails
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
-from processing.imaging import default_output_format, encode_image, load_image, mime_type_for
+from processing.imaging import (
+    default_output_format,
+    encode_image,
+    load_image,
+    mime_type_for,
+    universal_format,
+)
 from processing.models import Job
 from processing.operations import get_operation
 
@@ -99,6 +105,7 @@ def run(job: Job, worker: str) -> None:
         fields["report"] = result.report
     else:
         fields.update(store_image_output(job, result.image, params, info.format, timings))
+        fields.update(placeholders.fields(result.image))
         thumbnails.store(fields["output_key"], result.image)
     thumbnails.store(job.input_key, image)  # from the decoded pixels: the admin never decodes an upload
     # After storing: encode_ms and store_ms belong in the metrics too.
@@ -111,19 +118,18 @@ def run(job: Job, worker: str) -> None:
         # Taken over: the other worker writes the same key, so the file is theirs. Otherwise no
         # one will ever serve it.
         if not Job.objects.filter(id=job.id).exclude(status=Job.CANCELLED).exists():
-            storage.delete_job_files(fields.get("output_key", ""))
+            storage.delete_job_files(fields.get("output_key", ""), fields.get("fallback_key", ""))
 
 
 def store_image_output(job: Job, image, params, input_format: str, timings: dict) -> dict:
-    output_format = params.format or default_output_format(input_format)
+    output_format = chosen_format(job, params, input_format, image)
     step = time.perf_counter()
     data = encode_image(image, output_format, params.quality)
     timings["encode_ms"] = elapsed_ms(step)
 
     step = time.perf_counter()
-    key = storage.save_output(storage.output_key(str(job.id), output_format.replace("jpeg", "jpg")), data)
-    timings["store_ms"] = elapsed_ms(step)
-    return {
+    key = storage.save_output(storage.output_key(str(job.id), extension(output_format)), data)
+    fields = {
         "output_key": key,
         "output_format": output_format,
         "output_content_type": mime_type_for(output_format),
@@ -132,6 +138,29 @@ def store_image_output(job: Job, image, params, input_format: str, timings: dict
         "output_height": image.height,
         "output_sha256": hashlib.sha256(data).hexdigest(),
     }
+    if job.negotiated_format:
+        fields.update(store_fallback(job, image, params.quality))
+    timings["store_ms"] = elapsed_ms(step)
+    return fields
+
+
+def chosen_format(job: Job, params, input_format: str, image) -> str:
+    """The format asked for; for auto, the one the upload's Accept named, else JPEG or PNG by content."""
+    if params.format == "auto":
+        return job.negotiated_format or universal_format(image)
+    return params.format or default_output_format(input_format)
+
+
+def store_fallback(job: Job, image, quality: int) -> dict:
+    """The same result as JPEG or PNG, for downloads whose Accept does not name the chosen format."""
+    fallback_format = universal_format(image)
+    data = encode_image(image, fallback_format, quality)
+    key = storage.save_output(storage.fallback_key(str(job.id), extension(fallback_format)), data)
+    return {"fallback_key": key, "fallback_format": fallback_format}
+
+
+def extension(output_format: str) -> str:
+    return output_format.replace("jpeg", "jpg")
 
 
 def elapsed_ms(since: float) -> float:

@@ -25,8 +25,9 @@ def expired_jobs(now=None):
 def remove_expired_files(now=None) -> dict:
     """Delete the stored input and output of every expired job; the job rows stay, marked."""
     removed = freed = count = 0
-    for job in expired_jobs(now).only("id", "input_key", "output_key", "input_bytes", "output_bytes"):
-        keys = [key for key in (job.input_key, job.output_key) if key]
+    stored = ("id", "input_key", "output_key", "fallback_key", "input_bytes", "output_bytes")
+    for job in expired_jobs(now).only(*stored):
+        keys = job.file_keys
         storage.delete_job_files(*keys)
         Job.objects.filter(id=job.id).update(files_removed_at=timezone.now())
         count += 1

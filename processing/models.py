@@ -45,6 +45,16 @@ class Job(models.Model):
     output_width = models.PositiveIntegerField(null=True, blank=True)
     output_height = models.PositiveIntegerField(null=True, blank=True)
     output_sha256 = models.CharField(max_length=64, blank=True)
+    # format=auto: the modern format the upload's Accept header named (a download whose Accept
+    # does not name it gets the fallback, a JPEG or PNG of the same pixels).
+    negotiated_format = models.CharField(
+        max_length=10, blank=True, help_text="for format=auto: avif or webp, or blank for JPEG/PNG"
+    )
+    fallback_key = models.CharField(max_length=255, blank=True)
+    fallback_format = models.CharField(max_length=10, blank=True)
+    # Shown while the result loads: a BlurHash string, and a tiny image as a data: URL (at most 1 KB).
+    placeholder_blurhash = models.CharField(max_length=100, blank=True)
+    placeholder_preview = models.TextField(blank=True)
     report = models.JSONField(null=True, blank=True, help_text="analysis output, for report services")
 
     error_code = models.CharField(max_length=40, blank=True)
@@ -102,6 +112,11 @@ class Job(models.Model):
     @property
     def owner_identity(self) -> str:
         return owner_identity(self.owner_key, self.owner_session)
+
+    @property
+    def file_keys(self) -> list[str]:
+        """Every file stored for the job: its input, its result and the result's fallback."""
+        return [key for key in (self.input_key, self.output_key, self.fallback_key) if key]
 
 
 def owner_identity(owner_key: str, owner_session: str) -> str:

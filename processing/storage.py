@@ -22,9 +22,14 @@ def output_key(job_id: str, extension: str) -> str:
     return f"results/{job_id}/output.{extension}"
 
 
+def fallback_key(job_id: str, extension: str) -> str:
+    """The result as JPEG or PNG, for a download that does not accept the format=auto result's format."""
+    return f"results/{job_id}/fallback.{extension}"
+
+
 def thumbnail_key(key: str) -> str:
     """Where the admin's thumbnail of the file at `key` is stored: a folder of their own, so that
-    a job's results folder holds its one output and nothing else."""
+    a job's results folder holds its output (and fallback) and nothing else."""
     return f"thumbnails/{key}.webp"
 
 
@@ -60,7 +65,7 @@ def delete_job_files(*keys: str) -> None:
 def delete_files_of_deleted_job(sender, instance, **kwargs) -> None:
     """post_delete of a Job, however it was deleted (admin, shell, a withdrawn submission): its files
     go once the deletion commits, so that a rolled-back deletion keeps them."""
-    keys = (instance.input_key, instance.output_key)
+    keys = instance.file_keys
     transaction.on_commit(lambda: delete_job_files(*keys))
 
 

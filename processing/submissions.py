@@ -39,8 +39,13 @@ RESULT_FIELDS = (
     "output_width",
     "output_height",
     "output_sha256",
+    "fallback_format",
+    "placeholder_blurhash",
+    "placeholder_preview",
     "report",
 )
+# What format=auto may choose beyond JPEG and PNG, best first.
+MODERN_FORMATS = ("avif", "webp")
 
 
 class Upload(Protocol):
@@ -84,6 +89,14 @@ class Submission:
     uploads: list[Upload]
     job_id: uuid.UUID | None = None  # for a single upload: take this id
     idempotency_key: str | None = None
+    # The image formats the client's Accept header names (for format=auto), e.g. ("avif", "webp").
+    accepts: tuple[str, ...] = ()
+
+    def negotiated_format(self, parameters: dict) -> str:
+        """For format=auto, the best modern format the client accepts; "" for JPEG or PNG by content."""
+        if parameters.get("format") != "auto":
+            return ""
+        return next((name for name in MODERN_FORMATS if name in self.accepts), "")
 
 
 @dataclass
@@ -122,11 +135,15 @@ def submit(submission: Submission) -> Accepted:
 def fingerprint(submission: Submission) -> str:
     """What makes two requests the same: the service, its parameters as parsed, and each input's bytes."""
     operation = find_operation(submission.service)
+    parameters = operation.parse(submission.raw_parameters).model_dump(mode="json")
     request = {
         "service": operation.name,
-        "parameters": operation.parse(submission.raw_parameters).model_dump(mode="json"),
+        "parameters": parameters,
         "inputs": [upload.sha256 for upload in submission.uploads],
     }
+    negotiated = submission.negotiated_format(parameters)
+    if negotiated:  # only then: fingerprints made before format=auto existed stay the same
+        request["negotiated_format"] = negotiated
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
@@ -180,6 +197,7 @@ def create_job(
         input_bytes=upload.size,
         input_width=info.width,
         input_height=info.height,
+        negotiated_format=submission.negotiated_format(canonical),
         **submission.owner.fields(),
     )
     job.input_key = stored(storage.save_upload, storage.input_key(str(job_id), info.extension), upload)
@@ -200,6 +218,7 @@ def reusable_result(job: Job) -> Job | None:
             service=job.service,
             input_sha256=job.input_sha256,
             parameters=job.parameters,
+            negotiated_format=job.negotiated_format,
             files_removed_at__isnull=True,
         )
         .order_by("-finished_at")
@@ -210,15 +229,22 @@ def reusable_result(job: Job) -> Job | None:
 def complete_from(job: Job, donor: Job) -> None:
     """Finish `job` at once with a copy of `donor`'s result: no worker, no second computation."""
     now = timezone.now()
-    if donor.output_key:
-        extension = donor.output_key.rsplit(".", 1)[-1]
-        job.output_key = stored(storage.copy, donor.output_key, storage.output_key(str(job.id), extension))
+    job.output_key = copied(donor.output_key, storage.output_key, job.id)
+    job.fallback_key = copied(donor.fallback_key, storage.fallback_key, job.id)
     for name in RESULT_FIELDS:
         setattr(job, name, getattr(donor, name))
     job.status, job.progress = Job.COMPLETED, 1.0
     job.started_at = job.finished_at = now
     job.processing_ms = 0.0
     job.metrics = {"cache_hit": True, "reused_job_id": str(donor.id)}
+
+
+def copied(source_key: str, key_for, job_id) -> str:
+    """A copy of the file at `source_key` at the key `key_for` gives the new job; "" when there is none."""
+    if not source_key:
+        return ""
+    extension = source_key.rsplit(".", 1)[-1]
+    return stored(storage.copy, source_key, key_for(str(job_id), extension))
 
 
 def stored(save, *args) -> str:
@@ -233,7 +259,7 @@ def stored(save, *args) -> str:
 def withdraw(created: list[Job]) -> None:
     """Undo a submission that can't be completed: no half-made job is left behind."""
     for job in created:
-        storage.delete_job_files(job.input_key, job.output_key)
+        storage.delete_job_files(*job.file_keys)
         Job.objects.filter(id=job.id).delete()
 
 

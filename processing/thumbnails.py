@@ -16,7 +16,7 @@ from processing.imaging import pixels_for
 logger = logging.getLogger(__name__)
 
 EDGE = 160
-SAMPLED_EDGE = 4 * EDGE  # see shrink
+SAMPLING = 4  # see shrink
 QUALITY = 80
 CONTENT_TYPE = "image/webp"
 
@@ -40,10 +40,10 @@ def scaled(size: tuple[int, int], edge: int) -> tuple[int, int]:
 
 
 def shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """One pixel in every few (nearest neighbours, down to SAMPLED_EDGE), then those averaged: a
-    fraction of the cost of averaging every pixel of a large image, which reads all of it, for a
-    160-pixel preview that looks the same."""
-    sampled = image.resize(scaled(image.size, SAMPLED_EDGE), Image.Resampling.NEAREST)
+    """One pixel in every few (nearest neighbours, down to SAMPLING times the size), then those
+    averaged: a fraction of the cost of averaging every pixel of a large image, which reads all of
+    it, for a small preview that looks the same."""
+    sampled = image.resize(scaled(image.size, SAMPLING * max(size)), Image.Resampling.NEAREST)
     return sampled.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 

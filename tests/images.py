@@ -12,6 +12,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageCms
 
 from bench.raw import ssim  # noqa: F401  (the benchmark and the tests measure likeness alike)
+from processing import imaging  # noqa: F401  (registers the HEIF codec, which tests encode with)
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
@@ -167,7 +168,7 @@ def with_metadata_bytes(format: str = "JPEG", image: Image.Image | None = None) 
     params = {"exif": camera_exif(), "icc_profile": srgb_icc()}
     if format == "JPEG":
         params.update(comment=b"shot at home", xmp=XMP, quality=95)
-    elif format == "WEBP":
+    elif format in ("WEBP", "HEIF", "AVIF"):
         params.update(xmp=XMP, quality=95)
     elif format == "PNG":
         from PIL.PngImagePlugin import PngInfo

@@ -57,6 +57,8 @@ def decoded(data: bytes) -> Image.Image:
         ("GIF", "image/gif", "gif"),
         ("BMP", "image/bmp", "bmp"),
         ("TIFF", "image/tiff", "tiff"),
+        ("HEIF", "image/heic", "heic"),
+        ("AVIF", "image/avif", "avif"),
     ],
 )
 def test_probe_accepts_every_allowed_format(upload, format, mime_type, extension):
@@ -65,8 +67,8 @@ def test_probe_accepts_every_allowed_format(upload, format, mime_type, extension
     assert info.extension == extension
 
 
-def test_the_allow_list_has_exactly_the_six_formats():
-    assert set(ALLOWED_INPUT_FORMATS) == {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+def test_the_allow_list_has_exactly_the_eight_formats():
+    assert set(ALLOWED_INPUT_FORMATS) == {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"}
 
 
 @pytest.mark.parametrize(
@@ -294,7 +296,7 @@ def assert_no_metadata(data: bytes) -> None:
 
 
 @pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
-@pytest.mark.parametrize("input_format", ["JPEG", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("input_format", ["JPEG", "PNG", "WEBP", "TIFF", "HEIF", "AVIF"])
 def test_encoded_output_carries_no_metadata(upload, input_format, output_format):
     data = images.with_metadata_bytes(input_format)
     assert b"Leaky" in data  # the input does carry it
@@ -325,14 +327,14 @@ def test_png_output_is_lossless():
     assert np.array_equal(pixels(decoded(encode_image(image, "png", 1))), pixels(image))
 
 
-@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+@pytest.mark.parametrize("output_format", ["jpeg", "webp", "avif"])
 def test_lossy_output_stays_close_to_the_input(output_format):
     image = images.gradient(64, 48)
     output = decoded(encode_image(image, output_format, 90)).convert("RGB")
     assert np.abs(pixels(output) - pixels(image)).mean() < 3
 
 
-@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+@pytest.mark.parametrize("output_format", ["jpeg", "webp", "avif"])
 def test_quality_trades_size_for_fidelity(output_format):
     image = images.noise(64, 64)
     assert len(encode_image(image, output_format, 10)) < len(encode_image(image, output_format, 95))
@@ -350,8 +352,8 @@ def test_jpeg_keeps_grayscale_as_grayscale():
     assert output.mode == "L"
 
 
-@pytest.mark.parametrize("output_format", ["png", "webp"])
-def test_png_and_webp_keep_transparency(output_format):
+@pytest.mark.parametrize("output_format", ["png", "webp", "avif"])
+def test_png_webp_and_avif_keep_transparency(output_format):
     image = images.with_alpha(images.gradient(), alpha=0)
     image.paste((0, 0, 255, 255), (0, 0, 8, 8))
     output = decoded(encode_image(image, output_format, 100))

@@ -8,6 +8,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.utils.cache import patch_vary_headers
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
@@ -15,9 +16,11 @@ from gateway import submissions, waiting
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, charge_more_submissions
 from gateway.api.schemas import ErrorOut, JobOut, JobPageOut, JobsOut, JobStatus, MetricsOut, StatusOut
 from gateway.errors import ApiError, not_found
+from gateway.negotiation import download_key
 from gateway.serialize import error_json, job_json, job_urls, status_json
 from processing import jobs
 from processing import submissions as create
+from processing.imaging import mime_type_for
 from processing.models import Job
 from processing.operations import get_operation
 
@@ -258,14 +261,20 @@ def job_download(request, job_id: str):
         return JsonResponse(
             job.report, headers={"Content-Disposition": f'attachment; filename="{job.id}.json"'}
         )
-    filename = f"{job.id}.{job.output_key.rsplit('.', 1)[-1]}"
+    key, output_format = download_key(request, job)
+    response = file_response(key, mime_type_for(output_format), f"{job.id}.{key.rsplit('.', 1)[-1]}")
+    if job.parameters.get("format") == "auto":
+        patch_vary_headers(response, ["Accept"])
+    return response
+
+
+def file_response(key: str, content_type: str, filename: str) -> HttpResponse:
+    """The stored file itself, or a redirect to its signed, expiring URL in object storage."""
     try:
-        path = default_storage.path(job.output_key)
+        path = default_storage.path(key)
     except NotImplementedError:  # object storage
-        return HttpResponseRedirect(default_storage.url(job.output_key))
-    return FileResponse(
-        open(path, "rb"), as_attachment=True, filename=filename, content_type=job.output_content_type
-    )
+        return HttpResponseRedirect(default_storage.url(key))
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type)
 
 
 def cancel(request, job_id: str):

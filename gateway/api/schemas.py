@@ -31,6 +31,13 @@ class JobError(Schema):
     message: str
 
 
+class PlaceholderOut(Schema):
+    """What to show while the result loads."""
+
+    blurhash: str = Field(description="A BlurHash (https://blurha.sh) of the result, 4 × 3 components.")
+    preview: str = Field(description="A tiny WebP of the result as a data: URL, at most 1,024 characters.")
+
+
 class ResultOut(Schema):
     url: str
     content_type: str
@@ -38,6 +45,12 @@ class ResultOut(Schema):
     width: int | None
     height: int | None
     bytes: int | None
+    placeholder: PlaceholderOut | None = Field(None, description="For an image result; null for a report.")
+    fallback_format: str | None = Field(
+        None,
+        description="format=auto: the format (jpeg or png) a download gets when its Accept header "
+        "does not name `format`.",
+    )
     report: dict[str, Any] | None = None
 
 

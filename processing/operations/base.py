@@ -12,6 +12,7 @@ from processing.errors import OutputTooLarge
 from processing.imaging import DecodeHint
 
 ProgressCallback = Callable[[float], None]
+OutputFormat = Literal["jpeg", "png", "webp", "avif", "auto"]
 
 # A reduced decode keeps at least twice the result's pixels on each side, as Image.thumbnail's own
 # draft does: the DCT scaling does the coarse work, the Lanczos filter the accurate last step.
@@ -35,10 +36,16 @@ class Params(BaseModel):
 class OutputOptions(Params):
     """How an image result is encoded; the base of every image operation's parameters."""
 
-    format: Literal["jpeg", "png", "webp"] | None = Field(
-        None, description="Output format; by default the input's format (PNG for GIF, BMP and TIFF)."
+    format: OutputFormat | None = Field(
+        None,
+        description=(
+            "Output format; by default the input's format (JPEG for HEIC; PNG for GIF, BMP and TIFF). "
+            "`auto`: the best the client accepts: AVIF, then WebP, when the upload request's Accept "
+            "header names it, otherwise JPEG (PNG for an image with transparency). A download whose "
+            "Accept header does not name the modern format gets that JPEG or PNG instead."
+        ),
     )
-    quality: int = Field(85, ge=1, le=100, description="JPEG and WebP quality; PNG ignores it.")
+    quality: int = Field(85, ge=1, le=100, description="JPEG, WebP and AVIF quality; PNG ignores it.")
 
     # The parameters that decide the result's size, named when it would be too large.
     size_fields: ClassVar[tuple[str, ...]] = ()

@@ -1,15 +1,19 @@
 """Change the format: the pixels are untouched and the encoder does the work."""
 
-from typing import Literal
-
 from PIL import Image
 from pydantic import Field
 
-from processing.operations.base import Operation, OperationResult, OutputOptions, ProgressCallback
+from processing.operations.base import (
+    Operation,
+    OperationResult,
+    OutputFormat,
+    OutputOptions,
+    ProgressCallback,
+)
 
 
 class ConvertParams(OutputOptions):
-    format: Literal["jpeg", "png", "webp"] = Field(description="Output format.")
+    format: OutputFormat = Field(description="Output format (`auto`: as for every image service).")
 
 
 def convert(image: Image.Image, params: ConvertParams, progress: ProgressCallback) -> OperationResult:
@@ -19,7 +23,7 @@ def convert(image: Image.Image, params: ConvertParams, progress: ProgressCallbac
 
 OPERATION = Operation(
     name="convert",
-    description="Re-encode as JPEG, PNG or WebP (metadata removed).",
+    description="Re-encode as JPEG, PNG, WebP or AVIF, or the best the client accepts (metadata removed).",
     params=ConvertParams,
     apply=convert,
 )

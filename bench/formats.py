@@ -1,0 +1,107 @@
+"""AVIF against JPEG on HD photos, and what a result's placeholder costs.
+
+`python -m bench.formats` encodes each photo as Darkroom's worker does (encode_image):
+- JPEG at the default quality, and AVIF at the same quality;
+- AVIF at "equal SSIM": the lowest quality whose SSIM against the photo reaches
+  the JPEG's, and its bytes as a share of the JPEG's;
+then times placeholders.make on the decoded photo (the BlurHash and the tiny preview).
+
+The photos are generated, as the pipeline benchmark's are: the pipeline's own photo (with sensor
+noise, which AVIF smooths away and SSIM counts against it), the same softened, and the softened one
+with light noise.
+"""
+
+import argparse
+import io
+import statistics
+import time
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from bench.pipeline import photo_jpeg
+from bench.raw import ssim
+from processing import placeholders
+from processing.imaging import encode_image
+
+QUALITY = 85  # the API's default
+
+
+def photos(width: int, height: int) -> dict[str, Image.Image]:
+    photo = Image.open(io.BytesIO(photo_jpeg(width, height))).convert("RGB")
+    soft = photo.filter(ImageFilter.GaussianBlur(1.5))
+    noise = np.random.default_rng(1).normal(0, 2, (height, width, 3))
+    light_noise = Image.fromarray(np.clip(np.asarray(soft, np.float32) + noise, 0, 255).astype(np.uint8))
+    return {"pipeline photo": photo, "softened": soft, "softened + light noise": light_noise}
+
+
+def likeness(image: Image.Image, format: str, quality: int) -> tuple[int, float, float]:
+    """(bytes, SSIM against the image, encode ms) of the image encoded as the worker does."""
+    started = time.perf_counter()
+    data = encode_image(image, format, quality)
+    encode_ms = (time.perf_counter() - started) * 1000
+    decoded = Image.open(io.BytesIO(data))
+    decoded.load()
+    return len(data), ssim(image, decoded), encode_ms
+
+
+def equal_ssim(image: Image.Image, target: float) -> tuple[int, int, float] | None:
+    """(quality, bytes, SSIM) of the lowest AVIF quality reaching `target`, found by bisection
+    (SSIM grows with quality); None if not even quality 100 does."""
+    best = None
+    low, high = 1, 100
+    while low <= high:
+        quality = (low + high) // 2
+        size, score, _ = likeness(image, "avif", quality)
+        if score >= target:
+            best, high = (quality, size, score), quality - 1
+        else:
+            low = quality + 1
+    return best
+
+
+def placeholder_ms(image: Image.Image, repeats: int) -> float:
+    placeholders.make(image)  # the first call loads the BlurHash library
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        placeholders.make(image)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def report(name: str, image: Image.Image, repeats: int) -> str:
+    jpeg_bytes, jpeg_ssim, jpeg_ms = likeness(image, "jpeg", QUALITY)
+    avif_bytes, avif_ssim, avif_ms = likeness(image, "avif", QUALITY)
+    lines = [
+        f"{name} ({image.width}×{image.height})",
+        f"  JPEG q{QUALITY}: {jpeg_bytes:>9,} bytes  SSIM {jpeg_ssim:.4f}  {jpeg_ms:6.1f} ms",
+        f"  AVIF q{QUALITY}: {avif_bytes:>9,} bytes  SSIM {avif_ssim:.4f}  {avif_ms:6.1f} ms"
+        f"  ({avif_bytes / jpeg_bytes:.2f}× the JPEG's bytes)",
+    ]
+    equal = equal_ssim(image, jpeg_ssim)
+    if equal is None:
+        lines.append(f"  AVIF at equal SSIM: no quality up to 100 reaches {jpeg_ssim:.4f}")
+    else:
+        quality, size, score = equal
+        lines.append(
+            f"  AVIF at equal SSIM: q{quality}, {size:,} bytes, SSIM {score:.4f}: "
+            f"{size / jpeg_bytes:.2f}× the JPEG's bytes"
+        )
+    lines.append(f"  placeholder (BlurHash + preview): {placeholder_ms(image, repeats):.2f} ms median")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.formats", description=__doc__.split("\n")[0])
+    parser.add_argument("--width", type=int, default=1920)
+    parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--repeats", type=int, default=20, help="placeholder timings per photo")
+    args = parser.parse_args(argv)
+    for name, image in photos(args.width, args.height).items():
+        print(report(name, image, args.repeats), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
