@@ -199,6 +199,37 @@ def test_desktop_batch_of_three_completes_live_and_downloads_an_image(server, br
     page.screenshot(path=ARTIFACTS / "desktop.png", full_page=True)
 
 
+def test_desktop_shows_the_blurhash_until_the_result_loads_and_auto_gives_chromium_avif(
+    server, browser, page_errors
+):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    held = []  # the result's download, held until the placeholder has been seen
+    page.route("**/api/v1/download/**", lambda route: held.append(route))
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready]")
+
+    page.set_input_files("#images", [image_file("auto.png", 40)])
+    page.select_option("#service", "blur")
+    page.select_option("#param-format", "auto")
+    page.click("[data-submit]")
+
+    placeholder = page.locator(".jobs li[data-status=completed] .after canvas.placeholder")
+    placeholder.wait_for()
+    centre_alpha = "c => c.getContext('2d').getImageData(c.width >> 1, c.height >> 1, 1, 1).data[3]"
+    assert placeholder.evaluate(centre_alpha) == 255  # painted, not blank
+    while not held:
+        page.wait_for_timeout(50)  # the browser asks for the result once the card is drawn
+    for route in held:
+        route.continue_()
+    placeholder.wait_for(state="detached")
+
+    assert page.evaluate("document.querySelector('.after img').naturalWidth") == 240
+    job_id = page.get_attribute(".jobs li[data-status=completed]", "data-job-id")
+    job = page.evaluate(f"fetch('/api/v1/jobs/{job_id}').then(r => r.json())")
+    assert (job["result"]["format"], job["result"]["fallback_format"]) == ("avif", "jpeg")
+    page.screenshot(path=ARTIFACTS / "desktop-auto.png", full_page=True)
+
+
 def test_desktop_falls_back_to_polling_when_the_websocket_is_refused(server, browser, page_errors):
     page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
     page.route_web_socket("**/ws/**", lambda socket: socket.close())
@@ -235,7 +266,8 @@ def test_mobile_ui_on_an_iphone_uploads_one_photo_that_completes(server, browser
     page.click("[data-submit]")
 
     page.wait_for_selector(".jobs li[data-status=completed] >> text=IMG_0001.png")
-    assert page.locator(".preview img").count() == 0  # no previews on a phone
+    assert page.locator(".preview img").count() == 0  # no previews on a phone: its BlurHash instead
+    assert page.locator(".jobs li[data-status=completed] .preview canvas.placeholder").count() == 1
     page.screenshot(path=ARTIFACTS / "mobile.png", full_page=True)
 
 
@@ -270,6 +302,7 @@ def test_low_bandwidth_gets_the_lite_ui_which_works_without_javascript(
     page.set_input_files("#image", image_file("slow-link.png", 30))
     page.click("text=Upload and process")
     page.wait_for_selector("[data-status=completed]")  # the page reloads itself until then
+    assert page.get_attribute("img.preview", "src").startswith("data:image/webp;base64,")
     page.screenshot(path=ARTIFACTS / f"lite-status-{how}.png", full_page=True)
 
     with page.expect_download() as download:

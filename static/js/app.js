@@ -347,6 +347,7 @@
     card.error.hidden = !job.error;
     if (!previous || previous.status !== job.status || !card.actions.hasChildNodes()) fillActions(card, job);
     if (features.real_time_preview) fillPreview(card, job, title);
+    else fillPlaceholder(card, job);
     if (job.result && job.result.report && !card.report.hasChildNodes()) card.report.append(...reportView(job.result.report));
     if (features.advanced_metrics && D.isFinished(job) && !card.metricsRequested) showMetrics(card, job);
   }
@@ -377,9 +378,25 @@
     if (isImage) addAfter(card, job, title);
   }
 
+  // The result, over its BlurHash until it has loaded.
   function addAfter(card, job, title) {
     card.after = el("img", { src: job.result.url, alt: "After " + job.service + ": " + title });
-    card.preview.append(el("figure", {}, card.after, el("figcaption", { text: "After" })));
+    const frame = el("div", { class: "after" }, card.after);
+    const hash = job.result.placeholder && job.result.placeholder.blurhash;
+    if (hash && !card.after.complete) {
+      const placeholder = D.placeholder(hash, job.result.width, job.result.height);
+      frame.prepend(placeholder);
+      card.after.addEventListener("load", () => placeholder.remove(), { once: true });
+    }
+    card.preview.append(el("figure", {}, frame, el("figcaption", { text: "After" })));
+  }
+
+  // On a phone no result is downloaded until asked for: its BlurHash stands in for it.
+  function fillPlaceholder(card, job) {
+    const hash = job.result && job.result.placeholder && job.result.placeholder.blurhash;
+    if (!hash || card.placeholder) return;
+    card.placeholder = D.placeholder(hash, job.result.width, job.result.height);
+    card.preview.append(card.placeholder);
   }
 
   async function showMetrics(card, job) {

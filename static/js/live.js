@@ -54,13 +54,21 @@
     return parseAnswer(response.status, await response.text());
   }
 
+  // The image formats this browser shows (placeholder.js finds them): with format=auto the
+  // result is the best of them.
+  async function uploadAccept() {
+    const types = window.Darkroom.imageTypes ? await window.Darkroom.imageTypes : [];
+    return ["application/json", ...types].join(", ");
+  }
+
   // Uploads use XMLHttpRequest because fetch can't report upload progress, and a photo
   // on a phone's connection takes long enough to need a progress bar.
-  function upload(path, formData, onProgress) {
+  async function upload(path, formData, onProgress) {
+    const accept = await uploadAccept();
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
       xhr.open("POST", path);
-      xhr.setRequestHeader("Accept", "application/json");
+      xhr.setRequestHeader("Accept", accept);
       xhr.setRequestHeader("X-CSRFToken", csrfToken());
       xhr.upload.onprogress = (event) => {
         if (event.lengthComputable && onProgress) onProgress(event.loaded / event.total);
@@ -205,7 +213,7 @@
     }
   }
 
-  window.Darkroom = {
+  window.Darkroom = Object.assign(window.Darkroom || {}, {
     ApiError,
     Backoff,
     JobFeed,
@@ -215,5 +223,5 @@
       post: (path) => request("POST", path),
       upload,
     },
-  };
+  });
 })();
