@@ -134,7 +134,15 @@ def frontend_config(profile: Profile) -> dict:
         "compress_responses": low or ui == "lite",
         "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
         "max_batch_files": settings.MAX_BATCH_FILES if rich else 1,
+        "save_data_max_bytes": save_data_budget(profile),
     }
+
+
+def save_data_budget(profile: Profile) -> int | None:
+    """The max_bytes the mobile and lite pages fill in for a visitor saving data; None: no budget."""
+    if profile.ui_mode == "desktop" or profile.bandwidth != "low":
+        return None
+    return settings.SAVE_DATA_MAX_BYTES or None
 
 
 def adapt(request, response):

@@ -33,7 +33,7 @@ UI_NAMES = {"desktop": "Desktop", "mobile": "Mobile", "lite": "Lite"}
 DEFAULT_SERVICE = "grayscale"
 RECENT_JOBS = 10
 # Parameters every image service shares: shown after the service's own, unless required.
-OUTPUT_OPTIONS = ("format", "quality")
+OUTPUT_OPTIONS = ("format", "quality", "max_bytes")
 COLOUR_PATTERN = "^#[0-9a-fA-F]{6}$"
 # The status page reloads itself after 1, 2, 4, 8... seconds, up to the lite polling interval:
 # a quick job shows its result at once, a slow one costs a small page every few seconds.
@@ -72,7 +72,8 @@ def home(request):
         "max_upload_mb": settings.MAX_UPLOAD_BYTES // (1024 * 1024),
     }
     if ui == "lite":
-        context.update(lite_form(request), recent_jobs=recent_jobs(returning_caller(request), 5))
+        budget = context["config"]["save_data_max_bytes"]
+        context.update(lite_form(request, budget), recent_jobs=recent_jobs(returning_caller(request), 5))
     else:
         session_caller(request)  # the page's API calls and WebSocket must carry the session cookie
     return devices.adapt(request, render(request, PAGE_TEMPLATES[ui], context))
@@ -251,23 +252,29 @@ class FormField:
     attrs: dict = field(default_factory=dict)  # min, max, step, pattern
 
 
-def lite_form(request) -> dict:
-    """The chosen service (?service=, since without JavaScript a choice needs a reload) and its fields."""
+def lite_form(request, budget: int | None) -> dict:
+    """The chosen service (?service=, since without JavaScript a choice needs a reload) and its fields,
+    with `budget` filled in as max_bytes for a visitor saving data."""
     service = request.GET.get("service", DEFAULT_SERVICE)
     operation = OPERATIONS.get(service) or OPERATIONS[DEFAULT_SERVICE]
-    return {"service": operation, "fields": parameter_fields(operation.json_schema())}
+    defaults = {"max_bytes": budget} if budget else {}
+    return {"service": operation, "fields": parameter_fields(operation.json_schema(), defaults)}
 
 
-def parameter_fields(schema: dict) -> list[FormField]:
-    """Form fields for a pydantic JSON schema: the service's own parameters, then the output options."""
+def parameter_fields(schema: dict, defaults: dict | None = None) -> list[FormField]:
+    """Form fields for a pydantic JSON schema: the service's own parameters, then the output options.
+    `defaults` replaces the schema's defaults for this page (a visitor saving data: a byte budget)."""
     required = set(schema.get("required", []))
-    fields = [form_field(name, prop, name in required) for name, prop in schema.get("properties", {}).items()]
+    properties = schema.get("properties", {}).items()
+    fields = [
+        form_field(name, prop, name in required, (defaults or {}).get(name)) for name, prop in properties
+    ]
     return sorted(fields, key=lambda f: f.name in OUTPUT_OPTIONS and not f.required)
 
 
-def form_field(name: str, prop: dict, required: bool) -> FormField:
+def form_field(name: str, prop: dict, required: bool, page_default=None) -> FormField:
     spec = without_null(prop)
-    default = prop.get("default")
+    default = prop.get("default") if page_default is None else page_default
     value = "" if default is None else str(default)
     common = {"name": name, "label": prop.get("title", name), "help": prop.get("description", "")}
     if "enum" in spec:

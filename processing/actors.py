@@ -9,11 +9,10 @@ from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
-from processing import jobs, lease, logcontext, placeholders, storage, thumbnails
+from processing import budget, jobs, lease, logcontext, placeholders, storage, thumbnails
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import (
     default_output_format,
-    encode_image,
     load_image,
     mime_type_for,
     universal_format,
@@ -124,8 +123,11 @@ def run(job: Job, worker: str) -> None:
 def store_image_output(job: Job, image, params, input_format: str, timings: dict) -> dict:
     output_format = chosen_format(job, params, input_format, image)
     step = time.perf_counter()
-    data = encode_image(image, output_format, params.quality)
+    fitted = budget.encode_within(image, output_format, params.quality, params.max_bytes)
     timings["encode_ms"] = elapsed_ms(step)
+    if fitted.encodes > 1:
+        timings.update(fitted.metrics(image))
+    data = fitted.data
 
     step = time.perf_counter()
     key = storage.save_output(storage.output_key(str(job.id), extension(output_format)), data)
@@ -134,12 +136,12 @@ def store_image_output(job: Job, image, params, input_format: str, timings: dict
         "output_format": output_format,
         "output_content_type": mime_type_for(output_format),
         "output_bytes": len(data),
-        "output_width": image.width,
-        "output_height": image.height,
+        "output_width": fitted.image.width,
+        "output_height": fitted.image.height,
         "output_sha256": hashlib.sha256(data).hexdigest(),
     }
     if job.negotiated_format:
-        fields.update(store_fallback(job, image, params.quality))
+        fields.update(store_fallback(job, fitted.image, params.quality, params.max_bytes))
     timings["store_ms"] = elapsed_ms(step)
     return fields
 
@@ -151,10 +153,11 @@ def chosen_format(job: Job, params, input_format: str, image) -> str:
     return params.format or default_output_format(input_format)
 
 
-def store_fallback(job: Job, image, quality: int) -> dict:
-    """The same result as JPEG or PNG, for downloads whose Accept does not name the chosen format."""
+def store_fallback(job: Job, image, quality: int, max_bytes: int | None) -> dict:
+    """The same result as JPEG or PNG, for downloads whose Accept does not name the chosen format;
+    within the same budget, so it may have fewer pixels than the result."""
     fallback_format = universal_format(image)
-    data = encode_image(image, fallback_format, quality)
+    data = budget.encode_within(image, fallback_format, quality, max_bytes).data
     key = storage.save_output(storage.fallback_key(str(job.id), extension(fallback_format)), data)
     return {"fallback_key": key, "fallback_format": fallback_format}
 

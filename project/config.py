@@ -483,6 +483,15 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "SAVE_DATA_MAX_BYTES",
+        INT,
+        150_000,
+        "The byte budget (max_bytes) the mobile and lite pages fill in for a visitor who asked to save "
+        "data (Save-Data, a slow connection or ?bandwidth=low); 0 leaves it empty.",
+        LIMITS,
+        minimum=0,
+    ),
+    Setting(
         "MAX_IMAGE_PIXELS",
         INT,
         50_000_000,

@@ -271,6 +271,23 @@ def test_mobile_ui_on_an_iphone_uploads_one_photo_that_completes(server, browser
     page.screenshot(path=ARTIFACTS / "mobile.png", full_page=True)
 
 
+def test_mobile_ui_chosen_while_saving_data_fills_in_a_byte_budget(server, browser, page_errors):
+    page = open_page(
+        browser,
+        page_errors,
+        viewport={"width": 390, "height": 844},
+        user_agent=IPHONE,
+        is_mobile=True,
+        extra_http_headers={"Save-Data": "on"},
+    )
+    page.goto(server.url + "/?ui=mobile")
+    assert ui_of(page) == "mobile"
+    page.wait_for_selector("body[data-ready]")
+
+    page.select_option("#service", "thumbnail")
+    assert page.input_value("#param-max_bytes") == "150000"
+
+
 # --- Lite, with JavaScript off ------------------------------------------------------------------
 
 

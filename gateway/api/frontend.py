@@ -28,6 +28,10 @@ class FrontendConfigOut(Schema):
     compress_responses: bool = Field(description="pages are sent gzip-compressed")
     max_upload_bytes: int
     max_batch_files: int
+    save_data_max_bytes: int | None = Field(
+        description="the byte budget (max_bytes) the mobile and lite pages fill in for a visitor saving "
+        "data (SAVE_DATA_MAX_BYTES); null for everyone else"
+    )
 
 
 class ConfigChoices(Schema):

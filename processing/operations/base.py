@@ -13,6 +13,9 @@ from processing.imaging import DecodeHint
 
 ProgressCallback = Callable[[float], None]
 OutputFormat = Literal["jpeg", "png", "webp", "avif", "auto"]
+# A kilobyte holds a recognisable thumbnail in any format; a budget above 50 MB budgets nothing.
+MIN_BUDGET_BYTES = 1024
+MAX_BUDGET_BYTES = 50_000_000
 
 # A reduced decode keeps at least twice the result's pixels on each side, as Image.thumbnail's own
 # draft does: the DCT scaling does the coarse work, the Lanczos filter the accurate last step.
@@ -46,6 +49,15 @@ class OutputOptions(Params):
         ),
     )
     quality: int = Field(85, ge=1, le=100, description="JPEG, WebP and AVIF quality; PNG ignores it.")
+    max_bytes: int | None = Field(
+        None,
+        ge=MIN_BUDGET_BYTES,
+        le=MAX_BUDGET_BYTES,
+        description=(
+            "A byte budget for the result: over it, the highest quality (down to 30) that fits, and "
+            "if even that is too large, fewer pixels. The result's width and height say what was made."
+        ),
+    )
 
     # The parameters that decide the result's size, named when it would be too large.
     size_fields: ClassVar[tuple[str, ...]] = ()

@@ -21,7 +21,7 @@
     cancelled: "Cancelled",
   };
   // Options every image service shares go after the service's own, unless required.
-  const OUTPUT_OPTIONS = ["format", "quality"];
+  const OUTPUT_OPTIONS = ["format", "quality", "max_bytes"];
   const COLOUR_PATTERN = "^#[0-9a-fA-F]{6}$";
 
   const fileInputs = Array.from(form.querySelectorAll("[data-file-input]"));
@@ -84,10 +84,14 @@
     return choices.length === 1 ? choices[0] : prop;
   }
 
+  // A visitor saving data gets results within a byte budget unless they clear it.
+  const PAGE_DEFAULTS = config.save_data_max_bytes ? { max_bytes: config.save_data_max_bytes } : {};
+
   function parameterField(name, prop, required) {
     const spec = withoutNull(prop);
     const id = "param-" + name;
-    const value = prop.default === undefined || prop.default === null ? "" : String(prop.default);
+    const given = name in PAGE_DEFAULTS ? PAGE_DEFAULTS[name] : prop.default;
+    const value = given === undefined || given === null ? "" : String(given);
     const help = prop.description ? el("small", { id: id + "-help", text: prop.description }) : null;
     const common = { id, name, required, "aria-describedby": help && id + "-help", "data-parameter": true };
     let control;
