@@ -514,6 +514,15 @@ def test_a_thumbnail_from_a_reduced_decode_matches_one_from_the_full_image(photo
     assert images.ssim(from_reduced, from_full) >= 0.97
 
 
+@pytest.mark.parametrize("gravity", ["center", "entropy", "attention"])
+def test_a_square_thumbnail_from_a_reduced_decode_matches_one_from_the_full_image(photo_jpeg, gravity):
+    from_reduced, from_full, _ = reduced_and_full(
+        "thumbnail", photo_jpeg, size=60, square=True, gravity=gravity
+    )
+    assert from_reduced.size == from_full.size == (60, 60)
+    assert images.ssim(from_reduced, from_full) >= 0.9
+
+
 def test_grayscale_from_the_luma_alone_is_within_two_levels_of_converting(photo_jpeg):
     from_luma, from_colour, _ = reduced_and_full("grayscale", photo_jpeg)
     difference = np.abs(pixels(from_luma) - pixels(from_colour))
