@@ -111,6 +111,7 @@ class Stack(StartedOrCleanedUp):
         threads: int,
         supervised: bool = False,
         database_template: str | None = None,
+        worker_prefix: tuple[str, ...] = (),
         **settings: str,
     ):
         self.name = f"darkroom_bench_{uuid.uuid4().hex[:8]}"
@@ -119,6 +120,8 @@ class Stack(StartedOrCleanedUp):
         self.supervised = supervised
         # A migrated database to copy (the tests keep one): seconds faster than migrating a new one.
         self.database_template = database_template
+        # What the worker commands run under, e.g. a command that joins a memory cgroup and execs the rest.
+        self.worker_prefix = list(worker_prefix)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}_"))
         self.processes: dict[str, subprocess.Popen] = {}
         self.admin_dsn = with_path("DATABASE_URL", "postgres://postgres@127.0.0.1:5432", "/postgres")
@@ -156,10 +159,10 @@ class Stack(StartedOrCleanedUp):
         self.base_url = f"http://127.0.0.1:{self.port}"
         if self.supervised:
             count = ["--processes", str(self.workers), "--threads", str(self.threads)]
-            self.spawn("workers", [*MANAGE, "run_workers", *count])
+            self.spawn("workers", [*self.worker_prefix, *MANAGE, "run_workers", *count])
         for number in range(0 if self.supervised else self.workers):
             command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(self.threads)]
-            self.spawn(f"worker{number + 1}", command)
+            self.spawn(f"worker{number + 1}", [*self.worker_prefix, *command])
         self.wait_until(self.is_live, "the server to answer /health/live")
         # Workers that are still booting would show up as queue wait in the first jobs.
         self.wait_until(lambda: self.consumers() >= self.workers, f"{self.workers} workers to consume")

@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import math
 import time
 
 import dramatiq
@@ -9,7 +10,7 @@ from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
-from processing import budget, jobs, lease, logcontext, placeholders, storage, thumbnails
+from processing import admission, budget, jobs, lease, logcontext, placeholders, storage, thumbnails
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import (
     default_output_format,
@@ -55,7 +56,7 @@ def process_job(job_id: str) -> None:
 def process_claimed(job: Job, worker: str) -> None:
     logger.info("processing %s (attempt %d)", job.service, job.attempts)
     try:
-        with lease.renewer.hold(job.id, worker):
+        with lease.renewer.hold(job.id, worker), admission.admitted(pixels_of(job)):
             run(job, worker)
     except UnprocessableImage as exc:
         jobs.fail(job.id, exc.code, exc.message, worker)
@@ -80,6 +81,21 @@ def wait_for_lease_or_skip(job_id: str) -> None:
     worker, seconds_left = holder
     # Its worker may have died (a SIGKILL leaves the lease to run out): look again after the lease.
     raise dramatiq.Retry(f"job held by {worker}", delay=int(seconds_left * 1000) + 500)
+
+
+def pixels_of(job: Job) -> int:
+    """What the job counts against the memory budget: the pixels it decodes (fewer when the decode is
+    reduced) or makes, whichever is more, weighted by what its operation holds per pixel."""
+    operation = get_operation(job.service)
+    params = operation.parse(job.parameters)
+    width, height = job.input_width, job.input_height
+    decoded = width * height
+    hint = operation.decode_hint(params, width, height)
+    if hint is not None and hint.size is not None:
+        decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
+    made = operation.output_size(params, width, height)
+    pixels = max(decoded, made[0] * made[1] if made else 0)
+    return math.ceil(pixels * operation.memory_per_pixel / admission.BYTES_PER_PIXEL)
 
 
 def run(job: Job, worker: str) -> None:

@@ -525,6 +525,25 @@ SETTINGS: tuple[Setting, ...] = (
     # --- Jobs and workers
     Setting("JOB_TIME_LIMIT_SECONDS", INT, 120, "Seconds one attempt at a job may run.", JOBS, minimum=1),
     Setting(
+        "WORKER_PIXEL_BUDGET",
+        INT,
+        0,
+        "Decoded pixels the jobs of all worker processes on a machine may hold at once (a lighter "
+        "operation's pixels count for less: grayscale a fifth); a job waits until its pixels fit, and one "
+        "larger than the budget runs alone. 0: 60% of the memory limit (the cgroup's, else the "
+        "machine's) at 12 bytes a pixel.",
+        JOBS,
+        minimum=0,
+    ),
+    Setting(
+        "WORKER_ADMISSION_LEDGER",
+        STR,
+        "",
+        "The file where a machine's worker processes keep the pixels each holds; empty: admission.json in "
+        "VAR_DIR. Processes sharing a memory limit must share it.",
+        JOBS,
+    ),
+    Setting(
         "JOB_MAX_RETRIES",
         INT,
         3,

@@ -51,6 +51,12 @@ def anonymous_callers_allowed(settings):
 
 
 @pytest.fixture(autouse=True)
+def admission_ledger_in_tmp(settings, tmp_path):
+    """The in-process workers of each test keep their memory admission apart from other tests'."""
+    settings.WORKER_ADMISSION_LEDGER = str(tmp_path / "admission.json")
+
+
+@pytest.fixture(autouse=True)
 def media_in_tmp(settings, tmp_path):
     """Each test stores its files in a folder of its own."""
     default = settings.STORAGES["default"]

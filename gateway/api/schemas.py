@@ -137,12 +137,26 @@ class QueueOut(Schema):
     consumers: int | None
 
 
+class MachineMemoryOut(Schema):
+    """One machine's memory admission (WORKER_PIXEL_BUDGET), as its worker processes last left it."""
+
+    host: str
+    pixel_budget: int = Field(description="pixels (decoded and made) its jobs may hold at once")
+    pixels_admitted: int
+    jobs_admitted: int
+    jobs_waiting: int = Field(description="claimed jobs waiting for their pixels to fit")
+
+
 class QueueStatusOut(Schema):
     broker: Literal["rabbitmq", "embedded"]
     available: bool
     queues: list[QueueOut]
     jobs_queued: int
     jobs_processing: int
+    memory: list[MachineMemoryOut] = Field(
+        description="each worker machine's memory admission; a machine idle for twice "
+        "JOB_TIME_LIMIT_SECONDS drops out"
+    )
 
 
 class DurationStats(Schema):

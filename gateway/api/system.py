@@ -7,7 +7,7 @@ from gateway import health
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
 from gateway.api.schemas import CleanupOut, ErrorOut, FileStatsOut, HealthOut, QueueStatusOut, StatisticsOut
 from gateway.errors import ApiError
-from processing import broker, cleanup, stats
+from processing import admission, broker, cleanup, stats
 
 router = Router(tags=["system"])
 
@@ -23,8 +23,9 @@ def require_staff(request) -> None:
     "/queue/status", response={200: QueueStatusOut, **AUTH_ERRORS}, throttle=READ_LIMIT, url_name="queues"
 )
 def queue_status(request):
-    """Per queue, from the broker itself: messages ready, delayed, in flight, dead-lettered; consumers."""
-    return {**broker.queue_status(), **stats.in_flight_counts()}
+    """Per queue, from the broker itself: messages ready, delayed, in flight, dead-lettered; consumers.
+    Per worker machine: its pixel budget, the pixels its jobs hold and the jobs waiting for memory."""
+    return {**broker.queue_status(), **stats.in_flight_counts(), "memory": admission.machines()}
 
 
 @router.get(

@@ -98,6 +98,9 @@ class Operation:
     params: type[BaseModel]
     apply: Callable[[Image.Image, BaseModel, ProgressCallback], OperationResult]
     produces: Literal["image", "report"] = "image"
+    # Bytes the whole job (decode, operation, encode) holds at its peak per pixel decoded, measured on
+    # a 49-megapixel JPEG (`python -m bench.memory --per-operation`); memory admission counts by it.
+    memory_per_pixel: float = 12.0
 
     def parse(self, raw: Mapping[str, Any]) -> BaseModel:
         """Validate raw parameters; raises pydantic.ValidationError."""

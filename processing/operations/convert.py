@@ -26,4 +26,5 @@ OPERATION = Operation(
     description="Re-encode as JPEG, PNG, WebP or AVIF, or the best the client accepts (metadata removed).",
     params=ConvertParams,
     apply=convert,
+    memory_per_pixel=4.5,
 )

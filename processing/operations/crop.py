@@ -74,4 +74,5 @@ OPERATION = Operation(
     description="Cut out a width x height rectangle at x, y, or where gravity finds the subject.",
     params=CropParams,
     apply=crop,
+    memory_per_pixel=5.0,
 )

@@ -59,4 +59,5 @@ OPERATION = Operation(
     description="Convert to grayscale in parallel bands, optionally repeated and timed.",
     params=GrayscaleParams,
     apply=grayscale,
+    memory_per_pixel=2.5,
 )

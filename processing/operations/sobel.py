@@ -42,4 +42,5 @@ OPERATION = Operation(
     description="Detect edges with the Sobel operator: bright where brightness changes sharply.",
     params=SobelParams,
     apply=sobel,
+    memory_per_pixel=9.5,
 )

@@ -1,0 +1,232 @@
+"""Memory admission: a worker decodes an image only when its pixels fit the machine's budget.
+
+A 50-megapixel JPEG decodes to 200 MB, and its result can take as much again: a burst of them
+on the threads and processes that share one memory limit would get workers OOM-killed. Instead,
+every worker process on a machine draws from one budget of pixels (WORKER_PIXEL_BUDGET, or sized
+from the memory limit), kept in a small ledger file under an exclusive lock: the pixels each
+process has admitted, by pid, so those of a process that died are freed when its pid is found
+gone. A job waits, holding its lease, until its pixels fit; one larger than the whole budget
+waits until nothing else runs, then runs alone.
+
+What the ledger holds is also published to Redis (`darkroom:admission:<host>`) on every change,
+so `/api/v1/queue/status` on any gateway shows each machine's budget, pixels in use and jobs
+waiting. Publishing is best effort: a job never waits for Redis.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# The budget counts pixels of the heaviest operations (blur, sharpen, analyze, rotate), which hold
+# this many bytes per decoded pixel at their peak: Pillow keeps RGB in 4 bytes a pixel, and the
+# result and a blur's passes come on top. Lighter operations count less (Operation.memory_per_pixel).
+BYTES_PER_PIXEL = 12
+# The share of the memory limit jobs' pixels may take: the rest is the interpreters and libraries.
+MEMORY_SHARE = 0.6
+WAIT_SECONDS = (0.02, 0.2)  # the first and the longest pause between looks at the ledger
+REDIS_PREFIX = "darkroom:admission:"
+REDIS_TIMEOUT_SECONDS = 0.5
+
+
+def budget() -> int:
+    """The machine's budget of pixels: WORKER_PIXEL_BUDGET, or 0 there for a share of the memory limit."""
+    if settings.WORKER_PIXEL_BUDGET:
+        return settings.WORKER_PIXEL_BUDGET
+    return int(memory_limit() * MEMORY_SHARE / BYTES_PER_PIXEL)
+
+
+def memory_limit() -> int:
+    """This process's cgroup memory limit (v2 or v1), or the machine's memory when there is none."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in cgroup_limit_files():
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return min(int(text), physical)
+    return physical
+
+
+def cgroup_limit_files() -> list[Path]:
+    files = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            files.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max")
+        elif "memory" in controllers.split(","):
+            files.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes")
+    return files
+
+
+def ledger_path() -> Path:
+    return Path(settings.WORKER_ADMISSION_LEDGER or Path(settings.VAR_DIR) / "admission.json")
+
+
+class Ledger:
+    """The machine's admitted pixels and waiting jobs, by pid, read and written under an flock."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @contextmanager
+    def open(self) -> Iterator[dict]:
+        """The entries of live processes, locked; what the block changes in them is written back
+        (and published)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                handle.seek(0)
+                stored = handle.read()
+                entries = live(parse(stored))
+                yield entries
+                changed = json.dumps(entries)
+                if changed != stored:
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(changed)
+                    handle.flush()
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        if changed != stored:
+            publish(summary(entries))
+
+    def read(self) -> dict:
+        with self.open() as entries:
+            return dict(entries)
+
+
+def parse(text: str) -> dict:
+    try:
+        entries = json.loads(text) if text else {}
+    except ValueError:
+        return {}  # a torn write from a process killed mid-write: start afresh
+    return entries if isinstance(entries, dict) else {}
+
+
+def live(entries: dict) -> dict:
+    """The entries whose process still exists: a killed worker's pixels go back to the budget."""
+    return {pid: entry for pid, entry in entries.items() if pid_alive(int(pid))}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def summary(entries: dict) -> dict:
+    return {
+        "host": socket.gethostname(),
+        "pixel_budget": budget(),
+        "pixels_admitted": sum(entry.get("pixels", 0) for entry in entries.values()),
+        "jobs_admitted": sum(entry.get("jobs", 0) for entry in entries.values()),
+        "jobs_waiting": sum(entry.get("waiting", 0) for entry in entries.values()),
+    }
+
+
+@contextmanager
+def admitted(pixels: int) -> Iterator[None]:
+    """Hold `pixels` of the machine's budget for the block, waiting until they fit."""
+    ledger, limit = Ledger(ledger_path()), budget()
+    cost = min(pixels, limit)  # a job larger than the whole budget fits only when nothing else runs
+    if not take(ledger, cost, limit, waiting=False):
+        change(ledger, waiting=+1)
+        try:
+            wait_for_room(ledger, cost, limit)
+        except BaseException:
+            change(ledger, waiting=-1)
+            raise
+    try:
+        yield
+    finally:
+        change(ledger, pixels=-cost, jobs=-1)
+
+
+def wait_for_room(ledger: Ledger, cost: int, limit: int) -> None:
+    """Look again, pausing longer each time (but not long), until the pixels fit; a pause is where
+    a time limit can interrupt the wait."""
+    pause = WAIT_SECONDS[0]
+    while not take(ledger, cost, limit, waiting=True):
+        time.sleep(pause)
+        pause = min(pause * 2, WAIT_SECONDS[1])
+
+
+def take(ledger: Ledger, cost: int, limit: int, waiting: bool) -> bool:
+    """Take `cost` pixels for this process if they fit now (no longer waiting, if it was)."""
+    with ledger.open() as entries:
+        in_use = sum(entry.get("pixels", 0) for entry in entries.values())
+        if in_use + cost > limit:
+            return False
+        mine = entries.setdefault(str(os.getpid()), {})
+        mine["pixels"] = mine.get("pixels", 0) + cost
+        mine["jobs"] = mine.get("jobs", 0) + 1
+        if waiting:
+            mine["waiting"] = mine.get("waiting", 0) - 1
+        return True
+
+
+def change(ledger: Ledger, **deltas: int) -> None:
+    with ledger.open() as entries:
+        mine = entries.setdefault(str(os.getpid()), {})
+        for name, delta in deltas.items():
+            mine[name] = max(0, mine.get(name, 0) + delta)
+        if not any(mine.values()):
+            del entries[str(os.getpid())]
+
+
+# --- What each machine's workers hold, for /api/v1/queue/status ------------------------------
+
+
+@lru_cache(maxsize=4)
+def redis_client(url: str, pid: int) -> redis.Redis:
+    """A client per process (`pid` in the key: a forked worker must not share its parent's sockets)."""
+    return redis.Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+    )
+
+
+def publish(state: dict) -> None:
+    """Best effort: the machine's state in Redis until the longest a job can run has passed."""
+    if not settings.REDIS_URL:
+        return
+    try:
+        client = redis_client(settings.REDIS_URL, os.getpid())
+        client.set(REDIS_PREFIX + state["host"], json.dumps(state), ex=settings.JOB_TIME_LIMIT_SECONDS * 2)
+    except redis.RedisError as exc:
+        logger.debug("could not publish the admission state: %s", exc)
+
+
+def machines() -> list[dict]:
+    """Each machine's admission state: from Redis when there is one, else this machine's ledger."""
+    if not settings.REDIS_URL:
+        return [summary(Ledger(ledger_path()).read())]
+    try:
+        client = redis_client(settings.REDIS_URL, os.getpid())
+        keys = sorted(client.scan_iter(match=REDIS_PREFIX + "*", count=100))
+        values = client.mget(keys) if keys else []
+    except redis.RedisError as exc:
+        logger.warning("could not read the admission state: %s", exc)
+        return []
+    return [json.loads(value) for value in values if value]
