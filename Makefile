@@ -8,7 +8,7 @@ PORT ?= 8000
 WS_PORT ?= 8001
 
 .PHONY: setup run serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-ws \
-	bench-scaler bench-thumbor chaos clean
+	bench-scaler bench-thumbor bench-memory bench-formats chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -92,6 +92,15 @@ bench-api: $(STAMP)
 # WebSocket scale: 10,000 clients watching jobs on one server process (PostgreSQL, redis-server).
 bench-ws: $(STAMP)
 	$(BIN)/python -m bench.websockets $(BENCH_WS_ARGS)
+
+# A burst of 49 MP JPEGs at 2 worker processes in a 1 GB memory cgroup (needs root for the cgroup):
+# OOM kills, 5xx and jobs completed. BENCH_MEMORY_ARGS="--no-admission" for the same without admission.
+bench-memory: $(STAMP)
+	$(BIN)/python -m bench.memory $(BENCH_MEMORY_ARGS)
+
+# AVIF against JPEG on HD photos (bytes at equal SSIM), and the cost of a result's placeholder.
+bench-formats: $(STAMP)
+	$(BIN)/python -m bench.formats
 
 # The fault suite on the full stack: worker kills and PostgreSQL, RabbitMQ and Redis restarts under
 # load (it stops and starts this machine's services). CHAOS_ARGS="--jobs 60 --fault redis-restart".

@@ -22,6 +22,7 @@ Who may subscribe: the job's owner, as for the API.
   `new WebSocket(url, ["darkroom", "darkroom.key." + key])`; the server answers
   "darkroom" and never echoes the key. Not in the query string: URLs end up in logs.
 - From scripts, the API's headers also work: `X-API-Key` or `Authorization: Bearer`.
+- A bearer token (JWT) from the identity provider, wherever an API key goes (gateway/tokens.py).
 
 Close codes, sent after the handshake so that browsers can read them (code and reason):
 - 1000: the job finished.
@@ -47,7 +48,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
 from django.http.cookie import parse_cookie
 
-from gateway import events, owners
+from gateway import events, owners, tokens
 from gateway.layers import WS_DROPPED
 from gateway.serialize import job_json
 from gateway.subscriptions import Subscriptions
@@ -117,7 +118,10 @@ def authenticate(scope) -> owners.Caller | None:
     and there are none. Raises InvalidKey for a key that matches no live key."""
     key = presented_key(scope)
     if key is not None:
-        caller = owners.from_key(key)
+        try:
+            caller = owners.from_credential(key)
+        except tokens.InvalidToken as exc:
+            raise InvalidKey(str(exc)) from None
         if caller is None:
             raise InvalidKey
         return caller
@@ -200,8 +204,11 @@ class LiveSocket:
     async def open(self, scope, route: dict) -> None:
         try:
             caller = await authenticate(scope)
-        except InvalidKey:
-            return await self.close(Close.BAD_CREDENTIALS, "the API key is unknown or revoked")
+        except InvalidKey as exc:
+            reason = str(exc) or "the API key is unknown or revoked"
+            return await self.close(Close.BAD_CREDENTIALS, reason[:120])  # a close reason: 123 bytes at most
+        except tokens.KeysUnavailable:
+            return await self.close(Close.TRY_AGAIN_LATER, "the identity provider's keys can't be fetched")
         except DatabaseError:
             logger.exception("could not authenticate a WebSocket: the database failed")
             return await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")

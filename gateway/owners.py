@@ -16,6 +16,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from gateway import tokens
 from gateway.models import ApiKey
 from processing.models import Job, find_job, owned_by
 from processing.submissions import Owner
@@ -30,16 +31,22 @@ class Caller:
     session_owner: str = ""
     user_id: int | None = None
     is_staff: bool = False
+    subject: str = ""  # a bearer token's owner claim
 
     @property
     def kind(self) -> str:
-        return "api_key" if self.key else "session" if self.session_owner else "anonymous"
+        if self.key:
+            return "api_key"
+        return "token" if self.subject else "session" if self.session_owner else "anonymous"
 
     @property
     def owner(self) -> Owner:
         """The owner this caller's new jobs get."""
         return Owner(
-            key=str(self.key.pk) if self.key else "", session=self.session_owner, user_id=self.user_id
+            key=str(self.key.pk) if self.key else "",
+            session=self.session_owner,
+            user_id=self.user_id,
+            subject=self.subject,
         )
 
     @property
@@ -64,6 +71,15 @@ class Caller:
 def jobs_visible_to(viewer: str | None):
     """The jobs of owner identity `viewer`, or everyone's for None (see Caller.viewer)."""
     return Job.objects.all() if viewer is None else Job.objects.filter(owned_by(viewer))
+
+
+def from_credential(presented: str) -> Caller | None:
+    """The caller a bearer credential names: a token (JWT) when tokens are enabled and it is one,
+    else an API key; None for an unknown key. Raises tokens.InvalidToken or KeysUnavailable."""
+    if tokens.enabled() and tokens.looks_like_jwt(presented):
+        owner = tokens.verify(presented)
+        return Caller(subject=owner.subject, is_staff=owner.is_staff)
+    return from_key(presented)
 
 
 def from_key(presented: str) -> Caller | None:

@@ -49,14 +49,21 @@ class OwnerFilter(admin.SimpleListFilter):
             (owner_identity(str(key.pk), ""), f"API key: {key.name}")
             for key in api_key.objects.order_by("name")[:50]
         ]
-        return [("session", "Browser sessions"), ("anonymous", "Anonymous"), *keys]
+        return [
+            ("session", "Browser sessions"),
+            ("token", "Bearer tokens"),
+            ("anonymous", "Anonymous"),
+            *keys,
+        ]
 
     def queryset(self, request, queryset):
         value = self.value() or ""
         if value == "session":
-            return queryset.filter(owner_key="").exclude(owner_session="")
+            return queryset.filter(owner_key="", owner_subject="").exclude(owner_session="")
+        if value == "token":
+            return queryset.filter(owner_key="").exclude(owner_subject="")
         if value == "anonymous":
-            return queryset.filter(owner_key="", owner_session="")
+            return queryset.filter(owned_by("anonymous"))
         if value.startswith("key:"):
             return queryset.filter(owned_by(value))
         return queryset
@@ -92,7 +99,7 @@ class JobAdmin(admin.ModelAdmin):
     actions = ("retry_failed", "republish_dead_letters", "cancel_jobs")
     fieldsets = (
         (None, {"fields": ("id", "service", "status", "progress", "parameters_json", "request_id")}),
-        ("Owner", {"fields": ("owner_key", "owner_session", "owner_user")}),
+        ("Owner", {"fields": ("owner_key", "owner_subject", "owner_session", "owner_user")}),
         (
             "Input",
             {
@@ -180,6 +187,8 @@ class JobAdmin(admin.ModelAdmin):
     def owner(self, job: Job) -> str:
         if job.owner_key:
             return f"API key #{job.owner_key}"
+        if job.owner_subject:
+            return f"token {job.owner_subject}"
         if job.owner_user_id:
             return f"user {job.owner_user}"
         if job.owner_session:

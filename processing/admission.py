@@ -13,6 +13,7 @@ so `/api/v1/queue/status` on any gateway shows each machine's budget, pixels in 
 waiting. Publishing is best effort: a job never waits for Redis.
 """
 
+import ctypes
 import fcntl
 import json
 import logging
@@ -29,6 +30,11 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+try:
+    _libc = ctypes.CDLL("libc.so.6")  # glibc: malloc_trim
+except OSError:
+    _libc = None  # another C library (musl, macOS): nothing to trim this way
+
 # The budget counts pixels of the heaviest operations (blur, sharpen, analyze, rotate), which hold
 # this many bytes per decoded pixel at their peak: Pillow keeps RGB in 4 bytes a pixel, and the
 # result and a blur's passes come on top. Lighter operations count less (Operation.memory_per_pixel).
@@ -36,6 +42,8 @@ BYTES_PER_PIXEL = 12
 # The share of the memory limit jobs' pixels may take: the rest is the interpreters and libraries.
 MEMORY_SHARE = 0.6
 WAIT_SECONDS = (0.02, 0.2)  # the first and the longest pause between looks at the ledger
+# Jobs this large (in counted pixels) give their freed memory back to the system when they end.
+TRIM_AFTER_PIXELS = 1_000_000
 REDIS_PREFIX = "darkroom:admission:"
 REDIS_TIMEOUT_SECONDS = 0.5
 
@@ -161,7 +169,20 @@ def admitted(pixels: int) -> Iterator[None]:
     try:
         yield
     finally:
+        if cost >= TRIM_AFTER_PIXELS:
+            give_back_freed_memory()
         change(ledger, pixels=-cost, jobs=-1)
+
+
+def give_back_freed_memory() -> None:
+    """Return what the job freed to the system before its pixels go back to the budget.
+
+    glibc keeps freed memory in its arenas (a thread's own, mostly) for reuse, and after one large
+    free it raises the size it hands to mmap, so a worker that ran one big job would keep most of
+    it: measured, a 49 MP rotate left 380 MB behind, which malloc_trim gives back.
+    """
+    if _libc is not None:
+        _libc.malloc_trim(0)
 
 
 def wait_for_room(ledger: Ledger, cost: int, limit: int) -> None:

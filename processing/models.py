@@ -25,8 +25,12 @@ class Job(models.Model):
     progress = models.FloatField(default=0.0)
     request_id = models.CharField(max_length=64, blank=True)
 
-    # Owners: at most one of key and session is set (none: the anonymous owner of the embedded default).
+    # Owners: at most one of key, subject and session is set (none: the anonymous owner of the embedded
+    # default).
     owner_key = models.CharField(max_length=64, blank=True, help_text="API key id that created the job")
+    owner_subject = models.CharField(
+        max_length=255, blank=True, help_text="the owner claim of the bearer token (JWT) that created it"
+    )
     owner_session = models.CharField(max_length=64, blank=True, help_text="browser session that created it")
     owner_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
 
@@ -86,6 +90,7 @@ class Job(models.Model):
             # GET /api/v1/jobs for one API key or session, newest first.
             models.Index(fields=["owner_key", "-created_at"], name="job_owner_key_created"),
             models.Index(fields=["owner_session", "-created_at"], name="job_owner_session_created"),
+            models.Index(fields=["owner_subject", "-created_at"], name="job_owner_subject_created"),
             # result reuse and the admin's search by sha256.
             models.Index(fields=["input_sha256", "service"], name="job_input_sha_service"),
         ]
@@ -111,7 +116,7 @@ class Job(models.Model):
 
     @property
     def owner_identity(self) -> str:
-        return owner_identity(self.owner_key, self.owner_session)
+        return owner_identity(self.owner_key, self.owner_session, self.owner_subject)
 
     @property
     def file_keys(self) -> list[str]:
@@ -119,11 +124,13 @@ class Job(models.Model):
         return [key for key in (self.input_key, self.output_key, self.fallback_key) if key]
 
 
-def owner_identity(owner_key: str, owner_session: str) -> str:
-    """The one name of an owner ("key:12", "session:…" or "anonymous"): rate limits, idempotency
-    keys and the owner's live-event group all use it."""
+def owner_identity(owner_key: str, owner_session: str, owner_subject: str = "") -> str:
+    """The one name of an owner ("key:12", "token:alice", "session:…" or "anonymous"): rate limits,
+    idempotency keys and the owner's live-event group all use it."""
     if owner_key:
         return f"key:{owner_key}"
+    if owner_subject:
+        return f"token:{owner_subject}"
     if owner_session:
         return f"session:{owner_session}"
     return "anonymous"
@@ -134,9 +141,11 @@ def owned_by(identity: str) -> Q:
     kind, _, value = identity.partition(":")
     if kind == "key":
         return Q(owner_key=value)
+    if kind == "token":
+        return Q(owner_key="", owner_subject=value)
     if kind == "session":
-        return Q(owner_key="", owner_session=value)
-    return Q(owner_key="", owner_session="")
+        return Q(owner_key="", owner_subject="", owner_session=value)
+    return Q(owner_key="", owner_subject="", owner_session="")
 
 
 def find_job(job_id: uuid.UUID, owner: str | None) -> Job | None:

@@ -60,20 +60,23 @@ class Upload(Protocol):
 
 @dataclass(frozen=True)
 class Owner:
-    """Whose jobs these are: an API key id, or a browser session's owner token, or neither."""
+    """Whose jobs these are: an API key id, a bearer token's subject, a browser session's owner
+    token, or none of them."""
 
     key: str = ""
     session: str = ""
     user_id: int | None = None
+    subject: str = ""
 
     @property
     def identity(self) -> str:
-        return owner_identity(self.key, self.session)
+        return owner_identity(self.key, self.session, self.subject)
 
     def fields(self) -> dict:
         return {
             "owner_key": self.key,
-            "owner_session": "" if self.key else self.session,
+            "owner_subject": "" if self.key else self.subject,
+            "owner_session": "" if self.key or self.subject else self.session,
             "owner_user_id": self.user_id,
         }
 

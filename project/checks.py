@@ -28,6 +28,11 @@ def check_limits(app_configs=None, **kwargs):
 
 
 @checks.register("darkroom")
+def check_security(app_configs=None, **kwargs):
+    return rule_errors((config.SECURITY,))
+
+
+@checks.register("darkroom")
 def check_object_storage(app_configs=None, **kwargs):
     if settings.AWS_STORAGE_BUCKET_NAME and not settings.STORAGES["default"]["OPTIONS"].get("endpoint_url"):
         return [

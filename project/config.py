@@ -441,6 +441,50 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("METRICS_TOKEN", STR, "", "Bearer token for /metrics and the health checks' details.", SECURITY),
     Setting("CORS_ALLOWED_ORIGINS", LIST, [], "Origins whose pages may call the API.", SECURITY),
     Setting(
+        "JWT_JWKS_URL",
+        STR,
+        "",
+        "An identity provider's JWKS (https://.../.well-known/jwks.json): bearer tokens signed by its keys "
+        "are accepted beside API keys and sessions, over HTTP and WebSocket.",
+        SECURITY,
+    ),
+    Setting(
+        "JWT_PUBLIC_KEY_FILE",
+        STR,
+        "",
+        "Instead of a JWKS URL, the PEM file of the one public key tokens are signed with.",
+        SECURITY,
+    ),
+    Setting("JWT_ISSUER", STR, "", "The `iss` every token must carry (required with JWT).", SECURITY),
+    Setting("JWT_AUDIENCE", STR, "", "The `aud` every token must name (required with JWT).", SECURITY),
+    Setting(
+        "JWT_ALGORITHMS",
+        LIST,
+        ["RS256", "ES256"],
+        "Signature algorithms accepted (never `none` or HS*).",
+        SECURITY,
+    ),
+    Setting(
+        "JWT_OWNER_CLAIM", STR, "sub", "The claim that names a token's owner: its jobs are theirs.", SECURITY
+    ),
+    Setting(
+        "JWT_STAFF_CLAIM",
+        STR,
+        "",
+        "A claim that makes a token staff when it is true, equals JWT_STAFF_VALUE or is a list holding it; "
+        "empty: no token is staff.",
+        SECURITY,
+    ),
+    Setting("JWT_STAFF_VALUE", STR, "staff", "See JWT_STAFF_CLAIM.", SECURITY),
+    Setting(
+        "JWT_JWKS_CACHE_SECONDS",
+        INT,
+        300,
+        "How long fetched signing keys are kept; a token naming an unknown key fetches them again.",
+        SECURITY,
+        minimum=0,
+    ),
+    Setting(
         "SESSION_COOKIE_SECURE", BOOL, False, "Session cookie over HTTPS only (behind a TLS proxy).", SECURITY
     ),
     Setting("CSRF_COOKIE_SECURE", BOOL, False, "CSRF cookie over HTTPS only (behind a TLS proxy).", SECURITY),
@@ -881,6 +925,22 @@ RULES: tuple[Rule, ...] = (
         lambda request, upload: request >= upload,
         "{0} is smaller than {1}: uploads near it would be refused.",
         "Leave MAX_REQUEST_BYTES unset, or make it MAX_UPLOAD_BYTES plus 1 MB.",
+    ),
+    Rule(
+        "darkroom.E002",
+        ("JWT_JWKS_URL", "JWT_PUBLIC_KEY_FILE", "JWT_ISSUER", "JWT_AUDIENCE"),
+        lambda jwks, key_file, issuer, audience: not (jwks or key_file) or bool(issuer and audience),
+        "{0} or {1} is set, but {2} or {3} is not: any token signed by those keys would be accepted.",
+        "Set JWT_ISSUER and JWT_AUDIENCE to what your identity provider puts in its tokens.",
+    ),
+    Rule(
+        "darkroom.E003",
+        ("JWT_ALGORITHMS",),
+        lambda algorithms: all(
+            name in ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256") for name in algorithms
+        ),
+        "{0} may only name public-key algorithms (RS256, RS384, RS512, ES256, ES384, PS256).",
+        "Use RS256 or ES256.",
     ),
     Rule(
         "darkroom.E101",

@@ -261,7 +261,16 @@ def test_the_report_prints_the_cpu_table_the_fixed_cost_and_each_goals_verdict()
     assert re.search(r"overhead at c=1, p99\s+60\.00\s+goal <= 50 ms\s+missed", text)
 
 
-BENCHMARKS = ["bench.pipeline", "bench.raw", "bench.chaos", "bench.thumbor", "bench.api", "bench.websockets"]
+BENCHMARKS = [
+    "bench.pipeline",
+    "bench.raw",
+    "bench.chaos",
+    "bench.thumbor",
+    "bench.api",
+    "bench.websockets",
+    "bench.formats",
+    "bench.memory",
+]
 
 
 @pytest.mark.parametrize("command", [*BENCHMARKS, "bench.scaler"])

@@ -10,7 +10,7 @@ from ninja.security import APIKeyHeader, HttpBearer
 from ninja.throttling import BaseThrottle
 from ninja.utils import check_csrf
 
-from gateway import owners, ratelimit, waiting
+from gateway import owners, ratelimit, tokens, waiting
 from gateway.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,14 @@ class BearerKey(HttpBearer):
         return super().__call__(request)
 
     def authenticate(self, request: HttpRequest, token: str) -> owners.Caller:
-        return owners.from_key(token) or _raise(invalid_key())
+        try:
+            return owners.from_credential(token) or _raise(invalid_key())
+        except tokens.InvalidToken as exc:
+            raise ApiError(401, "invalid_token", str(exc)) from None
+        except tokens.KeysUnavailable:
+            raise ApiError(
+                503, "token_keys_unavailable", "the identity provider's keys can't be fetched; try again soon"
+            ) from None
 
 
 class HeaderKey(APIKeyHeader):
