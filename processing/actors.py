@@ -10,7 +10,7 @@ from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
-from processing import admission, budget, jobs, lease, logcontext, placeholders, storage, thumbnails
+from processing import admission, budget, jobs, lease, logcontext, placeholders, pools, storage, thumbnails
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import (
     default_output_format,
@@ -26,6 +26,13 @@ logger = logging.getLogger(__name__)
 # A message that finds its job held by a live worker waits for that lease to run out,
 # this many times at most, before giving up on it.
 MAX_LEASE_WAITS = 20
+
+
+def declare_pools() -> None:
+    """Tell this process's broker every pool's queue: a worker consumes a queue (`--queues`) only
+    when its broker knows it, and the embedded workers consume them all."""
+    for pool in {*pools.all_pools(settings.TRAFFIC_SPLIT), settings.WORKER_POOL}:
+        dramatiq.get_broker().declare_queue(pool)
 
 
 def should_retry(retries: int, exception: Exception) -> bool:
@@ -51,6 +58,9 @@ def process_job(job_id: str) -> None:
         return
     with logcontext.bound(request=job.request_id, job=job_id):
         process_claimed(job, worker)
+
+
+declare_pools()
 
 
 def process_claimed(job: Job, worker: str) -> None:

@@ -12,22 +12,29 @@ from django.conf import settings
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name, xq_name
 
+from processing import pools
+
 logger = logging.getLogger(__name__)
 
-QUEUES = ("images",)
+
+def queue_names() -> tuple[str, ...]:
+    """Every pool's queue (processing.pools): "images", and those TRAFFIC_SPLIT and WORKER_POOL name."""
+    named = pools.all_pools(settings.TRAFFIC_SPLIT)
+    return named if settings.WORKER_POOL in named else (*named, settings.WORKER_POOL)
 
 
-def queue_status() -> dict:
-    """{"broker": ..., "available": bool, "queues": [...]} read from the broker itself."""
+def queue_status(only: str | None = None) -> dict:
+    """{"broker": ..., "available": bool, "queues": [...]} read from the broker itself; `only` one pool's."""
+    names = (only,) if only else queue_names()
     broker = dramatiq.get_broker()
     if isinstance(broker, StubBroker):
-        return {"broker": "embedded", "available": True, "queues": [stub_queue(broker, q) for q in QUEUES]}
+        return {"broker": "embedded", "available": True, "queues": [stub_queue(broker, q) for q in names]}
     try:
-        queues = rabbitmq_queues()
+        found = rabbitmq_queues(names)
     except Exception as exc:  # down or unreachable: say so, don't fail the caller
         logger.warning("could not read queue depths from RabbitMQ: %s", exc)
-        return {"broker": "rabbitmq", "available": False, "queues": [unknown_queue(q) for q in QUEUES]}
-    return {"broker": "rabbitmq", "available": True, "queues": queues}
+        return {"broker": "rabbitmq", "available": False, "queues": [unknown_queue(q) for q in names]}
+    return {"broker": "rabbitmq", "available": True, "queues": found}
 
 
 def stub_queue(broker: StubBroker, name: str) -> dict:
@@ -49,11 +56,11 @@ def unknown_queue(name: str) -> dict:
     return dict.fromkeys(("ready", "delayed", "in_flight", "dead_letters", "consumers")) | {"name": name}
 
 
-def rabbitmq_queues() -> list[dict]:
+def rabbitmq_queues(queues: tuple[str, ...]) -> list[dict]:
     parameters = pika.URLParameters(settings.DRAMATIQ_BROKER["OPTIONS"]["url"])
     connection = pika.BlockingConnection(parameters)
     try:
-        return [rabbitmq_queue(connection, parameters.virtual_host, name) for name in QUEUES]
+        return [rabbitmq_queue(connection, parameters.virtual_host, name) for name in queues]
     finally:
         connection.close()
 

@@ -13,8 +13,8 @@ from processing.signals import job_changed
 
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-JOBS_SUBMITTED = Counter("darkroom_jobs_submitted", "Jobs accepted", ["service"])
-JOBS_FINISHED = Counter("darkroom_jobs_finished", "Jobs that reached an end", ["service", "status"])
+JOBS_SUBMITTED = Counter("darkroom_jobs_submitted", "Jobs accepted", ["service", "pool"])
+JOBS_FINISHED = Counter("darkroom_jobs_finished", "Jobs that reached an end", ["service", "status", "pool"])
 PROCESSING_SECONDS = Histogram(
     "darkroom_job_processing_seconds",
     "Decode, operation, encode and store",
@@ -36,9 +36,9 @@ FINISHING_EVENTS = {"job.completed": "completed", "job.failed": "failed", "job.c
 
 def record(sender, job, event: str, **kwargs) -> None:
     if event == "job.queued":
-        JOBS_SUBMITTED.labels(job.service).inc()
+        JOBS_SUBMITTED.labels(job.service, job.pool).inc()
     elif event in FINISHING_EVENTS:
-        JOBS_FINISHED.labels(job.service, FINISHING_EVENTS[event]).inc()
+        JOBS_FINISHED.labels(job.service, FINISHING_EVENTS[event], job.pool).inc()
         if event == "job.completed" and job.processing_ms is not None:
             PROCESSING_SECONDS.labels(job.service).observe(job.processing_ms / 1000)
         if event == "job.completed" and job.queue_wait_ms is not None:

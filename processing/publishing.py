@@ -37,7 +37,7 @@ def publish(job: Job) -> None:
     BrokerUnavailable when the broker hasn't confirmed within BROKER_PUBLISH_TIMEOUT;
     a message confirmed later anyway is harmless.
     """
-    sending = _publishers.submit(process_job.send, str(job.id))
+    sending = _publishers.submit(send, job)
     try:
         sending.result(timeout=settings.BROKER_PUBLISH_TIMEOUT)
     except FutureTimeout:
@@ -46,6 +46,15 @@ def publish(job: Job) -> None:
         raise BrokerUnavailable(str(exc) or exc.__class__.__name__) from exc
     job.enqueued_at = timezone.now()
     Job.objects.filter(id=job.id).update(enqueued_at=job.enqueued_at)
+
+
+def send(job: Job) -> None:
+    """The job's message, to the queue of its pool (TRAFFIC_SPLIT)."""
+    message = process_job.message(str(job.id))
+    if job.pool != message.queue_name:
+        message = message.copy(queue_name=job.pool)
+        process_job.broker.declare_queue(job.pool)  # a pool named since this process started
+    process_job.broker.enqueue(message)
 
 
 def enqueue(job: Job) -> None:
@@ -84,7 +93,7 @@ def stale_jobs(now=None):
 def republish(found) -> int:
     """Publish each job again; stops at the first broker failure (the next pass tries again)."""
     count = 0
-    for job in found.only("id"):
+    for job in found.only("id", "pool"):
         try:
             publish(job)
         except BrokerUnavailable as exc:

@@ -77,9 +77,25 @@ def file_stats() -> dict:
     }
 
 
-def in_flight_counts() -> dict:
-    counts = Job.objects.aggregate(
+def in_flight_counts(pool: str | None = None) -> dict:
+    """Jobs queued and processing: all of them, or one pool's."""
+    found = Job.objects.filter(pool=pool) if pool else Job.objects.all()
+    counts = found.aggregate(
         queued=Count("id", filter=Q(status=Job.QUEUED)),
         processing=Count("id", filter=Q(status=Job.PROCESSING)),
     )
     return {"jobs_queued": counts["queued"], "jobs_processing": counts["processing"]}
+
+
+def pool_counts() -> list[dict]:
+    """Per pool with jobs in flight: how many are queued and processing (TRAFFIC_SPLIT)."""
+    rows = (
+        Job.objects.filter(status__in=[Job.QUEUED, Job.PROCESSING])
+        .values("pool")
+        .annotate(
+            jobs_queued=Count("id", filter=Q(status=Job.QUEUED)),
+            jobs_processing=Count("id", filter=Q(status=Job.PROCESSING)),
+        )
+        .order_by("pool")
+    )
+    return list(rows)

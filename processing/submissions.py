@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from processing import jobs, publishing, storage
+from processing import jobs, pools, publishing, storage
 from processing.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyInvalid,
@@ -201,6 +201,7 @@ def create_job(
         input_width=info.width,
         input_height=info.height,
         negotiated_format=submission.negotiated_format(canonical),
+        pool=pools.pool_for(settings.TRAFFIC_SPLIT, operation.name, job_id),
         **submission.owner.fields(),
     )
     job.input_key = stored(storage.save_upload, storage.input_key(str(job_id), info.extension), upload)

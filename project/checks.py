@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
+from processing.operations import OPERATIONS
 from project import config
 
 DEFAULT_SECRET_KEY_PREFIX = "embedded-default-insecure-key"
@@ -30,6 +31,20 @@ def check_limits(app_configs=None, **kwargs):
 @checks.register("darkroom")
 def check_security(app_configs=None, **kwargs):
     return rule_errors((config.SECURITY,))
+
+
+@checks.register("darkroom")
+def check_traffic_split(app_configs=None, **kwargs):
+    unknown = sorted(set(settings.TRAFFIC_SPLIT) - set(OPERATIONS))
+    if not unknown:
+        return []
+    return [
+        checks.Error(
+            f"TRAFFIC_SPLIT names {', '.join(unknown)}, which no service is called.",
+            hint=f"Services: {', '.join(OPERATIONS)}.",
+            id="darkroom.E004",
+        )
+    ]
 
 
 @checks.register("darkroom")

@@ -23,6 +23,8 @@ from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
+from processing import pools
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -69,6 +71,20 @@ def parse_rate(name: str, raw: str) -> str:
 
 def parse_list(name: str, raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def parse_traffic_split(name: str, raw: str) -> dict:
+    try:
+        return pools.parse_split(raw)
+    except pools.SplitError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+
+
+def show_traffic_split(value: dict) -> str:
+    return "; ".join(
+        f"{service}: " + ", ".join(f"{share.pool} {share.weight}" for share in shares)
+        for service, shares in value.items()
+    )
 
 
 def parse_header(name: str, raw: str) -> tuple[str, str] | None:
@@ -131,6 +147,9 @@ FLOAT = Type("number", parse_float, show_float)
 BOOL = Type("boolean", parse_bool, show_bool)
 RATE = Type("rate (60/m, 1000/h, 10/s)", parse_rate)
 LIST = Type("comma-separated list", parse_list, show_list)
+TRAFFIC_SPLIT_TYPE = Type(
+    "traffic split (service: pool weight, ...; ...)", parse_traffic_split, show_traffic_split
+)
 HEADER = Type("header: value", parse_header, show_header)
 PATH = Type("path", parse_path)
 
@@ -568,6 +587,22 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     # --- Jobs and workers
     Setting("JOB_TIME_LIMIT_SECONDS", INT, 120, "Seconds one attempt at a job may run.", JOBS, minimum=1),
+    Setting(
+        "TRAFFIC_SPLIT",
+        TRAFFIC_SPLIT_TYPE,
+        {},
+        "Services whose jobs are split by weight between worker pools (queues), e.g. "
+        "`sobel: images 90, sobel-canary 10`; every other job goes to `images`.",
+        JOBS,
+    ),
+    Setting(
+        "WORKER_POOL",
+        STR,
+        "images",
+        "The pool (queue) `make worker`, run_workers and scale_workers run workers for.",
+        JOBS,
+        flag="--pool",
+    ),
     Setting(
         "WORKER_PIXEL_BUDGET",
         INT,

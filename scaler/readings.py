@@ -36,11 +36,12 @@ class Readings:
         return max((queue["consumers"] or 0 for queue in self.queues), default=0)
 
 
-def read() -> Readings:
+def read(pool: str | None = None) -> Readings:
+    """The broker's queues and the jobs in flight: all pools', or one pool's (processing.pools)."""
     # In-flight comes from the job table (RabbitMQ's unacknowledged counts need the management plugin);
     # a processing job is exactly a delivered message whose work is not done.
-    in_flight = in_flight_counts()["jobs_processing"]
-    status = queue_status()
+    in_flight = in_flight_counts(pool)["jobs_processing"]
+    status = queue_status(pool)
     queues = tuple(
         {key: queue[key] for key in ("name", "ready", "delayed", "consumers")} for queue in status["queues"]
     )

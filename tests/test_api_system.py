@@ -99,8 +99,8 @@ def test_metrics_expose_jobs_http_and_queues(client, run_jobs, operator):
     submit(client, "blur")
     run_jobs()
     text = client.get("/metrics", headers=operator).content.decode()
-    assert 'darkroom_jobs_submitted_total{service="blur"}' in text
-    assert 'darkroom_jobs_finished_total{service="blur",status="completed"}' in text
+    assert 'darkroom_jobs_submitted_total{pool="images",service="blur"}' in text
+    assert 'darkroom_jobs_finished_total{pool="images",service="blur",status="completed"}' in text
     assert "darkroom_job_processing_seconds_bucket" in text
     assert 'darkroom_queue_ready{queue="images"}' in text
     assert "django_http_responses_total_by_status_view_method_total" in text

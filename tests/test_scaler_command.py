@@ -84,10 +84,14 @@ def once() -> dict:
 
 def test_once_reports_what_it_would_do_with_the_workers_rabbitmq_sees(monkeypatch):
     queue = {"name": "images", "ready": 30, "delayed": 0, "consumers": 2}
+    asked = []
     monkeypatch.setattr(
-        readings, "read", lambda: Readings(broker_available=True, queues=(queue,), in_flight=0)
+        readings,
+        "read",
+        lambda pool=None: asked.append(pool) or Readings(broker_available=True, queues=(queue,), in_flight=0),
     )
     report = once()
+    assert asked == ["images"]  # the pool it scales: WORKER_POOL
     decision = report["last_decisions"]["workers"]
     assert (decision["from"], decision["to"]) == (2, 3) and "30 waiting + 0 in flight on 2" in decision[
         "reason"

@@ -147,12 +147,21 @@ class MachineMemoryOut(Schema):
     jobs_waiting: int = Field(description="claimed jobs waiting for their pixels to fit")
 
 
+class PoolOut(Schema):
+    """A worker pool (queue) with jobs in flight; TRAFFIC_SPLIT sends a service's jobs to pools by weight."""
+
+    pool: str
+    jobs_queued: int
+    jobs_processing: int
+
+
 class QueueStatusOut(Schema):
     broker: Literal["rabbitmq", "embedded"]
     available: bool
     queues: list[QueueOut]
     jobs_queued: int
     jobs_processing: int
+    pools: list[PoolOut] = Field(description="jobs queued and processing per pool, for pools with any")
     memory: list[MachineMemoryOut] = Field(
         description="each worker machine's memory admission; a machine idle for twice "
         "JOB_TIME_LIMIT_SECONDS drops out"

@@ -25,7 +25,12 @@ def require_staff(request) -> None:
 def queue_status(request):
     """Per queue, from the broker itself: messages ready, delayed, in flight, dead-lettered; consumers.
     Per worker machine: its pixel budget, the pixels its jobs hold and the jobs waiting for memory."""
-    return {**broker.queue_status(), **stats.in_flight_counts(), "memory": admission.machines()}
+    return {
+        **broker.queue_status(),
+        **stats.in_flight_counts(),
+        "pools": stats.pool_counts(),
+        "memory": admission.machines(),
+    }
 
 
 @router.get(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from processing.pools import DEFAULT_POOL
 from scaler.backends.processes import (
     MANAGE,
     child_pids,
@@ -58,8 +59,9 @@ class WorkerGroup:
         }
 
 
-def worker_command(threads: int) -> list[str]:
-    return [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(threads)]
+def worker_command(threads: int, pool: str = DEFAULT_POOL) -> list[str]:
+    """A worker group of `threads` threads that consumes the queue of `pool` (and its retries)."""
+    return [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(threads), "--queues", pool]
 
 
 def worker_environment(threads: int) -> dict[str, str]:
@@ -73,9 +75,15 @@ class LocalWorkers:
 
     name = "workers"
 
-    def __init__(self, threads: int, drain_timeout: float | None = None, command: list[str] | None = None):
+    def __init__(
+        self,
+        threads: int,
+        drain_timeout: float | None = None,
+        command: list[str] | None = None,
+        pool: str = DEFAULT_POOL,
+    ):
         self.threads = threads
-        self.command = command or worker_command(threads)
+        self.command = command or worker_command(threads, pool)
         # A draining job can't outlive its time limit; past that (plus slack) the group is stuck.
         self.drain_timeout = drain_timeout or settings.JOB_TIME_LIMIT_SECONDS + 30
         self.active: list[WorkerGroup] = []

@@ -15,13 +15,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        for name in ("WORKER_PROCESSES", "WORKER_THREADS"):
+        for name in ("WORKER_PROCESSES", "WORKER_THREADS", "WORKER_POOL"):
             add_setting_flag(parser, config.BY_NAME[name], getattr(settings, name))
 
     def handle(self, **options):
         processes, threads = options["WORKER_PROCESSES"], options["WORKER_THREADS"]
         stop = stop_on_signals()
-        workers = LocalWorkers(threads=threads)
+        workers = LocalWorkers(threads=threads, pool=options["WORKER_POOL"])
         try:
             workers.scale_to(processes)
             while not stop.wait(SUPERVISE_EVERY):

@@ -18,7 +18,7 @@ from scaler.backends.nginx import Nginx, NginxError
 from scaler.backends.processes import SUPERVISE_EVERY, stop_on_signals
 from scaler.checks import SCALER_GROUPS
 from scaler.endpoints import serve_health, serve_metrics
-from scaler.flags import add_setting_flags, chosen, refuse_contradictions
+from scaler.flags import add_setting_flag, add_setting_flags, chosen, refuse_contradictions
 from scaler.policy import GatewayPolicy, WorkerPolicy
 from scaler.status import Status
 
@@ -33,6 +33,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         # Every setting of the scaler's groups is a flag (scaler/flags.py); these few are flags only.
         add_setting_flags(parser, settings, SCALER_GROUPS)
+        add_setting_flag(parser, config.BY_NAME["WORKER_POOL"], settings.WORKER_POOL)
         parser.add_argument("--no-workers", action="store_true", help="leave the workers alone")
         parser.add_argument("--gateways", action="store_true", help="also run gateways behind nginx")
         parser.add_argument(
@@ -60,7 +61,13 @@ class Command(BaseCommand):
         if options["once"]:
             self.check_once(status, worker_policy, options)
             return
-        autoscaler = Autoscaler(status, worker_policy=worker_policy, gateway_policy=gateway_policy)
+        pool = options["WORKER_POOL"]
+        autoscaler = Autoscaler(
+            status,
+            worker_policy=worker_policy,
+            gateway_policy=gateway_policy,
+            read=lambda: readings.read(pool),
+        )
         servers = []
         stop = stop_on_signals()
         try:
@@ -81,7 +88,7 @@ class Command(BaseCommand):
     def check_once(self, status: Status, worker_policy: WorkerPolicy, options) -> None:
         if options["no_workers"] or options["gateways"]:
             raise CommandError("--once checks the workers only")
-        current = readings.read()
+        current = readings.read(options["WORKER_POOL"])
         if options["SCALER_BACKEND"] == "local":
             workers = ObservedWorkers(current.consumers)
         else:
@@ -101,7 +108,7 @@ def policies(options) -> tuple[WorkerPolicy, GatewayPolicy]:
 
 def worker_pool(options):
     if options["SCALER_BACKEND"] == "local":
-        return LocalWorkers(threads=options["WORKER_THREADS"])
+        return LocalWorkers(threads=options["WORKER_THREADS"], pool=options["WORKER_POOL"])
     namespace = options["KUBERNETES_NAMESPACE"] or pod_namespace()
     return KubernetesDeployment(
         KubernetesApi.in_cluster(), namespace, options["KUBERNETES_WORKER_DEPLOYMENT"]
