@@ -86,6 +86,7 @@ class JobAdmin(admin.ModelAdmin):
     list_filter = (
         "status",
         "service",
+        "pool",
         OwnerFilter,
         ("owner_user", admin.RelatedOnlyFieldListFilter),
         ("created_at", admin.DateFieldListFilter),
@@ -98,7 +99,7 @@ class JobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = ("retry_failed", "republish_dead_letters", "cancel_jobs")
     fieldsets = (
-        (None, {"fields": ("id", "service", "status", "progress", "parameters_json", "request_id")}),
+        (None, {"fields": ("id", "service", "pool", "status", "progress", "parameters_json", "request_id")}),
         ("Owner", {"fields": ("owner_key", "owner_subject", "owner_session", "owner_user")}),
         (
             "Input",

@@ -32,6 +32,12 @@ IPHONE = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/17.0 Mobile/15E148 Safari/604.1"
 )
+IPHONE_CONTEXT = {
+    "viewport": {"width": 390, "height": 844},
+    "user_agent": IPHONE,
+    "is_mobile": True,
+    "has_touch": True,
+}
 STAFF = ("staff", "a-long-test-password-1")
 SERVICE_VARIABLES = ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "AWS_STORAGE_BUCKET_NAME")
 WAIT_MS = 20_000
@@ -249,13 +255,7 @@ def test_desktop_falls_back_to_polling_when_the_websocket_is_refused(server, bro
 
 
 def test_mobile_ui_on_an_iphone_uploads_one_photo_that_completes(server, browser, page_errors):
-    iphone = {
-        "viewport": {"width": 390, "height": 844},
-        "user_agent": IPHONE,
-        "is_mobile": True,
-        "has_touch": True,
-    }
-    page = open_page(browser, page_errors, **iphone, device_scale_factor=2)
+    page = open_page(browser, page_errors, **IPHONE_CONTEXT, device_scale_factor=2)
     page.goto(server.url)
     assert ui_of(page) == "mobile"
     assert page.get_attribute("#camera", "capture") == "environment"
@@ -272,14 +272,7 @@ def test_mobile_ui_on_an_iphone_uploads_one_photo_that_completes(server, browser
 
 
 def test_mobile_ui_chosen_while_saving_data_fills_in_a_byte_budget(server, browser, page_errors):
-    page = open_page(
-        browser,
-        page_errors,
-        viewport={"width": 390, "height": 844},
-        user_agent=IPHONE,
-        is_mobile=True,
-        extra_http_headers={"Save-Data": "on"},
-    )
+    page = open_page(browser, page_errors, **IPHONE_CONTEXT, extra_http_headers={"Save-Data": "on"})
     page.goto(server.url + "/?ui=mobile")
     assert ui_of(page) == "mobile"
     page.wait_for_selector("body[data-ready]")

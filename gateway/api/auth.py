@@ -23,7 +23,14 @@ def invalid_key() -> ApiError:
 
 
 class BearerKey(HttpBearer):
-    """Authorization: Bearer <key>"""
+    """Authorization: Bearer <API key>, or <JWT> from the identity provider when JWT_* is set."""
+
+    openapi_bearerFormat = "API key or JWT"
+    openapi_description = (
+        "An API key (`manage.py create_api_key`), or, when the gateway is configured with JWT_JWKS_URL "
+        "or JWT_PUBLIC_KEY_FILE, an RS256/ES256 token of the identity provider: signature, issuer, "
+        "audience and expiry are checked, and JWT_OWNER_CLAIM owns the jobs."
+    )
 
     def __call__(self, request: HttpRequest) -> owners.Caller | None:
         # Credentials that are there but wrong are refused, never ignored for weaker ones.
