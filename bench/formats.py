@@ -8,13 +8,14 @@ then times placeholders.make on the decoded photo (the BlurHash and the tiny pre
 
 The photos are generated, as the pipeline benchmark's are: the pipeline's own photo (with sensor
 noise, which AVIF smooths away and SSIM counts against it), the same softened, and the softened one
-with light noise.
+with light noise. `--photos DIR` measures the JPEG and PNG files in DIR instead (real photographs).
 """
 
 import argparse
 import io
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -33,6 +34,11 @@ def photos(width: int, height: int) -> dict[str, Image.Image]:
     noise = np.random.default_rng(1).normal(0, 2, (height, width, 3))
     light_noise = Image.fromarray(np.clip(np.asarray(soft, np.float32) + noise, 0, 255).astype(np.uint8))
     return {"pipeline photo": photo, "softened": soft, "softened + light noise": light_noise}
+
+
+def photos_in(folder: Path) -> dict[str, Image.Image]:
+    found = sorted(path for path in folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return {path.name: Image.open(path).convert("RGB") for path in found}
 
 
 def likeness(image: Image.Image, format: str, quality: int) -> tuple[int, float, float]:
@@ -97,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--repeats", type=int, default=20, help="placeholder timings per photo")
+    parser.add_argument("--photos", type=Path, help="a folder of JPEG and PNG photos to measure instead")
     args = parser.parse_args(argv)
-    for name, image in photos(args.width, args.height).items():
+    chosen = photos_in(args.photos) if args.photos else photos(args.width, args.height)
+    for name, image in chosen.items():
         print(report(name, image, args.repeats), flush=True)
     return 0
 

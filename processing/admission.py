@@ -8,9 +8,10 @@ process has admitted, by pid, so those of a process that died are freed when its
 gone. A job waits, holding its lease, until its pixels fit; one larger than the whole budget
 waits until nothing else runs, then runs alone.
 
-What the ledger holds is also published to Redis (`darkroom:admission:<host>`) on every change,
-so `/api/v1/queue/status` on any gateway shows each machine's budget, pixels in use and jobs
-waiting. Publishing is best effort: a job never waits for Redis.
+What the ledger holds is also published to Redis (`darkroom:admission:<host>`), by a thread of
+each worker process, at most every PUBLISH_EVERY_SECONDS and shortly after every change, so that
+`/api/v1/queue/status` on any gateway shows each machine's budget, pixels in use and jobs waiting.
+Publishing is best effort: a job never waits for Redis.
 """
 
 import ctypes
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +47,7 @@ WAIT_SECONDS = (0.02, 0.2)  # the first and the longest pause between looks at t
 # Jobs this large (in counted pixels) give their freed memory back to the system when they end.
 TRIM_AFTER_PIXELS = 1_000_000
 REDIS_PREFIX = "darkroom:admission:"
+PUBLISH_EVERY_SECONDS = 1.0
 REDIS_TIMEOUT_SECONDS = 0.5
 
 
@@ -55,6 +58,7 @@ def budget() -> int:
     return int(memory_limit() * MEMORY_SHARE / BYTES_PER_PIXEL)
 
 
+@lru_cache(maxsize=1)
 def memory_limit() -> int:
     """This process's cgroup memory limit (v2 or v1), or the machine's memory when there is none."""
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -97,7 +101,8 @@ class Ledger:
     def open(self) -> Iterator[dict]:
         """The entries of live processes, locked; what the block changes in them is written back
         (and published)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.is_dir():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -114,7 +119,7 @@ class Ledger:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         if changed != stored:
-            publish(summary(entries))
+            publisher.offer(summary(entries))
 
     def read(self) -> dict:
         with self.open() as entries:
@@ -135,13 +140,12 @@ def live(entries: dict) -> dict:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether the process runs: a zombie (killed, not yet reaped by its parent) holds no memory."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state != "Z"
 
 
 def summary(entries: dict) -> dict:
@@ -218,6 +222,44 @@ def change(ledger: Ledger, **deltas: int) -> None:
 
 
 # --- What each machine's workers hold, for /api/v1/queue/status ------------------------------
+
+
+class Publisher:
+    """Publishes the latest state it was offered from a thread of its own, at most every
+    PUBLISH_EVERY_SECONDS: a burst of jobs costs a publish a second, not two a job."""
+
+    def __init__(self):
+        self.latest: dict | None = None
+        self.lock = threading.Lock()
+        self.publishing = threading.Lock()  # one publish at a time: an older state never lands last
+        self.offered = threading.Event()
+        self.thread_pid = 0  # the process whose thread runs: after a fork, the child starts its own
+
+    def offer(self, state: dict) -> None:
+        with self.lock:
+            self.latest = state
+            if self.thread_pid != os.getpid():
+                self.thread_pid = os.getpid()
+                threading.Thread(target=self.run, name="admission-publisher", daemon=True).start()
+        self.offered.set()
+
+    def run(self) -> None:
+        while True:
+            self.offered.wait()
+            self.offered.clear()
+            self.flush()
+            time.sleep(PUBLISH_EVERY_SECONDS)
+
+    def flush(self) -> None:
+        """Publish what is pending now."""
+        with self.publishing:
+            with self.lock:
+                state, self.latest = self.latest, None
+            if state is not None:
+                publish(state)
+
+
+publisher = Publisher()
 
 
 @lru_cache(maxsize=4)

@@ -130,6 +130,7 @@ def test_queue_status_shows_the_machine_budget_and_a_worker_runs_its_jobs_within
     run_jobs()
 
     assert set(Job.objects.filter(id__in=job_ids).values_list("status", flat=True)) == {"completed"}
+    admission.publisher.flush()  # what its thread publishes within a second
     memory = client.get("/api/v1/queue/status").json()["memory"]
     mine = [entry for entry in memory if entry["host"] == admission.summary({})["host"]]
     assert mine and mine[0]["pixel_budget"] == 5_000
