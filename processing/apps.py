@@ -6,9 +6,11 @@ class ProcessingConfig(AppConfig):
     verbose_name = "Image processing"
 
     def ready(self):
+        from django.conf import settings
         from django.db.models.signals import post_delete
 
-        from processing import job_metrics, storage  # noqa: F401  (job_metrics: connects itself to job events)
+        from processing import imaging, job_metrics, storage  # noqa: F401  (job_metrics: connects itself to job events)
         from processing.models import Job
 
+        imaging.set_avif_speed(settings.AVIF_SPEED)
         post_delete.connect(storage.delete_files_of_deleted_job, sender=Job, dispatch_uid="job-files")

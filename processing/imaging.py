@@ -23,9 +23,8 @@ ALLOWED_INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "A
 OUTPUT_FORMATS = ("jpeg", "png", "webp", "avif")
 # The largest width or height each encoder can write.
 MAX_EDGE = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383, "avif": 65_536}
-# libavif's default speed (6): speed 8 takes half the time but spends about a tenth more bytes at
-# equal SSIM, and bytes are what AVIF is asked for. Tuned for SSIM; one thread, as the worker's own
-# threads already fill the cores.
+# Tuned for SSIM; one thread, as the worker's own threads already fill the cores. The speed is
+# libavif's default until the worker sets AVIF_SPEED (set_avif_speed).
 AVIF_OPTIONS = {"speed": 6, "max_threads": 1, "advanced": [("tune", "ssim")]}
 # `quality` is on JPEG's scale. AVIF at 0.8 of it is as alike (SSIM) to the original as JPEG at the
 # whole of it, measured on photographs: equal at AVIF 62-71 for JPEG 85 (`python -m bench.formats
@@ -323,6 +322,11 @@ def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
     else:
         clean.save(out, "PNG", optimize=False, compress_level=6, exif=b"", icc_profile=None)
     return out.getvalue()
+
+
+def set_avif_speed(speed: int) -> None:
+    """The AVIF encoder's speed from now on (the AVIF_SPEED setting, applied when Django starts)."""
+    AVIF_OPTIONS["speed"] = speed
 
 
 def avif_quality(quality: int) -> int:

@@ -2,6 +2,9 @@
 
 import base64
 import io
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import blurhash
@@ -19,6 +22,7 @@ from processing import placeholders
 from processing.imaging import default_output_format, encode_image, load_image, probe
 from processing.models import Job
 from tests import images
+from tests.test_settings import check_with
 from tests.uploads import submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -236,3 +240,19 @@ def test_a_completed_image_job_carries_its_placeholder_and_a_report_none(client,
     assert blurhash.is_valid_blurhash(placeholder["blurhash"])
     assert placeholder["preview"].startswith("data:image/webp;base64,")
     assert client.get(f"/api/v1/jobs/{report_job}").json()["result"]["placeholder"] is None
+
+
+def test_the_avif_speed_is_a_setting_the_worker_applies_within_its_bounds():
+    applied = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from processing.imaging import AVIF_OPTIONS; print(AVIF_OPTIONS['speed'])",
+        ],
+        env={**os.environ, "AVIF_SPEED": "9", "DJANGO_SETTINGS_MODULE": "project.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert applied.stdout.strip() == "9", applied.stderr[-2000:]
+    assert "AVIF_SPEED=11 must be at most 10" in check_with(AVIF_SPEED="11").stderr
