@@ -243,12 +243,11 @@ def test_a_completed_image_job_carries_its_placeholder_and_a_report_none(client,
 
 
 def test_the_avif_speed_is_a_setting_the_worker_applies_within_its_bounds():
+    speed_at_start = (
+        "import django; django.setup(); from processing import imaging; print(imaging.AVIF_OPTIONS['speed'])"
+    )
     applied = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import django; django.setup(); from processing.imaging import AVIF_OPTIONS; print(AVIF_OPTIONS['speed'])",
-        ],
+        [sys.executable, "-c", speed_at_start],
         env={**os.environ, "AVIF_SPEED": "9", "DJANGO_SETTINGS_MODULE": "project.settings"},
         capture_output=True,
         text=True,
