@@ -82,12 +82,10 @@ def test_a_square_thumbnail_with_attention_shows_the_face():
     image = with_face(backdrop(), FACE)
 
     thumbnail = run("thumbnail", image, size=120, square=True, gravity="attention")
+    centred = run("thumbnail", image, size=120, square=True, gravity="center")
 
     assert thumbnail.size == (120, 120)
-    pixels = np.asarray(thumbnail, dtype=float)
-    assert (np.abs(pixels - SKIN).sum(axis=2) < 30).mean() > 0.1  # a good part of it is the face
-    centred = run("thumbnail", image, size=120, square=True, gravity="center")
-    assert (np.abs(np.asarray(centred, dtype=float) - SKIN).sum(axis=2) < 30).mean() < 0.02
+    assert skin_share(thumbnail) > 0.1 and skin_share(centred) < 0.02  # a good part of it is the face
 
 
 def test_a_square_is_never_larger_than_the_shorter_side_and_plain_thumbnails_are_unchanged():
@@ -103,6 +101,20 @@ def test_a_square_thumbnail_may_decode_reduced_to_its_shorter_side():
     thumbnail = get_operation("thumbnail")
     hint = thumbnail.decode_hint(thumbnail.parse({"size": 100, "square": True}), 4000, 2000)
     assert hint == DecodeHint(size=(400, 200))  # twice the result on the shorter side, as for plain ones
+
+
+def test_a_resize_that_covers_its_box_keeps_the_face_with_attention():
+    image = with_face(backdrop(), FACE)
+
+    covered = run("resize", image, width=200, height=200, fit="cover", gravity="attention")
+    centred = run("resize", image, width=200, height=200, fit="cover")
+
+    assert covered.size == centred.size == (200, 200)
+    assert skin_share(covered) > 0.1 and skin_share(centred) < 0.02
+
+
+def skin_share(image: Image.Image) -> float:
+    return float((np.abs(np.asarray(image, dtype=float) - SKIN).sum(axis=2) < 30).mean())
 
 
 def test_a_crop_with_gravity_places_its_box_on_the_subject():
