@@ -63,6 +63,15 @@ def test_compose_runs_every_part_of_the_stack(services):
     assert "ports" not in services["gateway"], "gateways are reached through nginx only"
 
 
+def test_compose_can_run_a_canary_pool_that_scales_on_its_own_queue(services):
+    canary = services["scaler-canary"]
+    assert canary["profiles"] == ["canary"]  # not started unless asked for
+    command = canary["command"]
+    assert command[:4] == ["python", "manage.py", "scale_workers", "--backend"]
+    assert command[command.index("--pool") + 1] == "${CANARY_POOL:-canary}"
+    assert "TRAFFIC_SPLIT" in services["gateway"]["environment"]  # the gateways choose each job's pool
+
+
 def test_compose_dependencies_name_services_that_exist(services):
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
