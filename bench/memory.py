@@ -19,6 +19,8 @@ import argparse
 import contextlib
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,9 +60,19 @@ class MemoryCgroup:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        # A process that outlived the stack keeps the cgroup in use: it is left behind, not an error.
+        # A worker group whose supervisor was killed mid-drain (its 49 MP job outlasted the stack's
+        # stop) would live on: whatever is still in the cgroup goes with it.
+        deadline = time.monotonic() + 10
+        while (pids := self.pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
         with contextlib.suppress(OSError):
             self.path.rmdir()
+
+    def pids(self) -> list[int]:
+        return [int(pid) for pid in (self.path / "cgroup.procs").read_text().split()]
 
     def join_command(self) -> tuple[str, ...]:
         """A command prefix: join this cgroup, then exec the rest of the command line."""
