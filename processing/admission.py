@@ -119,7 +119,7 @@ class Ledger:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         if changed != stored:
-            publisher.offer(summary(entries))
+            publisher.offer(entries)
 
     def read(self) -> dict:
         with self.open() as entries:
@@ -225,19 +225,19 @@ def change(ledger: Ledger, **deltas: int) -> None:
 
 
 class Publisher:
-    """Publishes the latest state it was offered from a thread of its own, at most every
-    PUBLISH_EVERY_SECONDS: a burst of jobs costs a publish a second, not two a job."""
+    """Publishes the summary of the latest ledger it was offered from a thread of its own, at most
+    every PUBLISH_EVERY_SECONDS: a burst of jobs costs a publish a second, not two a job."""
 
     def __init__(self):
-        self.latest: dict | None = None
+        self.latest: dict | None = None  # the ledger's entries, summarised when published
         self.lock = threading.Lock()
         self.publishing = threading.Lock()  # one publish at a time: an older state never lands last
         self.offered = threading.Event()
         self.thread_pid = 0  # the process whose thread runs: after a fork, the child starts its own
 
-    def offer(self, state: dict) -> None:
+    def offer(self, entries: dict) -> None:
         with self.lock:
-            self.latest = state
+            self.latest = entries
             if self.thread_pid != os.getpid():
                 self.thread_pid = os.getpid()
                 threading.Thread(target=self.run, name="admission-publisher", daemon=True).start()
@@ -254,9 +254,9 @@ class Publisher:
         """Publish what is pending now."""
         with self.publishing:
             with self.lock:
-                state, self.latest = self.latest, None
-            if state is not None:
-                publish(state)
+                entries, self.latest = self.latest, None
+            if entries is not None:
+                publish(summary(entries))
 
 
 publisher = Publisher()
