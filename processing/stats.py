@@ -77,25 +77,21 @@ def file_stats() -> dict:
     }
 
 
+def in_flight() -> dict:
+    """The counts of jobs queued and of jobs processing, as aggregates."""
+    return {
+        "jobs_queued": Count("id", filter=Q(status=Job.QUEUED)),
+        "jobs_processing": Count("id", filter=Q(status=Job.PROCESSING)),
+    }
+
+
 def in_flight_counts(pool: str | None = None) -> dict:
     """Jobs queued and processing: all of them, or one pool's."""
     found = Job.objects.filter(pool=pool) if pool else Job.objects.all()
-    counts = found.aggregate(
-        queued=Count("id", filter=Q(status=Job.QUEUED)),
-        processing=Count("id", filter=Q(status=Job.PROCESSING)),
-    )
-    return {"jobs_queued": counts["queued"], "jobs_processing": counts["processing"]}
+    return found.aggregate(**in_flight())
 
 
 def pool_counts() -> list[dict]:
     """Per pool with jobs in flight: how many are queued and processing (TRAFFIC_SPLIT)."""
-    rows = (
-        Job.objects.filter(status__in=[Job.QUEUED, Job.PROCESSING])
-        .values("pool")
-        .annotate(
-            jobs_queued=Count("id", filter=Q(status=Job.QUEUED)),
-            jobs_processing=Count("id", filter=Q(status=Job.PROCESSING)),
-        )
-        .order_by("pool")
-    )
-    return list(rows)
+    in_flight_jobs = Job.objects.filter(status__in=[Job.QUEUED, Job.PROCESSING])
+    return list(in_flight_jobs.values("pool").annotate(**in_flight()).order_by("pool"))
