@@ -10,7 +10,7 @@ from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
-from processing import admission, budget, jobs, lease, logcontext, placeholders, pools, storage, thumbnails
+from processing import admission, broker, budget, jobs, lease, logcontext, placeholders, storage, thumbnails
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import (
     default_output_format,
@@ -31,7 +31,7 @@ MAX_LEASE_WAITS = 20
 def declare_pools() -> None:
     """Tell this process's broker every pool's queue: a worker consumes a queue (`--queues`) only
     when its broker knows it, and the embedded workers consume them all."""
-    for pool in {*pools.all_pools(settings.TRAFFIC_SPLIT), settings.WORKER_POOL}:
+    for pool in broker.queue_names():
         dramatiq.get_broker().declare_queue(pool)
 
 
@@ -66,7 +66,7 @@ declare_pools()
 def process_claimed(job: Job, worker: str) -> None:
     logger.info("processing %s (attempt %d)", job.service, job.attempts)
     try:
-        with lease.renewer.hold(job.id, worker), admission.admitted(pixels_of(job)):
+        with lease.renewer.hold(job.id, worker):
             run(job, worker)
     except UnprocessableImage as exc:
         jobs.fail(job.id, exc.code, exc.message, worker)
@@ -93,14 +93,11 @@ def wait_for_lease_or_skip(job_id: str) -> None:
     raise dramatiq.Retry(f"job held by {worker}", delay=int(seconds_left * 1000) + 500)
 
 
-def pixels_of(job: Job) -> int:
+def pixels_of(job: Job, operation, params, hint) -> int:
     """What the job counts against the memory budget: the pixels it decodes (fewer when the decode is
     reduced) or makes, whichever is more, weighted by what its operation holds per pixel."""
-    operation = get_operation(job.service)
-    params = operation.parse(job.parameters)
     width, height = job.input_width, job.input_height
     decoded = width * height
-    hint = operation.decode_hint(params, width, height)
     if hint is not None and hint.size is not None:
         decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
     made = operation.output_size(params, width, height)
@@ -111,10 +108,16 @@ def pixels_of(job: Job) -> int:
 def run(job: Job, worker: str) -> None:
     operation = get_operation(job.service)
     params = operation.parse(job.parameters)
-    timings = {}
-    started = time.perf_counter()
     # Only what the operation needs: a JPEG may decode at a fraction of its size, or as luma alone.
     hint = operation.decode_hint(params, job.input_width, job.input_height)
+    with admission.admitted(pixels_of(job, operation, params, hint)):
+        produce(job, worker, operation, params, hint)
+
+
+def produce(job: Job, worker: str, operation, params, hint) -> None:
+    """Decode, operate, encode and store, then complete the job."""
+    timings = {}
+    started = time.perf_counter()
     with storage.local_path(job.input_key) as path:
         image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint, settings.MAX_JPEG_SCANS)
     timings["decode_ms"] = elapsed_ms(started)
