@@ -53,7 +53,6 @@ def send(job: Job) -> None:
     message = process_job.message(str(job.id))
     if job.pool != message.queue_name:
         message = message.copy(queue_name=job.pool)
-        process_job.broker.declare_queue(job.pool)  # a pool named since this process started
     process_job.broker.enqueue(message)
 
 

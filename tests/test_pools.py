@@ -9,6 +9,7 @@ import dramatiq
 import pytest
 from django.core.management import call_command
 
+from processing.actors import declare_pools
 from processing.models import Job
 from processing.pools import DEFAULT_POOL, Share, SplitError, all_pools, parse_split, pool_for
 from scaler.backends.local import LocalWorkers, worker_command
@@ -67,6 +68,7 @@ def test_a_split_service_goes_to_its_pool_where_only_that_pools_worker_takes_it(
 ):
     settings.TRAFFIC_SPLIT = parse_split("blur: canary 1")
     settings.METRICS_TOKEN = "metrics-token"
+    declare_pools()  # as a process does at start-up, with the split it starts with
     canary_job = submit(client, "blur").json()["job_id"]
     other_job = submit(client, "grayscale").json()["job_id"]
 
