@@ -50,6 +50,12 @@ def anonymous_callers_allowed(settings):
     settings.API_KEYS_REQUIRED = False
 
 
+@pytest.fixture
+def in_memory_layer(settings):
+    """The embedded default's channel layer (CI sets REDIS_URL, which would make it Redis)."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
 @pytest.fixture(autouse=True)
 def admission_ledger_in_tmp(settings, tmp_path):
     """The in-process workers of each test keep their memory admission apart from other tests'."""

@@ -20,7 +20,11 @@ from processing import jobs, lease
 from processing.models import Job
 from tests.factories import stored_job
 
-pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("in_memory_layer"),
+]
 
 WORKER = "test-host:1:worker"
 
@@ -28,11 +32,6 @@ WORKER = "test-host:1:worker"
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def in_memory_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 @pytest.fixture

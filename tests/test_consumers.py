@@ -24,21 +24,18 @@ from processing import jobs
 from processing.models import Job
 from tests.stack import refused_port
 
-pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("in_memory_layer"),
+]
 
 WORKER = "test-host:1:worker"
-IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def in_memory_layer(settings):
-    """The embedded default's layer (CI sets REDIS_URL, which would make it Redis)."""
-    settings.CHANNEL_LAYERS = IN_MEMORY
 
 
 @pytest.fixture

@@ -226,11 +226,6 @@ def test_tokens_without_issuer_and_audience_fail_the_system_check():
 # --- Over the WebSocket -------------------------------------------------------------------
 
 
-@pytest.fixture
-def in_memory_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-
-
 @pytest.mark.anyio
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
