@@ -382,11 +382,15 @@
     if (isImage) addAfter(card, job, title);
   }
 
+  function blurhashOf(job) {
+    return job.result && job.result.placeholder ? job.result.placeholder.blurhash : null;
+  }
+
   // The result, over its BlurHash until it has loaded.
   function addAfter(card, job, title) {
     card.after = el("img", { src: job.result.url, alt: "After " + job.service + ": " + title });
     const frame = el("div", { class: "after" }, card.after);
-    const hash = job.result.placeholder && job.result.placeholder.blurhash;
+    const hash = blurhashOf(job);
     if (hash && !card.after.complete) {
       const placeholder = D.placeholder(hash, job.result.width, job.result.height);
       frame.prepend(placeholder);
@@ -397,7 +401,7 @@
 
   // On a phone no result is downloaded until asked for: its BlurHash stands in for it.
   function fillPlaceholder(card, job) {
-    const hash = job.result && job.result.placeholder && job.result.placeholder.blurhash;
+    const hash = blurhashOf(job);
     if (!hash || card.placeholder) return;
     card.placeholder = D.placeholder(hash, job.result.width, job.result.height);
     card.preview.append(card.placeholder);
