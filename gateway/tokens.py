@@ -6,7 +6,6 @@ JWT_ALGORITHMS, names JWT_ISSUER and JWT_AUDIENCE, and has not expired. JWT_OWNE
 owner; JWT_STAFF_CLAIM, if set, makes it staff. PyJWT does the verifying.
 """
 
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -96,9 +95,6 @@ def key_from_file(path: str) -> str:
     return Path(path).read_text()
 
 
-_clients_lock = threading.Lock()
-
-
 @lru_cache(maxsize=4)
 def _jwks_client(url: str, cache_seconds: int, cooldown: float) -> jwt.PyJWKClient:
     return jwt.PyJWKClient(
@@ -108,5 +104,4 @@ def _jwks_client(url: str, cache_seconds: int, cooldown: float) -> jwt.PyJWKClie
 
 def jwks_client(url: str, cache_seconds: int) -> jwt.PyJWKClient:
     """One client per URL: it keeps the fetched keys, and fetches again for a kid it lacks."""
-    with _clients_lock:
-        return _jwks_client(url, cache_seconds, REFETCH_COOLDOWN_SECONDS)
+    return _jwks_client(url, cache_seconds, REFETCH_COOLDOWN_SECONDS)
