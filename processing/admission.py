@@ -44,6 +44,11 @@ BYTES_PER_PIXEL = 12
 # The share of the memory limit jobs' pixels may take: the rest is the interpreters and libraries.
 MEMORY_SHARE = 0.6
 WAIT_SECONDS = (0.02, 0.2)  # the first and the longest pause between looks at the ledger
+# A process holds the ledger's lock for well under a millisecond. One that holds it this long is
+# stopped or hung, and waiting on it would stall every worker on the machine: jobs go ahead
+# uncounted instead (LedgerLocked).
+LOCK_WAIT_SECONDS = 2.0
+LOCK_RETRY_SECONDS = 0.002
 # Jobs this large (in counted pixels) give their freed memory back to the system when they end.
 TRIM_AFTER_PIXELS = 1_000_000
 REDIS_PREFIX = "darkroom:admission:"
@@ -91,6 +96,10 @@ def ledger_path() -> Path:
     return Path(settings.WORKER_ADMISSION_LEDGER or Path(settings.VAR_DIR) / "admission.json")
 
 
+class LedgerLocked(Exception):
+    """Another process has held the ledger's lock for LOCK_WAIT_SECONDS."""
+
+
 class Ledger:
     """The machine's admitted pixels and waiting jobs, by pid, read and written under an flock."""
 
@@ -104,11 +113,12 @@ class Ledger:
         if not self.path.parent.is_dir():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            lock(handle, self.path)
             try:
                 handle.seek(0)
                 stored = handle.read()
                 entries = live(parse(stored))
+                unrecorded.settle(entries)
                 yield entries
                 changed = json.dumps(entries)
                 if changed != stored:
@@ -124,6 +134,42 @@ class Ledger:
     def read(self) -> dict:
         with self.open() as entries:
             return dict(entries)
+
+
+def lock(handle, path: Path) -> None:
+    """Take the ledger's lock, waiting at most LOCK_WAIT_SECONDS."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LedgerLocked(f"{path} has been locked for {LOCK_WAIT_SECONDS:g} s") from None
+            time.sleep(LOCK_RETRY_SECONDS)
+
+
+class Unrecorded:
+    """Changes to this process's entry that found the ledger locked, recorded at its next opening:
+    a job that ends while the ledger is locked still gives its pixels back."""
+
+    def __init__(self):
+        self.deltas: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def add(self, deltas: dict[str, int]) -> None:
+        with self.lock:
+            for name, delta in deltas.items():
+                self.deltas[name] = self.deltas.get(name, 0) + delta
+
+    def settle(self, entries: dict) -> None:
+        with self.lock:
+            deltas, self.deltas = self.deltas, {}
+        if deltas:
+            apply(entries, deltas)
+
+
+unrecorded = Unrecorded()
 
 
 def parse(text: str) -> dict:
@@ -163,19 +209,32 @@ def admitted(pixels: int) -> Iterator[None]:
     """Hold `pixels` of the machine's budget for the block, waiting until they fit."""
     ledger, limit = Ledger(ledger_path()), budget()
     cost = min(pixels, limit)  # a job larger than the whole budget fits only when nothing else runs
-    if not take(ledger, cost, limit, waiting=False):
-        change(ledger, waiting=+1)
-        try:
-            wait_for_room(ledger, cost, limit)
-        except BaseException:
-            change(ledger, waiting=-1)
-            raise
+    try:
+        enter(ledger, cost, limit)
+    except LedgerLocked as exc:
+        logger.warning("memory admission: %s; this job runs without being counted", exc)
+        counted = False
+    else:
+        counted = True
     try:
         yield
     finally:
         if cost >= TRIM_AFTER_PIXELS:
             give_back_freed_memory()
-        change(ledger, pixels=-cost, jobs=-1)
+        if counted:
+            change(ledger, pixels=-cost, jobs=-1)
+
+
+def enter(ledger: Ledger, cost: int, limit: int) -> None:
+    """Take `cost` pixels, waiting (and counted as waiting) until they fit."""
+    if take(ledger, cost, limit, waiting=False):
+        return
+    change(ledger, waiting=+1)
+    try:
+        wait_for_room(ledger, cost, limit)
+    except BaseException:
+        change(ledger, waiting=-1)
+        raise
 
 
 def give_back_freed_memory() -> None:
@@ -213,12 +272,20 @@ def take(ledger: Ledger, cost: int, limit: int, waiting: bool) -> bool:
 
 
 def change(ledger: Ledger, **deltas: int) -> None:
-    with ledger.open() as entries:
-        mine = entries.setdefault(str(os.getpid()), {})
-        for name, delta in deltas.items():
-            mine[name] = max(0, mine.get(name, 0) + delta)
-        if not any(mine.values()):
-            del entries[str(os.getpid())]
+    """Change this process's entry now, or at the ledger's next opening if it is locked."""
+    try:
+        with ledger.open() as entries:
+            apply(entries, deltas)
+    except LedgerLocked:
+        unrecorded.add(deltas)
+
+
+def apply(entries: dict, deltas: dict[str, int]) -> None:
+    mine = entries.setdefault(str(os.getpid()), {})
+    for name, delta in deltas.items():
+        mine[name] = max(0, mine.get(name, 0) + delta)
+    if not any(mine.values()):
+        del entries[str(os.getpid())]
 
 
 # --- What each machine's workers hold, for /api/v1/queue/status ------------------------------
@@ -284,7 +351,11 @@ def publish(state: dict) -> None:
 def machines() -> list[dict]:
     """Each machine's admission state: from Redis when there is one, else this machine's ledger."""
     if not settings.REDIS_URL:
-        return [summary(Ledger(ledger_path()).read())]
+        try:
+            return [summary(Ledger(ledger_path()).read())]
+        except LedgerLocked as exc:
+            logger.warning("could not read the admission state: %s", exc)
+            return []
     try:
         client = redis_client(settings.REDIS_URL, os.getpid())
         keys = sorted(client.scan_iter(match=REDIS_PREFIX + "*", count=100))

@@ -1,7 +1,10 @@
 """Memory admission: jobs hold a machine-wide budget of pixels, wait while it is spent, and a dead
 process's share comes back. The states are arranged with events, never waited for by the clock."""
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import subprocess
 import threading
@@ -112,6 +115,43 @@ def test_a_torn_ledger_is_started_afresh(small_budget):
     job = HeldJob(10)
     assert job.admitted.wait(10)
     job.finish()
+
+
+@contextlib.contextmanager
+def ledger_locked_elsewhere():
+    """The ledger's lock held as a stopped or hung process would hold it (flock: another open file)."""
+    admission.ledger_path().touch()
+    with open(admission.ledger_path()) as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture
+def short_lock_wait(monkeypatch):
+    monkeypatch.setattr(admission, "LOCK_WAIT_SECONDS", 0.05)
+
+
+def test_a_ledger_locked_by_a_stuck_process_does_not_stall_jobs(small_budget, short_lock_wait, caplog):
+    ran = False
+    caplog.set_level(logging.WARNING, "processing.admission")
+    with ledger_locked_elsewhere(), admission.admitted(BUDGET):  # would wait for ever behind the lock
+        ran = True
+    assert ran
+    assert "runs without being counted" in caplog.text
+    assert machine()["pixels_admitted"] == 0  # and gives back nothing it did not take
+
+
+def test_pixels_given_back_while_the_ledger_is_locked_are_recorded_at_its_next_opening(
+    small_budget, short_lock_wait
+):
+    job = HeldJob(BUDGET)
+    assert job.admitted.wait(10)
+    with ledger_locked_elsewhere():
+        job.finish()  # its release finds the ledger locked
+    assert machine()["pixels_admitted"] == 0
+    again = HeldJob(BUDGET)
+    assert again.admitted.wait(10), "the whole budget is free again"
+    again.finish()
 
 
 def test_the_default_budget_is_a_share_of_the_memory_limit(settings):

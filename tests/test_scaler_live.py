@@ -169,9 +169,11 @@ class HeldWorkers:
         self.wait_until(lambda: stopped(pid), 30, f"worker {pid} to stop", interval=0.01)
         what = f"the statements worker {pid} sent before it stopped"
         self.wait_until(lambda: not self._statement_in_flight(pid), 30, what, interval=0.01)
-        if self._running().get(job_id) == pid:
+        # Held only with the job in hand and no lock taken: a worker stopped inside the admission
+        # ledger's lock would make every other worker wait for it.
+        if self._running().get(job_id) == pid and not holds_a_file_lock(pid):
             self.held[pid] = job_id
-        else:  # it finished that job first: let it go on to the next and catch it there
+        else:  # let it go on and catch it later in its job, or at the next
             os.kill(pid, signal.SIGCONT)
 
 
@@ -180,6 +182,12 @@ def stopped(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
     except OSError:
         return True  # gone: nothing more will come from it
+
+
+def holds_a_file_lock(pid: int) -> bool:
+    """Whether process `pid` holds a file lock (Linux /proc/locks: "1: FLOCK ADVISORY WRITE <pid> ...")."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any(line.split()[4] == str(pid) for line in lines if "->" not in line)
 
 
 def tcp_ports(pid: int) -> set[int]:
