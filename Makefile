@@ -66,14 +66,13 @@ cleanup: $(STAMP)
 
 # On three processes (pytest-xdist; TEST_PROCESSES=1 for one), a file's tests together on one: on
 # two cores, since most live tests spend their time waiting for the servers and workers they start.
-# Then the tests marked `alone` (they stop or restart RabbitMQ, PostgreSQL or Redis), with nothing
-# beside them. pytest's exit status 5 is "no test selected" (a PYTEST_ARGS that names none of one part).
+# The tests that stop or restart PostgreSQL, RabbitMQ or Redis do it to servers of their own
+# (bench/private_services.py), so every test can run beside the others.
 TEST_PROCESSES ?= 3
 
 test: $(STAMP)
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not alone" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(BIN)/pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

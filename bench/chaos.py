@@ -34,6 +34,7 @@ import httpx
 import psycopg
 from PIL import Image
 
+from bench.private_services import as_user
 from bench.s3 import SeaweedServer
 from bench.stack import MANAGE, Stack, rabbitmqctl
 
@@ -107,18 +108,25 @@ def restart_redis(target: Target) -> None:
         subprocess.run([*start, "--save", "", "--appendonly", "no"], check=True, capture_output=True)
 
 
-def postgres_cluster() -> list[str]:
-    """`pg_ctlcluster VERSION main` for the one cluster installed here."""
+def postgres_stop_and_start(stack: Stack) -> tuple[list[str], list[str]]:
+    """Commands that stop and start the stack's PostgreSQL: `pg_ctl` of its PGDATA when it names
+    one (a private server, bench/private_services.py), else `pg_ctlcluster` of the machine's."""
+    if data := stack.env.get("PGDATA"):
+        pg_ctl = as_user("postgres", ["pg_ctl", "-D", data, "-s", "-w"])
+        # -l: a server started without a log file writes to pg_ctl's output, which we would wait on.
+        return [*pg_ctl, "stop", "-m", "fast"], [*pg_ctl, "start", "-l", f"{data}/server.log"]
     (version,) = os.listdir("/etc/postgresql")
-    return ["pg_ctlcluster", version, "main"]
+    cluster = ["pg_ctlcluster", version, "main"]
+    return [*cluster, "stop", "-m", "fast"], [*cluster, "start"]
 
 
 def restart_postgres(target: Target) -> None:
-    subprocess.run([*postgres_cluster(), "stop", "-m", "fast"], check=True, capture_output=True)
+    stop, start = postgres_stop_and_start(target.stack)
+    subprocess.run(stop, check=True, capture_output=True)
     try:
         time.sleep(target.outage)
     finally:
-        subprocess.run([*postgres_cluster(), "start"], check=True, capture_output=True)
+        subprocess.run(start, check=True, capture_output=True)
 
 
 def restart_s3(target: Target) -> None:

@@ -7,6 +7,7 @@ from django.conf import settings
 from django_dramatiq.utils import load_middleware
 from dramatiq.brokers.stub import StubBroker
 
+from bench.private_services import PrivateServices
 from bench.s3 import SeaweedServer
 from processing.actors import process_job
 from tests.services import CONFIGURED, XDIST_WORKER, clear_rate_limits, require, url_of
@@ -105,6 +106,26 @@ def run_jobs(stub_broker, stub_worker):
         stub_worker.join()
 
     return run
+
+
+@pytest.fixture
+def private_rabbitmq(monkeypatch):
+    """A RabbitMQ of the test's own, for a test that stops it: stacks made in the test use it."""
+    yield from serve_privately(monkeypatch, "rabbitmq")
+
+
+@pytest.fixture
+def private_services(monkeypatch):
+    """PostgreSQL, RabbitMQ and Redis of the test's own, for a test that restarts them."""
+    yield from serve_privately(monkeypatch, "postgres", "rabbitmq", "redis")
+
+
+def serve_privately(monkeypatch, *names: str):
+    require(*names)  # the machine's, as a sign the servers are installed here
+    with PrivateServices(*names) as services:
+        for name, value in services.env.items():
+            monkeypatch.setenv(name, value)
+        yield services
 
 
 @pytest.fixture(scope="module")

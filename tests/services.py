@@ -31,8 +31,12 @@ CONFIGURED = {service: os.getenv(name) or DEFAULT_URLS[service] for service, nam
 
 
 def url_of(service: str) -> str:
+    """The service's URL: the environment's now (a test may point it at a private server,
+    bench/private_services.py), but for Redis as configured plus this worker's number."""
+    if service != "redis":
+        return os.getenv(ENV_NAMES[service]) or DEFAULT_URLS[service]
     url = CONFIGURED[service]
-    if service == "redis" and XDIST_WORKER:
+    if XDIST_WORKER:
         parts = urlparse(url)
         database = int(parts.path.strip("/") or 0) + int(XDIST_WORKER.removeprefix("gw"))
         url = parts._replace(path=f"/{database}").geturl()

@@ -86,22 +86,23 @@ def test_a_burst_over_the_limit_across_two_server_processes_gets_429(tmp_path):
     assert answers[4].headers["X-RateLimit-Remaining"] == "0"
 
 
-@pytest.mark.alone
-def test_with_the_broker_stopped_submissions_get_503_fast_and_reads_still_work(live_stack):
+def test_with_the_broker_stopped_submissions_get_503_fast_and_reads_still_work(private_rabbitmq, tmp_path):
     # Fast: not after a timeout. This server's broker timeouts are longer than the client waits, so
     # an answer that came from one of them would never reach the client.
     patient = {"BROKER_CONNECT_TIMEOUT": "600", "BROKER_PUBLISH_TIMEOUT": "600"}
-    live_stack.start_server("patient", **patient)
-    accepted = post_image(live_stack.base_url).json()
-    rabbitmqctl("stop_app")
-    try:
-        refused = post_image(live_stack.url("patient"), timeout=60)
-        read = httpx.get(f"{live_stack.base_url}{accepted['job_url']}", timeout=10)
-        listed = httpx.get(f"{live_stack.base_url}/api/v1/jobs", timeout=10).json()["jobs"]
-    finally:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
-        live_stack.stop("patient")
+    with LiveStack(tmp_path) as stack:  # on the test's own RabbitMQ, which it stops
+        stack.start_server()
+        stack.start_server("patient", **patient)
+        accepted = post_image(stack.base_url).json()
+        rabbitmqctl("stop_app")
+        try:
+            refused = post_image(stack.url("patient"), timeout=60)
+            read = httpx.get(f"{stack.base_url}{accepted['job_url']}", timeout=10)
+            listed = httpx.get(f"{stack.base_url}/api/v1/jobs", timeout=10).json()["jobs"]
+        finally:
+            rabbitmqctl("start_app")
+            rabbitmqctl("await_startup")
+        resubmitted = post_image(stack.base_url)
 
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"]["code"] == "broker_unavailable"
@@ -110,7 +111,7 @@ def test_with_the_broker_stopped_submissions_get_503_fast_and_reads_still_work(l
     assert [job["job_id"] for job in listed] == [job["job_id"] for job in listed if job["job_id"] != ""]
     assert len(listed) == len({job["job_id"] for job in listed})  # the refused job left no row behind
     assert all(job["job_id"] != refused.headers.get("X-Request-ID") for job in listed)
-    assert post_image(live_stack.base_url).status_code == 202  # after the restart, submissions succeed
+    assert resubmitted.status_code == 202  # after the restart, submissions succeed
 
 
 def test_queue_status_comes_from_rabbitmq(live_stack):

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests import images
+from tests.stack import LiveStack, rabbitmqctl
 
 pytestmark = pytest.mark.services
 
@@ -73,24 +74,19 @@ def test_a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once(li
         live_stack.stop("second")
 
 
-@pytest.mark.alone
-def test_every_job_accepted_before_a_rabbitmq_restart_completes(live_stack):
+def test_every_job_accepted_before_a_rabbitmq_restart_completes(private_rabbitmq, tmp_path):
     jpeg = images.jpeg_bytes(images.gradient(320, 240))
-    accepted = [
-        live_stack.submit("sobel", jpeg)["job_id"] for _ in range(5)
-    ]  # no worker yet: they wait in RabbitMQ
+    with LiveStack(tmp_path) as stack:  # on the test's own RabbitMQ, which it restarts
+        stack.start_server()
+        accepted = [stack.submit("sobel", jpeg)["job_id"] for _ in range(5)]  # no worker yet: they wait
 
-    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, timeout=120)
-    subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120)
-    subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, timeout=120)
+        for step in ("stop_app", "start_app", "await_startup"):
+            rabbitmqctl(step)
 
-    accepted.append(live_stack.submit("sobel", jpeg)["job_id"])  # the gateway reconnects by itself
-    live_stack.start_worker("after-restart")
-    try:
-        for job_id in accepted:
-            assert live_stack.wait_for_status(job_id, timeout=90)["status"] == "completed"
-    finally:
-        live_stack.stop("after-restart")
+        accepted.append(stack.submit("sobel", jpeg)["job_id"])  # the gateway reconnects by itself
+        stack.start_worker("after-restart")
+        finished = [stack.wait_for_status(job_id, timeout=90)["status"] for job_id in accepted]
+    assert finished == ["completed"] * len(accepted)
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
