@@ -23,7 +23,7 @@ from PIL import Image, ImageFilter
 from bench.pipeline import photo_jpeg
 from bench.raw import ssim
 from processing import placeholders
-from processing.imaging import encode_image
+from processing.imaging import encode_image, set_avif_speed
 
 QUALITY = 85  # the API's default
 
@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--repeats", type=int, default=20, help="placeholder timings per photo")
     parser.add_argument("--photos", type=Path, help="a folder of JPEG and PNG photos to measure instead")
+    parser.add_argument("--avif-speed", type=int, help="the AVIF encoder's speed, 0-10 (AVIF_SPEED)")
     args = parser.parse_args(argv)
+    if args.avif_speed is not None:
+        set_avif_speed(args.avif_speed)
     chosen = photos_in(args.photos) if args.photos else photos(args.width, args.height)
     for name, image in chosen.items():
         print(report(name, image, args.repeats), flush=True)

@@ -199,11 +199,3 @@ def refusing_redis():
     """A Redis that is down: nothing listens on its port."""
     with refused_port() as port:
         yield f"redis://127.0.0.1:{port}/0"
-
-
-def pytest_collection_modifyitems(items):
-    """The files of live tests (marked `services`) first. `make test` hands each of its processes a
-    file at a time in this order: the long files start early and the short ones fill the end,
-    instead of one process running the longest file alone while the others have finished."""
-    live_files = {item.path for item in items if item.get_closest_marker("services")}
-    items.sort(key=lambda item: item.path not in live_files)  # stable: each file's order is kept
