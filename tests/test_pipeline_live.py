@@ -2,8 +2,6 @@
 
 import io
 import json
-import os
-import signal
 import subprocess
 
 import httpx
@@ -11,6 +9,7 @@ import pytest
 from PIL import Image
 
 from tests import images
+from tests.frozen import submit_and_kill_mid_job
 from tests.stack import LiveStack, rabbitmqctl
 
 pytestmark = pytest.mark.services
@@ -45,30 +44,19 @@ def test_the_curl_example_works_as_written(live_stack, worker, tmp_path):
     assert result.format == "JPEG" and result.mode == "L" and result.size == (640, 480)
 
 
-def big_jpeg(width: int = 7000, height: int = 7000) -> bytes:
-    """49 megapixels (under the 50 MP limit) that compress small: a slow job from a small upload."""
-    return images.jpeg_bytes(images.gradient(width, height), quality=80)
-
-
-def worker_pid(job: dict, live_stack) -> int:
-    worker = live_stack.result(job["job_id"])["worker"]  # host:pid:thread
-    return int(worker.split(":")[1])
-
-
 def test_a_worker_killed_mid_job_leaves_it_to_another_which_completes_it_once(live_stack):
     live_stack.start_worker("first", threads=1)
     live_stack.start_worker("second", threads=1)
     try:
-        job = live_stack.submit("grayscale", big_jpeg(), runs=10)
-        live_stack.wait_for_status(job["job_id"], ("processing",), timeout=60)
-        os.kill(worker_pid(job, live_stack), signal.SIGKILL)
+        upload = images.jpeg_bytes(images.gradient(3000, 2000), quality=80)
+        job = submit_and_kill_mid_job(live_stack, upload, runs=10)
 
         done = live_stack.wait_for_status(job["job_id"], timeout=120)
         assert done["status"] == "completed", done["error"]
         assert live_stack.result(job["job_id"])["attempts"] == 2
         files = live_stack.result_files(job["job_id"])
         assert [f.name for f in files] == ["output.jpg"]
-        assert Image.open(files[0]).size == (7000, 7000)
+        assert Image.open(files[0]).size == (3000, 2000)
     finally:
         live_stack.stop("first")
         live_stack.stop("second")

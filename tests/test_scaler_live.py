@@ -2,21 +2,19 @@
 uvicorn gateways and a private nginx, all started and stopped by `manage.py scale_workers`.
 Intervals and cooldowns are short so the whole file runs in about two minutes."""
 
-import contextlib
 import functools
 import os
 import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from bench.ports import unused_ports
 from tests import images
+from tests.frozen import freeze, holds_a_file_lock, jobs_in_hand, pid_of, submit_and_kill_mid_job
 from tests.services import require
 from tests.stack import MANAGE, NO_KEEPALIVE, LiveStack
 
@@ -95,9 +93,7 @@ def distinct_jpeg(width: int, height: int, tag: str) -> bytes:
 
     Each tag gets its own bytes (a JPEG comment), so no job finishes at once by reusing another's result.
     """
-    jpeg = gradient_jpeg(width, height)
-    comment = tag.encode()
-    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+    return images.with_comment(gradient_jpeg(width, height), tag)
 
 
 @functools.cache
@@ -106,14 +102,10 @@ def gradient_jpeg(width: int, height: int) -> bytes:
 
 
 def submit_burst(stack: LiveStack, count: int) -> list[str]:
-    """`count` jobs of a second or so each (30 megapixels, converted ten times), submitted at once."""
-    uploads = [distinct_jpeg(6000, 5000, f"burst {index}") for index in range(count)]
+    """`count` jobs of about half a second each (12 megapixels, converted ten times), submitted at once."""
+    uploads = [distinct_jpeg(4000, 3000, f"burst {index}") for index in range(count)]
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(lambda jpeg: stack.submit("grayscale", jpeg, runs=10)["job_id"], uploads))
-
-
-def pid_of(worker: str) -> int:
-    return int(worker.split(":")[1])  # a job's worker is host:pid:thread
 
 
 def worker_pid(stack: LiveStack, job_id: str) -> int:
@@ -136,7 +128,7 @@ class HeldWorkers:
         """Stop every worker that starts a job, until `count` of them hold one."""
 
         def enough_held() -> bool:
-            for job_id, pid in self._running().items():
+            for job_id, pid in jobs_in_hand(self.database).items():
                 if pid not in self.held:
                     self._try_hold(pid, job_id)
             return len(self.held) >= count
@@ -151,62 +143,14 @@ class HeldWorkers:
     def resume_all(self) -> None:
         self.resume(*self.held)
 
-    def _statement_in_flight(self, pid: int) -> bool:
-        """Whether PostgreSQL is running a statement sent by process `pid` (by its connections' ports)."""
-        with psycopg.connect(self.database) as conn:
-            query = "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s) AND state = 'active'"
-            return conn.execute(query, [sorted(tcp_ports(pid))]).fetchone()[0] > 0
-
-    def _running(self) -> dict[str, int]:
-        """Job -> worker pid, for the jobs being processed now (one query: no job slips by unseen)."""
-        with psycopg.connect(self.database) as conn:
-            rows = conn.execute("SELECT id::text, worker_id FROM processing_job WHERE status = 'processing'")
-            return {job_id: pid_of(worker) for job_id, worker in rows}
-
     def _try_hold(self, pid: int, job_id: str) -> None:
-        os.kill(pid, signal.SIGSTOP)
-        # A statement sent just before the stop may still commit: look once it has.
-        self.wait_until(lambda: stopped(pid), 30, f"worker {pid} to stop", interval=0.01)
-        what = f"the statements worker {pid} sent before it stopped"
-        self.wait_until(lambda: not self._statement_in_flight(pid), 30, what, interval=0.01)
+        freeze(pid, self.database)
         # Held only with the job in hand and no lock taken: a worker stopped inside the admission
         # ledger's lock would make every other worker wait for it.
-        if self._running().get(job_id) == pid and not holds_a_file_lock(pid):
+        if jobs_in_hand(self.database).get(job_id) == pid and not holds_a_file_lock(pid):
             self.held[pid] = job_id
         else:  # let it go on and catch it later in its job, or at the next
             os.kill(pid, signal.SIGCONT)
-
-
-def stopped(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
-    except OSError:
-        return True  # gone: nothing more will come from it
-
-
-def holds_a_file_lock(pid: int) -> bool:
-    """Whether process `pid` holds a file lock (Linux /proc/locks: "1: FLOCK ADVISORY WRITE <pid> ...")."""
-    lines = Path("/proc/locks").read_text().splitlines()
-    return any(line.split()[4] == str(pid) for line in lines if "->" not in line)
-
-
-def tcp_ports(pid: int) -> set[int]:
-    """The local ports of the TCP connections process `pid` has open (Linux /proc)."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def worker_pids(health: dict) -> set[int]:
@@ -275,10 +219,8 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_job_completes(stack):
     )
     try:
         scaler.wait_for(one_worker_consuming, "one worker")
-        job = stack.submit("grayscale", distinct_jpeg(7000, 7000, "crash"), runs=10)
-        stack.wait_for_status(job["job_id"], ("processing",), timeout=60)
         (group,) = workers(scaler.health())["groups"]
-        os.kill(worker_pid(stack, job["job_id"]), signal.SIGKILL)
+        job = submit_and_kill_mid_job(stack, gradient_jpeg(3000, 3000), runs=10)
 
         replaced = scaler.wait_for(lambda h: h["replacements"].get("workers") == 1, "the replacement")
         done = stack.wait_for_status(job["job_id"], timeout=90)

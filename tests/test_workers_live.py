@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from scaler.backends.processes import child_pids
-from tests.stack import MANAGE, LiveStack
+from tests.frozen import submit_and_freeze_mid_job
+from tests.stack import MANAGE
 
 pytestmark = pytest.mark.services
 
@@ -24,10 +25,10 @@ def distinct(image: Image.Image) -> Image.Image:
     return image
 
 
-def big_jpeg(side: int = 6000) -> bytes:
-    """A job of a few seconds at least (with runs=10), so a test can catch its worker mid-job."""
+def slow_jpeg(side: int = 3000) -> bytes:
+    """A job of a second or so (with runs=10): long enough to freeze its worker mid-job."""
     buffer = io.BytesIO()
-    distinct(Image.radial_gradient("L").resize((side, side)).convert("RGB")).save(buffer, "JPEG", quality=85)
+    Image.radial_gradient("L").resize((side, side)).convert("RGB").save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
 
 
@@ -51,19 +52,6 @@ def gone(pid: int) -> bool:
     except OSError:
         return True
     return state == "Z"  # exited; whoever adopted it has not reaped it yet
-
-
-def worker_pid(stack: LiveStack, job_id: str) -> int:
-    return int(stack.result(job_id)["worker"].split(":")[1])  # host:pid:thread
-
-
-def hold_mid_job(stack: LiveStack, job_id: str) -> int:
-    """Stop (SIGSTOP) the worker process that is processing `job_id`; its pid."""
-    stack.wait_for_status(job_id, ("processing",), timeout=60)
-    pid = worker_pid(stack, job_id)
-    os.kill(pid, signal.SIGSTOP)
-    assert stack.job(job_id)["status"] == "processing"  # stopped with the job in hand
-    return pid
 
 
 def test_make_worker_replaces_a_killed_worker_process_and_drains_on_sigterm(live_stack):
@@ -90,8 +78,7 @@ def test_make_worker_replaces_a_killed_worker_process_and_drains_on_sigterm(live
             assert live_stack.wait_for_status(job["job_id"], timeout=90)["status"] == "completed"
 
         # SIGTERM with a job in hand: the supervisor drains, the job finishes where it started.
-        job = live_stack.submit("grayscale", big_jpeg(), runs=10)
-        held = hold_mid_job(live_stack, job["job_id"])
+        job, held = submit_and_freeze_mid_job(live_stack, slow_jpeg(), runs=10)
         supervisor.send_signal(signal.SIGTERM)
         os.kill(held, signal.SIGCONT)
         assert supervisor.wait(timeout=120) == 0
@@ -107,8 +94,7 @@ def test_make_worker_replaces_a_killed_worker_process_and_drains_on_sigterm(live
 
 def test_an_orphaned_worker_finishes_its_job_in_hand_and_exits(live_stack):
     group = live_stack.start_worker("orphaned", threads=1)
-    job = live_stack.submit("grayscale", big_jpeg(), runs=10)
-    orphan = hold_mid_job(live_stack, job["job_id"])
+    job, orphan = submit_and_freeze_mid_job(live_stack, slow_jpeg(), runs=10)
     try:
         os.kill(group.pid, signal.SIGKILL)  # the main process: its worker process lives on, orphaned
         group.wait()
