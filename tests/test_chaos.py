@@ -1,8 +1,8 @@
 """`make chaos` in CI: every fault of the suite under load, on the full stack, and the promise held.
 
-The faults that strike only the stack's own processes (its workers, its S3 server) run on the
-machine's services. Those that stop and start PostgreSQL, RabbitMQ and Redis strike servers of the
-test's own (bench/private_services.py), so the tests running beside it are untouched.
+Here the faults that strike only the stack's own processes (its workers, its S3 server), on the
+machine's services. Those that stop and start PostgreSQL, RabbitMQ and Redis are in
+test_chaos_services.py: a file of their own, so that `make test` runs the two long tests side by side.
 """
 
 import pytest
@@ -14,17 +14,11 @@ from tests.stack import migrated_database
 pytestmark = pytest.mark.services
 
 OWN_PROCESS_FAULTS = ["worker-kill", "worker-main-kill", "s3-restart"]
-SERVICE_FAULTS = [fault for fault in chaos.FAULTS if fault not in OWN_PROCESS_FAULTS]
 
 
 def test_every_accepted_job_ends_when_a_worker_or_the_s3_server_dies():
     require("postgres", "rabbitmq", "redis")
     outcomes = chaos.run(OWN_PROCESS_FAULTS, jobs=30, outage=2, database_template=migrated_database())
-    assert_promise_held(outcomes)
-
-
-def test_every_accepted_job_ends_when_postgres_rabbitmq_or_redis_restarts(private_services):
-    outcomes = chaos.run(SERVICE_FAULTS, jobs=30, outage=2)  # migrated afresh in the private PostgreSQL
     assert_promise_held(outcomes)
 
 
