@@ -4,14 +4,16 @@ long as it needs it, whatever the machine's speed. Linux only (/proc)."""
 import contextlib
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
 import psycopg
 
 from tests import images
-from tests.stack import LiveStack
+from tests.stack import FINISHED, LiveStack
 
+JOB_STATE = "SELECT status, worker_id FROM processing_job WHERE id = %s"
 JOBS_IN_HAND = "SELECT id::text, worker_id FROM processing_job WHERE status = 'processing'"
 ACTIVE_FROM_PORTS = "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s) AND state = 'active'"
 
@@ -44,13 +46,29 @@ def submit_and_freeze_mid_job(stack: LiveStack, jpeg: bytes, attempts: int = 5, 
     database = stack.env["DATABASE_URL"]
     for attempt in range(attempts):
         job = stack.submit("grayscale", images.with_comment(jpeg, f"{uuid.uuid4()} {attempt}"), **params)
-        stack.wait_for_status(job["job_id"], ("processing",), timeout=60)
-        pid = pid_of(stack.result(job["job_id"])["worker"])
+        pid = worker_once_in_hand(database, job["job_id"])
+        if pid is None:  # it ended before a look saw it in a worker's hands: the next one's turn
+            continue
         freeze(pid, database)
         if jobs_in_hand(database).get(job["job_id"]) == pid:
             return job, pid
         os.kill(pid, signal.SIGCONT)
     raise AssertionError(f"each of {attempts} jobs ended before its worker could be frozen")
+
+
+def worker_once_in_hand(database: str, job_id: str, timeout: float = 60) -> int | None:
+    """The pid of the worker processing job `job_id` as soon as one is (looked at every 10 ms, in
+    the database), or None if the job ends first."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            status, worker = conn.execute(JOB_STATE, [job_id]).fetchone()
+            if status == "processing":
+                return pid_of(worker)
+            if status in FINISHED:
+                return None
+            time.sleep(0.01)
+    raise AssertionError(f"job {job_id} was neither processing nor finished within {timeout}s")
 
 
 def submit_and_kill_mid_job(stack: LiveStack, jpeg: bytes, **params) -> dict:

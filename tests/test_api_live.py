@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -46,6 +47,8 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_its_schema(live_
         sys.executable,
         "-m",
         "schemathesis.cli",
+        "--config-file",
+        str(Path(__file__).with_name("schemathesis.toml")),
         *run,
         "--max-examples",
         "25",
