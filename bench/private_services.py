@@ -10,7 +10,6 @@ which the fault suite's PostgreSQL restart follows (bench.chaos).
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from bench.ports import unused_ports
+from scaler.backends.processes import port_open
 
 START_SECONDS = 120  # a busy two-core machine boots RabbitMQ in 10-20 s
 
@@ -37,7 +37,7 @@ def own_folder(path: Path, user: str) -> Path:
 def wait_for_port(port: int, what: str, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        if port_open("127.0.0.1", port):
             return
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{what} exited ({process.returncode}) before listening on {port}")
