@@ -34,7 +34,7 @@ import httpx
 import psycopg
 from PIL import Image
 
-from bench.private_services import as_user
+from bench.private_services import as_user, start_redis, stop_redis
 from bench.s3 import SeaweedServer
 from bench.stack import MANAGE, Stack, rabbitmqctl
 
@@ -100,12 +100,11 @@ def redis_address(stack: Stack) -> tuple[str, int]:
 
 def restart_redis(target: Target) -> None:
     host, port = redis_address(target.stack)
-    subprocess.run(["redis-cli", "-h", host, "-p", str(port), "shutdown", "nosave"], capture_output=True)
+    stop_redis(host, port)
     try:
         time.sleep(target.outage)
     finally:
-        start = ["redis-server", "--daemonize", "yes", "--bind", host, "--port", str(port)]
-        subprocess.run([*start, "--save", "", "--appendonly", "no"], check=True, capture_output=True)
+        start_redis(host, port)
 
 
 def postgres_stop_and_start(stack: Stack) -> tuple[list[str], list[str]]:

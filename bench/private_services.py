@@ -127,6 +127,19 @@ class PrivateRabbitMQ:
                 self.process.wait()
 
 
+def start_redis(host: str, port: int, folder: Path | None = None) -> None:
+    """A Redis without persistence, daemonized: stopped by its address (stop_redis), not by a pid,
+    so that whoever restarts it need not be whoever started it (the fault suite's restart)."""
+    command = ["redis-server", "--daemonize", "yes", "--bind", host, "--port", str(port)]
+    options = ["--save", "", "--appendonly", "no", *(["--dir", str(folder)] if folder else [])]
+    subprocess.run([*command, *options], check=True, capture_output=True, timeout=30)
+
+
+def stop_redis(host: str, port: int) -> None:
+    command = ["redis-cli", "-h", host, "-p", str(port), "shutdown", "nosave"]
+    subprocess.run(command, capture_output=True, timeout=30, check=False)
+
+
 class PrivateRedis:
     def __init__(self, folder: Path):
         self.folder = folder
@@ -135,15 +148,11 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True)
-        # Daemonized as the fault suite's Redis restart starts it again: stopped by port, not by pid.
-        command = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(self.port)]
-        options = ["--save", "", "--appendonly", "no", "--dir", str(self.folder)]
-        subprocess.run([*command, *options], check=True, capture_output=True, timeout=30)
+        start_redis("127.0.0.1", self.port, self.folder)
         wait_for_port(self.port, "a private Redis")
 
     def stop(self) -> None:
-        command = ["redis-cli", "-p", str(self.port), "shutdown", "nosave"]
-        subprocess.run(command, capture_output=True, timeout=30, check=False)
+        stop_redis("127.0.0.1", self.port)
 
 
 class PrivateServices:
