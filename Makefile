@@ -98,8 +98,9 @@ bench-memory: $(STAMP)
 	$(BIN)/python -m bench.memory $(BENCH_MEMORY_ARGS)
 
 # AVIF against JPEG on HD photos (bytes at equal SSIM), and the cost of a result's placeholder.
+# BENCH_FORMATS_ARGS="--photos DIR --avif-speed 4" for your own photos at another speed.
 bench-formats: $(STAMP)
-	$(BIN)/python -m bench.formats
+	$(BIN)/python -m bench.formats $(BENCH_FORMATS_ARGS)
 
 # The fault suite on the full stack: worker kills and PostgreSQL, RabbitMQ and Redis restarts under
 # load (it stops and starts this machine's services). CHAOS_ARGS="--jobs 60 --fault redis-restart".
