@@ -117,6 +117,19 @@ def test_a_torn_ledger_is_started_afresh(small_budget):
     job.finish()
 
 
+def test_the_ledger_file_stays_as_small_as_its_longest_state(small_budget):
+    """It is rewritten in place, never appended to: a machine's ledger must not fill its disk."""
+    held = HeldJob(100)
+    assert held.admitted.wait(10)
+    longest = admission.ledger_path().stat().st_size
+    held.finish()
+    for _ in range(200):
+        with admission.admitted(10):
+            pass
+    assert admission.ledger_path().stat().st_size <= longest
+    assert ledger() == {}  # the shorter state, padded over the longer one, reads back as itself
+
+
 @contextlib.contextmanager
 def ledger_locked_elsewhere():
     """The ledger's lock held as a stopped or hung process would hold it (flock: another open file)."""

@@ -39,6 +39,8 @@ def grayscale(image: Image.Image, params: GrayscaleParams, progress: ProgressCal
 
 def to_gray(image: Image.Image, bands: int, pool: Executor | None) -> Image.Image:
     """image.convert("L"), in one go without a pool, else band by band on it."""
+    if image.mode == "L":
+        return image  # a JPEG decoded as luma alone is its grayscale already: no copy of it
     if pool is None:
         return image.convert("L")
     return to_gray_in_bands(image, bands, pool)
