@@ -219,7 +219,7 @@ except UnprocessableImage as exc:
     outcome = exc.code
 # VmHWM, not getrusage's ru_maxrss: that one keeps, across the exec, the RSS of the parent it was forked from.
 with open("/proc/self/status") as status:
-    peak_rss_kb = int(re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.M).group(1))
+    peak_rss_kb = int(re.search(r"^VmHWM:\\s+(\\d+) kB", status.read(), re.M).group(1))
 print(json.dumps({"outcome": outcome, "peak_rss_kb": peak_rss_kb}))
 """
 PEAK_RSS_BOUND_MB = 300  # unbounded, the rotation alone made 612 MB of pixels
