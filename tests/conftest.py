@@ -33,6 +33,23 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path not in needs_services)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_session_left_on_the_test_database(django_db_setup, django_db_blocker):
+    """At the end of the run, before the test database is dropped: end the PostgreSQL sessions that
+    other threads of this process (or its children) still hold on it, or the drop fails ("being
+    accessed by other users") and leaves the database behind."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture(autouse=True)
 def redis_of_this_worker(settings):
     """This process's settings name REDIS_URL as the environment had it when they were read: under
