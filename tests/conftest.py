@@ -33,20 +33,21 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path not in needs_services)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_session_left_on_the_test_database(django_db_setup, django_db_blocker):
-    """At the end of the run, before the test database is dropped: end the PostgreSQL sessions that
-    other threads of this process (or its children) still hold on it, or the drop fails ("being
-    accessed by other users") and leaves the database behind."""
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, and before it is dropped at the end of the run, no PostgreSQL
+    session left on it: a session that another thread of this process (or a child) still holds
+    makes the drop fail ("being accessed by other users") and leaves the database behind."""
     yield
     from django.db import connection
 
     if connection.vendor != "postgresql":
         return
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
+    # From the maintenance database, as Django drops a test database: not through the pool.
+    with django_db_blocker.unblock(), connection._nodb_cursor() as cursor:
         cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [connection.settings_dict["NAME"]],
         )
 
 
