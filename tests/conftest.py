@@ -46,7 +46,8 @@ def django_db_setup(django_db_setup, django_db_blocker):
     # From the maintenance database, as Django drops a test database: not through the pool.
     with django_db_blocker.unblock(), connection._nodb_cursor() as cursor:
         cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
             [connection.settings_dict["NAME"]],
         )
 
