@@ -51,8 +51,10 @@ LOCK_WAIT_SECONDS = 2.0
 LOCK_RETRY_SECONDS = 0.002
 # More than the entries of any machine's worker processes take (about 80 bytes each).
 MAX_LEDGER_BYTES = 1 << 20
-# Jobs this large (in counted pixels) give their freed memory back to the system when they end.
-TRIM_AFTER_PIXELS = 1_000_000
+# Jobs this large (in counted pixels, 96 MB) give their freed memory back to the system when they
+# end. Smaller ones leave it to the next job: given back, it is faulted in again page by page
+# (an HD sobel took 45.6 ms of CPU trimmed after each job, 31.8 ms not).
+TRIM_AFTER_PIXELS = 8_000_000
 REDIS_PREFIX = "darkroom:admission:"
 PUBLISH_EVERY_SECONDS = 1.0
 REDIS_TIMEOUT_SECONDS = 0.5
