@@ -47,6 +47,17 @@ def describe(exception: BaseException) -> tuple[str, str]:
     return "processing_error", f"gave up after repeated errors: {exception.__class__.__name__}: {exception}"
 
 
+class ReuseFreedMemory(Middleware):
+    """A worker process keeps what its jobs free for the next ones (admission.keep_freed_memory)."""
+
+    def after_process_boot(self, broker):
+        if multiprocessing.parent_process() is None:
+            return  # not a forked worker process: the embedded workers share the server's memory
+        from processing import admission  # imported late: middleware loads before Django's apps
+
+        admission.keep_freed_memory()
+
+
 class ExitWhenOrphaned(Middleware):
     """A worker process that Dramatiq's main process forked logs without it, and stops when it is gone.
 

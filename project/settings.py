@@ -158,6 +158,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "processing.dramatiq_middleware.FailJobWhenMessageDies",
     "dramatiq.middleware.Retries",
     "processing.dramatiq_middleware.ExitWhenOrphaned",
+    "processing.dramatiq_middleware.ReuseFreedMemory",
 ]
 
 
