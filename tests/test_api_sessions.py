@@ -42,13 +42,13 @@ def test_a_made_up_session_cookie_is_no_way_around_required_api_keys(settings, s
 
 
 def test_a_new_made_up_cookie_each_time_still_gets_429_after_the_limit(settings, stub_broker):
-    settings.RATE_LIMIT_SUBMIT = "3/m"
+    settings.RATE_LIMIT_SUBMIT = "3/d"
     answers = [submit(made_up_browser(), headers={"X-CSRFToken": CSRF}) for _ in range(5)]
     assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
 
 
 def test_sessions_the_site_issued_are_limited_by_address_too(settings, stub_broker):
-    settings.RATE_LIMIT_SUBMIT = "3/m"
+    settings.RATE_LIMIT_SUBMIT = "3/d"
     browsers = [site_issued_browser() for _ in range(5)]
     answers = [
         submit(browser, headers={"X-CSRFToken": browser.cookies["csrftoken"].value}) for browser in browsers
@@ -64,7 +64,7 @@ def test_a_site_issued_session_owns_its_jobs(stub_broker):
 
 
 def test_each_file_of_a_batch_counts_against_the_submit_limit(client, api_key, settings, stub_broker):
-    settings.RATE_LIMIT_SUBMIT = "4/m"
+    settings.RATE_LIMIT_SUBMIT = "4/d"
     key = api_key("batcher")
     files = [png(f"{n}.png") for n in range(3)]
     first = client.post("/api/v1/jobs/batch", {"image": files, "service": "blur"}, headers=key)

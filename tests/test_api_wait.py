@@ -89,7 +89,7 @@ async def test_a_running_job_is_answered_when_it_completes(server):
 
 
 async def test_a_long_poll_counts_once_against_the_read_limit(server, settings, fresh_rate_limits):
-    settings.RATE_LIMIT_READ = "1/m"
+    settings.RATE_LIMIT_READ = "1/d"
     job = await in_thread(stored_job)()
     claimed = await in_thread(lease.claim)(job.id, WORKER)
     polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=30"))

@@ -273,7 +273,7 @@ def test_an_upload_without_the_csrf_token_is_refused(stub_broker):
 
 
 def test_form_uploads_share_the_api_rate_limit(client, stub_broker, settings):
-    settings.RATE_LIMIT_SUBMIT = "1/m"
+    settings.RATE_LIMIT_SUBMIT = "1/d"
     page(client)
     assert upload(client).status_code == 303
     refused = upload(client)

@@ -80,10 +80,10 @@ def commands_called(client: redis.Redis) -> dict[str, int]:
 def test_two_processes_share_one_counter_through_redis(client, settings):
     require("redis")
     settings.REDIS_URL = url_of("redis")
-    settings.RATE_LIMIT_READ = "5/m"
+    settings.RATE_LIMIT_READ = "5/d"
     key, presented = ApiKey.issue("shared")
 
-    assert count_in_another_process(f"key:{key.pk}", "5/m", settings.REDIS_URL) == 1
+    assert count_in_another_process(f"key:{key.pk}", "5/d", settings.REDIS_URL) == 1
     answer = client.get("/api/v1/jobs", headers={"X-API-Key": presented})
 
     assert answer.status_code == 200
@@ -106,7 +106,7 @@ def test_a_request_costs_one_redis_round_trip(client, settings, private_redis):
 def test_with_redis_unreachable_requests_are_served_without_limits_and_without_waiting(client, settings):
     failing = HangingUp()  # takes each connection and hangs up: every Redis call fails
     settings.REDIS_URL = f"redis://127.0.0.1:{failing.port}/0"
-    settings.RATE_LIMIT_READ = "1/m"
+    settings.RATE_LIMIT_READ = "1/d"
     try:
         answers = [client.get("/api/v1/jobs") for _ in range(3)]
     finally:
@@ -128,7 +128,7 @@ def test_a_redis_that_does_not_answer_is_not_asked_again_for_a_while(client, set
 
 def test_the_embedded_default_counts_in_the_local_cache(client, settings):
     settings.REDIS_URL = ""
-    settings.RATE_LIMIT_READ = "1/m"
+    settings.RATE_LIMIT_READ = "1/d"
     assert client.get("/api/v1/jobs").status_code == 200
     limited = client.get("/api/v1/jobs")
     assert limited.status_code == 429 and int(limited["Retry-After"]) >= 1
