@@ -28,6 +28,7 @@ import numpy as np
 import psycopg
 from PIL import Image
 
+from bench.pipeline import tagged
 from bench.stack import free_port
 from tests.stack import MANAGE, LiveStack
 
@@ -60,12 +61,6 @@ def photo_jpeg(width: int, height: int, seed: int = 7) -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(out, "JPEG", quality=90)
     return out.getvalue()
-
-
-def tagged(jpeg: bytes, tag: str) -> bytes:
-    """The same pixels with a JPEG comment: distinct bytes, so no job reuses another's result."""
-    comment = tag.encode()
-    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
 
 
 def submit_burst(stack: LiveStack, uploads: list[bytes], service: str, concurrency: int) -> float:

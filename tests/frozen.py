@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests import images
+from bench.pipeline import tagged
 from tests.stack import FINISHED, LiveStack
 
 JOB_STATE = "SELECT status, worker_id FROM processing_job WHERE id = %s"
@@ -45,7 +45,7 @@ def submit_and_freeze_mid_job(stack: LiveStack, jpeg: bytes, attempts: int = 5, 
     """
     database = stack.env["DATABASE_URL"]
     for attempt in range(attempts):
-        job = stack.submit("grayscale", images.with_comment(jpeg, f"{uuid.uuid4()} {attempt}"), **params)
+        job = stack.submit("grayscale", tagged(jpeg, f"{uuid.uuid4()} {attempt}"), **params)
         pid = worker_once_in_hand(database, job["job_id"])
         if pid is None:  # it ended before a look saw it in a worker's hands: the next one's turn
             continue

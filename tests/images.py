@@ -128,12 +128,6 @@ def jpeg_bytes(image: Image.Image | None = None, quality: int = 95) -> bytes:
     return encode(image or gradient(), "JPEG", quality=quality)
 
 
-def with_comment(jpeg: bytes, text: str) -> bytes:
-    """The JPEG with a comment segment after its start marker: other bytes, the same pixels."""
-    comment = text.encode()
-    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
-
-
 def png_bytes(image: Image.Image | None = None) -> bytes:
     return encode(image or gradient(), "PNG")
 

@@ -12,6 +12,7 @@ from datetime import datetime
 import httpx
 import pytest
 
+from bench.pipeline import tagged
 from bench.ports import unused_ports
 from tests import images
 from tests.frozen import freeze, holds_a_file_lock, jobs_in_hand, pid_of, submit_and_kill_mid_job
@@ -93,7 +94,7 @@ def distinct_jpeg(width: int, height: int, tag: str) -> bytes:
 
     Each tag gets its own bytes (a JPEG comment), so no job finishes at once by reusing another's result.
     """
-    return images.with_comment(gradient_jpeg(width, height), tag)
+    return tagged(gradient_jpeg(width, height), tag)
 
 
 @functools.cache
