@@ -134,10 +134,9 @@ class Ledger:
                     # Overwritten in place, padded with spaces (which JSON ignores) over a longer
                     # old text: truncating the file costs a journal commit, about a millisecond.
                     os.pwrite(handle.fileno(), changed.ljust(len(stored)), 0)
+                    publisher.offer(entries)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-        if changed != stored.rstrip():
-            publisher.offer(entries)
 
     def read(self) -> dict:
         with self.open() as entries:
