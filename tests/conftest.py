@@ -4,6 +4,7 @@ import socket
 import dramatiq
 import pytest
 from django.conf import settings
+from django.db import connection
 from django_dramatiq.utils import load_middleware
 from dramatiq.brokers.stub import StubBroker
 
@@ -39,8 +40,6 @@ def django_db_setup(django_db_setup, django_db_blocker):
     session left on it: a session that another thread of this process (or a child) still holds
     makes the drop fail ("being accessed by other users") and leaves the database behind."""
     yield
-    from django.db import connection
-
     if connection.vendor != "postgresql":
         return
     # From the maintenance database, as Django drops a test database: not through the pool.
