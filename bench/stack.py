@@ -10,16 +10,17 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import pika
 import psycopg
 
 from bench.ports import unused_ports
+from scaler.backends.processes import MANAGE, ROOT, worker_command
 
-ROOT = Path(__file__).resolve().parent.parent
-MANAGE = [sys.executable, str(ROOT / "manage.py")]
 QUEUE = "images"  # processing.actors.process_job's queue
 
 
@@ -161,7 +162,7 @@ class Stack(StartedOrCleanedUp):
             count = ["--processes", str(self.workers), "--threads", str(self.threads)]
             self.spawn("workers", [*self.worker_prefix, *MANAGE, "run_workers", *count])
         for number in range(0 if self.supervised else self.workers):
-            command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(self.threads)]
+            command = worker_command(self.threads)
             self.spawn(f"worker{number + 1}", [*self.worker_prefix, *command])
         self.wait_until(self.is_live, "the server to answer /health/live")
         # Workers that are still booting would show up as queue wait in the first jobs.
@@ -198,8 +199,15 @@ class Stack(StartedOrCleanedUp):
             return False
 
     def consumers(self) -> int:
-        lines = rabbitmqctl("list_consumers", "-p", self.name, "queue_name").split()
-        return lines.count(QUEUE)
+        """Workers consuming the job queue, as RabbitMQ counts them (0 before one has declared it).
+
+        Asked over AMQP: `rabbitmqctl` starts an Erlang VM, half a second of CPU a call."""
+        with closing(pika.BlockingConnection(pika.URLParameters(self.env["BROKER_URL"]))) as connection:
+            try:
+                declared = connection.channel().queue_declare(QUEUE, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:  # 404: no worker has declared it yet
+                return 0
+            return declared.method.consumer_count
 
     def wait_until(self, condition, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

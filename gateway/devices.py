@@ -12,7 +12,6 @@ from functools import lru_cache
 
 from django.conf import settings
 from django.utils.cache import patch_vary_headers
-from user_agents import parse as parse_user_agent
 
 DEVICES = ("mobile", "tablet", "desktop", "bot")
 UI_MODES = ("desktop", "mobile", "lite")
@@ -61,6 +60,10 @@ class Profile:
 @lru_cache(maxsize=1024)
 def device_class(user_agent: str) -> str:
     """mobile, tablet, desktop or bot; anything unrecognised (curl, scripts) counts as a desktop."""
+    # Imported on the first page, not with the URLs: it compiles its thousand patterns as it loads,
+    # half a second of CPU that a gateway serving only the API would spend at every start.
+    from user_agents import parse as parse_user_agent
+
     parsed = parse_user_agent(user_agent)
     if parsed.is_bot:
         return "bot"

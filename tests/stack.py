@@ -20,11 +20,9 @@ import psycopg
 from bench.ports import unused_ports
 from bench.stack import announced_port, stop_side_by_side
 from gateway.ws_protocol import UVICORN_FLAGS
-from scaler.backends.processes import child_pids
+from scaler.backends.processes import MANAGE, ROOT, child_pids, worker_command
 from tests.services import clear_rate_limits, url_of
 
-ROOT = Path(__file__).resolve().parent.parent
-MANAGE = [sys.executable, str(ROOT / "manage.py")]
 FINISHED = ("completed", "failed", "cancelled")
 
 
@@ -297,8 +295,7 @@ class LiveStack:
         return done.stdout.strip()
 
     def start_worker(self, name: str = "worker", threads: int = 2, **env: str) -> subprocess.Popen:
-        command = [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(threads)]
-        return self.spawn(name, command, **env)
+        return self.spawn(name, worker_command(threads), **env)
 
     def stop(self, *names: str, sig: int = signal.SIGTERM) -> None:
         """Signal each process; they shut down side by side."""

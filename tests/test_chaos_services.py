@@ -4,7 +4,7 @@ servers of the test's own (bench/private_services.py), so the tests running besi
 import pytest
 
 from bench import chaos
-from tests.test_chaos import OWN_PROCESS_FAULTS, assert_promise_held
+from tests.test_chaos import ANSWERED_503_MS, OWN_PROCESS_FAULTS, assert_promise_held
 
 pytestmark = pytest.mark.services
 
@@ -12,5 +12,6 @@ SERVICE_FAULTS = [fault for fault in chaos.FAULTS if fault not in OWN_PROCESS_FA
 
 
 def test_every_accepted_job_ends_when_postgres_rabbitmq_or_redis_restarts(private_services):
-    outcomes = chaos.run(SERVICE_FAULTS, jobs=30, outage=2)  # migrated afresh in the private PostgreSQL
+    # migrated afresh in the private PostgreSQL
+    outcomes = chaos.run(SERVICE_FAULTS, jobs=30, outage=2, fast_503_ms=ANSWERED_503_MS)
     assert_promise_held(outcomes)

@@ -8,11 +8,13 @@ from collections import Counter
 import dramatiq
 import pytest
 from django.core.management import call_command
+from django_dramatiq.management.commands.rundramatiq import Command as RunDramatiq
 
 from processing.actors import declare_pools
 from processing.models import Job
 from processing.pools import DEFAULT_POOL, Share, SplitError, all_pools, parse_split, pool_for
-from scaler.backends.local import LocalWorkers, worker_command
+from scaler.backends.local import LocalWorkers
+from scaler.backends.processes import WORKER_MODULES, worker_command
 from tests.services import require
 from tests.stack import MANAGE, LiveStack
 from tests.test_settings import check_with
@@ -90,6 +92,14 @@ def test_a_split_service_goes_to_its_pool_where_only_that_pools_worker_takes_it(
     assert Job.objects.get(id=other_job).status == "queued"  # no worker of its pool ran
     metrics = client.get("/metrics", headers={"Authorization": "Bearer metrics-token"}).content.decode()
     assert 'darkroom_jobs_finished_total{pool="canary",service="blur",status="completed"}' in metrics
+
+
+def test_a_worker_group_imports_the_actors_rundramatiq_would_find():
+    # rundramatiq's first module sets Django up; ours does the same where manage.py isn't there to name
+    # the settings.
+    setup, *actors = RunDramatiq().discover_tasks_modules()
+    assert setup == "django_dramatiq.setup"
+    assert ["project.dramatiq_setup", *actors] == WORKER_MODULES
 
 
 def test_a_pools_workers_consume_its_queue_alone():

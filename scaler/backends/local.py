@@ -1,4 +1,4 @@
-"""Worker groups as local processes: one `manage.py rundramatiq --processes 1` per group.
+"""Worker groups as local processes: one Dramatiq process (`--processes 1`) per group.
 
 One Dramatiq process per group, because a Dramatiq main process shuts all its worker processes
 down when one of them dies: with one each, a crash takes one group, and the scaler replaces it.
@@ -26,13 +26,13 @@ from django.conf import settings
 
 from processing.pools import DEFAULT_POOL
 from scaler.backends.processes import (
-    MANAGE,
     child_pids,
     describe_exit,
     signal_group,
     spawn,
     utc_now,
     wait_all,
+    worker_command,
 )
 
 logger = logging.getLogger(__name__)
@@ -57,11 +57,6 @@ class WorkerGroup:
             "started_at": self.started_at,
             "draining_since": self.draining_since,
         }
-
-
-def worker_command(threads: int, pool: str = DEFAULT_POOL) -> list[str]:
-    """A worker group of `threads` threads that consumes the queue of `pool` (and its retries)."""
-    return [*MANAGE, "rundramatiq", "--processes", "1", "--threads", str(threads), "--queues", pool]
 
 
 def worker_environment(threads: int) -> dict[str, str]:

@@ -15,9 +15,23 @@ from django.conf import settings
 
 # From this file, not settings.BASE_DIR (the same folder), so that the benchmarks can import this module
 # without configuring Django.
-MANAGE = [sys.executable, str(Path(__file__).resolve().parents[2] / "manage.py")]
+ROOT = Path(__file__).resolve().parents[2]
+MANAGE = [sys.executable, str(ROOT / "manage.py")]
+
+# The modules `manage.py rundramatiq` finds and hands to Dramatiq, named here so that a worker group
+# starts Dramatiq at once: rundramatiq starts Django only to find them, a second of CPU per group
+# (tests/test_pools.py checks the list against rundramatiq's own discovery).
+WORKER_MODULES = ["project.dramatiq_setup", "django_dramatiq.tasks", "processing.actors"]
 
 SUPERVISE_EVERY = 1.0  # seconds: how soon a crashed process is replaced
+
+
+def worker_command(threads: int, pool: str | None = None) -> list[str]:
+    """One Dramatiq worker process of `threads` threads, on the queue of `pool` (and its retries), or
+    on every queue."""
+    queues = ["--queues", pool] if pool else []
+    size = ["--processes", "1", "--threads", str(threads)]
+    return [sys.executable, "-m", "dramatiq", "--path", str(ROOT), *size, *WORKER_MODULES, *queues]
 
 
 def stop_on_signals() -> threading.Event:
