@@ -92,7 +92,7 @@ def check_deployment(app_configs=None, **kwargs):
         problems.append(
             checks.Warning(
                 "EMBEDDED_WORKERS is on with RabbitMQ: every gateway process also consumes jobs.",
-                hint="Run workers with `manage.py rundramatiq` and leave EMBEDDED_WORKERS unset.",
+                hint="Run workers with `manage.py run_workers` and leave EMBEDDED_WORKERS unset.",
                 id="darkroom.W002",
             )
         )

@@ -361,7 +361,7 @@ def test_every_documented_way_to_run_workers_supervises_them(manifests, services
     container = one(manifests, "Deployment", "darkroom-worker")["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["python", "manage.py", "run_workers"]
     assert services["scaler"]["command"][:3] == ["python", "manage.py", "scale_workers"]
-    assert not any("rundramatiq" in str(service.get("command", "")) for service in services.values())
+    assert not any("dramatiq" in str(service.get("command", "")) for service in services.values())
     make_worker = re.search(r"^worker:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
     assert "manage.py run_workers" in make_worker.group(1)
 

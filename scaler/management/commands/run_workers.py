@@ -10,7 +10,7 @@ from scaler.flags import add_setting_flag
 class Command(BaseCommand):
     help = (
         "Keep a fixed number of Dramatiq worker processes running (`make worker`): one "
-        "`rundramatiq --processes 1` group each, a dead one replaced within a second, the way the "
+        "`dramatiq --processes 1` group each, a dead one replaced within a second, the way the "
         "scaler supervises its workers. SIGTERM or SIGINT drains them all (jobs in hand finish), then exits."
     )
 
