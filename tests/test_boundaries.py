@@ -31,8 +31,9 @@ def test_processing_imports_nothing_from_the_gateway_or_the_scaler():
     assert {path: names for path, names in offenders.items() if names} == {}
 
 
-# A worker process as a worker group starts one (scaler.backends.processes.worker_command): Django set up, the actors imported;
-# then one job processed through the real actor, events and metrics included.
+# A worker process as a worker group starts one (scaler.backends.processes.worker_command): Django
+# set up, the actors imported; then one job processed through the real actor, events and metrics
+# included.
 WORKER = textwrap.dedent(
     """
     import sys
