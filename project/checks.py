@@ -68,7 +68,7 @@ def check_secret_key(app_configs=None, **kwargs):
                 "SECRET_KEY is the embedded default, and DATABASE_URL or BROKER_URL is set: anyone could "
                 "forge sessions and signed values.",
                 hint='Set SECRET_KEY, e.g. to python -c "import secrets; print(secrets.token_urlsafe(50))".',
-                id="darkroom.E002",
+                id="darkroom.E005",
             )
         ]
     return []

@@ -429,7 +429,7 @@ SETTINGS: tuple[Setting, ...] = (
         "SECRET_KEY",
         STR,
         "embedded-default-insecure-key-change-me-for-any-real-deployment",
-        "Django's signing key: the default is refused once a service is configured (darkroom.E002).",
+        "Django's signing key: the default is refused once a service is configured (darkroom.E005).",
         SECURITY,
     ),
     Setting(

@@ -17,7 +17,7 @@ from tests.stack import LiveStack, refused_port
 ACTORS = [process_job]
 
 # The processes tests start (servers, workers, manage.py) often have services configured, where the
-# embedded default SECRET_KEY is refused (project.checks, darkroom.E002).
+# embedded default SECRET_KEY is refused (project.checks, darkroom.E005).
 os.environ.setdefault("SECRET_KEY", "the-test-suite-key-never-used-outside-the-tests")
 
 if XDIST_WORKER and os.getenv("REDIS_URL"):  # the processes tests start use this worker's Redis database

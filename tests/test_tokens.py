@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gateway import routing, tokens
 from gateway.models import ApiKey
 from processing.models import Job
-from tests.test_settings import check_with
+from tests.test_settings import check_errors
 from tests.uploads import submit
 
 ISSUER, AUDIENCE = "https://id.example.test/", "darkroom"
@@ -218,9 +218,11 @@ def test_api_keys_still_work_beside_tokens(client, provider):
     assert client.get("/api/v1/jobs", headers={"X-API-Key": presented}).status_code == 200
 
 
-def test_tokens_without_issuer_and_audience_fail_the_system_check():
-    result = check_with(JWT_JWKS_URL="https://id.example.test/jwks.json")
-    assert result.returncode != 0 and "darkroom.E002" in result.stderr
+def test_tokens_without_issuer_and_audience_fail_the_system_check(settings):
+    keys = {"JWT_JWKS_URL": "https://id.example.test/jwks.json"}
+    assert "darkroom.E002" in check_errors(settings, **keys)
+    named = {"JWT_ISSUER": "https://id.example.test/", "JWT_AUDIENCE": "darkroom"}
+    assert "darkroom.E002" not in check_errors(settings, **keys, **named)
 
 
 # --- Over the WebSocket -------------------------------------------------------------------
