@@ -19,6 +19,7 @@ import pika
 import psycopg
 
 from bench.ports import unused_ports
+from processing.broker import declared_counts
 from scaler.backends.processes import MANAGE, ROOT, worker_command
 
 QUEUE = "images"  # processing.actors.process_job's queue
@@ -203,11 +204,8 @@ class Stack(StartedOrCleanedUp):
 
         Asked over AMQP: `rabbitmqctl` starts an Erlang VM, half a second of CPU a call."""
         with closing(pika.BlockingConnection(pika.URLParameters(self.env["BROKER_URL"]))) as connection:
-            try:
-                declared = connection.channel().queue_declare(QUEUE, passive=True)
-            except pika.exceptions.ChannelClosedByBroker:  # 404: no worker has declared it yet
-                return 0
-            return declared.method.consumer_count
+            _, consumers = declared_counts(connection, QUEUE)
+            return consumers
 
     def wait_until(self, condition, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
