@@ -41,9 +41,10 @@ from project import config
 
 OUTAGE_SECONDS = 4  # how long a stopped service stays down by default (--outage)
 SETTLE_SECONDS = 120  # after the fault, how long accepted jobs get to end before they count as stuck
-# The longest a submission may wait on the broker before its 503 (the stack runs with the default),
-# plus half a second for the request's own work: a 503 slower than this kept a client waiting for nothing.
-FAST_503_MS = (config.defaults()["BROKER_PUBLISH_TIMEOUT"] + 0.5) * 1000
+# The longest a submission may wait on the broker before its 503 (the stack's setting, from this
+# environment), plus half a second for the request's own work: a 503 slower than this kept a client
+# waiting for nothing.
+FAST_503_MS = (config.read("BROKER_PUBLISH_TIMEOUT") + 0.5) * 1000
 GIVE_UP_SECONDS = 90  # a client retrying 503s stops after this long
 SUBMIT_RATE = 20  # images per second while the fault lasts
 
