@@ -28,9 +28,9 @@ run: setup
 	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) --reload $(RELOAD_DIRS) $(UVICORN_WS) $(UVICORN_TRUST)
 
 # One process for HTTP and WebSockets: uvicorn streams request bodies to disk (constant memory).
-# WebSockets: uvicorn's sans-I/O protocol, less what an open socket does not need (gateway/ws_protocol.py),
+# WebSockets: uvicorn's sans-I/O protocol, less what an open socket does not need (gateway/live/ws_protocol.py),
 # and no per-message compression keep a socket small (`make bench-ws` measures it).
-UVICORN_WS := --ws gateway.ws_protocol:LeanWebSocketProtocol --ws-per-message-deflate false --ws-max-size 65536 \
+UVICORN_WS := --ws gateway.live.ws_protocol:LeanWebSocketProtocol --ws-per-message-deflate false --ws-max-size 65536 \
 	--backlog 4096
 # X-Forwarded-For and -Proto only from TRUSTED_PROXIES (empty: from no one). uvicorn's own default
 # trusts 127.0.0.1, so that any local client could pick its address, and so its rate limits.

@@ -22,8 +22,8 @@ from PIL import Image, ImageFilter
 
 from bench.pipeline import photo_jpeg
 from bench.raw import ssim
-from processing import placeholders
-from processing.imaging import encode_image, set_avif_speed
+from processing.imaging import placeholders
+from processing.imaging.codecs import encode_image, set_avif_speed
 
 QUALITY = 85  # the API's default
 

@@ -186,8 +186,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 import django
 django.setup()
 from processing import placeholders, thumbnails
-from processing.imaging import encode_image, load_image, probe
-from processing.operations import get_operation
+from processing.imaging.codecs import encode_image, load_image, probe
+from processing.imaging.operations import get_operation
 
 def peak_mb():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024

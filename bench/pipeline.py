@@ -35,7 +35,7 @@ from bench.profile import summary as profile_summary
 from bench.raw import DEFAULT_PARAMS, measure_raw
 from bench.stack import Stack, StackError
 from processing.errors import InvalidParameters
-from processing.operations import OPERATIONS
+from processing.imaging.operations import OPERATIONS
 from scaler.backends.processes import child_pids
 
 FINISHED = ("completed", "failed", "cancelled")

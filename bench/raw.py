@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageMath, ImageOps, ImageStat
 from pydantic import BaseModel
 
-from processing import admission
-from processing.imaging import default_output_format, encode_image, load_image
-from processing.operations import OPERATIONS, Operation
+from processing.imaging.codecs import default_output_format, encode_image, load_image
+from processing.imaging.operations import OPERATIONS, Operation
+from processing.worker import admission
 
 RAW_SINGLE_IMAGES = 50  # images in the single-process raw loop (its mean is "per image")
 # What each service is timed with, as the API takes it; the others need no parameters.
@@ -96,13 +96,13 @@ def thumbnail_apply(image: Image.Image, params: BaseModel) -> Image.Image:
 
 
 # Rows of the image per pass of sobel_numpy: a pass's float arrays of 1 MB each reuse freed memory,
-# where whole-image ones are faulted in afresh every time (processing.operations.sobel).
+# where whole-image ones are faulted in afresh every time (processing.imaging.operations.sobel).
 SOBEL_BAND_ROWS = 128
 
 
 def sobel_numpy(image: Image.Image, params: BaseModel | None = None) -> Image.Image:
     """Sobel magnitude on the luma, border pixels repeated, clipped to 255, in bands of rows: the
-    fastest we measured. Written apart from processing.operations.sobel on purpose: a slow operation
+    fastest we measured. Written apart from processing.imaging.operations.sobel on purpose: a slow operation
     must show as a low ratio, not make the baseline slow too."""
     padded = np.pad(np.asarray(image.convert("L")), 1, mode="edge")
     height = padded.shape[0] - 2
@@ -196,7 +196,8 @@ RAW = {
 
 
 def encode(image: Image.Image, format: str, quality: int) -> bytes:
-    """processing.imaging.encode_image's settings, without its copy: no EXIF, ICC profile, comment or XMP."""
+    """processing.imaging.codecs.encode_image's settings, without its copy: no EXIF, ICC profile,
+    comment or XMP."""
     out = io.BytesIO()
     if format == "jpeg":
         image.save(out, "JPEG", quality=quality, exif=b"", icc_profile=None, comment=b"")

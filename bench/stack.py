@@ -19,10 +19,10 @@ import pika
 import psycopg
 
 from bench.ports import unused_ports
-from processing.broker import declared_counts
+from processing.jobs.queues import declared_counts
 from scaler.backends.processes import MANAGE, ROOT, worker_command
 
-QUEUE = "images"  # processing.actors.process_job's queue
+QUEUE = "images"  # processing.worker.actors.process_job's queue
 
 
 class StackError(Exception):

@@ -42,7 +42,7 @@ from bench.pipeline import (
     tagged,
 )
 from bench.stack import ROOT, Stack, StackError, StartedOrCleanedUp, free_port
-from processing.operations.base import OutputOptions
+from processing.imaging.operations.base import OutputOptions
 
 THUMBOR = ROOT / "var" / "thumbor-venv" / "bin" / "thumbor"  # where `make bench-thumbor` installs it
 DARKROOM_QUALITY = OutputOptions.model_fields["quality"].default

@@ -10,14 +10,14 @@ Redis as the channel layer, the server's flags as printed):
   `finished_at` the change stamps, just before its UPDATE commits) to the moment a client
   receives the event, for `job.processing` and `job.completed`: over the run, and in each
   WINDOW seconds of it (by commit time), so that one bad stretch can't hide in the total;
-- the server's garbage-collector pauses, from its /metrics (gateway.gc_pauses): count, p99
+- the server's garbage-collector pauses, from its /metrics (gateway.live.gc_pauses): count, p99
   (as the histogram's bucket bound) and longest, while the sockets open and while events flow;
 - losses: `darkroom_ws_dropped_total{reason}` and events never received.
 
-Jobs change through processing.jobs.claim and .complete on real Job rows, the code path
+Jobs change through processing.jobs.lifecycle.claim and .complete on real Job rows, the code path
 workers use, driven from this process through the Django ORM at `--rate` jobs per second;
 no image is processed (a worker's image work is not what this measures). Events travel
-as in production: gateway.events in this process, Redis, the server's channel layer.
+as in production: gateway.live.events in this process, Redis, the server's channel layer.
 Clients run in `--client-processes` processes (asyncio + the websockets library).
 
     python -m bench.websockets                       # 10,000 clients, 100 jobs/s for 30 s
@@ -46,7 +46,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from bench.stack import StartedOrCleanedUp, free_port
-from gateway.ws_protocol import UVICORN_FLAGS
+from gateway.live.ws_protocol import UVICORN_FLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 FD_LIMIT = 20_000
@@ -56,7 +56,7 @@ WARM_UP = 300  # sockets opened and closed before the baseline is measured
 WINDOW = 10  # seconds of commits per latency window
 # The field each event's change stamps just before its UPDATE commits.
 COMMIT_STAMPS = {"job.processing": "started_at", "job.completed": "finished_at"}
-DEFAULT_SERVE_FLAGS = shlex.join(UVICORN_FLAGS)  # every gateway's (gateway/ws_protocol.py)
+DEFAULT_SERVE_FLAGS = shlex.join(UVICORN_FLAGS)  # every gateway's (gateway/live/ws_protocol.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -221,11 +221,11 @@ def create_jobs(count: int) -> tuple[str, list[str]]:
 
 def finish(job_id: str) -> None:
     """claim then complete, as a worker does; each commits, then emits its event."""
-    from processing import jobs
+    from processing.jobs import lifecycle
 
-    claimed = jobs.claim(job_id, WORKER)
+    claimed = lifecycle.claim(job_id, WORKER)
     output = {"output_format": "png", "output_content_type": "image/png", "output_bytes": 1}
-    jobs.complete(claimed, WORKER, output_key=f"results/{job_id}/output.png", **output)
+    lifecycle.complete(claimed, WORKER, output_key=f"results/{job_id}/output.png", **output)
 
 
 def drive(job_ids: list[str], rate: float, duration: float) -> tuple[int, float]:
@@ -481,7 +481,7 @@ def report_server(scraped: dict) -> None:
     if scraped["start"] is None:
         print("server GC pauses:    not read (give --metrics-token for a server already running)")
         return
-    print("server GC pauses (gateway.gc_pauses; bounds are the histogram's buckets):")
+    print("server GC pauses (gateway.live.gc_pauses; bounds are the histogram's buckets):")
     for phase, (first, last) in {
         "while the sockets opened": (scraped["start"], scraped["open"]),
         "while events flowed": (scraped["open"], scraped["flowed"]),

@@ -2,9 +2,10 @@
 images, timings and audit trail, and act on them: retry, cancel, re-publish the dead
 letters, delete with their files.
 
-Every field is read-only: a job changes only through its lifecycle (processing.jobs).
+Every field is read-only: a job changes only through its lifecycle (processing.jobs.lifecycle).
 Storage keys never appear; images are shown as the thumbnails the worker stored when the job
-completed (processing.thumbnails), through an admin-only view: the web process never decodes an upload.
+completed (processing.imaging.admin_thumbnails), through an admin-only view: the web process
+never decodes an upload.
 """
 
 import json
@@ -17,13 +18,15 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from processing import jobs, publishing, storage, thumbnails
+from processing import storage
 from processing.errors import BrokerUnavailable
+from processing.imaging import admin_thumbnails
+from processing.jobs import lifecycle, publishing
 from processing.models import Job, owned_by, owner_identity
 
 logger = logging.getLogger(__name__)
 
-THUMBNAIL_EDGE = thumbnails.EDGE
+THUMBNAIL_EDGE = admin_thumbnails.EDGE
 IMAGE_SIDES = ("input", "output")
 # Shown until the worker has stored a job's thumbnail, and for a job that never had one made
 # (it finished with a copy of an earlier job's result, or before thumbnails were stored).
@@ -264,7 +267,7 @@ class JobAdmin(admin.ModelAdmin):
             response = HttpResponse(PLACEHOLDER, content_type="image/svg+xml")
             response["Cache-Control"] = "private, no-cache"
             return response
-        response = HttpResponse(data, content_type=thumbnails.CONTENT_TYPE)
+        response = HttpResponse(data, content_type=admin_thumbnails.CONTENT_TYPE)
         response["Cache-Control"] = "private, max-age=3600"
         return response
 
@@ -300,7 +303,7 @@ class JobAdmin(admin.ModelAdmin):
     def cancel_jobs(self, request, queryset):
         cancelled = 0
         for job in queryset.filter(status__in=[Job.QUEUED, Job.PROCESSING]):
-            if jobs.cancel(job.id):
+            if lifecycle.cancel(job.id):
                 self.log_change(request, job, "Cancelled.")
                 cancelled += 1
         self.message_user(request, f"Cancelled {cancelled} job(s).", messages.SUCCESS)
@@ -379,9 +382,9 @@ def thumbnail_tag(job: Job, side: str, size: int) -> str:
 
 def stop_if_running(job: Job) -> None:
     # A worker still on it stops at its next checkpoint; one that finishes first finds the row gone
-    # and deletes the output it wrote (processing.actors).
+    # and deletes the output it wrote (processing.worker.actors).
     if not job.is_finished:
-        jobs.cancel(job.id)
+        lifecycle.cancel(job.id)
 
 
 def milliseconds(value: float | None) -> str:

@@ -9,8 +9,10 @@ class ProcessingConfig(AppConfig):
         from django.conf import settings
         from django.db.models.signals import post_delete
 
-        from processing import imaging, job_metrics, storage  # noqa: F401  (job_metrics: connects itself to job events)
+        from processing import storage
+        from processing.imaging import codecs
+        from processing.jobs import prometheus  # noqa: F401  (job_metrics: connects itself to job events)
         from processing.models import Job
 
-        imaging.set_avif_speed(settings.AVIF_SPEED)
+        codecs.set_avif_speed(settings.AVIF_SPEED)
         post_delete.connect(storage.delete_files_of_deleted_job, sender=Job, dispatch_uid="job-files")

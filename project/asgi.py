@@ -4,7 +4,7 @@ HTTP requests run Django's synchronous handler on a pool of reused threads (a2ws
 Django's ASGI handler would start a thread for each request and hop to it through every
 middleware, several times the cost of the view itself (`make bench-api`). A long poll,
 `GET /api/v1/jobs/{id}?wait=N`, waits between two passes of its view on the event loop,
-holding no thread (gateway.waiting.LongPolls).
+holding no thread (gateway.live.waiting.LongPolls).
 """
 
 import os
@@ -19,10 +19,10 @@ from project.checks import refuse_unsafe_start  # noqa: E402
 refuse_unsafe_start()  # e.g. the default SECRET_KEY with services configured: don't serve
 from a2wsgi import WSGIMiddleware  # noqa: E402
 
-from gateway import gc_pauses, routing  # noqa: E402
-from gateway.http_middleware import RequestBodyLimit  # noqa: E402
-from gateway.waiting import LongPolls  # noqa: E402
-from processing import embedded  # noqa: E402
+from gateway.http.middleware import RequestBodyLimit  # noqa: E402
+from gateway.live import gc_pauses, routing  # noqa: E402
+from gateway.live.waiting import LongPolls  # noqa: E402
+from processing.worker import embedded  # noqa: E402
 
 SYNC_THREADS = 16  # requests handled at once on the thread pool; waits never take one
 
@@ -31,7 +31,8 @@ http_application = RequestBodyLimit(LongPolls(django_http))
 
 
 async def application(scope, receive, send):
-    """HTTP to Django, WebSockets to gateway.routing: the one frame every open socket keeps above its own."""
+    """HTTP to Django, WebSockets to gateway.live.routing: the one frame every open socket keeps
+    above its own."""
     if scope["type"] == "http":
         return await http_application(scope, receive, send)
     if scope["type"] == "websocket":

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from processing.operations import OPERATIONS
+from processing.imaging.operations import OPERATIONS
 from project import config
 
 DEFAULT_SECRET_KEY_PREFIX = "embedded-default-insecure-key"

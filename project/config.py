@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
-from processing import pools
+from processing.jobs import pools
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

@@ -55,9 +55,9 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "gateway.http_middleware.DeclaredBodyLimitMiddleware",
-    "gateway.http_middleware.RequestIdMiddleware",
-    "gateway.http_middleware.RateLimitHeadersMiddleware",
+    "gateway.http.middleware.DeclaredBodyLimitMiddleware",
+    "gateway.http.middleware.RequestIdMiddleware",
+    "gateway.http.middleware.RateLimitHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -123,8 +123,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 if env.REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            # One reader of each process's Redis inbox, not one per socket (gateway/layers.py).
-            "BACKEND": "gateway.layers.RedisChannelLayer",
+            # One reader of each process's Redis inbox, not one per socket (gateway/live/layers.py).
+            "BACKEND": "gateway.live.layers.RedisChannelLayer",
             # No socket timeout: idle subscribers wait in 5 s blocking reads (see gateway.E001).
             "CONFIG": {
                 "hosts": [{"address": env.REDIS_URL, "socket_timeout": None, "socket_connect_timeout": 1}],
@@ -155,10 +155,10 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Pipelines",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
-    "processing.dramatiq_middleware.FailJobWhenMessageDies",
+    "processing.worker.middleware.FailJobWhenMessageDies",
     "dramatiq.middleware.Retries",
-    "processing.dramatiq_middleware.ExitWhenOrphaned",
-    "processing.dramatiq_middleware.ReuseFreedMemory",
+    "processing.worker.middleware.ExitWhenOrphaned",
+    "processing.worker.middleware.ReuseFreedMemory",
 ]
 
 
@@ -187,7 +187,7 @@ else:
         "OPTIONS": {},
         "MIDDLEWARE": _DRAMATIQ_MIDDLEWARE,
     }
-DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
+DRAMATIQ_AUTODISCOVER_MODULES = ["worker.actors"]
 
 # --- Storage ------------------------------------------------------------------
 MEDIA_ROOT = env.VAR_DIR / "media"
@@ -232,7 +232,7 @@ STORAGES = {
 
 # --- Uploads ------------------------------------------------------------------
 # Uploads always stream to a temporary file on disk, never into memory.
-FILE_UPLOAD_HANDLERS = ["gateway.uploads.LimitedTemporaryFileUploadHandler"]
+FILE_UPLOAD_HANDLERS = ["gateway.http.uploads.LimitedTemporaryFileUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = env.VAR_DIR / "tmp"
 FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 512 * 1024  # what the ASGI handler spools in memory before disk

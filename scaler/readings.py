@@ -6,8 +6,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from processing.broker import queue_status
-from processing.stats import in_flight_counts
+from processing.jobs.queues import queue_status
+from processing.jobs.stats import in_flight_counts
 
 PROBE_TIMEOUT = 2.0  # seconds; a gateway that takes longer counts as this slow
 # Probes go straight to the gateway: an HTTP(S)_PROXY in the environment is for the outside world.
@@ -37,7 +37,7 @@ class Readings:
 
 
 def read(pool: str | None = None) -> Readings:
-    """The broker's queues and the jobs in flight: all pools', or one pool's (processing.pools)."""
+    """The broker's queues and the jobs in flight: all pools', or one pool's (processing.jobs.pools)."""
     # In-flight comes from the job table (RabbitMQ's unacknowledged counts need the management plugin);
     # a processing job is exactly a delivered message whose work is not done.
     in_flight = in_flight_counts(pool)["jobs_processing"]

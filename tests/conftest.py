@@ -10,7 +10,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from bench.private_services import PrivateServices
 from bench.s3 import SeaweedServer
-from processing.actors import process_job
+from processing.worker.actors import process_job
 from tests.services import CONFIGURED, XDIST_WORKER, clear_rate_limits, require, url_of
 from tests.stack import LiveStack, refused_port
 
@@ -199,7 +199,7 @@ def fresh_rate_limits(settings):
     from django.core.cache import caches
     from django.core.cache.backends.locmem import LocMemCache
 
-    from gateway import ratelimit
+    from gateway.auth import ratelimit
 
     def forget() -> None:
         ratelimit.reset_failure_memory()

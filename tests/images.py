@@ -12,7 +12,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageCms
 
 from bench.raw import ssim  # noqa: F401  (the benchmark and the tests measure likeness alike)
-from processing import imaging  # noqa: F401  (registers the HEIF codec, which tests encode with)
+from processing.imaging import codecs  # noqa: F401  (registers the HEIF codec, which tests encode with)
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)

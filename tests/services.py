@@ -73,7 +73,7 @@ def require(*services: str) -> None:
 def clear_rate_limits(redis_url: str) -> None:
     """Forget the rate-limit counts kept in the Redis at `redis_url`: every test and every live stack
     counts as one client (127.0.0.1), so counts left by earlier ones would depend on their order."""
-    from gateway.ratelimit import KEY_PREFIX
+    from gateway.auth.ratelimit import KEY_PREFIX
 
     client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
     try:

@@ -6,9 +6,10 @@ import dramatiq
 import pytest
 from django.utils import timezone
 
-from processing import jobs, publishing, storage
-from processing.actors import MAX_LEASE_WAITS, process_job
+from processing import storage
+from processing.jobs import lifecycle, publishing
 from processing.models import Job
+from processing.worker.actors import MAX_LEASE_WAITS, process_job
 from tests import images
 from tests.factories import stored_job
 
@@ -84,7 +85,7 @@ def test_a_job_whose_worker_died_is_taken_over_when_its_lease_runs_out(make_job,
 
 
 def test_a_message_for_a_job_held_by_a_live_worker_waits_for_the_lease(make_job, stub_broker):
-    from processing.actors import wait_for_lease_or_skip
+    from processing.worker.actors import wait_for_lease_or_skip
 
     job = make_job()
     hold(job, "busy-host:1:thread", lease_seconds=5)
@@ -160,7 +161,7 @@ def test_an_unprocessable_image_fails_at_once_without_retries(make_job, run_jobs
 def test_progress_reaches_subscribers_and_the_database(make_job, run_jobs, monkeypatch):
     from processing.signals import job_changed
 
-    monkeypatch.setattr(jobs, "PROGRESS_WRITE_INTERVAL", 0)  # as for a job slower than the interval
+    monkeypatch.setattr(lifecycle, "PROGRESS_WRITE_INTERVAL", 0)  # as for a job slower than the interval
 
     seen = []
 

@@ -11,9 +11,10 @@ from django.test import Client
 from django.utils import timezone
 from PIL import Image
 
-from processing import jobs, storage
-from processing.actors import process_job
+from processing import storage
+from processing.jobs import lifecycle
 from processing.models import Job
+from processing.worker.actors import process_job
 from tests import images
 from tests.uploads import png, submit
 
@@ -36,7 +37,7 @@ def failed_job(client, broker, code: str = "processing_error", seed: int = 0) ->
     """A job whose message died in the queue: its input is fine, so a retry succeeds."""
     job = create_job(client, seed=seed)
     broker.flush_all()  # the message is gone (to the dead-letter queue) before the job is failed
-    assert jobs.fail(job.id, code, "gave up after repeated errors: OSError: storage timed out")
+    assert lifecycle.fail(job.id, code, "gave up after repeated errors: OSError: storage timed out")
     return Job.objects.get(id=job.id)
 
 

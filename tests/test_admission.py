@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from processing import admission
 from processing.models import Job
+from processing.worker import admission
 from tests.uploads import submit
 
 BUDGET = 1_000
@@ -147,7 +147,7 @@ def short_lock_wait(monkeypatch):
 
 def test_a_ledger_locked_by_a_stuck_process_does_not_stall_jobs(small_budget, short_lock_wait, caplog):
     ran = False
-    caplog.set_level(logging.WARNING, "processing.admission")
+    caplog.set_level(logging.WARNING, "processing.worker.admission")
     with ledger_locked_elsewhere(), admission.admitted(BUDGET):  # would wait for ever behind the lock
         ran = True
     assert ran

@@ -3,8 +3,8 @@
 import dramatiq
 import pytest
 
-from processing import jobs
 from processing.errors import Cancelled
+from processing.jobs import lifecycle
 from processing.models import Job
 from tests import images
 from tests.uploads import png, submit
@@ -80,13 +80,13 @@ def test_a_cancelled_queued_job_never_runs(client, stub_broker):
 
 def test_a_running_job_stops_at_its_next_checkpoint_and_leaves_no_output(client, stub_broker):
     job_id = submit(client).json()["job_id"]
-    job = jobs.claim(job_id, "worker-1")  # a worker has started it
+    job = lifecycle.claim(job_id, "worker-1")  # a worker has started it
     assert client.delete(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
 
-    reporter = jobs.ProgressReporter(job, "worker-1", interval=0)
+    reporter = lifecycle.ProgressReporter(job, "worker-1", interval=0)
     with pytest.raises(Cancelled):
         reporter(1.0)  # the operation's next progress report
-    assert jobs.complete(job, "worker-1", output_key="x") is False
+    assert lifecycle.complete(job, "worker-1", output_key="x") is False
     assert Job.objects.get(id=job_id).status == Job.CANCELLED
 
 

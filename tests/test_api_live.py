@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.waiting import MAX_WAIT_SECONDS
+from gateway.live.waiting import MAX_WAIT_SECONDS
 from tests import images
 from tests.stack import LiveStack, rabbitmqctl
 

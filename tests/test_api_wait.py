@@ -1,9 +1,9 @@
 """GET /api/v1/jobs/{id}?wait=N: one request that answers the moment the job ends.
 
 The requests go through the ASGI entry point's HTTP stack as the server runs it (the
-synchronous Django app on a2wsgi's threads, behind gateway.waiting.LongPolls) in the
+synchronous Django app on a2wsgi's threads, behind gateway.live.waiting.LongPolls) in the
 test's event loop, with the in-memory channel layer of the embedded default; the job
-changes through processing.jobs, as a worker changes it.
+changes through processing.jobs.lifecycle, as a worker changes it.
 """
 
 import asyncio
@@ -15,8 +15,8 @@ from a2wsgi import WSGIMiddleware
 from channels.db import database_sync_to_async
 from django.core.wsgi import get_wsgi_application
 
-from gateway import waiting
-from processing import jobs, lease
+from gateway.live import waiting
+from processing.jobs import lease, lifecycle
 from processing.models import Job
 from tests.factories import stored_job
 
@@ -79,7 +79,7 @@ async def test_a_running_job_is_answered_when_it_completes(server):
     polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=30"))
     await until_someone_waits_on(job)
 
-    assert await in_thread(jobs.complete)(claimed, WORKER, processing_ms=1.0)
+    assert await in_thread(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
     response = await asyncio.wait_for(polling, 20)
 
     body = response.json()
@@ -94,7 +94,7 @@ async def test_a_long_poll_counts_once_against_the_read_limit(server, settings, 
     claimed = await in_thread(lease.claim)(job.id, WORKER)
     polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=30"))
     await until_someone_waits_on(job)
-    await in_thread(jobs.complete)(claimed, WORKER, processing_ms=1.0)
+    await in_thread(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
 
     assert (await asyncio.wait_for(polling, 20)).status_code == 200  # its answer is not a second read
     assert (await server.get(f"/api/v1/jobs/{job.id}")).status_code == 429  # the next read is
@@ -133,7 +133,7 @@ async def test_an_end_heard_before_the_wait_began_answers_it_without_a_read(serv
     listener = waiting.EndListener.of_running_loop()
     await until(lambda: listener.hearing_since is not None, "the listener joins the group of ends")
     read_at = asyncio.get_running_loop().time()  # as the first pass reads the job: still running
-    await in_thread(jobs.complete)(claimed, WORKER, processing_ms=1.0)
+    await in_thread(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
     await until(lambda: str(job.id) in listener.ended, "the listener hears the job's end")
     reads = count_reads(monkeypatch)
 
@@ -158,7 +158,7 @@ async def test_an_end_that_went_unheard_is_found_by_reading_the_job_again(server
 async def test_with_the_channel_layer_down_a_long_poll_reads_the_job_until_it_ends(server, settings):
     unreachable = {"address": "redis://127.0.0.1:1/0", "socket_timeout": None, "socket_connect_timeout": 1}
     settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "gateway.layers.RedisChannelLayer", "CONFIG": {"hosts": [unreachable]}}
+        "default": {"BACKEND": "gateway.live.layers.RedisChannelLayer", "CONFIG": {"hosts": [unreachable]}}
     }
     job = await in_thread(stored_job)()
     claimed = await in_thread(lease.claim)(job.id, WORKER)
@@ -167,7 +167,7 @@ async def test_with_the_channel_layer_down_a_long_poll_reads_the_job_until_it_en
     # Its first try ends in a connect timeout at most.
     await until(lambda: listener.down, "the listener finds the channel layer down")
 
-    await in_thread(jobs.complete)(claimed, WORKER, processing_ms=1.0)
+    await in_thread(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
 
     response = await asyncio.wait_for(polling, 10)
     assert response.status_code == 200 and response.json()["status"] == "completed"

@@ -16,7 +16,7 @@ from bench.thumbor import (
     thumbor_config,
     thumbor_path,
 )
-from processing.operations import OPERATIONS
+from processing.imaging.operations import OPERATIONS
 from tests import images
 
 BY_SERVICE = {comparison.service: comparison for comparison in COMPARISONS}

@@ -10,7 +10,7 @@ import json
 import pytest
 from django.test.client import BOUNDARY, encode_multipart
 
-from gateway.http_middleware import RequestBodyLimit
+from gateway.http.middleware import RequestBodyLimit
 from project import config
 from scaler.management.commands.scale_workers import local_gateways
 

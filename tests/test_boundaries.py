@@ -41,7 +41,7 @@ WORKER = textwrap.dedent(
     django.setup()
     from django.core.management import call_command
     call_command("migrate", verbosity=0)
-    from processing.actors import process_job
+    from processing.worker.actors import process_job
     from processing.models import Job
     from tests.factories import stored_job
     job = stored_job("grayscale")

@@ -7,8 +7,8 @@ import re
 import pytest
 from PIL import Image
 
-from processing.budget import MIN_QUALITY, encode_within
-from processing.imaging import encode_image
+from processing.imaging.byte_budget import MIN_QUALITY, encode_within
+from processing.imaging.codecs import encode_image
 from processing.models import Job
 from tests import images
 from tests.uploads import png, submit

@@ -1,8 +1,8 @@
 """WS /ws/jobs/{id}/ and WS /ws/jobs/: state on connect, every change, owners only.
 
 The consumers run in the test's event loop with the in-memory channel layer; job changes
-go through processing.jobs, as a worker makes them, and reach the sockets through
-gateway.events, as they do in the server.
+go through processing.jobs.lifecycle, as a worker makes them, and reach the sockets through
+gateway.live.events, as they do in the server.
 """
 
 import asyncio
@@ -16,11 +16,12 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.db import SessionStore
 
-from gateway import consumers, events, owners, routing
-from gateway.layers import WS_DROPPED
+from gateway.auth import owners
+from gateway.live import consumers, events, routing
+from gateway.live.layers import WS_DROPPED
+from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
-from gateway.subscriptions import Subscriptions
-from processing import jobs
+from processing.jobs import lifecycle
 from processing.models import Job
 from tests.stack import refused_port
 
@@ -91,13 +92,13 @@ async def wait_for(condition, what: str, timeout: float = 30) -> None:
 
 
 async def complete(job: Job) -> None:
-    claimed = await in_thread(jobs.claim)(job.id, WORKER)
+    claimed = await in_thread(lifecycle.claim)(job.id, WORKER)
     await finish(claimed)
 
 
 async def finish(claimed: Job) -> None:
     """What a worker records when it has stored a 64x48 PNG result."""
-    await in_thread(jobs.complete)(
+    await in_thread(lifecycle.complete)(
         claimed,
         WORKER,
         output_key=f"results/{claimed.id}/output.png",
@@ -132,9 +133,9 @@ async def test_it_sends_each_change_with_progress_then_the_download_url_and_clos
     ws = await watch(f"/ws/jobs/{job.id}/", key)
     await ws.receive_json_from()
 
-    claimed = await in_thread(jobs.claim)(job.id, WORKER)
+    claimed = await in_thread(lifecycle.claim)(job.id, WORKER)
     processing = await ws.receive_json_from()
-    await in_thread(jobs.ProgressReporter(claimed, WORKER, interval=0))(0.5)
+    await in_thread(lifecycle.ProgressReporter(claimed, WORKER, interval=0))(0.5)
     progress = await ws.receive_json_from()
     await finish(claimed)
     completed = await ws.receive_json_from()
@@ -154,9 +155,9 @@ async def test_a_failed_job_arrives_with_its_reason_then_the_socket_closes(alice
     ws = await watch(f"/ws/jobs/{job.id}/", key)
     await ws.receive_json_from()
 
-    await in_thread(jobs.claim)(job.id, WORKER)
+    await in_thread(lifecycle.claim)(job.id, WORKER)
     await ws.receive_json_from()
-    await in_thread(jobs.fail)(job.id, "unsupported_image", "not an image", WORKER)
+    await in_thread(lifecycle.fail)(job.id, "unsupported_image", "not an image", WORKER)
     failed = await ws.receive_json_from()
 
     assert failed["type"] == "job.failed"
@@ -171,7 +172,7 @@ async def test_a_cancelled_job_arrives_then_the_socket_closes(alice):
     ws = await watch(f"/ws/jobs/{job.id}/", key)
     await ws.receive_json_from()
 
-    await in_thread(jobs.cancel)(job.id)
+    await in_thread(lifecycle.cancel)(job.id)
     cancelled = await ws.receive_json_from()
 
     assert (cancelled["type"], cancelled["job"]["status"]) == ("job.cancelled", "cancelled")
@@ -234,12 +235,12 @@ async def test_a_client_that_falls_behind_gets_the_current_state_instead_of_what
     await client.incoming.put({"type": "websocket.connect"})
     serving = asyncio.create_task(socket_.serve(scope, client.receive, job_id=str(job.id)))
     await wait_for(lambda: len(client.texts()) == 1, "the state on connect")
-    claimed = await in_thread(jobs.claim)(job.id, WORKER)  # sends job.processing, read in time
+    claimed = await in_thread(lifecycle.claim)(job.id, WORKER)  # sends job.processing, read in time
     await wait_for(lambda: len(client.texts()) == 2, "job.processing")
     dropped_before = WS_DROPPED.labels("slow_client")._value.get()
 
     client.reading.clear()
-    report = jobs.ProgressReporter(claimed, WORKER, interval=0)
+    report = lifecycle.ProgressReporter(claimed, WORKER, interval=0)
     for step in range(1, consumers.SEND_BACKLOG + 3):  # more progress than the socket may hold
         await in_thread(report)(step / 100)
     await finish(claimed)
@@ -260,7 +261,7 @@ async def test_a_client_that_falls_behind_gets_the_current_state_instead_of_what
 async def test_a_late_event_does_not_take_the_client_back_to_an_older_status(alice):
     key, caller = alice
     job = await in_thread(make_job)(caller)
-    claimed = await in_thread(jobs.claim)(job.id, WORKER)
+    claimed = await in_thread(lifecycle.claim)(job.id, WORKER)
     ws = await watch(f"/ws/jobs/{job.id}/", key)
     assert (await ws.receive_json_from())["job"]["status"] == "processing"
 
@@ -274,7 +275,7 @@ async def test_a_late_event_does_not_take_the_client_back_to_an_older_status(ali
 
     # Events reach a socket in the order they were sent: had the stale one been forwarded, it
     # would come before this one.
-    await in_thread(jobs.complete)(claimed, WORKER)
+    await in_thread(lifecycle.complete)(claimed, WORKER)
     assert (await ws.receive_json_from())["type"] == "job.completed"
 
 
@@ -340,7 +341,7 @@ async def test_the_owner_of_a_foreign_job_gets_no_events_through_a_refused_socke
     own = await watch(f"/ws/jobs/{bobs_job.id}/", bob_key)  # the owner's: it gets the event
     await own.receive_json_from()
 
-    await in_thread(jobs.claim)(bobs_job.id, WORKER)
+    await in_thread(lifecycle.claim)(bobs_job.id, WORKER)
     assert (await own.receive_json_from())["type"] == "job.processing"
     # The event was sent to the group, so to the refused socket's channel too: once its consumer
     # has taken it from there, whatever it would send for it is on its way.
@@ -444,9 +445,9 @@ async def test_the_callers_stream_has_their_jobs_and_never_anyone_elses(alice, b
     state = await stream.receive_json_from()
 
     mine = await in_thread(make_job)(caller)
-    await in_thread(jobs.claim)(theirs.id, WORKER)
-    await in_thread(jobs.claim)(mine.id, WORKER)
-    await in_thread(jobs.cancel)(earlier.id)
+    await in_thread(lifecycle.claim)(theirs.id, WORKER)
+    await in_thread(lifecycle.claim)(mine.id, WORKER)
+    await in_thread(lifecycle.cancel)(earlier.id)
     seen = [await stream.receive_json_from() for _ in range(2)]
 
     assert state["type"] == "jobs.state"
@@ -457,7 +458,7 @@ async def test_the_callers_stream_has_their_jobs_and_never_anyone_elses(alice, b
     ]
     # Bob's event was sent before hers (it would have come first); nothing follows hers but the next.
     last = await in_thread(make_job)(caller)
-    await in_thread(jobs.claim)(last.id, WORKER)
+    await in_thread(lifecycle.claim)(last.id, WORKER)
     assert (await stream.receive_json_from())["job"]["job_id"] == str(last.id)
     await stream.disconnect()
 
@@ -469,7 +470,7 @@ async def test_a_staff_stream_sees_every_owners_jobs(alice):
     stream = await watch("/ws/jobs/", staff)
     await stream.receive_json_from()
 
-    await in_thread(jobs.claim)(job.id, WORKER)
+    await in_thread(lifecycle.claim)(job.id, WORKER)
 
     assert (await stream.receive_json_from())["job"]["job_id"] == str(job.id)
     await stream.disconnect()
@@ -490,7 +491,7 @@ async def test_the_stream_drops_a_late_event_for_a_job_that_has_moved_on(alice):
         events.owner_group(caller.identity), events.event_message("job.queued", late)
     )
     later = await in_thread(make_job)(caller)
-    await in_thread(jobs.claim)(later.id, WORKER)
+    await in_thread(lifecycle.claim)(later.id, WORKER)
 
     # Sent after the late event: the next thing the stream says, so the late one was dropped.
     assert (await stream.receive_json_from())["job"]["job_id"] == str(later.id)
@@ -520,7 +521,7 @@ async def test_a_disconnected_socket_leaves_its_groups(alice):
 def redis_layer(address: str) -> dict:
     return {
         "default": {
-            "BACKEND": "gateway.layers.RedisChannelLayer",
+            "BACKEND": "gateway.live.layers.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [{"address": address, "socket_connect_timeout": 0.5, "socket_timeout": None}]
             },

@@ -4,7 +4,7 @@ import pytest
 from django.http import HttpResponse
 from django.test import RequestFactory
 
-from gateway import devices
+from gateway.pages import devices
 
 IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 14_0 like Mac OS X)"
 ANDROID_PHONE = (

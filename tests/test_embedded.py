@@ -9,9 +9,10 @@ from django.conf import settings
 from django_dramatiq.utils import load_middleware
 from dramatiq.brokers.stub import StubBroker
 
-from processing import actors, embedded, publishing
-from processing.actors import process_job
+from processing.jobs import publishing
 from processing.models import Job
+from processing.worker import actors, embedded
+from processing.worker.actors import process_job
 from tests.factories import stored_job
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,12 +1,12 @@
-"""gateway.events.Publisher: a job's events never wait on the channel layer, and none is lost unseen."""
+"""gateway.live.events.Publisher: a job's events never wait on the channel layer, and none is lost unseen."""
 
 import asyncio
 
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.events import Publisher
-from gateway.layers import RedisChannelLayer
+from gateway.live.events import Publisher
+from gateway.live.layers import RedisChannelLayer
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,10 @@ from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.utils import timezone
 
-from processing import actors, cleanup, lease, storage
+from processing import storage
+from processing.jobs import cleanup, lease
 from processing.models import Job
+from processing.worker import actors
 from tests.uploads import submit
 
 pytestmark = pytest.mark.django_db(transaction=True)

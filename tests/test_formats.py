@@ -17,9 +17,9 @@ from django.test import RequestFactory
 from django.utils import timezone
 from PIL import ExifTags, Image, ImageFilter
 
-from gateway.negotiation import named_image_formats
-from processing import placeholders
-from processing.imaging import default_output_format, encode_image, load_image, probe
+from gateway.http.negotiation import named_image_formats
+from processing.imaging import placeholders
+from processing.imaging.codecs import default_output_format, encode_image, load_image, probe
 from processing.models import Job
 from tests import images
 from tests.uploads import submit

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gateway import devices
+from gateway.pages import devices
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,4 @@
-"""gateway.gc_pauses in a process of its own (freezing is for a whole process): every collection
+"""gateway.live.gc_pauses in a process of its own (freezing is for a whole process): every collection
 is timed into the metrics, and what survives a long full collection stays out of the next ones."""
 
 import json

@@ -7,9 +7,9 @@ from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
 from processing.errors import InvalidParameters
-from processing.imaging import DecodeHint
-from processing.operations import get_operation
-from processing.operations.gravity import place
+from processing.imaging.codecs import DecodeHint
+from processing.imaging.operations import get_operation
+from processing.imaging.operations.gravity import place
 
 WIDTH, HEIGHT = 1200, 600
 SKIN, EYE, RED = (224, 172, 140), (40, 30, 30), (220, 30, 40)

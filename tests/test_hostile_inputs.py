@@ -13,9 +13,11 @@ import sys
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from processing import actors, imaging, publishing
-from processing.actors import process_job
+from processing.imaging import codecs
+from processing.jobs import publishing
 from processing.models import Job
+from processing.worker import actors
+from processing.worker.actors import process_job
 from tests import images
 from tests.factories import stored_job
 
@@ -185,7 +187,7 @@ def test_a_decode_that_never_ends_fails_the_job_at_the_time_limit(run_jobs, monk
 
     def decode_forever(path, *args, **kwargs):
         while True:
-            imaging.load_image(path, *args, **kwargs)
+            codecs.load_image(path, *args, **kwargs)
 
     monkeypatch.setattr(actors, "load_image", decode_forever)
     monkeypatch.setitem(process_job.options, "time_limit", 200)
@@ -204,8 +206,8 @@ def test_a_decode_that_never_ends_fails_the_job_at_the_time_limit(run_jobs, monk
 WORKER_STEPS = """
 import json, re, sys
 from processing.errors import UnprocessableImage
-from processing.imaging import load_image
-from processing.operations import get_operation
+from processing.imaging.codecs import load_image
+from processing.imaging.operations import get_operation
 
 path, service, parameters = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 operation = get_operation(service)

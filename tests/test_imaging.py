@@ -6,7 +6,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
-from processing.imaging import (
+from processing.imaging.codecs import (
     ALLOWED_INPUT_FORMATS,
     OUTPUT_FORMATS,
     DecodeHint,

@@ -10,11 +10,11 @@ from django.db import connection
 from django.utils import timezone
 from dramatiq.broker import MessageProxy
 
-from processing import jobs, lease, publishing
-from processing.actors import process_job, wait_for_lease_or_skip
-from processing.dramatiq_middleware import FailJobWhenMessageDies
 from processing.errors import Cancelled
+from processing.jobs import lease, lifecycle, publishing
 from processing.models import Job
+from processing.worker.actors import process_job, wait_for_lease_or_skip
+from processing.worker.middleware import FailJobWhenMessageDies
 from tests.factories import stored_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -111,8 +111,8 @@ def test_an_expired_lease_lets_the_next_delivery_claim_the_job_again():
     assert lease.holder(job.id) is None  # nobody alive holds it
     again = lease.claim(job.id, W2)
     assert again is not None and (again.worker_id, again.attempts) == (W2, 2)
-    assert jobs.complete(again, W1, processing_ms=1.0) is False  # the dead worker's result is refused
-    assert jobs.complete(again, W2, processing_ms=1.0) is True
+    assert lifecycle.complete(again, W1, processing_ms=1.0) is False  # the dead worker's result is refused
+    assert lifecycle.complete(again, W2, processing_ms=1.0) is True
 
 
 def test_a_redelivered_message_completes_a_job_whose_worker_died(run_jobs):
@@ -151,10 +151,10 @@ def test_a_job_cancelled_mid_run_stops_at_its_checkpoint_and_its_lease_is_gone()
     claimed = lease.claim(job.id, W1)
     renewer = lease.Renewer()
     with renewer.hold(job.id, W1):
-        assert jobs.cancel(job.id)
+        assert lifecycle.cancel(job.id)
         assert renewer.renew() == 0  # a cancelled job's lease is not renewed
         with pytest.raises(Cancelled):
-            jobs.ProgressReporter(claimed, W1, interval=0)(0.5)
+            lifecycle.ProgressReporter(claimed, W1, interval=0)(0.5)
     row = fresh(job)
     assert row.status == Job.CANCELLED and row.lease_expires_at is None
     assert lease.claim(job.id, W2) is None  # and no delivery starts it again
@@ -183,7 +183,7 @@ def test_a_dead_lettered_duplicate_leaves_the_job_to_the_live_worker_that_holds_
     FailJobWhenMessageDies().after_process_message(None, duplicate, exception=dramatiq.Retry("held"))
 
     assert fresh(job).status == Job.PROCESSING and fresh(job).worker_id == W1
-    assert jobs.complete(claimed, W1)  # W1 finishes it as if nothing happened
+    assert lifecycle.complete(claimed, W1)  # W1 finishes it as if nothing happened
     assert fresh(job).status == Job.COMPLETED
 
 
@@ -206,13 +206,13 @@ def test_a_job_started_job_max_attempts_times_is_failed_by_its_next_delivery_and
         assert lease.claim(job.id, worker) is not None
         expire(job, seconds_ago=settings.JOB_LEASE_SECONDS * 2)
 
-    assert jobs.claim(job.id, "host:3:worker-3") is None
+    assert lifecycle.claim(job.id, "host:3:worker-3") is None
 
     row = fresh(job)
     assert (row.status, row.error_code, row.attempts) == (Job.FAILED, "worker_lost", 2)
     assert "started 2 times" in row.error_message and "JOB_MAX_ATTEMPTS" in row.error_message
     assert not publishing.stale_jobs().filter(id=job.id).exists()  # the re-publisher leaves it alone
-    assert not jobs.requeue_failed(job.id)  # and so does a requeue: it would kill the next worker too
+    assert not lifecycle.requeue_failed(job.id)  # and so does a requeue: it would kill the next worker too
     assert fresh(job).status == Job.FAILED
 
 
@@ -220,8 +220,8 @@ def test_a_failed_job_requeued_gets_its_attempts_anew(settings):
     settings.JOB_MAX_ATTEMPTS = 1
     job = stored_job()
     lease.claim(job.id, W1)
-    jobs.fail(job.id, "processing_error", "storage was down", W1)
+    lifecycle.fail(job.id, "processing_error", "storage was down", W1)
 
-    assert jobs.requeue_failed(job.id)
+    assert lifecycle.requeue_failed(job.id)
 
     assert lease.claim(job.id, W2) is not None and fresh(job).attempts == 1

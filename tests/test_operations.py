@@ -6,9 +6,9 @@ from PIL import Image, ImageFilter
 from pydantic import ValidationError
 
 from processing.errors import Cancelled, InvalidParameters, OutputTooLarge
-from processing.imaging import OUTPUT_FORMATS, DecodeHint, encode_image, load_image
-from processing.operations import OPERATIONS, Operation, OperationResult, get_operation
-from processing.operations import grayscale as grayscale_module
+from processing.imaging.codecs import OUTPUT_FORMATS, DecodeHint, encode_image, load_image
+from processing.imaging.operations import OPERATIONS, Operation, OperationResult, get_operation
+from processing.imaging.operations import grayscale as grayscale_module
 from tests import images
 
 # Parameters that every operation accepts, for tests that run all of them.
@@ -385,7 +385,7 @@ def test_sobel_matches_pillows_kernels_pixel_for_pixel_borders_included(image):
 
 
 def test_sobel_reports_progress_band_by_band(monkeypatch):
-    from processing.operations import sobel
+    from processing.imaging.operations import sobel
 
     monkeypatch.setattr(sobel, "BAND_ROWS", 4)
     operation = get_operation("sobel")

@@ -12,10 +12,10 @@ from django.contrib.staticfiles.storage import staticfiles_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from gateway import devices
-from processing.actors import process_job
+from gateway.pages import devices
+from processing.imaging.operations import OPERATIONS
 from processing.models import Job
-from processing.operations import OPERATIONS
+from processing.worker.actors import process_job
 from tests import images
 from tests.uploads import png
 

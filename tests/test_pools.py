@@ -10,9 +10,9 @@ import pytest
 from django.core.management import call_command
 from django_dramatiq.management.commands.rundramatiq import Command as RunDramatiq
 
-from processing.actors import declare_pools
+from processing.jobs.pools import DEFAULT_POOL, Share, SplitError, all_pools, parse_split, pool_for
 from processing.models import Job
-from processing.pools import DEFAULT_POOL, Share, SplitError, all_pools, parse_split, pool_for
+from processing.worker.actors import declare_pools
 from scaler.backends.local import LocalWorkers
 from scaler.backends.processes import WORKER_MODULES, worker_command
 from tests.services import require

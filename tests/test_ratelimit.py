@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from gateway import ratelimit
+from gateway.auth import ratelimit
 from gateway.models import ApiKey
 from tests.services import IN_CI, require, url_of
 from tests.stack import HangingUp, refused_port, start_on_a_free_port

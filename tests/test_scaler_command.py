@@ -101,7 +101,7 @@ def test_once_reports_what_it_would_do_with_the_workers_rabbitmq_sees(monkeypatc
 
 @pytest.mark.django_db
 def test_once_reads_the_queue_and_the_jobs_in_flight(stub_broker):
-    from processing.actors import process_job
+    from processing.worker.actors import process_job
 
     for _ in range(3):
         process_job.send("00000000-0000-0000-0000-000000000000")

@@ -4,7 +4,7 @@ import uuid
 
 from django.urls import resolve
 
-from gateway.routing import websocket_urlpatterns
+from gateway.live.routing import websocket_urlpatterns
 from gateway.serialize import job_urls
 
 JOB_ID = uuid.uuid4()

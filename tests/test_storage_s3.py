@@ -16,7 +16,8 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image
 
-from processing import cleanup, storage
+from processing import storage
+from processing.jobs import cleanup
 from processing.models import Job
 from tests import images
 from tests.uploads import png, submit

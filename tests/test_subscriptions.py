@@ -1,4 +1,4 @@
-"""gateway.subscriptions on a real Redis: however many sockets a process holds, it is one channel
+"""gateway.live.subscriptions on a real Redis: however many sockets a process holds, it is one channel
 in the channel layer, in each group once, and it leaves the groups nobody follows any more."""
 
 import asyncio
@@ -9,9 +9,10 @@ import redis
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from gateway import events, owners, routing
+from gateway.auth import owners
+from gateway.live import events, routing
+from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
-from gateway.subscriptions import Subscriptions
 from tests.factories import stored_job
 from tests.services import close_database_connections, require, url_of
 
@@ -31,7 +32,7 @@ def redis_layer(settings):
     prefix = f"test-subscriptions-{uuid.uuid4().hex[:8]}"
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "gateway.layers.RedisChannelLayer",
+            "BACKEND": "gateway.live.layers.RedisChannelLayer",
             "CONFIG": {"hosts": [{"address": url_of("redis"), "socket_timeout": None}], "prefix": prefix},
         }
     }

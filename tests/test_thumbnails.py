@@ -5,12 +5,12 @@ import io
 import pytest
 from PIL import Image
 
-from processing import thumbnails
+from processing.imaging import admin_thumbnails
 from tests import images
 
 
 def thumbnail_of(image: Image.Image) -> Image.Image:
-    return Image.open(io.BytesIO(thumbnails.thumbnail_bytes(image)))
+    return Image.open(io.BytesIO(admin_thumbnails.thumbnail_bytes(image)))
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
@@ -27,4 +27,4 @@ def test_a_small_image_is_never_enlarged():
 def test_a_sampled_thumbnail_looks_like_one_that_averages_every_pixel():
     photo = images.photo(1920, 1080)
     averaged = photo.resize((160, 90), Image.Resampling.BOX)  # every pixel counted: slow, and the reference
-    assert images.ssim(thumbnails.shrink(photo, (160, 90)), averaged) >= 0.97
+    assert images.ssim(admin_thumbnails.shrink(photo, (160, 90)), averaged) >= 0.97

@@ -15,7 +15,8 @@ from channels.testing import WebsocketCommunicator
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway import routing, tokens
+from gateway.auth import tokens
+from gateway.live import routing
 from gateway.models import ApiKey
 from processing.models import Job
 from tests.test_settings import check_errors

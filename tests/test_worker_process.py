@@ -1,4 +1,4 @@
-"""processing.dramatiq_middleware.ExitWhenOrphaned: what a Dramatiq worker process does at boot."""
+"""processing.worker.middleware.ExitWhenOrphaned: what a Dramatiq worker process does at boot."""
 
 import logging
 import multiprocessing
@@ -8,7 +8,7 @@ import threading
 import pytest
 from dramatiq.compat import StreamablePipe
 
-from processing.dramatiq_middleware import ExitWhenOrphaned, log_to_inherited_stderr
+from processing.worker.middleware import ExitWhenOrphaned, log_to_inherited_stderr
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from gateway.api import frontend, jobs, services, system
 from gateway.api.auth import API_AUTH
-from gateway.errors import (
+from gateway.http.errors import (
     DATABASE_OUTAGES,
     DOMAIN_ERRORS,
     STORAGE_OUTAGES,
@@ -21,7 +21,7 @@ from gateway.errors import (
     outage,
     render,
 )
-from gateway.uploads import UploadTooLarge
+from gateway.http.uploads import UploadTooLarge
 from processing.errors import InvalidParameters
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ from ninja.security import APIKeyHeader, HttpBearer
 from ninja.throttling import BaseThrottle
 from ninja.utils import check_csrf
 
-from gateway import owners, ratelimit, tokens, waiting
-from gateway.errors import ApiError
+from gateway.auth import owners, ratelimit, tokens
+from gateway.http.errors import ApiError
+from gateway.live import waiting
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def charge_more_submissions(request: HttpRequest, count: int) -> None:
 class CallerRateLimit(BaseThrottle):
     """A fixed-window limit per API key (per session and client address, or per address when
     anonymous), counted in Redis in the full stack, and so shared by every gateway process and
-    machine (gateway/ratelimit.py)."""
+    machine (gateway/auth/ratelimit.py)."""
 
     def __init__(self, scope: str):
         self.scope = scope  # "submit" or "read": RATE_LIMIT_SUBMIT / RATE_LIMIT_READ

@@ -6,8 +6,8 @@ from django.http import HttpResponse
 from ninja import Query, Router, Schema
 from pydantic import Field
 
-from gateway import devices
 from gateway.api.schemas import ErrorOut
+from gateway.pages import devices
 
 router = Router(tags=["frontend"])
 

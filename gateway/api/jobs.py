@@ -12,17 +12,17 @@ from django.utils.cache import patch_vary_headers
 from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
-from gateway import submissions, waiting
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, charge_more_submissions
 from gateway.api.schemas import ErrorOut, JobOut, JobPageOut, JobsOut, JobStatus, MetricsOut, StatusOut
-from gateway.errors import ApiError, not_found
-from gateway.negotiation import download_key
+from gateway.http import intake
+from gateway.http.errors import ApiError, not_found
+from gateway.http.negotiation import download_key
+from gateway.live import waiting
 from gateway.serialize import error_json, job_json, job_urls, status_json
-from processing import jobs
-from processing import submissions as create
-from processing.imaging import mime_type_for
+from processing.imaging.codecs import mime_type_for
+from processing.imaging.operations import get_operation
+from processing.jobs import lifecycle, submissions
 from processing.models import Job
-from processing.operations import get_operation
 
 router = Router(tags=["jobs"])
 
@@ -66,9 +66,9 @@ def get_job(request, job_id: str) -> Job:
 
 
 def submit(request, response: HttpResponse, service: str, *, at_most: int = 1, job_id=None) -> list[Job]:
-    submission = submissions.submission_from(request, request.auth, service, at_most=at_most, job_id=job_id)
+    submission = intake.submission_from(request, request.auth, service, at_most=at_most, job_id=job_id)
     charge_more_submissions(request, len(submission.uploads) - 1)  # the throttle counted the first
-    accepted = create.submit(submission)
+    accepted = submissions.submit(submission)
     if accepted.replayed:
         response["Idempotent-Replayed"] = "true"
     return accepted.jobs
@@ -279,7 +279,7 @@ def file_response(key: str, content_type: str, filename: str) -> HttpResponse:
 
 def cancel(request, job_id: str):
     job = get_job(request, job_id)
-    if not jobs.cancel(job.id):
+    if not lifecycle.cancel(job.id):
         job.refresh_from_db()
         raise ApiError(409, "already_finished", f"the job is already {job.status}", job_status=job.status)
     job.refresh_from_db()

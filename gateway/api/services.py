@@ -1,7 +1,7 @@
 from ninja import Router
 
 from gateway.api.schemas import ServicesOut
-from processing.operations import OPERATIONS
+from processing.imaging.operations import OPERATIONS
 
 router = Router(tags=["services"])
 

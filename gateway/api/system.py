@@ -3,11 +3,12 @@
 from django.http import HttpResponse
 from ninja import Router, Status
 
-from gateway import health
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
 from gateway.api.schemas import CleanupOut, ErrorOut, FileStatsOut, HealthOut, QueueStatusOut, StatisticsOut
-from gateway.errors import ApiError
-from processing import admission, broker, cleanup, stats
+from gateway.http.errors import ApiError
+from gateway.ops import health
+from processing.jobs import cleanup, queues, stats
+from processing.worker import admission
 
 router = Router(tags=["system"])
 
@@ -26,7 +27,7 @@ def queue_status(request):
     """Per queue, from the broker itself: messages ready, delayed, in flight, dead-lettered; consumers.
     Per worker machine: its pixel budget, the pixels its jobs hold and the jobs waiting for memory."""
     return {
-        **broker.queue_status(),
+        **queues.queue_status(),
         **stats.in_flight_counts(),
         "pools": stats.pool_counts(),
         "memory": admission.machines(),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from processing.pools import DEFAULT_POOL
+from processing.jobs.pools import DEFAULT_POOL
 from scaler.backends.processes import (
     child_pids,
     describe_exit,
@@ -107,7 +107,7 @@ class LocalWorkers:
                 describe_exit(group.process.returncode),
             )
             # If the main process died and not its worker, the orphaned worker stops itself after
-            # its jobs in hand (processing.dramatiq_middleware.ExitWhenOrphaned): a SIGTERM from here too
+            # its jobs in hand (processing.worker.middleware.ExitWhenOrphaned): a SIGTERM from here too
             # could be its second, which makes it exit mid-job.
             self.active.append(self._start())
         return len(crashed)

@@ -21,7 +21,7 @@ MANAGE = [sys.executable, str(ROOT / "manage.py")]
 # The modules `manage.py rundramatiq` finds and hands to Dramatiq, named here so that a worker group
 # starts Dramatiq at once: rundramatiq starts Django only to find them, a second of CPU per group
 # (tests/test_pools.py checks the list against rundramatiq's own discovery).
-WORKER_MODULES = ["project.dramatiq_setup", "django_dramatiq.tasks", "processing.actors"]
+WORKER_MODULES = ["project.dramatiq_setup", "django_dramatiq.tasks", "processing.worker.actors"]
 
 SUPERVISE_EVERY = 1.0  # seconds: how soon a crashed process is replaced
 

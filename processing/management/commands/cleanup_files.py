@@ -2,7 +2,7 @@ import logging
 
 from django.db import close_old_connections
 
-from processing import cleanup
+from processing.jobs import cleanup
 from processing.management.repeating import RepeatingCommand
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-from processing import publishing
+from processing.jobs import publishing
 from processing.management.repeating import RepeatingCommand
 
 

@@ -1,0 +1,44 @@
+"""Turning a request into a submission for processing.jobs.submissions: its uploads and parameters."""
+
+import uuid
+
+from gateway.auth.owners import Caller
+from gateway.http.errors import ApiError
+from gateway.http.negotiation import named_image_formats
+from processing.jobs.submissions import Submission
+
+# Form fields that are not operation parameters.
+NON_PARAMETER_FIELDS = {"csrfmiddlewaretoken", "image", "service"}
+
+
+def uploads_from(request, *, at_most: int) -> list:
+    uploads = request.FILES.getlist("image")
+    if not uploads and not request.META.get("CONTENT_LENGTH"):
+        # Django parses multipart bodies only when their length is declared.
+        raise ApiError(411, "length_required", "send the upload with a Content-Length header (not chunked)")
+    if not uploads:
+        raise ApiError(
+            400, "missing_image", "send the image as a multipart/form-data file field named 'image'"
+        )
+    if len(uploads) > at_most:
+        raise ApiError(413, "too_many_files", f"send at most {at_most} image(s) in one request")
+    return uploads
+
+
+def parameters_from(form) -> dict:
+    return {key: value for key, value in form.items() if key not in NON_PARAMETER_FIELDS}
+
+
+def submission_from(
+    request, caller: Caller, service: str, *, at_most: int, job_id: uuid.UUID | None = None
+) -> Submission:
+    return Submission(
+        owner=caller.owner,
+        request_id=request.request_id,
+        service=service,
+        raw_parameters=parameters_from(request.POST),
+        uploads=uploads_from(request, at_most=at_most),
+        job_id=job_id,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        accepts=named_image_formats(request),
+    )

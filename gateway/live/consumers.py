@@ -1,0 +1,428 @@
+"""WebSocket consumers: one job's live status, and the stream of all the caller's jobs.
+
+`WS /ws/jobs/{id}/` sends `{"type": "job.state", "job": {...}}` on connect, then every
+change as `{"type": "job.processing" | "job.progress" | "job.completed" | ..., "job": {...}}`
+(the API's job shape: status, progress, and `result.url` to download once completed).
+After the job's last event it closes with 1000: a finished job changes no more, and an
+open socket per finished job would hold server memory for nothing.
+
+`WS /ws/jobs/` sends `{"type": "jobs.state", "jobs": [...]}` (the caller's most recent
+jobs) on connect, then every change to any of the caller's jobs (every job, for staff),
+and stays open. A client that reconnects gets the state again, so it misses nothing.
+
+A view is never silently stale: when events for a socket were lost (it read too slowly and
+SEND_BACKLOG filled up, or the channel layer lost them: gateway.live.layers counts each in
+`darkroom_ws_dropped_total{reason}`), the socket gets the current state (`job.state` or
+`jobs.state`) in their place. A client may also ask for it: any message it sends is
+answered with the current state.
+
+Who may subscribe: the job's owner, as for the API.
+- A browser session: its cookie (same-origin pages).
+- An API key as a subprotocol, which browsers can send:
+  `new WebSocket(url, ["darkroom", "darkroom.key." + key])`; the server answers
+  "darkroom" and never echoes the key. Not in the query string: URLs end up in logs.
+- From scripts, the API's headers also work: `X-API-Key` or `Authorization: Bearer`.
+- A bearer token (JWT) from the identity provider, wherever an API key goes (gateway/auth/tokens.py).
+
+Close codes, sent after the handshake so that browsers can read them (code and reason):
+- 1000: the job finished.
+- 1013: live updates are unavailable (the channel layer is down); reconnect later, or poll.
+- 4401: bad or missing credentials.
+- 4404: no such job, or another owner's (the same answer: existence isn't revealed).
+A browser page from another origin is refused at the handshake (HTTP 403, `gateway.live.routing`).
+"""
+
+import asyncio
+import json
+import logging
+import uuid
+from collections import OrderedDict, deque
+from importlib import import_module
+from types import SimpleNamespace
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib import auth
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DatabaseError
+from django.http.cookie import parse_cookie
+
+from gateway.auth import owners, tokens
+from gateway.live import events
+from gateway.live.layers import WS_DROPPED
+from gateway.live.subscriptions import Subscriptions
+from gateway.serialize import job_json
+from processing.jobs.prometheus import WEBSOCKET_CONNECTIONS
+from processing.models import Job, find_job
+
+logger = logging.getLogger(__name__)
+
+SUBPROTOCOL = "darkroom"
+KEY_SUBPROTOCOL_PREFIX = "darkroom.key."
+RECENT_JOBS = 50  # jobs in the stream's state on connect
+REMEMBERED_JOBS = 128  # jobs whose latest status a stream remembers, to drop late events
+# Frames waiting for a socket whose client reads slowly; past this it gets the state instead.
+SEND_BACKLOG = 32
+
+# Events reach a socket by different paths (the gateway announces "queued", a worker then
+# "processing"), so a late one may arrive after a newer one. Statuses only move forward.
+STATUS_RANK = {Job.QUEUED: 0, Job.PROCESSING: 1, **{status: 2 for status in Job.FINISHED}}
+
+
+class Close:
+    """Close codes, as plain ints: Daphne closes with 1011 for a code whose type isn't exactly int."""
+
+    JOB_FINISHED = 1000
+    TRY_AGAIN_LATER = 1013
+    BAD_CREDENTIALS = 4401
+    NOT_FOUND = 4404
+
+
+class InvalidKey(Exception):
+    """An API key was presented and matches no live key."""
+
+
+# --- Who is connecting ----------------------------------------------------------------
+
+
+def presented_key(scope) -> str | None:
+    """The API key from the subprotocols (browsers) or the API's headers (scripts), if any."""
+    for protocol in scope.get("subprotocols") or ():
+        if protocol.startswith(KEY_SUBPROTOCOL_PREFIX):
+            return protocol.removeprefix(KEY_SUBPROTOCOL_PREFIX)
+    headers = dict(scope.get("headers") or ())
+    if b"x-api-key" in headers:
+        return headers[b"x-api-key"].decode("latin-1").strip()
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer":
+        return token.strip()
+    return None
+
+
+def browser_session(scope) -> tuple[SessionBase, object] | None:
+    """The session and user named by the handshake's session cookie; None without the cookie.
+
+    Read once here rather than by channels' AuthMiddlewareStack, which keeps a session, a
+    user and three more copies of the scope in memory for as long as each socket is open.
+    """
+    cookies = parse_cookie(dict(scope.get("headers") or ()).get(b"cookie", b"").decode("latin-1"))
+    if settings.SESSION_COOKIE_NAME not in cookies:
+        return None
+    session = import_module(settings.SESSION_ENGINE).SessionStore(cookies[settings.SESSION_COOKIE_NAME])
+    return session, auth.get_user(SimpleNamespace(session=session))
+
+
+@database_sync_to_async
+def authenticate(scope) -> owners.Caller | None:
+    """The caller behind a handshake, as the API would see it; None when credentials are required
+    and there are none. Raises InvalidKey for a key that matches no live key."""
+    key = presented_key(scope)
+    if key is not None:
+        try:
+            caller = owners.from_credential(key)
+        except tokens.InvalidToken as exc:
+            raise InvalidKey(str(exc)) from None
+        if caller is None:
+            raise InvalidKey
+        return caller
+    session = browser_session(scope)
+    if session is not None:
+        return owners.from_session(*session)
+    if getattr(settings, "API_KEYS_REQUIRED", False):
+        return None
+    return owners.Caller()
+
+
+@database_sync_to_async
+def visible_job(viewer: str | None, job_id: uuid.UUID) -> Job | None:
+    return find_job(job_id, viewer)
+
+
+@database_sync_to_async
+def recent_jobs(viewer: str | None) -> list[Job]:
+    return list(owners.jobs_visible_to(viewer)[:RECENT_JOBS])
+
+
+def parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+# --- Sockets ---------------------------------------------------------------------------
+
+
+def text_frame(text: str) -> dict:
+    return {"type": "websocket.send", "text": text}
+
+
+def close_frame(code: int, reason: str) -> dict:
+    return {"type": "websocket.close", "code": code, "reason": reason}
+
+
+class LiveSocket:
+    """What both endpoints share: the handshake, authentication, subscriptions, sending, closing.
+
+    A plain ASGI application rather than a channels consumer: a socket then costs the
+    server's own task and this small object, not two more tasks, a channel and a buffer.
+    Frames go out in order: the state first (events that come meanwhile are held, then sent
+    if they are news), then events through `outbox`, drained by a task that lives only while
+    there is something to send. Subclasses implement `start()` (subscribe, then send the state),
+    `wants(message)` and `current_state()`.
+    """
+
+    __slots__ = ("send_asgi", "viewer", "groups", "closed", "held", "outbox", "sender", "stale")
+
+    def __init__(self, send):
+        self.send_asgi = send
+        self.viewer: str | None = None
+        self.groups: tuple[str, ...] = ()
+        self.closed = False
+        self.held: list[dict] | None = []  # events that came before the state went out
+        self.outbox: deque | None = None  # frames not yet sent, while a sender drains them
+        self.sender: asyncio.Task | None = None
+        self.stale = False  # events were lost: send the current state before anything else
+
+    async def serve(self, scope, receive, **route) -> None:
+        """The whole life of the socket; `route` is what its path says (gateway.live.routing)."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await self.send_asgi({"type": "websocket.accept", "subprotocol": accepted_subprotocol(scope)})
+        WEBSOCKET_CONNECTIONS.inc()
+        try:
+            await self.open(scope, route)
+            forget_handshake(scope)
+            while (await receive())["type"] == "websocket.receive":
+                self.refresh()  # the client asks for the current state
+        finally:
+            self.closed = True
+            for group in self.groups:
+                Subscriptions.of_running_loop().unsubscribe(group, self)
+            WEBSOCKET_CONNECTIONS.dec()
+
+    async def open(self, scope, route: dict) -> None:
+        try:
+            caller = await authenticate(scope)
+        except InvalidKey as exc:
+            reason = str(exc) or "the API key is unknown or revoked"
+            return await self.close(Close.BAD_CREDENTIALS, reason[:120])  # a close reason: 123 bytes at most
+        except tokens.KeysUnavailable:
+            return await self.close(Close.TRY_AGAIN_LATER, "the identity provider's keys can't be fetched")
+        except DatabaseError:
+            logger.exception("could not authenticate a WebSocket: the database failed")
+            return await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")
+        if caller is None:
+            return await self.close(Close.BAD_CREDENTIALS, "authentication required: a session or an API key")
+        self.viewer = caller.viewer  # not the caller: it holds a whole ApiKey row
+        try:
+            await self.start(caller, **route)
+            self.state_sent()
+        except DatabaseError:
+            logger.exception("could not start a WebSocket: the database failed")
+            await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")
+
+    async def start(self, caller: owners.Caller, **route) -> None:
+        raise NotImplementedError
+
+    async def subscribe(self, group: str) -> bool:
+        """Follow the group; False when the channel layer is down (the socket can't be live)."""
+        if not await Subscriptions.of_running_loop().subscribe(group, self):
+            return False
+        self.groups = (group,)
+        return True
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.send_asgi(close_frame(code, reason))
+
+    # --- What Subscriptions call, on the loop ---
+
+    def deliver(self, message: dict) -> None:
+        if self.closed:
+            return
+        if self.held is not None:
+            self.held.append(message)
+            return
+        if self.stale or not self.wants(message):
+            return
+        if self.outbox is not None and len(self.outbox) >= SEND_BACKLOG:
+            WS_DROPPED.labels("slow_client").inc()
+            return self.refresh()
+        self.queue(text_frame(message["text"]))
+        if message["status"] in Job.FINISHED and self.closes_when_finished():
+            self.queue(close_frame(Close.JOB_FINISHED, "job finished"))
+
+    def state_sent(self) -> None:
+        """Now the events that came while the state was read and sent: those that are news."""
+        held, self.held = self.held, None
+        for message in held:
+            self.deliver(message)
+
+    def missed(self) -> None:
+        self.refresh()
+
+    def lost(self) -> None:
+        self.groups = ()
+        self.queue(close_frame(Close.TRY_AGAIN_LATER, "live updates interrupted; reconnect or poll"))
+
+    # --- Sending, in order ---
+
+    def refresh(self) -> None:
+        """Send the current state next, in place of whatever is waiting."""
+        self.stale = True
+        if self.outbox:
+            self.outbox.clear()
+        self.queue(None)
+
+    def queue(self, frame: dict | None) -> None:
+        if self.closed:
+            return
+        if self.outbox is None:
+            self.outbox = deque()
+        if frame is not None:
+            self.outbox.append(frame)
+        if self.sender is None:
+            self.sender = asyncio.get_running_loop().create_task(self.send_queued())
+
+    async def send_queued(self) -> None:
+        try:
+            while not self.closed and (self.stale or self.outbox):
+                if self.stale:
+                    self.stale = False
+                    frames = await self.current_state()
+                else:
+                    frames = [self.outbox.popleft()]
+                for frame in frames:
+                    await self.send_frame(frame)
+        except OSError:  # the client has gone; the server tells serve() so
+            pass
+        except DatabaseError:
+            logger.exception("could not send a WebSocket its state: the database failed")
+            await self.send_frame(close_frame(Close.TRY_AGAIN_LATER, "service unavailable; try again later"))
+        finally:
+            self.sender, self.outbox = None, None
+
+    async def send_frame(self, frame: dict) -> None:
+        if frame["type"] == "websocket.close":
+            await self.close(frame["code"], frame["reason"])
+        elif not self.closed:
+            await self.send_asgi(frame)
+
+    def wants(self, message: dict) -> bool:
+        raise NotImplementedError
+
+    def closes_when_finished(self) -> bool:
+        return False
+
+    async def current_state(self) -> list[dict]:
+        raise NotImplementedError
+
+
+def forget_handshake(scope) -> None:
+    """Drop what the handshake brought and nothing reads again: the server keeps the scope for
+    as long as the socket is open (about 1.5 KiB a socket; see gateway.live.ws_protocol)."""
+    for key in ("headers", "subprotocols", "state", "extensions"):
+        scope.pop(key, None)
+
+
+def accepted_subprotocol(scope) -> str | None:
+    return SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
+
+
+class JobSocket(LiveSocket):
+    """`WS /ws/jobs/{id}/`: the job's state on connect, each change, then a close with 1000."""
+
+    __slots__ = ("job_id", "rank")
+
+    async def start(self, caller: owners.Caller, job_id: str) -> None:
+        self.job_id = parse_uuid(job_id)
+        self.rank = 0  # how far the client has seen the job go (STATUS_RANK)
+        if self.job_id is None:
+            return await self.close(Close.NOT_FOUND, "no such job")
+        # Subscribe before reading, so that no change slips between the read and the
+        # subscription; nothing is forwarded unless the job turns out to be the caller's.
+        live = await self.subscribe(events.job_group(self.job_id))
+        job = await visible_job(self.viewer, self.job_id)
+        if job is None:
+            return await self.close(Close.NOT_FOUND, "no such job")
+        for frame in self.state_of(job):
+            await self.send_frame(frame)
+        if not live:
+            await self.close(Close.TRY_AGAIN_LATER, "live updates unavailable; poll the API")
+
+    def state_of(self, job: Job) -> list[dict]:
+        self.rank = max(self.rank, STATUS_RANK[job.status])
+        frames = [text_frame(events.event_text("job.state", job))]
+        if job.is_finished:
+            frames.append(close_frame(Close.JOB_FINISHED, "job finished"))
+        return frames
+
+    def wants(self, message: dict) -> bool:
+        rank = STATUS_RANK[message["status"]]
+        if rank < self.rank:
+            return False
+        self.rank = rank
+        return True
+
+    def closes_when_finished(self) -> bool:
+        return True
+
+    async def current_state(self) -> list[dict]:
+        job = await visible_job(self.viewer, self.job_id)
+        if job is None:  # deleted since (cleanup)
+            return [close_frame(Close.NOT_FOUND, "no such job")]
+        return self.state_of(job)
+
+
+class LatestStatuses:
+    """The furthest status seen of the most recent jobs, to tell a late event from news."""
+
+    def __init__(self, size: int = REMEMBERED_JOBS):
+        self.size = size
+        self.ranks: OrderedDict[str, int] = OrderedDict()
+
+    def is_news(self, job_id: str, status: str) -> bool:
+        """Record `status` for the job unless it would move the job backwards (then False)."""
+        rank = STATUS_RANK[status]
+        if rank < self.ranks.get(job_id, rank):
+            return False
+        self.ranks[job_id] = rank
+        self.ranks.move_to_end(job_id)
+        if len(self.ranks) > self.size:
+            self.ranks.popitem(last=False)
+        return True
+
+
+class CallerJobsSocket(LiveSocket):
+    """`WS /ws/jobs/`: the caller's recent jobs on connect, then every change to their jobs."""
+
+    __slots__ = ("latest",)
+
+    async def start(self, caller: owners.Caller) -> None:
+        self.latest = LatestStatuses()
+        group = events.STAFF_GROUP if caller.is_staff else events.owner_group(caller.identity)
+        live = await self.subscribe(group)
+        for frame in await self.current_state():
+            await self.send_frame(frame)
+        if not live:
+            await self.close(Close.TRY_AGAIN_LATER, "live updates unavailable; poll the API")
+
+    def wants(self, message: dict) -> bool:
+        return self.latest.is_news(message["job_id"], message["status"])
+
+    async def current_state(self) -> list[dict]:
+        jobs = await recent_jobs(self.viewer)
+        for job in reversed(jobs):  # oldest first, so that the newest are remembered longest
+            self.latest.is_news(str(job.id), job.status)
+        state = {"type": "jobs.state", "jobs": [job_json(job) for job in jobs]}
+        return [text_frame(json.dumps(state, cls=DjangoJSONEncoder))]
+
+
+async def unknown_endpoint(scope, receive, send) -> None:
+    """Any other WebSocket path: a readable close rather than a failed handshake."""
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.accept"})
+        await send(close_frame(Close.NOT_FOUND, "no such endpoint"))

@@ -1,0 +1,232 @@
+"""The Redis channel layer, for one subscribing channel per server process.
+
+Sockets are not channels here: each event loop's `Subscriptions` (gateway.live.subscriptions) has
+one channel, joins every group its sockets follow, and hands each message to the sockets of
+the groups it came for. What that needs from channels-redis, and what this adds:
+
+- One reader task per process pops the process's inbox in Redis and puts each message in its
+  channel's bounded buffer (channels-redis has every receiver compete for a lock, with two
+  tasks and several futures each); a receive only waits on its own buffer, and can be
+  cancelled at any point without a Redis command in flight.
+- `group_send_many`: one event for several groups in two round trips (channels-redis takes
+  four per group); a channel in more than one of them gets it once, with the groups it was
+  sent for in `groups`.
+- `group_add_many` / `group_discard_many`: many groups joined or left in one round trip.
+- Losses are never silent: a message that a channel could not take (its inbox full, or
+  expired unread: its process stalled) or that a full buffer pushed out is counted in
+  `darkroom_ws_dropped_total{reason}` and marked for the channel; `take_losses(channel)` tells
+  its receiver, which then gives its sockets the current state instead of what they missed.
+"""
+
+import asyncio
+import logging
+import time
+
+from channels_redis.core import BoundedQueue
+from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
+from prometheus_client import Counter
+from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+# Redis connections per process (and event loop). Thousands of sockets opening or closing at
+# once each join or leave a group: past this many at a time they wait for a connection,
+# where a plain redis-py pool (100 at most) would fail them with MaxConnectionsError.
+POOL_SIZE = 64
+LOSS_MARK_EXPIRY = 3600  # seconds a loss stays marked for a channel nobody reads any more
+
+# Live events that did not reach a socket, by where they were lost: "channel_full" (a
+# process's inbox in Redis), "buffer_full" (a process's buffer), "slow_client" (a socket
+# that is not reading). Each such socket is given the current state when it can take it.
+WS_DROPPED = Counter("darkroom_ws_dropped", "Live job events that did not reach a socket", ["reason"])
+
+# Puts each channel key's message in its inbox unless that holds `capacity` already; drops
+# what outlived the layer's expiry first. Either loss is marked in the key's loss counter.
+# KEYS: inbox keys. ARGV: a message per key, a capacity per key, now, expiry, loss expiry.
+SEND_LUA = """
+local keys, now = #KEYS, tonumber(ARGV[#ARGV - 2])
+local expiry, loss_expiry = tonumber(ARGV[#ARGV - 1]), tonumber(ARGV[#ARGV])
+local full = 0
+for i = 1, keys do
+    local expired = redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, now - expiry)
+    local lost = expired
+    if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[keys + i]) then
+        redis.call('ZADD', KEYS[i], now, ARGV[i])
+        redis.call('EXPIRE', KEYS[i], expiry)
+    else
+        full = full + 1
+        lost = lost + 1
+    end
+    if lost > 0 then
+        redis.call('INCRBY', KEYS[i] .. ':lost', lost)
+        redis.call('EXPIRE', KEYS[i] .. ':lost', loss_expiry)
+    end
+end
+return full
+"""
+
+
+class LayerDown:
+    """Put in every buffer when the inbox can't be read: each waiting receive raises `error`."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class RedisChannelLayer(ChannelsRedisLayer):
+    """channels-redis, for one subscribing channel per process (see the module's docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.inbox = f"specific.{self.client_prefix}!"  # the non-local part of new_channel()'s names
+        self.reader: asyncio.Task | None = None
+        self.overflowed: set[str] = set()  # channels whose buffer dropped a message since take_losses
+
+    def create_pool(self, index: int):
+        host = dict(self.hosts[index])
+        if "address" not in host:  # sentinels, or host and port: as channels-redis makes them
+            return super().create_pool(index)
+        return BlockingConnectionPool.from_url(
+            host.pop("address"), max_connections=POOL_SIZE, timeout=None, **host
+        )
+
+    # --- Sending ---------------------------------------------------------------------------
+
+    async def group_send(self, group: str, message: dict) -> None:
+        await self.group_send_many([group], message)
+
+    async def group_send_many(self, groups: list[str], message: dict) -> None:
+        """Send `message` to every channel in any of `groups`, once each, with the groups its
+        process's channels are in as `message["groups"]`: one round trip to find the members,
+        one to deliver."""
+        by_key: dict[bytes, dict] = {}  # a process's inbox -> the one copy it gets
+        for group, channels in (await self.members_of(groups)).items():
+            for channel in channels:
+                key = self.channel_key(channel)
+                if key not in by_key:
+                    by_key[key] = {**message, "groups": [], "__asgi_channel__": []}
+                copy = by_key[key]
+                if channel not in copy["__asgi_channel__"]:
+                    copy["__asgi_channel__"].append(channel)
+                if group not in copy["groups"]:
+                    copy["groups"].append(group)
+        if by_key:
+            await self.deliver(by_key)
+
+    def channel_key(self, channel: str) -> bytes:
+        return (self.prefix + self.non_local_name(channel)).encode()
+
+    def inbox_host(self, channel: str) -> int:
+        return self.consistent_hash(self.non_local_name(channel))
+
+    async def members_of(self, groups: list[str]) -> dict[str, list[str]]:
+        """Each group's live members (expired ones dropped first); one round trip per Redis host."""
+        found = {}
+        for index, names in self.by_host(groups).items():
+            async with self.connection(index).pipeline(transaction=False) as pipe:
+                for name in names:
+                    key = self._group_key(name)
+                    pipe.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
+                    pipe.zrange(key, 0, -1)
+                replies = await pipe.execute()
+            for name, channels in zip(names, replies[1::2], strict=True):
+                if channels:
+                    found[name] = [channel.decode() for channel in channels]
+        return found
+
+    async def deliver(self, by_key: dict[bytes, dict]) -> None:
+        """Each key's message into its inbox, one script per Redis host; losses counted."""
+        by_host: dict[int, list[bytes]] = {}
+        for key, copy in by_key.items():
+            by_host.setdefault(self.inbox_host(copy["__asgi_channel__"][0]), []).append(key)
+        for index, keys in by_host.items():
+            messages = [self.serialize(by_key[key]) for key in keys]
+            capacities = [self.get_capacity(by_key[key]["__asgi_channel__"][0]) for key in keys]
+            now = time.time()
+            full = await self.connection(index).eval(
+                SEND_LUA, len(keys), *keys, *messages, *capacities, now, self.expiry, LOSS_MARK_EXPIRY
+            )
+            if full:
+                WS_DROPPED.labels("channel_full").inc(full)
+                logger.warning("%d server processes are not reading their live events", full)
+
+    # --- Membership ------------------------------------------------------------------------
+
+    def by_host(self, groups) -> dict[int, list[str]]:
+        hosts: dict[int, list[str]] = {}
+        for group in groups:
+            hosts.setdefault(self.consistent_hash(group), []).append(group)
+        return hosts
+
+    async def group_add_many(self, groups, channel: str) -> None:
+        """`channel` joins (or, already in, renews its place in) every group; a round trip per host."""
+        for index, names in self.by_host(groups).items():
+            async with self.connection(index).pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zadd(self._group_key(name), {channel: time.time()})
+                    pipe.expire(self._group_key(name), self.group_expiry)
+                await pipe.execute()
+
+    async def group_discard_many(self, groups, channel: str) -> None:
+        for index, names in self.by_host(groups).items():
+            async with self.connection(index).pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zrem(self._group_key(name), channel)
+                await pipe.execute()
+
+    async def take_losses(self, channel: str) -> bool:
+        """Whether messages for `channel` were lost since the last call (the mark is cleared)."""
+        overflowed = channel in self.overflowed
+        self.overflowed.discard(channel)
+        key = self.channel_key(channel) + b":lost"
+        return bool(await self.connection(self.inbox_host(channel)).getdel(key)) or overflowed
+
+    # --- Receiving -------------------------------------------------------------------------
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        channel = await super().new_channel(prefix)
+        # Registered at once, so that events for it are kept from its first group_add on.
+        self.receive_buffer[channel] = BoundedQueue(self.capacity)
+        return channel
+
+    async def receive(self, channel: str) -> dict:
+        if not channel.startswith(self.inbox):
+            return await super().receive(channel)
+        self.start_reader()
+        buffer = self.receive_buffer.setdefault(channel, BoundedQueue(self.capacity))
+        try:
+            message = await buffer.get()
+        except asyncio.CancelledError:
+            self.receive_buffer.pop(channel, None)  # its consumer has stopped: keep nothing for it
+            raise
+        if isinstance(message, LayerDown):
+            self.receive_buffer.pop(channel, None)
+            raise message.error
+        return message
+
+    def start_reader(self) -> None:
+        if self.reader is None or self.reader.done():
+            self.reader = asyncio.get_running_loop().create_task(
+                self.read_inbox(), name="channel-layer-inbox"
+            )
+        elif self.reader.get_loop() is not asyncio.get_running_loop():
+            raise RuntimeError("two event loops are trying to receive() on one channel layer")
+
+    async def read_inbox(self) -> None:
+        """Deliver the inbox's messages to their channels' buffers until Redis fails."""
+        try:
+            while True:
+                channels, message = await self.receive_single(self.inbox)
+                for channel in channels if isinstance(channels, list) else [channels]:
+                    buffer = self.receive_buffer.get(channel)
+                    if buffer is None:  # its receiver has gone: nobody to give it to
+                        continue
+                    if buffer.full():  # put_nowait drops the oldest
+                        WS_DROPPED.labels("buffer_full").inc()
+                        self.overflowed.add(channel)
+                    buffer.put_nowait(message)
+        except (RedisError, OSError) as error:
+            logger.warning("channel layer inbox unreadable: %s: %s", type(error).__name__, error)
+            for buffer in list(self.receive_buffer.values()):
+                buffer.put_nowait(LayerDown(error))

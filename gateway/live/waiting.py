@@ -1,0 +1,275 @@
+"""Long polls: `GET /api/v1/jobs/{id}?wait=N` holds the request until its job ends.
+
+Under the ASGI entry point (project.asgi) `LongPolls` serves them in two passes of the
+ordinary synchronous view, with the wait between them on the event loop: the first pass
+authenticates, finds the job and, when it has not ended, marks its answer with
+WAIT_HEADER instead of waiting; `LongPolls` then holds the request, holding no thread,
+until the job's end is heard (or the wait runs out), and answers with a second pass.
+Elsewhere (a WSGI server, the test client) the view waits itself, reading the job every
+FALLBACK_INTERVAL seconds.
+
+Ends are heard by one `EndListener` per event loop: a subscriber of the group that hears
+every job's end (events.ENDED_GROUP, through gateway.live.subscriptions), and a future per
+waiting request. A wait then costs a dictionary entry, not a channel of its own, two group
+changes in Redis and a database read. Where the listener can't hear (the channel layer is
+down) a wait looks at the job every FALLBACK_INTERVAL seconds instead.
+"""
+
+import asyncio
+import logging
+import re
+from collections import OrderedDict
+
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from gateway.live import events
+from gateway.live.subscriptions import OnePerLoop, Subscriptions
+from processing.models import Job
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 60
+FALLBACK_INTERVAL = 0.25
+WAIT_HEADER = "Darkroom-Wait"  # the first pass's mark: the job to wait for
+PASS = "darkroom.long_poll"  # scope key: "first" or "final" (clients can't set scope keys)
+
+LONG_POLL = re.compile(r"^/api/v1/jobs/[0-9a-fA-F-]{32,36}/?$")
+WAIT = re.compile(rb"(?:^|&)wait=([0-9.]+)")
+
+REMEMBERED_ENDS = 10_000  # the latest ends a listener keeps: a wait starting just after one ends at once
+RECHECK_EVERY = 5.0  # seconds between reads of a job while its end is awaited (see until_ended)
+LISTEN_AGAIN_AFTER = events.COOLDOWN  # seconds after the channel layer failed
+
+
+# --- Hearing ends ------------------------------------------------------------------------
+
+
+class NotListening(Exception):
+    """The listener stopped hearing (the channel layer failed): a waiter must look for itself."""
+
+
+class EndListener(OnePerLoop):
+    """Which jobs ended, as this event loop hears it (see the module's docstring)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.loop = asyncio.get_running_loop()
+        self.waiters: dict[str, set[asyncio.Future]] = {}
+        self.ended: OrderedDict[str, None] = OrderedDict()
+        self.hearing_since: float | None = None  # loop time since when no end has gone unheard
+        self.down = False  # the channel layer failed, and the listener has not heard since
+        self.task = self.loop.create_task(self.listen(), name="long-poll-ends")
+
+    def heard_everything_since(self, moment: float | None) -> bool:
+        return None not in (moment, self.hearing_since) and self.hearing_since <= moment
+
+    def expect(self, job_id: str) -> asyncio.Future:
+        """A future that resolves when the job's end is heard (at once if it was already)."""
+        future = self.loop.create_future()
+        if job_id in self.ended:
+            future.set_result(True)
+        elif self.down:
+            future.set_exception(NotListening())
+        else:  # hearing, or about to: an end before it started is found by until_ended's reads
+            self.waiters.setdefault(job_id, set()).add(future)
+        return future
+
+    def forget(self, job_id: str, future: asyncio.Future) -> None:
+        waiting = self.waiters.get(job_id)
+        if waiting is not None:
+            waiting.discard(future)
+            if not waiting:
+                del self.waiters[job_id]
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # retrieved: a NotListening nobody awaited is no error to report
+
+    def heard_end(self, job_id: str) -> None:
+        self.ended[job_id] = None
+        if len(self.ended) > REMEMBERED_ENDS:
+            self.ended.popitem(last=False)
+        for future in self.waiters.pop(job_id, ()):
+            if not future.done():
+                future.set_result(True)
+
+    def stopped_hearing(self) -> None:
+        self.hearing_since, self.down = None, True
+        waiting, self.waiters = self.waiters, {}
+        for future in (future for futures in waiting.values() for future in futures):
+            if not future.done():
+                future.set_exception(NotListening())
+
+    async def listen(self) -> None:
+        subscriptions = Subscriptions.of_running_loop()
+        while True:
+            self.interrupted = self.loop.create_future()
+            if await subscriptions.subscribe(events.ENDED_GROUP, self):
+                self.hearing_since, self.down = self.loop.time(), False
+                await self.interrupted
+                logger.warning("long polls fall back to reading their jobs: live events interrupted")
+            self.stopped_hearing()
+            await asyncio.sleep(LISTEN_AGAIN_AFTER)
+
+    # What Subscriptions call (gateway.live.subscriptions).
+
+    def deliver(self, message: dict) -> None:
+        if message.get("status") in Job.FINISHED:
+            self.heard_end(message["job_id"])
+
+    def missed(self) -> None:
+        """Ends may have gone unheard: every waiter reads its job again, and later ones will too."""
+        self.hearing_since = self.loop.time()
+        waiting, self.waiters = self.waiters, {}
+        for future in (future for futures in waiting.values() for future in futures):
+            if not future.done():
+                future.set_result(False)
+
+    def lost(self) -> None:
+        if not self.interrupted.done():
+            self.interrupted.set_result(None)
+
+
+# --- Waiting ---------------------------------------------------------------------------
+
+
+async def until_ended(job_id, timeout: float, read_at: float | None = None) -> bool:
+    """Wait until the job has ended, `timeout` seconds at most; True if it has.
+
+    `read_at` is the loop time at which the caller saw the job unfinished: an end since then that
+    the listener heard is known at once. Without it, or with a listener that started hearing
+    later, the job is read once more after the wait is registered. Every RECHECK_EVERY seconds it
+    is read again, so an end that went unheard (an event dropped on the way) costs that, not the wait.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    listener = EndListener.of_running_loop()
+    job_id = str(job_id)
+    heard = listener.expect(job_id)
+    try:
+        if not listener.heard_everything_since(read_at) and await has_ended(job_id):
+            return True
+        while loop.time() < deadline:
+            try:
+                async with asyncio.timeout(min(RECHECK_EVERY, deadline - loop.time())):
+                    if await asyncio.shield(heard):
+                        return True
+                listener.forget(job_id, heard)  # ends may have gone unheard: look, and wait again
+                heard = listener.expect(job_id)
+                if await has_ended(job_id):
+                    return True
+            except TimeoutError:
+                if loop.time() < deadline and await has_ended(job_id):
+                    return True
+            except NotListening:
+                return await poll(job_id, deadline)
+        return False
+    finally:
+        listener.forget(job_id, heard)
+
+
+async def poll(job_id, deadline: float) -> bool:
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        await asyncio.sleep(min(FALLBACK_INTERVAL, max(0.0, deadline - loop.time())))
+        if await has_ended(job_id):
+            return True
+    return False
+
+
+@sync_to_async(thread_sensitive=False)
+def has_ended(job_id) -> bool:
+    try:
+        return Job.objects.filter(id=job_id, status__in=Job.FINISHED).exists()
+    finally:
+        connection.close()  # this thread serves no request that would give it back to the pool
+
+
+async def until_finished(job: Job, timeout: float) -> Job:
+    """The job once it has ended, or as it is after `timeout` seconds: the view's own wait.
+
+    Its event loop lives for this one request (a WSGI server's thread), too short for a listener:
+    it reads the job every FALLBACK_INTERVAL instead.
+    """
+    await poll(job.id, asyncio.get_running_loop().time() + timeout)
+    await sync_to_async(job.refresh_from_db)()
+    return job
+
+
+# --- The two passes under ASGI ---------------------------------------------------------------
+
+
+def deferred_by_the_server(request) -> bool:
+    """True in a first pass: the view marks its answer and `LongPolls` waits, not the view."""
+    return request.META.get("asgi.scope", {}).get(PASS) == "first"
+
+
+def is_final_pass(request) -> bool:
+    """True in a second pass: the same request as the first, answered now (not counted again)."""
+    return request.META.get("asgi.scope", {}).get(PASS) == "final"
+
+
+class LongPolls:
+    """ASGI middleware in front of the synchronous Django app (see the module's docstring)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        wait = requested_wait(scope)
+        if not wait:
+            return await self.app(scope, receive, send)
+        read_at = asyncio.get_running_loop().time()
+        first = await Captured.from_app(self.app, {**scope, PASS: "first"})
+        job_id = first.header(WAIT_HEADER)
+        if job_id is None:  # ended already, or not found, or refused: the answer as it is
+            return await first.replay(send)
+        await until_ended(job_id, min(wait, MAX_WAIT_SECONDS), read_at)
+        final = await Captured.from_app(self.app, {**scope, PASS: "final"})
+        await final.replay(send)
+
+
+def requested_wait(scope) -> float | None:
+    """The seconds a `GET /api/v1/jobs/{id}?wait=N` asks to wait; None for any other request."""
+    if scope["type"] != "http" or scope["method"] != "GET" or not LONG_POLL.match(scope["path"]):
+        return None
+    found = WAIT.search(scope.get("query_string", b""))
+    try:
+        return float(found.group(1)) if found else None
+    except ValueError:
+        return None  # the view answers 422
+
+
+class Captured:
+    """One pass's whole answer, held back so that `LongPolls` decides what the client gets."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+
+    @classmethod
+    async def from_app(cls, app, scope) -> "Captured":
+        captured = cls()
+
+        async def receive():  # a GET: no body, and the client's own disconnect is not ours to see
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            captured.messages.append(message)
+
+        await app(scope, receive, send)
+        return captured
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode()
+        for key, value in self.messages[0].get("headers", []):
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    async def replay(self, send) -> None:
+        start, *body = self.messages
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != WAIT_HEADER.lower().encode()]
+        await send({**start, "headers": headers})
+        for message in body:
+            await send(message)

@@ -1,0 +1,98 @@
+"""uvicorn's sans-I/O WebSocket protocol, holding less for each open connection.
+
+Every gateway runs uvicorn with UVICORN_FLAGS (the Makefile's UVICORN_WS and the Dockerfile
+say the same; a test holds them to it). Measured with `make bench-ws` and tracemalloc at
+3,000 sockets, uvicorn's own protocol kept, for as long as each socket stayed open:
+
+- the handshake's request and response, with their headers: about 4.5 KiB. Dropped once the
+  handshake is answered: nothing reads them again.
+- an asyncio.Queue of events for the application: three deques, about 2.2 KiB, where one
+  reader takes one event at a time. A list and a future here (`Mailbox`).
+- an asyncio.Event saying whether the client reads fast enough: a deque of waiters, about
+  0.75 KiB, for a wait that happens only when a client falls behind. `Writable` makes the
+  list of waiters when someone waits.
+
+Everything else is uvicorn's, unchanged. Every live test's server runs it (tests/stack.py).
+"""
+
+import asyncio
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+# This protocol; no per-message compression (a zlib context of tens of KiB per socket, for
+# frames of a few hundred bytes); frames no larger than a client has any reason to send.
+UVICORN_FLAGS = [
+    *("--ws", "gateway.live.ws_protocol:LeanWebSocketProtocol"),
+    *("--ws-per-message-deflate", "false"),
+    *("--ws-max-size", "65536"),
+]
+
+
+class Mailbox:
+    """What the protocol needs of asyncio.Queue: put_nowait, get (one reader) and empty."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self):
+        self.items: list = []
+        self.waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item) -> None:
+        self.items.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self):
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.pop(0)
+
+    def empty(self) -> bool:
+        return not self.items
+
+
+class Writable:
+    """What the protocol needs of asyncio.Event: set, clear and wait, with no deque until a wait."""
+
+    __slots__ = ("value", "waiters")
+
+    def __init__(self):
+        self.value = True
+        self.waiters: list[asyncio.Future] | None = None
+
+    def set(self) -> None:
+        self.value = True
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self.value = False
+
+    async def wait(self) -> None:
+        if self.value:
+            return
+        if self.waiters is None:
+            self.waiters = []
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        await waiter
+
+
+class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, less what an open socket does not need (see above)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.queue = Mailbox()
+        self.writable = Writable()
+
+    async def send(self, message) -> None:
+        await super().send(message)
+        if self.handshake_complete and getattr(self, "response", None) is not None:
+            self.request = self.response = None

@@ -1,0 +1,94 @@
+"""Liveness and readiness: each dependency named, with its state and latency.
+
+Anyone may ask whether the service is live or ready (probes, load balancers); which dependency is
+down, and why, is for operators (gateway.auth.owners.is_operator): an error names hosts and ports.
+"""
+
+import time
+from collections.abc import Callable
+
+import pika
+import redis
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import connection
+from django.http import JsonResponse
+
+from gateway.auth.owners import is_operator
+
+
+def check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def check_broker() -> None:
+    if not settings.BROKER_URL:
+        return  # embedded: the in-memory broker lives in this process
+    url = settings.DRAMATIQ_BROKER["OPTIONS"]["url"]  # carries the short connect timeouts
+    pika.BlockingConnection(pika.URLParameters(url)).close()
+
+
+def check_redis() -> None:
+    if not settings.REDIS_URL:
+        return  # embedded: in-memory channel layer and cache
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def check_storage() -> None:
+    default_storage.exists("health-check")
+
+
+# name -> (check, required). Redis is optional: without it, WebSocket pushes stop but polling works.
+CHECKS: dict[str, tuple[Callable[[], None], bool]] = {
+    "database": (check_database, True),
+    "broker": (check_broker, True),
+    "redis": (check_redis, False),
+    "storage": (check_storage, True),
+}
+
+
+def run_check(check: Callable[[], None], required: bool) -> dict:
+    started = time.perf_counter()
+    try:
+        check()
+        state = {"status": "up"}
+    except Exception as exc:
+        state = {"status": "down", "error": f"{exc.__class__.__name__}: {exc}"[:300]}
+    state.update(required=required, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    return state
+
+
+def readiness() -> tuple[int, dict]:
+    checks = {name: run_check(check, required) for name, (check, required) in CHECKS.items()}
+    required_down = any(c["status"] == "down" and c["required"] for c in checks.values())
+    any_down = any(c["status"] == "down" for c in checks.values())
+    overall = "down" if required_down else "degraded" if any_down else "ok"
+    mode = "full-stack" if settings.BROKER_URL else "embedded"
+    return (503 if required_down else 200), {"status": overall, "mode": mode, "checks": checks}
+
+
+def live(request):
+    return JsonResponse({"status": "ok"})
+
+
+def public_view(body: dict) -> dict:
+    """What anyone may see of a readiness answer: the overall status."""
+    return {"status": body["status"]}
+
+
+def readiness_for(request) -> tuple[int, dict]:
+    status, body = readiness()
+    return status, body if is_operator(request) else public_view(body)
+
+
+def ready(request):
+    status, body = readiness_for(request)
+    response = JsonResponse(body, status=status)
+    if status == 503:
+        response["Retry-After"] = "5"
+    return response

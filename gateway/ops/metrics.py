@@ -1,0 +1,36 @@
+"""GET /metrics: Prometheus exposition of this process (or, multiprocess, this machine) and the broker.
+
+For operators only (gateway.auth.owners.is_operator): Prometheus sends
+`Authorization: Bearer <METRICS_TOKEN>`.
+"""
+
+import os
+
+from django.http import HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+
+from gateway.auth.owners import is_operator
+from gateway.http.errors import error_response
+from processing.jobs.prometheus import BrokerCollector
+
+live_registry = CollectorRegistry(auto_describe=False)
+live_registry.register(BrokerCollector())
+
+
+def process_registry() -> CollectorRegistry:
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def metrics(request):
+    if not is_operator(request):
+        return error_response(
+            401,
+            "authentication_required",
+            "send 'Authorization: Bearer <METRICS_TOKEN>', or a staff API key",
+        )
+    body = generate_latest(process_registry()) + generate_latest(live_registry)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,335 @@
+"""The HTML pages: the adaptive home page (desktop, mobile or lite), and the lite UI's
+server-side upload, job list and job status pages, which work with JavaScript turned off.
+
+Every page makes sure the browser has a session: its jobs belong to that session (see
+gateway.auth.owners), and the JavaScript client's API calls and WebSocket carry its cookie.
+"""
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.http import HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.gzip import gzip_page
+from django.views.decorators.http import require_GET, require_POST
+from pydantic import ValidationError
+
+from gateway.api import describe_pydantic_error
+from gateway.api.auth import SUBMIT_LIMIT, charge_more_submissions
+from gateway.auth import owners
+from gateway.http import intake
+from gateway.http.errors import DOMAIN_ERRORS, ApiError, from_domain
+from gateway.http.uploads import UploadTooLarge
+from gateway.pages import devices
+from gateway.serialize import job_urls
+from processing.errors import InvalidParameters
+from processing.imaging.operations import OPERATIONS
+from processing.jobs import submissions
+from processing.models import Job
+
+PAGE_TEMPLATES = {"desktop": "desktop.html", "mobile": "mobile.html", "lite": "lite.html"}
+UI_NAMES = {"desktop": "Desktop", "mobile": "Mobile", "lite": "Lite"}
+DEFAULT_SERVICE = "grayscale"
+RECENT_JOBS = 10
+# Parameters every image service shares: shown after the service's own, unless required.
+OUTPUT_OPTIONS = ("format", "quality", "max_bytes")
+COLOUR_PATTERN = "^#[0-9a-fA-F]{6}$"
+# The status page reloads itself after 1, 2, 4, 8... seconds, up to the lite polling interval:
+# a quick job shows its result at once, a slow one costs a small page every few seconds.
+FIRST_REFRESH_SECONDS = 1
+MAX_REFRESH_SECONDS = devices.POLLING_MS["lite"] // 1000
+
+ERROR_TITLES = {
+    400: "Something is missing from the upload",
+    403: "That isn't allowed",
+    404: "Not found",
+    411: "The upload could not be read",
+    413: "That upload is too large",
+    415: "That file isn't an image Darkroom can read",
+    422: "Some options need changing",
+    429: "Too many uploads at once",
+    503: "Darkroom is busy",
+}
+
+
+# --- Pages ------------------------------------------------------------------------------
+
+
+@gzip_page
+@never_cache  # each page carries the visitor's CSRF token
+@require_GET
+def home(request):
+    """The UI that fits the device and connection (or the visitor's ?ui= choice)."""
+    profile = devices.detect(request)
+    ui = profile.ui_mode
+    context = {
+        "ui": ui,
+        "profile": profile,
+        "config": devices.frontend_config(profile),
+        "services": [(op.name, op.description) for op in OPERATIONS.values()],
+        "ui_links": ui_links(ui, profile.ui_choice),
+        "max_upload_mb": settings.MAX_UPLOAD_BYTES // (1024 * 1024),
+    }
+    if ui == "lite":
+        budget = context["config"]["save_data_max_bytes"]
+        context.update(lite_form(request, budget), recent_jobs=recent_jobs(returning_caller(request), 5))
+    else:
+        session_caller(request)  # the page's API calls and WebSocket must carry the session cookie
+    return devices.adapt(request, render(request, PAGE_TEMPLATES[ui], context))
+
+
+@gzip_page
+@never_cache
+@require_GET
+def job_list(request):
+    """The session's recent jobs, server-rendered; reloads itself while any is unfinished."""
+    jobs = recent_jobs(returning_caller(request), RECENT_JOBS)
+    waiting = any(not job.is_finished for job in jobs)
+    context = {"ui": "lite", "ui_links": ui_links("lite", None), "jobs": jobs, **refresh(request, waiting)}
+    return render(request, "lite_jobs.html", context)
+
+
+@gzip_page
+@never_cache
+@require_GET
+def job_status(request, job_id):
+    """One job, server-rendered: reloads itself until the job is finished, then links the result."""
+    caller = returning_caller(request)
+    job = caller.visible_jobs().filter(id=job_id).first() if caller else None
+    if job is None:
+        return error_page(request, ApiError(404, "not_found", "There is no such job, or it isn't yours."))
+    context = {
+        "ui": "lite",
+        "ui_links": ui_links("lite", None),
+        "job": job,
+        "urls": job_urls(job.id),
+        "report": report_facts(job.report) if job.report else None,
+        **refresh(request, not job.is_finished),
+    }
+    return render(request, "lite_status.html", context)
+
+
+@csrf_exempt  # checked in submit_form, once the body is read (see below)
+@gzip_page
+@require_POST
+def upload(request):
+    """The forms' server-side submission: create the jobs, then show their status.
+
+    Reading the multipart body applies the upload size limit, and Django's CSRF check
+    would read it first and turn a too-large upload into a server error; so the body is
+    read here, and the CSRF check follows.
+    """
+    try:
+        request.FILES  # noqa: B018 (parses the body)
+    except UploadTooLarge as exc:
+        return error_page(request, ApiError(413, "upload_too_large", str(exc)))
+    return csrf_protect(submit_form)(request)
+
+
+def submit_form(request):
+    caller = session_caller(request)
+    refused = over_submit_limit(request, caller)
+    if refused:
+        return error_page(request, refused)
+    try:
+        created = submissions.submit(form_submission(request, caller)).jobs
+    except (ApiError, ValidationError, InvalidParameters, *DOMAIN_ERRORS) as exc:
+        return error_page(request, as_api_error(exc))
+    if len(created) == 1:
+        return see_other(reverse("job-status", args=[created[0].id]))
+    return see_other(reverse("job-list"))
+
+
+def over_submit_limit(request, caller: owners.Caller) -> ApiError | None:
+    """The API's submit rate limit, counted per caller and per file as for the API: the 429 to show,
+    if over it."""
+    request.auth = caller
+    limit = SUBMIT_LIMIT[0]
+    if not limit.allow_request(request):
+        wait = limit.wait()
+        return ApiError(429, "rate_limited", f"Please wait {wait} s and try again.", retry_after=wait)
+    files = min(len(request.FILES.getlist("image")), settings.MAX_BATCH_FILES)
+    try:
+        charge_more_submissions(request, files - 1)
+    except ApiError as refused:
+        return refused
+    return None
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """An error from submitting (ApiError, a domain error, InvalidParameters, ValidationError), as the API
+    answers it."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, DOMAIN_ERRORS):
+        return from_domain(exc)
+    if isinstance(exc, InvalidParameters):
+        return ApiError(422, "invalid_parameters", "", fields=[{"field": exc.field, "message": exc.message}])
+    problems = [describe_pydantic_error(e) for e in exc.errors(include_url=False)]
+    return ApiError(422, "invalid_parameters", "", fields=problems)
+
+
+def form_submission(request, caller: owners.Caller) -> submissions.Submission:
+    service = request.POST.get("service") or DEFAULT_SERVICE
+    return intake.submission_from(request, caller, service, at_most=settings.MAX_BATCH_FILES)
+
+
+# --- Helpers ----------------------------------------------------------------------------
+
+
+def session_caller(request) -> owners.Caller:
+    """The browser's caller, making its session (and owner token) on the first visit."""
+    return owners.issue_session(request.session, request.user)
+
+
+def returning_caller(request) -> owners.Caller | None:
+    """The caller of a browser that has a session already. Pages that only show jobs make none:
+    crawlers get the lite page, and a session row per crawl would pile up for nothing."""
+    if not owners.has_session_cookie(request):
+        return None
+    return owners.from_session(request.session, request.user)
+
+
+def recent_jobs(caller: owners.Caller | None, count: int) -> list[Job]:
+    if caller is None:
+        return []
+    return list(caller.visible_jobs().order_by("-created_at")[:count])
+
+
+def ui_links(current: str, chosen: str | None) -> list[dict]:
+    """The UI switcher: each UI, and "Automatic" to forget a choice."""
+    links = [{"href": f"/?ui={ui}", "label": name, "current": ui == current} for ui, name in UI_NAMES.items()]
+    if chosen:
+        links.append({"href": "/?ui=auto", "label": "Automatic", "current": False})
+    return links
+
+
+def see_other(url: str) -> HttpResponseRedirect:
+    response = HttpResponseRedirect(url)
+    response.status_code = 303  # after a POST, the browser GETs the new page
+    return response
+
+
+def refresh(request, waiting: bool) -> dict:
+    """The meta-refresh for a page that waits on jobs: the delay, and the URL doubling it next time."""
+    if not waiting:
+        return {"refresh_seconds": None}
+    try:
+        seconds = int(request.GET.get("wait", FIRST_REFRESH_SECONDS))
+    except ValueError:
+        seconds = FIRST_REFRESH_SECONDS
+    seconds = max(FIRST_REFRESH_SECONDS, min(seconds, MAX_REFRESH_SECONDS))
+    return {"refresh_seconds": seconds, "refresh_url": f"?wait={min(seconds * 2, MAX_REFRESH_SECONDS)}"}
+
+
+def error_page(request, error: ApiError):
+    context = {
+        "ui": "lite",
+        "ui_links": ui_links("lite", None),
+        "title": ERROR_TITLES.get(error.status, "Something went wrong"),
+        "error": error,
+        "problems": error.details.get("fields", []),
+    }
+    response = render(request, "error.html", context, status=error.status)
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    return response
+
+
+# --- The lite upload form: parameter fields from the service's JSON schema ---------------------
+
+
+@dataclass(frozen=True)
+class FormField:
+    name: str
+    label: str
+    help: str
+    widget: str  # number, select, text or color
+    required: bool
+    value: str
+    options: tuple[tuple[str, str], ...] = ()
+    attrs: dict = field(default_factory=dict)  # min, max, step, pattern
+
+
+def lite_form(request, budget: int | None) -> dict:
+    """The chosen service (?service=, since without JavaScript a choice needs a reload) and its fields,
+    with `budget` filled in as max_bytes for a visitor saving data."""
+    service = request.GET.get("service", DEFAULT_SERVICE)
+    operation = OPERATIONS.get(service) or OPERATIONS[DEFAULT_SERVICE]
+    defaults = {"max_bytes": budget} if budget else {}
+    return {"service": operation, "fields": parameter_fields(operation.json_schema(), defaults)}
+
+
+def parameter_fields(schema: dict, defaults: dict | None = None) -> list[FormField]:
+    """Form fields for a pydantic JSON schema: the service's own parameters, then the output options.
+    `defaults` replaces the schema's defaults for this page (a visitor saving data: a byte budget)."""
+    required = set(schema.get("required", []))
+    properties = schema.get("properties", {}).items()
+    fields = [
+        form_field(name, prop, name in required, (defaults or {}).get(name)) for name, prop in properties
+    ]
+    return sorted(fields, key=lambda f: f.name in OUTPUT_OPTIONS and not f.required)
+
+
+def form_field(name: str, prop: dict, required: bool, page_default=None) -> FormField:
+    spec = without_null(prop)
+    default = prop.get("default") if page_default is None else page_default
+    value = "" if default is None else str(default)
+    common = {"name": name, "label": prop.get("title", name), "help": prop.get("description", "")}
+    if "enum" in spec:
+        options = tuple((str(v), str(v)) for v in spec["enum"])
+        if default is None and not required:
+            options = (("", "Default"), *options)
+        return FormField(**common, widget="select", required=required, value=value, options=options)
+    kind = spec.get("type")
+    if kind == "boolean":
+        options = (("true", "Yes"), ("false", "No"))
+        return FormField(
+            **common, widget="select", required=required, value=str(bool(default)).lower(), options=options
+        )
+    if kind in ("integer", "number"):
+        attrs = {
+            "min": spec.get("minimum"),
+            "max": spec.get("maximum"),
+            "step": "1" if kind == "integer" else "any",
+        }
+        attrs = {key: val for key, val in attrs.items() if val is not None}
+        return FormField(**common, widget="number", required=required, value=value, attrs=attrs)
+    if spec.get("pattern") == COLOUR_PATTERN:
+        return FormField(**common, widget="color", required=required, value=value or "#ffffff")
+    attrs = {"pattern": spec["pattern"].strip("^$")} if spec.get("pattern") else {}
+    return FormField(**common, widget="text", required=required, value=value, attrs=attrs)
+
+
+def without_null(prop: dict) -> dict:
+    """An optional parameter's schema (`anyOf: [X, null]`) is X's."""
+    choices = [c for c in prop.get("anyOf", []) if c.get("type") != "null"]
+    return choices[0] if len(choices) == 1 else prop
+
+
+def report_facts(report: dict) -> dict:
+    """The analyze report in words, for people: the JSON download has everything."""
+    facts = []
+    if "format" in report:
+        facts.append(("Format", str(report["format"])))
+    if "width" in report and "height" in report:
+        facts.append(
+            ("Size", f"{report['width']} × {report['height']} pixels ({report.get('megapixels', 0)} MP)")
+        )
+    if "has_alpha" in report:
+        facts.append(("Transparency", "yes" if report["has_alpha"] else "no"))
+    if "brightness" in report:
+        facts.append(("Brightness", f"{report['brightness']} of 255"))
+    if "contrast" in report:
+        facts.append(("Contrast", f"{report['contrast']} (spread of brightness)"))
+    if "sharpness" in report:
+        facts.append(("Sharpness", f"{report['sharpness']} (higher is crisper)"))
+    colours = [
+        {"hex": c["hex"], "percent": round(c["fraction"] * 100)}
+        for c in report.get("dominant_colors", [])
+        if isinstance(c, dict) and "hex" in c and "fraction" in c
+    ]
+    return {"facts": facts, "colours": colours}

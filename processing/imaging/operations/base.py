@@ -1,0 +1,160 @@
+"""What an operation is: a pure function on a PIL image, the pydantic model of its parameters, and a name."""
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from processing.errors import OutputTooLarge
+from processing.imaging.codecs import DecodeHint
+
+ProgressCallback = Callable[[float], None]
+OutputFormat = Literal["jpeg", "png", "webp", "avif", "auto"]
+# A kilobyte holds a recognisable thumbnail in any format; a budget above 50 MB budgets nothing.
+MIN_BUDGET_BYTES = 1024
+MAX_BUDGET_BYTES = 50_000_000
+
+# A reduced decode keeps at least twice the result's pixels on each side, as Image.thumbnail's own
+# draft does: the DCT scaling does the coarse work, the Lanczos filter the accurate last step.
+DECODE_GAP = 2.0
+
+
+class Params(BaseModel):
+    """Parameters arrive as form strings ("4", "true") or as JSON; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def blank_fields_are_not_given(cls, data: Any) -> Any:
+        # An HTML form sends an untouched field as "": that means "use the default".
+        if isinstance(data, Mapping):
+            return {key: value for key, value in data.items() if value != ""}
+        return data
+
+
+class OutputOptions(Params):
+    """How an image result is encoded; the base of every image operation's parameters."""
+
+    format: OutputFormat | None = Field(
+        None,
+        description=(
+            "Output format; by default the input's format (JPEG for HEIC; PNG for GIF, BMP and TIFF). "
+            "`auto`: the best the client accepts: AVIF, then WebP, when the upload request's Accept "
+            "header names it, otherwise JPEG (PNG for an image with transparency). A download whose "
+            "Accept header does not name the modern format gets that JPEG or PNG instead."
+        ),
+    )
+    quality: int = Field(85, ge=1, le=100, description="JPEG, WebP and AVIF quality; PNG ignores it.")
+    max_bytes: int | None = Field(
+        None,
+        ge=MIN_BUDGET_BYTES,
+        le=MAX_BUDGET_BYTES,
+        description=(
+            "A byte budget for the result: over it, the highest quality (down to 30) that fits, and "
+            "if even that is too large, fewer pixels. The result's width and height say what was made."
+        ),
+    )
+
+    # The parameters that decide the result's size, named when it would be too large.
+    size_fields: ClassVar[tuple[str, ...]] = ()
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The result's size for an input of width x height, before any pixel is made: by default the same."""
+        return width, height
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def format_names_are_forgiving(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return "jpeg" if value == "jpg" else value
+        return value
+
+
+class ReportParams(Params):
+    """The base for operations that produce a report rather than an image."""
+
+    size_fields: ClassVar[tuple[str, ...]] = ()
+
+    def output_size(self, width: int, height: int) -> None:
+        return None  # no image is made
+
+
+@dataclass
+class OperationResult:
+    image: Image.Image | None = None
+    report: dict | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    description: str
+    params: type[BaseModel]
+    apply: Callable[[Image.Image, BaseModel, ProgressCallback], OperationResult]
+    produces: Literal["image", "report"] = "image"
+    # Bytes the whole job (decode, operation, encode) holds at its peak per pixel decoded, measured on
+    # a 49-megapixel JPEG (`python -m bench.memory --per-operation`); memory admission counts by it.
+    memory_per_pixel: float = 12.0
+
+    def parse(self, raw: Mapping[str, Any]) -> BaseModel:
+        """Validate raw parameters; raises pydantic.ValidationError."""
+        return self.params.model_validate(dict(raw))
+
+    def check_fits(self, params: BaseModel, width: int, height: int) -> None:
+        """Raise InvalidParameters when valid parameters can't apply to an image of this size."""
+        check = getattr(params, "check_fits", None)
+        if check is not None:
+            check(width, height)
+
+    def output_size(self, params: BaseModel, width: int, height: int) -> tuple[int, int] | None:
+        """The size of the image these parameters make from a width x height input; None for a report."""
+        return params.output_size(width, height)
+
+    def check_output(self, params: BaseModel, width: int, height: int, max_pixels: int) -> None:
+        """Raise OutputTooLarge, naming the parameters, when the result would have over max_pixels pixels.
+
+        Called with the input's size from its header, so nothing is decoded or made for a refused job.
+        """
+        size = self.output_size(params, width, height)
+        if size is None or size[0] * size[1] <= max_pixels:
+            return
+        fields = tuple(name for name in params.size_fields if getattr(params, name) is not None)
+        given = [f"{name}={json_value(getattr(params, name))}" for name in fields]
+        asked = ", ".join(given) if given else f"the input's own size ({width} × {height})"
+        raise OutputTooLarge(
+            fields,
+            f"{asked}: the result would be {size[0]} × {size[1]} = {size[0] * size[1]} pixels, "
+            f"which exceeds MAX_OUTPUT_PIXELS ({max_pixels})",
+        )
+
+    def decode_hint(self, params: BaseModel, width: int, height: int) -> DecodeHint | None:
+        """What the decoder may leave out for these parameters on an image of this (displayed) size.
+
+        None, unless the parameters model says otherwise: the operation needs every pixel in colour.
+        """
+        hint = getattr(params, "decode_hint", None)
+        return hint(width, height) if hint is not None else None
+
+    def json_schema(self) -> dict:
+        return self.params.model_json_schema()
+
+
+def shrink_hint(width: int, height: int, x_scale: float, y_scale: float) -> DecodeHint | None:
+    """The hint for a result that shrinks a width x height image by these factors; None if nothing shrinks."""
+    size = (math.ceil(width * x_scale * DECODE_GAP), math.ceil(height * y_scale * DECODE_GAP))
+    return DecodeHint(size=size) if size[0] < width and size[1] < height else None
+
+
+def json_value(value: Any) -> str:
+    """A parameter as a client would write it: true, not True; 45, not 45.0."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,173 @@
+"""A job's transitions after its claim: progress, complete, fail, cancel, and requeue a failed one.
+
+Every state change is a conditional update, so that redeliveries, duplicate
+messages, cancellation and a worker that died mid-job all resolve to one outcome;
+each change that happened is announced once, through `job_changed`. Creating jobs
+is `processing.jobs.submissions`, publishing them `processing.jobs.publishing`, and who holds
+a running job `processing.jobs.lease`.
+"""
+
+import logging
+import time
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from processing.errors import Cancelled
+from processing.jobs import lease
+from processing.models import Job
+from processing.signals import job_changed
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_WRITE_INTERVAL = 0.5  # seconds; a fast job must not flood the database or its watchers
+
+
+def emit(job: Job, event: str) -> None:
+    # send_robust: a job never fails because an event could not be delivered.
+    for receiver, result in job_changed.send_robust(sender=Job, job=job, event=event):
+        if isinstance(result, Exception):
+            logger.warning("event receiver %r failed: %s", receiver, result, extra={"job_id": str(job.id)})
+
+
+def claim(job_id, worker: str) -> Job | None:
+    """Start the job on `worker` (see lease.claim) and announce it; None when there is nothing to do.
+
+    A job out of attempts is failed here rather than started again: see `give_up`.
+    """
+    job = lease.claim(job_id, worker)
+    if job is not None:
+        emit(job, "job.processing")
+    else:
+        give_up(job_id)
+    return job
+
+
+def give_up(job_id) -> bool:
+    """Fail a job that would otherwise start for the (JOB_MAX_ATTEMPTS + 1)th time; False when it wouldn't.
+
+    Every attempt so far ended without a result: a job whose worker is killed each time
+    (say, for memory) would otherwise be redelivered forever.
+    """
+    limit = settings.JOB_MAX_ATTEMPTS
+    message = (
+        f"started {limit} times (JOB_MAX_ATTEMPTS) and never finished: its worker was lost each time, "
+        "for example killed for lack of memory, so it is not started again"
+    )
+    return _fail(lease.out_of_attempts(job_id), job_id, "worker_lost", message)
+
+
+class ProgressReporter:
+    """The progress callback handed to operations: a throttled write and a cancellation checkpoint.
+
+    The first write comes `interval` seconds after the claim: a job that finishes sooner
+    reports no progress at all, since "processing" and then "completed" say all there is.
+    """
+
+    def __init__(self, job: Job, worker: str, interval: float | None = None):
+        self.job, self.worker = job, worker
+        self.interval = PROGRESS_WRITE_INTERVAL if interval is None else interval
+        self._last_write = time.monotonic()
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self._last_write < self.interval:
+            return
+        self._last_write = now
+        fraction = max(0.0, min(1.0, fraction))
+        updated = lease.held_by(self.job.id, self.worker).update(
+            progress=fraction, lease_expires_at=lease.expires()
+        )
+        if not updated:
+            raise Cancelled(f"job {self.job.id} is no longer ours to process")
+        self.job.progress = fraction
+        emit(self.job, "job.progress")
+
+
+def complete(job: Job, worker: str, **result_fields) -> bool:
+    """Record the result on the row and on `job`; False when it was cancelled or taken over meanwhile."""
+    finished = {
+        "status": Job.COMPLETED,
+        "progress": 1.0,
+        "finished_at": timezone.now(),
+        "lease_expires_at": None,
+    }
+    updated = lease.held_by(job.id, worker).update(**finished, **result_fields)
+    if updated:
+        for name, value in {**finished, **result_fields}.items():
+            setattr(job, name, value)
+        emit(job, "job.completed")
+    return bool(updated)
+
+
+def fail(job_id, code: str, message: str, worker: str | None = None) -> bool:
+    """Mark the job failed with a reason; only a job still in flight (and, given `worker`, held by it)."""
+    jobs = (
+        lease.held_by(job_id, worker)
+        if worker
+        else Job.objects.filter(id=job_id, status__in=[Job.QUEUED, Job.PROCESSING])
+    )
+    return _fail(jobs, job_id, code, message)
+
+
+def fail_unless_held_elsewhere(job_id, code: str, message: str, worker: str) -> bool:
+    """Fail the job unless a live worker other than `worker` holds it (and will finish it)."""
+    return _fail(lease.free_or_held_by(job_id, worker), job_id, code, message)
+
+
+def _fail(jobs, job_id, code: str, message: str) -> bool:
+    updated = jobs.update(
+        status=Job.FAILED,
+        error_code=code,
+        error_message=message[:2000],
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+    )
+    if updated:
+        logger.info("job failed: %s: %s", code, message, extra={"job_id": str(job_id)})
+        emit(Job.objects.get(id=job_id), "job.failed")
+    return bool(updated)
+
+
+def cancel(job_id) -> bool:
+    """Cancel a queued or running job; False when it had already finished.
+
+    A queued job's message finds it cancelled and does nothing; a running one stops
+    at its next progress checkpoint, and its result, if it still finishes, is dropped.
+    """
+    updated = Job.objects.filter(id=job_id, status__in=[Job.QUEUED, Job.PROCESSING]).update(
+        status=Job.CANCELLED, finished_at=timezone.now(), lease_expires_at=None
+    )
+    if updated:
+        emit(Job.objects.get(id=job_id), "job.cancelled")
+    return bool(updated)
+
+
+def requeue_failed(job_id) -> bool:
+    """Failed → queued with a clean slate and JOB_MAX_ATTEMPTS new attempts; `publishing.requeue` sends it.
+
+    False when the job is no longer failed (the conditional update makes a double click requeue it
+    once), or when it ran out of attempts (`give_up`): a job that killed its worker every time
+    would kill the next one too, so it stays failed.
+    """
+    poisoned = Q(error_code="worker_lost", attempts__gte=settings.JOB_MAX_ATTEMPTS)
+    reset = (
+        Job.objects.filter(id=job_id, status=Job.FAILED)
+        .exclude(poisoned)
+        .update(
+            status=Job.QUEUED,
+            progress=0.0,
+            attempts=0,
+            error_code="",
+            error_message="",
+            worker_id="",
+            started_at=None,
+            finished_at=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            processing_ms=None,
+            metrics={},
+        )
+    )
+    return bool(reset)

@@ -1,0 +1,114 @@
+"""Getting a job's message to the broker: the one publish path, and the re-publisher behind it.
+
+A job row commits first, then its message (the job id only) is published and the broker's
+confirmation recorded; `enqueue` then announces the job as queued. A job whose message
+never made it (the broker was down, the process died in between) or whose worker died is
+found by `stale_jobs` and published again; a duplicate message is harmless, since claims
+are conditional (see processing.jobs.lease).
+"""
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import timedelta
+
+import dramatiq
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.db.models import Q
+from django.utils import timezone
+
+from processing.errors import BrokerUnavailable
+from processing.jobs import lease, lifecycle
+from processing.models import Job
+from processing.worker.actors import process_job
+
+logger = logging.getLogger(__name__)
+
+# Publishing runs on these threads so a caller can stop waiting: Dramatiq's own enqueue
+# retries a dead or blocked broker for many seconds, and a request must not hang on it.
+_publishers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
+
+
+def publish(job: Job) -> None:
+    """Send the job's message and record the broker's confirmation.
+
+    Call after the job row has committed, so that a worker always finds it. Raises
+    BrokerUnavailable when the broker hasn't confirmed within BROKER_PUBLISH_TIMEOUT;
+    a message confirmed later anyway is harmless.
+    """
+    sending = _publishers.submit(send, job)
+    try:
+        sending.result(timeout=settings.BROKER_PUBLISH_TIMEOUT)
+    except FutureTimeout:
+        raise BrokerUnavailable(f"no confirmation within {settings.BROKER_PUBLISH_TIMEOUT}s") from None
+    except dramatiq.errors.ConnectionError as exc:
+        raise BrokerUnavailable(str(exc) or exc.__class__.__name__) from exc
+    job.enqueued_at = timezone.now()
+    Job.objects.filter(id=job.id).update(enqueued_at=job.enqueued_at)
+
+
+def send(job: Job) -> None:
+    """The job's message, to the queue of its pool (TRAFFIC_SPLIT)."""
+    message = process_job.message(str(job.id))
+    if job.pool != message.queue_name:
+        message = message.copy(queue_name=job.pool)
+    process_job.broker.enqueue(message)
+
+
+def enqueue(job: Job) -> None:
+    """Publish a job that has just become queued, then announce it."""
+    publish(job)
+    lifecycle.emit(job, "job.queued")
+
+
+def requeue(job: Job) -> bool:
+    """Queue a failed job again and publish it; False when it was no longer failed.
+
+    A broker that can't take the message leaves the job queued for the re-publisher
+    (BrokerUnavailable is raised so the caller can say so).
+    """
+    if not lifecycle.requeue_failed(job.id):
+        return False
+    job.refresh_from_db()
+    enqueue(job)
+    return True
+
+
+def stale_jobs(now=None):
+    """Queued jobs whose message may never have reached a worker, and jobs whose worker died."""
+    now = now or timezone.now()
+    unconfirmed = Q(
+        status=Job.QUEUED,
+        enqueued_at__isnull=True,
+        created_at__lt=now - timedelta(seconds=settings.REQUEUE_UNPUBLISHED_AFTER_SECONDS),
+    )
+    unclaimed = Q(
+        status=Job.QUEUED, enqueued_at__lt=now - timedelta(seconds=settings.REQUEUE_STALE_AFTER_SECONDS)
+    )
+    return Job.objects.filter(unconfirmed | unclaimed | lease.abandoned(now))
+
+
+def republish(found) -> int:
+    """Publish each job again; stops at the first broker failure (the next pass tries again)."""
+    count = 0
+    for job in found.only("id", "pool"):
+        try:
+            publish(job)
+        except BrokerUnavailable as exc:
+            logger.warning("broker unavailable, will retry later: %s", exc)
+            break
+        count += 1
+    return count
+
+
+def republish_stale() -> int:
+    """One pass of the re-publisher. A database outage is logged and left to the next pass: the
+    loop that calls this must outlive it, or nothing would ever re-publish again."""
+    try:
+        return republish(stale_jobs())
+    except DatabaseError as exc:
+        logger.warning("database unavailable, will retry later: %s", exc)
+        return 0
+    finally:
+        close_old_connections()  # a connection broken by an outage is replaced on the next pass

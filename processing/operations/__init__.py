@@ -1,6 +1,0 @@
-"""Image operations: pure functions on PIL images, with their parameter models, and the registry of them."""
-
-from processing.operations.base import Operation, OperationResult, OutputOptions
-from processing.operations.registry import OPERATIONS, get_operation
-
-__all__ = ["OPERATIONS", "Operation", "OperationResult", "OutputOptions", "get_operation"]

@@ -1,0 +1,202 @@
+"""Dramatiq actors: load the job, claim it, run the operation, store the output."""
+
+import hashlib
+import logging
+import math
+import time
+
+import dramatiq
+from django.conf import settings
+from dramatiq.middleware import TimeLimitExceeded
+from pydantic import ValidationError
+
+from processing import logcontext, storage
+from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
+from processing.imaging import admin_thumbnails, byte_budget, placeholders
+from processing.imaging.codecs import (
+    default_output_format,
+    load_image,
+    mime_type_for,
+    universal_format,
+)
+from processing.imaging.operations import get_operation
+from processing.jobs import lease, lifecycle, queues
+from processing.models import Job
+from processing.worker import admission
+
+logger = logging.getLogger(__name__)
+
+# A message that finds its job held by a live worker waits for that lease to run out,
+# this many times at most, before giving up on it.
+MAX_LEASE_WAITS = 20
+
+
+def declare_pools() -> None:
+    """Tell this process's broker every pool's queue: a worker consumes a queue (`--queues`) only
+    when its broker knows it, and the embedded workers consume them all."""
+    for pool in queues.queue_names():
+        dramatiq.get_broker().declare_queue(pool)
+
+
+def should_retry(retries: int, exception: Exception) -> bool:
+    if isinstance(exception, dramatiq.Retry):
+        return retries < MAX_LEASE_WAITS
+    return retries < settings.JOB_MAX_RETRIES
+
+
+@dramatiq.actor(
+    queue_name="images",
+    time_limit=settings.JOB_TIME_LIMIT_SECONDS * 1000,
+    retry_when=should_retry,
+    min_backoff=1000,
+    max_backoff=30_000,
+    # A job that ran out of time will run out again: fail it instead of retrying.
+    throws=(TimeLimitExceeded,),
+)
+def process_job(job_id: str) -> None:
+    worker = lease.worker_id()
+    job = lifecycle.claim(job_id, worker)
+    if job is None:
+        wait_for_lease_or_skip(job_id)
+        return
+    with logcontext.bound(request=job.request_id, job=job_id):
+        process_claimed(job, worker)
+
+
+declare_pools()
+
+
+def process_claimed(job: Job, worker: str) -> None:
+    logger.info("processing %s (attempt %d)", job.service, job.attempts)
+    try:
+        with lease.renewer.hold(job.id, worker):
+            run(job, worker)
+    except UnprocessableImage as exc:
+        lifecycle.fail(job.id, exc.code, exc.message, worker)
+    except (InvalidParameters, ValidationError) as exc:
+        # The gateway checks these at upload; this catches what only the decoded image reveals.
+        lifecycle.fail(job.id, "invalid_parameters", str(exc), worker)
+    except Cancelled:
+        logger.info("stopped at a checkpoint: the job was cancelled")
+    except Exception:
+        # Transient (storage, database) or unexpected: retried with backoff by dramatiq;
+        # when the retries run out, FailJobWhenMessageDies records the failure.
+        lease.release(job.id, worker)
+        raise
+
+
+def wait_for_lease_or_skip(job_id: str) -> None:
+    """No claim: the job is finished or cancelled (nothing to do), or a live worker holds it."""
+    holder = lease.holder(job_id)
+    if holder is None:
+        logger.info("nothing to do: job finished, cancelled or unknown", extra={"job_id": job_id})
+        return
+    worker, seconds_left = holder
+    # Its worker may have died (a SIGKILL leaves the lease to run out): look again after the lease.
+    raise dramatiq.Retry(f"job held by {worker}", delay=int(seconds_left * 1000) + 500)
+
+
+def pixels_of(job: Job, operation, params, hint) -> int:
+    """What the job counts against the memory budget: the pixels it decodes (fewer when the decode is
+    reduced) or makes, whichever is more, weighted by what its operation holds per pixel."""
+    width, height = job.input_width, job.input_height
+    decoded = width * height
+    if hint is not None and hint.size is not None:
+        decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
+    made = operation.output_size(params, width, height)
+    pixels = max(decoded, made[0] * made[1] if made else 0)
+    return math.ceil(pixels * operation.memory_per_pixel / admission.BYTES_PER_PIXEL)
+
+
+def run(job: Job, worker: str) -> None:
+    operation = get_operation(job.service)
+    params = operation.parse(job.parameters)
+    # Only what the operation needs: a JPEG may decode at a fraction of its size, or as luma alone.
+    hint = operation.decode_hint(params, job.input_width, job.input_height)
+    with admission.admitted(pixels_of(job, operation, params, hint)):
+        produce(job, worker, operation, params, hint)
+
+
+def produce(job: Job, worker: str, operation, params, hint) -> None:
+    """Decode, operate, encode and store, then complete the job."""
+    timings = {}
+    started = time.perf_counter()
+    with storage.local_path(job.input_key) as path:
+        image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint, settings.MAX_JPEG_SCANS)
+    timings["decode_ms"] = elapsed_ms(started)
+    # The gateway checked this from the header; here it holds for any job, before a pixel is made.
+    operation.check_output(params, info.width, info.height, settings.MAX_OUTPUT_PIXELS)
+
+    step = time.perf_counter()
+    result = operation.apply(image, params, lifecycle.ProgressReporter(job, worker))
+    timings["operation_ms"] = elapsed_ms(step)
+
+    fields = {}
+    if operation.produces == "report":
+        fields["report"] = result.report
+    else:
+        fields.update(store_image_output(job, result.image, params, info.format, timings))
+        fields.update(placeholders.fields(result.image))
+        admin_thumbnails.store(fields["output_key"], result.image)
+    admin_thumbnails.store(job.input_key, image)  # from the decoded pixels: the admin never decodes an upload
+    # After storing: encode_ms and store_ms belong in the metrics too.
+    fields["metrics"] = {**result.metrics, **timings}
+    fields["processing_ms"] = elapsed_ms(started)
+    if lifecycle.complete(job, worker, **fields):
+        logger.info("completed in %.1f ms", fields["processing_ms"])
+    else:
+        logger.info("finished, but the job was cancelled, deleted or taken over meanwhile")
+        # Taken over: the other worker writes the same key, so the file is theirs. Otherwise no
+        # one will ever serve it.
+        if not Job.objects.filter(id=job.id).exclude(status=Job.CANCELLED).exists():
+            storage.delete_job_files(fields.get("output_key", ""), fields.get("fallback_key", ""))
+
+
+def store_image_output(job: Job, image, params, input_format: str, timings: dict) -> dict:
+    output_format = chosen_format(job, params, input_format, image)
+    step = time.perf_counter()
+    fitted = byte_budget.encode_within(image, output_format, params.quality, params.max_bytes)
+    timings["encode_ms"] = elapsed_ms(step)
+    if fitted.encodes > 1:
+        timings.update(fitted.metrics(image))
+    data = fitted.data
+
+    step = time.perf_counter()
+    key = storage.save_output(storage.output_key(str(job.id), extension(output_format)), data)
+    fields = {
+        "output_key": key,
+        "output_format": output_format,
+        "output_content_type": mime_type_for(output_format),
+        "output_bytes": len(data),
+        "output_width": fitted.image.width,
+        "output_height": fitted.image.height,
+        "output_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    if job.negotiated_format:
+        fields.update(store_fallback(job, fitted.image, params.quality, params.max_bytes))
+    timings["store_ms"] = elapsed_ms(step)
+    return fields
+
+
+def chosen_format(job: Job, params, input_format: str, image) -> str:
+    """The format asked for; for auto, the one the upload's Accept named, else JPEG or PNG by content."""
+    if params.format == "auto":
+        return job.negotiated_format or universal_format(image)
+    return params.format or default_output_format(input_format)
+
+
+def store_fallback(job: Job, image, quality: int, max_bytes: int | None) -> dict:
+    """The same result as JPEG or PNG, for downloads whose Accept does not name the chosen format;
+    within the same budget, so it may have fewer pixels than the result."""
+    fallback_format = universal_format(image)
+    data = byte_budget.encode_within(image, fallback_format, quality, max_bytes).data
+    key = storage.save_output(storage.fallback_key(str(job.id), extension(fallback_format)), data)
+    return {"fallback_key": key, "fallback_format": fallback_format}
+
+
+def extension(output_format: str) -> str:
+    return output_format.replace("jpeg", "jpg")
+
+
+def elapsed_ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)

@@ -1,0 +1,126 @@
+"""Dramatiq middleware for jobs, and for the worker processes that run them."""
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+
+from dramatiq import Middleware
+from dramatiq.compat import StreamablePipe
+
+logger = logging.getLogger(__name__)
+
+PARENT_CHECK_SECONDS = 0.5  # how soon a worker process notices that its main process is gone
+
+
+class FailJobWhenMessageDies(Middleware):
+    """When a message is given up on (retries exhausted, or a `throws` error), fail its job with the reason.
+
+    Unless a live worker other than this one holds the job: a duplicate message that waited out
+    its lease waits in vain while that worker is still at it, and the job is that worker's to finish.
+    The message itself goes to the dead-letter queue, where operators can inspect and re-publish it.
+    """
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        if exception is None or not message.failed or message.actor_name != "process_job":
+            return
+        from processing.jobs import (
+            lease,  # imported late: middleware loads before Django's apps
+            lifecycle,
+        )
+
+        job_id = message.args[0]
+        code, reason = describe(exception)
+        # This thread ran the actor: its worker id is the one the job's lease names, if it claimed it.
+        if not lifecycle.fail_unless_held_elsewhere(job_id, code, reason, lease.worker_id()):
+            logger.info("message given up on, but its job is finished or held by a live worker")
+
+
+def describe(exception: BaseException) -> tuple[str, str]:
+    from dramatiq import Retry
+    from dramatiq.middleware import TimeLimitExceeded
+
+    if isinstance(exception, TimeLimitExceeded):
+        return "time_limit_exceeded", "processing took longer than the time limit"
+    if isinstance(exception, Retry):
+        return "worker_lost", "the job stayed held by a worker that never finished it"
+    return "processing_error", f"gave up after repeated errors: {exception.__class__.__name__}: {exception}"
+
+
+class ReuseFreedMemory(Middleware):
+    """A worker process keeps what its jobs free for the next ones (admission.keep_freed_memory)."""
+
+    def after_process_boot(self, broker):
+        if multiprocessing.parent_process() is None:
+            return  # not a forked worker process: the embedded workers share the server's memory
+        from processing.worker import admission  # imported late: middleware loads before Django's apps
+
+        admission.keep_freed_memory()
+
+
+class ExitWhenOrphaned(Middleware):
+    """A worker process that Dramatiq's main process forked logs without it, and stops when it is gone.
+
+    Dramatiq sends a worker process's log lines through a pipe that its main process reads. Once
+    the main process is killed nobody reads it, yet writing never fails: the worker holds the pipe's
+    read end itself, inherited at the fork. When 64 KiB of lines have filled it, the next log call
+    blocks forever holding the logging lock, every worker thread that logs blocks behind it with the
+    message it holds, and the consumer thread keeps the RabbitMQ consumer open: messages ready,
+    consumers present, no progress. (A dead Redis only hastens it: it makes warnings to log.)
+
+    So the process writes its log lines to the stderr it inherited, where the main process would
+    have copied them, and a thread watching its parent stops it when the parent is gone, the way
+    the main process would have: with one SIGTERM, after which Dramatiq finishes the jobs in hand,
+    gives back the messages it holds and exits; its supervisor has started a replacement meanwhile.
+    """
+
+    def after_process_boot(self, broker):
+        parent = multiprocessing.parent_process()
+        if parent is None or threading.current_thread() is not threading.main_thread():
+            return  # not a forked worker process: the embedded workers run in the server's own process
+        log_to_inherited_stderr()
+        stopping = note_stop_signals()
+        watcher = threading.Thread(
+            target=stop_when_orphaned, args=(parent.pid, stopping), name="parent-watch", daemon=True
+        )
+        watcher.start()
+
+
+def log_to_inherited_stderr() -> None:
+    """Point every handler (and print) that writes into Dramatiq's log pipe at this process's own stderr."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for each in loggers:
+        for handler in getattr(each, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and isinstance(handler.stream, StreamablePipe):
+                handler.setStream(sys.__stderr__)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+
+def note_stop_signals() -> threading.Event:
+    """An event set by the first SIGTERM, whoever sends it; Dramatiq's own handler still runs.
+
+    A Dramatiq worker process that gets a second SIGTERM exits at once, mid-job: the watcher
+    must not add one to a stop that has begun.
+    """
+    stopping = threading.Event()
+    dramatiqs = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        stopping.set()
+        if callable(dramatiqs):
+            dramatiqs(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return stopping
+
+
+def stop_when_orphaned(parent_pid: int, stopping: threading.Event) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_SECONDS)
+    if stopping.is_set():
+        return  # already stopping: the jobs in hand finish, then the process exits
+    logger.warning("main process %d is gone: stopping after the jobs in hand", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
