@@ -195,7 +195,7 @@ def test_queue_status_shows_the_machine_budget_and_a_worker_runs_its_jobs_within
 REUSE_STEPS = """
 import resource, sys
 import numpy as np
-from processing import admission
+from processing.worker import admission
 if sys.argv[1] == "keep":
     admission.keep_freed_memory()
 np.ones((1080, 1920), np.float32)  # the first one is faulted in either way

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_LIKE = """
 import gc, json
 from prometheus_client import REGISTRY
-from gateway import gc_pauses
+from gateway.live import gc_pauses
 
 gc_pauses.watch()
 gc_pauses.freeze_what_is_loaded()
