@@ -1,11 +1,11 @@
 """Job events: built where a job changes, sent once the change has committed.
 
 The code that changes a job (processing.jobs.lifecycle, processing.jobs.publishing) announces
-each change here, once. `announce` records its metrics and builds its event from the job as
-it is now (messages: the job's public JSON, encoded once for every subscriber), then, when
-the transaction commits, hands it to this process's `Sender` (sender), which sends it through
-the channel layer (layer) to the job's, its owner's and the staff's groups. The server's
-realtime tier only delivers what arrives there, to sockets and long polls.
+each change here, once. `announce` builds its event from the job as it is now (messages: the
+job's public JSON, encoded once for every subscriber); once the transaction commits, it records
+the change's metrics and hands the event to this process's `Sender` (sender), which sends it
+through the channel layer (layer) to the job's, its owner's and the staff's groups. The
+server's realtime tier only delivers what arrives there, to sockets and long polls.
 
 A job never fails because its event could not be built or sent: such an event is logged and
 lost, and its subscribers fall back to polling.

@@ -97,6 +97,7 @@ class StatusOut(TypedDict):
 
 
 def job_urls(job_id) -> JobUrls:
+    job_id = str(job_id)  # once, not once per URL (a UUID formats itself anew each time)
     return JobUrls(
         poll_url=f"{API}/status/{job_id}",
         job_url=f"{API}/jobs/{job_id}",
