@@ -17,7 +17,7 @@ Redis as the channel layer, the server's flags as printed):
 Jobs change through processing.jobs.lifecycle.claim and .complete on real Job rows, the code path
 workers use, driven from this process through the Django ORM at `--rate` jobs per second;
 no image is processed (a worker's image work is not what this measures). Events travel
-as in production: gateway.live.events in this process, Redis, the server's channel layer.
+as in production: processing.events in this process, Redis, the server's channel layer.
 Clients run in `--client-processes` processes (asyncio + the websockets library).
 
     python -m bench.websockets                       # 10,000 clients, 100 jobs/s for 30 s

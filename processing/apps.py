@@ -7,12 +7,14 @@ class ProcessingConfig(AppConfig):
 
     def ready(self):
         from django.conf import settings
+        from django.core import checks
         from django.db.models.signals import post_delete
 
         from processing import storage
+        from processing.events.layer import check_channel_layer
         from processing.imaging import codecs
-        from processing.jobs import prometheus  # noqa: F401  (job_metrics: connects itself to job events)
         from processing.models import Job
 
+        checks.register(check_channel_layer)
         codecs.set_avif_speed(settings.AVIF_SPEED)
         post_delete.connect(storage.delete_files_of_deleted_job, sender=Job, dispatch_uid="job-files")

@@ -123,8 +123,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 if env.REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            # One reader of each process's Redis inbox, not one per socket (gateway/live/layers.py).
-            "BACKEND": "gateway.live.layers.RedisChannelLayer",
+            # One reader of each process's Redis inbox, not one per socket (processing/events/layer.py).
+            "BACKEND": "processing.events.layer.RedisChannelLayer",
             # No socket timeout: idle subscribers wait in 5 s blocking reads (see gateway.E001).
             "CONFIG": {
                 "hosts": [{"address": env.REDIS_URL, "socket_timeout": None, "socket_connect_timeout": 1}],

@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 
@@ -10,6 +11,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from bench.private_services import PrivateServices
 from bench.s3 import SeaweedServer
+from processing import events
 from processing.worker.actors import process_job
 from tests.services import CONFIGURED, XDIST_WORKER, clear_rate_limits, require, url_of
 from tests.stack import LiveStack, refused_port
@@ -83,6 +85,24 @@ def anonymous_callers_allowed(settings):
 def in_memory_layer(settings):
     """The embedded default's channel layer (CI sets REDIS_URL, which would make it Redis)."""
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+class RecordingSender:
+    """Stands in for this process's events.Sender: keeps every event it is handed, as its frame."""
+
+    def __init__(self):
+        self.events: list[dict] = []  # {"type": "job.queued", "job": {...}}, in the order sent
+
+    def send(self, groups: list[str], message: dict) -> None:
+        self.events.append(json.loads(message["text"]))
+
+
+@pytest.fixture
+def sent(monkeypatch) -> RecordingSender:
+    """The job events this process sends from now on (none reaches a channel layer)."""
+    recording = RecordingSender()
+    monkeypatch.setattr(events, "current_sender", lambda: recording)
+    return recording
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import dramatiq
 import pytest
 from django.utils import timezone
 
-from processing import storage
+from processing import events, storage
 from processing.jobs import lifecycle, publishing
 from processing.models import Job
 from processing.worker.actors import MAX_LEASE_WAITS, process_job
@@ -158,43 +158,38 @@ def test_an_unprocessable_image_fails_at_once_without_retries(make_job, run_jobs
     assert stub_broker.dead_letters == []  # a bad image is the job's end, not a broken message
 
 
-def test_progress_reaches_subscribers_and_the_database(make_job, run_jobs, monkeypatch):
-    from processing.signals import job_changed
-
+def test_progress_reaches_subscribers_and_the_database(make_job, run_jobs, sent, monkeypatch):
     monkeypatch.setattr(lifecycle, "PROGRESS_WRITE_INTERVAL", 0)  # as for a job slower than the interval
 
-    seen = []
+    job = make_job(runs=2)
+    publishing.publish(job)
+    run_jobs()
 
-    def listen(sender, job, event, **kwargs):
-        seen.append((event, job.progress))
-
-    job_changed.connect(listen)
-    try:
-        job = make_job(runs=2)
-        publishing.publish(job)
-        run_jobs()
-    finally:
-        job_changed.disconnect(listen)
-    events = [event for event, _ in seen]
-    assert events[0] == "job.processing" and events[-1] == "job.completed"
+    seen = [(event["type"], event["job"]["progress"]) for event in sent.events]
+    assert seen[0][0] == "job.processing" and seen[-1][0] == "job.completed"
     assert ("job.progress", 1.0) in seen
 
 
-def test_a_failing_event_receiver_never_fails_the_job(make_job, run_jobs):
-    from processing.signals import job_changed
+def refuse(*args, **kwargs):
+    raise ConnectionError("channel layer down")
 
-    def broken(sender, **kwargs):
-        raise ConnectionError("channel layer down")
 
-    job_changed.connect(broken)
-    try:
-        job = make_job()
-        publishing.publish(job)
-        run_jobs()
-    finally:
-        job_changed.disconnect(broken)
+@pytest.mark.parametrize("broken", ["building", "sending"])
+def test_an_event_that_cannot_be_built_or_sent_never_fails_the_job(
+    make_job, run_jobs, sent, monkeypatch, broken
+):
+    if broken == "building":
+        monkeypatch.setattr(events, "event_message", refuse)
+    else:
+        monkeypatch.setattr(sent, "send", refuse)
+
+    job = make_job()
+    publishing.publish(job)
+    run_jobs()
+
     job.refresh_from_db()
     assert job.status == Job.COMPLETED
+    assert sent.events == []
 
 
 def test_a_job_whose_worker_was_killed_at_every_attempt_fails_as_worker_lost(make_job, run_jobs, settings):

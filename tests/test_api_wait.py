@@ -158,7 +158,10 @@ async def test_an_end_that_went_unheard_is_found_by_reading_the_job_again(server
 async def test_with_the_channel_layer_down_a_long_poll_reads_the_job_until_it_ends(server, settings):
     unreachable = {"address": "redis://127.0.0.1:1/0", "socket_timeout": None, "socket_connect_timeout": 1}
     settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "gateway.live.layers.RedisChannelLayer", "CONFIG": {"hosts": [unreachable]}}
+        "default": {
+            "BACKEND": "processing.events.layer.RedisChannelLayer",
+            "CONFIG": {"hosts": [unreachable]},
+        }
     }
     job = await in_thread(stored_job)()
     claimed = await in_thread(lease.claim)(job.id, WORKER)

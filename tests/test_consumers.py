@@ -2,7 +2,7 @@
 
 The consumers run in the test's event loop with the in-memory channel layer; job changes
 go through processing.jobs.lifecycle, as a worker makes them, and reach the sockets through
-gateway.live.events, as they do in the server.
+processing.events, as they do in the server.
 """
 
 import asyncio
@@ -17,10 +17,11 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.db import SessionStore
 
 from gateway.auth import owners
-from gateway.live import consumers, events, routing
-from gateway.live.layers import WS_DROPPED
+from gateway.live import consumers, routing
 from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
+from processing.events import messages, sender
+from processing.events.layer import WS_DROPPED
 from processing.jobs import lifecycle
 from processing.models import Job
 from tests.stack import refused_port
@@ -268,9 +269,9 @@ async def test_a_late_event_does_not_take_the_client_back_to_an_older_status(ali
     # The gateway's "queued" can reach the layer after the worker's "processing".
     stale = await in_thread(Job.objects.get)(id=job.id)
     stale.status = Job.QUEUED
-    group = events.job_group(job.id)
+    group = messages.job_group(job.id)
     await get_channel_layer().group_send(
-        group, {**events.event_message("job.queued", stale), "groups": [group]}
+        group, {**messages.event_message("job.queued", stale), "groups": [group]}
     )
 
     # Events reach a socket in the order they were sent: had the stale one been forwarded, it
@@ -337,7 +338,7 @@ async def test_the_owner_of_a_foreign_job_gets_no_events_through_a_refused_socke
     foreign = await watch(f"/ws/jobs/{bobs_job.id}/", alice_key)
     await closed_with(foreign)
     layer = get_channel_layer()
-    [foreign_channel] = layer.groups[events.job_group(bobs_job.id)]
+    [foreign_channel] = layer.groups[messages.job_group(bobs_job.id)]
     own = await watch(f"/ws/jobs/{bobs_job.id}/", bob_key)  # the owner's: it gets the event
     await own.receive_json_from()
 
@@ -488,7 +489,7 @@ async def test_the_stream_drops_a_late_event_for_a_job_that_has_moved_on(alice):
     late = await in_thread(Job.objects.get)(id=job.id)
     late.status = Job.QUEUED
     await get_channel_layer().group_send(
-        events.owner_group(caller.identity), events.event_message("job.queued", late)
+        messages.owner_group(caller.identity), messages.event_message("job.queued", late)
     )
     later = await in_thread(make_job)(caller)
     await in_thread(lifecycle.claim)(later.id, WORKER)
@@ -506,7 +507,7 @@ async def test_a_disconnected_socket_leaves_its_groups(alice):
     for socket_ in (ws, stream):
         await socket_.receive_json_from()  # the state: sent once subscribed
     layer = get_channel_layer()
-    assert {events.job_group(job.id), events.owner_group(caller.identity)} <= set(layer.groups)
+    assert {messages.job_group(job.id), messages.owner_group(caller.identity)} <= set(layer.groups)
 
     await ws.disconnect()
     await stream.disconnect()
@@ -521,7 +522,7 @@ async def test_a_disconnected_socket_leaves_its_groups(alice):
 def redis_layer(address: str) -> dict:
     return {
         "default": {
-            "BACKEND": "gateway.live.layers.RedisChannelLayer",
+            "BACKEND": "processing.events.layer.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [{"address": address, "socket_connect_timeout": 0.5, "socket_timeout": None}]
             },
@@ -563,25 +564,25 @@ async def test_a_worker_finishes_its_job_without_waiting_for_a_failing_channel_l
 ):
     request.getfixturevalue(layer)
     # A send to the layer would now hang for an hour: a worker that waited for it would never finish.
-    monkeypatch.setattr(events, "LAYER_TIMEOUT", 3600)
+    monkeypatch.setattr(sender, "LAYER_TIMEOUT", 3600)
     _, caller = alice
     job = await in_thread(make_job)(caller)
 
     try:
         await asyncio.wait_for(complete(job), timeout=60)
     finally:
-        stop_publisher()
+        stop_sender()
 
     assert (await in_thread(Job.objects.get)(id=job.id)).status == Job.COMPLETED
 
 
-def stop_publisher() -> None:
-    """Stop this process's publisher thread (it may be stuck on the failing layer for an hour)."""
-    publisher = events.current_publisher()
-    if publisher is not None and not isinstance(get_channel_layer(), InMemoryChannelLayer):
-        # On the loop, after the publisher's start (callbacks run in order): it may not have run yet.
-        publisher.loop.call_soon_threadsafe(lambda: publisher.task.cancel())
-        publisher.loop.call_soon_threadsafe(publisher.loop.stop)
+def stop_sender() -> None:
+    """Stop this process's sender thread (it may be stuck on the failing layer for an hour)."""
+    running = sender.current_sender()
+    if running is not None and not isinstance(get_channel_layer(), InMemoryChannelLayer):
+        # On the loop, after the sender's start (callbacks run in order): it may not have run yet.
+        running.loop.call_soon_threadsafe(lambda: running.task.cancel())
+        running.loop.call_soon_threadsafe(running.loop.stop)
 
 
 def test_events_reach_the_group_of_the_owner_the_api_knows(alice):
@@ -591,5 +592,5 @@ def test_events_reach_the_group_of_the_owner_the_api_knows(alice):
 
     for caller in (by_key, by_session, anonymous):
         job = make_job(caller)
-        assert events.owner_group(job.owner_identity) == events.owner_group(caller.identity)
-        assert events.owner_group(caller.identity) in events.groups_for(job)
+        assert messages.owner_group(job.owner_identity) == messages.owner_group(caller.identity)
+        assert messages.owner_group(caller.identity) in messages.groups_for(job)

@@ -1,12 +1,18 @@
-"""gateway.live.events.Publisher: a job's events never wait on the channel layer, and none is lost unseen."""
+"""processing.events: a job's events are built where it changes and sent on commit; the sender never
+makes a job wait on the channel layer, and no event is lost unseen."""
 
 import asyncio
 
 import pytest
+from django.db import transaction
 from prometheus_client import REGISTRY
 
-from gateway.live.events import Publisher
-from gateway.live.layers import RedisChannelLayer
+from processing.events.layer import RedisChannelLayer
+from processing.events.sender import Sender
+from processing.jobs import lifecycle, publishing
+from processing.worker.actors import process_job
+from tests.factories import stored_job
+from tests.uploads import submit
 
 pytestmark = pytest.mark.anyio
 
@@ -28,16 +34,51 @@ async def test_events_an_unreachable_redis_cannot_take_are_dropped_and_counted(r
     layer = RedisChannelLayer(
         hosts=[{"address": address, "socket_timeout": None, "socket_connect_timeout": 1}]
     )
-    publisher = Publisher(asyncio.get_running_loop(), layer)
+    sender = Sender(asyncio.get_running_loop(), layer)
     before = dropped_total()
 
-    for _ in range(3):  # as a worker thread sends them: publish returns at once
-        publisher.publish(
-            ["job.1"], {"type": "job.event", "job_id": "1", "status": "processing", "text": "x"}
-        )
-    await asyncio.sleep(0)  # publish hands each event to the loop: let it queue them
-    await publisher.pending.join()  # every one was tried or dropped: none left waiting on Redis
+    for _ in range(3):  # as a worker thread sends them: send returns at once
+        sender.send(["job.1"], {"type": "job.event", "job_id": "1", "status": "processing", "text": "x"})
+    await asyncio.sleep(0)  # send hands each event to the loop: let it queue them
+    await sender.pending.join()  # every one was tried or dropped: none left waiting on Redis
 
-    assert publisher.dropped == 3
+    assert sender.dropped == 3
     assert dropped_total() - before == 3
-    publisher.task.cancel()
+    sender.task.cancel()
+
+
+# --- Announcing: where a job changes, on commit ----------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_is_announced_once_per_change_as_the_api_shows_it(client, stub_broker, sent):
+    accepted = submit(client, "grayscale").json()
+    assert [(event["type"], event["job"]) for event in sent.events] == [("job.queued", accepted)]
+
+    process_job.fn(accepted["job_id"])  # as a worker runs it
+
+    assert [event["type"] for event in sent.events] == ["job.queued", "job.processing", "job.completed"]
+    assert sent.events[-1]["job"] == client.get(accepted["job_url"]).json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_requeued_job_is_announced_as_queued_again(stub_broker, sent):
+    job = stored_job()
+    lifecycle.fail(job.id, "worker_lost", "lost")
+    assert publishing.requeue(job)
+
+    assert [event["type"] for event in sent.events] == ["job.failed", "job.queued"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_is_announced_once_it_commits_and_never_if_it_is_rolled_back(sent):
+    job, other = stored_job(), stored_job()
+    with transaction.atomic():
+        lifecycle.cancel(job.id)
+        assert sent.events == []  # the cancellation could still be rolled back
+    assert [event["type"] for event in sent.events] == ["job.cancelled"]
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        lifecycle.cancel(other.id)
+        raise RuntimeError("the request failed")
+    assert len(sent.events) == 1

@@ -1,4 +1,4 @@
-"""gateway.live.layers.RedisChannelLayer against a real Redis: one reader per process, bounded buffers,
+"""processing.events.layer.RedisChannelLayer against a real Redis: one reader per process, bounded buffers,
 every loss counted and marked."""
 
 import asyncio
@@ -7,8 +7,7 @@ import uuid
 import pytest
 import redis
 
-from gateway.live.events import check_channel_layer
-from gateway.live.layers import WS_DROPPED, RedisChannelLayer
+from processing.events.layer import WS_DROPPED, RedisChannelLayer, check_channel_layer
 from tests.services import require, url_of
 from tests.stack import refused_port
 
@@ -150,7 +149,7 @@ async def test_when_redis_goes_away_every_waiting_receive_raises(layer):
 
 
 def redis_layers(host) -> dict:
-    return {"default": {"BACKEND": "gateway.live.layers.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
+    return {"default": {"BACKEND": "processing.events.layer.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
 
 
 def test_start_up_refuses_a_redis_layer_whose_sockets_time_out(settings):

@@ -10,9 +10,10 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from gateway.auth import owners
-from gateway.live import events, routing
+from gateway.live import routing
 from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
+from processing.events import messages
 from tests.factories import stored_job
 from tests.services import close_database_connections, require, url_of
 
@@ -32,7 +33,7 @@ def redis_layer(settings):
     prefix = f"test-subscriptions-{uuid.uuid4().hex[:8]}"
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "gateway.live.layers.RedisChannelLayer",
+            "BACKEND": "processing.events.layer.RedisChannelLayer",
             "CONFIG": {"hosts": [{"address": url_of("redis"), "socket_timeout": None}], "prefix": prefix},
         }
     }
@@ -77,14 +78,14 @@ async def test_many_sockets_are_one_channel_in_each_of_their_groups_until_they_c
         sockets.append(ws)
 
     groups = members(client, prefix)
-    assert set(groups) == {events.job_group(job.id) for job in jobs}
+    assert set(groups) == {messages.job_group(job.id) for job in jobs}
     assert len(set.union(*groups.values())) == 1  # the process's one channel
     assert all(len(channels) == 1 for channels in groups.values())
 
     for ws in sockets[1:]:
         await ws.disconnect()
     await Subscriptions.of_running_loop().settled()
-    assert set(members(client, prefix)) == {events.job_group(jobs[0].id)}  # still followed
+    assert set(members(client, prefix)) == {messages.job_group(jobs[0].id)}  # still followed
     await sockets[0].disconnect()
     await Subscriptions.of_running_loop().settled()
     assert members(client, prefix) == {}

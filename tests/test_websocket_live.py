@@ -16,7 +16,7 @@ from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from gateway.live.layers import WS_DROPPED, RedisChannelLayer
+from processing.events.layer import WS_DROPPED, RedisChannelLayer
 from tests import images
 from tests.services import IN_CI, require
 from tests.stack import MANAGE, LiveStack, start_on_a_free_port
@@ -174,7 +174,7 @@ def open_and_never_read(stack: LiveStack, path: str) -> socket.socket:
 
 
 async def flood(redis_url: str, group: str, count: int, size: int) -> None:
-    """`count` events of about `size` bytes for `group`, sent as gateway.live.events sends them."""
+    """`count` events of about `size` bytes for `group`, sent as processing.events sends them."""
     layer = RedisChannelLayer(hosts=[redis_url])
     text = json.dumps({"type": "job.progress", "job": {"job_id": "flood", "padding": "x" * size}})
     message = {"type": "job.event", "job_id": "flood", "status": "processing", "text": text}

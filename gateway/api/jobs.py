@@ -13,15 +13,15 @@ from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, charge_more_submissions
-from gateway.api.schemas import ErrorOut, JobOut, JobPageOut, JobsOut, JobStatus, MetricsOut, StatusOut
+from gateway.api.schemas import ErrorOut, JobPageOut, JobsOut, MetricsOut
 from gateway.http import intake
 from gateway.http.errors import ApiError, not_found
 from gateway.http.negotiation import download_key
 from gateway.live import waiting
-from gateway.serialize import error_json, job_json, job_urls, status_json
 from processing.imaging.codecs import mime_type_for
 from processing.imaging.operations import get_operation
 from processing.jobs import lifecycle, submissions
+from processing.jobs.public import JobOut, JobStatus, StatusOut, error_json, job_json, job_urls, status_json
 from processing.models import Job
 
 router = Router(tags=["jobs"])

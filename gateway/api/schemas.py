@@ -1,12 +1,14 @@
-"""Response shapes, for the OpenAPI document and for checking what the API returns."""
+"""The API's own response shapes, for the OpenAPI document and for checking what the API returns.
 
-from datetime import datetime
+A job's public JSON (JobOut, StatusOut and their parts) is the domain's: processing.jobs.public.
+"""
+
 from typing import Any, Literal
 
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
-JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
+from processing.jobs.public import JobError, JobOut, JobStatus
 
 
 class FieldProblem(Schema):
@@ -26,69 +28,12 @@ class ErrorOut(Schema):
     error: ErrorDetail
 
 
-class JobError(Schema):
-    code: str
-    message: str
-
-
-class PlaceholderOut(Schema):
-    """What to show while the result loads."""
-
-    blurhash: str = Field(description="A BlurHash (https://blurha.sh) of the result, 4 × 3 components.")
-    preview: str = Field(description="A tiny WebP of the result as a data: URL, at most 1,024 characters.")
-
-
-class ResultOut(Schema):
-    url: str
-    content_type: str
-    format: str
-    width: int | None
-    height: int | None
-    bytes: int | None
-    placeholder: PlaceholderOut | None = Field(None, description="For an image result; null for a report.")
-    fallback_format: str | None = Field(
-        None,
-        description="format=auto: the format (jpeg or png) a download gets when its Accept header "
-        "does not name `format`.",
-    )
-    report: dict[str, Any] | None = None
-
-
-class JobOut(Schema):
-    job_id: str
-    request_id: str
-    service: str
-    status: JobStatus
-    progress: float
-    parameters: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    result: ResultOut | None
-    error: JobError | None
-    poll_url: str
-    job_url: str
-    download_url: str
-    result_url: str
-    ws_url: str
-
-
 class JobsOut(Schema):
     jobs: list[JobOut]
 
 
 class JobPageOut(JobsOut):
     next_cursor: str | None
-
-
-class StatusOut(Schema):
-    job_id: str
-    request_id: str
-    status: JobStatus
-    progress: float
-    download_url: str | None
-    result_url: str
-    error: JobError | None
 
 
 class ImageFacts(Schema):

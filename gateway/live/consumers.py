@@ -11,7 +11,7 @@ jobs) on connect, then every change to any of the caller's jobs (every job, for 
 and stays open. A client that reconnects gets the state again, so it misses nothing.
 
 A view is never silently stale: when events for a socket were lost (it read too slowly and
-SEND_BACKLOG filled up, or the channel layer lost them: gateway.live.layers counts each in
+SEND_BACKLOG filled up, or the channel layer lost them: processing.events.layer counts each in
 `darkroom_ws_dropped_total{reason}`), the socket gets the current state (`job.state` or
 `jobs.state`) in their place. A client may also ask for it: any message it sends is
 answered with the current state.
@@ -49,11 +49,11 @@ from django.db import DatabaseError
 from django.http.cookie import parse_cookie
 
 from gateway.auth import owners, tokens
-from gateway.live import events
-from gateway.live.layers import WS_DROPPED
 from gateway.live.subscriptions import Subscriptions
-from gateway.serialize import job_json
+from processing.events import messages
+from processing.events.layer import WS_DROPPED
 from processing.jobs.prometheus import WEBSOCKET_CONNECTIONS
+from processing.jobs.public import job_json
 from processing.models import Job, find_job
 
 logger = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ class JobSocket(LiveSocket):
             return await self.close(Close.NOT_FOUND, "no such job")
         # Subscribe before reading, so that no change slips between the read and the
         # subscription; nothing is forwarded unless the job turns out to be the caller's.
-        live = await self.subscribe(events.job_group(self.job_id))
+        live = await self.subscribe(messages.job_group(self.job_id))
         job = await visible_job(self.viewer, self.job_id)
         if job is None:
             return await self.close(Close.NOT_FOUND, "no such job")
@@ -355,7 +355,7 @@ class JobSocket(LiveSocket):
 
     def state_of(self, job: Job) -> list[dict]:
         self.rank = max(self.rank, STATUS_RANK[job.status])
-        frames = [text_frame(events.event_text("job.state", job))]
+        frames = [text_frame(messages.event_text("job.state", job))]
         if job.is_finished:
             frames.append(close_frame(Close.JOB_FINISHED, "job finished"))
         return frames
@@ -403,7 +403,7 @@ class CallerJobsSocket(LiveSocket):
 
     async def start(self, caller: owners.Caller) -> None:
         self.latest = LatestStatuses()
-        group = events.STAFF_GROUP if caller.is_staff else events.owner_group(caller.identity)
+        group = messages.STAFF_GROUP if caller.is_staff else messages.owner_group(caller.identity)
         live = await self.subscribe(group)
         for frame in await self.current_state():
             await self.send_frame(frame)

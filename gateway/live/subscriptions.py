@@ -1,7 +1,7 @@
 """Live job events for everything on one event loop, through one channel of the channel layer.
 
 A socket (gateway.live.consumers) or a long poll (gateway.live.waiting) is not a channel of its own: it
-subscribes here to the groups it follows (gateway.live.events names them). `Subscriptions` has one
+subscribes here to the groups it follows (processing.events.messages names them). `Subscriptions` has one
 channel, which is in every group that any subscriber follows, reads it in one task and hands
 each message to the subscribers of the groups it came for (`message["groups"]`). Ten
 thousand sockets then cost ten thousand set entries, not ten thousand channels, buffers,
@@ -11,7 +11,7 @@ Joins and leaves are gathered and sent together: a burst of sockets opening cost
 trips, not one per socket. A subscriber is told:
 
 - `deliver(message)`: an event of one of its groups, on the loop; it must not block.
-- `missed()`: events may have been lost on the way (gateway.live.layers counts and marks every
+- `missed()`: events may have been lost on the way (processing.events.layer counts and marks every
   loss); it should give its client the current state.
 - `lost()`: the channel layer failed; it will hear nothing more, and should tell its client.
   Subscriptions start again, with a new channel, LISTEN_AGAIN_AFTER seconds later.
@@ -27,12 +27,12 @@ import weakref
 
 from channels.layers import get_channel_layer
 
-from gateway.live import events
+from processing.events import sender
 
 logger = logging.getLogger(__name__)
 
 REJOIN_EVERY = 3600  # seconds
-LISTEN_AGAIN_AFTER = events.COOLDOWN  # seconds after the channel layer failed
+LISTEN_AGAIN_AFTER = sender.COOLDOWN  # seconds after the channel layer failed
 LOSS_CHECK_EVERY = 1.0  # seconds between asking the layer whether this channel lost messages
 
 
@@ -117,7 +117,7 @@ class Subscriptions(OnePerLoop):
     # --- The channel -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        events.serve_from_running_loop()  # the in-memory layer only delivers on the loop that publishes
+        sender.serve_from_running_loop()  # the in-memory layer only delivers on the loop that sends
         while True:
             channel = await self.layer.new_channel()
             self.down = False
@@ -182,7 +182,7 @@ class Subscriptions(OnePerLoop):
             self.membership_changed.set()
 
     async def change(self, how, groups: list[str], channel: str) -> None:
-        async with asyncio.timeout(events.LAYER_TIMEOUT):
+        async with asyncio.timeout(sender.LAYER_TIMEOUT):
             await how(self.layer, groups, channel)
 
     async def watch_for_losses(self, channel: str) -> None:
@@ -191,7 +191,7 @@ class Subscriptions(OnePerLoop):
             return
         while True:
             await asyncio.sleep(LOSS_CHECK_EVERY)
-            async with asyncio.timeout(events.LAYER_TIMEOUT):
+            async with asyncio.timeout(sender.LAYER_TIMEOUT):
                 lost = await take_losses(channel)
             if lost:
                 for subscriber in {subscriber for members in self.members.values() for subscriber in members}:
@@ -206,9 +206,16 @@ class Subscriptions(OnePerLoop):
         joined_groups, self.joined, self.emptied = self.joined, set(), set()
         for subscriber in {subscriber for group in members.values() for subscriber in group}:
             subscriber.lost()
-        events.forget_channel(self.layer, channel)
+        forget_channel(self.layer, channel)
         with contextlib.suppress(Exception):  # a layer that is down forgets the channel, or expires it
             await self.change(discard_many, list(joined_groups), channel)
+
+
+def forget_channel(channel_layer, channel: str) -> None:
+    """Drop what the layer keeps for a channel that nobody will receive on again (a stopped listener)."""
+    for kept in (getattr(channel_layer, "receive_buffer", None), getattr(channel_layer, "channels", None)):
+        if isinstance(kept, dict):
+            kept.pop(channel, None)
 
 
 def fail(joins) -> None:

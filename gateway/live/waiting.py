@@ -9,7 +9,7 @@ Elsewhere (a WSGI server, the test client) the view waits itself, reading the jo
 FALLBACK_INTERVAL seconds.
 
 Ends are heard by one `EndListener` per event loop: a subscriber of the group that hears
-every job's end (events.ENDED_GROUP, through gateway.live.subscriptions), and a future per
+every job's end (ENDED_GROUP, through gateway.live.subscriptions), and a future per
 waiting request. A wait then costs a dictionary entry, not a channel of its own, two group
 changes in Redis and a database read. Where the listener can't hear (the channel layer is
 down) a wait looks at the job every FALLBACK_INTERVAL seconds instead.
@@ -23,8 +23,9 @@ from collections import OrderedDict
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from gateway.live import events
 from gateway.live.subscriptions import OnePerLoop, Subscriptions
+from processing.events.messages import ENDED_GROUP
+from processing.events.sender import COOLDOWN
 from processing.models import Job
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ WAIT = re.compile(rb"(?:^|&)wait=([0-9.]+)")
 
 REMEMBERED_ENDS = 10_000  # the latest ends a listener keeps: a wait starting just after one ends at once
 RECHECK_EVERY = 5.0  # seconds between reads of a job while its end is awaited (see until_ended)
-LISTEN_AGAIN_AFTER = events.COOLDOWN  # seconds after the channel layer failed
+LISTEN_AGAIN_AFTER = COOLDOWN  # seconds after the channel layer failed
 
 
 # --- Hearing ends ------------------------------------------------------------------------
@@ -105,7 +106,7 @@ class EndListener(OnePerLoop):
         subscriptions = Subscriptions.of_running_loop()
         while True:
             self.interrupted = self.loop.create_future()
-            if await subscriptions.subscribe(events.ENDED_GROUP, self):
+            if await subscriptions.subscribe(ENDED_GROUP, self):
                 self.hearing_since, self.down = self.loop.time(), False
                 await self.interrupted
                 logger.warning("long polls fall back to reading their jobs: live events interrupted")

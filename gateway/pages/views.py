@@ -24,10 +24,10 @@ from gateway.http import intake
 from gateway.http.errors import DOMAIN_ERRORS, ApiError, from_domain
 from gateway.http.uploads import UploadTooLarge
 from gateway.pages import devices
-from gateway.serialize import job_urls
 from processing.errors import InvalidParameters
 from processing.imaging.operations import OPERATIONS
 from processing.jobs import submissions
+from processing.jobs.public import job_urls
 from processing.models import Job
 
 PAGE_TEMPLATES = {"desktop": "desktop.html", "mobile": "mobile.html", "lite": "lite.html"}

@@ -2,9 +2,9 @@
 
 Every state change is a conditional update, so that redeliveries, duplicate
 messages, cancellation and a worker that died mid-job all resolve to one outcome;
-each change that happened is announced once, through `job_changed`. Creating jobs
-is `processing.jobs.submissions`, publishing them `processing.jobs.publishing`, and who holds
-a running job `processing.jobs.lease`.
+each change that happened is announced once, here (processing.events). Creating jobs
+is `processing.jobs.submissions`, publishing and announcing them `processing.jobs.publishing`,
+and who holds a running job `processing.jobs.lease`.
 """
 
 import logging
@@ -14,21 +14,14 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from processing import events
 from processing.errors import Cancelled
 from processing.jobs import lease
 from processing.models import Job
-from processing.signals import job_changed
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL = 0.5  # seconds; a fast job must not flood the database or its watchers
-
-
-def emit(job: Job, event: str) -> None:
-    # send_robust: a job never fails because an event could not be delivered.
-    for receiver, result in job_changed.send_robust(sender=Job, job=job, event=event):
-        if isinstance(result, Exception):
-            logger.warning("event receiver %r failed: %s", receiver, result, extra={"job_id": str(job.id)})
 
 
 def claim(job_id, worker: str) -> Job | None:
@@ -38,7 +31,7 @@ def claim(job_id, worker: str) -> Job | None:
     """
     job = lease.claim(job_id, worker)
     if job is not None:
-        emit(job, "job.processing")
+        events.announce(job)
     else:
         give_up(job_id)
     return job
@@ -82,7 +75,7 @@ class ProgressReporter:
         if not updated:
             raise Cancelled(f"job {self.job.id} is no longer ours to process")
         self.job.progress = fraction
-        emit(self.job, "job.progress")
+        events.announce_progress(self.job)
 
 
 def complete(job: Job, worker: str, **result_fields) -> bool:
@@ -97,7 +90,7 @@ def complete(job: Job, worker: str, **result_fields) -> bool:
     if updated:
         for name, value in {**finished, **result_fields}.items():
             setattr(job, name, value)
-        emit(job, "job.completed")
+        events.announce(job)
     return bool(updated)
 
 
@@ -126,7 +119,7 @@ def _fail(jobs, job_id, code: str, message: str) -> bool:
     )
     if updated:
         logger.info("job failed: %s: %s", code, message, extra={"job_id": str(job_id)})
-        emit(Job.objects.get(id=job_id), "job.failed")
+        events.announce(Job.objects.get(id=job_id))
     return bool(updated)
 
 
@@ -140,7 +133,7 @@ def cancel(job_id) -> bool:
         status=Job.CANCELLED, finished_at=timezone.now(), lease_expires_at=None
     )
     if updated:
-        emit(Job.objects.get(id=job_id), "job.cancelled")
+        events.announce(Job.objects.get(id=job_id))
     return bool(updated)
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics for jobs, recorded where each transition happens (gateway or worker); with
+"""Prometheus metrics for jobs, recorded as each change is announced (processing.events); with
 them the open WebSockets, and the queues as the broker reports them at scrape time. GET /metrics
 (gateway/ops/metrics.py) serves them.
 
@@ -8,8 +8,6 @@ there and /metrics adds them up, so worker-side figures appear on the gateway.
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
-
-from processing.signals import job_changed
 
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -34,7 +32,7 @@ WEBSOCKET_CONNECTIONS = Gauge(
 FINISHING_EVENTS = {"job.completed": "completed", "job.failed": "failed", "job.cancelled": "cancelled"}
 
 
-def record(sender, job, event: str, **kwargs) -> None:
+def record(job, event: str) -> None:
     if event == "job.queued":
         JOBS_SUBMITTED.labels(job.service, job.pool).inc()
     elif event in FINISHING_EVENTS:
@@ -43,9 +41,6 @@ def record(sender, job, event: str, **kwargs) -> None:
             PROCESSING_SECONDS.labels(job.service).observe(job.processing_ms / 1000)
         if event == "job.completed" and job.queue_wait_ms is not None:
             QUEUE_WAIT_SECONDS.labels(job.service).observe(job.queue_wait_ms / 1000)
-
-
-job_changed.connect(record, dispatch_uid="processing.jobs.prometheus.record")
 
 
 class BrokerCollector:

@@ -1,10 +1,10 @@
 """Getting a job's message to the broker: the one publish path, and the re-publisher behind it.
 
 A job row commits first, then its message (the job id only) is published and the broker's
-confirmation recorded; `enqueue` then announces the job as queued. A job whose message
-never made it (the broker was down, the process died in between) or whose worker died is
-found by `stale_jobs` and published again; a duplicate message is harmless, since claims
-are conditional (see processing.jobs.lease).
+confirmation recorded; `enqueue` then announces the job (processing.events), new or requeued.
+A job whose message never made it (the broker was down, the process died in between) or
+whose worker died is found by `stale_jobs` and published again; a duplicate message is
+harmless, since claims are conditional (see processing.jobs.lease).
 """
 
 import logging
@@ -18,6 +18,7 @@ from django.db import DatabaseError, close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
+from processing import events
 from processing.errors import BrokerUnavailable
 from processing.jobs import lease, lifecycle
 from processing.models import Job
@@ -56,10 +57,18 @@ def send(job: Job) -> None:
     process_job.broker.enqueue(message)
 
 
-def enqueue(job: Job) -> None:
-    """Publish a job that has just become queued, then announce it."""
-    publish(job)
-    lifecycle.emit(job, "job.queued")
+def enqueue(jobs: list[Job]) -> None:
+    """Publish the jobs that have just become queued, then announce each of `jobs`.
+
+    Every message is confirmed before any job is announced: when one can't be published
+    (BrokerUnavailable), a submission withdraws them all, and nobody has heard of them. A job
+    that reused an earlier result is announced as completed; it has no message to publish.
+    """
+    for job in jobs:
+        if job.status == Job.QUEUED:
+            publish(job)
+    for job in jobs:
+        events.announce(job)
 
 
 def requeue(job: Job) -> bool:
@@ -71,7 +80,7 @@ def requeue(job: Job) -> bool:
     if not lifecycle.requeue_failed(job.id):
         return False
     job.refresh_from_db()
-    enqueue(job)
+    enqueue([job])
     return True
 
 

@@ -1,4 +1,4 @@
-"""Creating jobs: validate, store the input, write the row, publish after it commits.
+"""Creating jobs: validate, store the input, write the row, publish and announce after it commits.
 
 Every check a client can fail happens here, before anything is queued, and fails with a
 domain error (processing.errors) that the gateway turns into an answer. A submission is
@@ -27,7 +27,7 @@ from processing.errors import (
 )
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, get_operation
-from processing.jobs import lifecycle, pools, publishing
+from processing.jobs import pools, publishing
 from processing.models import IdempotencyKey, Job, owned_by, owner_identity
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def fingerprint(submission: Submission) -> str:
 
 
 def create_jobs(submission: Submission) -> list[Job]:
-    """Validate every upload and the parameters, then store, create and publish the jobs."""
+    """Validate every upload and the parameters, then store, create, publish and announce the jobs."""
     operation = find_operation(submission.service)
     params = operation.parse(submission.raw_parameters)
     inspected = [(upload, inspect(upload)) for upload in submission.uploads]
@@ -166,15 +166,12 @@ def create_jobs(submission: Submission) -> list[Job]:
         for upload, info in inspected:
             job_id = submission.job_id if len(inspected) == 1 and submission.job_id else uuid.uuid4()
             created.append(create_job(submission, operation, canonical, upload, info, job_id))
-        for job in created:
-            if job.status == Job.QUEUED:
-                publishing.publish(job)
+        publishing.enqueue(created)
     except Exception:
         withdraw(created)
         raise
     for job in created:
         logger.info("accepted a %s job (%s)", job.service, job.status, extra={"job_id": str(job.id)})
-        lifecycle.emit(job, "job.queued" if job.status == Job.QUEUED else "job.completed")
     return created
 
 

@@ -1,11 +1,11 @@
-"""gateway.serialize builds a job's URLs from fixed paths: each must be the route it names."""
+"""processing.jobs.public builds a job's URLs from fixed paths: each must be the route it names."""
 
 import uuid
 
 from django.urls import resolve
 
 from gateway.live.routing import websocket_urlpatterns
-from gateway.serialize import job_urls
+from processing.jobs.public import job_urls
 
 JOB_ID = uuid.uuid4()
 

@@ -24,6 +24,9 @@ import time
 
 from channels_redis.core import BoundedQueue
 from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
+from django.conf import settings
+from django.core import checks
+from django.utils.module_loading import import_string
 from prometheus_client import Counter
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import RedisError
@@ -230,3 +233,30 @@ class RedisChannelLayer(ChannelsRedisLayer):
             logger.warning("channel layer inbox unreadable: %s: %s", type(error).__name__, error)
             for buffer in list(self.receive_buffer.values()):
                 buffer.put_nowait(LayerDown(error))
+
+
+def check_channel_layer(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """gateway.E001: every Redis channel-layer host sets "socket_timeout": None.
+
+    channels-redis waits for events in 5 s BZPOPMIN calls, and redis-py's default socket
+    timeout is 5 s too: idle WebSockets would break every 5 s. Any socket timeout also
+    makes redis-py wrap its writes in asyncio.wait_for, which on Python 3.11 can swallow a
+    cancellation (CPython gh-86296): a closed socket's receive then never ends, and its
+    consumer stays in memory. Hung Redis calls are bounded by the timeouts of
+    processing.events.sender (LAYER_TIMEOUT), which the gateway's subscribers use too.
+    """
+    errors = []
+    for alias, layer in settings.CHANNEL_LAYERS.items():
+        if not issubclass(import_string(layer["BACKEND"]), ChannelsRedisLayer):
+            continue
+        for host in layer.get("CONFIG", {}).get("hosts", []):
+            if not (isinstance(host, dict) and "socket_timeout" in host and host["socket_timeout"] is None):
+                errors.append(
+                    checks.Error(
+                        f'CHANNEL_LAYERS[{alias!r}]: a Redis host without "socket_timeout": None',
+                        hint='Give each host as {"address": REDIS_URL, "socket_timeout": None, '
+                        '"socket_connect_timeout": 1}; see processing.events.layer.check_channel_layer.',
+                        id="gateway.E001",
+                    )
+                )
+    return errors
