@@ -20,7 +20,7 @@ from processing.imaging.codecs import (
     universal_format,
 )
 from processing.imaging.operations import get_operation
-from processing.jobs import lease, lifecycle, queues
+from processing.jobs import lifecycle, queues
 from processing.models import Job
 from processing.worker import admission
 
@@ -54,7 +54,7 @@ def should_retry(retries: int, exception: Exception) -> bool:
     throws=(TimeLimitExceeded,),
 )
 def process_job(job_id: str) -> None:
-    worker = lease.worker_id()
+    worker = lifecycle.worker_id()
     job = lifecycle.claim(job_id, worker)
     if job is None:
         wait_for_lease_or_skip(job_id)
@@ -69,7 +69,7 @@ declare_pools()
 def process_claimed(job: Job, worker: str) -> None:
     logger.info("processing %s (attempt %d)", job.service, job.attempts)
     try:
-        with lease.renewer.hold(job.id, worker):
+        with lifecycle.held(job.id, worker):
             run(job, worker)
     except UnprocessableImage as exc:
         lifecycle.fail(job.id, exc.code, exc.message, worker)
@@ -81,13 +81,13 @@ def process_claimed(job: Job, worker: str) -> None:
     except Exception:
         # Transient (storage, database) or unexpected: retried with backoff by dramatiq;
         # when the retries run out, FailJobWhenMessageDies records the failure.
-        lease.release(job.id, worker)
+        lifecycle.release(job.id, worker)
         raise
 
 
 def wait_for_lease_or_skip(job_id: str) -> None:
     """No claim: the job is finished or cancelled (nothing to do), or a live worker holds it."""
-    holder = lease.holder(job_id)
+    holder = lifecycle.holder(job_id)
     if holder is None:
         logger.info("nothing to do: job finished, cancelled or unknown", extra={"job_id": job_id})
         return
@@ -146,9 +146,7 @@ def produce(job: Job, worker: str, operation, params, hint) -> None:
         logger.info("completed in %.1f ms", fields["processing_ms"])
     else:
         logger.info("finished, but the job was cancelled, deleted or taken over meanwhile")
-        # Taken over: the other worker writes the same key, so the file is theirs. Otherwise no
-        # one will ever serve it.
-        if not Job.objects.filter(id=job.id).exclude(status=Job.CANCELLED).exists():
+        if lifecycle.result_unwanted(job.id):
             storage.delete_job_files(fields.get("output_key", ""), fields.get("fallback_key", ""))
 
 
