@@ -25,6 +25,7 @@ from processing.errors import (
     UnknownService,
     UnprocessableImage,
 )
+from processing.imaging import formats
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, get_operation
 from processing.jobs import lifecycle, pools, publishing
@@ -45,8 +46,6 @@ RESULT_FIELDS = (
     "placeholder_preview",
     "report",
 )
-# What format=auto may choose beyond JPEG and PNG, best first.
-MODERN_FORMATS = ("avif", "webp")
 
 
 class Upload(Protocol):
@@ -93,14 +92,11 @@ class Submission:
     uploads: list[Upload]
     job_id: uuid.UUID | None = None  # for a single upload: take this id
     idempotency_key: str | None = None
-    # The image formats the client's Accept header names (for format=auto), e.g. ("avif", "webp").
-    accepts: tuple[str, ...] = ()
+    # The image subtypes the client's Accept header names (for format=auto), e.g. {"avif", "webp", "*"}.
+    accepts: frozenset[str] = frozenset()
 
     def negotiated_format(self, parameters: dict) -> str:
-        """For format=auto, the best modern format the client accepts; "" for JPEG or PNG by content."""
-        if parameters.get("format") != "auto":
-            return ""
-        return next((name for name in MODERN_FORMATS if name in self.accepts), "")
+        return formats.negotiated_format(parameters.get("format"), self.accepts)
 
 
 @dataclass

@@ -12,13 +12,8 @@ from pydantic import ValidationError
 
 from processing import logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
-from processing.imaging import admin_thumbnails, byte_budget, placeholders
-from processing.imaging.codecs import (
-    default_output_format,
-    load_image,
-    mime_type_for,
-    universal_format,
-)
+from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
+from processing.imaging.codecs import load_image
 from processing.imaging.operations import get_operation
 from processing.jobs import lifecycle, queues
 from processing.models import Job
@@ -151,49 +146,37 @@ def produce(job: Job, worker: str, operation, params, hint) -> None:
 
 
 def store_image_output(job: Job, image, params, input_format: str, timings: dict) -> dict:
-    output_format = chosen_format(job, params, input_format, image)
+    chosen = formats.result_formats(params.format, job.negotiated_format, input_format, image)
     step = time.perf_counter()
-    fitted = byte_budget.encode_within(image, output_format, params.quality, params.max_bytes)
+    fitted = byte_budget.encode_within(image, chosen.output, params.quality, params.max_bytes)
     timings["encode_ms"] = elapsed_ms(step)
     if fitted.encodes > 1:
         timings.update(fitted.metrics(image))
     data = fitted.data
 
     step = time.perf_counter()
-    key = storage.save_output(storage.output_key(str(job.id), extension(output_format)), data)
+    key = storage.save_output(storage.output_key(str(job.id), formats.extension_for(chosen.output)), data)
     fields = {
         "output_key": key,
-        "output_format": output_format,
-        "output_content_type": mime_type_for(output_format),
+        "output_format": chosen.output,
+        "output_content_type": formats.mime_type_for(chosen.output),
         "output_bytes": len(data),
         "output_width": fitted.image.width,
         "output_height": fitted.image.height,
         "output_sha256": hashlib.sha256(data).hexdigest(),
     }
-    if job.negotiated_format:
-        fields.update(store_fallback(job, fitted.image, params.quality, params.max_bytes))
+    if chosen.fallback:
+        fields.update(store_fallback(job, fitted.image, chosen.fallback, params.quality, params.max_bytes))
     timings["store_ms"] = elapsed_ms(step)
     return fields
 
 
-def chosen_format(job: Job, params, input_format: str, image) -> str:
-    """The format asked for; for auto, the one the upload's Accept named, else JPEG or PNG by content."""
-    if params.format == "auto":
-        return job.negotiated_format or universal_format(image)
-    return params.format or default_output_format(input_format)
-
-
-def store_fallback(job: Job, image, quality: int, max_bytes: int | None) -> dict:
-    """The same result as JPEG or PNG, for downloads whose Accept does not name the chosen format;
+def store_fallback(job: Job, image, fallback_format: str, quality: int, max_bytes: int | None) -> dict:
+    """The same result in `fallback_format`, for downloads whose Accept does not name the chosen format;
     within the same budget, so it may have fewer pixels than the result."""
-    fallback_format = universal_format(image)
     data = byte_budget.encode_within(image, fallback_format, quality, max_bytes).data
-    key = storage.save_output(storage.fallback_key(str(job.id), extension(fallback_format)), data)
+    key = storage.save_output(storage.fallback_key(str(job.id), formats.extension_for(fallback_format)), data)
     return {"fallback_key": key, "fallback_format": fallback_format}
-
-
-def extension(output_format: str) -> str:
-    return output_format.replace("jpeg", "jpg")
 
 
 def elapsed_ms(since: float) -> float:
