@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageMath, ImageOps, ImageStat
 from pydantic import BaseModel
 
-from processing.imaging.codecs import default_output_format, encode_image, load_image
+from processing.imaging.codecs import encode_image, load_image
+from processing.imaging.formats import default_output_format
 from processing.imaging.operations import OPERATIONS, Operation
 from processing.worker import admission
 

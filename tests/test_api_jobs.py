@@ -1,10 +1,15 @@
 """Batches, the job list, cancel, idempotency and result reuse."""
 
+from collections import Counter
+
 import dramatiq
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 from processing.errors import Cancelled
-from processing.jobs import lifecycle
+from processing.imaging import formats
+from processing.imaging.operations import Operation
+from processing.jobs import lifecycle, submissions
 from processing.models import Job
 from tests import images
 from tests.uploads import png, submit
@@ -142,6 +147,40 @@ def test_an_idempotency_key_reused_for_a_different_request_is_refused(client, st
         assert refused.json()["error"]["code"] == "idempotency_mismatch"
     assert Job.objects.count() == 1
     assert submit(client, "blur", headers=headers, radius="2.0").json()["job_id"] == first.json()["job_id"]
+
+
+def test_the_idempotency_key_is_checked_before_the_image_is_read(client, stub_broker):
+    broken = SimpleUploadedFile("broken.png", b"not an image")
+    too_long = submit(client, headers={"Idempotency-Key": "k" * 201}, image=broken)
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_idempotency_key"
+
+    headers = {"Idempotency-Key": "order-45"}
+    assert submit(client, headers=headers).status_code == 202
+    reused = submit(client, headers=headers, image=SimpleUploadedFile("broken.png", b"not an image"))
+    assert reused.status_code == 422 and reused.json()["error"]["code"] == "idempotency_mismatch"
+
+
+def test_an_idempotent_submission_is_parsed_negotiated_and_probed_once(client, stub_broker, monkeypatch):
+    calls = Counter()
+
+    def counted(name, function):
+        def count_and_call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return count_and_call
+
+    monkeypatch.setattr(Operation, "parse", counted("parse", Operation.parse))
+    monkeypatch.setattr(formats, "negotiated_format", counted("negotiate", formats.negotiated_format))
+    monkeypatch.setattr(submissions, "probe", counted("probe", submissions.probe))
+    headers = {"Idempotency-Key": "order-44", "Accept": "image/avif"}
+
+    assert submit(client, "blur", headers=headers, format="auto").status_code == 202
+    assert calls == {"parse": 1, "negotiate": 1, "probe": 1}
+
+    calls.clear()
+    assert submit(client, "blur", headers=headers, format="auto")["Idempotent-Replayed"] == "true"
+    assert calls == {"parse": 1, "negotiate": 1}  # a replay reads no upload
 
 
 # --- result reuse ---

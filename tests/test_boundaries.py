@@ -35,6 +35,22 @@ def test_processing_imports_nothing_from_the_gateway_or_the_scaler():
     assert {path: names for path, names in offenders.items() if names} == {}
 
 
+def test_the_worker_reaches_the_lease_only_through_the_job_lifecycle():
+    def imports_the_lease(path: Path) -> bool:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        return any(
+            isinstance(node, ast.ImportFrom)
+            and (
+                node.module == "processing.jobs.lease"
+                or (node.module == "processing.jobs" and any(alias.name == "lease" for alias in node.names))
+            )
+            for node in ast.walk(tree)
+        )
+
+    worker = ROOT / "processing" / "worker"
+    assert [str(path.relative_to(ROOT)) for path in worker.rglob("*.py") if imports_the_lease(path)] == []
+
+
 # A worker process as a worker group starts one (scaler.backends.processes.worker_command): Django
 # set up, the actors imported; then one job processed through the real actor, events and metrics
 # included. It prints the gateway modules that Django's app registry loaded (the gateway is an

@@ -1,10 +1,12 @@
-"""HEIC and AVIF in, AVIF out, format=auto by the Accept header, and the placeholder of each result."""
+"""HEIC and AVIF in, AVIF out, format=auto by the Accept header (processing.imaging.formats decides), and
+the placeholder of each result."""
 
 import base64
 import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 
 import blurhash
@@ -17,14 +19,17 @@ from django.test import RequestFactory
 from django.utils import timezone
 from PIL import ExifTags, Image, ImageFilter
 
-from gateway.http.negotiation import named_image_formats
-from processing.imaging import placeholders
-from processing.imaging.codecs import default_output_format, encode_image, load_image, probe
+from gateway.http.negotiation import accepted_image_types
+from processing.imaging import formats, placeholders
+from processing.imaging.codecs import encode_image, load_image, probe
+from processing.imaging.formats import ResultFormats, default_output_format
+from processing.imaging.operations.base import OutputOptions
 from processing.models import Job
 from tests import images
 from tests.uploads import submit
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Only the tests that go through the API and the worker; the format decisions are pure.
+through_the_api = pytest.mark.django_db(transaction=True)
 
 LIMIT = 50_000_000
 # What Chrome sends for an image, and for a page (a form's POST).
@@ -73,6 +78,7 @@ def test_a_heic_photo_is_probed_and_decoded_upright(tmp_path):
     assert image.getpixel((17, 2))[0] > 200 and image.getpixel((2, 2))[1] > 200
 
 
+@through_the_api
 def test_a_heic_upload_becomes_a_jpeg_without_its_gps(client, run_jobs):
     job_id = submit(client, "blur", image=upload("IMG_0001.HEIC", iphone_heic())).json()["job_id"]
     run_jobs()
@@ -85,6 +91,7 @@ def test_a_heic_upload_becomes_a_jpeg_without_its_gps(client, run_jobs):
     assert default_output_format("HEIF") == "jpeg"
 
 
+@through_the_api
 def test_an_avif_upload_is_processed_and_stays_avif(client, run_jobs):
     data = images.encode(images.photo(64, 48), "AVIF", quality=90)
     job_id = submit(client, "grayscale", image=upload("photo.avif", data)).json()["job_id"]
@@ -112,21 +119,129 @@ def test_avif_output_is_under_half_the_jpeg_at_the_same_quality_and_as_alike():
 
 
 @pytest.mark.parametrize(
-    "accept, named",
+    "accept, named, negotiated",
     [
-        (CHROME_IMAGE_ACCEPT, ("avif", "webp")),
-        (CHROME_PAGE_ACCEPT, ("avif", "webp")),
-        ("image/webp,*/*", ("webp",)),
-        ("image/avif;q=0, image/webp;q=0.5", ("webp",)),
-        ("*/*", ()),
-        ("image/*", ()),
-        ("application/json", ()),
+        (CHROME_IMAGE_ACCEPT, ("avif", "webp"), "avif"),
+        (CHROME_PAGE_ACCEPT, ("avif", "webp"), "avif"),
+        ("image/webp,*/*", ("webp",), "webp"),
+        ("image/webp, image/avif", ("avif", "webp"), "avif"),
+        ("image/avif;q=0, image/webp;q=0.5", ("webp",), "webp"),
+        ("*/*", (), ""),
+        ("image/*", (), ""),
+        ("application/json", (), ""),
     ],
 )
-def test_only_formats_the_accept_header_names_count(accept, named):
-    assert named_image_formats(RequestFactory().get("/", headers={"Accept": accept})) == named
+def test_only_formats_the_accept_header_names_count(accept, named, negotiated):
+    accepted = accepted_image_types(RequestFactory().get("/", headers={"Accept": accept}))
+
+    assert tuple(name for name in formats.MODERN_FORMATS if name in accepted) == named
+    assert formats.negotiated_format("auto", accepted) == negotiated
 
 
+def transparent_palette() -> Image.Image:
+    image = Image.new("P", (4, 4))
+    image.info["transparency"] = 0
+    return image
+
+
+CHROME = {"avif", "webp", "apng", "svg+xml", "*"}
+
+
+@pytest.mark.parametrize(
+    "accepted, requested, image, input_format, expected",
+    [
+        # format=auto: the best modern format named, with a JPEG or PNG fallback by content.
+        (CHROME, "auto", Image.new("RGB", (4, 4)), "JPEG", ResultFormats("avif", fallback="jpeg")),
+        (CHROME, "auto", Image.new("RGBA", (4, 4)), "PNG", ResultFormats("avif", fallback="png")),
+        (CHROME, "auto", Image.new("L", (4, 4)), "JPEG", ResultFormats("avif", fallback="jpeg")),
+        ({"webp"}, "auto", Image.new("LA", (4, 4)), "PNG", ResultFormats("webp", fallback="png")),
+        ({"webp"}, "auto", transparent_palette(), "GIF", ResultFormats("webp", fallback="png")),
+        # format=auto with nothing modern named: JPEG or PNG by content, and no fallback.
+        ({"*"}, "auto", Image.new("RGB", (4, 4)), "WEBP", ResultFormats("jpeg")),
+        (set(), "auto", Image.new("RGBA", (4, 4)), "JPEG", ResultFormats("png")),
+        ({"png", "jpeg"}, "auto", Image.new("L", (4, 4)), "PNG", ResultFormats("jpeg")),
+        # A format asked for is the format made, whatever the client accepts.
+        (CHROME, "png", Image.new("RGB", (4, 4)), "JPEG", ResultFormats("png")),
+        (set(), "avif", Image.new("RGBA", (4, 4)), "PNG", ResultFormats("avif")),
+        (CHROME, "jpeg", Image.new("RGBA", (4, 4)), "PNG", ResultFormats("jpeg")),
+        # None asked for: the input's own format, or the default for it.
+        (CHROME, None, Image.new("RGB", (4, 4)), "JPEG", ResultFormats("jpeg")),
+        (CHROME, None, Image.new("RGBA", (4, 4)), "WEBP", ResultFormats("webp")),
+        (CHROME, None, Image.new("RGB", (4, 4)), "HEIF", ResultFormats("jpeg")),
+        (set(), None, transparent_palette(), "GIF", ResultFormats("png")),
+    ],
+)
+def test_the_result_format_and_its_fallback(accepted, requested, image, input_format, expected):
+    negotiated = formats.negotiated_format(requested, accepted)
+
+    assert formats.result_formats(requested, negotiated, input_format, image) == expected
+
+
+@dataclass
+class Stored:
+    output_format: str
+    fallback_format: str = ""
+    output_key: str = "result"
+    fallback_key: str = ""
+
+    def __post_init__(self):
+        self.fallback_key = "fallback" if self.fallback_format else ""
+
+
+@pytest.mark.parametrize(
+    "stored, accepted, served",
+    [
+        (Stored("avif", "jpeg"), CHROME, ("result", "avif")),
+        (Stored("avif", "jpeg"), {"webp"}, ("fallback", "jpeg")),
+        (Stored("avif", "jpeg"), {"*"}, ("fallback", "jpeg")),
+        (Stored("webp", "png"), {"webp"}, ("result", "webp")),
+        (Stored("webp", "png"), {"avif", "png"}, ("fallback", "png")),
+        (Stored("jpeg"), {"avif"}, ("result", "jpeg")),
+        (Stored("png"), set(), ("result", "png")),
+    ],
+)
+def test_a_download_gets_the_result_only_when_the_client_names_its_format(stored, accepted, served):
+    assert formats.download_for(stored, accepted) == served
+
+
+@pytest.mark.parametrize(
+    "input_format, output_format",
+    [
+        ("JPEG", "jpeg"),
+        ("PNG", "png"),
+        ("WEBP", "webp"),
+        ("AVIF", "avif"),
+        ("HEIF", "jpeg"),
+        ("GIF", "png"),
+        ("BMP", "png"),
+        ("TIFF", "png"),
+    ],
+)
+def test_the_default_output_format_follows_the_input(input_format, output_format):
+    assert default_output_format(input_format) == output_format
+
+
+@pytest.mark.parametrize(
+    "format_name, mime_type, extension",
+    [
+        ("jpeg", "image/jpeg", "jpg"),
+        ("png", "image/png", "png"),
+        ("webp", "image/webp", "webp"),
+        ("avif", "image/avif", "avif"),
+        ("HEIF", "image/heic", "heic"),
+        ("TIFF", "image/tiff", "tiff"),
+    ],
+)
+def test_each_format_has_its_mime_type_and_extension(format_name, mime_type, extension):
+    assert (formats.mime_type_for(format_name), formats.extension_for(format_name)) == (mime_type, extension)
+
+
+def test_the_format_parameter_offers_every_output_format_and_auto():
+    offered = OutputOptions.model_json_schema()["properties"]["format"]["anyOf"][0]["enum"]
+    assert offered == [*formats.OUTPUT_FORMATS, formats.AUTO]
+
+
+@through_the_api
 def test_auto_makes_avif_for_chrome_with_a_jpeg_for_downloads_that_do_not_name_avif(client, run_jobs):
     photo = upload("photo.jpg", images.jpeg_bytes(images.photo(96, 64)))
     response = submit(client, "grayscale", headers={"Accept": CHROME_PAGE_ACCEPT}, image=photo, format="auto")
@@ -146,6 +261,7 @@ def test_auto_makes_avif_for_chrome_with_a_jpeg_for_downloads_that_do_not_name_a
     assert jpeg.size == avif.size == (96, 64)
 
 
+@through_the_api
 def test_auto_makes_a_jpeg_for_a_client_that_names_no_image_format(client, run_jobs):
     job_id = submit(client, "blur", headers={"Accept": "*/*"}, format="auto").json()["job_id"]
     run_jobs()
@@ -156,6 +272,7 @@ def test_auto_makes_a_jpeg_for_a_client_that_names_no_image_format(client, run_j
     assert result.format == "JPEG" and "Accept" in response["Vary"]
 
 
+@through_the_api
 def test_auto_keeps_transparency_in_png_or_webp(client, run_jobs):
     transparent = upload("logo.png", images.png_bytes(images.with_alpha(images.gradient(), alpha=0)))
     webp_client = {"Accept": "image/webp,*/*"}
@@ -168,6 +285,7 @@ def test_auto_keeps_transparency_in_png_or_webp(client, run_jobs):
     assert downloaded(client, job_id, "image/png")[1].mode == "RGBA"
 
 
+@through_the_api
 def test_a_result_is_reused_only_for_a_client_that_named_the_same_formats(client, run_jobs, settings):
     settings.RESULT_REUSE = True
     photo = images.jpeg_bytes(images.photo(64, 48))
@@ -186,6 +304,7 @@ def test_a_result_is_reused_only_for_a_client_that_named_the_same_formats(client
     assert "reused_job_id" not in other.metrics and other.output_format == "jpeg"
 
 
+@through_the_api
 def test_cleanup_removes_the_fallback_with_the_result(client, run_jobs, settings):
     settings.FILE_TTL_SECONDS = 60
     job_id = submit(client, "blur", headers={"Accept": "image/avif"}, format="auto").json()["job_id"]
@@ -230,6 +349,7 @@ def test_a_noisy_image_still_gets_a_preview_under_a_kilobyte():
     assert len(placeholders.make(images.noise(800, 800)).preview) <= 1024
 
 
+@through_the_api
 def test_a_completed_image_job_carries_its_placeholder_and_a_report_none(client, run_jobs):
     image_job = submit(client, "blur").json()["job_id"]
     report_job = submit(client, "analyze").json()["job_id"]
@@ -243,7 +363,8 @@ def test_a_completed_image_job_carries_its_placeholder_and_a_report_none(client,
 
 def test_the_avif_speed_is_a_setting_the_worker_applies_within_its_bounds():
     speed_at_start = (
-        "import django; django.setup(); from processing.imaging import codecs; print(codecs.AVIF_OPTIONS['speed'])"
+        "import django; django.setup(); from processing.imaging import codecs; "
+        "print(codecs.AVIF_OPTIONS['speed'])"
     )
     applied = subprocess.run(
         [sys.executable, "-c", speed_at_start],

@@ -8,16 +8,14 @@ from PIL import ExifTags, Image
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
 from processing.imaging.codecs import (
     ALLOWED_INPUT_FORMATS,
-    OUTPUT_FORMATS,
     DecodeHint,
     ImageInfo,
     count_scans,
-    default_output_format,
     encode_image,
     load_image,
-    mime_type_for,
     probe,
 )
+from processing.imaging.formats import OUTPUT_FORMATS
 from tests import images
 
 LIMIT = 10_000_000
@@ -373,21 +371,3 @@ def test_an_image_too_wide_for_webp_is_unprocessable_in_webp_only():
 def test_encode_image_refuses_other_formats():
     with pytest.raises(ValueError):
         encode_image(images.gradient(), "gif", 85)
-
-
-# Formats and MIME types
-
-
-@pytest.mark.parametrize(
-    "input_format, output_format",
-    [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "png"), ("BMP", "png"), ("TIFF", "png")],
-)
-def test_the_default_output_format_follows_the_input(input_format, output_format):
-    assert default_output_format(input_format) == output_format
-
-
-@pytest.mark.parametrize(
-    "output_format, mime_type", [("jpeg", "image/jpeg"), ("png", "image/png"), ("webp", "image/webp")]
-)
-def test_mime_type_for_each_output_format(output_format, mime_type):
-    assert mime_type_for(output_format) == mime_type

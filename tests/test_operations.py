@@ -6,7 +6,8 @@ from PIL import Image, ImageFilter
 from pydantic import ValidationError
 
 from processing.errors import Cancelled, InvalidParameters, OutputTooLarge
-from processing.imaging.codecs import OUTPUT_FORMATS, DecodeHint, encode_image, load_image
+from processing.imaging.codecs import DecodeHint, encode_image, load_image
+from processing.imaging.formats import OUTPUT_FORMATS
 from processing.imaging.operations import OPERATIONS, Operation, OperationResult, get_operation
 from processing.imaging.operations import grayscale as grayscale_module
 from tests import images

@@ -16,9 +16,9 @@ from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, charge_more_submissions
 from gateway.api.schemas import ErrorOut, JobPageOut, JobsOut, MetricsOut
 from gateway.http import intake
 from gateway.http.errors import ApiError, not_found
-from gateway.http.negotiation import download_key
+from gateway.http.negotiation import accepted_image_types
 from gateway.live import waiting
-from processing.imaging.codecs import mime_type_for
+from processing.imaging import formats
 from processing.imaging.operations import get_operation
 from processing.jobs import lifecycle, submissions
 from processing.jobs.public import JobOut, JobStatus, StatusOut, error_json, job_json, job_urls, status_json
@@ -261,9 +261,9 @@ def job_download(request, job_id: str):
         return JsonResponse(
             job.report, headers={"Content-Disposition": f'attachment; filename="{job.id}.json"'}
         )
-    key, output_format = download_key(request, job)
-    response = file_response(key, mime_type_for(output_format), f"{job.id}.{key.rsplit('.', 1)[-1]}")
-    if job.parameters.get("format") == "auto":
+    key, output_format = formats.download_for(job, accepted_image_types(request))
+    response = file_response(key, formats.mime_type_for(output_format), f"{job.id}.{key.rsplit('.', 1)[-1]}")
+    if formats.varies_with_accept(job.parameters.get("format")):
         patch_vary_headers(response, ["Accept"])
     return response
 

@@ -4,7 +4,7 @@ import uuid
 
 from gateway.auth.owners import Caller
 from gateway.http.errors import ApiError
-from gateway.http.negotiation import named_image_formats
+from gateway.http.negotiation import accepted_image_types
 from processing.jobs.submissions import Submission
 
 # Form fields that are not operation parameters.
@@ -40,5 +40,5 @@ def submission_from(
         uploads=uploads_from(request, at_most=at_most),
         job_id=job_id,
         idempotency_key=request.headers.get("Idempotency-Key"),
-        accepts=named_image_formats(request),
+        accepts=accepted_image_types(request),
     )

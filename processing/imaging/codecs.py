@@ -13,6 +13,7 @@ import pillow_heif
 from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
+from processing.imaging.formats import OUTPUT_FORMATS, extension_for, has_alpha, mime_type_for
 
 # HEIC/HEIF (iPhone photos) through libheif; AVIF is Pillow's own.
 pillow_heif.register_heif_opener()
@@ -20,7 +21,6 @@ pillow_heif.register_heif_opener()
 # Pillow format names. Never EPS, PDF or PSD: their decoders are large attack surfaces
 # (EPS runs Ghostscript) and nobody needs them to resize a photo.
 ALLOWED_INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
-OUTPUT_FORMATS = ("jpeg", "png", "webp", "avif")
 # The largest width or height each encoder can write.
 MAX_EDGE = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383, "avif": 65_536}
 # Tuned for SSIM; one thread, as the worker's own threads already fill the cores. The speed is
@@ -31,27 +31,6 @@ AVIF_OPTIONS = {"speed": 6, "max_threads": 1, "advanced": [("tune", "ssim")]}
 # --photos DIR`). Above 85 the scale climbs back, so that 100 is AVIF's best too.
 AVIF_QUALITY_SCALE = 0.8
 AVIF_SCALED_UP_TO = 85
-
-MIME_TYPES = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "WEBP": "image/webp",
-    "GIF": "image/gif",
-    "BMP": "image/bmp",
-    "TIFF": "image/tiff",
-    "HEIF": "image/heic",
-    "AVIF": "image/avif",
-}
-EXTENSIONS = {
-    "JPEG": "jpg",
-    "PNG": "png",
-    "WEBP": "webp",
-    "GIF": "gif",
-    "BMP": "bmp",
-    "TIFF": "tiff",
-    "HEIF": "heic",
-    "AVIF": "avif",
-}
 
 # What Pillow raises on damaged data, from the header parsers and the decoders.
 DECODING_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
@@ -77,7 +56,7 @@ class ImageInfo:
 
     @property
     def extension(self) -> str:
-        return EXTENSIONS[self.format]
+        return extension_for(self.format)
 
 
 @dataclass(frozen=True)
@@ -97,7 +76,7 @@ def probe(path: str | os.PathLike, max_pixels: int, max_jpeg_scans: int | None =
     with open(path, "rb") as fp:
         image = open_allowed(fp, max_pixels, max_jpeg_scans)
         width, height = displayed_size(image)
-        return ImageInfo(format_of(image), width, height, MIME_TYPES[format_of(image)])
+        return ImageInfo(format_of(image), width, height, mime_type_for(format_of(image)))
 
 
 def load_image(
@@ -124,7 +103,7 @@ def load_image(
     image.info["source_format"] = source_format
     if scale > 1:
         image.info["source_size"] = (image.width * scale, image.height * scale)
-    info = ImageInfo(source_format, *source_size(image), MIME_TYPES[source_format])
+    info = ImageInfo(source_format, *source_size(image), mime_type_for(source_format))
     return image, info
 
 
@@ -350,25 +329,3 @@ def pixels_for(image: Image.Image, format: str) -> Image.Image:
     if format == "png" and image.mode in ("L", "LA", "RGB", "RGBA"):
         return image.copy()
     return image.convert("RGBA" if alpha else "RGB")
-
-
-def has_alpha(image: Image.Image) -> bool:
-    return "A" in image.getbands() or image.has_transparency_data
-
-
-def default_output_format(input_format: str) -> str:
-    """Keep the input's format when it is an output format; a HEIC photo becomes JPEG, which every
-    browser shows; anything else (GIF, BMP, TIFF) becomes lossless PNG."""
-    name = input_format.lower()
-    if name == "heif":
-        return "jpeg"
-    return name if name in OUTPUT_FORMATS else "png"
-
-
-def universal_format(image: Image.Image) -> str:
-    """The format every client shows, by content: PNG keeps transparency, JPEG the rest."""
-    return "png" if has_alpha(image) else "jpeg"
-
-
-def mime_type_for(output_format: str) -> str:
-    return MIME_TYPES[output_format.upper()]

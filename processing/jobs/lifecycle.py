@@ -1,14 +1,16 @@
-"""A job's transitions after its claim: progress, complete, fail, cancel, and requeue a failed one.
+"""A job's transitions from its claim: hold, progress, complete, fail, release, cancel, and requeue.
 
 Every state change is a conditional update, so that redeliveries, duplicate
 messages, cancellation and a worker that died mid-job all resolve to one outcome;
 each change that happened is announced once, here (processing.events). Creating jobs
-is `processing.jobs.submissions`, publishing and announcing them `processing.jobs.publishing`,
-and who holds a running job `processing.jobs.lease`.
+is `processing.jobs.submissions`, publishing and announcing them `processing.jobs.publishing`.
+Who holds a running job is `processing.jobs.lease`, behind this module: the worker talks to the
+lifecycle alone.
 """
 
 import logging
 import time
+from contextlib import AbstractContextManager
 
 from django.conf import settings
 from django.db.models import Q
@@ -22,6 +24,11 @@ from processing.models import Job
 logger = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL = 0.5  # seconds; a fast job must not flood the database or its watchers
+
+
+def worker_id() -> str:
+    """This worker thread's name, the one its claims and leases carry."""
+    return lease.worker_id()
 
 
 def claim(job_id, worker: str) -> Job | None:
@@ -49,6 +56,22 @@ def give_up(job_id) -> bool:
         "for example killed for lack of memory, so it is not started again"
     )
     return _fail(lease.out_of_attempts(job_id), job_id, "worker_lost", message)
+
+
+def held(job_id, worker: str) -> AbstractContextManager:
+    """Keep `worker`'s lease on the job alive while the block runs (the process's renewer renews it)."""
+    return lease.renewer.hold(job_id, worker)
+
+
+def holder(job_id) -> tuple[str, float] | None:
+    """(worker, seconds left) when a live worker holds the job, else None: finished, cancelled, unknown
+    or with its lease run out."""
+    return lease.holder(job_id)
+
+
+def release(job_id, worker: str) -> None:
+    """Give the job back after a transient error, so that the retry can claim it at once."""
+    lease.release(job_id, worker)
 
 
 class ProgressReporter:
@@ -92,6 +115,13 @@ def complete(job: Job, worker: str, **result_fields) -> bool:
             setattr(job, name, value)
         events.announce(job)
     return bool(updated)
+
+
+def result_unwanted(job_id) -> bool:
+    """After a `complete` that found the job no longer ours: True when it was cancelled or deleted, so
+    no one will ever serve the files made for it; False when another worker took it over (it writes
+    the same keys, so the files are its)."""
+    return not Job.objects.filter(id=job_id).exclude(status=Job.CANCELLED).exists()
 
 
 def fail(job_id, code: str, message: str, worker: str | None = None) -> bool:

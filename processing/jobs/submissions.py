@@ -3,36 +3,30 @@
 Every check a client can fail happens here, before anything is queued, and fails with a
 domain error (processing.errors) that the gateway turns into an answer. A submission is
 all or nothing: when one of its jobs can't be stored or published, none is left behind.
+A submission is parsed once (`prepare`); its Idempotency-Key fingerprint and its jobs are both
+made from that (the key's record is processing.jobs.idempotency).
 """
 
-import hashlib
-import json
 import logging
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.utils import timezone
+from pydantic import BaseModel
 
 from processing import storage
-from processing.errors import (
-    IdempotencyKeyInUse,
-    IdempotencyKeyInvalid,
-    IdempotencyKeyMismatch,
-    StorageUnavailable,
-    UnknownService,
-    UnprocessableImage,
-)
+from processing.errors import StorageUnavailable, UnknownService, UnprocessableImage
+from processing.imaging import formats
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, get_operation
-from processing.jobs import pools, publishing
-from processing.models import IdempotencyKey, Job, owned_by, owner_identity
+from processing.jobs import idempotency, pools, publishing
+from processing.models import Job, owned_by, owner_identity
 
 logger = logging.getLogger(__name__)
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 200
 RESULT_FIELDS = (
     "output_content_type",
     "output_format",
@@ -45,8 +39,6 @@ RESULT_FIELDS = (
     "placeholder_preview",
     "report",
 )
-# What format=auto may choose beyond JPEG and PNG, best first.
-MODERN_FORMATS = ("avif", "webp")
 
 
 class Upload(Protocol):
@@ -93,14 +85,29 @@ class Submission:
     uploads: list[Upload]
     job_id: uuid.UUID | None = None  # for a single upload: take this id
     idempotency_key: str | None = None
-    # The image formats the client's Accept header names (for format=auto), e.g. ("avif", "webp").
-    accepts: tuple[str, ...] = ()
+    # The image subtypes the client's Accept header names (for format=auto), e.g. {"avif", "webp", "*"}.
+    accepts: frozenset[str] = frozenset()
 
-    def negotiated_format(self, parameters: dict) -> str:
-        """For format=auto, the best modern format the client accepts; "" for JPEG or PNG by content."""
-        if parameters.get("format") != "auto":
-            return ""
-        return next((name for name in MODERN_FORMATS if name in self.accepts), "")
+
+@dataclass
+class Prepared:
+    """A submission parsed once: its fingerprint and its jobs are both made from this."""
+
+    submission: Submission
+    operation: Operation
+    params: BaseModel
+    canonical: dict  # the parameters as parsed, as JSON: what a job stores and a fingerprint hashes
+    negotiated_format: str
+
+    @cached_property
+    def inputs(self) -> list[tuple[Upload, ImageInfo]]:
+        """Each upload with its header facts, read on first use: after the Idempotency-Key's checks,
+        so that a key's errors come before an upload's and a replay reads no upload."""
+        return [(upload, inspect(upload)) for upload in self.submission.uploads]
+
+    def fingerprint(self) -> str:
+        hashes = [upload.sha256 for upload in self.submission.uploads]
+        return idempotency.fingerprint(self.operation.name, self.canonical, hashes, self.negotiated_format)
 
 
 @dataclass
@@ -118,54 +125,40 @@ def find_operation(name: str) -> Operation:
         raise UnknownService(name) from None
 
 
-def submit(submission: Submission) -> Accepted:
-    """Make the submission's jobs, or, for a repeated Idempotency-Key, give the ones it made before."""
-    key = submission.idempotency_key
-    if not key:
-        return Accepted(create_jobs(submission))
-    record, remembered = reserve(submission.owner.identity, key, fingerprint(submission))
-    if remembered is not None:
-        return Accepted(remembered, replayed=True)
-    try:
-        created = create_jobs(submission)
-    except BaseException:
-        record.delete()  # the request failed: the key may be used again
-        raise
-    record.job_ids = [str(job.id) for job in created]
-    record.save(update_fields=["job_ids"])
-    return Accepted(created)
-
-
-def fingerprint(submission: Submission) -> str:
-    """What makes two requests the same: the service, its parameters as parsed, and each input's bytes."""
-    operation = find_operation(submission.service)
-    parameters = operation.parse(submission.raw_parameters).model_dump(mode="json")
-    request = {
-        "service": operation.name,
-        "parameters": parameters,
-        "inputs": [upload.sha256 for upload in submission.uploads],
-    }
-    negotiated = submission.negotiated_format(parameters)
-    if negotiated:  # only then: fingerprints made before format=auto existed stay the same
-        request["negotiated_format"] = negotiated
-    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-
-
-def create_jobs(submission: Submission) -> list[Job]:
-    """Validate every upload and the parameters, then store, create, publish and announce the jobs."""
+def prepare(submission: Submission) -> Prepared:
+    """Parse the submission once: its service and parameters (refused here when unknown or invalid),
+    and the format format=auto negotiates with the client's Accept header."""
     operation = find_operation(submission.service)
     params = operation.parse(submission.raw_parameters)
-    inspected = [(upload, inspect(upload)) for upload in submission.uploads]
-    for _, info in inspected:
+    canonical = params.model_dump(mode="json")
+    negotiated = formats.negotiated_format(canonical.get("format"), submission.accepts)
+    return Prepared(submission, operation, params, canonical, negotiated)
+
+
+def submit(submission: Submission) -> Accepted:
+    """Make the submission's jobs, or, for a repeated Idempotency-Key, give the ones it made before."""
+    prepared = prepare(submission)
+    key = submission.idempotency_key
+    if not key:
+        return Accepted(create_jobs(prepared))
+    jobs, replayed = idempotency.once(
+        submission.owner.identity, key, prepared.fingerprint(), lambda: create_jobs(prepared)
+    )
+    return Accepted(jobs, replayed)
+
+
+def create_jobs(prepared: Prepared) -> list[Job]:
+    """Validate every upload against the parameters, then store, create, publish and announce the jobs."""
+    operation, params = prepared.operation, prepared.params
+    for _, info in prepared.inputs:
         operation.check_fits(params, info.width, info.height)
         operation.check_output(params, info.width, info.height, settings.MAX_OUTPUT_PIXELS)
 
-    canonical = params.model_dump(mode="json")
+    single_id = prepared.submission.job_id if len(prepared.inputs) == 1 else None
     created: list[Job] = []
     try:
-        for upload, info in inspected:
-            job_id = submission.job_id if len(inspected) == 1 and submission.job_id else uuid.uuid4()
-            created.append(create_job(submission, operation, canonical, upload, info, job_id))
+        for upload, info in prepared.inputs:
+            created.append(create_job(prepared, upload, info, single_id or uuid.uuid4()))
         publishing.enqueue(created)
     except Exception:
         withdraw(created)
@@ -184,13 +177,12 @@ def inspect(upload: Upload) -> ImageInfo:
         raise
 
 
-def create_job(
-    submission: Submission, operation: Operation, canonical: dict, upload: Upload, info: ImageInfo, job_id
-) -> Job:
+def create_job(prepared: Prepared, upload: Upload, info: ImageInfo, job_id: uuid.UUID) -> Job:
+    submission, service = prepared.submission, prepared.operation.name
     job = Job(
         id=job_id,
-        service=operation.name,
-        parameters=canonical,
+        service=service,
+        parameters=prepared.canonical,
         request_id=submission.request_id,
         input_filename=(upload.name or "")[:255],
         input_sha256=upload.sha256,
@@ -198,8 +190,8 @@ def create_job(
         input_bytes=upload.size,
         input_width=info.width,
         input_height=info.height,
-        negotiated_format=submission.negotiated_format(canonical),
-        pool=pools.pool_for(settings.TRAFFIC_SPLIT, operation.name, job_id),
+        negotiated_format=prepared.negotiated_format,
+        pool=pools.pool_for(settings.TRAFFIC_SPLIT, service, job_id),
         **submission.owner.fields(),
     )
     job.input_key = stored(storage.save_upload, storage.input_key(str(job_id), info.extension), upload)
@@ -263,34 +255,3 @@ def withdraw(created: list[Job]) -> None:
     for job in created:
         storage.delete_job_files(*job.file_keys)
         Job.objects.filter(id=job.id).delete()
-
-
-def reserve(owner: str, key: str, request: str) -> tuple[IdempotencyKey | None, list[Job] | None]:
-    """(the new record, None) for a first use of the key; (None, its jobs) for a repeat of the
-    request whose `fingerprint` is `request`.
-
-    Raises IdempotencyKeyMismatch when the key was used for a different request, and
-    IdempotencyKeyInUse while the first request with the key is still being handled.
-    """
-    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise IdempotencyKeyInvalid(
-            f"Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-        )
-    try:
-        with transaction.atomic():
-            return IdempotencyKey.objects.create(owner=owner, key=key, fingerprint=request), None
-    except IntegrityError:
-        return None, remembered_jobs(owner, key, request)
-
-
-def remembered_jobs(owner: str, key: str, request: str) -> list[Job]:
-    record = IdempotencyKey.objects.get(owner=owner, key=key)
-    if record.fingerprint and record.fingerprint != request:  # keys from before fingerprints match all
-        raise IdempotencyKeyMismatch(
-            "this Idempotency-Key was used for a different request (service, parameters or image); "
-            "use a new key for a new request"
-        )
-    if not record.job_ids:
-        raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
-    found = {str(job.id): job for job in Job.objects.filter(id__in=record.job_ids)}
-    return [found[job_id] for job_id in record.job_ids if job_id in found]

@@ -12,15 +12,10 @@ from pydantic import ValidationError
 
 from processing import logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
-from processing.imaging import admin_thumbnails, byte_budget, placeholders
-from processing.imaging.codecs import (
-    default_output_format,
-    load_image,
-    mime_type_for,
-    universal_format,
-)
+from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
+from processing.imaging.codecs import load_image
 from processing.imaging.operations import get_operation
-from processing.jobs import lease, lifecycle, queues
+from processing.jobs import lifecycle, queues
 from processing.models import Job
 from processing.worker import admission
 
@@ -54,7 +49,7 @@ def should_retry(retries: int, exception: Exception) -> bool:
     throws=(TimeLimitExceeded,),
 )
 def process_job(job_id: str) -> None:
-    worker = lease.worker_id()
+    worker = lifecycle.worker_id()
     job = lifecycle.claim(job_id, worker)
     if job is None:
         wait_for_lease_or_skip(job_id)
@@ -69,7 +64,7 @@ declare_pools()
 def process_claimed(job: Job, worker: str) -> None:
     logger.info("processing %s (attempt %d)", job.service, job.attempts)
     try:
-        with lease.renewer.hold(job.id, worker):
+        with lifecycle.held(job.id, worker):
             run(job, worker)
     except UnprocessableImage as exc:
         lifecycle.fail(job.id, exc.code, exc.message, worker)
@@ -81,13 +76,13 @@ def process_claimed(job: Job, worker: str) -> None:
     except Exception:
         # Transient (storage, database) or unexpected: retried with backoff by dramatiq;
         # when the retries run out, FailJobWhenMessageDies records the failure.
-        lease.release(job.id, worker)
+        lifecycle.release(job.id, worker)
         raise
 
 
 def wait_for_lease_or_skip(job_id: str) -> None:
     """No claim: the job is finished or cancelled (nothing to do), or a live worker holds it."""
-    holder = lease.holder(job_id)
+    holder = lifecycle.holder(job_id)
     if holder is None:
         logger.info("nothing to do: job finished, cancelled or unknown", extra={"job_id": job_id})
         return
@@ -146,56 +141,42 @@ def produce(job: Job, worker: str, operation, params, hint) -> None:
         logger.info("completed in %.1f ms", fields["processing_ms"])
     else:
         logger.info("finished, but the job was cancelled, deleted or taken over meanwhile")
-        # Taken over: the other worker writes the same key, so the file is theirs. Otherwise no
-        # one will ever serve it.
-        if not Job.objects.filter(id=job.id).exclude(status=Job.CANCELLED).exists():
+        if lifecycle.result_unwanted(job.id):
             storage.delete_job_files(fields.get("output_key", ""), fields.get("fallback_key", ""))
 
 
 def store_image_output(job: Job, image, params, input_format: str, timings: dict) -> dict:
-    output_format = chosen_format(job, params, input_format, image)
+    chosen = formats.result_formats(params.format, job.negotiated_format, input_format, image)
     step = time.perf_counter()
-    fitted = byte_budget.encode_within(image, output_format, params.quality, params.max_bytes)
+    fitted = byte_budget.encode_within(image, chosen.output, params.quality, params.max_bytes)
     timings["encode_ms"] = elapsed_ms(step)
     if fitted.encodes > 1:
         timings.update(fitted.metrics(image))
     data = fitted.data
 
     step = time.perf_counter()
-    key = storage.save_output(storage.output_key(str(job.id), extension(output_format)), data)
+    key = storage.save_output(storage.output_key(str(job.id), formats.extension_for(chosen.output)), data)
     fields = {
         "output_key": key,
-        "output_format": output_format,
-        "output_content_type": mime_type_for(output_format),
+        "output_format": chosen.output,
+        "output_content_type": formats.mime_type_for(chosen.output),
         "output_bytes": len(data),
         "output_width": fitted.image.width,
         "output_height": fitted.image.height,
         "output_sha256": hashlib.sha256(data).hexdigest(),
     }
-    if job.negotiated_format:
-        fields.update(store_fallback(job, fitted.image, params.quality, params.max_bytes))
+    if chosen.fallback:
+        fields.update(store_fallback(job, fitted.image, chosen.fallback, params.quality, params.max_bytes))
     timings["store_ms"] = elapsed_ms(step)
     return fields
 
 
-def chosen_format(job: Job, params, input_format: str, image) -> str:
-    """The format asked for; for auto, the one the upload's Accept named, else JPEG or PNG by content."""
-    if params.format == "auto":
-        return job.negotiated_format or universal_format(image)
-    return params.format or default_output_format(input_format)
-
-
-def store_fallback(job: Job, image, quality: int, max_bytes: int | None) -> dict:
-    """The same result as JPEG or PNG, for downloads whose Accept does not name the chosen format;
+def store_fallback(job: Job, image, fallback_format: str, quality: int, max_bytes: int | None) -> dict:
+    """The same result in `fallback_format`, for downloads whose Accept does not name the chosen format;
     within the same budget, so it may have fewer pixels than the result."""
-    fallback_format = universal_format(image)
     data = byte_budget.encode_within(image, fallback_format, quality, max_bytes).data
-    key = storage.save_output(storage.fallback_key(str(job.id), extension(fallback_format)), data)
+    key = storage.save_output(storage.fallback_key(str(job.id), formats.extension_for(fallback_format)), data)
     return {"fallback_key": key, "fallback_format": fallback_format}
-
-
-def extension(output_format: str) -> str:
-    return output_format.replace("jpeg", "jpg")
 
 
 def elapsed_ms(since: float) -> float:

@@ -27,15 +27,12 @@ class FailJobWhenMessageDies(Middleware):
     def after_process_message(self, broker, message, *, result=None, exception=None):
         if exception is None or not message.failed or message.actor_name != "process_job":
             return
-        from processing.jobs import (
-            lease,  # imported late: middleware loads before Django's apps
-            lifecycle,
-        )
+        from processing.jobs import lifecycle  # imported late: middleware loads before Django's apps
 
         job_id = message.args[0]
         code, reason = describe(exception)
         # This thread ran the actor: its worker id is the one the job's lease names, if it claimed it.
-        if not lifecycle.fail_unless_held_elsewhere(job_id, code, reason, lease.worker_id()):
+        if not lifecycle.fail_unless_held_elsewhere(job_id, code, reason, lifecycle.worker_id()):
             logger.info("message given up on, but its job is finished or held by a live worker")
 
 

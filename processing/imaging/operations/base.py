@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from processing.errors import OutputTooLarge
 from processing.imaging.codecs import DecodeHint
+from processing.imaging.formats import OutputFormat
 
 ProgressCallback = Callable[[float], None]
-OutputFormat = Literal["jpeg", "png", "webp", "avif", "auto"]
 # A kilobyte holds a recognisable thumbnail in any format; a budget above 50 MB budgets nothing.
 MIN_BUDGET_BYTES = 1024
 MAX_BUDGET_BYTES = 50_000_000

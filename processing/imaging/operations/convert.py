@@ -3,13 +3,8 @@
 from PIL import Image
 from pydantic import Field
 
-from processing.imaging.operations.base import (
-    Operation,
-    OperationResult,
-    OutputFormat,
-    OutputOptions,
-    ProgressCallback,
-)
+from processing.imaging.formats import OutputFormat
+from processing.imaging.operations.base import Operation, OperationResult, OutputOptions, ProgressCallback
 
 
 class ConvertParams(OutputOptions):

@@ -1,0 +1,124 @@
+"""Which format a result gets and which stored file a client downloads: every format decision.
+
+As thumbor's `auto_image_format` owns "which format does this client get", this module owns
+the formats the encoder writes, what format=auto may choose and in what order, the format a
+job's result gets, whether a JPEG or PNG fallback is stored beside it, the file a download
+sends, and each format's MIME type and extension. It is fed plain facts (the client's accepted
+image subtypes, the format parameter, the input's format, the result's pixels) and decides.
+"""
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
+
+from PIL import Image
+
+EncodedFormat = Literal["jpeg", "png", "webp", "avif"]
+# What the encoder writes (codecs.encode_image).
+OUTPUT_FORMATS: tuple[str, ...] = get_args(EncodedFormat)
+AUTO = "auto"
+# What an image operation's `format` parameter may ask for.
+OutputFormat = Literal[EncodedFormat, "auto"]
+# What format=auto may choose beyond JPEG and PNG, best first.
+MODERN_FORMATS = ("avif", "webp")
+
+# By Pillow's format names: the input formats codecs allows, and the output formats.
+MIME_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "HEIF": "image/heic",
+    "AVIF": "image/avif",
+}
+EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+    "HEIF": "heic",
+    "AVIF": "avif",
+}
+
+
+@dataclass(frozen=True)
+class ResultFormats:
+    """The format a result is encoded in, and its fallback's ("" when none is stored)."""
+
+    output: str
+    fallback: str = ""
+
+
+class StoredResult(Protocol):
+    """A finished job's files as a download sees them (processing.models.Job is one)."""
+
+    output_key: str
+    output_format: str
+    fallback_key: str
+    fallback_format: str
+
+
+def negotiated_format(requested: str | None, accepted: Collection[str]) -> str:
+    """For format=auto, the best modern format among the client's accepted image subtypes; "" otherwise.
+
+    Only a format named outright counts: `*/*` or `image/*` is what a client sends when it has no
+    idea, not a promise that it can show AVIF. "" with format=auto means JPEG or PNG by content.
+    """
+    if requested != AUTO:
+        return ""
+    return next((name for name in MODERN_FORMATS if name in accepted), "")
+
+
+def result_formats(
+    requested: str | None, negotiated: str, input_format: str, image: Image.Image
+) -> ResultFormats:
+    """The format asked for, else the input's default; for auto, the negotiated one with a JPEG or PNG
+    fallback for downloads that do not name it, or JPEG or PNG by content when nothing was negotiated."""
+    if requested != AUTO:
+        return ResultFormats(requested or default_output_format(input_format))
+    if negotiated:
+        return ResultFormats(negotiated, fallback=universal_format(image))
+    return ResultFormats(universal_format(image))
+
+
+def default_output_format(input_format: str) -> str:
+    """Keep the input's format when it is an output format; a HEIC photo becomes JPEG, which every
+    browser shows; anything else (GIF, BMP, TIFF) becomes lossless PNG."""
+    name = input_format.lower()
+    if name == "heif":
+        return "jpeg"
+    return name if name in OUTPUT_FORMATS else "png"
+
+
+def universal_format(image: Image.Image) -> str:
+    """The format every client shows, by content: PNG keeps transparency, JPEG the rest."""
+    return "png" if has_alpha(image) else "jpeg"
+
+
+def has_alpha(image: Image.Image) -> bool:
+    return "A" in image.getbands() or image.has_transparency_data
+
+
+def download_for(result: StoredResult, accepted: Collection[str]) -> tuple[str, str]:
+    """(key, format) of the file a client with these accepted image subtypes gets: a format=auto result
+    in a modern format only when it names that format, its JPEG or PNG fallback otherwise."""
+    if result.fallback_key and result.output_format not in accepted:
+        return result.fallback_key, result.fallback_format
+    return result.output_key, result.output_format
+
+
+def varies_with_accept(requested: str | None) -> bool:
+    """Whether a download's file depends on the client's Accept header (caches must key on it)."""
+    return requested == AUTO
+
+
+def mime_type_for(format_name: str) -> str:
+    return MIME_TYPES[format_name.upper()]
+
+
+def extension_for(format_name: str) -> str:
+    return EXTENSIONS[format_name.upper()]

@@ -1,0 +1,74 @@
+"""The Idempotency-Key: a request repeated with the same key gets the jobs the first one made.
+
+One record per owner and key holds the first request's fingerprint and, once it succeeded, its
+job ids. A repeat of the same request replays those jobs; a different request with the key is a
+mismatch; a repeat while the first is still being handled finds the key in use. A request that
+fails gives its key back.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable
+
+from django.db import IntegrityError, transaction
+
+from processing.errors import IdempotencyKeyInUse, IdempotencyKeyInvalid, IdempotencyKeyMismatch
+from processing.models import IdempotencyKey, Job
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+def fingerprint(service: str, parameters: dict, input_hashes: list[str], negotiated_format: str) -> str:
+    """What makes two requests the same: the service, its parameters as parsed, each input's bytes,
+    and the format format=auto negotiated."""
+    request = {"service": service, "parameters": parameters, "inputs": input_hashes}
+    if negotiated_format:  # only then: fingerprints made before format=auto existed stay the same
+        request["negotiated_format"] = negotiated_format
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def once(owner: str, key: str, request: str, create: Callable[[], list[Job]]) -> tuple[list[Job], bool]:
+    """(the jobs `create()` makes, False) for a first use of the key; (the jobs the first request
+    made, True) for a repeat of the request whose `fingerprint` is `request`."""
+    record, remembered = reserve(owner, key, request)
+    if remembered is not None:
+        return remembered, True
+    try:
+        created = create()
+    except BaseException:
+        record.delete()  # the request failed: the key may be used again
+        raise
+    record.job_ids = [str(job.id) for job in created]
+    record.save(update_fields=["job_ids"])
+    return created, False
+
+
+def reserve(owner: str, key: str, request: str) -> tuple[IdempotencyKey | None, list[Job] | None]:
+    """(the new record, None) for a first use of the key; (None, its jobs) for a repeat of the
+    request whose `fingerprint` is `request`.
+
+    Raises IdempotencyKeyMismatch when the key was used for a different request, and
+    IdempotencyKeyInUse while the first request with the key is still being handled.
+    """
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise IdempotencyKeyInvalid(
+            f"Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    try:
+        with transaction.atomic():
+            return IdempotencyKey.objects.create(owner=owner, key=key, fingerprint=request), None
+    except IntegrityError:
+        return None, remembered_jobs(owner, key, request)
+
+
+def remembered_jobs(owner: str, key: str, request: str) -> list[Job]:
+    record = IdempotencyKey.objects.get(owner=owner, key=key)
+    if record.fingerprint and record.fingerprint != request:  # keys from before fingerprints match all
+        raise IdempotencyKeyMismatch(
+            "this Idempotency-Key was used for a different request (service, parameters or image); "
+            "use a new key for a new request"
+        )
+    if not record.job_ids:
+        raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
+    found = {str(job.id): job for job in Job.objects.filter(id__in=record.job_ids)}
+    return [found[job_id] for job_id in record.job_ids if job_id in found]
