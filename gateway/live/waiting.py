@@ -5,8 +5,9 @@ ordinary synchronous view, with the wait between them on the event loop: the fir
 authenticates, finds the job and, when it has not ended, marks its answer with
 WAIT_HEADER instead of waiting; `LongPolls` then holds the request, holding no thread,
 until the job's end is heard (or the wait runs out), and answers with a second pass.
-Elsewhere (a WSGI server, the test client) the view waits itself, reading the job every
-FALLBACK_INTERVAL seconds.
+A request thread never waits: a wait that `LongPolls` did not take (a WSGI server, the
+test client) is answered at once with the job as it is. Which request is a long poll is
+decided once, by `requested_wait`, the way Django will route and parse it.
 
 Ends are heard by one `EndListener` per event loop: a subscriber of the group that hears
 every job's end (events.ENDED_GROUP, through gateway.live.subscriptions), and a future per
@@ -17,11 +18,15 @@ down) a wait looks at the job every FALLBACK_INTERVAL seconds instead.
 
 import asyncio
 import logging
-import re
 from collections import OrderedDict
+from typing import Annotated
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import TooManyFieldsSent
 from django.db import connection
+from django.http import QueryDict
+from django.urls import Resolver404, resolve
+from pydantic import Field, TypeAdapter, ValidationError
 
 from gateway.live import events
 from gateway.live.subscriptions import OnePerLoop, Subscriptions
@@ -34,8 +39,9 @@ FALLBACK_INTERVAL = 0.25
 WAIT_HEADER = "Darkroom-Wait"  # the first pass's mark: the job to wait for
 PASS = "darkroom.long_poll"  # scope key: "first" or "final" (clients can't set scope keys)
 
-LONG_POLL = re.compile(r"^/api/v1/jobs/[0-9a-fA-F-]{32,36}/?$")
-WAIT = re.compile(rb"(?:^|&)wait=([0-9.]+)")
+LONG_POLL_VIEW = "job_detail"  # the URL name of the view a long poll asks (gateway.api.jobs)
+WaitSeconds = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)]  # `?wait=`: the view's type, and ours
+wait_seconds = TypeAdapter(WaitSeconds)
 
 REMEMBERED_ENDS = 10_000  # the latest ends a listener keeps: a wait starting just after one ends at once
 RECHECK_EVERY = 5.0  # seconds between reads of a job while its end is awaited (see until_ended)
@@ -186,17 +192,6 @@ def has_ended(job_id) -> bool:
         connection.close()  # this thread serves no request that would give it back to the pool
 
 
-async def until_finished(job: Job, timeout: float) -> Job:
-    """The job once it has ended, or as it is after `timeout` seconds: the view's own wait.
-
-    Its event loop lives for this one request (a WSGI server's thread), too short for a listener:
-    it reads the job every FALLBACK_INTERVAL instead.
-    """
-    await poll(job.id, asyncio.get_running_loop().time() + timeout)
-    await sync_to_async(job.refresh_from_db)()
-    return job
-
-
 # --- The two passes under ASGI ---------------------------------------------------------------
 
 
@@ -231,14 +226,29 @@ class LongPolls:
 
 
 def requested_wait(scope) -> float | None:
-    """The seconds a `GET /api/v1/jobs/{id}?wait=N` asks to wait; None for any other request."""
-    if scope["type"] != "http" or scope["method"] != "GET" or not LONG_POLL.match(scope["path"]):
+    """The seconds a long poll asks to wait; None for any other request, and for a wait the view
+    refuses (it answers that one at once, with a 422).
+
+    A long poll is what Django will take for one: a GET that the URL conf routes to the job's
+    view (whatever form of its id that route accepts), with `wait` read from the query as
+    `request.GET` reads it (percent-decoding, `+` a space, the last of repeated values, as ninja
+    takes it) and checked by the view's own type, WaitSeconds.
+    """
+    if scope["type"] != "http" or scope["method"] != "GET":
         return None
-    found = WAIT.search(scope.get("query_string", b""))
     try:
-        return float(found.group(1)) if found else None
-    except ValueError:
-        return None  # the view answers 422
+        wait = QueryDict(scope.get("query_string", b"")).get("wait")
+        seconds = None if wait is None else wait_seconds.validate_python(wait)
+        if seconds and resolve(path_info(scope)).url_name == LONG_POLL_VIEW:
+            return seconds
+    except (TooManyFieldsSent, ValidationError, Resolver404):
+        pass  # the view answers at once: 400, 422 or 404
+    return None
+
+
+def path_info(scope) -> str:
+    """The path Django resolves: the scope's, less the prefix the application is mounted at (as a2wsgi)."""
+    return scope["path"].removeprefix(scope.get("root_path", ""))
 
 
 class Captured:
