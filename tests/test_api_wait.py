@@ -15,6 +15,7 @@ from a2wsgi import WSGIMiddleware
 from channels.db import database_sync_to_async
 from django.core.wsgi import get_wsgi_application
 
+from gateway.api.jobs import job_detail_body
 from gateway.live import waiting
 from processing.jobs import lease, lifecycle
 from processing.models import Job
@@ -36,8 +37,20 @@ def anyio_backend():
 
 
 @pytest.fixture
-async def server():
-    app = waiting.LongPolls(WSGIMiddleware(get_wsgi_application(), workers=THREADS))
+def views() -> list:
+    """The requests that reach Django behind LongPolls, in order."""
+    return []
+
+
+@pytest.fixture
+async def server(views):
+    django_http = WSGIMiddleware(get_wsgi_application(), workers=THREADS)
+
+    async def counted(scope, receive, send):
+        views.append(scope["path"])
+        await django_http(scope, receive, send)
+
+    app = waiting.LongPolls(counted, answer=job_detail_body)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://testserver"
     ) as client:
@@ -89,6 +102,32 @@ async def test_a_running_job_is_answered_when_it_completes(server):
     assert not waiters_on(job)  # nothing is left waiting
 
 
+async def test_a_long_poll_runs_the_view_once_and_is_answered_as_a_read_after_the_end(server, views):
+    job = await in_thread(stored_job)()
+    claimed = await in_thread(lease.claim)(job.id, WORKER)
+    polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=30"))
+    await until_someone_waits_on(job)
+    await in_thread(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
+    answer = await asyncio.wait_for(polling, 20)
+
+    assert views == [f"/api/v1/jobs/{job.id}"], "the view ran once; the wait and the answer were LongPolls'"
+    read = await server.get(f"/api/v1/jobs/{job.id}")
+    assert answer.content == read.content  # the same JSON, byte for byte
+    assert answer.headers.keys() == read.headers.keys()
+    assert answer.headers["content-length"] == str(len(answer.content))
+
+
+async def test_a_job_deleted_during_the_wait_is_answered_as_the_view_saw_it(server):
+    job = await in_thread(stored_job)()
+    await in_thread(lease.claim)(job.id, WORKER)
+    polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=0.5"))
+    await until_someone_waits_on(job)
+    await in_thread(Job.objects.filter(id=job.id).delete)()
+
+    response = await asyncio.wait_for(polling, 20)
+    assert response.status_code == 200 and response.json()["status"] == "processing"
+
+
 async def test_a_long_poll_counts_once_against_the_read_limit(server, settings, fresh_rate_limits):
     settings.RATE_LIMIT_READ = "1/d"
     job = await in_thread(stored_job)()
@@ -110,7 +149,7 @@ async def test_a_job_still_running_after_the_wait_is_answered_as_it_is(server):
     assert time.monotonic() - started >= 0.5  # it waited the whole time it was given
 
 
-async def test_a_job_still_running_is_waited_for_once_not_again_by_the_answering_pass(server, monkeypatch):
+async def test_a_job_still_running_is_waited_for_once(server, monkeypatch):
     waits = []
 
     async def counted(job_id, timeout, read_at=None):
@@ -133,7 +172,7 @@ async def test_an_end_heard_before_the_wait_began_answers_it_without_a_read(serv
     claimed = await in_thread(lease.claim)(job.id, WORKER)
     listener = waiting.EndListener.of_running_loop()
     await until(lambda: listener.hearing_since is not None, "the listener joins the group of ends")
-    read_at = asyncio.get_running_loop().time()  # as the first pass reads the job: still running
+    read_at = asyncio.get_running_loop().time()  # as the view reads the job: still running
     await in_thread(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
     await until(lambda: str(job.id) in listener.ended, "the listener hears the job's end")
     reads = count_reads(monkeypatch)

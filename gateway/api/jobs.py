@@ -9,6 +9,7 @@ from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.utils.cache import patch_vary_headers
 from ninja import Query, Router, Schema, Status
+from ninja.renderers import JSONRenderer
 from pydantic import Field
 
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, charge_more_submissions
@@ -191,12 +192,24 @@ WAIT_PARAMETER = Query(
 def job_detail(request, response: HttpResponse, job_id: str, wait: waiting.WaitSeconds = WAIT_PARAMETER):
     """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first.
 
-    The view itself never waits: gateway.live.waiting.LongPolls does, on the event loop, between
-    this pass and the next. A wait it did not take is answered now, with the job as it is."""
+    The view itself never waits: gateway.live.waiting.LongPolls does, on the event loop, after it,
+    and answers with `job_detail_body`. A wait it did not take is answered now, with the job as it is."""
     job = get_job(request, job_id)
     if wait and not job.is_finished and waiting.deferred_by_the_server(request):
         response[waiting.WAIT_HEADER] = str(job.id)  # LongPolls waits for it, holding no thread
     return job_json(job)
+
+
+def job_detail_body(job_id: str) -> bytes | None:
+    """job_detail's body for the job as it is now, as ninja renders it (None if it is gone).
+
+    LongPolls' answer once its wait is over; the caller was authenticated, counted and found to
+    own the job by the view, before the wait."""
+    job = Job.objects.filter(id=job_id).first()
+    if job is None:
+        return None
+    shown = JobOut.model_validate(job_json(job)).model_dump()  # what ninja does with the view's return
+    return JSONRenderer().render(None, shown, response_status=200).encode()
 
 
 @router.get(
