@@ -3,8 +3,8 @@
 HTTP requests run Django's synchronous handler on a pool of reused threads (a2wsgi):
 Django's ASGI handler would start a thread for each request and hop to it through every
 middleware, several times the cost of the view itself (`make bench-api`). A long poll,
-`GET /api/v1/jobs/{id}?wait=N`, waits between two passes of its view on the event loop,
-holding no thread (gateway.live.waiting.LongPolls).
+`GET /api/v1/jobs/{id}?wait=N`, waits after its view on the event loop, holding no thread
+(gateway.live.waiting.LongPolls).
 """
 
 import os
@@ -19,6 +19,7 @@ from project.checks import refuse_unsafe_start  # noqa: E402
 refuse_unsafe_start()  # e.g. the default SECRET_KEY with services configured: don't serve
 from a2wsgi import WSGIMiddleware  # noqa: E402
 
+from gateway.api.jobs import job_detail_body  # noqa: E402
 from gateway.http.middleware import RequestBodyLimit  # noqa: E402
 from gateway.live import gc_pauses, routing  # noqa: E402
 from gateway.live.waiting import LongPolls  # noqa: E402
@@ -27,7 +28,7 @@ from processing.worker import embedded  # noqa: E402
 SYNC_THREADS = 16  # requests handled at once on the thread pool; waits never take one
 
 django_http = WSGIMiddleware(django_wsgi, workers=SYNC_THREADS)
-http_application = RequestBodyLimit(LongPolls(django_http))
+http_application = RequestBodyLimit(LongPolls(django_http, answer=job_detail_body))
 
 
 async def application(scope, receive, send):

@@ -15,6 +15,7 @@ from a2wsgi import WSGIMiddleware
 from channels.db import database_sync_to_async
 from django.core.wsgi import get_wsgi_application
 
+from gateway.api.jobs import job_detail_body
 from gateway.live import waiting
 from processing.jobs import lease, lifecycle
 from processing.models import Job
@@ -27,6 +28,7 @@ pytestmark = [
 ]
 
 WORKER = "test-host:1:worker"
+THREADS = 4  # the server's request threads
 
 
 @pytest.fixture
@@ -35,8 +37,20 @@ def anyio_backend():
 
 
 @pytest.fixture
-async def server():
-    app = waiting.LongPolls(WSGIMiddleware(get_wsgi_application(), workers=4))
+def views() -> list:
+    """The requests that reach Django behind LongPolls, in order."""
+    return []
+
+
+@pytest.fixture
+async def server(views):
+    django_http = WSGIMiddleware(get_wsgi_application(), workers=THREADS)
+
+    async def counted(scope, receive, send):
+        views.append(scope["path"])
+        await django_http(scope, receive, send)
+
+    app = waiting.LongPolls(counted, answer=job_detail_body)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://testserver"
     ) as client:
@@ -88,6 +102,32 @@ async def test_a_running_job_is_answered_when_it_completes(server):
     assert not waiters_on(job)  # nothing is left waiting
 
 
+async def test_a_long_poll_runs_the_view_once_and_is_answered_as_a_read_after_the_end(server, views):
+    job = await in_thread(stored_job)()
+    claimed = await in_thread(lease.claim)(job.id, WORKER)
+    polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=30"))
+    await until_someone_waits_on(job)
+    await in_thread(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
+    answer = await asyncio.wait_for(polling, 20)
+
+    assert views == [f"/api/v1/jobs/{job.id}"], "the view ran once; the wait and the answer were LongPolls'"
+    read = await server.get(f"/api/v1/jobs/{job.id}")
+    assert answer.content == read.content  # the same JSON, byte for byte
+    assert answer.headers.keys() == read.headers.keys()
+    assert answer.headers["content-length"] == str(len(answer.content))
+
+
+async def test_a_job_deleted_during_the_wait_is_answered_as_the_view_saw_it(server):
+    job = await in_thread(stored_job)()
+    await in_thread(lease.claim)(job.id, WORKER)
+    polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=0.5"))
+    await until_someone_waits_on(job)
+    await in_thread(Job.objects.filter(id=job.id).delete)()
+
+    response = await asyncio.wait_for(polling, 20)
+    assert response.status_code == 200 and response.json()["status"] == "processing"
+
+
 async def test_a_long_poll_counts_once_against_the_read_limit(server, settings, fresh_rate_limits):
     settings.RATE_LIMIT_READ = "1/d"
     job = await in_thread(stored_job)()
@@ -109,7 +149,7 @@ async def test_a_job_still_running_after_the_wait_is_answered_as_it_is(server):
     assert time.monotonic() - started >= 0.5  # it waited the whole time it was given
 
 
-async def test_a_job_still_running_is_waited_for_once_not_again_by_the_answering_pass(server, monkeypatch):
+async def test_a_job_still_running_is_waited_for_once(server, monkeypatch):
     waits = []
 
     async def counted(job_id, timeout, read_at=None):
@@ -132,7 +172,7 @@ async def test_an_end_heard_before_the_wait_began_answers_it_without_a_read(serv
     claimed = await in_thread(lease.claim)(job.id, WORKER)
     listener = waiting.EndListener.of_running_loop()
     await until(lambda: listener.hearing_since is not None, "the listener joins the group of ends")
-    read_at = asyncio.get_running_loop().time()  # as the first pass reads the job: still running
+    read_at = asyncio.get_running_loop().time()  # as the view reads the job: still running
     await in_thread(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
     await until(lambda: str(job.id) in listener.ended, "the listener hears the job's end")
     reads = count_reads(monkeypatch)
@@ -202,15 +242,126 @@ async def test_someone_elses_job_is_not_found_however_long_one_waits(server, api
     assert response.status_code == 404
 
 
+# --- One decision: which request is a long poll, read as Django reads it ----------------------
+
+JOB = "0b5f0a9e-5b8e-4a43-9d3c-0c8f8d1b2a11"
+
+
+def scope(method: str, path: str, query: bytes = b"", root_path: str = "") -> dict:
+    return {"type": "http", "method": method, "path": path, "query_string": query, "root_path": root_path}
+
+
+WAITS = [  # the query, the seconds LongPolls waits (None: none) and the view's answer to a finished job
+    (b"wait=30", 30, 200),
+    (b"x=1&wait=2.5", 2.5, 200),
+    (b"wait=%36%30", 60, 200),  # percent-encoded digits
+    (b"w%61it=5", 5, 200),  # and a percent-encoded name
+    (b"wait=+60", 60, 200),  # "+" is a space, and a number may have spaces around it
+    (b"wait=%2060%20", 60, 200),
+    (b"wait=60.0", 60, 200),
+    (b"wait=1e1", 10, 200),
+    (b"wait=50&wait=2", 2, 200),  # the last one counts, as in request.GET["wait"]
+    (b"wait=0", None, 200),  # no wait
+    (b"", None, 200),
+    (b"waiting=30", None, 200),
+    (b"wait=", None, 422),  # refused by the view, at once
+    (b"wait=60.5", None, 422),
+    (b"wait=3600", None, 422),
+    (b"wait=-1", None, 422),
+    (b"wait=nan", None, 422),
+    (b"wait=inf", None, 422),
+    (b"wait=0x10", None, 422),
+    (b"wait=30%00", None, 422),
+]
+
+
+def test_the_wait_is_read_from_the_query_as_django_reads_it():
+    read = {query: waiting.requested_wait(scope("GET", f"/api/v1/jobs/{JOB}", query)) for query, *_ in WAITS}
+    assert read == {query: seconds for query, seconds, _ in WAITS}
+
+
+async def test_the_view_refuses_exactly_the_waits_that_are_not_taken(server):
+    job = await in_thread(stored_job)(id=JOB, status=Job.COMPLETED)  # answered at once, waits or not
+    answers = {
+        query: (await server.get(f"/api/v1/jobs/{job.id}?{query.decode()}")).status_code
+        for query, *_ in WAITS
+    }
+    assert answers == {query: status for query, _, status in WAITS}
+
+
+JOB_PATHS = [
+    f"/api/v1/jobs/{JOB}",
+    f"/api/v1/jobs/{JOB.upper()}",
+    f"/api/v1/jobs/urn:uuid:{JOB}",  # the job's route takes any id uuid.UUID reads
+    f"/api/v1/jobs/{{{JOB}}}",
+    f"/api/v1/jobs/{JOB.replace('-', '')}",
+]
+
+
+def test_every_path_the_url_conf_routes_to_the_job_is_a_long_poll():
+    for path in JOB_PATHS:
+        assert waiting.requested_wait(scope("GET", path, b"wait=30")) == 30, path
+
+
+NOT_LONG_POLLS = [
+    ("POST", f"/api/v1/jobs/{JOB}"),
+    ("HEAD", f"/api/v1/jobs/{JOB}"),
+    ("GET", f"/api/v1/jobs/{JOB}/"),  # not routed: a 404 at once
+    ("GET", f"/api/v1/jobs/{JOB}/cancel"),
+    ("GET", f"/api/v1/status/{JOB}"),
+    ("GET", "/api/v1/jobs/batch"),
+    ("GET", "/api/v1/jobs"),
+    ("GET", f"/jobs/{JOB}/"),  # the HTML page has a `wait` of its own
+    ("GET", "/health/live"),
+]
+
+
 def test_only_a_job_read_with_a_wait_is_a_long_poll():
-    job = "0b5f0a9e-5b8e-4a43-9d3c-0c8f8d1b2a11"
+    for method, path in NOT_LONG_POLLS:
+        assert waiting.requested_wait(scope(method, path, b"wait=30")) is None, (method, path)
 
-    def scope(method, path, query=b""):
-        return {"type": "http", "method": method, "path": path, "query_string": query}
 
-    assert waiting.requested_wait(scope("GET", f"/api/v1/jobs/{job}", b"wait=30")) == 30
-    assert waiting.requested_wait(scope("GET", f"/api/v1/jobs/{job}", b"x=1&wait=2.5")) == 2.5
-    assert waiting.requested_wait(scope("GET", f"/api/v1/jobs/{job}")) is None
-    assert waiting.requested_wait(scope("GET", f"/api/v1/status/{job}", b"wait=30")) is None
-    assert waiting.requested_wait(scope("POST", f"/api/v1/jobs/{job}", b"wait=30")) is None
-    assert waiting.requested_wait(scope("GET", "/api/v1/jobs/batch", b"wait=30")) is None
+def test_the_path_is_routed_as_mounted():
+    mounted = scope("GET", f"/darkroom/api/v1/jobs/{JOB}", b"wait=30", root_path="/darkroom")
+    assert waiting.requested_wait(mounted) == 30
+
+
+# --- No request thread ever waits --------------------------------------------------------------
+
+ENCODED_WAITS = [
+    f"/api/v1/jobs/{JOB}?wait=%36%30",
+    f"/api/v1/jobs/{JOB}?wait=+60",
+    f"/api/v1/jobs/{JOB}?wait=60.0",
+    f"/api/v1/jobs/{JOB}?wait=1&wait=60",
+    f"/api/v1/jobs/urn:uuid:{JOB}?wait=60",
+    f"/api/v1/jobs/{JOB.upper()}?w%61it=60",
+]
+
+
+async def test_long_polls_however_encoded_hold_no_thread_and_other_requests_are_served(server):
+    assert len(ENCODED_WAITS) > THREADS  # more than every thread, were each to hold one
+    job = await in_thread(stored_job)(id=JOB)  # queued: it ends when the test says
+    polls = [asyncio.create_task(server.get(url)) for url in ENCODED_WAITS]
+
+    await until(lambda: len(waiters_on(job)) == len(polls), "every long poll waits on the event loop")
+    health = await asyncio.wait_for(server.get("/health/live"), 20)
+    assert health.status_code == 200
+    assert not any(poll.done() for poll in polls)
+
+    assert await in_thread(lifecycle.cancel)(job.id)
+    answers = await asyncio.wait_for(asyncio.gather(*polls), 20)
+    assert {(answer.status_code, answer.json()["status"]) for answer in answers} == {(200, "cancelled")}
+
+
+async def test_a_wait_that_reaches_the_view_is_answered_at_once_with_the_job_as_it_is():
+    """Without LongPolls in front (a WSGI server), the view never waits: the job's state, now."""
+    app = WSGIMiddleware(get_wsgi_application(), workers=1)
+    job = await in_thread(stored_job)()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+        response = await asyncio.wait_for(client.get(f"/api/v1/jobs/{job.id}?wait=60"), 20)
+        assert response.status_code == 200 and response.json()["status"] == "queued"
+        assert waiting.WAIT_HEADER not in response.headers
+        # The only thread there is was given back: it serves the next request.
+        assert (await asyncio.wait_for(client.get("/health/live"), 20)).status_code == 200

@@ -12,7 +12,6 @@ from ninja.utils import check_csrf
 
 from gateway.auth import owners, ratelimit, tokens
 from gateway.http.errors import ApiError
-from gateway.live import waiting
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +151,6 @@ class CallerRateLimit(BaseThrottle):
         self._local = threading.local()  # wait() is called right after allow_request(), in the same thread
 
     def allow_request(self, request: HttpRequest) -> bool:
-        if waiting.is_final_pass(request):  # a long poll's answer, counted when it came in
-            return True
         usage = charge(request, self.scope)
         if usage is None:
             return True

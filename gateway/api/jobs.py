@@ -4,12 +4,12 @@ import base64
 import uuid
 from datetime import datetime
 
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.utils.cache import patch_vary_headers
 from ninja import Query, Router, Schema, Status
+from ninja.renderers import JSONRenderer
 from pydantic import Field
 
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, charge_more_submissions
@@ -179,25 +179,37 @@ def job_list(request, filters: Query[JobFilters]):
 
 
 WAIT_PARAMETER = Query(
-    0,
-    ge=0,
-    le=waiting.MAX_WAIT_SECONDS,
-    description="Seconds to wait for an unfinished job to end (long poll); answered the moment it does.",
+    0, description="Seconds to wait for an unfinished job to end (long poll); answered the moment it does."
 )
 
 
 @router.get(
-    "/jobs/{job_id}", response={200: JobOut, **READ_ERRORS}, throttle=READ_LIMIT, url_name="job_detail"
+    "/jobs/{job_id}",
+    response={200: JobOut, **READ_ERRORS},
+    throttle=READ_LIMIT,
+    url_name=waiting.LONG_POLL_VIEW,
 )
-def job_detail(request, response: HttpResponse, job_id: str, wait: float = WAIT_PARAMETER):
-    """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first."""
+def job_detail(request, response: HttpResponse, job_id: str, wait: waiting.WaitSeconds = WAIT_PARAMETER):
+    """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first.
+
+    The view itself never waits: gateway.live.waiting.LongPolls does, on the event loop, after it,
+    and answers with `job_detail_body`. A wait it did not take is answered now, with the job as it is."""
     job = get_job(request, job_id)
-    if wait and not job.is_finished and not waiting.is_final_pass(request):  # a final pass has waited
-        if waiting.deferred_by_the_server(request):
-            response[waiting.WAIT_HEADER] = str(job.id)  # the server waits, on its event loop
-        else:
-            job = async_to_sync(waiting.until_finished)(job, wait)
+    if wait and not job.is_finished and waiting.deferred_by_the_server(request):
+        response[waiting.WAIT_HEADER] = str(job.id)  # LongPolls waits for it, holding no thread
     return job_json(job)
+
+
+def job_detail_body(job_id: str) -> bytes | None:
+    """job_detail's body for the job as it is now, as ninja renders it (None if it is gone).
+
+    LongPolls' answer once its wait is over; the caller was authenticated, counted and found to
+    own the job by the view, before the wait."""
+    job = Job.objects.filter(id=job_id).first()
+    if job is None:
+        return None
+    shown = JobOut.model_validate(job_json(job)).model_dump()  # what ninja does with the view's return
+    return JSONRenderer().render(None, shown, response_status=200).encode()
 
 
 @router.get(

@@ -1,12 +1,14 @@
 """Long polls: `GET /api/v1/jobs/{id}?wait=N` holds the request until its job ends.
 
-Under the ASGI entry point (project.asgi) `LongPolls` serves them in two passes of the
-ordinary synchronous view, with the wait between them on the event loop: the first pass
-authenticates, finds the job and, when it has not ended, marks its answer with
-WAIT_HEADER instead of waiting; `LongPolls` then holds the request, holding no thread,
-until the job's end is heard (or the wait runs out), and answers with a second pass.
-Elsewhere (a WSGI server, the test client) the view waits itself, reading the job every
-FALLBACK_INTERVAL seconds.
+Under the ASGI entry point (project.asgi) `LongPolls` serves them with one pass of the
+ordinary synchronous view and the wait after it on the event loop: the view authenticates,
+counts the request, finds the job and, when it has not ended, marks its answer with
+WAIT_HEADER instead of waiting; `LongPolls` then holds that answer, holding no thread,
+until the job's end is heard (or the wait runs out), and sends it with the job as it is
+then (the view's own body for it, `answer`) in place of the job as it was.
+A request thread never waits: a wait that `LongPolls` did not take (a WSGI server, the
+test client) is answered at once with the job as it is. Which request is a long poll is
+decided once, by `requested_wait`, the way Django will route and parse it.
 
 Ends are heard by one `EndListener` per event loop: a subscriber of the group that hears
 every job's end (ENDED_GROUP, through gateway.live.subscriptions), and a future per
@@ -16,12 +18,18 @@ down) a wait looks at the job every FALLBACK_INTERVAL seconds instead.
 """
 
 import asyncio
+import functools
 import logging
-import re
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Annotated
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import TooManyFieldsSent
 from django.db import connection
+from django.http import QueryDict
+from django.urls import Resolver404, resolve
+from pydantic import Field, TypeAdapter, ValidationError
 
 from gateway.live.subscriptions import OnePerLoop, Subscriptions
 from processing.events.messages import ENDED_GROUP
@@ -32,11 +40,12 @@ logger = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 60
 FALLBACK_INTERVAL = 0.25
-WAIT_HEADER = "Darkroom-Wait"  # the first pass's mark: the job to wait for
-PASS = "darkroom.long_poll"  # scope key: "first" or "final" (clients can't set scope keys)
+WAIT_HEADER = "Darkroom-Wait"  # the view's mark on its answer: the job to wait for
+DEFERRED = "darkroom.long_poll"  # scope key: LongPolls waits for this request (clients can't set scope keys)
 
-LONG_POLL = re.compile(r"^/api/v1/jobs/[0-9a-fA-F-]{32,36}/?$")
-WAIT = re.compile(rb"(?:^|&)wait=([0-9.]+)")
+LONG_POLL_VIEW = "job_detail"  # the URL name of the view a long poll asks (gateway.api.jobs)
+WaitSeconds = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)]  # `?wait=`: the view's type, and ours
+wait_seconds = TypeAdapter(WaitSeconds)
 
 REMEMBERED_ENDS = 10_000  # the latest ends a listener keeps: a wait starting just after one ends at once
 RECHECK_EVERY = 5.0  # seconds between reads of a job while its end is awaited (see until_ended)
@@ -179,67 +188,82 @@ async def poll(job_id, deadline: float) -> bool:
     return False
 
 
-@sync_to_async(thread_sensitive=False)
+def read_off_the_loop(read: Callable) -> Callable:
+    """A short database read for the event loop, in a thread that serves no request."""
+
+    @functools.wraps(read)
+    def closing(*args):
+        try:
+            return read(*args)
+        finally:
+            connection.close()  # no request would give this thread's connection back to the pool
+
+    return sync_to_async(closing, thread_sensitive=False)
+
+
+@read_off_the_loop
 def has_ended(job_id) -> bool:
-    try:
-        return Job.objects.filter(id=job_id, status__in=Job.FINISHED).exists()
-    finally:
-        connection.close()  # this thread serves no request that would give it back to the pool
+    return Job.objects.filter(id=job_id, status__in=Job.FINISHED).exists()
 
 
-async def until_finished(job: Job, timeout: float) -> Job:
-    """The job once it has ended, or as it is after `timeout` seconds: the view's own wait.
-
-    Its event loop lives for this one request (a WSGI server's thread), too short for a listener:
-    it reads the job every FALLBACK_INTERVAL instead.
-    """
-    await poll(job.id, asyncio.get_running_loop().time() + timeout)
-    await sync_to_async(job.refresh_from_db)()
-    return job
-
-
-# --- The two passes under ASGI ---------------------------------------------------------------
+# --- One pass of the view, and the wait after it, under ASGI ---------------------------------------
 
 
 def deferred_by_the_server(request) -> bool:
-    """True in a first pass: the view marks its answer and `LongPolls` waits, not the view."""
-    return request.META.get("asgi.scope", {}).get(PASS) == "first"
-
-
-def is_final_pass(request) -> bool:
-    """True in a second pass: the same request as the first, answered now (not counted again)."""
-    return request.META.get("asgi.scope", {}).get(PASS) == "final"
+    """True under `LongPolls`: the view marks its answer and `LongPolls` waits, not the view."""
+    return request.META.get("asgi.scope", {}).get(DEFERRED, False)
 
 
 class LongPolls:
-    """ASGI middleware in front of the synchronous Django app (see the module's docstring)."""
+    """ASGI middleware in front of the synchronous Django app (see the module's docstring).
 
-    def __init__(self, app):
+    `answer(job_id)` is the view's body for the job as it is now (None if it is gone): what a
+    long poll gets once its wait is over, with the headers of the view's answer.
+    """
+
+    def __init__(self, app, answer: Callable[[str], bytes | None]):
         self.app = app
+        self.answer = read_off_the_loop(answer)
 
     async def __call__(self, scope, receive, send):
         wait = requested_wait(scope)
         if not wait:
             return await self.app(scope, receive, send)
         read_at = asyncio.get_running_loop().time()
-        first = await Captured.from_app(self.app, {**scope, PASS: "first"})
-        job_id = first.header(WAIT_HEADER)
-        if job_id is None:  # ended already, or not found, or refused: the answer as it is
-            return await first.replay(send)
-        await until_ended(job_id, min(wait, MAX_WAIT_SECONDS), read_at)
-        final = await Captured.from_app(self.app, {**scope, PASS: "final"})
-        await final.replay(send)
+        viewed = await Captured.from_app(self.app, {**scope, DEFERRED: True})
+        job_id = viewed.header(WAIT_HEADER)  # None: ended already, not found or refused; sent as it is
+        if job_id is not None:
+            await until_ended(job_id, wait, read_at)
+            now = await self.answer(job_id)
+            if now is not None:  # else deleted meanwhile: the caller gets the job as the view saw it
+                viewed.replace_body(now)
+        await viewed.replay(send)
 
 
 def requested_wait(scope) -> float | None:
-    """The seconds a `GET /api/v1/jobs/{id}?wait=N` asks to wait; None for any other request."""
-    if scope["type"] != "http" or scope["method"] != "GET" or not LONG_POLL.match(scope["path"]):
+    """The seconds a long poll asks to wait; None for any other request, and for a wait the view
+    refuses (it answers that one at once, with a 422).
+
+    A long poll is what Django will take for one: a GET that the URL conf routes to the job's
+    view (whatever form of its id that route accepts), with `wait` read from the query as
+    `request.GET` reads it (percent-decoding, `+` a space, the last of repeated values, as ninja
+    takes it) and checked by the view's own type, WaitSeconds.
+    """
+    if scope["type"] != "http" or scope["method"] != "GET":
         return None
-    found = WAIT.search(scope.get("query_string", b""))
     try:
-        return float(found.group(1)) if found else None
-    except ValueError:
-        return None  # the view answers 422
+        wait = QueryDict(scope.get("query_string", b"")).get("wait")
+        seconds = None if wait is None else wait_seconds.validate_python(wait)
+        if seconds and resolve(path_info(scope)).url_name == LONG_POLL_VIEW:
+            return seconds
+    except (TooManyFieldsSent, ValidationError, Resolver404):
+        pass  # the view answers at once: 400, 422 or 404
+    return None
+
+
+def path_info(scope) -> str:
+    """The path Django resolves: the scope's, less the prefix the application is mounted at (as a2wsgi)."""
+    return scope["path"].removeprefix(scope.get("root_path", ""))
 
 
 class Captured:
@@ -267,6 +291,12 @@ class Captured:
             if key.lower() == wanted:
                 return value.decode("latin-1")
         return None
+
+    def replace_body(self, body: bytes) -> None:
+        start = self.messages[0]
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        self.messages = [{**start, "headers": headers}, {"type": "http.response.body", "body": body}]
 
     async def replay(self, send) -> None:
         start, *body = self.messages
