@@ -4,7 +4,7 @@ from django.apps import AppConfig
 class GatewayConfig(AppConfig):
     name = "gateway"
 
-    def ready(self):
+    def ready(self) -> None:
         from django.core import checks
 
         from gateway.live import events

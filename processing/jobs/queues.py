@@ -57,9 +57,15 @@ def unknown_queue(name: str) -> dict[str, Any]:
     return dict.fromkeys(("ready", "delayed", "in_flight", "dead_letters", "consumers")) | {"name": name}
 
 
-def rabbitmq_queues(queues: tuple[str, ...]) -> list[dict[str, Any]]:
+def broker_url() -> str:
+    """RabbitMQ's URL as Dramatiq connects to it, with the short connect timeouts settings add."""
     broker: dict[str, Any] = settings.DRAMATIQ_BROKER
-    parameters = pika.URLParameters(broker["OPTIONS"]["url"])
+    url: str = broker["OPTIONS"]["url"]
+    return url
+
+
+def rabbitmq_queues(queues: tuple[str, ...]) -> list[dict[str, Any]]:
+    parameters = pika.URLParameters(broker_url())
     connection = pika.BlockingConnection(parameters)
     try:
         return [rabbitmq_queue(connection, parameters.virtual_host, name) for name in queues]
