@@ -33,5 +33,6 @@ class LimitedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
     def file_complete(self, file_size: int) -> UploadedFile:
         uploaded = super().file_complete(file_size)
         assert uploaded is not None  # the temporary file handler always completes a file
-        uploaded.sha256 = self.sha256.hexdigest()  # type: ignore[attr-defined]  # read by processing.jobs.submissions
+        # An attribute of ours on Django's file object: processing.jobs.submissions.Upload reads it.
+        uploaded.sha256 = self.sha256.hexdigest()  # type: ignore[attr-defined]
         return uploaded
