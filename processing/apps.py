@@ -5,7 +5,7 @@ class ProcessingConfig(AppConfig):
     name = "processing"
     verbose_name = "Image processing"
 
-    def ready(self):
+    def ready(self) -> None:
         from django.conf import settings
         from django.core import checks
         from django.db.models.signals import post_delete

@@ -2,6 +2,7 @@
 meanwhile: one grep shows a job's life (gateway and worker)."""
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -21,7 +22,7 @@ class ContextFilter(logging.Filter):
 
 
 @contextmanager
-def bound(*, request: str | None = None, job: str | None = None):
+def bound(*, request: str | None = None, job: str | None = None) -> Iterator[None]:
     tokens = [(request_id, request_id.set(request)), (job_id, job_id.set(job))]
     try:
         yield

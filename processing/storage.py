@@ -6,10 +6,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import transaction
+
+if TYPE_CHECKING:
+    from processing.models import Job
 
 JOB_FOLDERS = ("uploads", "results")
 
@@ -33,7 +38,7 @@ def thumbnail_key(key: str) -> str:
     return f"thumbnails/{key}.webp"
 
 
-def save_upload(key: str, uploaded_file) -> str:
+def save_upload(key: str, uploaded_file: "File[bytes]") -> str:
     """Store an uploaded file under exactly `key` (never the client's filename)."""
     return default_storage.save(key, uploaded_file)
 
@@ -51,7 +56,8 @@ def copy(source_key: str, target_key: str) -> str:
 def read(key: str) -> bytes:
     """The stored file's bytes (for small files: thumbnails); OSError (FileNotFoundError) if it is absent."""
     with default_storage.open(key, "rb") as stored:
-        return stored.read()
+        data: bytes = stored.read()
+        return data
 
 
 def delete_job_files(*keys: str) -> None:
@@ -62,11 +68,15 @@ def delete_job_files(*keys: str) -> None:
             default_storage.delete(thumbnail_key(key))
 
 
-def delete_files_of_deleted_job(sender, instance, **kwargs) -> None:
+def delete_files_of_deleted_job(sender: type["Job"], instance: "Job", **kwargs: Any) -> None:
     """post_delete of a Job, however it was deleted (admin, shell, a withdrawn submission): its files
     go once the deletion commits, so that a rolled-back deletion keeps them."""
     keys = instance.file_keys
     transaction.on_commit(lambda: delete_job_files(*keys))
+
+
+def modified_time(key: str) -> datetime:
+    return default_storage.get_modified_time(key)
 
 
 def stored_job_folders(folder: str) -> list[str]:

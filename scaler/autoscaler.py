@@ -80,33 +80,33 @@ class Autoscaler:
             readings = self.read()
             self.status.record_readings(readings)
             if self.workers:
-                self.scale_workers(readings, now)
+                self.scale_workers(self.workers, readings, now)
             if self.gateways:
-                self.scale_gateways(readings, now)
+                self.scale_gateways(self.gateways, readings, now)
         except CHECK_ERRORS as exc:
             logger.warning("scaling check failed: %s", exc)
             self.status.record_check(error=f"{exc.__class__.__name__}: {exc}")
             return
         self.status.record_check()
 
-    def scale_workers(self, readings: Readings, now: float) -> Decision:
-        current = self.workers.target()
+    def scale_workers(self, workers: Pool, readings: Readings, now: float) -> Decision:
+        current = workers.target()
         state = WorkerState(current, readings.waiting, readings.in_flight, self.last_action_at["workers"])
         decision = decide_workers(state, self.worker_policy, now)
-        self.apply(self.workers, current, decision, now)
+        self.apply(workers, current, decision, now)
         return decision
 
-    def scale_gateways(self, readings: Readings, now: float) -> Decision:
-        response_ms = self.gateways.response_ms()
+    def scale_gateways(self, gateways: LocalGateways, readings: Readings, now: float) -> Decision:
+        response_ms = gateways.response_ms()
         score = load_score(readings.depths, response_ms)
         self.status.record_load(score, response_ms)
         side = score_side(score, self.gateway_policy)
         if side != self.score_side[0]:
             self.score_side = (side, now)
-        current = self.gateways.target()
+        current = gateways.target()
         state = GatewayState(current, score, self.score_side[1], self.last_action_at["gateways"])
         decision = decide_gateways(state, self.gateway_policy, now)
-        self.apply(self.gateways, current, decision, now)
+        self.apply(gateways, current, decision, now)
         return decision
 
     def apply(self, pool: Pool, current: int, decision: Decision, now: float) -> None:

@@ -23,9 +23,12 @@ def add_setting_flag(parser, setting: config.Setting, current: Any) -> None:
     """`setting.flag` on `parser`, defaulting to `current` (the setting's value); the value lands in
     options[setting.name]."""
 
+    flag = setting.flag
+    assert flag is not None, f"{setting.name} has no flag"
+
     def parse(raw: str) -> Any:
         try:
-            return setting.parse(setting.flag, raw)
+            return setting.parse(flag, raw)
         except ImproperlyConfigured as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -33,7 +36,7 @@ def add_setting_flag(parser, setting: config.Setting, current: Any) -> None:
     shown = setting.type.show(current) or "empty"
     # argparse formats help with %: a literal one must be doubled.
     about = f"{setting.description} Default {shown}, from {variables}.".replace("%", "%%")
-    parser.add_argument(setting.flag, dest=setting.name, type=parse, default=current, help=about)
+    parser.add_argument(flag, dest=setting.name, type=parse, default=current, help=about)
 
 
 def add_setting_flags(parser, settings: Any, groups: Iterable[str]) -> None:

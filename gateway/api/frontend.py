@@ -1,8 +1,8 @@
 """GET /api/v1/frontend/config: the UI settings for this device and connection."""
 
-from typing import Literal
+from typing import Any, Literal
 
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema
 from pydantic import Field
 
@@ -64,7 +64,9 @@ HINTS_DOC = {
     url_name="frontend_config",
     openapi_extra=HINTS_DOC,
 )
-def frontend_config(request, response: HttpResponse, choices: Query[ConfigChoices]):
+def frontend_config(
+    request: HttpRequest, response: HttpResponse, choices: Query[ConfigChoices]
+) -> dict[str, Any]:
     """The UI for this User-Agent and connection: its mode, upload concurrency, polling interval, features.
 
     An iPhone gets `mobile` (one upload at a time, polling every 5 s, no extras); `?bandwidth=low`,

@@ -1,3 +1,6 @@
+from typing import Any
+
+from django.http import HttpRequest
 from ninja import Router
 
 from gateway.api.schemas import ServicesOut
@@ -7,7 +10,7 @@ router = Router(tags=["services"])
 
 
 @router.get("/services", response=ServicesOut, auth=None, url_name="services")
-def list_services(request):
+def list_services(request: HttpRequest) -> dict[str, Any]:
     """The operations, each with its description and the JSON schema of its parameters."""
     return {
         "services": [

@@ -9,6 +9,7 @@ owner; JWT_STAFF_CLAIM, if set, makes it staff. PyJWT does the verifying.
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jwt
 from django.conf import settings
@@ -67,10 +68,11 @@ def verify(token: str) -> TokenOwner:
     return TokenOwner(str(subject)[:255], is_staff(claims))
 
 
-def is_staff(claims: dict) -> bool:
+def is_staff(claims: dict[str, Any]) -> bool:
     if not settings.JWT_STAFF_CLAIM:
         return False
-    value, wanted = claims.get(settings.JWT_STAFF_CLAIM), settings.JWT_STAFF_VALUE
+    value: object = claims.get(settings.JWT_STAFF_CLAIM)
+    wanted: object = settings.JWT_STAFF_VALUE
     if value is True:
         return True
     if isinstance(value, list):
@@ -78,7 +80,8 @@ def is_staff(claims: dict) -> bool:
     return value == wanted
 
 
-def signing_key(token: str):
+def signing_key(token: str) -> Any:
+    """What jwt.decode verifies with: the PEM text of JWT_PUBLIC_KEY_FILE, or the JWKS key object."""
     if settings.JWT_PUBLIC_KEY_FILE:
         return key_from_file(settings.JWT_PUBLIC_KEY_FILE)
     try:

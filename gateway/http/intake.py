@@ -1,17 +1,20 @@
 """Turning a request into a submission for processing.jobs.submissions: its uploads and parameters."""
 
 import uuid
+from typing import Any, cast
+
+from django.http import HttpRequest, QueryDict
 
 from gateway.auth.owners import Caller
 from gateway.http.errors import ApiError
 from gateway.http.negotiation import accepted_image_types
-from processing.jobs.submissions import Submission
+from processing.jobs.submissions import Submission, Upload
 
 # Form fields that are not operation parameters.
 NON_PARAMETER_FIELDS = {"csrfmiddlewaretoken", "image", "service"}
 
 
-def uploads_from(request, *, at_most: int) -> list:
+def uploads_from(request: HttpRequest, *, at_most: int) -> list[Upload]:
     uploads = request.FILES.getlist("image")
     if not uploads and not request.META.get("CONTENT_LENGTH"):
         # Django parses multipart bodies only when their length is declared.
@@ -22,19 +25,20 @@ def uploads_from(request, *, at_most: int) -> list:
         )
     if len(uploads) > at_most:
         raise ApiError(413, "too_many_files", f"send at most {at_most} image(s) in one request")
-    return uploads
+    # On disk and hashed as they arrived: settings.FILE_UPLOAD_HANDLERS is gateway.http.uploads's.
+    return cast(list[Upload], uploads)
 
 
-def parameters_from(form) -> dict:
+def parameters_from(form: QueryDict) -> dict[str, Any]:
     return {key: value for key, value in form.items() if key not in NON_PARAMETER_FIELDS}
 
 
 def submission_from(
-    request, caller: Caller, service: str, *, at_most: int, job_id: uuid.UUID | None = None
+    request: HttpRequest, caller: Caller, service: str, *, at_most: int, job_id: uuid.UUID | None = None
 ) -> Submission:
     return Submission(
         owner=caller.owner,
-        request_id=request.request_id,
+        request_id=request.request_id,  # type: ignore[attr-defined]  # gateway.http.middleware sets it
         service=service,
         raw_parameters=parameters_from(request.POST),
         uploads=uploads_from(request, at_most=at_most),

@@ -50,7 +50,7 @@ RECORD_EVERY = 1.0  # seconds between moving noted pauses into the metrics
 FULL_AFTER = 2  # collections of the middle generation before a full one (Python's default: 10)
 FREEZE_AFTER = 0.010  # seconds of a full collection that make it worth freezing what survived it
 
-_noted: deque = deque(maxlen=100_000)  # (generation, seconds) not yet recorded
+_noted: deque[tuple[int, float]] = deque(maxlen=100_000)  # (generation, seconds) not yet recorded
 # The collecting thread's CPU time, not the clock's: between the callbacks that bracket a
 # collection the interpreter may run another thread (the event loop, say) for a while, which
 # is no pause. Collecting holds the interpreter, so its CPU time is the time others wait.
@@ -59,7 +59,7 @@ _longest: list[float] = [0.0]
 _freezing = [False]  # whether full collections freeze what survives them (freeze_what_is_loaded)
 
 
-def _on_collection(phase: str, info: dict) -> None:
+def _on_collection(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _started[0] = time.thread_time()
         return

@@ -1,8 +1,10 @@
 """WebSocket routes, behind the origin check (sessions and keys are read by the sockets)."""
 
+from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
 from asgiref.sync import markcoroutinefunction
+from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, WebSocketScope
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
@@ -10,14 +12,17 @@ from django.urls import path, re_path
 
 from gateway.live import consumers
 
+# django-stubs types path() for HTTP views only; these routes name sockets, called as application() says.
 websocket_urlpatterns = [
-    path("ws/jobs/", consumers.CallerJobsSocket, name="ws-jobs"),
-    re_path(r"^ws/jobs/(?P<job_id>[^/]+)/?$", consumers.JobSocket, name="ws-job"),
+    path("ws/jobs/", consumers.CallerJobsSocket, name="ws-jobs"),  # type: ignore[arg-type]
+    re_path(r"^ws/jobs/(?P<job_id>[^/]+)/?$", consumers.JobSocket, name="ws-job"),  # type: ignore[arg-type]
 ]
 
 
 @markcoroutinefunction  # an ASGI application all the same: what it returns is awaited
-def application(scope, receive, send):
+def application(
+    scope: WebSocketScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+) -> Awaitable[None]:
     """The origin check, then the socket its path names. A plain function that returns the
     socket's coroutine: an `async def` here, as any layer of ASGI middleware, would keep a frame
     in memory for as long as each socket is open.
@@ -30,19 +35,21 @@ def application(scope, receive, send):
     and authenticate with an API key, so a handshake without one goes through.
     """
     if not origin_allowed(scope):
-        return WebsocketDenier()(scope, receive, send)
+        # types-channels asks for its own scope type: a WebSocketScope with keys of channels' own.
+        return WebsocketDenier()(scope, receive, send)  # type: ignore[arg-type]
     path_in_site = scope["path"].removeprefix(scope.get("root_path", "")).lstrip("/")
     for route in websocket_urlpatterns:
         match = route.pattern.match(path_in_site)
         if match is not None:
-            return route.callback(send).serve(scope, receive, **match[2])
+            # Untyped until gateway.live.consumers is (it is being rewritten).
+            return route.callback(send).serve(scope, receive, **match[2])  # type: ignore[no-any-return]
     return consumers.unknown_endpoint(scope, receive, send)
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def origin_allowed(scope) -> bool:
+def origin_allowed(scope: WebSocketScope) -> bool:
     headers = dict(scope.get("headers") or ())
     if b"origin" not in headers:
         return True
@@ -66,7 +73,7 @@ def parse_origin(value: str) -> tuple[str, str, int] | None:
     return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
 
 
-def own_origin(scope, headers: dict) -> tuple[str, str, int] | None:
+def own_origin(scope: WebSocketScope, headers: dict[bytes, bytes]) -> tuple[str, str, int] | None:
     """The origin of our own pages, as this handshake reached the server (its Host, and HTTPS when
     the connection or, through SECURE_PROXY_SSL_HEADER, the proxy in front says so)."""
     host = headers.get(b"host", b"").decode("latin-1")
@@ -76,7 +83,7 @@ def own_origin(scope, headers: dict) -> tuple[str, str, int] | None:
     return parse_origin(f"{'https' if is_secure(scope, headers) else 'http'}://{host}")
 
 
-def is_secure(scope, headers: dict) -> bool:
+def is_secure(scope: WebSocketScope, headers: dict[bytes, bytes]) -> bool:
     if scope.get("scheme") in ("wss", "https"):
         return True
     if not settings.SECURE_PROXY_SSL_HEADER:

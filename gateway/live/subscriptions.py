@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, Self
 
-from channels.layers import get_channel_layer
+from channels.layers import BaseChannelLayer, get_channel_layer
 
 from processing.events import sender
 
@@ -36,41 +38,61 @@ LISTEN_AGAIN_AFTER = sender.COOLDOWN  # seconds after the channel layer failed
 LOSS_CHECK_EVERY = 1.0  # seconds between asking the layer whether this channel lost messages
 
 
+# Joins or leaves groups for a channel: add_many or discard_many.
+GroupChange = Callable[[BaseChannelLayer, list[str], str], Awaitable[None]]
+
+
 class NotSubscribed(Exception):
     """The channel layer failed before the subscription took effect."""
+
+
+class Subscriber(Protocol):
+    """What Subscriptions tell a subscriber (see the module's docstring)."""
+
+    def deliver(self, message: dict[str, Any]) -> None: ...
+
+    def missed(self) -> None: ...
+
+    def lost(self) -> None: ...
 
 
 class OnePerLoop:
     """One instance per event loop, made for the channel layer of the moment (tests change it):
     `of_running_loop()`. An instance has `layer` and a `task` to cancel when it is replaced."""
 
-    _by_loop: weakref.WeakKeyDictionary  # event loop -> its instance
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Self]  # event loop -> its instance
+    task: asyncio.Task[None]
 
-    def __init_subclass__(cls, **kwargs):
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        self.layer = layer
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._by_loop = weakref.WeakKeyDictionary()
 
     @classmethod
-    def of_running_loop(cls):
+    def of_running_loop(cls) -> Self:
         loop = asyncio.get_running_loop()
+        layer = get_channel_layer()
+        assert layer is not None, "settings.CHANNEL_LAYERS names no default layer"
         found = cls._by_loop.get(loop)
-        if found is None or found.layer is not get_channel_layer():
+        if found is None or found.layer is not layer:
             if found is not None:
                 found.task.cancel()
-            found = cls._by_loop[loop] = cls(get_channel_layer())
+            found = cls._by_loop[loop] = cls(layer)
         return found
 
 
 class Subscriptions(OnePerLoop):
     """The subscriptions of one event loop (see the module's docstring)."""
 
-    def __init__(self, layer):
-        self.layer = layer
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        super().__init__(layer)
         self.loop = asyncio.get_running_loop()
-        self.members: dict[str, set] = {}  # group -> its subscribers on this loop
+        self.members: dict[str, set[Subscriber]] = {}  # group -> its subscribers on this loop
         self.joined: set[str] = set()  # groups the channel is in, as the layer knows it
         self.emptied: set[str] = set()  # groups whose last subscriber left since the last change
-        self.joining: dict[str, asyncio.Future] = {}  # groups to join with the next change
+        self.joining: dict[str, asyncio.Future[bool]] = {}  # groups to join with the next change
         self.membership_changed = asyncio.Event()
         self.membership_applied = asyncio.Event()  # every change so far is in the layer
         self.down = False  # the layer failed, and no channel has been tried since
@@ -78,7 +100,7 @@ class Subscriptions(OnePerLoop):
 
     # --- For subscribers -------------------------------------------------------------------
 
-    async def subscribe(self, group: str, subscriber) -> bool:
+    async def subscribe(self, group: str, subscriber: Subscriber) -> bool:
         """Follow `group`: True once events from now on reach `subscriber`, False if the layer is down."""
         if self.down:
             return False
@@ -104,7 +126,7 @@ class Subscriptions(OnePerLoop):
             self.membership_applied.clear()
             await self.membership_applied.wait()
 
-    def unsubscribe(self, group: str, subscriber) -> None:
+    def unsubscribe(self, group: str, subscriber: Subscriber) -> None:
         members = self.members.get(group)
         if members is None:
             return
@@ -181,7 +203,7 @@ class Subscriptions(OnePerLoop):
             self.emptied.update(deserted)
             self.membership_changed.set()
 
-    async def change(self, how, groups: list[str], channel: str) -> None:
+    async def change(self, how: GroupChange, groups: list[str], channel: str) -> None:
         async with asyncio.timeout(sender.LAYER_TIMEOUT):
             await how(self.layer, groups, channel)
 
@@ -211,29 +233,31 @@ class Subscriptions(OnePerLoop):
             await self.change(discard_many, list(joined_groups), channel)
 
 
-def forget_channel(channel_layer, channel: str) -> None:
+def forget_channel(channel_layer: Any, channel: str) -> None:
     """Drop what the layer keeps for a channel that nobody will receive on again (a stopped listener)."""
     for kept in (getattr(channel_layer, "receive_buffer", None), getattr(channel_layer, "channels", None)):
         if isinstance(kept, dict):
             kept.pop(channel, None)
 
 
-def fail(joins) -> None:
+def fail(joins: Iterable[asyncio.Future[bool]]) -> None:
     for joined in joins:
         if not joined.done():
             joined.set_exception(NotSubscribed())
             joined.exception()  # retrieved: its waiters may have gone
 
 
-async def add_many(layer, groups: list[str], channel: str) -> None:
+async def add_many(layer: BaseChannelLayer, groups: list[str], channel: str) -> None:
     if hasattr(layer, "group_add_many"):  # ours: one round trip
-        return await layer.group_add_many(groups, channel)
+        await layer.group_add_many(groups, channel)
+        return
     for group in groups:
         await layer.group_add(group, channel)
 
 
-async def discard_many(layer, groups: list[str], channel: str) -> None:
+async def discard_many(layer: BaseChannelLayer, groups: list[str], channel: str) -> None:
     if hasattr(layer, "group_discard_many"):
-        return await layer.group_discard_many(groups, channel)
+        await layer.group_discard_many(groups, channel)
+        return
     for group in groups:
         await layer.group_discard(group, channel)

@@ -16,7 +16,9 @@ Everything else is uvicorn's, unchanged. Every live test's server runs it (tests
 """
 
 import asyncio
+from typing import Any, Generic, TypeVar
 
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 # This protocol; no per-message compression (a zlib context of tens of KiB per socket, for
@@ -28,21 +30,24 @@ UVICORN_FLAGS = [
 ]
 
 
-class Mailbox:
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
     """What the protocol needs of asyncio.Queue: put_nowait, get (one reader) and empty."""
 
     __slots__ = ("items", "waiter")
 
-    def __init__(self):
-        self.items: list = []
-        self.waiter: asyncio.Future | None = None
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self.waiter: asyncio.Future[None] | None = None
 
-    def put_nowait(self, item) -> None:
+    def put_nowait(self, item: T) -> None:
         self.items.append(item)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def get(self):
+    async def get(self) -> T:
         while not self.items:
             self.waiter = asyncio.get_running_loop().create_future()
             try:
@@ -60,9 +65,9 @@ class Writable:
 
     __slots__ = ("value", "waiters")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.value = True
-        self.waiters: list[asyncio.Future] | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
 
     def set(self) -> None:
         self.value = True
@@ -87,12 +92,14 @@ class Writable:
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, less what an open socket does not need (see above)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.queue = Mailbox()
-        self.writable = Writable()
+        # uvicorn annotates these as asyncio.Queue and asyncio.Event; it calls only what these have.
+        self.queue = Mailbox[ASGIReceiveEvent]()  # type: ignore[assignment]
+        self.writable = Writable()  # type: ignore[assignment]
 
-    async def send(self, message) -> None:
+    async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
         if self.handshake_complete and getattr(self, "response", None) is not None:
-            self.request = self.response = None
+            # uvicorn annotates them as always set; nothing reads them after the handshake.
+            self.request = self.response = None  # type: ignore[assignment]

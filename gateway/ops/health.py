@@ -6,15 +6,17 @@ down, and why, is for operators (gateway.auth.owners.is_operator): an error name
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pika
 import redis
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 
 from gateway.auth.owners import is_operator
+from processing.jobs.queues import broker_url
 
 
 def check_database() -> None:
@@ -25,8 +27,7 @@ def check_database() -> None:
 def check_broker() -> None:
     if not settings.BROKER_URL:
         return  # embedded: the in-memory broker lives in this process
-    url = settings.DRAMATIQ_BROKER["OPTIONS"]["url"]  # carries the short connect timeouts
-    pika.BlockingConnection(pika.URLParameters(url)).close()
+    pika.BlockingConnection(pika.URLParameters(broker_url())).close()
 
 
 def check_redis() -> None:
@@ -52,8 +53,9 @@ CHECKS: dict[str, tuple[Callable[[], None], bool]] = {
 }
 
 
-def run_check(check: Callable[[], None], required: bool) -> dict:
+def run_check(check: Callable[[], None], required: bool) -> dict[str, Any]:
     started = time.perf_counter()
+    state: dict[str, Any]
     try:
         check()
         state = {"status": "up"}
@@ -63,7 +65,7 @@ def run_check(check: Callable[[], None], required: bool) -> dict:
     return state
 
 
-def readiness() -> tuple[int, dict]:
+def readiness() -> tuple[int, dict[str, Any]]:
     checks = {name: run_check(check, required) for name, (check, required) in CHECKS.items()}
     required_down = any(c["status"] == "down" and c["required"] for c in checks.values())
     any_down = any(c["status"] == "down" for c in checks.values())
@@ -72,21 +74,21 @@ def readiness() -> tuple[int, dict]:
     return (503 if required_down else 200), {"status": overall, "mode": mode, "checks": checks}
 
 
-def live(request):
+def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def public_view(body: dict) -> dict:
+def public_view(body: dict[str, Any]) -> dict[str, Any]:
     """What anyone may see of a readiness answer: the overall status."""
     return {"status": body["status"]}
 
 
-def readiness_for(request) -> tuple[int, dict]:
+def readiness_for(request: HttpRequest) -> tuple[int, dict[str, Any]]:
     status, body = readiness()
     return status, body if is_operator(request) else public_view(body)
 
 
-def ready(request):
+def ready(request: HttpRequest) -> JsonResponse:
     status, body = readiness_for(request)
     response = JsonResponse(body, status=status)
     if status == 503:

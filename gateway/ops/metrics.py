@@ -6,7 +6,7 @@ For operators only (gateway.auth.owners.is_operator): Prometheus sends
 
 import os
 
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from gateway.auth.owners import is_operator
@@ -21,11 +21,11 @@ def process_registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
     return registry
 
 
-def metrics(request):
+def metrics(request: HttpRequest) -> HttpResponse:
     if not is_operator(request):
         return error_response(
             401,

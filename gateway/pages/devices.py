@@ -9,8 +9,10 @@ they vary on, so that caches keep the variants apart.
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
+from django.http import HttpHeaders, HttpRequest, HttpResponse
 from django.utils.cache import patch_vary_headers
 
 DEVICES = ("mobile", "tablet", "desktop", "bot")
@@ -74,7 +76,7 @@ def device_class(user_agent: str) -> str:
     return "desktop"
 
 
-def bandwidth_from_headers(headers) -> tuple[str, str]:
+def bandwidth_from_headers(headers: HttpHeaders) -> tuple[str, str]:
     """(bandwidth, reason) from Save-Data and the network client hints; high unless one says slow."""
     if headers.get("Save-Data", "").strip().lower() == "on":
         return "low", "save-data"
@@ -97,7 +99,7 @@ def number(raw: str | None) -> float | None:
         return None
 
 
-def choice(request, name: str, cookie: str, allowed: tuple[str, ...]) -> str | None:
+def choice(request: HttpRequest, name: str, cookie: str, allowed: tuple[str, ...]) -> str | None:
     """The visitor's explicit choice: from the query string, else remembered in a cookie."""
     given = request.GET.get(name, "").lower()
     if given == AUTO:
@@ -108,14 +110,14 @@ def choice(request, name: str, cookie: str, allowed: tuple[str, ...]) -> str | N
     return remembered if remembered in allowed else None
 
 
-def detect(request) -> Profile:
+def detect(request: HttpRequest) -> Profile:
     device = device_class(request.headers.get("User-Agent", ""))
     override = choice(request, "bandwidth", BANDWIDTH_COOKIE, BANDWIDTHS)
     bandwidth, reason = (override, "override") if override else bandwidth_from_headers(request.headers)
     return Profile(device, bandwidth, reason, ui_choice=choice(request, "ui", UI_COOKIE, UI_MODES))
 
 
-def frontend_config(profile: Profile) -> dict:
+def frontend_config(profile: Profile) -> dict[str, Any]:
     """The UI's settings: what the JS client reads, and what GET /api/v1/frontend/config answers."""
     ui = profile.ui_mode
     rich = ui == "desktop"
@@ -148,7 +150,7 @@ def save_data_budget(profile: Profile) -> int | None:
     return settings.SAVE_DATA_MAX_BYTES or None
 
 
-def adapt(request, response):
+def adapt(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     """Mark `response` as adapted to the request: remember explicit choices, ask for hints, vary."""
     for name, cookie, allowed in (("ui", UI_COOKIE, UI_MODES), ("bandwidth", BANDWIDTH_COOKIE, BANDWIDTHS)):
         remember(request, response, name, cookie, allowed)
@@ -157,7 +159,9 @@ def adapt(request, response):
     return response
 
 
-def remember(request, response, name: str, cookie: str, allowed: tuple[str, ...]) -> None:
+def remember(
+    request: HttpRequest, response: HttpResponse, name: str, cookie: str, allowed: tuple[str, ...]
+) -> None:
     given = request.GET.get(name, "").lower()
     if given == AUTO:
         response.delete_cookie(cookie, samesite="Lax")

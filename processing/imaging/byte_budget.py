@@ -8,6 +8,7 @@ again. PNG is lossless: it can only shrink.
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -26,7 +27,7 @@ class Fitted:
     quality: int
     encodes: int
 
-    def metrics(self, original: Image.Image) -> dict:
+    def metrics(self, original: Image.Image) -> dict[str, Any]:
         return {
             "budget_quality": self.quality,
             "budget_scale": round(self.image.width / original.width, 4),
@@ -51,13 +52,16 @@ def encode_within(image: Image.Image, format: str, quality: int, max_bytes: int 
         current = shrunk(current, max_bytes / len(smallest))
 
 
-def best_quality(image: Image.Image, format: str, quality: int, max_bytes: int) -> tuple[tuple | None, int]:
+def best_quality(
+    image: Image.Image, format: str, quality: int, max_bytes: int
+) -> tuple[tuple[int, bytes] | None, int]:
     """((quality, data) of the highest quality from MIN_QUALITY to `quality` that fits, or None;
     the number of encodes it took)."""
     if format == "png":  # lossless: quality changes nothing
         data = encode_image(image, format, quality)
         return ((quality, data) if len(data) <= max_bytes else None), 1
-    best, tries = None, 0
+    best: tuple[int, bytes] | None = None
+    tries = 0
     low, high = lowest_quality(format, quality), quality
     while low <= high:
         middle = (low + high) // 2

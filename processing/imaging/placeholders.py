@@ -52,7 +52,7 @@ def data_url(image: Image.Image) -> str:
     return "data:image/webp;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def fields(image: Image.Image) -> dict:
+def fields(image: Image.Image) -> dict[str, str]:
     """The job's placeholder fields for a result of these pixels."""
     placeholder = make(image)
     return {"placeholder_blurhash": placeholder.blurhash, "placeholder_preview": placeholder.preview}

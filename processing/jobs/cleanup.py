@@ -2,9 +2,10 @@
 job row is gone. `manage.py cleanup_files` and POST /api/v1/files/cleanup run it."""
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from processing import storage
@@ -16,13 +17,13 @@ ORPHAN_GRACE = timedelta(hours=1)
 ORPHAN_LOOKUP_BATCH = 500
 
 
-def expired_jobs(now=None):
+def expired_jobs(now: datetime | None = None) -> QuerySet[Job]:
     """Finished jobs past FILE_TTL_SECONDS whose files are still stored."""
     cutoff = (now or timezone.now()) - timedelta(seconds=settings.FILE_TTL_SECONDS)
     return Job.objects.filter(status__in=Job.FINISHED, finished_at__lt=cutoff, files_removed_at__isnull=True)
 
 
-def remove_expired_files(now=None) -> dict:
+def remove_expired_files(now: datetime | None = None) -> dict[str, int]:
     """Delete the stored input and output of every expired job; the job rows stay, marked."""
     removed = freed = count = 0
     stored = ("id", "input_key", "output_key", "fallback_key", "input_bytes", "output_bytes")
@@ -36,13 +37,13 @@ def remove_expired_files(now=None) -> dict:
     return {"jobs": count, "files_removed": removed, "bytes_freed": freed}
 
 
-def clean_up(now=None) -> dict:
+def clean_up(now: datetime | None = None) -> dict[str, int]:
     """One clean-up pass: the files of expired jobs, then stored files whose job row is gone."""
     now = now or timezone.now()
     return {**remove_expired_files(now), "orphans_removed": remove_orphaned_files(now)}
 
 
-def remove_orphaned_files(now=None) -> int:
+def remove_orphaned_files(now: datetime | None = None) -> int:
     """Delete stored files older than ORPHAN_GRACE whose job row no longer exists (e.g. a job deleted
     while a worker was still writing its output); the number of files removed."""
     cutoff = (now or timezone.now()) - ORPHAN_GRACE
@@ -61,8 +62,8 @@ def remove_orphaned_files(now=None) -> int:
     return removed
 
 
-def stored_before(key: str, cutoff) -> bool:
-    return storage.default_storage.get_modified_time(key) < cutoff
+def stored_before(key: str, cutoff: datetime) -> bool:
+    return storage.modified_time(key) < cutoff
 
 
 def is_uuid(name: str) -> bool:

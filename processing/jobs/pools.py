@@ -9,6 +9,7 @@ job goes to follows from its id, so a job re-published later goes to the same po
 
 import hashlib
 import re
+import uuid
 from dataclasses import dataclass
 
 DEFAULT_POOL = "images"
@@ -51,7 +52,7 @@ def parse_share(service: str, text: str) -> Share:
     return Share(pool, weight)
 
 
-def pool_for(split: dict[str, tuple[Share, ...]], service: str, job_id) -> str:
+def pool_for(split: dict[str, tuple[Share, ...]], service: str, job_id: str | uuid.UUID) -> str:
     """The pool of this job: by weight among its service's shares, the same every time for one id."""
     shares = split.get(service)
     if not shares:

@@ -4,6 +4,7 @@ import base64
 import json
 import logging
 import urllib.request
+from typing import Any
 from urllib.parse import quote, urlparse
 
 import dramatiq
@@ -23,7 +24,7 @@ def queue_names() -> tuple[str, ...]:
     return named if settings.WORKER_POOL in named else (*named, settings.WORKER_POOL)
 
 
-def queue_status(only: str | None = None) -> dict:
+def queue_status(only: str | None = None) -> dict[str, Any]:
     """{"broker": ..., "available": bool, "queues": [...]} read from the broker itself; `only` one pool's."""
     names = (only,) if only else queue_names()
     broker = dramatiq.get_broker()
@@ -37,7 +38,7 @@ def queue_status(only: str | None = None) -> dict:
     return {"broker": "rabbitmq", "available": True, "queues": found}
 
 
-def stub_queue(broker: StubBroker, name: str) -> dict:
+def stub_queue(broker: StubBroker, name: str) -> dict[str, Any]:
     def size(queue_name: str) -> int:
         queue = broker.queues.get(queue_name)
         return queue.qsize() if queue is not None else 0
@@ -52,12 +53,19 @@ def stub_queue(broker: StubBroker, name: str) -> dict:
     }
 
 
-def unknown_queue(name: str) -> dict:
+def unknown_queue(name: str) -> dict[str, Any]:
     return dict.fromkeys(("ready", "delayed", "in_flight", "dead_letters", "consumers")) | {"name": name}
 
 
-def rabbitmq_queues(queues: tuple[str, ...]) -> list[dict]:
-    parameters = pika.URLParameters(settings.DRAMATIQ_BROKER["OPTIONS"]["url"])
+def broker_url() -> str:
+    """RabbitMQ's URL as Dramatiq connects to it, with the short connect timeouts settings add."""
+    broker: dict[str, Any] = settings.DRAMATIQ_BROKER
+    url: str = broker["OPTIONS"]["url"]
+    return url
+
+
+def rabbitmq_queues(queues: tuple[str, ...]) -> list[dict[str, Any]]:
+    parameters = pika.URLParameters(broker_url())
     connection = pika.BlockingConnection(parameters)
     try:
         return [rabbitmq_queue(connection, parameters.virtual_host, name) for name in queues]
@@ -65,7 +73,7 @@ def rabbitmq_queues(queues: tuple[str, ...]) -> list[dict]:
         connection.close()
 
 
-def rabbitmq_queue(connection, vhost: str, name: str) -> dict:
+def rabbitmq_queue(connection: pika.BlockingConnection, vhost: str, name: str) -> dict[str, Any]:
     ready, consumers = declared_counts(connection, name)
     delayed, _ = declared_counts(connection, dq_name(name))
     dead, _ = declared_counts(connection, xq_name(name))
@@ -79,7 +87,7 @@ def rabbitmq_queue(connection, vhost: str, name: str) -> dict:
     }
 
 
-def declared_counts(connection, queue: str) -> tuple[int, int]:
+def declared_counts(connection: pika.BlockingConnection, queue: str) -> tuple[int, int]:
     """(ready messages, consumers) by a passive declare; a queue nobody declared yet is empty."""
     channel = connection.channel()  # a failed passive declare closes its channel: one each
     try:
@@ -102,7 +110,8 @@ def unacknowledged(vhost: str, queue: str) -> int | None:
     request.add_header("Authorization", "Basic " + base64.b64encode(credentials).decode())
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
-            return json.load(response).get("messages_unacknowledged", 0)
+            count: int = json.load(response).get("messages_unacknowledged", 0)
+            return count
     except Exception as exc:
         logger.warning("management API unavailable: %s", exc)
         return None

@@ -1,6 +1,8 @@
 """Commands that the deployments run on a schedule of their own: one pass, or one every --every seconds."""
 
 import time
+from argparse import ArgumentParser
+from typing import Any
 
 from django.core.management.base import BaseCommand
 
@@ -10,12 +12,12 @@ class RepeatingCommand(BaseCommand):
 
     every = 0
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument(
             "--every", type=int, default=0, metavar="SECONDS", help="keep running, once per SECONDS"
         )
 
-    def handle(self, *args, every: int, **options):
+    def handle(self, *args: Any, every: int, **options: Any) -> None:
         self.every = every
         while True:
             self.run_once()

@@ -7,8 +7,11 @@ import signal
 import sys
 import threading
 import time
+from types import FrameType
+from typing import Any
 
-from dramatiq import Middleware
+from dramatiq import Broker, Middleware
+from dramatiq.broker import MessageProxy
 from dramatiq.compat import StreamablePipe
 
 logger = logging.getLogger(__name__)
@@ -24,7 +27,14 @@ class FailJobWhenMessageDies(Middleware):
     The message itself goes to the dead-letter queue, where operators can inspect and re-publish it.
     """
 
-    def after_process_message(self, broker, message, *, result=None, exception=None):
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
         if exception is None or not message.failed or message.actor_name != "process_job":
             return
         from processing.jobs import lifecycle  # imported late: middleware loads before Django's apps
@@ -50,7 +60,7 @@ def describe(exception: BaseException) -> tuple[str, str]:
 class ReuseFreedMemory(Middleware):
     """A worker process keeps what its jobs free for the next ones (admission.keep_freed_memory)."""
 
-    def after_process_boot(self, broker):
+    def after_process_boot(self, broker: Broker) -> None:
         if multiprocessing.parent_process() is None:
             return  # not a forked worker process: the embedded workers share the server's memory
         from processing.worker import admission  # imported late: middleware loads before Django's apps
@@ -74,7 +84,7 @@ class ExitWhenOrphaned(Middleware):
     gives back the messages it holds and exits; its supervisor has started a replacement meanwhile.
     """
 
-    def after_process_boot(self, broker):
+    def after_process_boot(self, broker: Broker) -> None:
         parent = multiprocessing.parent_process()
         if parent is None or threading.current_thread() is not threading.main_thread():
             return  # not a forked worker process: the embedded workers run in the server's own process
@@ -105,7 +115,7 @@ def note_stop_signals() -> threading.Event:
     stopping = threading.Event()
     dramatiqs = signal.getsignal(signal.SIGTERM)
 
-    def on_sigterm(signum, frame):
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
         stopping.set()
         if callable(dramatiqs):
             dramatiqs(signum, frame)

@@ -122,14 +122,15 @@ class Nginx:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10) -> None:
-        if not self.is_running():
+        process = self.process
+        if process is None or not self.is_running():
             return
-        self.process.send_signal(signal.SIGQUIT)  # graceful: finish the requests in flight
+        process.send_signal(signal.SIGQUIT)  # graceful: finish the requests in flight
         try:
-            self.process.wait(timeout=timeout)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            process.kill()
+            process.wait()
 
     def command(self, *args: str) -> list[str]:
         # -e: nginx opens its error log before reading the configuration; keep even that private.

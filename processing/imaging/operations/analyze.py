@@ -1,5 +1,7 @@
 """A JSON report about the image: dimensions, brightness, contrast, histogram, dominant colours, sharpness."""
 
+from typing import Any, cast
+
 import numpy as np
 from PIL import Image, ImageStat
 
@@ -53,13 +55,17 @@ def binned(histogram: list[int], pixels: int) -> list[float]:
     return [round(float(count) / pixels, 4) for count in counts]
 
 
-def dominant_colors(image: Image.Image) -> list[dict]:
+def dominant_colors(image: Image.Image) -> list[dict[str, Any]]:
     """The most common colours of a small copy reduced to five, with the share of pixels each covers."""
     sample = downscaled(image.convert("RGB"), COLOR_SAMPLE_EDGE)
     palette_image = sample.quantize(DOMINANT_COLORS, method=Image.Quantize.MEDIANCUT)
     palette = palette_image.getpalette()
+    colors = palette_image.getcolors(DOMINANT_COLORS)
+    # A quantized image has a palette, and no more colours than it was quantized to.
+    assert palette is not None and colors is not None
     total = sample.width * sample.height
-    counts = sorted(palette_image.getcolors(DOMINANT_COLORS), reverse=True)
+    # A palette image's colours are (count, index into the palette).
+    counts = sorted(cast(list[tuple[int, int]], colors), reverse=True)
     return [{"hex": hex_color(palette, index), "fraction": round(n / total, 3)} for n, index in counts]
 
 

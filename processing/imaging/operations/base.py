@@ -3,7 +3,7 @@
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -84,39 +84,44 @@ class ReportParams(Params):
         return None  # no image is made
 
 
+# The parameters of one operation: an image's (OutputOptions) or a report's (ReportParams).
+P = TypeVar("P", bound=OutputOptions | ReportParams)
+
+
 @dataclass
 class OperationResult:
     image: Image.Image | None = None
-    report: dict | None = None
-    metrics: dict = field(default_factory=dict)
+    report: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class Operation:
+class Operation(Generic[P]):
     name: str
     description: str
-    params: type[BaseModel]
-    apply: Callable[[Image.Image, BaseModel, ProgressCallback], OperationResult]
+    params: type[P]
+    apply: Callable[[Image.Image, P, ProgressCallback], OperationResult]
     produces: Literal["image", "report"] = "image"
     # Bytes the whole job (decode, operation, encode) holds at its peak per pixel decoded, measured on
     # a 49-megapixel JPEG (`python -m bench.memory --per-operation`); memory admission counts by it.
     memory_per_pixel: float = 12.0
 
-    def parse(self, raw: Mapping[str, Any]) -> BaseModel:
+    def parse(self, raw: Mapping[str, Any]) -> P:
         """Validate raw parameters; raises pydantic.ValidationError."""
-        return self.params.model_validate(dict(raw))
+        # mypy takes model_validate's Self on a type[P] for P's bound, not for P itself.
+        return cast(P, self.params.model_validate(dict(raw)))
 
-    def check_fits(self, params: BaseModel, width: int, height: int) -> None:
+    def check_fits(self, params: P, width: int, height: int) -> None:
         """Raise InvalidParameters when valid parameters can't apply to an image of this size."""
         check = getattr(params, "check_fits", None)
         if check is not None:
             check(width, height)
 
-    def output_size(self, params: BaseModel, width: int, height: int) -> tuple[int, int] | None:
+    def output_size(self, params: P, width: int, height: int) -> tuple[int, int] | None:
         """The size of the image these parameters make from a width x height input; None for a report."""
         return params.output_size(width, height)
 
-    def check_output(self, params: BaseModel, width: int, height: int, max_pixels: int) -> None:
+    def check_output(self, params: P, width: int, height: int, max_pixels: int) -> None:
         """Raise OutputTooLarge, naming the parameters, when the result would have over max_pixels pixels.
 
         Called with the input's size from its header, so nothing is decoded or made for a refused job.
@@ -133,7 +138,7 @@ class Operation:
             f"which exceeds MAX_OUTPUT_PIXELS ({max_pixels})",
         )
 
-    def decode_hint(self, params: BaseModel, width: int, height: int) -> DecodeHint | None:
+    def decode_hint(self, params: P, width: int, height: int) -> DecodeHint | None:
         """What the decoder may leave out for these parameters on an image of this (displayed) size.
 
         None, unless the parameters model says otherwise: the operation needs every pixel in colour.
@@ -141,7 +146,7 @@ class Operation:
         hint = getattr(params, "decode_hint", None)
         return hint(width, height) if hint is not None else None
 
-    def json_schema(self) -> dict:
+    def json_schema(self) -> dict[str, Any]:
         return self.params.model_json_schema()
 
 

@@ -39,6 +39,11 @@ class CropParams(OutputOptions):
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         return self.width, self.height  # check_fits keeps the box inside the image
 
+    def given_origin(self) -> tuple[int, int]:
+        """x and y, when no gravity places the box (placed_one_way has made sure both are given)."""
+        assert self.x is not None and self.y is not None
+        return self.x, self.y
+
     def check_fits(self, width: int, height: int) -> None:
         size = f"the image is {width}x{height}"
         if self.gravity is not None:
@@ -47,11 +52,12 @@ class CropParams(OutputOptions):
             if self.height > height:
                 raise InvalidParameters("height", f"height={self.height} is taller than the image; {size}")
             return
-        right, bottom = self.x + self.width, self.y + self.height
-        if self.x >= width:
-            raise InvalidParameters("x", f"x={self.x} is outside the image; {size}")
-        if self.y >= height:
-            raise InvalidParameters("y", f"y={self.y} is outside the image; {size}")
+        x, y = self.given_origin()
+        right, bottom = x + self.width, y + self.height
+        if x >= width:
+            raise InvalidParameters("x", f"x={x} is outside the image; {size}")
+        if y >= height:
+            raise InvalidParameters("y", f"y={y} is outside the image; {size}")
         if right > width:
             raise InvalidParameters("width", f"the box ends at x={right}, past the right edge; {size}")
         if bottom > height:
@@ -61,9 +67,10 @@ class CropParams(OutputOptions):
 def crop(image: Image.Image, params: CropParams, progress: ProgressCallback) -> OperationResult:
     # Pillow pads a box outside the image with black; a wrong picture is worse than an error.
     params.check_fits(image.width, image.height)
-    x, y = params.x, params.y
     if params.gravity is not None:
         x, y = gravities.place(image, params.width, params.height, params.gravity)
+    else:
+        x, y = params.given_origin()
     cropped = image.crop((x, y, x + params.width, y + params.height))
     progress(1.0)
     return OperationResult(image=cropped)

@@ -71,7 +71,8 @@ def entropy_box(small: Image.Image, width: int, height: int) -> tuple[int, int]:
 
 def attention_box(small: Image.Image, width: int, height: int) -> tuple[int, int]:
     """The box centred on the peak of the blurred sum of edges, skin and saturation."""
-    peak_y, peak_x = np.unravel_index(np.argmax(interest(small)), (small.height, small.width))
+    peak = np.unravel_index(np.argmax(interest(small)), (small.height, small.width))
+    peak_y, peak_x = int(peak[0]), int(peak[1])
     return clamp(peak_x - width // 2, small.width - width), clamp(peak_y - height // 2, small.height - height)
 
 

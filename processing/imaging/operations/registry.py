@@ -1,5 +1,7 @@
 """The services, as data: adding one is a module with an OPERATION and a line in this list."""
 
+from typing import Any
+
 from processing.imaging.operations import (
     analyze,
     blur,
@@ -14,23 +16,22 @@ from processing.imaging.operations import (
 )
 from processing.imaging.operations.base import Operation
 
-OPERATIONS: dict[str, Operation] = {
-    operation.name: operation
-    for operation in [
-        grayscale.OPERATION,
-        sobel.OPERATION,
-        resize.OPERATION,
-        crop.OPERATION,
-        thumbnail.OPERATION,
-        blur.OPERATION,
-        sharpen.OPERATION,
-        rotate.OPERATION,
-        convert.OPERATION,
-        analyze.OPERATION,
-    ]
-}
+# Each operation has a parameters model of its own.
+ALL_OPERATIONS: tuple[Operation[Any], ...] = (
+    grayscale.OPERATION,
+    sobel.OPERATION,
+    resize.OPERATION,
+    crop.OPERATION,
+    thumbnail.OPERATION,
+    blur.OPERATION,
+    sharpen.OPERATION,
+    rotate.OPERATION,
+    convert.OPERATION,
+    analyze.OPERATION,
+)
+OPERATIONS: dict[str, Operation[Any]] = {operation.name: operation for operation in ALL_OPERATIONS}
 
 
-def get_operation(name: str) -> Operation:
+def get_operation(name: str) -> Operation[Any]:
     """The operation called `name`; KeyError if there is none."""
     return OPERATIONS[name]

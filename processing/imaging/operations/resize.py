@@ -1,6 +1,6 @@
 """Resize to a box, keeping or ignoring the aspect ratio."""
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 from PIL import Image, ImageOps
 from pydantic import Field, model_validator
@@ -41,8 +41,8 @@ class ResizeParams(OutputOptions):
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """The size of the result for an input of width x height."""
         if self.width is None or self.height is None:
-            # One side given: the other follows the aspect ratio, whatever the fit.
-            scale = self.width / width if self.width is not None else self.height / height
+            # One side given (needs_a_dimension): the other follows the aspect ratio, whatever the fit.
+            scale = self.width / width if self.width is not None else cast(int, self.height) / height
         elif self.fit in ("fill", "cover"):
             return self.width, self.height
         else:

@@ -37,7 +37,8 @@ def edge_magnitude(p: np.ndarray) -> np.ndarray:
     gx = smoothed_down[:, 2:] - smoothed_down[:, :-2]
     gy = smoothed_across[2:] - smoothed_across[:-2]
     magnitude = np.sqrt(gx * gx + gy * gy)
-    return np.minimum(magnitude, 255).astype(np.uint8)
+    clipped: np.ndarray = np.minimum(magnitude, 255)
+    return clipped.astype(np.uint8)
 
 
 OPERATION = Operation(

@@ -2,6 +2,7 @@
 `gravity` says the subject is."""
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 from PIL import Image
@@ -56,7 +57,7 @@ class ThumbnailParams(OutputOptions):
         return shrink_hint(width, height, scale, scale)
 
 
-def closest(number: float, key) -> int:
+def closest(number: float, key: Callable[[int], float]) -> int:
     """Whichever of floor and ceil of `number` the key likes best, at least 1 (as Image.thumbnail rounds)."""
     return max(min(math.floor(number), math.ceil(number), key=key), 1)
 
