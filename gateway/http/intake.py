@@ -2,7 +2,7 @@
 
 import uuid
 
-from gateway.auth.owners import Caller
+from gateway.auth.callers import Caller
 from gateway.http.errors import ApiError
 from gateway.http.negotiation import named_image_formats
 from processing.jobs.submissions import Submission
