@@ -146,8 +146,6 @@ def of_handshake(scope) -> Caller | None:
     if credential is None:
         credential = presented_credential(headers)
     session = session_named_by(headers.get("Cookie", ""))
-    if session is None:
-        return identify(credential, None, None)
     user = SimpleLazyObject(lambda: auth.get_user(SimpleNamespace(session=session)))  # read if issued
     return identify(credential, session, user)
 
