@@ -22,7 +22,8 @@ from processing import storage
 from processing.errors import BrokerUnavailable
 from processing.imaging import admin_thumbnails
 from processing.jobs import lifecycle, publishing
-from processing.models import Job, owned_by, owner_identity
+from processing.models import Job
+from processing.owners import Owner, owned_by
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class OwnerFilter(admin.SimpleListFilter):
         # Looked up by name, not imported: the domain doesn't depend on the gateway's models.
         api_key = apps.get_model("gateway", "ApiKey")
         keys = [
-            (owner_identity(str(key.pk), ""), f"API key: {key.name}")
+            (Owner(key=str(key.pk)).identity, f"API key: {key.name}")
             for key in api_key.objects.order_by("name")[:50]
         ]
         return [
@@ -65,11 +66,11 @@ class OwnerFilter(admin.SimpleListFilter):
             return queryset.filter(owner_key="", owner_subject="").exclude(owner_session="")
         if value == "token":
             return queryset.filter(owner_key="").exclude(owner_subject="")
-        if value == "anonymous":
-            return queryset.filter(owned_by("anonymous"))
-        if value.startswith("key:"):
-            return queryset.filter(owned_by(value))
-        return queryset
+        try:
+            owner = Owner.from_identity(value)  # "anonymous" or an API key's
+        except ValueError:
+            return queryset
+        return queryset.filter(owned_by(owner))
 
 
 @admin.register(Job)

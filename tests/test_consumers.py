@@ -16,7 +16,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.db import SessionStore
 
-from gateway.auth import owners
+from gateway.auth import callers
 from gateway.live import consumers, routing
 from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
@@ -24,6 +24,7 @@ from processing.events import messages, sender
 from processing.events.layer import WS_DROPPED
 from processing.jobs import lifecycle
 from processing.models import Job
+from processing.owners import Owner
 from tests.stack import refused_port
 
 pytestmark = [
@@ -43,16 +44,16 @@ def anyio_backend():
 @pytest.fixture
 def alice():
     key, presented = ApiKey.issue("alice")
-    return presented, owners.Caller(key=key)
+    return presented, callers.key_caller(key)
 
 
 @pytest.fixture
 def bob():
     key, presented = ApiKey.issue("bob")
-    return presented, owners.Caller(key=key)
+    return presented, callers.key_caller(key)
 
 
-def make_job(caller: owners.Caller, status: str = Job.QUEUED) -> Job:
+def make_job(caller: callers.Caller, status: str = Job.QUEUED) -> Job:
     return Job.objects.create(
         service="grayscale",
         status=status,
@@ -282,7 +283,7 @@ async def test_a_late_event_does_not_take_the_client_back_to_an_older_status(ali
 
 async def test_a_browser_session_watches_the_jobs_it_created():
     session = SessionStore()
-    caller = await in_thread(owners.issue_session)(session, None)
+    caller = await in_thread(callers.issue_session)(session, None)
     await in_thread(session.save)()
     job = await in_thread(make_job)(caller)
 
@@ -489,7 +490,7 @@ async def test_the_stream_drops_a_late_event_for_a_job_that_has_moved_on(alice):
     late = await in_thread(Job.objects.get)(id=job.id)
     late.status = Job.QUEUED
     await get_channel_layer().group_send(
-        messages.owner_group(caller.identity), messages.event_message("job.queued", late)
+        messages.owner_group(caller.owner.identity), messages.event_message("job.queued", late)
     )
     later = await in_thread(make_job)(caller)
     await in_thread(lifecycle.claim)(later.id, WORKER)
@@ -507,7 +508,7 @@ async def test_a_disconnected_socket_leaves_its_groups(alice):
     for socket_ in (ws, stream):
         await socket_.receive_json_from()  # the state: sent once subscribed
     layer = get_channel_layer()
-    assert {messages.job_group(job.id), messages.owner_group(caller.identity)} <= set(layer.groups)
+    assert {messages.job_group(job.id), messages.owner_group(caller.owner.identity)} <= set(layer.groups)
 
     await ws.disconnect()
     await stream.disconnect()
@@ -587,10 +588,10 @@ def stop_sender() -> None:
 
 def test_events_reach_the_group_of_the_owner_the_api_knows(alice):
     _, by_key = alice
-    by_session = owners.Caller(session_owner="5f0c2d0e9b7a4e34a3f1d6c8b2e4a7d9")
-    anonymous = owners.Caller()
+    by_session = callers.Caller(Owner(session="5f0c2d0e9b7a4e34a3f1d6c8b2e4a7d9"))
+    anonymous = callers.Caller()
 
     for caller in (by_key, by_session, anonymous):
         job = make_job(caller)
-        assert messages.owner_group(job.owner_identity) == messages.owner_group(caller.identity)
-        assert messages.owner_group(caller.identity) in messages.groups_for(job)
+        assert messages.owner_group(job.owner.identity) == messages.owner_group(caller.owner.identity)
+        assert messages.owner_group(caller.owner.identity) in messages.groups_for(job)

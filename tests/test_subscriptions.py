@@ -9,7 +9,7 @@ import redis
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from gateway.auth import owners
+from gateway.auth import callers
 from gateway.live import routing
 from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
@@ -63,7 +63,7 @@ async def no_connection_left_behind():
 @database_sync_to_async
 def jobs_of_a_new_key(count: int) -> tuple[str, list]:
     key, presented = ApiKey.issue("subscriptions")
-    return presented, [stored_job(**owners.Caller(key=key).owner.fields()) for _ in range(count)]
+    return presented, [stored_job(**callers.key_caller(key).owner.fields()) for _ in range(count)]
 
 
 async def test_many_sockets_are_one_channel_in_each_of_their_groups_until_they_close(redis_layer):

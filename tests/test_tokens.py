@@ -102,7 +102,7 @@ def test_a_token_owns_the_jobs_it_creates_and_no_other_subject_sees_them(client,
     assert created.status_code == 202
     job_id = created.json()["job_id"]
 
-    assert Job.objects.get(id=job_id).owner_identity == "token:alice"
+    assert Job.objects.get(id=job_id).owner.identity == "token:alice"
     assert client.get(f"/api/v1/jobs/{job_id}", headers=bearer(token("alice"))).status_code == 200
     assert client.get(f"/api/v1/jobs/{job_id}", headers=bearer(token("bob"))).status_code == 404
     listed = client.get("/api/v1/jobs", headers=bearer(token("alice"))).json()

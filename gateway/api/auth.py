@@ -1,4 +1,5 @@
-"""Who is calling (API key, browser session or anonymous), and how often they may."""
+"""The API's callers (gateway.auth.callers says who they are; here, the API's answers when it refuses
+them) and how often they may call."""
 
 import ipaddress
 import logging
@@ -6,25 +7,49 @@ import threading
 
 from django.conf import settings
 from django.http import HttpRequest
-from ninja.security import APIKeyHeader, HttpBearer
+from ninja.errors import AuthenticationError
+from ninja.security.base import AuthBase
 from ninja.throttling import BaseThrottle
-from ninja.utils import check_csrf
 
-from gateway.auth import owners, ratelimit, tokens
+from gateway.auth import callers, ratelimit, tokens
 from gateway.http.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+def identified(request: HttpRequest) -> callers.Caller:
+    """The request's caller (gateway.auth.callers), or the API's answer to a refused one."""
+    try:
+        caller = callers.of_request(request)
+    except callers.InvalidKey as exc:
+        raise ApiError(401, "invalid_api_key", str(exc)) from None
+    except tokens.InvalidToken as exc:
+        raise ApiError(401, "invalid_token", str(exc)) from None
+    except tokens.KeysUnavailable:
+        raise ApiError(
+            503, "token_keys_unavailable", "the identity provider's keys can't be fetched; try again soon"
+        ) from None
+    except callers.CsrfFailed as exc:
+        raise ApiError(403, "csrf_failed", str(exc)) from None
+    if caller is None:
+        raise AuthenticationError  # answered with 401 authentication_required
+    return caller
 
 
-def invalid_key() -> ApiError:
-    return ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
+class CallerScheme(AuthBase):
+    """A way to present a credential, as the OpenAPI document describes it. Each runs the same check,
+    which reads every credential (then a session, then the anonymous caller): the first scheme ninja
+    asks answers for the request, and the others are there for the document."""
+
+    def __call__(self, request: HttpRequest) -> callers.Caller:
+        return identified(request)
 
 
-class BearerKey(HttpBearer):
+class BearerKey(CallerScheme):
     """Authorization: Bearer <API key>, or <JWT> from the identity provider when JWT_* is set."""
 
+    openapi_type = "http"
+    openapi_scheme = "bearer"
     openapi_bearerFormat = "API key or JWT"
     openapi_description = (
         "An API key (`manage.py create_api_key`), or, when the gateway is configured with JWT_JWKS_URL "
@@ -32,55 +57,16 @@ class BearerKey(HttpBearer):
         "audience and expiry are checked, and JWT_OWNER_CLAIM owns the jobs."
     )
 
-    def __call__(self, request: HttpRequest) -> owners.Caller | None:
-        # Credentials that are there but wrong are refused, never ignored for weaker ones.
-        header = request.headers.get("Authorization")
-        if header is not None and not header.lower().startswith("bearer "):
-            raise invalid_key()
-        return super().__call__(request)
 
-    def authenticate(self, request: HttpRequest, token: str) -> owners.Caller:
-        try:
-            return owners.from_credential(token) or _raise(invalid_key())
-        except tokens.InvalidToken as exc:
-            raise ApiError(401, "invalid_token", str(exc)) from None
-        except tokens.KeysUnavailable:
-            raise ApiError(
-                503, "token_keys_unavailable", "the identity provider's keys can't be fetched; try again soon"
-            ) from None
-
-
-class HeaderKey(APIKeyHeader):
+class HeaderKey(CallerScheme):
     """X-API-Key: <key>"""
 
-    param_name = "X-API-Key"
-
-    def authenticate(self, request: HttpRequest, key: str | None) -> owners.Caller | None:
-        if not key:
-            return None
-        return owners.from_key(key) or _raise(invalid_key())
+    openapi_type = "apiKey"
+    openapi_in = "header"
+    openapi_name = "X-API-Key"
 
 
-def session_or_anonymous(request: HttpRequest) -> owners.Caller | None:
-    """A browser with a session the site issued is its session (CSRF applies); others are anonymous,
-    if allowed. A cookie naming no stored session is no session: the API never makes one."""
-    caller = (
-        owners.from_session(request.session, request.user) if owners.has_session_cookie(request) else None
-    )
-    if caller is not None:
-        if request.method not in SAFE_METHODS and check_csrf(request):
-            raise ApiError(403, "csrf_failed", "a browser session must send the CSRF token (X-CSRFToken)")
-        return caller
-    if settings.API_KEYS_REQUIRED:
-        return None  # ninja answers 401
-    return owners.Caller()
-
-
-def _raise(error: Exception):
-    raise error
-
-
-API_AUTH = [BearerKey(), HeaderKey(), session_or_anonymous]
+API_AUTH = [BearerKey(), HeaderKey()]
 
 
 def client_address(request: HttpRequest) -> str:
@@ -109,11 +95,11 @@ def rate_limit_identities(request: HttpRequest) -> list[str]:
     get sessions, one per page view, so changing them must buy nothing); or the address alone."""
     caller = getattr(request, "auth", None)
     address = f"address:{client_address(request)}"
-    if caller is None or caller.kind == "anonymous":
+    if caller is None or caller.owner.kind == "anonymous":
         return [address]
-    if caller.kind == "session":
-        return [caller.identity, address]
-    return [caller.identity]
+    if caller.owner.kind == "session":
+        return [caller.owner.identity, address]
+    return [caller.owner.identity]
 
 
 def charge(request: HttpRequest, scope: str, amount: int = 1) -> ratelimit.Usage | None:

@@ -7,7 +7,7 @@ from ninja import Router, Status
 
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
 from gateway.api.schemas import CleanupOut, ErrorOut, FileStatsOut, HealthOut, QueueStatusOut, StatisticsOut
-from gateway.auth.owners import Caller
+from gateway.auth.callers import Caller
 from gateway.http.errors import ApiError
 from gateway.ops import health
 from processing.jobs import cleanup, queues, stats
@@ -54,7 +54,7 @@ def queue_status(request: CallerRequest) -> dict[str, Any]:
 )
 def statistics(request: CallerRequest) -> dict[str, Any]:
     """The caller's jobs (all jobs for staff): counts, throughput, and queue-wait and processing durations."""
-    # gateway.auth.owners is untyped until its rewrite lands.
+    # gateway.auth.callers is untyped until it is typed strictly.
     return stats.statistics(request.auth.visible_jobs())  # type: ignore[no-untyped-call]
 
 

@@ -5,7 +5,7 @@ from typing import Any, cast
 
 from django.http import HttpRequest, QueryDict
 
-from gateway.auth.owners import Caller
+from gateway.auth.callers import Caller
 from gateway.http.errors import ApiError
 from gateway.http.negotiation import accepted_image_types
 from processing.jobs.submissions import Submission, Upload

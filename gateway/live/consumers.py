@@ -21,7 +21,8 @@ Who may subscribe: the job's owner, as for the API.
 - An API key as a subprotocol, which browsers can send:
   `new WebSocket(url, ["darkroom", "darkroom.key." + key])`; the server answers
   "darkroom" and never echoes the key. Not in the query string: URLs end up in logs.
-- From scripts, the API's headers also work: `X-API-Key` or `Authorization: Bearer`.
+- From scripts, the API's headers also work: `Authorization: Bearer` or `X-API-Key`. The same
+  credentials make the same caller as for the API (gateway.auth.callers).
 - A bearer token (JWT) from the identity provider, wherever an API key goes (gateway/auth/tokens.py).
 
 Close codes, sent after the handshake so that browsers can read them (code and reason):
@@ -37,30 +38,23 @@ import json
 import logging
 import uuid
 from collections import OrderedDict, deque
-from importlib import import_module
-from types import SimpleNamespace
 
 from channels.db import database_sync_to_async
-from django.conf import settings
-from django.contrib import auth
-from django.contrib.sessions.backends.base import SessionBase
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
-from django.http.cookie import parse_cookie
 
-from gateway.auth import owners, tokens
+from gateway.auth import callers, tokens
 from gateway.live.subscriptions import Subscriptions
 from processing.events import messages
 from processing.events.layer import WS_DROPPED
 from processing.jobs.prometheus import WEBSOCKET_CONNECTIONS
 from processing.jobs.public import job_json
 from processing.models import Job, find_job
+from processing.owners import Owner
 
 logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "darkroom"
-KEY_SUBPROTOCOL_PREFIX = "darkroom.key."
-RECENT_JOBS = 50  # jobs in the stream's state on connect
 REMEMBERED_JOBS = 128  # jobs whose latest status a stream remembers, to drop late events
 # Frames waiting for a socket whose client reads slowly; past this it gets the state instead.
 SEND_BACKLOG = 32
@@ -79,69 +73,23 @@ class Close:
     NOT_FOUND = 4404
 
 
-class InvalidKey(Exception):
-    """An API key was presented and matches no live key."""
-
-
 # --- Who is connecting ----------------------------------------------------------------
 
 
-def presented_key(scope) -> str | None:
-    """The API key from the subprotocols (browsers) or the API's headers (scripts), if any."""
-    for protocol in scope.get("subprotocols") or ():
-        if protocol.startswith(KEY_SUBPROTOCOL_PREFIX):
-            return protocol.removeprefix(KEY_SUBPROTOCOL_PREFIX)
-    headers = dict(scope.get("headers") or ())
-    if b"x-api-key" in headers:
-        return headers[b"x-api-key"].decode("latin-1").strip()
-    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    if scheme.lower() == "bearer":
-        return token.strip()
-    return None
-
-
-def browser_session(scope) -> tuple[SessionBase, object] | None:
-    """The session and user named by the handshake's session cookie; None without the cookie.
-
-    Read once here rather than by channels' AuthMiddlewareStack, which keeps a session, a
-    user and three more copies of the scope in memory for as long as each socket is open.
-    """
-    cookies = parse_cookie(dict(scope.get("headers") or ()).get(b"cookie", b"").decode("latin-1"))
-    if settings.SESSION_COOKIE_NAME not in cookies:
-        return None
-    session = import_module(settings.SESSION_ENGINE).SessionStore(cookies[settings.SESSION_COOKIE_NAME])
-    return session, auth.get_user(SimpleNamespace(session=session))
+@database_sync_to_async
+def authenticate(scope) -> callers.Caller | None:
+    """The caller behind a handshake, as the API would see the same credentials (gateway.auth.callers)."""
+    return callers.of_handshake(scope)
 
 
 @database_sync_to_async
-def authenticate(scope) -> owners.Caller | None:
-    """The caller behind a handshake, as the API would see it; None when credentials are required
-    and there are none. Raises InvalidKey for a key that matches no live key."""
-    key = presented_key(scope)
-    if key is not None:
-        try:
-            caller = owners.from_credential(key)
-        except tokens.InvalidToken as exc:
-            raise InvalidKey(str(exc)) from None
-        if caller is None:
-            raise InvalidKey
-        return caller
-    session = browser_session(scope)
-    if session is not None:
-        return owners.from_session(*session)
-    if getattr(settings, "API_KEYS_REQUIRED", False):
-        return None
-    return owners.Caller()
+def visible_job(owner: Owner | None, job_id: uuid.UUID) -> Job | None:
+    return find_job(job_id, owner)
 
 
 @database_sync_to_async
-def visible_job(viewer: str | None, job_id: uuid.UUID) -> Job | None:
-    return find_job(job_id, viewer)
-
-
-@database_sync_to_async
-def recent_jobs(viewer: str | None) -> list[Job]:
-    return list(owners.jobs_visible_to(viewer)[:RECENT_JOBS])
+def recent_jobs(owner: Owner | None) -> list[Job]:
+    return callers.recent_jobs(owner, callers.RECENT_JOBS_ON_STREAM)
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -173,11 +121,11 @@ class LiveSocket:
     `wants(message)` and `current_state()`.
     """
 
-    __slots__ = ("send_asgi", "viewer", "groups", "closed", "held", "outbox", "sender", "stale")
+    __slots__ = ("send_asgi", "sees_jobs_of", "groups", "closed", "held", "outbox", "sender", "stale")
 
     def __init__(self, send):
         self.send_asgi = send
-        self.viewer: str | None = None
+        self.sees_jobs_of: Owner | None = None  # None: every owner's (staff)
         self.groups: tuple[str, ...] = ()
         self.closed = False
         self.held: list[dict] | None = []  # events that came before the state went out
@@ -205,9 +153,10 @@ class LiveSocket:
     async def open(self, scope, route: dict) -> None:
         try:
             caller = await authenticate(scope)
-        except InvalidKey as exc:
-            reason = str(exc) or "the API key is unknown or revoked"
-            return await self.close(Close.BAD_CREDENTIALS, reason[:120])  # a close reason: 123 bytes at most
+        except (callers.InvalidKey, tokens.InvalidToken) as exc:
+            return await self.close(
+                Close.BAD_CREDENTIALS, str(exc)[:120]
+            )  # a close reason: 123 bytes at most
         except tokens.KeysUnavailable:
             return await self.close(Close.TRY_AGAIN_LATER, "the identity provider's keys can't be fetched")
         except DatabaseError:
@@ -215,7 +164,7 @@ class LiveSocket:
             return await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")
         if caller is None:
             return await self.close(Close.BAD_CREDENTIALS, "authentication required: a session or an API key")
-        self.viewer = caller.viewer  # not the caller: it holds a whole ApiKey row
+        self.sees_jobs_of = caller.sees_jobs_of
         try:
             await self.start(caller, **route)
             self.state_sent()
@@ -223,7 +172,7 @@ class LiveSocket:
             logger.exception("could not start a WebSocket: the database failed")
             await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")
 
-    async def start(self, caller: owners.Caller, **route) -> None:
+    async def start(self, caller: callers.Caller, **route) -> None:
         raise NotImplementedError
 
     async def subscribe(self, group: str) -> bool:
@@ -337,7 +286,7 @@ class JobSocket(LiveSocket):
 
     __slots__ = ("job_id", "rank")
 
-    async def start(self, caller: owners.Caller, job_id: str) -> None:
+    async def start(self, caller: callers.Caller, job_id: str) -> None:
         self.job_id = parse_uuid(job_id)
         self.rank = 0  # how far the client has seen the job go (STATUS_RANK)
         if self.job_id is None:
@@ -345,7 +294,7 @@ class JobSocket(LiveSocket):
         # Subscribe before reading, so that no change slips between the read and the
         # subscription; nothing is forwarded unless the job turns out to be the caller's.
         live = await self.subscribe(messages.job_group(self.job_id))
-        job = await visible_job(self.viewer, self.job_id)
+        job = await visible_job(self.sees_jobs_of, self.job_id)
         if job is None:
             return await self.close(Close.NOT_FOUND, "no such job")
         for frame in self.state_of(job):
@@ -371,7 +320,7 @@ class JobSocket(LiveSocket):
         return True
 
     async def current_state(self) -> list[dict]:
-        job = await visible_job(self.viewer, self.job_id)
+        job = await visible_job(self.sees_jobs_of, self.job_id)
         if job is None:  # deleted since (cleanup)
             return [close_frame(Close.NOT_FOUND, "no such job")]
         return self.state_of(job)
@@ -401,9 +350,9 @@ class CallerJobsSocket(LiveSocket):
 
     __slots__ = ("latest",)
 
-    async def start(self, caller: owners.Caller) -> None:
+    async def start(self, caller: callers.Caller) -> None:
         self.latest = LatestStatuses()
-        group = messages.STAFF_GROUP if caller.is_staff else messages.owner_group(caller.identity)
+        group = messages.STAFF_GROUP if caller.is_staff else messages.owner_group(caller.owner.identity)
         live = await self.subscribe(group)
         for frame in await self.current_state():
             await self.send_frame(frame)
@@ -414,7 +363,7 @@ class CallerJobsSocket(LiveSocket):
         return self.latest.is_news(message["job_id"], message["status"])
 
     async def current_state(self) -> list[dict]:
-        jobs = await recent_jobs(self.viewer)
+        jobs = await recent_jobs(self.sees_jobs_of)
         for job in reversed(jobs):  # oldest first, so that the newest are remembered longest
             self.latest.is_news(str(job.id), job.status)
         state = {"type": "jobs.state", "jobs": [job_json(job) for job in jobs]}

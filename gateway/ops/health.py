@@ -1,7 +1,7 @@
 """Liveness and readiness: each dependency named, with its state and latency.
 
 Anyone may ask whether the service is live or ready (probes, load balancers); which dependency is
-down, and why, is for operators (gateway.auth.owners.is_operator): an error names hosts and ports.
+down, and why, is for operators (gateway.auth.callers.is_operator): an error names hosts and ports.
 """
 
 import time
@@ -15,7 +15,7 @@ from django.core.files.storage import default_storage
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from gateway.auth.owners import is_operator
+from gateway.auth.callers import is_operator
 from processing.jobs.queues import broker_url
 
 

@@ -1,6 +1,6 @@
 """GET /metrics: Prometheus exposition of this process (or, multiprocess, this machine) and the broker.
 
-For operators only (gateway.auth.owners.is_operator): Prometheus sends
+For operators only (gateway.auth.callers.is_operator): Prometheus sends
 `Authorization: Bearer <METRICS_TOKEN>`.
 """
 
@@ -9,7 +9,7 @@ import os
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
-from gateway.auth.owners import is_operator
+from gateway.auth.callers import is_operator
 from gateway.http.errors import error_response
 from processing.jobs.prometheus import BrokerCollector
 

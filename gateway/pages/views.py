@@ -2,7 +2,7 @@
 server-side upload, job list and job status pages, which work with JavaScript turned off.
 
 Every page makes sure the browser has a session: its jobs belong to that session (see
-gateway.auth.owners), and the JavaScript client's API calls and WebSocket carry its cookie.
+gateway.auth.callers), and the JavaScript client's API calls and WebSocket carry its cookie.
 """
 
 from dataclasses import dataclass, field
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from gateway.api import describe_pydantic_error
 from gateway.api.auth import SUBMIT_LIMIT, charge_more_submissions
-from gateway.auth import owners
+from gateway.auth import callers
 from gateway.http import intake
 from gateway.http.errors import DOMAIN_ERRORS, ApiError, from_domain
 from gateway.http.uploads import UploadTooLarge
@@ -33,7 +33,6 @@ from processing.models import Job
 PAGE_TEMPLATES = {"desktop": "desktop.html", "mobile": "mobile.html", "lite": "lite.html"}
 UI_NAMES = {"desktop": "Desktop", "mobile": "Mobile", "lite": "Lite"}
 DEFAULT_SERVICE = "grayscale"
-RECENT_JOBS = 10
 # Parameters every image service shares: shown after the service's own, unless required.
 OUTPUT_OPTIONS = ("format", "quality", "max_bytes")
 COLOUR_PATTERN = "^#[0-9a-fA-F]{6}$"
@@ -75,7 +74,10 @@ def home(request):
     }
     if ui == "lite":
         budget = context["config"]["save_data_max_bytes"]
-        context.update(lite_form(request, budget), recent_jobs=recent_jobs(returning_caller(request), 5))
+        context.update(
+            lite_form(request, budget),
+            recent_jobs=browser_jobs(returning_caller(request), callers.RECENT_JOBS_ON_LITE_HOME),
+        )
     else:
         session_caller(request)  # the page's API calls and WebSocket must carry the session cookie
     return devices.adapt(request, render(request, PAGE_TEMPLATES[ui], context))
@@ -86,7 +88,7 @@ def home(request):
 @require_GET
 def job_list(request):
     """The session's recent jobs, server-rendered; reloads itself while any is unfinished."""
-    jobs = recent_jobs(returning_caller(request), RECENT_JOBS)
+    jobs = browser_jobs(returning_caller(request), callers.RECENT_JOBS_ON_JOB_LIST)
     waiting = any(not job.is_finished for job in jobs)
     context = {"ui": "lite", "ui_links": ui_links("lite", None), "jobs": jobs, **refresh(request, waiting)}
     return render(request, "lite_jobs.html", context)
@@ -143,7 +145,7 @@ def submit_form(request):
     return see_other(reverse("job-list"))
 
 
-def over_submit_limit(request, caller: owners.Caller) -> ApiError | None:
+def over_submit_limit(request, caller: callers.Caller) -> ApiError | None:
     """The API's submit rate limit, counted per caller and per file as for the API: the 429 to show,
     if over it."""
     request.auth = caller
@@ -172,7 +174,7 @@ def as_api_error(exc: Exception) -> ApiError:
     return ApiError(422, "invalid_parameters", "", fields=problems)
 
 
-def form_submission(request, caller: owners.Caller) -> submissions.Submission:
+def form_submission(request, caller: callers.Caller) -> submissions.Submission:
     service = request.POST.get("service") or DEFAULT_SERVICE
     return intake.submission_from(request, caller, service, at_most=settings.MAX_BATCH_FILES)
 
@@ -180,23 +182,22 @@ def form_submission(request, caller: owners.Caller) -> submissions.Submission:
 # --- Helpers ----------------------------------------------------------------------------
 
 
-def session_caller(request) -> owners.Caller:
+def session_caller(request) -> callers.Caller:
     """The browser's caller, making its session (and owner token) on the first visit."""
-    return owners.issue_session(request.session, request.user)
+    return callers.issue_session(request.session, request.user)
 
 
-def returning_caller(request) -> owners.Caller | None:
+def returning_caller(request) -> callers.Caller | None:
     """The caller of a browser that has a session already. Pages that only show jobs make none:
     crawlers get the lite page, and a session row per crawl would pile up for nothing."""
-    if not owners.has_session_cookie(request):
+    if not callers.has_session_cookie(request):
         return None
-    return owners.from_session(request.session, request.user)
+    return callers.from_session(request.session, request.user)
 
 
-def recent_jobs(caller: owners.Caller | None, count: int) -> list[Job]:
-    if caller is None:
-        return []
-    return list(caller.visible_jobs().order_by("-created_at")[:count])
+def browser_jobs(caller: callers.Caller | None, count: int) -> list[Job]:
+    """A returning browser's most recent jobs; none for a browser without a session."""
+    return [] if caller is None else callers.recent_jobs(caller.sees_jobs_of, count)
 
 
 def ui_links(current: str, chosen: str | None) -> list[dict]:

@@ -33,12 +33,12 @@ def job_group(job_id) -> str:
 
 
 def owner_group(identity: str) -> str:
-    """The group of one owner, named by its identity (processing.models.owner_identity)."""
+    """The group of one owner, named by its identity (processing.owners.Owner.identity)."""
     return "owner." + identity.replace(":", ".")
 
 
 def groups_for(job: Job) -> list[str]:
-    groups = [job_group(job.id), owner_group(job.owner_identity), STAFF_GROUP]
+    groups = [job_group(job.id), owner_group(job.owner.identity), STAFF_GROUP]
     return [*groups, ENDED_GROUP] if job.status in Job.FINISHED else groups
 
 

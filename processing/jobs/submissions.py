@@ -23,7 +23,8 @@ from processing.imaging import formats
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, get_operation
 from processing.jobs import idempotency, pools, publishing
-from processing.models import Job, owned_by, owner_identity
+from processing.models import Job
+from processing.owners import Owner, owned_by
 
 logger = logging.getLogger(__name__)
 
@@ -49,29 +50,6 @@ class Upload(Protocol):
     sha256: str
 
     def temporary_file_path(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Whose jobs these are: an API key id, a bearer token's subject, a browser session's owner
-    token, or none of them."""
-
-    key: str = ""
-    session: str = ""
-    user_id: int | None = None
-    subject: str = ""
-
-    @property
-    def identity(self) -> str:
-        return owner_identity(self.key, self.session, self.subject)
-
-    def fields(self) -> dict:
-        return {
-            "owner_key": self.key,
-            "owner_subject": "" if self.key else self.subject,
-            "owner_session": "" if self.key or self.subject else self.session,
-            "owner_user_id": self.user_id,
-        }
 
 
 @dataclass
@@ -207,7 +185,7 @@ def reusable_result(job: Job) -> Job | None:
     still exist. Never another owner's: that would tell them someone processed this image before."""
     return (
         Job.objects.filter(
-            owned_by(job.owner_identity),
+            owned_by(job.owner),
             status=Job.COMPLETED,
             service=job.service,
             input_sha256=job.input_sha256,

@@ -1,0 +1,257 @@
+"""Who is calling, and which jobs they may see: the one place that reads credentials.
+
+The API (gateway.api.auth), the WebSocket handshake (gateway.live.consumers) and the operator
+check (`is_operator`: /metrics, the health checks' details) all ask `identify`, so that the same
+credential makes the same caller everywhere:
+
+- `Authorization: Bearer <credential>`, else `X-API-Key: <credential>` (a WebSocket may send it as
+  the subprotocol `darkroom.key.<credential>` instead, which browsers can): a bearer token (JWT)
+  when tokens are enabled and it looks like one (gateway.auth.tokens), else an API key.
+- Else a browser session the site issued. It owns its jobs through a token kept in the session, so
+  that they survive logging in. Only the pages (`issue_session`) make sessions, never the API or the
+  WebSocket: anyone can send any cookie, and a cookie naming no stored session is no session.
+- Else, when API keys are not required (the embedded default), the anonymous owner, shared.
+
+A credential that is there but wrong is refused with a named error (REFUSALS), never passed over
+for a weaker one. Staff (a staff key, token or signed-in user) see every job; anyone else sees
+their owner's, and someone else's job is always a 404.
+"""
+
+import hmac
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib import import_module
+from types import SimpleNamespace
+
+from django.conf import settings
+from django.contrib import auth
+from django.contrib.sessions.backends.base import SessionBase
+from django.http.cookie import parse_cookie
+from django.utils import timezone
+from django.utils.datastructures import CaseInsensitiveMapping
+from django.utils.functional import SimpleLazyObject
+from ninja.utils import check_csrf
+
+from gateway.auth import tokens
+from gateway.models import ApiKey
+from processing.models import Job, find_job
+from processing.owners import Owner, owned_by
+
+SESSION_OWNER_KEY = "darkroom_owner"
+KEY_SUBPROTOCOL_PREFIX = "darkroom.key."
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+# How many of a caller's most recent jobs each view shows. The lite pages are rendered anew on
+# every visit and every refresh while a job runs, for slow connections: a few rows. The live stream
+# sends its list once a connection, and the desktop and mobile UIs build their job list from it.
+RECENT_JOBS_ON_LITE_HOME = 5
+RECENT_JOBS_ON_JOB_LIST = 10
+RECENT_JOBS_ON_STREAM = 50
+
+
+class InvalidKey(Exception):
+    """A credential matches no live API key, or Authorization is not a Bearer credential."""
+
+    def __init__(self, message: str = "the API key is unknown or revoked"):
+        super().__init__(message)
+
+
+class CsrfFailed(Exception):
+    """A browser session's unsafe request came without its CSRF token: another site may have made it."""
+
+    def __init__(self, message: str = "a browser session must send the CSRF token (X-CSRFToken)"):
+        super().__init__(message)
+
+
+# Every way `identify` refuses a caller.
+REFUSALS = (InvalidKey, tokens.InvalidToken, tokens.KeysUnavailable, CsrfFailed)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the owner their new jobs get, and whether they are staff."""
+
+    owner: Owner = Owner()
+    is_staff: bool = False
+
+    @property
+    def sees_jobs_of(self) -> Owner | None:
+        """Whose jobs this caller sees: its owner's, or None for every owner's (staff). All that a
+        long-lived holder of the caller (a WebSocket) needs to keep of it."""
+        return None if self.is_staff else self.owner
+
+    def visible_job(self, job_id: uuid.UUID) -> Job | None:
+        """The job, if this caller may see it."""
+        return find_job(job_id, self.sees_jobs_of)
+
+    def visible_jobs(self):
+        return jobs_visible_to(self.sees_jobs_of)
+
+
+def jobs_visible_to(owner: Owner | None):
+    """The jobs of `owner`, or every job for None (see Caller.sees_jobs_of)."""
+    return Job.objects.all() if owner is None else Job.objects.filter(owned_by(owner))
+
+
+def recent_jobs(owner: Owner | None, count: int) -> list[Job]:
+    """The `count` newest of the jobs visible to `owner` (a RECENT_JOBS_ON_* count)."""
+    return list(jobs_visible_to(owner).order_by("-created_at")[:count])
+
+
+# --- Who is calling --------------------------------------------------------------------
+
+
+def identify(
+    credential: str | None, session: SessionBase | None, user, csrf_failed: Callable[[], bool] | None = None
+) -> Caller | None:
+    """The caller that presents `credential` (see presented_credential), else the caller of `session`
+    if the site issued it, else the anonymous caller; None when API keys are required and there is
+    no credential or session. Refuses (REFUSALS) a credential that names no caller, and a session's
+    request when `csrf_failed()` says it lacks its CSRF token."""
+    if credential is not None:
+        return from_credential(credential)
+    caller = from_session(session, user)
+    if caller is not None:
+        if csrf_failed is not None and csrf_failed():
+            raise CsrfFailed
+        return caller
+    return None if settings.API_KEYS_REQUIRED else Caller()
+
+
+def of_request(request) -> Caller | None:
+    """The caller behind an HTTP request (see identify)."""
+    session = request.session if has_session_cookie(request) else None
+    return identify(
+        presented_credential(request.headers),
+        session,
+        getattr(request, "user", None),
+        csrf_failed=lambda: request.method not in SAFE_METHODS and check_csrf(request) is not None,
+    )
+
+
+def of_handshake(scope) -> Caller | None:
+    """The caller behind a WebSocket handshake (see identify), from its ASGI scope. No CSRF check:
+    gateway.live.routing refuses pages of other origins at the handshake.
+
+    The session is read here rather than by channels' AuthMiddlewareStack, which keeps a session, a
+    user and three more copies of the scope in memory for as long as each socket is open.
+    """
+    headers = CaseInsensitiveMapping(
+        {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers") or ()}
+    )
+    credential = subprotocol_credential(scope)
+    if credential is None:
+        credential = presented_credential(headers)
+    session = session_named_by(headers.get("Cookie", ""))
+    user = SimpleLazyObject(lambda: auth.get_user(SimpleNamespace(session=session)))  # read if issued
+    return identify(credential, session, user)
+
+
+def presented_credential(headers: Mapping[str, str]) -> str | None:
+    """The credential of `Authorization: Bearer …`, else of `X-API-Key`; None for neither. Raises
+    InvalidKey for an Authorization header of another scheme: it is not passed over for X-API-Key."""
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise InvalidKey
+        return credential.strip()
+    return (headers.get("X-API-Key") or "").strip() or None
+
+
+def subprotocol_credential(scope) -> str | None:
+    """The credential a browser's WebSocket sends as a subprotocol (it can't send headers), if any."""
+    for protocol in scope.get("subprotocols") or ():
+        if protocol.startswith(KEY_SUBPROTOCOL_PREFIX):
+            return protocol.removeprefix(KEY_SUBPROTOCOL_PREFIX)
+    return None
+
+
+def session_named_by(cookie_header: str) -> SessionBase | None:
+    """The session the session cookie names (not loaded yet); None without the cookie."""
+    session_key = parse_cookie(cookie_header).get(settings.SESSION_COOKIE_NAME)
+    if session_key is None:
+        return None
+    return import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+
+
+def from_credential(presented: str) -> Caller:
+    """The caller a credential names: a token (JWT) when tokens are enabled and it is one, else an API
+    key. Raises InvalidKey, tokens.InvalidToken or tokens.KeysUnavailable."""
+    if tokens.enabled() and tokens.looks_like_jwt(presented):
+        owner = tokens.verify(presented)
+        return Caller(Owner(subject=owner.subject), is_staff=owner.is_staff)
+    return from_key(presented)
+
+
+def from_key(presented: str) -> Caller:
+    key = ApiKey.find(presented)
+    if key is None:
+        raise InvalidKey
+    now = timezone.now()
+    # To the minute: a write per request would cost more than the request's own work.
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key_caller(key)
+
+
+def key_caller(key: ApiKey) -> Caller:
+    return Caller(Owner(key=str(key.pk)), is_staff=key.is_staff)
+
+
+def from_session(session: SessionBase | None, user) -> Caller | None:
+    """The caller of a session the site issued, making its owner token on first use; None for no
+    session, or one the client made up (anyone can send any cookie: it must not buy an owner)."""
+    if session is None or not is_issued(session):
+        return None
+    return session_caller(session, user)
+
+
+def issue_session(session: SessionBase, user) -> Caller:
+    """The browser's caller on our pages: its session, or a new one the site issues now."""
+    return from_session(session, user) or session_caller(session, user)
+
+
+def is_issued(session: SessionBase) -> bool:
+    """True when the session is one the site stored (loading an unknown key leaves it keyless)."""
+    session.get(SESSION_OWNER_KEY)  # loads the session
+    return session.session_key is not None
+
+
+def session_caller(session: SessionBase, user) -> Caller:
+    owner = session.get(SESSION_OWNER_KEY)
+    if owner is None:
+        owner = session[SESSION_OWNER_KEY] = uuid.uuid4().hex
+    signed_in = user is not None and user.is_authenticated
+    return Caller(
+        Owner(session=owner, user_id=user.pk if signed_in else None), is_staff=signed_in and user.is_staff
+    )
+
+
+def has_session_cookie(request) -> bool:
+    return settings.SESSION_COOKIE_NAME in request.COOKIES
+
+
+# --- Operators ------------------------------------------------------------------------
+
+
+def is_operator(request) -> bool:
+    """May see /metrics and the health checks' details: the holder of METRICS_TOKEN (as a Bearer
+    token, what Prometheus sends, or X-API-Key), or a staff caller: a staff API key or token, or a
+    signed-in staff user. Anyone else, refused credentials included, is not (no error: the health
+    checks still answer them, with less)."""
+    try:
+        if holds_metrics_token(request.headers):
+            return True
+        caller = of_request(request)
+    except REFUSALS:
+        return False
+    return caller is not None and caller.is_staff
+
+
+def holds_metrics_token(headers: Mapping[str, str]) -> bool:
+    token, presented = settings.METRICS_TOKEN, presented_credential(headers)
+    return bool(token and presented and hmac.compare_digest(presented.encode(), token.encode()))
