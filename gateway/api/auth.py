@@ -1,7 +1,5 @@
 """Who is calling (API key, browser session or anonymous), and how often they may."""
 
-import ipaddress
-import logging
 import threading
 
 from django.conf import settings
@@ -13,8 +11,6 @@ from ninja.utils import check_csrf
 from gateway.auth import owners, ratelimit, tokens
 from gateway.http.errors import ApiError
 from gateway.live import waiting
-
-logger = logging.getLogger(__name__)
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -84,64 +80,6 @@ def _raise(error: Exception):
 API_AUTH = [BearerKey(), HeaderKey(), session_or_anonymous]
 
 
-def client_address(request: HttpRequest) -> str:
-    """The client's address; X-Forwarded-For counts only when the request came through a trusted proxy."""
-    remote = request.META.get("REMOTE_ADDR", "")
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if not forwarded or remote not in settings.TRUSTED_PROXIES:
-        return remote
-    # The right-most address a trusted proxy did not add is the client.
-    for address in reversed([a.strip() for a in forwarded.split(",")]):
-        if address not in settings.TRUSTED_PROXIES and is_ip(address):
-            return address
-    return remote
-
-
-def is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        return False
-
-
-def rate_limit_identities(request: HttpRequest) -> list[str]:
-    """Whom a request is counted against: an API key; a session and its client address (anyone can
-    get sessions, one per page view, so changing them must buy nothing); or the address alone."""
-    caller = getattr(request, "auth", None)
-    address = f"address:{client_address(request)}"
-    if caller is None or caller.kind == "anonymous":
-        return [address]
-    if caller.kind == "session":
-        return [caller.identity, address]
-    return [caller.identity]
-
-
-def charge(request: HttpRequest, scope: str, amount: int = 1) -> ratelimit.Usage | None:
-    """Count `amount` requests in `scope` ("submit" or "read") for the caller; None when Redis is down."""
-    rate = getattr(settings, f"RATE_LIMIT_{scope.upper()}")
-    try:
-        return ratelimit.hit_all(scope, rate_limit_identities(request), rate, amount)
-    except ratelimit.CounterUnavailable as exc:  # Redis is down: serve without limits
-        logger.warning("rate limit not applied: %s", exc)
-        return None
-
-
-def charge_more_submissions(request: HttpRequest, count: int) -> None:
-    """A batch is as many submissions as it has files: the throttle counted one, count the rest.
-
-    Raises a 429 ApiError when they take the caller past the limit."""
-    if count <= 0:
-        return
-    usage = charge(request, "submit", count)
-    if usage is None:
-        return
-    request.rate_limit = usage
-    if usage.limited:
-        wait = max(usage.reset, 1)
-        raise ApiError(429, "rate_limited", f"too many submissions; try again in {wait}s", retry_after=wait)
-
-
 class CallerRateLimit(BaseThrottle):
     """A fixed-window limit per API key (per session and client address, or per address when
     anonymous), counted in Redis in the full stack, and so shared by every gateway process and
@@ -154,7 +92,7 @@ class CallerRateLimit(BaseThrottle):
     def allow_request(self, request: HttpRequest) -> bool:
         if waiting.is_final_pass(request):  # a long poll's answer, counted when it came in
             return True
-        usage = charge(request, self.scope)
+        usage = ratelimit.charge(request, self.scope)
         if usage is None:
             return True
         request.rate_limit = usage

@@ -22,7 +22,7 @@ from processing.errors import (
     IdempotencyKeyInvalid,
     IdempotencyKeyMismatch,
     StorageUnavailable,
-    UnknownService,
+    UnknownOperation,
     UnprocessableImage,
 )
 from processing.imaging.codecs import ImageInfo, probe
@@ -111,11 +111,12 @@ class Accepted:
     replayed: bool = False
 
 
-def find_operation(name: str) -> Operation:
+def find_operation(service: str) -> Operation:
+    """The operation a client names as `service`; UnknownOperation if there is none."""
     try:
-        return get_operation(name)
+        return get_operation(service)
     except KeyError:
-        raise UnknownService(name) from None
+        raise UnknownOperation(service) from None
 
 
 def submit(submission: Submission) -> Accepted:
