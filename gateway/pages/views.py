@@ -241,7 +241,7 @@ def lite_form(request, budget: int | None) -> dict:
     service = request.GET.get("service", DEFAULT_SERVICE)
     operation = OPERATIONS.get(service) or OPERATIONS[DEFAULT_SERVICE]
     defaults = {"max_bytes": budget} if budget else {}
-    return {"service": operation, "fields": parameter_fields(operation.json_schema(), defaults)}
+    return {"operation": operation, "fields": parameter_fields(operation.json_schema(), defaults)}
 
 
 def parameter_fields(schema: dict, defaults: dict | None = None) -> list[FormField]:
