@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 COUNT_IN_ANOTHER_PROCESS = """
 import django
 django.setup()
-from gateway import ratelimit
+from gateway.auth import ratelimit
 print(ratelimit.hit("read", {identity!r}, {rate!r}).count)
 """
 
