@@ -1,13 +1,24 @@
-"""The domain's errors: the actors turn them into job failures, the gateway into HTTP answers."""
+"""The domain's errors: the actors turn them into job failures, the gateway into HTTP answers.
+
+Every error a request or a job can meet is a DomainError: a stable machine-readable `code`, a
+`message` fit to show the client, and the data fields of its kind. Which HTTP status each one is
+the gateway decides (gateway.http.errors), not the domain.
+"""
 
 
-class UnprocessableImage(Exception):
-    """The image can't be processed; retrying won't help. `code` is a stable machine-readable string."""
+class DomainError(Exception):
+    """An error a request or a job can meet; `code` is stable and machine-readable."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class UnprocessableImage(DomainError):
+    """The image can't be processed; retrying won't help. `filename`, once known, names the upload."""
+
+    filename: str | None = None
 
 
 class UnsupportedImage(UnprocessableImage):
@@ -46,42 +57,69 @@ class EmptyImage(UnprocessableImage):
         super().__init__("empty_image", message)
 
 
-class InvalidParameters(Exception):
+class InvalidParameters(DomainError):
     """A parameter is valid on its own but doesn't fit this image (e.g. a crop box outside it)."""
 
     def __init__(self, field: str, message: str):
-        super().__init__(message)
+        super().__init__("invalid_parameters", message)
         self.field = field
-        self.message = message
 
 
-class Cancelled(Exception):
-    """Raised by a progress callback to stop an operation at its next checkpoint."""
-
-
-class BrokerUnavailable(Exception):
-    """The broker did not confirm the message: the job is not queued."""
-
-
-class StorageUnavailable(Exception):
-    """The file storage refused to store or copy a file."""
-
-
-class UnknownService(Exception):
-    """No operation has this name."""
+class UnknownOperation(DomainError):
+    """No operation has this name (the client asked for a service that doesn't exist)."""
 
     def __init__(self, name: str):
-        super().__init__(f"there is no service named {name!r}")
+        super().__init__("unknown_service", f"there is no service named {name!r}")
         self.name = name
 
 
-class IdempotencyKeyInvalid(Exception):
+class DependencyUnavailable(DomainError):
+    """A service the domain relies on didn't answer: nothing was done, and the same request may well
+    succeed shortly. The message is the same whatever failed; `cause` says what did, for the logs."""
+
+    dependency = ""
+
+    def __init__(self, cause: str):
+        super().__init__(
+            f"{self.dependency}_unavailable", f"the {self.dependency} is unavailable; try again shortly"
+        )
+        self.cause = cause
+
+
+class BrokerUnavailable(DependencyUnavailable):
+    """The broker did not confirm the message: the job is not queued."""
+
+    dependency = "broker"
+
+
+class StorageUnavailable(DependencyUnavailable):
+    """The file storage refused to store or copy a file."""
+
+    dependency = "storage"
+
+
+class IdempotencyKeyInvalid(DomainError):
     """An Idempotency-Key that can't be stored (too long)."""
 
+    def __init__(self, message: str):
+        super().__init__("invalid_idempotency_key", message)
 
-class IdempotencyKeyInUse(Exception):
+
+class IdempotencyKeyInUse(DomainError):
     """The first request with this Idempotency-Key is still being handled."""
 
+    def __init__(self, message: str):
+        super().__init__("idempotency_key_in_use", message)
 
-class IdempotencyKeyMismatch(Exception):
+
+class IdempotencyKeyMismatch(DomainError):
     """An Idempotency-Key used again for a different request."""
+
+    def __init__(self, message: str):
+        super().__init__("idempotency_mismatch", message)
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop an operation at its next checkpoint.
+
+    Not a DomainError: nobody is told of it, the job was cancelled on purpose."""

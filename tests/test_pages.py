@@ -17,7 +17,7 @@ from processing.imaging.operations import OPERATIONS
 from processing.models import Job
 from processing.worker.actors import process_job
 from tests import images
-from tests.uploads import png
+from tests.uploads import png, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -279,6 +279,27 @@ def test_form_uploads_share_the_api_rate_limit(client, stub_broker, settings):
     refused = upload(client)
     assert refused.status_code == 429
     assert int(refused["Retry-After"]) >= 1
+
+
+def test_form_uploads_and_api_submissions_draw_on_one_counter(client, stub_broker, settings):
+    settings.RATE_LIMIT_SUBMIT = "1/d"
+    page(client)
+    assert upload(client).status_code == 303
+
+    refused = submit(Client(), "grayscale")  # anonymous: the same client address the form was charged to
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+
+
+def test_a_form_upload_costs_one_submission_per_file(client, stub_broker, settings):
+    settings.RATE_LIMIT_SUBMIT = "2/d"
+    page(client)
+    files = [png(f"{n}.png", image=images.noise(16, 16, seed=n)) for n in range(3)]
+
+    refused = client.post("/upload", {"service": "grayscale", "image": files})
+
+    assert refused.status_code == 429
+    assert Job.objects.count() == 0
 
 
 def test_a_too_large_upload_gets_a_page_even_with_the_csrf_check_on(settings, stub_broker):

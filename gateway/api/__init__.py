@@ -12,17 +12,17 @@ from gateway.api import frontend, jobs, services, system
 from gateway.api.auth import API_AUTH
 from gateway.http.errors import (
     DATABASE_OUTAGES,
-    DOMAIN_ERRORS,
     STORAGE_OUTAGES,
     ApiError,
     error_response,
     from_domain,
+    from_validation_errors,
     internal_error,
     outage,
     render,
 )
 from gateway.http.uploads import UploadTooLarge
-from processing.errors import InvalidParameters
+from processing.errors import DomainError
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +45,9 @@ def on_api_error(request, exc: ApiError):
     return render(exc)
 
 
-def on_domain_error(request, exc: Exception):
+@api.exception_handler(DomainError)
+def on_domain_error(request, exc: DomainError):
     return render(from_domain(exc))
-
-
-for _error in DOMAIN_ERRORS:
-    api.add_exception_handler(_error, on_domain_error)
 
 
 def on_outage(request, exc: Exception):
@@ -67,32 +64,14 @@ def on_upload_too_large(request, exc: UploadTooLarge):
     return error_response(413, "upload_too_large", str(exc))
 
 
-def describe_pydantic_error(error: dict) -> dict:
-    field = ".".join(
-        str(part) for part in error.get("loc", ()) if part not in ("body", "form", "query", "path")
-    )
-    return {"field": field or None, "rule": error.get("type"), "message": error.get("msg")}
-
-
 @api.exception_handler(PydanticValidationError)
 def on_parameter_error(request, exc: PydanticValidationError):
-    problems = [describe_pydantic_error(e) for e in exc.errors(include_url=False)]
-    return invalid_parameters_response(problems)
+    return render(from_validation_errors(exc.errors(include_url=False)))
 
 
 @api.exception_handler(NinjaValidationError)
 def on_request_validation_error(request, exc: NinjaValidationError):
-    return invalid_parameters_response([describe_pydantic_error(e) for e in exc.errors])
-
-
-@api.exception_handler(InvalidParameters)
-def on_parameter_misfit(request, exc: InvalidParameters):
-    return invalid_parameters_response([{"field": exc.field, "rule": "fits_image", "message": exc.message}])
-
-
-def invalid_parameters_response(problems: list[dict]):
-    summary = "; ".join(f"{p['field']}: {p['message']}" if p["field"] else p["message"] for p in problems)
-    return error_response(422, "invalid_parameters", summary, fields=problems)
+    return render(from_validation_errors(exc.errors))
 
 
 @api.exception_handler(Http404)

@@ -1,11 +1,8 @@
 """The API's callers (gateway.auth.callers says who they are; here, the API's answers when it refuses
 them) and how often they may call."""
 
-import ipaddress
-import logging
 import threading
 
-from django.conf import settings
 from django.http import HttpRequest
 from ninja.errors import AuthenticationError
 from ninja.security.base import AuthBase
@@ -13,8 +10,6 @@ from ninja.throttling import BaseThrottle
 
 from gateway.auth import callers, ratelimit, tokens
 from gateway.http.errors import ApiError
-
-logger = logging.getLogger(__name__)
 
 
 def identified(request: HttpRequest) -> callers.Caller:
@@ -69,64 +64,6 @@ class HeaderKey(CallerScheme):
 API_AUTH = [BearerKey(), HeaderKey()]
 
 
-def client_address(request: HttpRequest) -> str:
-    """The client's address; X-Forwarded-For counts only when the request came through a trusted proxy."""
-    remote = request.META.get("REMOTE_ADDR", "")
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if not forwarded or remote not in settings.TRUSTED_PROXIES:
-        return remote
-    # The right-most address a trusted proxy did not add is the client.
-    for address in reversed([a.strip() for a in forwarded.split(",")]):
-        if address not in settings.TRUSTED_PROXIES and is_ip(address):
-            return address
-    return remote
-
-
-def is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        return False
-
-
-def rate_limit_identities(request: HttpRequest) -> list[str]:
-    """Whom a request is counted against: an API key; a session and its client address (anyone can
-    get sessions, one per page view, so changing them must buy nothing); or the address alone."""
-    caller = getattr(request, "auth", None)
-    address = f"address:{client_address(request)}"
-    if caller is None or caller.owner.kind == "anonymous":
-        return [address]
-    if caller.owner.kind == "session":
-        return [caller.owner.identity, address]
-    return [caller.owner.identity]
-
-
-def charge(request: HttpRequest, scope: str, amount: int = 1) -> ratelimit.Usage | None:
-    """Count `amount` requests in `scope` ("submit" or "read") for the caller; None when Redis is down."""
-    rate = getattr(settings, f"RATE_LIMIT_{scope.upper()}")
-    try:
-        return ratelimit.hit_all(scope, rate_limit_identities(request), rate, amount)
-    except ratelimit.CounterUnavailable as exc:  # Redis is down: serve without limits
-        logger.warning("rate limit not applied: %s", exc)
-        return None
-
-
-def charge_more_submissions(request: HttpRequest, count: int) -> None:
-    """A batch is as many submissions as it has files: the throttle counted one, count the rest.
-
-    Raises a 429 ApiError when they take the caller past the limit."""
-    if count <= 0:
-        return
-    usage = charge(request, "submit", count)
-    if usage is None:
-        return
-    request.rate_limit = usage
-    if usage.limited:
-        wait = max(usage.reset, 1)
-        raise ApiError(429, "rate_limited", f"too many submissions; try again in {wait}s", retry_after=wait)
-
-
 class CallerRateLimit(BaseThrottle):
     """A fixed-window limit per API key (per session and client address, or per address when
     anonymous), counted in Redis in the full stack, and so shared by every gateway process and
@@ -137,7 +74,7 @@ class CallerRateLimit(BaseThrottle):
         self._local = threading.local()  # wait() is called right after allow_request(), in the same thread
 
     def allow_request(self, request: HttpRequest) -> bool:
-        usage = charge(request, self.scope)
+        usage = ratelimit.charge(request, self.scope)
         if usage is None:
             return True
         request.rate_limit = usage

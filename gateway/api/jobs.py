@@ -12,8 +12,9 @@ from ninja import Query, Router, Schema, Status
 from ninja.renderers import JSONRenderer
 from pydantic import Field
 
-from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, charge_more_submissions
+from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
 from gateway.api.schemas import ErrorOut, JobPageOut, JobsOut, MetricsOut
+from gateway.auth.ratelimit import charge_submissions
 from gateway.http import intake
 from gateway.http.errors import ApiError, not_found
 from gateway.http.negotiation import accepted_image_types
@@ -67,7 +68,7 @@ def get_job(request, job_id: str) -> Job:
 
 def submit(request, response: HttpResponse, service: str, *, at_most: int = 1, job_id=None) -> list[Job]:
     submission = intake.submission_from(request, request.auth, service, at_most=at_most, job_id=job_id)
-    charge_more_submissions(request, len(submission.uploads) - 1)  # the throttle counted the first
+    charge_submissions(request, len(submission.uploads) - 1)  # the throttle counted the first
     accepted = submissions.submit(submission)
     if accepted.replayed:
         response["Idempotent-Replayed"] = "true"

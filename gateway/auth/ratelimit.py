@@ -4,9 +4,14 @@ request, or in the local cache in the embedded default.
 One connection pool per process, made on first use; a counter that cannot be reached is reported as
 `CounterUnavailable`, quickly (short socket timeouts), and not asked again for a few seconds, so that
 callers can serve without limits rather than wait on a Redis that is down.
+
+A request is charged to its caller (and, for a session or no caller, its client address): the API's
+throttles (gateway.api.auth) and the upload form charge submissions through `charge_submissions`.
 """
 
 import functools
+import ipaddress
+import logging
 import threading
 import time
 import zlib
@@ -15,6 +20,11 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 from django.core.cache import cache
+from django.http import HttpRequest
+
+from gateway.http.errors import ApiError
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "rl:"
 REDIS_TIMEOUT_SECONDS = 0.25  # loopback or LAN Redis answers in well under a millisecond
@@ -135,3 +145,64 @@ def reset_failure_memory() -> None:
     """Forget a recent Redis failure (tests, and a process that knows Redis is back)."""
     global _down_until
     _down_until = 0.0
+
+
+# --- Charging a request: whom, and the 429 --------------------------------------------------
+
+
+def client_address(request: HttpRequest) -> str:
+    """The client's address; X-Forwarded-For counts only when the request came through a trusted proxy."""
+    remote = request.META.get("REMOTE_ADDR", "")
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if not forwarded or remote not in settings.TRUSTED_PROXIES:
+        return remote
+    # The right-most address a trusted proxy did not add is the client.
+    for address in reversed([a.strip() for a in forwarded.split(",")]):
+        if address not in settings.TRUSTED_PROXIES and is_ip(address):
+            return address
+    return remote
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def rate_limit_identities(request: HttpRequest) -> list[str]:
+    """Whom a request is counted against: an API key; a session and its client address (anyone can
+    get sessions, one per page view, so changing them must buy nothing); or the address alone."""
+    caller = getattr(request, "auth", None)
+    address = f"address:{client_address(request)}"
+    if caller is None or caller.owner.kind == "anonymous":
+        return [address]
+    if caller.owner.kind == "session":
+        return [caller.owner.identity, address]
+    return [caller.owner.identity]
+
+
+def charge(request: HttpRequest, scope: str, amount: int = 1) -> Usage | None:
+    """Count `amount` requests in `scope` ("submit" or "read") for the caller; None when Redis is down."""
+    rate = getattr(settings, f"RATE_LIMIT_{scope.upper()}")
+    try:
+        return hit_all(scope, rate_limit_identities(request), rate, amount)
+    except CounterUnavailable as exc:  # Redis is down: serve without limits
+        logger.warning("rate limit not applied: %s", exc)
+        return None
+
+
+def charge_submissions(request: HttpRequest, count: int) -> None:
+    """Charge `count` submissions to the request's caller (`request.auth`): a batch costs one per file,
+    from the API and from the upload form alike. Raises the 429 ApiError when they take the caller
+    past RATE_LIMIT_SUBMIT."""
+    if count <= 0:
+        return
+    usage = charge(request, "submit", count)
+    if usage is None:
+        return
+    request.rate_limit = usage
+    if usage.limited:
+        wait = max(usage.reset, 1)
+        raise ApiError(429, "rate_limited", f"too many submissions; try again in {wait}s", retry_after=wait)

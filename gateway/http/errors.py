@@ -8,15 +8,16 @@ from django.http import HttpResponse, JsonResponse
 from django.utils.html import escape
 
 from processing.errors import (
-    BrokerUnavailable,
+    DependencyUnavailable,
+    DomainError,
     EmptyImage,
     IdempotencyKeyInUse,
     IdempotencyKeyInvalid,
     IdempotencyKeyMismatch,
     ImageTooLarge,
+    InvalidParameters,
     OutputTooLarge,
-    StorageUnavailable,
-    UnknownService,
+    UnknownOperation,
     UnprocessableImage,
     UnsupportedImage,
 )
@@ -51,7 +52,11 @@ def not_found(what: str = "job") -> ApiError:
     return ApiError(404, "not_found", f"no such {what}")
 
 
-def service_unavailable(dependency: str, retry_after: int = 5) -> ApiError:
+# How long a client that met an unavailable dependency waits before trying again.
+RETRY_AFTER_SECONDS = 5
+
+
+def service_unavailable(dependency: str, retry_after: int = RETRY_AFTER_SECONDS) -> ApiError:
     return ApiError(
         503,
         f"{dependency}_unavailable",
@@ -96,45 +101,85 @@ def server_error(request):
     return response
 
 
-# The domain's errors (processing.errors) a request can cause, as the API answers them.
-def from_domain(exc: Exception) -> ApiError:
-    """The answer to a domain error; anything unlisted is a bug, and re-raised."""
-    if isinstance(exc, UnknownService):
-        return ApiError(404, "unknown_service", f"{exc}; see /api/v1/services")
-    if isinstance(exc, UnprocessableImage):
-        status = IMAGE_ERROR_STATUS.get(type(exc), 422)
-        message = f"{exc.filename}: {exc.message}" if getattr(exc, "filename", None) else exc.message
-        return ApiError(status, exc.code, message, **image_error_details(exc))
-    if isinstance(exc, BrokerUnavailable):
-        return service_unavailable("broker")
-    if isinstance(exc, StorageUnavailable):
-        return service_unavailable("storage")
-    if isinstance(exc, IdempotencyKeyInvalid):
-        return ApiError(400, "invalid_idempotency_key", str(exc))
-    if isinstance(exc, IdempotencyKeyInUse):
-        return ApiError(409, "idempotency_key_in_use", str(exc))
-    if isinstance(exc, IdempotencyKeyMismatch):
-        return ApiError(422, "idempotency_mismatch", str(exc))
-    raise exc
+# --- Parameters that don't fit, from pydantic or from the domain ------------------------------
 
 
-def image_error_details(exc: UnprocessableImage) -> dict:
-    """A too-large result names its parameters as `fields`, like any other 422 about parameters."""
-    if not isinstance(exc, OutputTooLarge):
-        return {}
-    problem = "makes the result larger than MAX_OUTPUT_PIXELS"
-    return {
-        "fields": [{"field": name, "rule": "max_output_pixels", "message": problem} for name in exc.fields]
-    }
+def invalid_parameters(problems: list[dict]) -> ApiError:
+    """The 422 for parameter problems ({"field", "rule", "message"} each), summed up in its message."""
+    summary = "; ".join(problem_summary(p["field"], p["message"]) for p in problems)
+    return ApiError(422, "invalid_parameters", summary, fields=problems)
 
 
-IMAGE_ERROR_STATUS = {EmptyImage: 400, UnsupportedImage: 415, ImageTooLarge: 413}
-DOMAIN_ERRORS = (
-    UnknownService,
-    UnprocessableImage,
-    BrokerUnavailable,
-    StorageUnavailable,
-    IdempotencyKeyInvalid,
-    IdempotencyKeyInUse,
-    IdempotencyKeyMismatch,
-)
+def problem_summary(subject: str | None, message: str) -> str:
+    """A problem in one line, naming what it is about (a parameter, a file) when it is about one."""
+    return f"{subject}: {message}" if subject else message
+
+
+def from_validation_errors(errors: list[dict]) -> ApiError:
+    """The 422 for pydantic's errors (a ValidationError's `errors()`)."""
+    return invalid_parameters([describe_pydantic_error(error) for error in errors])
+
+
+def describe_pydantic_error(error: dict) -> dict:
+    field = ".".join(
+        str(part) for part in error.get("loc", ()) if part not in ("body", "form", "query", "path")
+    )
+    return {"field": field or None, "rule": error.get("type"), "message": error.get("msg")}
+
+
+# --- The domain's errors (processing.errors) ---------------------------------------------------
+
+# The HTTP status of each domain error. A class not named has the status of its nearest base
+# that is; every DomainError has one (tests/test_errors.py), so none silently becomes a 500.
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    UnprocessableImage: 422,
+    EmptyImage: 400,
+    UnsupportedImage: 415,
+    ImageTooLarge: 413,
+    InvalidParameters: 422,
+    UnknownOperation: 404,
+    DependencyUnavailable: 503,
+    IdempotencyKeyInvalid: 400,
+    IdempotencyKeyInUse: 409,
+    IdempotencyKeyMismatch: 422,
+}
+
+
+def status_of(error: type[DomainError]) -> int:
+    """The status of a domain error class, found along its MRO; KeyError when DOMAIN_STATUS has none."""
+    for cls in error.__mro__:
+        if cls in DOMAIN_STATUS:
+            return DOMAIN_STATUS[cls]
+    raise KeyError(f"{error.__name__} has no HTTP status in DOMAIN_STATUS")
+
+
+def from_domain(exc: DomainError) -> ApiError:
+    """The answer to a domain error, the same from the API and from the pages."""
+    status = status_of(type(exc))
+    retry_after = RETRY_AFTER_SECONDS if status == 503 else None
+    return ApiError(status, exc.code, client_message(exc), retry_after=retry_after, **details_of(exc))
+
+
+def client_message(exc: DomainError) -> str:
+    """The error's message, with what the client needs to find its way: the parameter or the file it
+    is about, or where the services are listed."""
+    if isinstance(exc, InvalidParameters):
+        return problem_summary(exc.field, exc.message)
+    if isinstance(exc, UnknownOperation):
+        return f"{exc.message}; see /api/v1/services"
+    return problem_summary(exc.filename, exc.message) if isinstance(exc, UnprocessableImage) else exc.message
+
+
+def details_of(exc: DomainError) -> dict:
+    """Parameters that don't fit, or make too large a result, are named in `fields`, like any other
+    422 about parameters."""
+    if isinstance(exc, InvalidParameters):
+        return {"fields": [{"field": exc.field, "rule": "fits_image", "message": exc.message}]}
+    if isinstance(exc, OutputTooLarge):
+        problem = "makes the result larger than MAX_OUTPUT_PIXELS"
+        return {
+            "fields": [
+                {"field": name, "rule": "max_output_pixels", "message": problem} for name in exc.fields
+            ]
+        }
+    return {}

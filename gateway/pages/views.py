@@ -17,14 +17,13 @@ from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_GET, require_POST
 from pydantic import ValidationError
 
-from gateway.api import describe_pydantic_error
-from gateway.api.auth import SUBMIT_LIMIT, charge_more_submissions
 from gateway.auth import callers
+from gateway.auth.ratelimit import charge_submissions
 from gateway.http import intake
-from gateway.http.errors import DOMAIN_ERRORS, ApiError, from_domain
+from gateway.http.errors import ApiError, from_domain, from_validation_errors
 from gateway.http.uploads import UploadTooLarge
 from gateway.pages import devices
-from processing.errors import InvalidParameters
+from processing.errors import DomainError
 from processing.imaging.operations import OPERATIONS
 from processing.jobs import submissions
 from processing.jobs.public import job_urls
@@ -133,45 +132,25 @@ def upload(request):
 
 def submit_form(request):
     caller = session_caller(request)
-    refused = over_submit_limit(request, caller)
-    if refused:
-        return error_page(request, refused)
+    request.auth = caller  # whom the rate limit charges, as the API's authentication would say
     try:
+        charge_submissions(request, files_in_form(request))
         created = submissions.submit(form_submission(request, caller)).jobs
-    except (ApiError, ValidationError, InvalidParameters, *DOMAIN_ERRORS) as exc:
-        return error_page(request, as_api_error(exc))
+    except ApiError as exc:
+        return error_page(request, exc)
+    except DomainError as exc:
+        return error_page(request, from_domain(exc))
+    except ValidationError as exc:
+        return error_page(request, from_validation_errors(exc.errors(include_url=False)))
     if len(created) == 1:
         return see_other(reverse("job-status", args=[created[0].id]))
     return see_other(reverse("job-list"))
 
 
-def over_submit_limit(request, caller: callers.Caller) -> ApiError | None:
-    """The API's submit rate limit, counted per caller and per file as for the API: the 429 to show,
-    if over it."""
-    request.auth = caller
-    limit = SUBMIT_LIMIT[0]
-    if not limit.allow_request(request):
-        wait = limit.wait()
-        return ApiError(429, "rate_limited", f"Please wait {wait} s and try again.", retry_after=wait)
-    files = min(len(request.FILES.getlist("image")), settings.MAX_BATCH_FILES)
-    try:
-        charge_more_submissions(request, files - 1)
-    except ApiError as refused:
-        return refused
-    return None
-
-
-def as_api_error(exc: Exception) -> ApiError:
-    """An error from submitting (ApiError, a domain error, InvalidParameters, ValidationError), as the API
-    answers it."""
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, DOMAIN_ERRORS):
-        return from_domain(exc)
-    if isinstance(exc, InvalidParameters):
-        return ApiError(422, "invalid_parameters", "", fields=[{"field": exc.field, "message": exc.message}])
-    problems = [describe_pydantic_error(e) for e in exc.errors(include_url=False)]
-    return ApiError(422, "invalid_parameters", "", fields=problems)
+def files_in_form(request) -> int:
+    """The submissions a form upload costs: one per file it may make a job of, and one at least, as an
+    API request costs."""
+    return max(1, min(len(request.FILES.getlist("image")), settings.MAX_BATCH_FILES))
 
 
 def form_submission(request, caller: callers.Caller) -> submissions.Submission:
@@ -232,6 +211,8 @@ def error_page(request, error: ApiError):
         "ui_links": ui_links("lite", None),
         "title": ERROR_TITLES.get(error.status, "Something went wrong"),
         "error": error,
+        # invalid_parameters' message is its problems in one line: the page lists them instead.
+        "message": "" if error.code == "invalid_parameters" else error.message,
         "problems": error.details.get("fields", []),
     }
     response = render(request, "error.html", context, status=error.status)
@@ -261,7 +242,7 @@ def lite_form(request, budget: int | None) -> dict:
     service = request.GET.get("service", DEFAULT_SERVICE)
     operation = OPERATIONS.get(service) or OPERATIONS[DEFAULT_SERVICE]
     defaults = {"max_bytes": budget} if budget else {}
-    return {"service": operation, "fields": parameter_fields(operation.json_schema(), defaults)}
+    return {"operation": operation, "fields": parameter_fields(operation.json_schema(), defaults)}
 
 
 def parameter_fields(schema: dict, defaults: dict | None = None) -> list[FormField]:

@@ -105,7 +105,7 @@ def republish(found) -> int:
         try:
             publish(job)
         except BrokerUnavailable as exc:
-            logger.warning("broker unavailable, will retry later: %s", exc)
+            logger.warning("broker unavailable, will retry later: %s", exc.cause)
             break
         count += 1
     return count

@@ -18,7 +18,7 @@ from django.utils import timezone
 from pydantic import BaseModel
 
 from processing import storage
-from processing.errors import StorageUnavailable, UnknownService, UnprocessableImage
+from processing.errors import StorageUnavailable, UnknownOperation, UnprocessableImage
 from processing.imaging import formats
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, get_operation
@@ -96,11 +96,12 @@ class Accepted:
     replayed: bool = False
 
 
-def find_operation(name: str) -> Operation:
+def find_operation(service: str) -> Operation:
+    """The operation a client names as `service`; UnknownOperation if there is none."""
     try:
-        return get_operation(name)
+        return get_operation(service)
     except KeyError:
-        raise UnknownService(name) from None
+        raise UnknownOperation(service) from None
 
 
 def prepare(submission: Submission) -> Prepared:

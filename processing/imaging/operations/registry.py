@@ -1,4 +1,5 @@
-"""The services, as data: adding one is a module with an OPERATION and a line in this list."""
+"""The operations, as data, by the service name clients use: adding one is a module with an OPERATION
+and a line in this list."""
 
 from typing import Any
 

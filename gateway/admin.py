@@ -5,19 +5,20 @@ letters, delete with their files.
 Every field is read-only: a job changes only through its lifecycle (processing.jobs.lifecycle).
 Storage keys never appear; images are shown as the thumbnails the worker stored when the job
 completed (processing.imaging.admin_thumbnails), through an admin-only view: the web process
-never decodes an upload.
+never decodes an upload. The admin is a web concern, so it lives with the gateway, though the
+jobs are processing's models.
 """
 
 import json
 import logging
 
-from django.apps import apps
 from django.contrib import admin, messages
 from django.http import Http404, HttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from gateway.models import ApiKey
 from processing import storage
 from processing.errors import BrokerUnavailable
 from processing.imaging import admin_thumbnails
@@ -47,11 +48,9 @@ class OwnerFilter(admin.SimpleListFilter):
     parameter_name = "owner"
 
     def lookups(self, request, model_admin):
-        # Looked up by name, not imported: the domain doesn't depend on the gateway's models.
-        api_key = apps.get_model("gateway", "ApiKey")
         keys = [
             (Owner(key=str(key.pk)).identity, f"API key: {key.name}")
-            for key in api_key.objects.order_by("name")[:50]
+            for key in ApiKey.objects.order_by("name")[:50]
         ]
         return [
             ("session", "Browser sessions"),
@@ -321,7 +320,7 @@ class JobAdmin(admin.ModelAdmin):
                 if not publishing.requeue(job):
                     continue  # it changed meanwhile (another admin's click), or ran out of attempts
             except BrokerUnavailable as exc:
-                logger.warning("requeued, but not published: %s", exc, extra={"job_id": str(job.id)})
+                logger.warning("requeued, but not published: %s", exc.cause, extra={"job_id": str(job.id)})
                 unpublished += 1
             self.log_change(request, job, f"{verb.capitalize()} after failing with {error_code}.")
             requeued += 1
