@@ -361,7 +361,6 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "An S3 bucket for uploads and results instead of VAR_DIR/media.",
         STORAGE,
-        django=False,
     ),
     Setting(
         "AWS_S3_ENDPOINT_URL",
@@ -932,16 +931,6 @@ def django_settings(values: Values) -> dict[str, Any]:
 def read(name: str, environ: Mapping[str, str] = os.environ) -> Any:
     """One setting read where it is used, outside Django's settings (gunicorn, the Kubernetes API)."""
     return load(environ)[name]
-
-
-def env_str(name: str, default: str = "") -> str:
-    """For project/settings.py's STORAGES block, which reads its AWS_* variables itself."""
-    return os.getenv(name, default)
-
-
-def env_int(name: str, default: int, minimum: int | None = None) -> int:
-    """For project/settings.py's STORAGES block: an integer, checked as a declared setting is."""
-    return Setting(name, INT, default, "", "", minimum=minimum).read(os.environ, Values())
 
 
 def defaults() -> Values:

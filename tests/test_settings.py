@@ -111,7 +111,7 @@ def test_every_declared_django_setting_is_a_setting_of_the_same_name():
 
 
 def variables_read_in(source: str) -> set[str]:
-    reads = r'(?:os\.getenv|os\.environ\.get|env_\w+|config\.read)\(\s*"([A-Z][A-Z0-9_]+)"'
+    reads = r'(?:os\.getenv|os\.environ\.get|config\.read)\(\s*"([A-Z][A-Z0-9_]+)"'
     return set(re.findall(reads, source)) | set(re.findall(r'os\.environ\["([A-Z][A-Z0-9_]+)"\]', source))
 
 
