@@ -394,7 +394,7 @@ def test_every_uvicorn_command_line_trusts_forwarded_headers_from_trusted_proxie
 def test_every_uvicorn_command_line_serves_websockets_with_the_lean_protocol(manifests):
     """Ten thousand sockets in a process are ten thousand times what uvicorn's protocol keeps for
     one (gateway/live/ws_protocol.py): every way a gateway is started uses the same flags."""
-    from gateway.live.ws_protocol import UVICORN_FLAGS
+    from project.serving import UVICORN_FLAGS
     from scaler.backends.gateways import gateway_command
 
     makefile = (ROOT / "Makefile").read_text()
