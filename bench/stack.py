@@ -19,10 +19,9 @@ import pika
 import psycopg
 
 from bench.ports import unused_ports
+from processing.jobs.pools import DEFAULT_POOL
 from processing.jobs.queues import declared_counts
 from scaler.backends.processes import MANAGE, ROOT, worker_command
-
-QUEUE = "images"  # processing.worker.actors.process_job's queue
 
 
 class StackError(Exception):
@@ -204,11 +203,11 @@ class Stack(StartedOrCleanedUp):
             return False
 
     def consumers(self) -> int:
-        """Workers consuming the job queue, as RabbitMQ counts them (0 before one has declared it).
+        """Workers consuming the default pool's queue, as RabbitMQ counts them (0 before one has declared it).
 
         Asked over AMQP: `rabbitmqctl` starts an Erlang VM, half a second of CPU a call."""
         with closing(pika.BlockingConnection(pika.URLParameters(self.env["BROKER_URL"]))) as connection:
-            _, consumers = declared_counts(connection, QUEUE)
+            _, consumers = declared_counts(connection, DEFAULT_POOL)
             return consumers
 
     def wait_until(self, condition, what: str, timeout: float = 60) -> None:

@@ -604,13 +604,13 @@ SETTINGS: tuple[Setting, ...] = (
         TRAFFIC_SPLIT_TYPE,
         {},
         "Services whose jobs are split by weight between worker pools (queues), e.g. "
-        "`sobel: images 90, sobel-canary 10`; every other job goes to `images`.",
+        f"`sobel: {pools.DEFAULT_POOL} 90, sobel-canary 10`; every other job goes to `{pools.DEFAULT_POOL}`.",
         JOBS,
     ),
     Setting(
         "WORKER_POOL",
         STR,
-        "images",
+        pools.DEFAULT_POOL,
         "The pool (queue) `make worker`, run_workers and scale_workers run workers for.",
         JOBS,
         flag="--pool",
