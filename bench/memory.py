@@ -185,7 +185,7 @@ import json, os, sys
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 import django
 django.setup()
-from processing import placeholders, thumbnails
+from processing.imaging import admin_thumbnails, placeholders
 from processing.imaging.codecs import encode_image, load_image, probe
 from processing.imaging.operations import get_operation
 
@@ -200,9 +200,9 @@ image, _ = load_image(path, 10**9, operation.decode_hint(params, info.width, inf
 result = operation.apply(image, params, lambda fraction: None)
 if result.image is not None:
     encode_image(result.image, "jpeg", 85)
-    thumbnails.thumbnail_bytes(result.image)
+    admin_thumbnails.thumbnail_bytes(result.image)
     placeholders.make(result.image)
-thumbnails.thumbnail_bytes(image)
+admin_thumbnails.thumbnail_bytes(image)
 print(peak_mb() - before)
 """
 
