@@ -243,7 +243,8 @@ def test_a_completed_image_job_carries_its_placeholder_and_a_report_none(client,
 
 def test_the_avif_speed_is_a_setting_the_worker_applies_within_its_bounds():
     speed_at_start = (
-        "import django; django.setup(); from processing import imaging; print(imaging.AVIF_OPTIONS['speed'])"
+        "import django; django.setup(); "
+        "from processing.imaging import codecs; print(codecs.AVIF_OPTIONS['speed'])"
     )
     applied = subprocess.run(
         [sys.executable, "-c", speed_at_start],
