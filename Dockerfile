@@ -35,5 +35,5 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2)"]
 # exec: uvicorn is PID 1 and gets SIGTERM itself, then finishes the requests in flight.
 # X-Forwarded-For only from TRUSTED_PROXIES (unset: from no one; uvicorn's default trusts 127.0.0.1).
-# WebSockets: gateway/live/ws_protocol.py's UVICORN_FLAGS.
+# WebSockets: project/serving.py's UVICORN_FLAGS.
 CMD ["sh", "-c", "exec uvicorn project.asgi:application --host 0.0.0.0 --port 8000 --no-access-log --timeout-graceful-shutdown 30 --ws gateway.live.ws_protocol:LeanWebSocketProtocol --ws-per-message-deflate false --ws-max-size 65536 --forwarded-allow-ips \"${TRUSTED_PROXIES:-}\""]

@@ -29,7 +29,8 @@ run: setup
 
 # One process for HTTP and WebSockets: uvicorn streams request bodies to disk (constant memory).
 # WebSockets: uvicorn's sans-I/O protocol, less what an open socket does not need (gateway/live/ws_protocol.py),
-# and no per-message compression keep a socket small (`make bench-ws` measures it).
+# and no per-message compression keep a socket small (`make bench-ws` measures it). The flags are
+# project/serving.py's UVICORN_FLAGS (a test compares them).
 UVICORN_WS := --ws gateway.live.ws_protocol:LeanWebSocketProtocol --ws-per-message-deflate false --ws-max-size 65536 \
 	--backlog 4096
 # X-Forwarded-For and -Proto only from TRUSTED_PROXIES (empty: from no one). uvicorn's own default

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from bench.pipeline import photo_jpeg
+from bench.images import photo_jpeg
 from bench.raw import ssim
 from processing.imaging import placeholders
 from processing.imaging.codecs import encode_image, set_avif_speed

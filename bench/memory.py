@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.pipeline import photo_jpeg, tagged
+from bench.images import photo_jpeg, tagged
 from bench.stack import ROOT, Stack
 
 MB = 1024 * 1024

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageMath, ImageOps, ImageStat
 from pydantic import BaseModel
 
+from bench.images import photo_jpeg
 from processing.imaging.codecs import encode_image, load_image
 from processing.imaging.formats import default_output_format
 from processing.imaging.operations import OPERATIONS, Operation
@@ -357,9 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--service", action="append", choices=sorted(RAW), help="only these (repeatable)")
     args = parser.parse_args(argv)
-    # Imported here: bench.pipeline takes its raw loop from this module.
-    from bench.pipeline import photo_jpeg
-
     jpeg = photo_jpeg(args.width, args.height)
     size = (args.width, args.height)
     print(

@@ -14,7 +14,6 @@ number of cores, more worker processes only share them.
 """
 
 import argparse
-import io
 import sys
 import tempfile
 import time
@@ -24,13 +23,11 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psycopg
-from PIL import Image
 
-from bench.pipeline import tagged
-from bench.stack import free_port
-from tests.stack import MANAGE, LiveStack
+from bench.images import photo_jpeg, tagged
+from bench.stack import Stack, free_port
+from scaler.backends.processes import MANAGE, worker_command
 
 UNFINISHED = ("queued", "processing")
 
@@ -46,24 +43,7 @@ class Drain:
 
 
 # --- the burst ------------------------------------------------------------------------------
-def photo_jpeg(width: int, height: int, seed: int = 7) -> bytes:
-    """Soft gradients, a few hard-edged blocks and sensor noise: compresses like a photo, not a test card."""
-    rng = np.random.default_rng(seed)
-    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
-    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
-    pixels = np.stack([60 + 150 * x + 0 * y, 40 + 120 * y + 0 * x, 170 - 90 * x * y], axis=-1)
-    for _ in range(25):
-        top, left = rng.integers(0, height - 20), rng.integers(0, width - 20)
-        pixels[top : top + rng.integers(10, height // 3), left : left + rng.integers(10, width // 3)] += (
-            rng.uniform(-60, 60, 3)
-        )
-    pixels += rng.normal(0, 6, pixels.shape)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
-def submit_burst(stack: LiveStack, uploads: list[bytes], service: str, concurrency: int) -> float:
+def submit_burst(stack: Stack, uploads: list[bytes], service: str, concurrency: int) -> float:
     """Submit every upload over HTTP, `concurrency` at a time; the seconds it took."""
     started = time.monotonic()
     with httpx.Client(base_url=stack.base_url, timeout=60) as client:
@@ -77,14 +57,14 @@ def submit_burst(stack: LiveStack, uploads: list[bytes], service: str, concurren
     return time.monotonic() - started
 
 
-def unfinished(stack: LiveStack) -> int:
+def unfinished(stack: Stack) -> int:
     with psycopg.connect(stack.env["DATABASE_URL"]) as conn:
         return conn.execute(
             "SELECT count(*) FROM processing_job WHERE status = ANY(%s)", [list(UNFINISHED)]
         ).fetchone()[0]
 
 
-def outcomes(stack: LiveStack, since: float) -> tuple[int, int, int]:
+def outcomes(stack: Stack, since: float) -> tuple[int, int, int]:
     """(completed, failed, redone) among the jobs created in this drain."""
     query = """
         SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),
@@ -95,7 +75,7 @@ def outcomes(stack: LiveStack, since: float) -> tuple[int, int, int]:
         return conn.execute(query, [since]).fetchone()
 
 
-def drain(stack: LiveStack, uploads: list[bytes], args) -> tuple[float, float]:
+def drain(stack: Stack, uploads: list[bytes], args) -> tuple[float, float]:
     """Submit the burst and wait until every job has finished; (drain seconds, submit seconds)."""
     started = time.monotonic()
     submit_seconds = submit_burst(stack, uploads, args.service, args.concurrency)
@@ -105,12 +85,12 @@ def drain(stack: LiveStack, uploads: list[bytes], args) -> tuple[float, float]:
 
 
 # --- the two contenders -----------------------------------------------------------------------
-def wait_for_log(stack: LiveStack, name: str, text: str, timeout: float = 60) -> None:
+def wait_for_log(stack: Stack, name: str, text: str, timeout: float = 60) -> None:
     stack.wait_until(lambda: text in stack.log(name), timeout=timeout, what=f"{name}: {text!r}")
 
 
-def with_fixed_worker(stack: LiveStack, uploads: list[bytes], args) -> Drain:
-    stack.start_worker("fixed", threads=args.threads)
+def with_fixed_worker(stack: Stack, uploads: list[bytes], args) -> Drain:
+    stack.spawn("fixed", worker_command(args.threads))
     wait_for_log(stack, "fixed", "Worker process is ready for action")
     since = time.time()
     try:
@@ -120,7 +100,7 @@ def with_fixed_worker(stack: LiveStack, uploads: list[bytes], args) -> Drain:
     return Drain(seconds, submit_seconds, *outcomes(stack, since), actions=[])
 
 
-def with_scaler(stack: LiveStack, uploads: list[bytes], args) -> Drain:
+def with_scaler(stack: Stack, uploads: list[bytes], args) -> Drain:
     health_port = free_port()
     health = f"http://127.0.0.1:{health_port}/health"
     flags = [
@@ -191,10 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     width, height = (int(side) for side in args.size.lower().split("x"))
     photo = photo_jpeg(width, height)
-    unlimited = {"RATE_LIMIT_SUBMIT": "1000000/m", "RATE_LIMIT_READ": "1000000/m"}
     workdir = Path(tempfile.mkdtemp(prefix="darkroom-bench-scaler-"))  # kept: the processes' logs
-    with LiveStack(workdir, **unlimited) as stack:
-        stack.start_server()
+    # No workers of the stack's own: each contender starts its own.
+    with Stack(workers=0, threads=args.threads, workdir=workdir) as stack:
         fixed = with_fixed_worker(stack, [tagged(photo, f"fixed {i}") for i in range(args.jobs)], args)
         scaled = with_scaler(stack, [tagged(photo, f"scaled {i}") for i in range(args.jobs)], args)
     report(args, len(photo), fixed, scaled)

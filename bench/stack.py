@@ -19,10 +19,9 @@ import pika
 import psycopg
 
 from bench.ports import unused_ports
+from processing.jobs.pools import DEFAULT_POOL
 from processing.jobs.queues import declared_counts
 from scaler.backends.processes import MANAGE, ROOT, worker_command
-
-QUEUE = "images"  # processing.worker.actors.process_job's queue
 
 
 class StackError(Exception):
@@ -114,6 +113,7 @@ class Stack(StartedOrCleanedUp):
         supervised: bool = False,
         database_template: str | None = None,
         worker_prefix: tuple[str, ...] = (),
+        workdir: Path | None = None,
         **settings: str,
     ):
         self.name = f"darkroom_bench_{uuid.uuid4().hex[:8]}"
@@ -124,7 +124,9 @@ class Stack(StartedOrCleanedUp):
         self.database_template = database_template
         # What the worker commands run under, e.g. a command that joins a memory cgroup and execs the rest.
         self.worker_prefix = list(worker_prefix)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}_"))
+        # The processes' logs: in `workdir`, kept; by default in a temporary folder removed on exit.
+        self.keep_workdir = workdir is not None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.name}_"))
         self.processes: dict[str, subprocess.Popen] = {}
         self.admin_dsn = with_path("DATABASE_URL", "postgres://postgres@127.0.0.1:5432", "/postgres")
         self.port = 0  # the server's, once it has started
@@ -180,7 +182,8 @@ class Stack(StartedOrCleanedUp):
         rabbitmqctl("delete_vhost", self.name, check=False)
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def spawn(self, name: str, command: list[str]) -> None:
         with open(self.workdir / f"{name}.log", "ab") as log:
@@ -200,11 +203,11 @@ class Stack(StartedOrCleanedUp):
             return False
 
     def consumers(self) -> int:
-        """Workers consuming the job queue, as RabbitMQ counts them (0 before one has declared it).
+        """Workers consuming the default pool's queue, as RabbitMQ counts them (0 before one has declared it).
 
         Asked over AMQP: `rabbitmqctl` starts an Erlang VM, half a second of CPU a call."""
         with closing(pika.BlockingConnection(pika.URLParameters(self.env["BROKER_URL"]))) as connection:
-            _, consumers = declared_counts(connection, QUEUE)
+            _, consumers = declared_counts(connection, DEFAULT_POOL)
             return consumers
 
     def wait_until(self, condition, what: str, timeout: float = 60) -> None:
@@ -215,6 +218,9 @@ class Stack(StartedOrCleanedUp):
                 reason = f"exited: {exited}" if exited else f"timed out after {timeout:g}s"
                 raise StackError(f"waiting for {what}: {reason}\n{self.log_tails()}")
             time.sleep(0.2)
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
 
     def log_tails(self, lines: int = 15) -> str:
         tails = []

@@ -28,6 +28,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from bench import pipeline
+from bench.images import photo_jpeg, tagged
 from bench.pipeline import (
     FINISHED,
     JOB_TIMEOUT,
@@ -37,9 +38,7 @@ from bench.pipeline import (
     interrupt,
     log,
     percentiles,
-    photo_jpeg,
     positive,
-    tagged,
 )
 from bench.stack import ROOT, Stack, StackError, StartedOrCleanedUp, free_port
 from processing.imaging.operations.base import OutputOptions

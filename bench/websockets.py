@@ -46,7 +46,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from bench.stack import StartedOrCleanedUp, free_port
-from gateway.live.ws_protocol import UVICORN_FLAGS
+from project.serving import UVICORN_FLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 FD_LIMIT = 20_000
@@ -56,7 +56,7 @@ WARM_UP = 300  # sockets opened and closed before the baseline is measured
 WINDOW = 10  # seconds of commits per latency window
 # The field each event's change stamps just before its UPDATE commits.
 COMMIT_STAMPS = {"job.processing": "started_at", "job.completed": "finished_at"}
-DEFAULT_SERVE_FLAGS = shlex.join(UVICORN_FLAGS)  # every gateway's (gateway/live/ws_protocol.py)
+DEFAULT_SERVE_FLAGS = shlex.join(UVICORN_FLAGS)  # every gateway's (project/serving.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.db import connection, models
 from django.utils import timezone
 
+from processing.jobs.pools import DEFAULT_POOL
 from processing.owners import ANONYMOUS, Owner, owned_by
 
 
@@ -25,7 +26,7 @@ class Job(models.Model):
     status = models.CharField(max_length=12, choices=STATUS_CHOICES, default=QUEUED)
     progress = models.FloatField(default=0.0)
     request_id = models.CharField(max_length=64, blank=True)
-    pool = models.CharField(max_length=40, default="images", help_text="the queue its message goes to")
+    pool = models.CharField(max_length=40, default=DEFAULT_POOL, help_text="the queue its message goes to")
 
     # Owners: at most one of key, subject and session is set (none: the anonymous owner of the embedded
     # default).

@@ -361,7 +361,6 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "An S3 bucket for uploads and results instead of VAR_DIR/media.",
         STORAGE,
-        django=False,
     ),
     Setting(
         "AWS_S3_ENDPOINT_URL",
@@ -605,13 +604,13 @@ SETTINGS: tuple[Setting, ...] = (
         TRAFFIC_SPLIT_TYPE,
         {},
         "Services whose jobs are split by weight between worker pools (queues), e.g. "
-        "`sobel: images 90, sobel-canary 10`; every other job goes to `images`.",
+        f"`sobel: {pools.DEFAULT_POOL} 90, sobel-canary 10`; every other job goes to `{pools.DEFAULT_POOL}`.",
         JOBS,
     ),
     Setting(
         "WORKER_POOL",
         STR,
-        "images",
+        pools.DEFAULT_POOL,
         "The pool (queue) `make worker`, run_workers and scale_workers run workers for.",
         JOBS,
         flag="--pool",
@@ -934,16 +933,6 @@ def read(name: str, environ: Mapping[str, str] = os.environ) -> Any:
     return load(environ)[name]
 
 
-def env_str(name: str, default: str = "") -> str:
-    """For project/settings.py's STORAGES block, which reads its AWS_* variables itself."""
-    return os.getenv(name, default)
-
-
-def env_int(name: str, default: int, minimum: int | None = None) -> int:
-    """For project/settings.py's STORAGES block: an integer, checked as a declared setting is."""
-    return Setting(name, INT, default, "", "", minimum=minimum).read(os.environ, Values())
-
-
 def defaults() -> Values:
     """Every setting as it is with no environment set."""
     return load({})
@@ -1032,99 +1021,3 @@ def broken_rules(values: Mapping[str, Any], groups: Iterable[str]) -> list[Rule]
     """The rules about settings of `groups` that `values` break."""
     wanted = set(groups)
     return [rule for rule in RULES if BY_NAME[rule.names[0]].group in wanted and rule.broken(values)]
-
-
-# --- Request bodies: one rule for nginx, the gateway and the batch form ----------------------------
-@dataclass(frozen=True)
-class BodyLimits:
-    one_file: int  # a request that carries one upload
-    batch: int  # a batch: MAX_BATCH_FILES uploads in one request (the largest body any request may carry)
-
-
-def body_limits(values: Any) -> BodyLimits:
-    """The largest request bodies, from Django's settings or `load()`'s values.
-
-    A one-file request may carry MAX_REQUEST_BYTES: its upload plus an allowance for the multipart
-    framing and form fields. A batch may carry MAX_BATCH_FILES uploads with that same allowance. nginx
-    takes the batch size (it cannot tell the requests apart before reading them); the gateway refuses
-    each request past its own size, with a message saying why.
-    """
-    framing = values.MAX_REQUEST_BYTES - values.MAX_UPLOAD_BYTES
-    return BodyLimits(
-        one_file=values.MAX_REQUEST_BYTES,
-        batch=values.MAX_BATCH_FILES * values.MAX_UPLOAD_BYTES + framing,
-    )
-
-
-# --- docs/settings.md --------------------------------------------------------------------------------
-REFERENCE = BASE_DIR / "docs" / "settings.md"
-
-GROUPS = (
-    SERVICES,
-    STORAGE,
-    SECURITY,
-    LIMITS,
-    JOBS,
-    SCALER_WORKERS,
-    SCALER_GATEWAYS,
-    SCALER_PROCESS,
-    PROCESSES,
-)
-
-
-def reference() -> str:
-    """docs/settings.md: every setting by group, as declared above."""
-    lines = [
-        "# Settings",
-        "",
-        "Every environment variable Darkroom reads. Generated from `project/config.py` by",
-        "`python manage.py settings_reference`: edit the table there, not this file (a test checks that",
-        "this file is current). A bad value stops the start with a message naming the variable; the",
-        "relations between settings are system checks (`manage.py check`).",
-        "",
-        "With no variable set, Darkroom runs embedded: SQLite and files under `var/`, workers inside the",
-        "server process. `DATABASE_URL`, `BROKER_URL`, `REDIS_URL` and `AWS_STORAGE_BUCKET_NAME` switch each",
-        "part to its service.",
-    ]
-    for group in GROUPS:
-        lines += [
-            "",
-            f"## {group}",
-            "",
-            "| variable | type | default | meaning |",
-            "| --- | --- | --- | --- |",
-        ]
-        lines += [reference_row(setting) for setting in SETTINGS if setting.group == group]
-    lines += ["", "## Checks between settings", "", "| check | rule | hint |", "| --- | --- | --- |"]
-    lines += [f"| `{rule.id}` | {rule.describe(code)} | {rule.hint} |" for rule in RULES]
-    lines += [
-        "",
-        "## Request bodies",
-        "",
-        "One rule (`project.config.body_limits`) sets every body limit: a one-file request may carry",
-        "`MAX_REQUEST_BYTES`; a batch (`POST /api/v1/jobs/batch`, the upload form) `MAX_BATCH_FILES`",
-        "uploads of `MAX_UPLOAD_BYTES` with the same allowance for framing and form fields. nginx's",
-        "`client_max_body_size` is the batch size (the scaler's nginx, and docker-compose.yml's value for",
-        f"the defaults: {body_limits(defaults()).batch}); the gateway answers 413 past each request's own.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def code(text: str) -> str:
-    return f"`{text}`"
-
-
-def reference_row(setting: Setting) -> str:
-    names = " or ".join(code(variable) for variable in setting.variables)
-    if setting.variables != (setting.name,):
-        names += f" (setting `{setting.name}`)"
-    default = setting.default_text()
-    default = code(default) if default and not isinstance(setting.default, Computed) else default or "empty"
-    about = setting.description
-    if setting.minimum is not None:
-        about += f" At least {setting.minimum:g}."
-    if setting.maximum is not None:
-        about += f" At most {setting.maximum:g}."
-    if setting.flag:
-        about += f" Flag: `{setting.flag}`."
-    return f"| {names} | {setting.type.label} | {default} | {about.replace('|', '&#124;')} |"

@@ -15,7 +15,6 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 import dj_database_url
 
 from project import config
-from project.config import env_int, env_str  # the STORAGES block reads its AWS_* variables itself
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -192,30 +191,26 @@ DRAMATIQ_AUTODISCOVER_MODULES = ["worker.actors"]
 # --- Storage ------------------------------------------------------------------
 MEDIA_ROOT = env.VAR_DIR / "media"
 MEDIA_URL = "/media/"
-AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME")
-if AWS_STORAGE_BUCKET_NAME:
+if env.AWS_STORAGE_BUCKET_NAME:
     from botocore.config import Config  # here, not above: botocore costs 0.15 s at every start
 
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
-            "bucket_name": AWS_STORAGE_BUCKET_NAME,
-            "endpoint_url": env_str("AWS_S3_ENDPOINT_URL") or None,
-            "access_key": env_str("AWS_ACCESS_KEY_ID") or None,
-            "secret_key": env_str("AWS_SECRET_ACCESS_KEY") or None,
-            "region_name": env_str("AWS_S3_REGION_NAME") or None,
-            "querystring_expire": env_int("AWS_QUERYSTRING_EXPIRE", 600, minimum=1),
+            "bucket_name": env.AWS_STORAGE_BUCKET_NAME,
+            "endpoint_url": env.AWS_S3_ENDPOINT_URL or None,
+            "access_key": env.AWS_ACCESS_KEY_ID or None,
+            "secret_key": env.AWS_SECRET_ACCESS_KEY or None,
+            "region_name": env.AWS_S3_REGION_NAME or None,
+            "querystring_expire": env.AWS_QUERYSTRING_EXPIRE,
             "file_overwrite": True,
             # botocore's own defaults (60 s to connect, 60 s per read, 5 attempts) hold a request for
             # minutes when S3 hangs; bounded, an upload gets its 503 storage_unavailable in seconds
             # and a worker's job is retried.
             "client_config": Config(
-                connect_timeout=env_int("AWS_S3_CONNECT_TIMEOUT", 2, minimum=1),
-                read_timeout=env_int("AWS_S3_READ_TIMEOUT", 5, minimum=1),
-                retries={
-                    "mode": "standard",
-                    "total_max_attempts": env_int("AWS_S3_MAX_ATTEMPTS", 2, minimum=1),
-                },
+                connect_timeout=env.AWS_S3_CONNECT_TIMEOUT,
+                read_timeout=env.AWS_S3_READ_TIMEOUT,
+                retries={"mode": "standard", "total_max_attempts": env.AWS_S3_MAX_ATTEMPTS},
             ),
         },
     }

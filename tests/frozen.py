@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.pipeline import tagged
+from bench.images import tagged
 from tests.stack import FINISHED, LiveStack
 
 JOB_STATE = "SELECT status, worker_id FROM processing_job WHERE id = %s"

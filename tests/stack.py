@@ -19,7 +19,7 @@ import psycopg
 
 from bench.ports import unused_ports
 from bench.stack import announced_port, stop_side_by_side
-from gateway.live.ws_protocol import UVICORN_FLAGS
+from project.serving import UVICORN_FLAGS
 from scaler.backends.processes import MANAGE, ROOT, child_pids, worker_command
 from tests.services import clear_rate_limits, url_of
 

@@ -172,7 +172,7 @@ def test_the_default_budget_is_a_share_of_the_memory_limit(settings):
     settings.WORKER_PIXEL_BUDGET = 0
     limit = admission.memory_limit()
     assert limit > 0
-    assert admission.budget() == int(limit * admission.MEMORY_SHARE / admission.BYTES_PER_PIXEL)
+    assert admission.pixel_budget() == int(limit * admission.MEMORY_SHARE / admission.BYTES_PER_PIXEL)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -184,7 +184,7 @@ def test_queue_status_shows_the_machine_budget_and_a_worker_runs_its_jobs_within
     run_jobs()
 
     assert set(Job.objects.filter(id__in=job_ids).values_list("status", flat=True)) == {"completed"}
-    admission.publisher.flush()  # what its thread publishes within a second
+    admission.status_writer.flush()  # what its thread writes within a second
     memory = client.get("/api/v1/queue/status").json()["memory"]
     mine = [entry for entry in memory if entry["host"] == admission.summary({})["host"]]
     assert mine and mine[0]["pixel_budget"] == 5_000
@@ -214,7 +214,7 @@ def page_faults(mode: str) -> int:
 
 
 def test_a_worker_process_reuses_what_its_jobs_free_instead_of_faulting_it_in_again():
-    """What worker processes get at boot (dramatiq_middleware.ReuseFreedMemory): an 8 MB array freed
+    """What worker processes get at boot (processing.worker.middleware.ReuseFreedMemory): an 8 MB array freed
     and made again costs no new pages, where glibc's defaults give it back and fault it in again."""
     made_again = 20  # arrays; each faults in a page at least (a 2 MB one with transparent huge pages)
     assert page_faults("default") >= made_again

@@ -1,4 +1,4 @@
-"""One rule for request bodies (project.config.body_limits): nginx, the gateway and the batch form agree.
+"""One rule for request bodies (gateway.http.body_limits): nginx, the gateway and the batch form agree.
 
 A batch of MAX_BATCH_FILES uploads of MAX_UPLOAD_BYTES passes nginx's cap and the gateway's; a body
 just over is refused with 413 and a message that says what fits.
@@ -10,6 +10,7 @@ import json
 import pytest
 from django.test.client import BOUNDARY, encode_multipart
 
+from gateway.http.body_limits import body_limits
 from gateway.http.middleware import RequestBodyLimit
 from project import config
 from scaler.management.commands.scale_workers import local_gateways
@@ -20,7 +21,7 @@ def small_limits(settings):
     settings.MAX_UPLOAD_BYTES = 1000
     settings.MAX_REQUEST_BYTES = 2000  # 1000 bytes for the framing and form fields
     settings.MAX_BATCH_FILES = 3
-    return config.body_limits(settings)
+    return body_limits(settings)
 
 
 def batch_body(files: int, size: int) -> bytes:
@@ -130,6 +131,6 @@ def test_the_scalers_nginx_takes_the_largest_batch(small_limits, tmp_path):
 
 
 def test_the_defaults_let_a_batch_of_twenty_25_mb_files_through():
-    limits = config.body_limits(config.defaults())
+    limits = body_limits(config.defaults())
     assert limits.batch == 20 * 25 * 1024 * 1024 + 1024 * 1024
     assert limits.one_file == 25 * 1024 * 1024 + 1024 * 1024

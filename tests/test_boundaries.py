@@ -1,6 +1,8 @@
-"""The house's walls: the domain (processing/) stands on its own, and a worker never loads the gateway."""
+"""The house's walls: each layer imports only those below it, no module imports itself back through
+others, and a worker never loads the gateway."""
 
 import ast
+import functools
 import os
 import subprocess
 import sys
@@ -13,26 +15,107 @@ from tests.services import require, url_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Lowest first: each may import those before it, never those after. Dotted paths in strings (the
+# MIDDLEWARE of project/settings.py) are configuration, not imports.
+LAYERS = ("processing", "gateway", "project", "scaler", "bench")
 
-def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
+
+def module_files(folders: tuple[str, ...]) -> dict[str, Path]:
+    """Every module of `folders` by its dotted name (a package by its own, not its __init__)."""
+    found = {}
+    for folder in folders:
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
 
-def test_processing_imports_nothing_from_the_gateway_or_the_scaler():
-    offenders = {
-        str(path.relative_to(ROOT)): sorted(
-            name for name in imported_modules(path) if name.split(".")[0] in ("gateway", "scaler")
-        )
-        for path in (ROOT / "processing").rglob("*.py")
+def imported_names(name: str, path: Path) -> set[str]:
+    """The dotted names `path` imports, at module level or inside a function: for `from a import b`,
+    a.b (which is a module or a name in a)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = absolute(name, path, node)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def absolute(name: str, path: Path, node: ast.ImportFrom) -> str:
+    """The module a `from ... import` names, a relative one resolved from `name`'s package."""
+    if not node.level:
+        return node.module
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    package = package[: len(package) - node.level + 1]
+    return ".".join([*package, node.module] if node.module else package)
+
+
+@functools.cache
+def import_graph(folders: tuple[str, ...]) -> dict[str, set[str]]:
+    """Each module of `folders` -> the modules of `folders` it imports."""
+    modules = module_files(folders)
+
+    def known(dotted: str) -> str | None:
+        """The module `dotted` is, or is a name in (a.b.NAME -> a.b); None outside `folders`."""
+        while dotted and dotted not in modules:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    graph = {}
+    for name, path in modules.items():
+        imported = {known(dotted) for dotted in imported_names(name, path)}
+        graph[name] = imported - {None, name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """Modules each importing the next and the last importing the first, or None when there are none."""
+    path: list[str] = []
+    finished: set[str] = set()
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return path[path.index(module) :]
+        if module in finished:
+            return None
+        path.append(module)
+        for imported in sorted(graph[module]):
+            if cycle := visit(imported):
+                return cycle
+        path.pop()
+        finished.add(module)
+        return None
+
+    return next(filter(None, (visit(module) for module in sorted(graph))), None)
+
+
+def test_the_import_graph_sees_imports_inside_functions_and_finds_a_cycle():
+    graph = import_graph(LAYERS)
+    # Imported inside a function: middleware loads before Django's apps.
+    assert "processing.worker.admission" in graph["processing.worker.middleware"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_module_imports_itself_back_through_others():
+    cycle = find_cycle(import_graph(LAYERS))
+    assert cycle is None, "an import cycle: " + " -> ".join([*cycle, cycle[0]])
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_a_layer_imports_nothing_from_the_layers_above_it_or_the_tests(layer):
+    above = (*LAYERS[LAYERS.index(layer) + 1 :], "tests")
+    graph = import_graph((*LAYERS, "tests"))
+    upward = {
+        f"{module} -> {imported}"
+        for module, imports in graph.items()
+        if module.split(".")[0] == layer
+        for imported in imports
+        if imported.split(".")[0] in above
     }
-    assert {path: names for path, names in offenders.items() if names} == {}
+    assert sorted(upward) == []
 
 
 def test_the_worker_reaches_the_lease_only_through_the_job_lifecycle():

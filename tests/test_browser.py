@@ -19,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from gateway.live.ws_protocol import UVICORN_FLAGS
+from project.serving import UVICORN_FLAGS
 from tests import images
 from tests.services import IN_CI
 from tests.stack import announced_port

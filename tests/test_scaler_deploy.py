@@ -12,6 +12,7 @@ import pytest
 import yaml
 from django.conf import settings
 
+from gateway.http.body_limits import body_limits
 from processing.worker.actors import process_job
 from project import config
 from tests.services import IN_CI
@@ -149,7 +150,7 @@ def test_nginx_takes_batches_as_large_as_the_gateway_does(services):
         for service in app_services(services).values()
         for name in limit_settings
     )
-    assert body_limit == config.body_limits(config.defaults()).batch
+    assert body_limit == body_limits(config.defaults()).batch
 
 
 def test_the_gateways_trust_x_forwarded_for_from_nginx_alone(services):
@@ -393,7 +394,7 @@ def test_every_uvicorn_command_line_trusts_forwarded_headers_from_trusted_proxie
 def test_every_uvicorn_command_line_serves_websockets_with_the_lean_protocol(manifests):
     """Ten thousand sockets in a process are ten thousand times what uvicorn's protocol keeps for
     one (gateway/live/ws_protocol.py): every way a gateway is started uses the same flags."""
-    from gateway.live.ws_protocol import UVICORN_FLAGS
+    from project.serving import UVICORN_FLAGS
     from scaler.backends.gateways import gateway_command
 
     makefile = (ROOT / "Makefile").read_text()

@@ -12,7 +12,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from bench.pipeline import tagged
+from bench.images import tagged
 from bench.ports import unused_ports
 from tests import images
 from tests.frozen import freeze, holds_a_file_lock, jobs_in_hand, pid_of, submit_and_kill_mid_job

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from project import config
+from gateway.http.body_limits import body_limits
 from scaler.backends.nginx import Nginx, NginxError
 from tests.services import IN_CI
 from tests.stack import NO_KEEPALIVE, LiveStack, refused_port, start_on_a_free_port
@@ -183,7 +183,7 @@ def test_an_upload_over_the_limit_gets_413_in_json_from_nginx_itself(nginx, gate
 
 def test_a_batch_at_the_gateways_limit_passes_nginx_and_one_byte_more_does_not(nginx, gateways, settings):
     settings.MAX_UPLOAD_BYTES, settings.MAX_REQUEST_BYTES, settings.MAX_BATCH_FILES = 1000, 2000, 3
-    largest = config.body_limits(settings).batch  # what the gateway takes on /api/v1/jobs/batch
+    largest = body_limits(settings).batch  # what the gateway takes on /api/v1/jobs/batch
     proxy = nginx([address(gateways["a"])], max_body_bytes=largest)
     batch = proxy.url + "/api/v1/jobs/batch"
     assert httpx.post(batch, content=b"x" * largest).json()["server"] == "a"

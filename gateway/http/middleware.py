@@ -7,8 +7,8 @@ import uuid
 from django.conf import settings
 from django.http import JsonResponse
 
+from gateway.http.body_limits import body_limits
 from processing import logcontext
-from project import config
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -99,8 +99,8 @@ def is_batch(path: str) -> bool:
 
 
 def body_limit(path: str) -> int:
-    """The largest body a request to `path` may carry (project.config.body_limits, which nginx shares)."""
-    limits = config.body_limits(settings)
+    """The largest body a request to `path` may carry (the rule nginx shares: gateway.http.body_limits)."""
+    limits = body_limits(settings)
     return limits.batch if is_batch(path) else limits.one_file
 
 

@@ -1,8 +1,8 @@
 """uvicorn's sans-I/O WebSocket protocol, holding less for each open connection.
 
-Every gateway runs uvicorn with UVICORN_FLAGS (the Makefile's UVICORN_WS and the Dockerfile
-say the same; a test holds them to it). Measured with `make bench-ws` and tracemalloc at
-3,000 sockets, uvicorn's own protocol kept, for as long as each socket stayed open:
+Every gateway runs uvicorn with this protocol (`--ws`, among project/serving.py's UVICORN_FLAGS).
+Measured with `make bench-ws` and tracemalloc at 3,000 sockets, uvicorn's own protocol kept, for
+as long as each socket stayed open:
 
 - the handshake's request and response, with their headers: about 4.5 KiB. Dropped once the
   handshake is answered: nothing reads them again.
@@ -20,15 +20,6 @@ from typing import Any, Generic, TypeVar
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-
-# This protocol; no per-message compression (a zlib context of tens of KiB per socket, for
-# frames of a few hundred bytes); frames no larger than a client has any reason to send.
-UVICORN_FLAGS = [
-    *("--ws", "gateway.live.ws_protocol:LeanWebSocketProtocol"),
-    *("--ws-per-message-deflate", "false"),
-    *("--ws-max-size", "65536"),
-]
-
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
 from processing.imaging.codecs import load_image
 from processing.imaging.operations import get_operation
-from processing.jobs import lifecycle, queues
+from processing.jobs import lifecycle, pools, queues
 from processing.models import Job
 from processing.worker import admission
 
@@ -40,7 +40,7 @@ def should_retry(retries: int, exception: Exception) -> bool:
 
 
 @dramatiq.actor(
-    queue_name="images",
+    queue_name=pools.DEFAULT_POOL,  # TRAFFIC_SPLIT sends some jobs elsewhere (processing.jobs.publishing)
     time_limit=settings.JOB_TIME_LIMIT_SECONDS * 1000,
     retry_when=should_retry,
     min_backoff=1000,

@@ -8,10 +8,10 @@ process has admitted, by pid, so those of a process that died are freed when its
 gone. A job waits, holding its lease, until its pixels fit; one larger than the whole budget
 waits until nothing else runs, then runs alone.
 
-What the ledger holds is also published to Redis (`darkroom:admission:<host>`), by a thread of
-each worker process, at most every PUBLISH_EVERY_SECONDS and shortly after every change, so that
-`/api/v1/queue/status` on any gateway shows each machine's budget, pixels in use and jobs waiting.
-Publishing is best effort: a job never waits for Redis.
+What the ledger holds is also written to Redis as the machine's status (`darkroom:admission:<host>`),
+by a thread of each worker process, at most every STATUS_EVERY_SECONDS and shortly after every change,
+so that `/api/v1/queue/status` on any gateway shows each machine's pixel budget, pixels in use and jobs
+waiting. The status is best effort: a job never waits for Redis.
 """
 
 import ctypes
@@ -61,11 +61,11 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_ABOVE_BYTES = 32 << 20
 KEEP_FREED_BYTES = 32 << 20
 REDIS_PREFIX = "darkroom:admission:"
-PUBLISH_EVERY_SECONDS = 1.0
+STATUS_EVERY_SECONDS = 1.0
 REDIS_TIMEOUT_SECONDS = 0.5
 
 
-def budget() -> int:
+def pixel_budget() -> int:
     """The machine's budget of pixels: WORKER_PIXEL_BUDGET, or 0 there for a share of the memory limit."""
     if settings.WORKER_PIXEL_BUDGET:
         return settings.WORKER_PIXEL_BUDGET
@@ -118,7 +118,7 @@ class Ledger:
     @contextmanager
     def open(self) -> Iterator[dict]:
         """The entries of live processes, locked; what the block changes in them is written back
-        (and published)."""
+        (and reported as the machine's status)."""
         if not self.path.parent.is_dir():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # Not opened for appending: Linux's pwrite would append to such a file, whatever the offset.
@@ -134,7 +134,7 @@ class Ledger:
                     # Overwritten in place, padded with spaces (which JSON ignores) over a longer
                     # old text: truncating the file costs a journal commit, about a millisecond.
                     os.pwrite(handle.fileno(), changed.ljust(len(stored)), 0)
-                    publisher.offer(entries)
+                    status_writer.offer(entries)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -204,7 +204,7 @@ def pid_alive(pid: int) -> bool:
 def summary(entries: dict) -> dict:
     return {
         "host": socket.gethostname(),
-        "pixel_budget": budget(),
+        "pixel_budget": pixel_budget(),
         "pixels_admitted": sum(entry.get("pixels", 0) for entry in entries.values()),
         "jobs_admitted": sum(entry.get("jobs", 0) for entry in entries.values()),
         "jobs_waiting": sum(entry.get("waiting", 0) for entry in entries.values()),
@@ -214,7 +214,7 @@ def summary(entries: dict) -> dict:
 @contextmanager
 def admitted(pixels: int) -> Iterator[None]:
     """Hold `pixels` of the machine's budget for the block, waiting until they fit."""
-    ledger, limit = Ledger(ledger_path()), budget()
+    ledger, limit = Ledger(ledger_path()), pixel_budget()
     cost = min(pixels, limit)  # a job larger than the whole budget fits only when nothing else runs
     try:
         enter(ledger, cost, limit)
@@ -313,14 +313,14 @@ def apply(entries: dict, deltas: dict[str, int]) -> None:
 # --- What each machine's workers hold, for /api/v1/queue/status ------------------------------
 
 
-class Publisher:
-    """Publishes the summary of the latest ledger it was offered from a thread of its own, at most
-    every PUBLISH_EVERY_SECONDS: a burst of jobs costs a publish a second, not two a job."""
+class StatusWriter:
+    """Writes the summary of the latest ledger it was offered to Redis from a thread of its own, at
+    most every STATUS_EVERY_SECONDS: a burst of jobs costs a write a second, not two a job."""
 
     def __init__(self):
-        self.latest: dict | None = None  # the ledger's entries, summarised when published
+        self.latest: dict | None = None  # the ledger's entries, summarised when written
         self.lock = threading.Lock()
-        self.publishing = threading.Lock()  # one publish at a time: an older state never lands last
+        self.writing = threading.Lock()  # one write at a time: an older state never lands last
         self.offered = threading.Event()
         self.thread_pid = 0  # the process whose thread runs: after a fork, the child starts its own
 
@@ -329,7 +329,7 @@ class Publisher:
             self.latest = entries
             if self.thread_pid != os.getpid():
                 self.thread_pid = os.getpid()
-                threading.Thread(target=self.run, name="admission-publisher", daemon=True).start()
+                threading.Thread(target=self.run, name="admission-status", daemon=True).start()
         self.offered.set()
 
     def run(self) -> None:
@@ -337,18 +337,18 @@ class Publisher:
             self.offered.wait()
             self.offered.clear()
             self.flush()
-            time.sleep(PUBLISH_EVERY_SECONDS)
+            time.sleep(STATUS_EVERY_SECONDS)
 
     def flush(self) -> None:
-        """Publish what is pending now."""
-        with self.publishing:
+        """Write what is pending now."""
+        with self.writing:
             with self.lock:
                 entries, self.latest = self.latest, None
             if entries is not None:
-                publish(summary(entries))
+                report_status(summary(entries))
 
 
-publisher = Publisher()
+status_writer = StatusWriter()
 
 
 @lru_cache(maxsize=4)
@@ -359,7 +359,7 @@ def redis_client(url: str, pid: int) -> redis.Redis:
     )
 
 
-def publish(state: dict) -> None:
+def report_status(state: dict) -> None:
     """Best effort: the machine's state in Redis until the longest a job can run has passed."""
     if not settings.REDIS_URL:
         return
@@ -367,7 +367,7 @@ def publish(state: dict) -> None:
         client = redis_client(settings.REDIS_URL, os.getpid())
         client.set(REDIS_PREFIX + state["host"], json.dumps(state), ex=settings.JOB_TIME_LIMIT_SECONDS * 2)
     except redis.RedisError as exc:
-        logger.debug("could not publish the admission state: %s", exc)
+        logger.debug("could not write the admission state: %s", exc)
 
 
 def machines() -> list[dict]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from gateway.live.ws_protocol import UVICORN_FLAGS
+from project.serving import UVICORN_FLAGS
 from scaler.backends.nginx import Nginx
 from scaler.backends.processes import describe_exit, free_port, spawn, utc_now, wait_all
 from scaler.readings import answers, probe_ms

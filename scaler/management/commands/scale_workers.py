@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
+from gateway.http.body_limits import body_limits
 from project import config
 from scaler import readings
 from scaler.autoscaler import Autoscaler
@@ -120,8 +121,8 @@ def local_gateways(options) -> LocalGateways:
         prefix=options["nginx_prefix"],
         listen=options["NGINX_LISTEN"],
         # Batches are the largest bodies: nginx takes them, and the gateway refuses each request
-        # past its own limit (project.config.body_limits).
-        max_body_bytes=config.body_limits(settings).batch,
+        # past its own limit (gateway.http.body_limits).
+        max_body_bytes=body_limits(settings).batch,
         binary=options["NGINX_BINARY"],
     )
     return LocalGateways(nginx, port_start=options["GATEWAY_PORT_START"])
