@@ -191,10 +191,9 @@ WAIT_PARAMETER = Query(
     url_name=waiting.LONG_POLL_VIEW,
 )
 def job_detail(request, response: HttpResponse, job_id: str, wait: waiting.WaitSeconds = WAIT_PARAMETER):
-    """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first.
-
-    The view itself never waits: gateway.live.waiting.LongPolls does, on the event loop, after it,
-    and answers with `job_detail_body`. A wait it did not take is answered now, with the job as it is."""
+    """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first."""
+    # The view itself never waits: gateway.live.waiting.LongPolls does, on the event loop, after it,
+    # and answers with `job_detail_body`. A wait it did not take is answered now, with the job as it is.
     job = get_job(request, job_id)
     if wait and not job.is_finished and waiting.deferred_by_the_server(request):
         response[waiting.WAIT_HEADER] = str(job.id)  # LongPolls waits for it, holding no thread
