@@ -29,7 +29,9 @@ env.VAR_DIR.mkdir(parents=True, exist_ok=True)
 SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$", r"^api/v1/health$"]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin registers its models when the URLs load (project/urls.py), so a worker process,
+    # which never loads them, never imports the admin (gateway/admin.py).
+    "django.contrib.admin.apps.SimpleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

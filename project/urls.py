@@ -6,6 +6,8 @@ from gateway.api import api
 from gateway.ops import health, metrics
 from gateway.pages import views
 
+admin.autodiscover()  # INSTALLED_APPS has SimpleAdminConfig: only a process that serves URLs loads the admin
+
 handler500 = "gateway.http.errors.server_error"  # a database outage answers 503, not 500
 
 urlpatterns = [
