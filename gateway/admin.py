@@ -11,10 +11,15 @@ jobs are processing's models.
 
 import json
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from django.contrib import admin, messages
-from django.http import Http404, HttpResponse
-from django.urls import path, reverse
+from django.contrib.admin.utils import flatten_fieldsets
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -42,12 +47,18 @@ PLACEHOLDER = (
 # message went to the dead-letter queue, and the input may well be fine.
 DEAD_LETTER_CODES = ("processing_error", "worker_lost", "time_limit_exceeded")
 
+# ModelAdmin is generic to the type checker alone: Django's own class takes no [Job].
+if TYPE_CHECKING:
+    JobModelAdmin = admin.ModelAdmin[Job]
+else:
+    JobModelAdmin = admin.ModelAdmin
+
 
 class OwnerFilter(admin.SimpleListFilter):
     title = "owner"
     parameter_name = "owner"
 
-    def lookups(self, request, model_admin):
+    def lookups(self, request: HttpRequest, model_admin: "admin.ModelAdmin[Any]") -> list[tuple[str, str]]:
         keys = [
             (Owner(key=str(key.pk)).identity, f"API key: {key.name}")
             for key in ApiKey.objects.order_by("name")[:50]
@@ -59,7 +70,7 @@ class OwnerFilter(admin.SimpleListFilter):
             *keys,
         ]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
         value = self.value() or ""
         if value == "session":
             return queryset.filter(owner_key="", owner_subject="").exclude(owner_session="")
@@ -73,7 +84,7 @@ class OwnerFilter(admin.SimpleListFilter):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(JobModelAdmin):
     list_display = (
         "short_id",
         "service",
@@ -162,22 +173,31 @@ class JobAdmin(admin.ModelAdmin):
             },
         ),
     )
-    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
+    readonly_fields = flatten_fieldsets(fieldsets)
 
     # --- Permissions and the change form -------------------------------------------------
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # jobs come from uploads
 
-    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Job | None = None,
+    ) -> HttpResponse:
         # Everything is read-only: offer the history and delete, not a Save that saves nothing.
         context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
-    def get_actions(self, request):
+    def get_actions(self, request: HttpRequest) -> dict[str, tuple[Callable[..., str], str, str] | None]:
         found = super().get_actions(request)
-        if "delete_selected" in found:
-            function, name, _ = found["delete_selected"]
+        delete = found.get("delete_selected")
+        if delete is not None:
+            function, name, _ = delete
             found["delete_selected"] = (function, name, "Delete the selected jobs and their files")
         return found
 
@@ -249,14 +269,14 @@ class JobAdmin(admin.ModelAdmin):
 
     # --- Thumbnails ---------------------------------------------------------------------
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         thumbnail = self.admin_site.admin_view(self.thumbnail_view)
         return [
             path("<uuid:job_id>/thumbnail/<str:side>/", thumbnail, name="processing_job_thumbnail"),
             *super().get_urls(),
         ]
 
-    def thumbnail_view(self, request, job_id, side: str):
+    def thumbnail_view(self, request: HttpRequest, job_id: UUID, side: str) -> HttpResponse:
         """The job's stored input or output thumbnail, for staff only; a placeholder until it is made."""
         job = self.get_queryset(request).filter(pk=job_id).first()
         if job is None or not self.has_view_permission(request, job) or not has_thumbnail(job, side):
@@ -274,14 +294,14 @@ class JobAdmin(admin.ModelAdmin):
     # --- Actions ----------------------------------------------------------------------
 
     @admin.action(description="Retry the selected failed jobs", permissions=["change"])
-    def retry_failed(self, request, queryset):
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         self.requeue(request, queryset.filter(status=Job.FAILED), "retried")
 
     @admin.action(
         description="Re-publish dead-lettered jobs (processing_error, worker_lost, time_limit_exceeded)",
         permissions=["change"],
     )
-    def republish_dead_letters(self, request, queryset):
+    def republish_dead_letters(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         dead = queryset.filter(status=Job.FAILED, error_code__in=DEAD_LETTER_CODES)
         skipped = queryset.count() - dead.count()
         self.requeue(request, dead, "re-published")
@@ -300,7 +320,7 @@ class JobAdmin(admin.ModelAdmin):
         )
 
     @admin.action(description="Cancel the selected queued or running jobs", permissions=["change"])
-    def cancel_jobs(self, request, queryset):
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         cancelled = 0
         for job in queryset.filter(status__in=[Job.QUEUED, Job.PROCESSING]):
             if lifecycle.cancel(job.id):
@@ -308,7 +328,7 @@ class JobAdmin(admin.ModelAdmin):
                 cancelled += 1
         self.message_user(request, f"Cancelled {cancelled} job(s).", messages.SUCCESS)
 
-    def requeue(self, request, failed, verb: str) -> None:
+    def requeue(self, request: HttpRequest, failed: QuerySet[Job], verb: str) -> None:
         """Queue each failed job again with a clean slate, then publish it."""
         requeued, unpublished, gone = 0, 0, 0
         for job in failed:
@@ -340,11 +360,11 @@ class JobAdmin(admin.ModelAdmin):
     # --- Deleting, with the files -------------------------------------------------------
 
     # The files go with the row (processing.storage.delete_files_of_deleted_job).
-    def delete_model(self, request, obj: Job) -> None:
+    def delete_model(self, request: HttpRequest, obj: Job) -> None:
         stop_if_running(obj)
         super().delete_model(request, obj)
 
-    def delete_queryset(self, request, queryset) -> None:
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         for job in queryset:
             stop_if_running(job)
         super().delete_queryset(request, queryset)
@@ -393,5 +413,5 @@ def milliseconds(value: float | None) -> str:
     return f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.1f} s"
 
 
-def pretty_json(value) -> str:
+def pretty_json(value: Any) -> str:
     return format_html("<pre style='margin:0;white-space:pre-wrap'>{}</pre>", json.dumps(value, indent=2))

@@ -1,5 +1,6 @@
 import functools
 import uuid
+from typing import Any, TypeAlias
 
 from django.conf import settings
 from django.db import connection, models
@@ -7,6 +8,9 @@ from django.utils import timezone
 
 from processing.jobs.pools import DEFAULT_POOL
 from processing.owners import ANONYMOUS, Owner, owned_by
+
+# A job's id as it is passed around: the UUID, or its text (from a URL, a message or a group name).
+JobId: TypeAlias = uuid.UUID | str
 
 
 class Job(models.Model):
@@ -150,12 +154,12 @@ _ANY_JOB = uuid.UUID(int=0)
 _ANY_OWNER = "\x00owner"
 
 
-def _prepared_pk(job_id: uuid.UUID):
+def _prepared_pk(job_id: uuid.UUID) -> Any:
     return Job._meta.pk.get_db_prep_value(job_id, connection)
 
 
 @functools.cache
-def _find_job_query(kind: str) -> tuple[str, tuple]:
+def _find_job_query(kind: str) -> tuple[str, tuple[Any, ...]]:
     """The SQL and parameters of the query for one job of an owner of this kind, with stand-ins."""
     found = Job.objects.filter(id=_ANY_JOB)
     if kind != "staff":

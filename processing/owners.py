@@ -7,6 +7,7 @@ is the one place that reads it back.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import Q
 
@@ -54,7 +55,7 @@ class Owner:
             return f"session:{self.session}"
         return ANONYMOUS
 
-    def fields(self) -> dict:
+    def fields(self) -> dict[str, Any]:
         """The job row's owner columns."""
         return {
             "owner_key": self.key,

@@ -2,7 +2,7 @@
 
 import logging
 
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled
 from ninja.errors import ValidationError as NinjaValidationError
@@ -41,46 +41,47 @@ api.add_router("", frontend.router)
 
 
 @api.exception_handler(ApiError)
-def on_api_error(request, exc: ApiError):
+def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
     return render(exc)
 
 
 @api.exception_handler(DomainError)
-def on_domain_error(request, exc: DomainError):
+def on_domain_error(request: HttpRequest, exc: DomainError) -> HttpResponse:
     return render(from_domain(exc))
 
 
-def on_outage(request, exc: Exception):
+def on_outage(request: HttpRequest, exc: Exception) -> HttpResponse:
     logger.warning("%s %s: a dependency is unavailable: %r", request.method, request.path, exc)
-    return render(outage(exc))
+    return render(outage(exc) or internal_error())
 
 
 for _outage in (*DATABASE_OUTAGES, *STORAGE_OUTAGES):
-    api.add_exception_handler(_outage, on_outage)
+    # ninja types a handler's exc as the exception or its class; it is always given the exception.
+    api.add_exception_handler(_outage, on_outage)  # type: ignore[arg-type]
 
 
 @api.exception_handler(UploadTooLarge)
-def on_upload_too_large(request, exc: UploadTooLarge):
+def on_upload_too_large(request: HttpRequest, exc: UploadTooLarge) -> HttpResponse:
     return error_response(413, "upload_too_large", str(exc))
 
 
 @api.exception_handler(PydanticValidationError)
-def on_parameter_error(request, exc: PydanticValidationError):
+def on_parameter_error(request: HttpRequest, exc: PydanticValidationError) -> HttpResponse:
     return render(from_validation_errors(exc.errors(include_url=False)))
 
 
 @api.exception_handler(NinjaValidationError)
-def on_request_validation_error(request, exc: NinjaValidationError):
+def on_request_validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
     return render(from_validation_errors(exc.errors))
 
 
 @api.exception_handler(Http404)
-def on_not_found(request, exc):
+def on_not_found(request: HttpRequest, exc: Exception) -> HttpResponse:
     return error_response(404, "not_found", "not found")
 
 
 @api.exception_handler(AuthenticationError)
-def on_authentication_required(request, exc):
+def on_authentication_required(request: HttpRequest, exc: Exception) -> HttpResponse:
     return error_response(
         401,
         "authentication_required",
@@ -89,18 +90,18 @@ def on_authentication_required(request, exc):
 
 
 @api.exception_handler(Throttled)
-def on_rate_limited(request, exc: Throttled):
+def on_rate_limited(request: HttpRequest, exc: Throttled) -> HttpResponse:
     wait = int(exc.wait or 1)
     return error_response(429, "rate_limited", f"too many requests; try again in {wait}s", retry_after=wait)
 
 
 @api.exception_handler(HttpError)
-def on_http_error(request, exc: HttpError):
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return error_response(exc.status_code, "http_error", str(exc))
 
 
 @api.exception_handler(Exception)
-def on_unexpected_error(request, exc: Exception):
+def on_unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
     # A bug, not the client's fault: log it whole, and still answer in the API's shape.
     logger.exception("unhandled error in %s %s", request.method, request.path)
     return render(internal_error())

@@ -31,6 +31,15 @@ def identified(request: HttpRequest) -> callers.Caller:
     return caller
 
 
+class CallerRequest(HttpRequest):
+    """A request that the router's authentication let through: `auth` is its caller. Its id is
+    gateway.http.middleware's, given by the client (`request_id_given`) or made there."""
+
+    auth: callers.Caller
+    request_id: str
+    request_id_given: bool
+
+
 class CallerScheme(AuthBase):
     """A way to present a credential, as the OpenAPI document describes it. Each runs the same check,
     which reads every credential (then a session, then the anonymous caller): the first scheme ninja
@@ -77,13 +86,14 @@ class CallerRateLimit(BaseThrottle):
         usage = ratelimit.charge(request, self.scope)
         if usage is None:
             return True
-        request.rate_limit = usage
+        ratelimit.keep_usage(request, usage)
         self._local.wait = max(usage.reset, 1)
         return not usage.limited
 
     def wait(self) -> int:
-        return self._local.wait
+        seconds: int = self._local.wait
+        return seconds
 
 
-SUBMIT_LIMIT = [CallerRateLimit("submit")]
-READ_LIMIT = [CallerRateLimit("read")]
+SUBMIT_LIMIT: list[BaseThrottle] = [CallerRateLimit("submit")]
+READ_LIMIT: list[BaseThrottle] = [CallerRateLimit("read")]

@@ -3,16 +3,19 @@
 import base64
 import uuid
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http.response import HttpResponseBase
 from django.utils.cache import patch_vary_headers
 from ninja import Query, Router, Schema, Status
+from ninja.params import functions as params
 from ninja.renderers import JSONRenderer
 from pydantic import Field
 
-from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
+from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, CallerRequest
 from gateway.api.schemas import ErrorOut, JobPageOut, JobsOut, MetricsOut
 from gateway.auth.ratelimit import charge_submissions
 from gateway.http import intake
@@ -31,13 +34,13 @@ SUBMIT_ERRORS = {code: ErrorOut for code in (400, 401, 403, 404, 409, 411, 413, 
 READ_ERRORS = {code: ErrorOut for code in (401, 403, 404, 422, 429, 503)}
 
 
-def multipart_doc(service: str | None = None, *, many: bool = False) -> dict:
+def multipart_doc(service: str | None = None, *, many: bool = False) -> dict[str, Any]:
     """The OpenAPI request body of a submission: `image` and the service's parameters as form fields.
 
     For /process/{service} the parameters depend on the service (GET /api/v1/services lists them).
     """
     image = {"type": "string", "format": "binary"}
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "required": ["image"],
         "properties": {"image": {"type": "array", "items": image} if many else image},
@@ -55,7 +58,7 @@ def multipart_doc(service: str | None = None, *, many: bool = False) -> dict:
     return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}, "required": True}}
 
 
-def get_job(request, job_id: str) -> Job:
+def get_job(request: CallerRequest, job_id: str) -> Job:
     """The caller's job, or 404: someone else's job looks exactly like one that doesn't exist."""
     try:
         job = request.auth.visible_job(uuid.UUID(job_id))
@@ -66,7 +69,14 @@ def get_job(request, job_id: str) -> Job:
     return job
 
 
-def submit(request, response: HttpResponse, service: str, *, at_most: int = 1, job_id=None) -> list[Job]:
+def submit(
+    request: CallerRequest,
+    response: HttpResponse,
+    service: str,
+    *,
+    at_most: int = 1,
+    job_id: uuid.UUID | None = None,
+) -> list[Job]:
     submission = intake.submission_from(request, request.auth, service, at_most=at_most, job_id=job_id)
     charge_submissions(request, len(submission.uploads) - 1)  # the throttle counted the first
     accepted = submissions.submit(submission)
@@ -75,7 +85,7 @@ def submit(request, response: HttpResponse, service: str, *, at_most: int = 1, j
     return accepted.jobs
 
 
-def submit_one(request, response: HttpResponse, service: str):
+def submit_one(request: CallerRequest, response: HttpResponse, service: str) -> Status[JobOut]:
     # Without a client-chosen X-Request-ID, the request id doubles as the job id, so a client that
     # polls /status/{request_id} with the request id it was given finds the job.
     job_id = None if request.request_id_given else uuid.UUID(request.request_id)
@@ -94,7 +104,7 @@ def submit_one(request, response: HttpResponse, service: str):
     url_name="process",
     openapi_extra=multipart_doc(),
 )
-def process(request, response: HttpResponse, service: str):
+def process(request: CallerRequest, response: HttpResponse, service: str) -> Status[JobOut]:
     """Upload `image` (multipart) with the service's parameters as form fields; answers 202 with the job."""
     return submit_one(request, response, service)
 
@@ -102,7 +112,7 @@ def process(request, response: HttpResponse, service: str):
 def add_shortcut(service: str) -> None:
     """POST /api/v1/{service}: the same as /process/{service}, with the service's fields documented."""
 
-    def shortcut(request, response: HttpResponse):
+    def shortcut(request: CallerRequest, response: HttpResponse) -> Status[JobOut]:
         return submit_one(request, response, service)
 
     shortcut.__name__ = service
@@ -129,7 +139,7 @@ for _service in ("resize", "crop"):
     url_name="batch",
     openapi_extra=multipart_doc(many=True),
 )
-def batch(request, response: HttpResponse):
+def batch(request: CallerRequest, response: HttpResponse) -> Status[dict[str, list[JobOut]]]:
     """Several `image` files, one `service` and its parameters: a job per image, all or none."""
     service = request.POST.get("service")
     if not service:
@@ -163,7 +173,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     throttle=READ_LIMIT,
     url_name="job_list",
 )
-def job_list(request, filters: Query[JobFilters]):
+def job_list(request: CallerRequest, filters: Query[JobFilters]) -> dict[str, Any]:
     """The caller's jobs, newest first; follow `next_cursor` for older ones."""
     found = request.auth.visible_jobs().order_by("-created_at", "-id")
     if filters.status:
@@ -179,7 +189,8 @@ def job_list(request, filters: Query[JobFilters]):
     return {"jobs": [job_json(job) for job in page], "next_cursor": encode_cursor(page[-1]) if more else None}
 
 
-WAIT_PARAMETER = Query(
+# ninja.Query is a type to mypy; a parameter's default with a description is this function's.
+WAIT_PARAMETER = params.Query(
     0, description="Seconds to wait for an unfinished job to end (long poll); answered the moment it does."
 )
 
@@ -190,7 +201,9 @@ WAIT_PARAMETER = Query(
     throttle=READ_LIMIT,
     url_name=waiting.LONG_POLL_VIEW,
 )
-def job_detail(request, response: HttpResponse, job_id: str, wait: waiting.WaitSeconds = WAIT_PARAMETER):
+def job_detail(
+    request: CallerRequest, response: HttpResponse, job_id: str, wait: waiting.WaitSeconds = WAIT_PARAMETER
+) -> JobOut:
     """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first."""
     # The view itself never waits: gateway.live.waiting.LongPolls does, on the event loop, after it,
     # and answers with `job_detail_body`. A wait it did not take is answered now, with the job as it is.
@@ -209,24 +222,28 @@ def job_detail_body(job_id: str) -> bytes | None:
     if job is None:
         return None
     # job_json is already the JobOut shape that ninja checks the view's return against.
-    return JSONRenderer().render(None, job_json(job), response_status=200).encode()
+    # The renderer reads nothing of the request, and there is none here.
+    body: str = JSONRenderer().render(None, job_json(job), response_status=200)  # type: ignore[arg-type]
+    return body.encode()
 
 
 @router.get(
     "/status/{job_id}", response={200: StatusOut, **READ_ERRORS}, throttle=READ_LIMIT, url_name="job_status"
 )
-def job_status(request, job_id: str):
+def job_status(request: CallerRequest, job_id: str) -> StatusOut:
     return status_json(get_job(request, job_id))
 
 
-def image_facts(format: str, size: int | None, width, height, sha256: str) -> dict:
+def image_facts(
+    format: str, size: int | None, width: int | None, height: int | None, sha256: str
+) -> dict[str, Any]:
     return {"format": format, "bytes": size, "width": width, "height": height, "sha256": sha256}
 
 
 @router.get(
     "/result/{job_id}", response={200: MetricsOut, **READ_ERRORS}, throttle=READ_LIMIT, url_name="job_result"
 )
-def job_result(request, job_id: str):
+def job_result(request: CallerRequest, job_id: str) -> dict[str, Any]:
     """Where the time went (queue wait, processing, total), attempts, worker, and both images' facts."""
     job = get_job(request, job_id)
     output = None
@@ -260,7 +277,7 @@ def job_result(request, job_id: str):
     throttle=READ_LIMIT,
     url_name="job_download",
 )
-def job_download(request, job_id: str):
+def job_download(request: CallerRequest, job_id: str) -> HttpResponseBase:
     """The result file, or a redirect to a signed, expiring URL when results live in object storage."""
     job = get_job(request, job_id)
     if job.status != Job.COMPLETED:
@@ -280,7 +297,7 @@ def job_download(request, job_id: str):
     return response
 
 
-def file_response(key: str, content_type: str, filename: str) -> HttpResponse:
+def file_response(key: str, content_type: str, filename: str) -> HttpResponseBase:
     """The stored file itself, or a redirect to its signed, expiring URL in object storage."""
     try:
         path = default_storage.path(key)
@@ -289,7 +306,7 @@ def file_response(key: str, content_type: str, filename: str) -> HttpResponse:
     return FileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type)
 
 
-def cancel(request, job_id: str):
+def cancel(request: CallerRequest, job_id: str) -> JobOut:
     job = get_job(request, job_id)
     if not lifecycle.cancel(job.id):
         job.refresh_from_db()

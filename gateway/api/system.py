@@ -5,9 +5,8 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Status
 
-from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT
+from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, CallerRequest
 from gateway.api.schemas import CleanupOut, ErrorOut, FileStatsOut, HealthOut, QueueStatusOut, StatisticsOut
-from gateway.auth.callers import Caller
 from gateway.http.errors import ApiError
 from gateway.ops import health
 from processing.jobs import cleanup, queues, stats
@@ -18,12 +17,6 @@ router = Router(tags=["system"])
 AUTH_ERRORS = {401: ErrorOut, 429: ErrorOut, 503: ErrorOut}  # 503: the database is down
 
 
-class CallerRequest(HttpRequest):
-    """A request that the router's authentication let through: `auth` is its caller."""
-
-    auth: Caller
-
-
 def require_staff(request: CallerRequest) -> None:
     if not request.auth.is_staff:
         raise ApiError(403, "staff_only", "only staff users and staff API keys may do this")
@@ -32,7 +25,7 @@ def require_staff(request: CallerRequest) -> None:
 @router.get(
     "/queue/status",
     response={200: QueueStatusOut, **AUTH_ERRORS},
-    throttle=READ_LIMIT,  # type: ignore[arg-type]  # gateway.api.auth's is a list[CallerRateLimit]
+    throttle=READ_LIMIT,
     url_name="queues",
 )
 def queue_status(request: CallerRequest) -> dict[str, Any]:
@@ -49,19 +42,18 @@ def queue_status(request: CallerRequest) -> dict[str, Any]:
 @router.get(
     "/statistics",
     response={200: StatisticsOut, **AUTH_ERRORS},
-    throttle=READ_LIMIT,  # type: ignore[arg-type]  # gateway.api.auth's is a list[CallerRateLimit]
+    throttle=READ_LIMIT,
     url_name="statistics",
 )
 def statistics(request: CallerRequest) -> dict[str, Any]:
     """The caller's jobs (all jobs for staff): counts, throughput, and queue-wait and processing durations."""
-    # gateway.auth.callers is untyped until it is typed strictly.
-    return stats.statistics(request.auth.visible_jobs())  # type: ignore[no-untyped-call]
+    return stats.statistics(request.auth.visible_jobs())
 
 
 @router.get(
     "/files/stats",
     response={200: FileStatsOut, 403: ErrorOut, **AUTH_ERRORS},
-    throttle=READ_LIMIT,  # type: ignore[arg-type]  # gateway.api.auth's is a list[CallerRateLimit]
+    throttle=READ_LIMIT,
     url_name="file_stats",
 )
 def file_stats(request: CallerRequest) -> dict[str, Any]:
@@ -73,7 +65,7 @@ def file_stats(request: CallerRequest) -> dict[str, Any]:
 @router.post(
     "/files/cleanup",
     response={200: CleanupOut, 403: ErrorOut, **AUTH_ERRORS},
-    throttle=SUBMIT_LIMIT,  # type: ignore[arg-type]  # gateway.api.auth's is a list[CallerRateLimit]
+    throttle=SUBMIT_LIMIT,
     url_name="file_cleanup",
 )
 def file_cleanup(request: CallerRequest) -> dict[str, int]:

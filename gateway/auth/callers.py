@@ -19,15 +19,18 @@ their owner's, and someone else's job is always a 404.
 
 import hmac
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import import_module
 from types import SimpleNamespace
+from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.sessions.backends.base import SessionBase
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.http.cookie import parse_cookie
 from django.utils import timezone
 from django.utils.datastructures import CaseInsensitiveMapping
@@ -50,6 +53,17 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 RECENT_JOBS_ON_LITE_HOME = 5
 RECENT_JOBS_ON_JOB_LIST = 10
 RECENT_JOBS_ON_STREAM = 50
+
+
+class User(Protocol):
+    """What a caller takes from the request's user: Django's User or AnonymousUser, or a lazy one."""
+
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def is_authenticated(self) -> bool: ...
+    @property
+    def is_staff(self) -> bool: ...
 
 
 class InvalidKey(Exception):
@@ -87,11 +101,11 @@ class Caller:
         """The job, if this caller may see it."""
         return find_job(job_id, self.sees_jobs_of)
 
-    def visible_jobs(self):
+    def visible_jobs(self) -> QuerySet[Job]:
         return jobs_visible_to(self.sees_jobs_of)
 
 
-def jobs_visible_to(owner: Owner | None):
+def jobs_visible_to(owner: Owner | None) -> QuerySet[Job]:
     """The jobs of `owner`, or every job for None (see Caller.sees_jobs_of)."""
     return Job.objects.all() if owner is None else Job.objects.filter(owned_by(owner))
 
@@ -105,7 +119,10 @@ def recent_jobs(owner: Owner | None, count: int) -> list[Job]:
 
 
 def identify(
-    credential: str | None, session: SessionBase | None, user, csrf_failed: Callable[[], bool] | None = None
+    credential: str | None,
+    session: SessionBase | None,
+    user: User | None,
+    csrf_failed: Callable[[], bool] | None = None,
 ) -> Caller | None:
     """The caller that presents `credential` (see presented_credential), else the caller of `session`
     if the site issued it, else the anonymous caller; None when API keys are required and there is
@@ -121,7 +138,7 @@ def identify(
     return None if settings.API_KEYS_REQUIRED else Caller()
 
 
-def of_request(request) -> Caller | None:
+def of_request(request: HttpRequest) -> Caller | None:
     """The caller behind an HTTP request (see identify)."""
     session = request.session if has_session_cookie(request) else None
     return identify(
@@ -132,7 +149,7 @@ def of_request(request) -> Caller | None:
     )
 
 
-def of_handshake(scope) -> Caller | None:
+def of_handshake(scope: Mapping[str, Any]) -> Caller | None:
     """The caller behind a WebSocket handshake (see identify), from its ASGI scope. No CSRF check:
     gateway.live.routing refuses pages of other origins at the handshake.
 
@@ -146,8 +163,14 @@ def of_handshake(scope) -> Caller | None:
     if credential is None:
         credential = presented_credential(headers)
     session = session_named_by(headers.get("Cookie", ""))
-    user = SimpleLazyObject(lambda: auth.get_user(SimpleNamespace(session=session)))  # read if issued
+    # Read only if the session was issued; it stands in for the user, as request.user does.
+    user = cast(User, SimpleLazyObject(lambda: auth.get_user(request_of(session))))
     return identify(credential, session, user)
+
+
+def request_of(session: SessionBase | None) -> HttpRequest:
+    """What auth.get_user reads of a request: its session, and nothing else."""
+    return cast(HttpRequest, SimpleNamespace(session=session))
 
 
 def presented_credential(headers: Mapping[str, str]) -> str | None:
@@ -162,9 +185,10 @@ def presented_credential(headers: Mapping[str, str]) -> str | None:
     return (headers.get("X-API-Key") or "").strip() or None
 
 
-def subprotocol_credential(scope) -> str | None:
+def subprotocol_credential(scope: Mapping[str, Any]) -> str | None:
     """The credential a browser's WebSocket sends as a subprotocol (it can't send headers), if any."""
-    for protocol in scope.get("subprotocols") or ():
+    protocols: Iterable[str] = scope.get("subprotocols") or ()
+    for protocol in protocols:
         if protocol.startswith(KEY_SUBPROTOCOL_PREFIX):
             return protocol.removeprefix(KEY_SUBPROTOCOL_PREFIX)
     return None
@@ -175,7 +199,8 @@ def session_named_by(cookie_header: str) -> SessionBase | None:
     session_key = parse_cookie(cookie_header).get(settings.SESSION_COOKIE_NAME)
     if session_key is None:
         return None
-    return import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    session: SessionBase = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    return session
 
 
 def from_credential(presented: str) -> Caller:
@@ -202,7 +227,7 @@ def key_caller(key: ApiKey) -> Caller:
     return Caller(Owner(key=str(key.pk)), is_staff=key.is_staff)
 
 
-def from_session(session: SessionBase | None, user) -> Caller | None:
+def from_session(session: SessionBase | None, user: User | None) -> Caller | None:
     """The caller of a session the site issued, making its owner token on first use; None for no
     session, or one the client made up (anyone can send any cookie: it must not buy an owner)."""
     if session is None or not is_issued(session):
@@ -210,7 +235,7 @@ def from_session(session: SessionBase | None, user) -> Caller | None:
     return session_caller(session, user)
 
 
-def issue_session(session: SessionBase, user) -> Caller:
+def issue_session(session: SessionBase, user: User | None) -> Caller:
     """The browser's caller on our pages: its session, or a new one the site issues now."""
     return from_session(session, user) or session_caller(session, user)
 
@@ -221,24 +246,23 @@ def is_issued(session: SessionBase) -> bool:
     return session.session_key is not None
 
 
-def session_caller(session: SessionBase, user) -> Caller:
+def session_caller(session: SessionBase, user: User | None) -> Caller:
     owner = session.get(SESSION_OWNER_KEY)
     if owner is None:
         owner = session[SESSION_OWNER_KEY] = uuid.uuid4().hex
-    signed_in = user is not None and user.is_authenticated
-    return Caller(
-        Owner(session=owner, user_id=user.pk if signed_in else None), is_staff=signed_in and user.is_staff
-    )
+    if user is None or not user.is_authenticated:
+        return Caller(Owner(session=owner))
+    return Caller(Owner(session=owner, user_id=user.pk), is_staff=user.is_staff)
 
 
-def has_session_cookie(request) -> bool:
+def has_session_cookie(request: HttpRequest) -> bool:
     return settings.SESSION_COOKIE_NAME in request.COOKIES
 
 
 # --- Operators ------------------------------------------------------------------------
 
 
-def is_operator(request) -> bool:
+def is_operator(request: HttpRequest) -> bool:
     """May see /metrics and the health checks' details: the holder of METRICS_TOKEN (as a Bearer
     token, what Prometheus sends, or X-API-Key), or a staff caller: a staff API key or token, or a
     signed-in staff user. Anyone else, refused credentials included, is not (no error: the health

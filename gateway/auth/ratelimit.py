@@ -152,8 +152,8 @@ def reset_failure_memory() -> None:
 
 def client_address(request: HttpRequest) -> str:
     """The client's address; X-Forwarded-For counts only when the request came through a trusted proxy."""
-    remote = request.META.get("REMOTE_ADDR", "")
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    remote: str = request.META.get("REMOTE_ADDR", "")
+    forwarded: str = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if not forwarded or remote not in settings.TRUSTED_PROXIES:
         return remote
     # The right-most address a trusted proxy did not add is the client.
@@ -193,6 +193,11 @@ def charge(request: HttpRequest, scope: str, amount: int = 1) -> Usage | None:
         return None
 
 
+def keep_usage(request: HttpRequest, usage: Usage) -> None:
+    """The caller's usage, kept on the request for gateway.http.middleware's RateLimit-* headers."""
+    request.rate_limit = usage  # type: ignore[attr-defined]  # Django's request takes attributes of ours
+
+
 def charge_submissions(request: HttpRequest, count: int) -> None:
     """Charge `count` submissions to the request's caller (`request.auth`): a batch costs one per file,
     from the API and from the upload form alike. Raises the 429 ApiError when they take the caller
@@ -202,7 +207,7 @@ def charge_submissions(request: HttpRequest, count: int) -> None:
     usage = charge(request, "submit", count)
     if usage is None:
         return
-    request.rate_limit = usage
+    keep_usage(request, usage)
     if usage.limited:
         wait = max(usage.reset, 1)
         raise ApiError(429, "rate_limited", f"too many submissions; try again in {wait}s", retry_after=wait)

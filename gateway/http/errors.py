@@ -1,10 +1,12 @@
 """The API's one error shape: {"error": {"code": ..., "message": ...}} with the right status."""
 
 import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from botocore.exceptions import BotoCoreError
 from django.db import InterfaceError, OperationalError
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.html import escape
 
 from processing.errors import (
@@ -26,7 +28,9 @@ from processing.errors import (
 class ApiError(Exception):
     """An error a client caused or must know about; rendered as the standard JSON error."""
 
-    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None, **details):
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: int | None = None, **details: Any
+    ):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.retry_after = retry_after
@@ -34,7 +38,7 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, message: str, *, retry_after: int | None = None, **details
+    status: int, code: str, message: str, *, retry_after: int | None = None, **details: Any
 ) -> JsonResponse:
     response = JsonResponse({"error": {"code": code, "message": message, **details}}, status=status)
     if retry_after is not None:
@@ -85,7 +89,7 @@ def internal_error() -> ApiError:
     return ApiError(500, "internal_error", "something went wrong on our side; it has been logged")
 
 
-def server_error(request):
+def server_error(request: HttpRequest) -> HttpResponse:
     """Django's handler500, for what fails outside the API's own handlers (middleware, pages).
 
     A database or storage outage is a 503 that a client retries, not a 500. The answer is built without
@@ -104,7 +108,7 @@ def server_error(request):
 # --- Parameters that don't fit, from pydantic or from the domain ------------------------------
 
 
-def invalid_parameters(problems: list[dict]) -> ApiError:
+def invalid_parameters(problems: list[dict[str, Any]]) -> ApiError:
     """The 422 for parameter problems ({"field", "rule", "message"} each), summed up in its message."""
     summary = "; ".join(problem_summary(p["field"], p["message"]) for p in problems)
     return ApiError(422, "invalid_parameters", summary, fields=problems)
@@ -115,12 +119,12 @@ def problem_summary(subject: str | None, message: str) -> str:
     return f"{subject}: {message}" if subject else message
 
 
-def from_validation_errors(errors: list[dict]) -> ApiError:
+def from_validation_errors(errors: Sequence[Mapping[str, Any]]) -> ApiError:
     """The 422 for pydantic's errors (a ValidationError's `errors()`)."""
     return invalid_parameters([describe_pydantic_error(error) for error in errors])
 
 
-def describe_pydantic_error(error: dict) -> dict:
+def describe_pydantic_error(error: Mapping[str, Any]) -> dict[str, Any]:
     field = ".".join(
         str(part) for part in error.get("loc", ()) if part not in ("body", "form", "query", "path")
     )
@@ -170,7 +174,7 @@ def client_message(exc: DomainError) -> str:
     return problem_summary(exc.filename, exc.message) if isinstance(exc, UnprocessableImage) else exc.message
 
 
-def details_of(exc: DomainError) -> dict:
+def details_of(exc: DomainError) -> dict[str, Any]:
     """Parameters that don't fit, or make too large a result, are named in `fields`, like any other
     422 about parameters."""
     if isinstance(exc, InvalidParameters):

@@ -38,12 +38,15 @@ import json
 import logging
 import uuid
 from collections import OrderedDict, deque
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
 
 from gateway.auth import callers, tokens
+from gateway.live.asgi import Message as Frame
+from gateway.live.asgi import Receive, Scope, Send
 from gateway.live.subscriptions import Subscriptions
 from processing.events import messages
 from processing.events.layer import WS_DROPPED
@@ -77,7 +80,7 @@ class Close:
 
 
 @database_sync_to_async
-def authenticate(scope) -> callers.Caller | None:
+def authenticate(scope: Scope) -> callers.Caller | None:
     """The caller behind a handshake, as the API would see the same credentials (gateway.auth.callers)."""
     return callers.of_handshake(scope)
 
@@ -102,11 +105,11 @@ def parse_uuid(value: str) -> uuid.UUID | None:
 # --- Sockets ---------------------------------------------------------------------------
 
 
-def text_frame(text: str) -> dict:
+def text_frame(text: str) -> Frame:
     return {"type": "websocket.send", "text": text}
 
 
-def close_frame(code: int, reason: str) -> dict:
+def close_frame(code: int, reason: str) -> Frame:
     return {"type": "websocket.close", "code": code, "reason": reason}
 
 
@@ -123,17 +126,17 @@ class LiveSocket:
 
     __slots__ = ("send_asgi", "sees_jobs_of", "groups", "closed", "held", "outbox", "sender", "stale")
 
-    def __init__(self, send):
+    def __init__(self, send: Send) -> None:
         self.send_asgi = send
         self.sees_jobs_of: Owner | None = None  # None: every owner's (staff)
         self.groups: tuple[str, ...] = ()
         self.closed = False
-        self.held: list[dict] | None = []  # events that came before the state went out
-        self.outbox: deque | None = None  # frames not yet sent, while a sender drains them
-        self.sender: asyncio.Task | None = None
+        self.held: list[dict[str, Any]] | None = []  # events that came before the state went out
+        self.outbox: deque[Frame] | None = None  # frames not yet sent, while a sender drains them
+        self.sender: asyncio.Task[None] | None = None
         self.stale = False  # events were lost: send the current state before anything else
 
-    async def serve(self, scope, receive, **route) -> None:
+    async def serve(self, scope: Scope, receive: Receive, **route: str) -> None:
         """The whole life of the socket; `route` is what its path says (gateway.live.routing)."""
         if (await receive())["type"] != "websocket.connect":
             return
@@ -150,7 +153,7 @@ class LiveSocket:
                 Subscriptions.of_running_loop().unsubscribe(group, self)
             WEBSOCKET_CONNECTIONS.dec()
 
-    async def open(self, scope, route: dict) -> None:
+    async def open(self, scope: Scope, route: dict[str, str]) -> None:
         try:
             caller = await authenticate(scope)
         except (callers.InvalidKey, tokens.InvalidToken) as exc:
@@ -172,7 +175,8 @@ class LiveSocket:
             logger.exception("could not start a WebSocket: the database failed")
             await self.close(Close.TRY_AGAIN_LATER, "service unavailable; try again later")
 
-    async def start(self, caller: callers.Caller, **route) -> None:
+    async def start(self, caller: callers.Caller, *args: Any, **route: Any) -> None:
+        """Subscribe, then send the state. Each socket takes the parts of its path by name (its `route`)."""
         raise NotImplementedError
 
     async def subscribe(self, group: str) -> bool:
@@ -189,7 +193,7 @@ class LiveSocket:
 
     # --- What Subscriptions call, on the loop ---
 
-    def deliver(self, message: dict) -> None:
+    def deliver(self, message: dict[str, Any]) -> None:
         if self.closed:
             return
         if self.held is not None:
@@ -207,7 +211,7 @@ class LiveSocket:
     def state_sent(self) -> None:
         """Now the events that came while the state was read and sent: those that are news."""
         held, self.held = self.held, None
-        for message in held:
+        for message in held or ():
             self.deliver(message)
 
     def missed(self) -> None:
@@ -226,7 +230,7 @@ class LiveSocket:
             self.outbox.clear()
         self.queue(None)
 
-    def queue(self, frame: dict | None) -> None:
+    def queue(self, frame: Frame | None) -> None:
         if self.closed:
             return
         if self.outbox is None:
@@ -238,12 +242,14 @@ class LiveSocket:
 
     async def send_queued(self) -> None:
         try:
-            while not self.closed and (self.stale or self.outbox):
+            while not self.closed:
                 if self.stale:
                     self.stale = False
                     frames = await self.current_state()
-                else:
+                elif self.outbox:
                     frames = [self.outbox.popleft()]
+                else:
+                    break
                 for frame in frames:
                     await self.send_frame(frame)
         except OSError:  # the client has gone; the server tells serve() so
@@ -254,30 +260,30 @@ class LiveSocket:
         finally:
             self.sender, self.outbox = None, None
 
-    async def send_frame(self, frame: dict) -> None:
+    async def send_frame(self, frame: Frame) -> None:
         if frame["type"] == "websocket.close":
             await self.close(frame["code"], frame["reason"])
         elif not self.closed:
             await self.send_asgi(frame)
 
-    def wants(self, message: dict) -> bool:
+    def wants(self, message: dict[str, Any]) -> bool:
         raise NotImplementedError
 
     def closes_when_finished(self) -> bool:
         return False
 
-    async def current_state(self) -> list[dict]:
+    async def current_state(self) -> list[Frame]:
         raise NotImplementedError
 
 
-def forget_handshake(scope) -> None:
+def forget_handshake(scope: Scope) -> None:
     """Drop what the handshake brought and nothing reads again: the server keeps the scope for
     as long as the socket is open (about 1.5 KiB a socket; see gateway.live.ws_protocol)."""
     for key in ("headers", "subprotocols", "state", "extensions"):
         scope.pop(key, None)
 
 
-def accepted_subprotocol(scope) -> str | None:
+def accepted_subprotocol(scope: Scope) -> str | None:
     return SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
 
 
@@ -287,10 +293,11 @@ class JobSocket(LiveSocket):
     __slots__ = ("job_id", "rank")
 
     async def start(self, caller: callers.Caller, job_id: str) -> None:
-        self.job_id = parse_uuid(job_id)
         self.rank = 0  # how far the client has seen the job go (STATUS_RANK)
-        if self.job_id is None:
+        parsed = parse_uuid(job_id)
+        if parsed is None:
             return await self.close(Close.NOT_FOUND, "no such job")
+        self.job_id = parsed
         # Subscribe before reading, so that no change slips between the read and the
         # subscription; nothing is forwarded unless the job turns out to be the caller's.
         live = await self.subscribe(messages.job_group(self.job_id))
@@ -302,14 +309,14 @@ class JobSocket(LiveSocket):
         if not live:
             await self.close(Close.TRY_AGAIN_LATER, "live updates unavailable; poll the API")
 
-    def state_of(self, job: Job) -> list[dict]:
+    def state_of(self, job: Job) -> list[Frame]:
         self.rank = max(self.rank, STATUS_RANK[job.status])
         frames = [text_frame(messages.event_text("job.state", job))]
         if job.is_finished:
             frames.append(close_frame(Close.JOB_FINISHED, "job finished"))
         return frames
 
-    def wants(self, message: dict) -> bool:
+    def wants(self, message: dict[str, Any]) -> bool:
         rank = STATUS_RANK[message["status"]]
         if rank < self.rank:
             return False
@@ -319,7 +326,7 @@ class JobSocket(LiveSocket):
     def closes_when_finished(self) -> bool:
         return True
 
-    async def current_state(self) -> list[dict]:
+    async def current_state(self) -> list[Frame]:
         job = await visible_job(self.sees_jobs_of, self.job_id)
         if job is None:  # deleted since (cleanup)
             return [close_frame(Close.NOT_FOUND, "no such job")]
@@ -359,10 +366,10 @@ class CallerJobsSocket(LiveSocket):
         if not live:
             await self.close(Close.TRY_AGAIN_LATER, "live updates unavailable; poll the API")
 
-    def wants(self, message: dict) -> bool:
+    def wants(self, message: dict[str, Any]) -> bool:
         return self.latest.is_news(message["job_id"], message["status"])
 
-    async def current_state(self) -> list[dict]:
+    async def current_state(self) -> list[Frame]:
         jobs = await recent_jobs(self.sees_jobs_of)
         for job in reversed(jobs):  # oldest first, so that the newest are remembered longest
             self.latest.is_news(str(job.id), job.status)
@@ -370,7 +377,7 @@ class CallerJobsSocket(LiveSocket):
         return [text_frame(json.dumps(state, cls=DjangoJSONEncoder))]
 
 
-async def unknown_endpoint(scope, receive, send) -> None:
+async def unknown_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     """Any other WebSocket path: a readable close rather than a failed handshake."""
     if (await receive())["type"] == "websocket.connect":
         await send({"type": "websocket.accept"})

@@ -21,20 +21,22 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
+from channels.layers import BaseChannelLayer
 from django.core.exceptions import TooManyFieldsSent
 from django.db import connection
-from django.http import QueryDict
+from django.http import HttpRequest, QueryDict
 from django.urls import Resolver404, resolve
 from pydantic import Field, TypeAdapter, ValidationError
 
+from gateway.live.asgi import App, Message, Receive, Scope, Send
 from gateway.live.subscriptions import OnePerLoop, Subscriptions
 from processing.events.messages import ENDED_GROUP
 from processing.events.sender import COOLDOWN
-from processing.models import Job
+from processing.models import Job, JobId
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,9 @@ REMEMBERED_ENDS = 10_000  # the latest ends a listener keeps: a wait starting ju
 RECHECK_EVERY = 5.0  # seconds between reads of a job while its end is awaited (see until_ended)
 LISTEN_AGAIN_AFTER = COOLDOWN  # seconds after the channel layer failed
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 # --- Hearing ends ------------------------------------------------------------------------
 
@@ -62,19 +67,19 @@ class NotListening(Exception):
 class EndListener(OnePerLoop):
     """Which jobs ended, as this event loop hears it (see the module's docstring)."""
 
-    def __init__(self, layer):
+    def __init__(self, layer: BaseChannelLayer) -> None:
         self.layer = layer
         self.loop = asyncio.get_running_loop()
-        self.waiters: dict[str, set[asyncio.Future]] = {}
+        self.waiters: dict[str, set[asyncio.Future[bool]]] = {}
         self.ended: OrderedDict[str, None] = OrderedDict()
         self.hearing_since: float | None = None  # loop time since when no end has gone unheard
         self.down = False  # the channel layer failed, and the listener has not heard since
         self.task = self.loop.create_task(self.listen(), name="long-poll-ends")
 
     def heard_everything_since(self, moment: float | None) -> bool:
-        return None not in (moment, self.hearing_since) and self.hearing_since <= moment
+        return moment is not None and self.hearing_since is not None and self.hearing_since <= moment
 
-    def expect(self, job_id: str) -> asyncio.Future:
+    def expect(self, job_id: str) -> asyncio.Future[bool]:
         """A future that resolves when the job's end is heard (at once if it was already)."""
         future = self.loop.create_future()
         if job_id in self.ended:
@@ -85,7 +90,7 @@ class EndListener(OnePerLoop):
             self.waiters.setdefault(job_id, set()).add(future)
         return future
 
-    def forget(self, job_id: str, future: asyncio.Future) -> None:
+    def forget(self, job_id: str, future: asyncio.Future[bool]) -> None:
         waiting = self.waiters.get(job_id)
         if waiting is not None:
             waiting.discard(future)
@@ -114,7 +119,7 @@ class EndListener(OnePerLoop):
     async def listen(self) -> None:
         subscriptions = Subscriptions.of_running_loop()
         while True:
-            self.interrupted = self.loop.create_future()
+            self.interrupted: asyncio.Future[None] = self.loop.create_future()
             if await subscriptions.subscribe(ENDED_GROUP, self):
                 self.hearing_since, self.down = self.loop.time(), False
                 await self.interrupted
@@ -124,7 +129,7 @@ class EndListener(OnePerLoop):
 
     # What Subscriptions call (gateway.live.subscriptions).
 
-    def deliver(self, message: dict) -> None:
+    def deliver(self, message: dict[str, Any]) -> None:
         if message.get("status") in Job.FINISHED:
             self.heard_end(message["job_id"])
 
@@ -144,7 +149,7 @@ class EndListener(OnePerLoop):
 # --- Waiting ---------------------------------------------------------------------------
 
 
-async def until_ended(job_id, timeout: float, read_at: float | None = None) -> bool:
+async def until_ended(job_id: JobId, timeout: float, read_at: float | None = None) -> bool:
     """Wait until the job has ended, `timeout` seconds at most; True if it has.
 
     `read_at` is the loop time at which the caller saw the job unfinished: an end since then that
@@ -179,7 +184,7 @@ async def until_ended(job_id, timeout: float, read_at: float | None = None) -> b
         listener.forget(job_id, heard)
 
 
-async def poll(job_id, deadline: float) -> bool:
+async def poll(job_id: str, deadline: float) -> bool:
     loop = asyncio.get_running_loop()
     while loop.time() < deadline:
         await asyncio.sleep(min(FALLBACK_INTERVAL, max(0.0, deadline - loop.time())))
@@ -188,13 +193,13 @@ async def poll(job_id, deadline: float) -> bool:
     return False
 
 
-def read_off_the_loop(read: Callable) -> Callable:
+def read_off_the_loop(read: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     """A short database read for the event loop, in a thread that serves no request."""
 
     @functools.wraps(read)
-    def closing(*args):
+    def closing(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return read(*args)
+            return read(*args, **kwargs)
         finally:
             connection.close()  # no request would give this thread's connection back to the pool
 
@@ -202,16 +207,17 @@ def read_off_the_loop(read: Callable) -> Callable:
 
 
 @read_off_the_loop
-def has_ended(job_id) -> bool:
+def has_ended(job_id: str) -> bool:
     return Job.objects.filter(id=job_id, status__in=Job.FINISHED).exists()
 
 
 # --- One pass of the view, and the wait after it, under ASGI ---------------------------------------
 
 
-def deferred_by_the_server(request) -> bool:
+def deferred_by_the_server(request: HttpRequest) -> bool:
     """True under `LongPolls`: the view marks its answer and `LongPolls` waits, not the view."""
-    return request.META.get("asgi.scope", {}).get(DEFERRED, False)
+    deferred: bool = request.META.get("asgi.scope", {}).get(DEFERRED, False)
+    return deferred
 
 
 class LongPolls:
@@ -221,11 +227,11 @@ class LongPolls:
     long poll gets once its wait is over, with the headers of the view's answer.
     """
 
-    def __init__(self, app, answer: Callable[[str], bytes | None]):
+    def __init__(self, app: App, answer: Callable[[str], bytes | None]) -> None:
         self.app = app
         self.answer = read_off_the_loop(answer)
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         wait = requested_wait(scope)
         if not wait:
             return await self.app(scope, receive, send)
@@ -240,7 +246,7 @@ class LongPolls:
         await viewed.replay(send)
 
 
-def requested_wait(scope) -> float | None:
+def requested_wait(scope: Scope) -> float | None:
     """The seconds a long poll asks to wait; None for any other request, and for a wait the view
     refuses (it answers that one at once, with a 422).
 
@@ -261,25 +267,26 @@ def requested_wait(scope) -> float | None:
     return None
 
 
-def path_info(scope) -> str:
+def path_info(scope: Scope) -> str:
     """The path Django resolves: the scope's, less the prefix the application is mounted at (as a2wsgi)."""
-    return scope["path"].removeprefix(scope.get("root_path", ""))
+    path: str = scope["path"]
+    return path.removeprefix(scope.get("root_path", ""))
 
 
 class Captured:
     """One pass's whole answer, held back so that `LongPolls` decides what the client gets."""
 
-    def __init__(self):
-        self.messages: list[dict] = []
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
 
     @classmethod
-    async def from_app(cls, app, scope) -> "Captured":
+    async def from_app(cls, app: App, scope: Scope) -> "Captured":
         captured = cls()
 
-        async def receive():  # a GET: no body, and the client's own disconnect is not ours to see
+        async def receive() -> Message:  # a GET: no body, and the client's own disconnect is not ours to see
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message):
+        async def send(message: Message) -> None:
             captured.messages.append(message)
 
         await app(scope, receive, send)
@@ -287,7 +294,8 @@ class Captured:
 
     def header(self, name: str) -> str | None:
         wanted = name.lower().encode()
-        for key, value in self.messages[0].get("headers", []):
+        headers: Iterable[tuple[bytes, bytes]] = self.messages[0].get("headers", [])
+        for key, value in headers:
             if key.lower() == wanted:
                 return value.decode("latin-1")
         return None
@@ -298,7 +306,7 @@ class Captured:
         headers.append((b"content-length", str(len(body)).encode()))
         self.messages = [{**start, "headers": headers}, {"type": "http.response.body", "body": body}]
 
-    async def replay(self, send) -> None:
+    async def replay(self, send: Send) -> None:
         start, *body = self.messages
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != WAIT_HEADER.lower().encode()]
         await send({**start, "headers": headers})

@@ -5,10 +5,12 @@ Every page makes sure the browser has a session: its jobs belong to that session
 gateway.auth.callers), and the JavaScript client's API calls and WebSocket carry its cookie.
 """
 
+import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
-from django.http import HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -59,11 +61,11 @@ ERROR_TITLES = {
 @gzip_page
 @never_cache  # each page carries the visitor's CSRF token
 @require_GET
-def home(request):
+def home(request: HttpRequest) -> HttpResponse:
     """The UI that fits the device and connection (or the visitor's ?ui= choice)."""
     profile = devices.detect(request)
     ui = profile.ui_mode
-    context = {
+    context: dict[str, Any] = {
         "ui": ui,
         "profile": profile,
         "config": devices.frontend_config(profile),
@@ -85,7 +87,7 @@ def home(request):
 @gzip_page
 @never_cache
 @require_GET
-def job_list(request):
+def job_list(request: HttpRequest) -> HttpResponse:
     """The session's recent jobs, server-rendered; reloads itself while any is unfinished."""
     jobs = browser_jobs(returning_caller(request), callers.RECENT_JOBS_ON_JOB_LIST)
     waiting = any(not job.is_finished for job in jobs)
@@ -96,7 +98,7 @@ def job_list(request):
 @gzip_page
 @never_cache
 @require_GET
-def job_status(request, job_id):
+def job_status(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     """One job, server-rendered: reloads itself until the job is finished, then links the result."""
     caller = returning_caller(request)
     job = caller.visible_jobs().filter(id=job_id).first() if caller else None
@@ -116,7 +118,7 @@ def job_status(request, job_id):
 @csrf_exempt  # checked in submit_form, once the body is read (see below)
 @gzip_page
 @require_POST
-def upload(request):
+def upload(request: HttpRequest) -> HttpResponse:
     """The forms' server-side submission: create the jobs, then show their status.
 
     Reading the multipart body applies the upload size limit, and Django's CSRF check
@@ -130,9 +132,10 @@ def upload(request):
     return csrf_protect(submit_form)(request)
 
 
-def submit_form(request):
+def submit_form(request: HttpRequest) -> HttpResponse:
     caller = session_caller(request)
-    request.auth = caller  # whom the rate limit charges, as the API's authentication would say
+    # Whom the rate limit charges, as the API's authentication would say (Django's request takes attributes).
+    request.auth = caller  # type: ignore[attr-defined]
     try:
         charge_submissions(request, files_in_form(request))
         created = submissions.submit(form_submission(request, caller)).jobs
@@ -147,13 +150,14 @@ def submit_form(request):
     return see_other(reverse("job-list"))
 
 
-def files_in_form(request) -> int:
+def files_in_form(request: HttpRequest) -> int:
     """The submissions a form upload costs: one per file it may make a job of, and one at least, as an
     API request costs."""
-    return max(1, min(len(request.FILES.getlist("image")), settings.MAX_BATCH_FILES))
+    most: int = settings.MAX_BATCH_FILES
+    return max(1, min(len(request.FILES.getlist("image")), most))
 
 
-def form_submission(request, caller: callers.Caller) -> submissions.Submission:
+def form_submission(request: HttpRequest, caller: callers.Caller) -> submissions.Submission:
     service = request.POST.get("service") or DEFAULT_SERVICE
     return intake.submission_from(request, caller, service, at_most=settings.MAX_BATCH_FILES)
 
@@ -161,12 +165,12 @@ def form_submission(request, caller: callers.Caller) -> submissions.Submission:
 # --- Helpers ----------------------------------------------------------------------------
 
 
-def session_caller(request) -> callers.Caller:
+def session_caller(request: HttpRequest) -> callers.Caller:
     """The browser's caller, making its session (and owner token) on the first visit."""
     return callers.issue_session(request.session, request.user)
 
 
-def returning_caller(request) -> callers.Caller | None:
+def returning_caller(request: HttpRequest) -> callers.Caller | None:
     """The caller of a browser that has a session already. Pages that only show jobs make none:
     crawlers get the lite page, and a session row per crawl would pile up for nothing."""
     if not callers.has_session_cookie(request):
@@ -179,7 +183,7 @@ def browser_jobs(caller: callers.Caller | None, count: int) -> list[Job]:
     return [] if caller is None else callers.recent_jobs(caller.sees_jobs_of, count)
 
 
-def ui_links(current: str, chosen: str | None) -> list[dict]:
+def ui_links(current: str, chosen: str | None) -> list[dict[str, Any]]:
     """The UI switcher: each UI, and "Automatic" to forget a choice."""
     links = [{"href": f"/?ui={ui}", "label": name, "current": ui == current} for ui, name in UI_NAMES.items()]
     if chosen:
@@ -193,7 +197,7 @@ def see_other(url: str) -> HttpResponseRedirect:
     return response
 
 
-def refresh(request, waiting: bool) -> dict:
+def refresh(request: HttpRequest, waiting: bool) -> dict[str, Any]:
     """The meta-refresh for a page that waits on jobs: the delay, and the URL doubling it next time."""
     if not waiting:
         return {"refresh_seconds": None}
@@ -205,7 +209,7 @@ def refresh(request, waiting: bool) -> dict:
     return {"refresh_seconds": seconds, "refresh_url": f"?wait={min(seconds * 2, MAX_REFRESH_SECONDS)}"}
 
 
-def error_page(request, error: ApiError):
+def error_page(request: HttpRequest, error: ApiError) -> HttpResponse:
     context = {
         "ui": "lite",
         "ui_links": ui_links("lite", None),
@@ -233,10 +237,10 @@ class FormField:
     required: bool
     value: str
     options: tuple[tuple[str, str], ...] = ()
-    attrs: dict = field(default_factory=dict)  # min, max, step, pattern
+    attrs: dict[str, Any] = field(default_factory=dict)  # min, max, step, pattern
 
 
-def lite_form(request, budget: int | None) -> dict:
+def lite_form(request: HttpRequest, budget: int | None) -> dict[str, Any]:
     """The chosen service (?service=, since without JavaScript a choice needs a reload) and its fields,
     with `budget` filled in as max_bytes for a visitor saving data."""
     service = request.GET.get("service", DEFAULT_SERVICE)
@@ -245,7 +249,7 @@ def lite_form(request, budget: int | None) -> dict:
     return {"operation": operation, "fields": parameter_fields(operation.json_schema(), defaults)}
 
 
-def parameter_fields(schema: dict, defaults: dict | None = None) -> list[FormField]:
+def parameter_fields(schema: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[FormField]:
     """Form fields for a pydantic JSON schema: the service's own parameters, then the output options.
     `defaults` replaces the schema's defaults for this page (a visitor saving data: a byte budget)."""
     required = set(schema.get("required", []))
@@ -256,7 +260,7 @@ def parameter_fields(schema: dict, defaults: dict | None = None) -> list[FormFie
     return sorted(fields, key=lambda f: f.name in OUTPUT_OPTIONS and not f.required)
 
 
-def form_field(name: str, prop: dict, required: bool, page_default=None) -> FormField:
+def form_field(name: str, prop: dict[str, Any], required: bool, page_default: Any = None) -> FormField:
     spec = without_null(prop)
     default = prop.get("default") if page_default is None else page_default
     value = "" if default is None else str(default)
@@ -286,13 +290,13 @@ def form_field(name: str, prop: dict, required: bool, page_default=None) -> Form
     return FormField(**common, widget="text", required=required, value=value, attrs=attrs)
 
 
-def without_null(prop: dict) -> dict:
+def without_null(prop: dict[str, Any]) -> dict[str, Any]:
     """An optional parameter's schema (`anyOf: [X, null]`) is X's."""
     choices = [c for c in prop.get("anyOf", []) if c.get("type") != "null"]
     return choices[0] if len(choices) == 1 else prop
 
 
-def report_facts(report: dict) -> dict:
+def report_facts(report: dict[str, Any]) -> dict[str, Any]:
     """The analyze report in words, for people: the JSON download has everything."""
     facts = []
     if "format" in report:

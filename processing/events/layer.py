@@ -21,14 +21,17 @@ the groups it came for. What that needs from channels-redis, and what this adds:
 import asyncio
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from channels_redis.core import BoundedQueue
 from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
+from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 from prometheus_client import Counter
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, ConnectionPool
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
@@ -77,33 +80,34 @@ class LayerDown:
         self.error = error
 
 
-class RedisChannelLayer(ChannelsRedisLayer):
+class RedisChannelLayer(ChannelsRedisLayer):  # type: ignore[misc]  # channels-redis ships no types
     """channels-redis, for one subscribing channel per process (see the module's docstring)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.inbox = f"specific.{self.client_prefix}!"  # the non-local part of new_channel()'s names
-        self.reader: asyncio.Task | None = None
+        self.reader: asyncio.Task[None] | None = None
         self.overflowed: set[str] = set()  # channels whose buffer dropped a message since take_losses
 
-    def create_pool(self, index: int):
+    def create_pool(self, index: int) -> ConnectionPool:
         host = dict(self.hosts[index])
         if "address" not in host:  # sentinels, or host and port: as channels-redis makes them
-            return super().create_pool(index)
+            pool: ConnectionPool = super().create_pool(index)
+            return pool
         return BlockingConnectionPool.from_url(
             host.pop("address"), max_connections=POOL_SIZE, timeout=None, **host
         )
 
     # --- Sending ---------------------------------------------------------------------------
 
-    async def group_send(self, group: str, message: dict) -> None:
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
         await self.group_send_many([group], message)
 
-    async def group_send_many(self, groups: list[str], message: dict) -> None:
+    async def group_send_many(self, groups: list[str], message: dict[str, Any]) -> None:
         """Send `message` to every channel in any of `groups`, once each, with the groups its
         process's channels are in as `message["groups"]`: one round trip to find the members,
         one to deliver."""
-        by_key: dict[bytes, dict] = {}  # a process's inbox -> the one copy it gets
+        by_key: dict[bytes, dict[str, Any]] = {}  # a process's inbox -> the one copy it gets
         for group, channels in (await self.members_of(groups)).items():
             for channel in channels:
                 key = self.channel_key(channel)
@@ -118,10 +122,12 @@ class RedisChannelLayer(ChannelsRedisLayer):
             await self.deliver(by_key)
 
     def channel_key(self, channel: str) -> bytes:
-        return (self.prefix + self.non_local_name(channel)).encode()
+        key: str = self.prefix + self.non_local_name(channel)
+        return key.encode()
 
     def inbox_host(self, channel: str) -> int:
-        return self.consistent_hash(self.non_local_name(channel))
+        index: int = self.consistent_hash(self.non_local_name(channel))
+        return index
 
     async def members_of(self, groups: list[str]) -> dict[str, list[str]]:
         """Each group's live members (expired ones dropped first); one round trip per Redis host."""
@@ -138,7 +144,7 @@ class RedisChannelLayer(ChannelsRedisLayer):
                     found[name] = [channel.decode() for channel in channels]
         return found
 
-    async def deliver(self, by_key: dict[bytes, dict]) -> None:
+    async def deliver(self, by_key: dict[bytes, dict[str, Any]]) -> None:
         """Each key's message into its inbox, one script per Redis host; losses counted."""
         by_host: dict[int, list[bytes]] = {}
         for key, copy in by_key.items():
@@ -156,13 +162,13 @@ class RedisChannelLayer(ChannelsRedisLayer):
 
     # --- Membership ------------------------------------------------------------------------
 
-    def by_host(self, groups) -> dict[int, list[str]]:
+    def by_host(self, groups: Iterable[str]) -> dict[int, list[str]]:
         hosts: dict[int, list[str]] = {}
         for group in groups:
             hosts.setdefault(self.consistent_hash(group), []).append(group)
         return hosts
 
-    async def group_add_many(self, groups, channel: str) -> None:
+    async def group_add_many(self, groups: Iterable[str], channel: str) -> None:
         """`channel` joins (or, already in, renews its place in) every group; a round trip per host."""
         for index, names in self.by_host(groups).items():
             async with self.connection(index).pipeline(transaction=False) as pipe:
@@ -171,7 +177,7 @@ class RedisChannelLayer(ChannelsRedisLayer):
                     pipe.expire(self._group_key(name), self.group_expiry)
                 await pipe.execute()
 
-    async def group_discard_many(self, groups, channel: str) -> None:
+    async def group_discard_many(self, groups: Iterable[str], channel: str) -> None:
         for index, names in self.by_host(groups).items():
             async with self.connection(index).pipeline(transaction=False) as pipe:
                 for name in names:
@@ -188,18 +194,19 @@ class RedisChannelLayer(ChannelsRedisLayer):
     # --- Receiving -------------------------------------------------------------------------
 
     async def new_channel(self, prefix: str = "specific") -> str:
-        channel = await super().new_channel(prefix)
+        channel: str = await super().new_channel(prefix)
         # Registered at once, so that events for it are kept from its first group_add on.
         self.receive_buffer[channel] = BoundedQueue(self.capacity)
         return channel
 
-    async def receive(self, channel: str) -> dict:
+    async def receive(self, channel: str) -> dict[str, Any]:
         if not channel.startswith(self.inbox):
-            return await super().receive(channel)
+            received: dict[str, Any] = await super().receive(channel)
+            return received
         self.start_reader()
         buffer = self.receive_buffer.setdefault(channel, BoundedQueue(self.capacity))
         try:
-            message = await buffer.get()
+            message: dict[str, Any] | LayerDown = await buffer.get()
         except asyncio.CancelledError:
             self.receive_buffer.pop(channel, None)  # its consumer has stopped: keep nothing for it
             raise
@@ -235,7 +242,9 @@ class RedisChannelLayer(ChannelsRedisLayer):
                 buffer.put_nowait(LayerDown(error))
 
 
-def check_channel_layer(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+def check_channel_layer(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     """gateway.E001: every Redis channel-layer host sets "socket_timeout": None.
 
     channels-redis waits for events in 5 s BZPOPMIN calls, and redis-py's default socket
@@ -245,8 +254,9 @@ def check_channel_layer(app_configs=None, **kwargs) -> list[checks.CheckMessage]
     consumer stays in memory. Hung Redis calls are bounded by the timeouts of
     processing.events.sender (LAYER_TIMEOUT), which the gateway's subscribers use too.
     """
-    errors = []
-    for alias, layer in settings.CHANNEL_LAYERS.items():
+    errors: list[checks.CheckMessage] = []
+    layers: Mapping[str, Mapping[str, Any]] = settings.CHANNEL_LAYERS
+    for alias, layer in layers.items():
         if not issubclass(import_string(layer["BACKEND"]), ChannelsRedisLayer):
             continue
         for host in layer.get("CONFIG", {}).get("hosts", []):

@@ -7,11 +7,12 @@ group of the long polls (gateway.live.waiting).
 """
 
 import json
+from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
 from processing.jobs.public import job_json
-from processing.models import Job
+from processing.models import Job, JobId
 
 STAFF_GROUP = "jobs.all"
 ENDED_GROUP = "jobs.ended"  # only the events that end a job: what long polls wait for
@@ -28,7 +29,7 @@ STATUS_EVENTS = {
 PROGRESS_EVENT = "job.progress"
 
 
-def job_group(job_id) -> str:
+def job_group(job_id: JobId) -> str:
     return f"job.{job_id}"
 
 
@@ -47,6 +48,6 @@ def event_text(event: str, job: Job) -> str:
     return json.dumps({"type": event, "job": job_json(job)}, cls=DjangoJSONEncoder)
 
 
-def event_message(event: str, job: Job) -> dict:
+def event_message(event: str, job: Job) -> dict[str, Any]:
     # The status travels beside the text so consumers can order events without decoding them.
     return {"type": MESSAGE_TYPE, "job_id": str(job.id), "status": job.status, "text": event_text(event, job)}

@@ -17,8 +17,9 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import CancelledError
+from typing import Any
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
@@ -44,10 +45,10 @@ class Sender:
     Redis costs one timeout per cooldown rather than one per event.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, layer):
+    def __init__(self, loop: asyncio.AbstractEventLoop, layer: BaseChannelLayer):
         self.loop = loop
         self.layer = layer
-        self.pending: asyncio.Queue = asyncio.Queue(BACKLOG)
+        self.pending: asyncio.Queue[tuple[list[str], dict[str, Any]]] = asyncio.Queue(BACKLOG)
         self.paused_until = 0.0
         self.dropped = 0
         loop.call_soon_threadsafe(self._start)
@@ -55,12 +56,12 @@ class Sender:
     def _start(self) -> None:
         self.task = self.loop.create_task(self._deliver_forever())
 
-    def send(self, groups: list[str], message: dict) -> None:
+    def send(self, groups: list[str], message: dict[str, Any]) -> None:
         # A closed loop raises RuntimeError: its server is shutting down, nobody is listening.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._enqueue, groups, message)
 
-    def _enqueue(self, groups: list[str], message: dict) -> None:
+    def _enqueue(self, groups: list[str], message: dict[str, Any]) -> None:
         try:
             self.pending.put_nowait((groups, message))
         except asyncio.QueueFull:
@@ -78,7 +79,7 @@ class Sender:
             finally:
                 self.pending.task_done()
 
-    async def deliver(self, groups: Iterable[str], message: dict) -> None:
+    async def deliver(self, groups: Iterable[str], message: dict[str, Any]) -> None:
         if time.monotonic() < self.paused_until:
             self._drop("cooldown", "the channel layer failed recently")
             return
@@ -132,7 +133,7 @@ class Sender:
                 await self.task
 
 
-def start_in_thread(layer) -> Sender:
+def start_in_thread(layer: BaseChannelLayer) -> Sender:
     """A sender on an event loop in a daemon thread of its own (keeps its Redis connections)."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="job-events", daemon=True).start()
@@ -159,8 +160,8 @@ def current_sender() -> Sender | None:
     layer = get_channel_layer()
     if _sender is not None and _sender.layer is layer and _sender_pid == os.getpid():
         return _sender
-    if isinstance(layer, InMemoryChannelLayer):
-        return None  # no WebSocket has connected to this process yet
+    if layer is None or isinstance(layer, InMemoryChannelLayer):
+        return None  # no layer; or in memory, and no WebSocket has connected to this process yet
     with _lock:
         if _sender is None or _sender.layer is not layer or _sender_pid != os.getpid():
             _sender, _sender_pid = start_in_thread(layer), os.getpid()

@@ -7,6 +7,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import pillow_heif
@@ -71,7 +72,7 @@ class DecodeHint:
     size: tuple[int, int] | None = None
 
 
-def probe(path: str | os.PathLike, max_pixels: int, max_jpeg_scans: int | None = None) -> ImageInfo:
+def probe(path: str | os.PathLike[str], max_pixels: int, max_jpeg_scans: int | None = None) -> ImageInfo:
     """Identify an upload from its header alone (and a JPEG's markers); never decodes the pixels."""
     with open(path, "rb") as fp:
         image = open_allowed(fp, max_pixels, max_jpeg_scans)
@@ -80,7 +81,7 @@ def probe(path: str | os.PathLike, max_pixels: int, max_jpeg_scans: int | None =
 
 
 def load_image(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     max_pixels: int,
     hint: DecodeHint | None = None,
     max_jpeg_scans: int | None = None,
@@ -135,10 +136,11 @@ def reduce_decode(image: Image.Image, hint: DecodeHint) -> int:
 
 def source_size(image: Image.Image) -> tuple[int, int]:
     """The upload's displayed size: larger than the image when load_image decoded it reduced."""
-    return image.info.get("source_size", image.size)
+    size: tuple[int, int] = image.info.get("source_size", image.size)
+    return size
 
 
-def open_allowed(fp, max_pixels: int, max_jpeg_scans: int | None = None) -> Image.Image:
+def open_allowed(fp: BinaryIO, max_pixels: int, max_jpeg_scans: int | None = None) -> Image.Image:
     """Open the header with only the allowed decoders, refusing empty files, too many pixels and,
     given max_jpeg_scans, a JPEG with more scans than that."""
     if os.fstat(fp.fileno()).st_size == 0:
@@ -162,7 +164,7 @@ def open_allowed(fp, max_pixels: int, max_jpeg_scans: int | None = None) -> Imag
     return image
 
 
-def check_jpeg_scans(fp, limit: int) -> None:
+def check_jpeg_scans(fp: BinaryIO, limit: int) -> None:
     """Refuse a JPEG with more than `limit` scans, from its markers alone.
 
     Decoding costs a pass over the whole image per scan, so a small progressive JPEG of thousands
@@ -176,7 +178,7 @@ def check_jpeg_scans(fp, limit: int) -> None:
         )
 
 
-def count_scans(data, stop_after: int) -> int:
+def count_scans(data: bytes | mmap.mmap, stop_after: int) -> int:
     """The SOS markers of the JPEG in `data` up to its first EOI, counting no further than stop_after + 1.
 
     Segments are skipped by their lengths (an EXIF thumbnail is a whole JPEG inside one), a scan's
@@ -209,7 +211,7 @@ def count_scans(data, stop_after: int) -> int:
 
 def format_of(image: Image.Image) -> str:
     # Multi-picture JPEGs (most phone cameras) open as MPO; their first picture is a plain JPEG.
-    return "JPEG" if image.format == "MPO" else image.format
+    return "JPEG" if image.format == "MPO" else image.format or ""  # Image.open always sets one
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
@@ -238,7 +240,8 @@ def to_working_mode(image: Image.Image) -> Image.Image:
 def to_srgb(image: Image.Image, profile: ImageCms.ImageCmsProfile, mode: str) -> Image.Image:
     # A profile per call: LittleCMS profile handles are not safe to share between worker threads.
     srgb = ImageCms.createProfile("sRGB")
-    return ImageCms.profileToProfile(image, profile, srgb, outputMode=mode)
+    # None only with inPlace=True: Pillow has no overload that says so.
+    return ImageCms.profileToProfile(image, profile, srgb, outputMode=mode)  # type: ignore[return-value]
 
 
 def embedded_profile(image: Image.Image) -> ImageCms.ImageCmsProfile | None:

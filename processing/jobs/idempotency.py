@@ -9,6 +9,7 @@ fails gives its key back.
 import hashlib
 import json
 from collections.abc import Callable
+from typing import Any
 
 from django.db import IntegrityError, transaction
 
@@ -18,7 +19,9 @@ from processing.models import IdempotencyKey, Job
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
-def fingerprint(service: str, parameters: dict, input_hashes: list[str], negotiated_format: str) -> str:
+def fingerprint(
+    service: str, parameters: dict[str, Any], input_hashes: list[str], negotiated_format: str
+) -> str:
     """What makes two requests the same: the service, its parameters as parsed, each input's bytes,
     and the format format=auto negotiated."""
     request = {"service": service, "parameters": parameters, "inputs": input_hashes}
@@ -33,6 +36,7 @@ def once(owner: str, key: str, request: str, create: Callable[[], list[Job]]) ->
     record, remembered = reserve(owner, key, request)
     if remembered is not None:
         return remembered, True
+    assert record is not None  # reserve() gives either the record or the jobs
     try:
         created = create()
     except BaseException:

@@ -35,15 +35,17 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from processing.models import Job
+from processing.models import Job, JobId
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def expires(now: datetime | None = None) -> datetime:
     return (now or timezone.now()) + timedelta(seconds=settings.JOB_LEASE_SECONDS)
 
 
-def claim(job_id, worker: str) -> Job | None:
+def claim(job_id: JobId, worker: str) -> Job | None:
     """Take the job for `worker`; None when it is finished, cancelled, unknown, held by a live worker,
     or out of attempts (see `claimable`).
 
@@ -81,8 +83,8 @@ def _claim_sql() -> str:
     )
 
 
-def _claim_params(job_id, worker: str, now: datetime) -> list:
-    def moment(value: datetime):
+def _claim_params(job_id: JobId, worker: str, now: datetime) -> list[Any]:
+    def moment(value: datetime) -> Any:
         return Job._meta.get_field("lease_expires_at").get_db_prep_value(value, connection)
 
     pk = Job._meta.pk.get_db_prep_value(job_id, connection)
@@ -99,7 +101,7 @@ def _claim_params(job_id, worker: str, now: datetime) -> list:
     ]
 
 
-def claimable(job_id, now: datetime | None = None):
+def claimable(job_id: JobId, now: datetime | None = None) -> QuerySet[Job]:
     """The job, if a delivery may start it: queued, or running with its lease run out."""
     now = now or timezone.now()
     return Job.objects.filter(
@@ -107,23 +109,23 @@ def claimable(job_id, now: datetime | None = None):
     )
 
 
-def out_of_attempts(job_id):
+def out_of_attempts(job_id: JobId) -> QuerySet[Job]:
     """The job, if it is claimable but has been started JOB_MAX_ATTEMPTS times already."""
     return claimable(job_id).filter(attempts__gte=settings.JOB_MAX_ATTEMPTS)
 
 
-def free_or_held_by(job_id, worker: str):
+def free_or_held_by(job_id: JobId, worker: str) -> QuerySet[Job]:
     """The job, if it is in flight and no live worker other than `worker` holds it."""
     live_elsewhere = Q(status=Job.PROCESSING, lease_expires_at__gte=timezone.now()) & ~Q(worker_id=worker)
     return Job.objects.filter(id=job_id, status__in=[Job.QUEUED, Job.PROCESSING]).exclude(live_elsewhere)
 
 
-def held_by(job_id, worker: str):
+def held_by(job_id: JobId, worker: str) -> QuerySet[Job]:
     """The job, if `worker` still holds it: the condition of every update a worker makes."""
     return Job.objects.filter(id=job_id, status=Job.PROCESSING, worker_id=worker)
 
 
-def holder(job_id) -> tuple[str, float] | None:
+def holder(job_id: JobId) -> tuple[str, float] | None:
     """(worker, seconds left) when a live worker holds the job, else None."""
     job = Job.objects.filter(id=job_id, status=Job.PROCESSING).only("worker_id", "lease_expires_at").first()
     if job is None or job.lease_expires_at is None:
@@ -132,7 +134,7 @@ def holder(job_id) -> tuple[str, float] | None:
     return (job.worker_id, left) if left > 0 else None
 
 
-def release(job_id, worker: str) -> None:
+def release(job_id: JobId, worker: str) -> None:
     """Give the job back after a transient error, so that the retry can claim it at once."""
     held_by(job_id, worker).update(lease_expires_at=timezone.now())
 
@@ -153,13 +155,13 @@ class Renewer:
     the registry but not the thread.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._held: dict[str, str] = {}  # job id -> worker
         self._lock = threading.Lock()
         self._pid: int | None = None
 
     @contextmanager
-    def hold(self, job_id, worker: str):
+    def hold(self, job_id: JobId, worker: str) -> Iterator[None]:
         """Keep the job's lease alive for as long as the block runs."""
         with self._lock:
             self._held[str(job_id)] = worker

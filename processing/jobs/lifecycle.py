@@ -11,15 +11,16 @@ lifecycle alone.
 import logging
 import time
 from contextlib import AbstractContextManager
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from processing import events
 from processing.errors import Cancelled
 from processing.jobs import lease
-from processing.models import Job
+from processing.models import Job, JobId
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def worker_id() -> str:
     return lease.worker_id()
 
 
-def claim(job_id, worker: str) -> Job | None:
+def claim(job_id: JobId, worker: str) -> Job | None:
     """Start the job on `worker` (see lease.claim) and announce it; None when there is nothing to do.
 
     A job out of attempts is failed here rather than started again: see `give_up`.
@@ -44,7 +45,7 @@ def claim(job_id, worker: str) -> Job | None:
     return job
 
 
-def give_up(job_id) -> bool:
+def give_up(job_id: JobId) -> bool:
     """Fail a job that would otherwise start for the (JOB_MAX_ATTEMPTS + 1)th time; False when it wouldn't.
 
     Every attempt so far ended without a result: a job whose worker is killed each time
@@ -58,18 +59,18 @@ def give_up(job_id) -> bool:
     return _fail(lease.out_of_attempts(job_id), job_id, "worker_lost", message)
 
 
-def held(job_id, worker: str) -> AbstractContextManager:
+def held(job_id: JobId, worker: str) -> AbstractContextManager[None]:
     """Keep `worker`'s lease on the job alive while the block runs (the process's renewer renews it)."""
     return lease.renewer.hold(job_id, worker)
 
 
-def holder(job_id) -> tuple[str, float] | None:
+def holder(job_id: JobId) -> tuple[str, float] | None:
     """(worker, seconds left) when a live worker holds the job, else None: finished, cancelled, unknown
     or with its lease run out."""
     return lease.holder(job_id)
 
 
-def release(job_id, worker: str) -> None:
+def release(job_id: JobId, worker: str) -> None:
     """Give the job back after a transient error, so that the retry can claim it at once."""
     lease.release(job_id, worker)
 
@@ -101,7 +102,7 @@ class ProgressReporter:
         events.announce_progress(self.job)
 
 
-def complete(job: Job, worker: str, **result_fields) -> bool:
+def complete(job: Job, worker: str, **result_fields: Any) -> bool:
     """Record the result on the row and on `job`; False when it was cancelled or taken over meanwhile."""
     finished = {
         "status": Job.COMPLETED,
@@ -117,14 +118,14 @@ def complete(job: Job, worker: str, **result_fields) -> bool:
     return bool(updated)
 
 
-def result_unwanted(job_id) -> bool:
+def result_unwanted(job_id: JobId) -> bool:
     """After a `complete` that found the job no longer ours: True when it was cancelled or deleted, so
     no one will ever serve the files made for it; False when another worker took it over (it writes
     the same keys, so the files are its)."""
     return not Job.objects.filter(id=job_id).exclude(status=Job.CANCELLED).exists()
 
 
-def fail(job_id, code: str, message: str, worker: str | None = None) -> bool:
+def fail(job_id: JobId, code: str, message: str, worker: str | None = None) -> bool:
     """Mark the job failed with a reason; only a job still in flight (and, given `worker`, held by it)."""
     jobs = (
         lease.held_by(job_id, worker)
@@ -134,12 +135,12 @@ def fail(job_id, code: str, message: str, worker: str | None = None) -> bool:
     return _fail(jobs, job_id, code, message)
 
 
-def fail_unless_held_elsewhere(job_id, code: str, message: str, worker: str) -> bool:
+def fail_unless_held_elsewhere(job_id: JobId, code: str, message: str, worker: str) -> bool:
     """Fail the job unless a live worker other than `worker` holds it (and will finish it)."""
     return _fail(lease.free_or_held_by(job_id, worker), job_id, code, message)
 
 
-def _fail(jobs, job_id, code: str, message: str) -> bool:
+def _fail(jobs: QuerySet[Job], job_id: JobId, code: str, message: str) -> bool:
     updated = jobs.update(
         status=Job.FAILED,
         error_code=code,
@@ -153,7 +154,7 @@ def _fail(jobs, job_id, code: str, message: str) -> bool:
     return bool(updated)
 
 
-def cancel(job_id) -> bool:
+def cancel(job_id: JobId) -> bool:
     """Cancel a queued or running job; False when it had already finished.
 
     A queued job's message finds it cancelled and does nothing; a running one stops
@@ -167,7 +168,7 @@ def cancel(job_id) -> bool:
     return bool(updated)
 
 
-def requeue_failed(job_id) -> bool:
+def requeue_failed(job_id: JobId) -> bool:
     """Failed → queued with a clean slate and JOB_MAX_ATTEMPTS new attempts; `publishing.requeue` sends it.
 
     False when the job is no longer failed (the conditional update makes a double click requeue it

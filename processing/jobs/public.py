@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic reads only this one on Python < 3.12
 
-from processing.models import Job
+from processing.models import Job, JobId
 
 API = "/api/v1"
 
@@ -96,7 +96,7 @@ class StatusOut(TypedDict):
     error: JobError | None
 
 
-def job_urls(job_id) -> JobUrls:
+def job_urls(job_id: JobId) -> JobUrls:
     job_id = str(job_id)  # once, not once per URL (a UUID formats itself anew each time)
     return JobUrls(
         poll_url=f"{API}/status/{job_id}",

@@ -10,12 +10,12 @@ harmless, since claims are conditional (see processing.jobs.lease).
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dramatiq
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from processing import events
@@ -84,7 +84,7 @@ def requeue(job: Job) -> bool:
     return True
 
 
-def stale_jobs(now=None):
+def stale_jobs(now: datetime | None = None) -> QuerySet[Job]:
     """Queued jobs whose message may never have reached a worker, and jobs whose worker died."""
     now = now or timezone.now()
     unconfirmed = Q(
@@ -98,7 +98,7 @@ def stale_jobs(now=None):
     return Job.objects.filter(unconfirmed | unclaimed | lease.abandoned(now))
 
 
-def republish(found) -> int:
+def republish(found: QuerySet[Job]) -> int:
     """Publish each job again; stops at the first broker failure (the next pass tries again)."""
     count = 0
     for job in found.only("id", "pool"):

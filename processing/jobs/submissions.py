@@ -9,9 +9,10 @@ made from that (the key's record is processing.jobs.idempotency).
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.utils import timezone
@@ -23,7 +24,7 @@ from processing.imaging import formats
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, get_operation
 from processing.jobs import idempotency, pools, publishing
-from processing.models import Job
+from processing.models import Job, JobId
 from processing.owners import Owner, owned_by
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Submission:
     owner: Owner
     request_id: str
     service: str
-    raw_parameters: dict
+    raw_parameters: dict[str, Any]
     uploads: list[Upload]
     job_id: uuid.UUID | None = None  # for a single upload: take this id
     idempotency_key: str | None = None
@@ -72,9 +73,9 @@ class Prepared:
     """A submission parsed once: its fingerprint and its jobs are both made from this."""
 
     submission: Submission
-    operation: Operation
+    operation: Operation[Any]
     params: BaseModel
-    canonical: dict  # the parameters as parsed, as JSON: what a job stores and a fingerprint hashes
+    canonical: dict[str, Any]  # the parameters as parsed, as JSON: what a job stores and a fingerprint hashes
     negotiated_format: str
 
     @cached_property
@@ -96,7 +97,7 @@ class Accepted:
     replayed: bool = False
 
 
-def find_operation(service: str) -> Operation:
+def find_operation(service: str) -> Operation[Any]:
     """The operation a client names as `service`; UnknownOperation if there is none."""
     try:
         return get_operation(service)
@@ -212,7 +213,7 @@ def complete_from(job: Job, donor: Job) -> None:
     job.metrics = {"cache_hit": True, "reused_job_id": str(donor.id)}
 
 
-def copied(source_key: str, key_for, job_id) -> str:
+def copied(source_key: str, key_for: Callable[[str, str], str], job_id: JobId) -> str:
     """A copy of the file at `source_key` at the key `key_for` gives the new job; "" when there is none."""
     if not source_key:
         return ""
@@ -220,7 +221,7 @@ def copied(source_key: str, key_for, job_id) -> str:
     return stored(storage.copy, source_key, key_for(str(job_id), extension))
 
 
-def stored(save, *args) -> str:
+def stored(save: Callable[..., str], *args: Any) -> str:
     """`save(*args)` (a storage call), its failure named StorageUnavailable."""
     try:
         return save(*args)

@@ -4,17 +4,20 @@ import hashlib
 import logging
 import math
 import time
+from typing import Any
 
 import dramatiq
 from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
+from PIL import Image
 from pydantic import ValidationError
 
 from processing import logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
-from processing.imaging.codecs import load_image
+from processing.imaging.codecs import DecodeHint, load_image
 from processing.imaging.operations import get_operation
+from processing.imaging.operations.base import Operation, OutputOptions, Params
 from processing.jobs import lifecycle, pools, queues
 from processing.models import Job
 from processing.worker import admission
@@ -36,7 +39,8 @@ def declare_pools() -> None:
 def should_retry(retries: int, exception: Exception) -> bool:
     if isinstance(exception, dramatiq.Retry):
         return retries < MAX_LEASE_WAITS
-    return retries < settings.JOB_MAX_RETRIES
+    max_retries: int = settings.JOB_MAX_RETRIES
+    return retries < max_retries
 
 
 @dramatiq.actor(
@@ -91,7 +95,7 @@ def wait_for_lease_or_skip(job_id: str) -> None:
     raise dramatiq.Retry(f"job held by {worker}", delay=int(seconds_left * 1000) + 500)
 
 
-def pixels_of(job: Job, operation, params, hint) -> int:
+def pixels_of(job: Job, operation: Operation[Any], params: Params, hint: DecodeHint | None) -> int:
     """What the job counts against the memory budget: the pixels it decodes (fewer when the decode is
     reduced) or makes, whichever is more, weighted by what its operation holds per pixel."""
     width, height = job.input_width, job.input_height
@@ -112,9 +116,9 @@ def run(job: Job, worker: str) -> None:
         produce(job, worker, operation, params, hint)
 
 
-def produce(job: Job, worker: str, operation, params, hint) -> None:
+def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint: DecodeHint | None) -> None:
     """Decode, operate, encode and store, then complete the job."""
-    timings = {}
+    timings: dict[str, float] = {}
     started = time.perf_counter()
     with storage.local_path(job.input_key) as path:
         image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint, settings.MAX_JPEG_SCANS)
@@ -126,13 +130,15 @@ def produce(job: Job, worker: str, operation, params, hint) -> None:
     result = operation.apply(image, params, lifecycle.ProgressReporter(job, worker))
     timings["operation_ms"] = elapsed_ms(step)
 
-    fields = {}
+    fields: dict[str, Any] = {}
     if operation.produces == "report":
         fields["report"] = result.report
     else:
-        fields.update(store_image_output(job, result.image, params, info.format, timings))
-        fields.update(placeholders.fields(result.image))
-        admin_thumbnails.store(fields["output_key"], result.image)
+        made = result.image
+        assert made is not None  # an operation that produces an image returns one
+        fields.update(store_image_output(job, made, params, info.format, timings))
+        fields.update(placeholders.fields(made))
+        admin_thumbnails.store(fields["output_key"], made)
     admin_thumbnails.store(job.input_key, image)  # from the decoded pixels: the admin never decodes an upload
     # After storing: encode_ms and store_ms belong in the metrics too.
     fields["metrics"] = {**result.metrics, **timings}
@@ -145,7 +151,9 @@ def produce(job: Job, worker: str, operation, params, hint) -> None:
             storage.delete_job_files(fields.get("output_key", ""), fields.get("fallback_key", ""))
 
 
-def store_image_output(job: Job, image, params, input_format: str, timings: dict) -> dict:
+def store_image_output(
+    job: Job, image: Image.Image, params: OutputOptions, input_format: str, timings: dict[str, float]
+) -> dict[str, Any]:
     chosen = formats.result_formats(params.format, job.negotiated_format, input_format, image)
     step = time.perf_counter()
     fitted = byte_budget.encode_within(image, chosen.output, params.quality, params.max_bytes)
@@ -171,7 +179,9 @@ def store_image_output(job: Job, image, params, input_format: str, timings: dict
     return fields
 
 
-def store_fallback(job: Job, image, fallback_format: str, quality: int, max_bytes: int | None) -> dict:
+def store_fallback(
+    job: Job, image: Image.Image, fallback_format: str, quality: int, max_bytes: int | None
+) -> dict[str, Any]:
     """The same result in `fallback_format`, for downloads whose Accept does not name the chosen format;
     within the same budget, so it may have fewer pixels than the result."""
     data = byte_budget.encode_within(image, fallback_format, quality, max_bytes).data
