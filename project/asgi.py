@@ -27,8 +27,10 @@ from processing.worker import embedded  # noqa: E402
 
 SYNC_THREADS = 16  # requests handled at once on the thread pool; waits never take one
 
-django_http = WSGIMiddleware(django_wsgi, workers=SYNC_THREADS)
-http_application = RequestBodyLimit(LongPolls(django_http, answer=job_detail_body))
+# a2wsgi types the WSGI app and its own ASGI side more narrowly than Django's handler and our plain
+# ASGI dicts (gateway.live.asgi); both are the standard protocols.
+django_http = WSGIMiddleware(django_wsgi, workers=SYNC_THREADS)  # type: ignore[arg-type]
+http_application = RequestBodyLimit(LongPolls(django_http, answer=job_detail_body))  # type: ignore[arg-type]
 
 
 async def application(scope, receive, send):

@@ -4,6 +4,8 @@ Every management command runs them; the ASGI and WSGI entry points run `refuse_u
 that a server refuses to start on a configuration that must not serve.
 """
 
+from typing import Any, cast
+
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -49,7 +51,8 @@ def check_traffic_split(app_configs=None, **kwargs):
 
 @checks.register("darkroom")
 def check_object_storage(app_configs=None, **kwargs):
-    if settings.AWS_STORAGE_BUCKET_NAME and not settings.STORAGES["default"]["OPTIONS"].get("endpoint_url"):
+    options = cast(dict[str, Any], settings.STORAGES["default"]).get("OPTIONS", {})
+    if settings.AWS_STORAGE_BUCKET_NAME and not options.get("endpoint_url"):
         return [
             checks.Info(
                 "AWS_STORAGE_BUCKET_NAME is set without AWS_S3_ENDPOINT_URL: files go to AWS S3 itself.",
@@ -62,7 +65,7 @@ def check_object_storage(app_configs=None, **kwargs):
 
 @checks.register("darkroom")
 def check_secret_key(app_configs=None, **kwargs):
-    if settings.SERVICES_CONFIGURED and settings.SECRET_KEY.startswith(DEFAULT_SECRET_KEY_PREFIX):
+    if settings.SERVICES_CONFIGURED and secret_key().startswith(DEFAULT_SECRET_KEY_PREFIX):
         return [
             checks.Error(
                 "SECRET_KEY is the embedded default, and DATABASE_URL or BROKER_URL is set: anyone could "
@@ -72,6 +75,10 @@ def check_secret_key(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+def secret_key() -> str:
+    return str(settings.SECRET_KEY)  # the stubs allow bytes; settings.py reads it as text
 
 
 def refuse_unsafe_start() -> None:
@@ -84,7 +91,7 @@ def refuse_unsafe_start() -> None:
 @checks.register("darkroom", deploy=True)
 def check_deployment(app_configs=None, **kwargs):
     problems = []
-    if settings.SECRET_KEY.startswith(DEFAULT_SECRET_KEY_PREFIX) and not settings.SERVICES_CONFIGURED:
+    if secret_key().startswith(DEFAULT_SECRET_KEY_PREFIX) and not settings.SERVICES_CONFIGURED:
         problems.append(
             checks.Warning("SECRET_KEY is the embedded default.", hint="Set SECRET_KEY.", id="darkroom.W001")
         )

@@ -3,29 +3,37 @@
 import json
 import re
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from gateway.http.body_limits import body_limits
+from gateway.live.asgi import App, Message, Receive, Scope, Send
 from processing import logcontext
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+GetResponse = Callable[[HttpRequest], HttpResponse]
 
 
 class RequestIdMiddleware:
     """Takes X-Request-ID from the client (when sane) or makes one, and echoes it on the response."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse):
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         given = request.headers.get("X-Request-ID", "")
-        request.request_id_given = bool(REQUEST_ID_PATTERN.match(given))
-        request.request_id = given if request.request_id_given else str(uuid.uuid4())
-        with logcontext.bound(request=request.request_id):
+        request_id_given = bool(REQUEST_ID_PATTERN.match(given))
+        request_id = given if request_id_given else str(uuid.uuid4())
+        # Django's request takes attributes of ours; gateway.api.auth.CallerRequest declares them.
+        request.request_id_given = request_id_given  # type: ignore[attr-defined]
+        request.request_id = request_id  # type: ignore[attr-defined]
+        with logcontext.bound(request=request_id):
             response = self.get_response(request)
-        response["X-Request-ID"] = request.request_id
+        response["X-Request-ID"] = request_id
         return response
 
 
@@ -40,10 +48,10 @@ class RequestBodyLimit:
     the memory an upload takes.
     """
 
-    def __init__(self, app):
+    def __init__(self, app: App):
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = body_limit(scope["path"])
@@ -52,7 +60,7 @@ class RequestBodyLimit:
 
         received, rejected = 0, False
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal received, rejected
             if rejected:
                 return {"type": "http.disconnect"}
@@ -65,7 +73,7 @@ class RequestBodyLimit:
                     return {"type": "http.disconnect"}  # the app abandons the request quietly
             return message
 
-        async def guarded_send(message):
+        async def guarded_send(message: Message) -> None:
             if not rejected:
                 await send(message)
 
@@ -75,7 +83,7 @@ class RequestBodyLimit:
 BODY_PIECE = 1024 * 1024
 
 
-async def gathered(receive) -> dict:
+async def gathered(receive: Receive) -> Message:
     """The next message, with the body of following `http.request` messages joined to it, up to BODY_PIECE."""
     message = await receive()
     if message["type"] != "http.request" or not message.get("more_body"):
@@ -104,7 +112,7 @@ def body_limit(path: str) -> int:
     return limits.batch if is_batch(path) else limits.one_file
 
 
-def declared_length(scope) -> int:
+def declared_length(scope: Scope) -> int:
     for name, value in scope.get("headers", []):
         if name == b"content-length":
             return length_of(value)
@@ -119,7 +127,7 @@ def length_of(content_length: bytes | str | None) -> int:
         return 0
 
 
-def too_large_body(path: str) -> dict:
+def too_large_body(path: str) -> dict[str, Any]:
     return {"error": {"code": "upload_too_large", "message": too_large_message(path)}}
 
 
@@ -134,7 +142,7 @@ def too_large_message(path: str) -> str:
     return f"the request body is larger than the limit of {body_limit(path)} bytes: {fits}"
 
 
-async def send_too_large(send, path: str) -> None:
+async def send_too_large(send: Send, path: str) -> None:
     body = json.dumps(too_large_body(path)).encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -148,10 +156,10 @@ async def send_too_large(send, path: str) -> None:
 class DeclaredBodyLimitMiddleware:
     """Under WSGI the body is read lazily: refuse a declared oversized one before reading it."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse):
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         if length_of(request.META.get("CONTENT_LENGTH")) > body_limit(request.path):
             return JsonResponse(too_large_body(request.path), status=413, headers={"Connection": "close"})
         return self.get_response(request)
@@ -160,10 +168,10 @@ class DeclaredBodyLimitMiddleware:
 class RateLimitHeadersMiddleware:
     """X-RateLimit-Limit/Remaining/Reset on every rate-limited API response."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse):
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         usage = getattr(request, "rate_limit", None)
         if usage:

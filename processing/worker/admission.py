@@ -26,12 +26,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import IO, Any
 
 import redis
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+Entry = dict[str, int]  # one process's pixels, jobs and jobs waiting
+Entries = dict[str, Entry]  # the ledger: each live worker process's entry, by pid
+MachineStatus = dict[str, Any]  # a machine's summary, as /api/v1/queue/status shows it
+
+_libc: ctypes.CDLL | None
 try:
     _libc = ctypes.CDLL("libc.so.6")  # glibc: malloc_trim
 except OSError:
@@ -68,7 +74,7 @@ REDIS_TIMEOUT_SECONDS = 0.5
 def pixel_budget() -> int:
     """The machine's budget of pixels: WORKER_PIXEL_BUDGET, or 0 there for a share of the memory limit."""
     if settings.WORKER_PIXEL_BUDGET:
-        return settings.WORKER_PIXEL_BUDGET
+        return int(settings.WORKER_PIXEL_BUDGET)
     return int(memory_limit() * MEMORY_SHARE / BYTES_PER_PIXEL)
 
 
@@ -87,7 +93,7 @@ def memory_limit() -> int:
 
 
 def cgroup_limit_files() -> list[Path]:
-    files = []
+    files: list[Path] = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -116,7 +122,7 @@ class Ledger:
         self.path = path
 
     @contextmanager
-    def open(self) -> Iterator[dict]:
+    def open(self) -> Iterator[Entries]:
         """The entries of live processes, locked; what the block changes in them is written back
         (and reported as the machine's status)."""
         if not self.path.parent.is_dir():
@@ -138,12 +144,12 @@ class Ledger:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def read(self) -> dict:
+    def read(self) -> Entries:
         with self.open() as entries:
             return dict(entries)
 
 
-def lock(handle, path: Path) -> None:
+def lock(handle: IO[bytes], path: Path) -> None:
     """Take the ledger's lock, waiting at most LOCK_WAIT_SECONDS."""
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
@@ -160,7 +166,7 @@ class Unrecorded:
     """Changes to this process's entry that found the ledger locked, recorded at its next opening:
     a job that ends while the ledger is locked still gives its pixels back."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.deltas: dict[str, int] = {}
         self.lock = threading.Lock()
 
@@ -169,7 +175,7 @@ class Unrecorded:
             for name, delta in deltas.items():
                 self.deltas[name] = self.deltas.get(name, 0) + delta
 
-    def settle(self, entries: dict) -> None:
+    def settle(self, entries: Entries) -> None:
         with self.lock:
             deltas, self.deltas = self.deltas, {}
         if deltas:
@@ -179,7 +185,7 @@ class Unrecorded:
 unrecorded = Unrecorded()
 
 
-def parse(text: bytes) -> dict:
+def parse(text: bytes) -> Entries:
     try:
         entries = json.loads(text) if text else {}
     except ValueError:
@@ -187,7 +193,7 @@ def parse(text: bytes) -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
-def live(entries: dict) -> dict:
+def live(entries: Entries) -> Entries:
     """The entries whose process still exists: a killed worker's pixels go back to the budget."""
     return {pid: entry for pid, entry in entries.items() if pid_alive(int(pid))}
 
@@ -201,7 +207,7 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def summary(entries: dict) -> dict:
+def summary(entries: Entries) -> MachineStatus:
     return {
         "host": socket.gethostname(),
         "pixel_budget": pixel_budget(),
@@ -302,7 +308,7 @@ def change(ledger: Ledger, **deltas: int) -> None:
         unrecorded.add(deltas)
 
 
-def apply(entries: dict, deltas: dict[str, int]) -> None:
+def apply(entries: Entries, deltas: dict[str, int]) -> None:
     mine = entries.setdefault(str(os.getpid()), {})
     for name, delta in deltas.items():
         mine[name] = max(0, mine.get(name, 0) + delta)
@@ -317,14 +323,14 @@ class StatusWriter:
     """Writes the summary of the latest ledger it was offered to Redis from a thread of its own, at
     most every STATUS_EVERY_SECONDS: a burst of jobs costs a write a second, not two a job."""
 
-    def __init__(self):
-        self.latest: dict | None = None  # the ledger's entries, summarised when written
+    def __init__(self) -> None:
+        self.latest: Entries | None = None  # the ledger's entries, summarised when written
         self.lock = threading.Lock()
         self.writing = threading.Lock()  # one write at a time: an older state never lands last
         self.offered = threading.Event()
         self.thread_pid = 0  # the process whose thread runs: after a fork, the child starts its own
 
-    def offer(self, entries: dict) -> None:
+    def offer(self, entries: Entries) -> None:
         with self.lock:
             self.latest = entries
             if self.thread_pid != os.getpid():
@@ -359,7 +365,7 @@ def redis_client(url: str, pid: int) -> redis.Redis:
     )
 
 
-def report_status(state: dict) -> None:
+def report_status(state: MachineStatus) -> None:
     """Best effort: the machine's state in Redis until the longest a job can run has passed."""
     if not settings.REDIS_URL:
         return
@@ -370,7 +376,7 @@ def report_status(state: dict) -> None:
         logger.debug("could not write the admission state: %s", exc)
 
 
-def machines() -> list[dict]:
+def machines() -> list[MachineStatus]:
     """Each machine's admission state: from Redis when there is one, else this machine's ledger."""
     if not settings.REDIS_URL:
         try:
