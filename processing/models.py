@@ -7,7 +7,7 @@ from django.db import connection, models
 from django.utils import timezone
 
 from processing.jobs.pools import DEFAULT_POOL
-from processing.owners import ANONYMOUS, Owner, owned_by
+from processing.owners import ANONYMOUS, MAX_IDENTITY_LENGTH, MAX_SUBJECT_LENGTH, Owner, owned_by
 
 # A job's id as it is passed around: the UUID, or its text (from a URL, a message or a group name).
 JobId: TypeAlias = uuid.UUID | str
@@ -36,7 +36,9 @@ class Job(models.Model):
     # default).
     owner_key = models.CharField(max_length=64, blank=True, help_text="API key id that created the job")
     owner_subject = models.CharField(
-        max_length=255, blank=True, help_text="the owner claim of the bearer token (JWT) that created it"
+        max_length=MAX_SUBJECT_LENGTH,
+        blank=True,
+        help_text="the owner claim of the bearer token (JWT) that created it",
     )
     owner_session = models.CharField(max_length=64, blank=True, help_text="browser session that created it")
     owner_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -171,8 +173,11 @@ def _find_job_query(kind: str) -> tuple[str, tuple[Any, ...]]:
 class IdempotencyKey(models.Model):
     """The jobs one Idempotency-Key created for one owner: a repeated request gets them, not new ones."""
 
-    # An Owner.identity (processing.owners); its help text names it as it was called when migrated.
-    owner = models.CharField(max_length=80, help_text="the owner's identity (see owner_identity)")
+    # An Owner.identity (processing.owners), whole: the longest, a token's, fits. Its help text names
+    # it as it was called when migrated.
+    owner = models.CharField(
+        max_length=MAX_IDENTITY_LENGTH, help_text="the owner's identity (see owner_identity)"
+    )
     key = models.CharField(max_length=200)
     job_ids = models.JSONField(default=list)
     fingerprint = models.CharField(

@@ -2,8 +2,10 @@
 
 An owner's `identity` ("key:12", "token:alice", "session:…" or "anonymous") is its one name
 outside the job row: idempotency keys are stored under it, rate limits count it, and the owner's
-live-event group is named by it. Its format is stored, so it does not change; `Owner.from_identity`
-is the one place that reads it back.
+live-event group is named by a hash of it. Its format is stored, so it does not change;
+`Owner.from_identity` is the one place that reads it back.
+
+A subject is kept whole or not at all: two subjects that differ only past a cut would be one owner.
 """
 
 from dataclasses import dataclass
@@ -12,6 +14,13 @@ from typing import Any
 from django.db.models import Q
 
 ANONYMOUS = "anonymous"
+# The longest subject the job row holds (Job.owner_subject), and so the longest identity there is.
+MAX_SUBJECT_LENGTH = 255
+MAX_IDENTITY_LENGTH = len("token:") + MAX_SUBJECT_LENGTH
+
+
+class SubjectTooLong(ValueError):
+    """A subject longer than MAX_SUBJECT_LENGTH: it can't be stored whole, so it owns nothing."""
 
 
 @dataclass(frozen=True, slots=True)  # slots: each WebSocket keeps one for as long as it is open
@@ -23,6 +32,10 @@ class Owner:
     session: str = ""  # a browser session's owner token (gateway.auth.callers)
     user_id: int | None = None
     subject: str = ""  # a bearer token's owner claim
+
+    def __post_init__(self) -> None:
+        if len(self.subject) > MAX_SUBJECT_LENGTH:
+            raise SubjectTooLong(f"an owner's subject is at most {MAX_SUBJECT_LENGTH} characters")
 
     @classmethod
     def from_identity(cls, identity: str) -> "Owner":

@@ -1,9 +1,11 @@
 import json
 import os
 import socket
+import uuid
 
 import dramatiq
 import pytest
+import redis
 from django.conf import settings
 from django.db import connection
 from django_dramatiq.utils import load_middleware
@@ -85,6 +87,24 @@ def anonymous_callers_allowed(settings):
 def in_memory_layer(settings):
     """The embedded default's channel layer (CI sets REDIS_URL, which would make it Redis)."""
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture
+def redis_layer(settings):
+    """The full stack's channel layer, on a prefix of its own: (a Redis client, the prefix)."""
+    require("redis")
+    prefix = f"test-layer-{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "processing.events.layer.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": url_of("redis"), "socket_timeout": None}], "prefix": prefix},
+        }
+    }
+    client = redis.Redis.from_url(url_of("redis"))
+    yield client, prefix
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()
 
 
 class RecordingSender:

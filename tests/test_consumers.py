@@ -9,6 +9,7 @@ import asyncio
 import json
 import socket
 import uuid
+from unittest import mock
 
 import pytest
 from channels.db import database_sync_to_async
@@ -515,6 +516,22 @@ async def test_a_disconnected_socket_leaves_its_groups(alice):
 
     await Subscriptions.of_running_loop().settled()
     assert not layer.groups
+
+
+async def test_a_group_name_the_layer_refuses_fails_its_subscriber_and_closes_no_other_socket(alice):
+    """Joined in a batch with the others, one bad name once failed the process's channel: every
+    socket on it was closed with 1013."""
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    stream = await watch("/ws/jobs/", key)
+    await stream.receive_json_from()
+
+    with pytest.raises(TypeError):
+        await Subscriptions.of_running_loop().subscribe("owner.token.auth0|alice", mock.Mock())
+    await in_thread(lifecycle.claim)(job.id, WORKER)
+
+    assert (await stream.receive_json_from())["type"] == "job.processing"
+    await stream.disconnect()
 
 
 # --- Without Redis ---------------------------------------------------------------------

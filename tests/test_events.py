@@ -4,9 +4,11 @@ makes a job wait on the channel layer, and no event is lost unseen."""
 import asyncio
 
 import pytest
+from channels.layers import InMemoryChannelLayer
 from django.db import transaction
 from prometheus_client import REGISTRY
 
+from processing.events import messages
 from processing.events.layer import RedisChannelLayer
 from processing.events.sender import Sender
 from processing.jobs import lifecycle, publishing
@@ -82,3 +84,20 @@ def test_a_change_is_announced_once_it_commits_and_never_if_it_is_rolled_back(se
         lifecycle.cancel(other.id)
         raise RuntimeError("the request failed")
     assert len(sent.events) == 1
+
+
+@pytest.mark.parametrize(
+    "identities",
+    [
+        ("token:alice:x", "token:alice.x"),
+        ("token:auth0|alice123", "token:alice@example.com"),
+        ("token:" + "x" * 255, "token:" + "x" * 254 + "y"),
+        ("anonymous", "key:12", "session:" + "0" * 32),
+    ],
+)
+def test_every_owner_has_a_group_of_its_own_that_the_channel_layer_takes(identities):
+    groups = {messages.owner_group(identity) for identity in identities}
+
+    assert len(groups) == len(identities)
+    for group in groups:
+        assert InMemoryChannelLayer().require_valid_group_name(group)

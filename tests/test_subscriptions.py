@@ -2,7 +2,6 @@
 in the channel layer, in each group once, and it leaves the groups nobody follows any more."""
 
 import asyncio
-import uuid
 
 import pytest
 import redis
@@ -15,7 +14,7 @@ from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
 from processing.events import messages
 from tests.factories import stored_job
-from tests.services import close_database_connections, require, url_of
+from tests.services import close_database_connections
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True), pytest.mark.services]
 
@@ -25,23 +24,6 @@ SOCKETS = 20
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture
-def redis_layer(settings):
-    require("redis")
-    prefix = f"test-subscriptions-{uuid.uuid4().hex[:8]}"
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "processing.events.layer.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": url_of("redis"), "socket_timeout": None}], "prefix": prefix},
-        }
-    }
-    client = redis.Redis.from_url(url_of("redis"))
-    yield client, prefix
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 def members(client: redis.Redis, prefix: str) -> dict[str, set[bytes]]:

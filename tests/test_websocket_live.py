@@ -17,11 +17,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from processing.events.layer import WS_DROPPED, RedisChannelLayer
+from processing.events.messages import owner_group
+from processing.owners import ANONYMOUS
 from tests import images
 from tests.services import IN_CI, require
 from tests.stack import MANAGE, LiveStack, start_on_a_free_port
 
 pytestmark = pytest.mark.services
+
+ANONYMOUS_GROUP = owner_group(ANONYMOUS)  # the group of the anonymous sockets below
 
 
 def api_key(stack: LiveStack) -> str:
@@ -203,7 +207,7 @@ def inbox_backlog(redis_url: str) -> int:
 
 def test_a_client_that_never_reads_does_not_grow_the_server(stack_on_own_redis, own_redis):
     stack = stack_on_own_redis
-    stuck = open_and_never_read(stack, "/ws/jobs/")  # anonymous: the "owner.anonymous" group
+    stuck = open_and_never_read(stack, "/ws/jobs/")  # anonymous: the anonymous owner's group
     # A client that reads: its socket waits on the process's inbox, and so empties it.
     key = {"X-API-Key": api_key(stack)}
     with stuck, connect(ws_url(stack, "/ws/jobs/"), additional_headers=key) as reader:
@@ -211,9 +215,9 @@ def test_a_client_that_never_reads_does_not_grow_the_server(stack_on_own_redis, 
         stack.wait_until(
             lambda: group_members(own_redis.url) >= 2, timeout=30, what="both sockets to subscribe"
         )
-        assert group_members(own_redis.url, "owner.anonymous") == 1
+        assert group_members(own_redis.url, ANONYMOUS_GROUP) == 1
         before = server_rss_mib(stack)
-        asyncio.run(flood(own_redis.url, "owner.anonymous", count=2500, size=25_000))  # 60 MB of events
+        asyncio.run(flood(own_redis.url, ANONYMOUS_GROUP, count=2500, size=25_000))  # 60 MB of events
         stack.wait_until(lambda: inbox_backlog(own_redis.url) == 0, timeout=20, what="the inbox to empty")
         grown = server_rss_mib(stack) - before
 
@@ -226,12 +230,12 @@ def test_a_server_that_could_not_take_its_events_gives_its_sockets_the_current_s
 ):
     stack = stack_on_own_redis
     server = stack.processes["server"]
-    with connect(ws_url(stack, "/ws/jobs/")) as live:  # anonymous: the "owner.anonymous" group
+    with connect(ws_url(stack, "/ws/jobs/")) as live:  # anonymous: the anonymous owner's group
         assert json.loads(live.recv(timeout=10))["type"] == "jobs.state"
         full_before = WS_DROPPED.labels("channel_full")._value.get()
         server.send_signal(signal.SIGSTOP)  # a server that reads nothing: its inbox in Redis fills up
         try:
-            asyncio.run(flood(own_redis.url, "owner.anonymous", count=2100, size=100))
+            asyncio.run(flood(own_redis.url, ANONYMOUS_GROUP, count=2100, size=100))
         finally:
             server.send_signal(signal.SIGCONT)
         assert WS_DROPPED.labels("channel_full")._value.get() > full_before  # more than its capacity

@@ -101,7 +101,10 @@ class Subscriptions(OnePerLoop):
     # --- For subscribers -------------------------------------------------------------------
 
     async def subscribe(self, group: str, subscriber: Subscriber) -> bool:
-        """Follow `group`: True once events from now on reach `subscriber`, False if the layer is down."""
+        """Follow `group`: True once events from now on reach `subscriber`, False if the layer is down.
+        TypeError for a name the layer does not take: it fails this subscriber here, where joined in a
+        batch it would fail the channel and every subscriber of the loop."""
+        self.layer.require_valid_group_name(group)
         if self.down:
             return False
         self.members.setdefault(group, set()).add(subscriber)

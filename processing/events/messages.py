@@ -6,6 +6,7 @@ the job's group, its owner's and the staff's; an event that ends the job also go
 group of the long polls (gateway.live.waiting).
 """
 
+import hashlib
 import json
 from typing import Any
 
@@ -34,8 +35,12 @@ def job_group(job_id: JobId) -> str:
 
 
 def owner_group(identity: str) -> str:
-    """The group of one owner, named by its identity (processing.owners.Owner.identity)."""
-    return "owner." + identity.replace(":", ".")
+    """The group of one owner, named by a hash of its whole identity (processing.owners.Owner.identity).
+
+    Not by the identity itself: a subject may hold any character and up to 255 of them, where the
+    channel layer takes group names of ASCII letters, digits, "-", "_" and "." under 100 characters,
+    and no two identities may share a group ("token:alice:x" and "token:alice.x" must not)."""
+    return "owner." + hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
 def groups_for(job: Job) -> list[str]:
