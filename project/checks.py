@@ -13,14 +13,15 @@ from django.core.exceptions import ImproperlyConfigured
 from processing.imaging.operations import OPERATIONS
 from project import config
 
-DEFAULT_SECRET_KEY_PREFIX = "embedded-default-insecure-key"
 
-
-def rule_errors(groups: tuple[str, ...]) -> list[checks.Error]:
-    """An error for each rule between settings of `groups` (project/config.py, RULES) that they break."""
+def rule_errors(groups: tuple[str, ...]) -> list[checks.CheckMessage]:
+    """An error (or a warning) for each rule between settings of `groups` (project/config.py, RULES)
+    that they break."""
     values = {name: getattr(settings, name) for rule in config.RULES for name in rule.names}
     return [
-        checks.Error(rule.describe(lambda name: f"{name}={values[name]}"), hint=rule.hint, id=rule.id)
+        (checks.Warning if rule.warning else checks.Error)(
+            rule.describe(lambda name: f"{name}={values[name]}"), hint=rule.hint, id=rule.id
+        )
         for rule in config.broken_rules(values, groups)
     ]
 
@@ -63,27 +64,9 @@ def check_object_storage(app_configs=None, **kwargs):
     return []
 
 
-@checks.register("darkroom")
-def check_secret_key(app_configs=None, **kwargs):
-    if settings.SERVICES_CONFIGURED and secret_key().startswith(DEFAULT_SECRET_KEY_PREFIX):
-        return [
-            checks.Error(
-                "SECRET_KEY is the embedded default, and DATABASE_URL or BROKER_URL is set: anyone could "
-                "forge sessions and signed values.",
-                hint='Set SECRET_KEY, e.g. to python -c "import secrets; print(secrets.token_urlsafe(50))".',
-                id="darkroom.E005",
-            )
-        ]
-    return []
-
-
-def secret_key() -> str:
-    return str(settings.SECRET_KEY)  # the stubs allow bytes; settings.py reads it as text
-
-
 def refuse_unsafe_start() -> None:
     """Raise ImproperlyConfigured when a check of ours finds an error: a server must not start."""
-    errors = [problem for problem in check_secret_key() + check_limits() if problem.is_serious()]
+    errors = [problem for problem in check_security() + check_limits() if problem.is_serious()]
     if errors:
         raise ImproperlyConfigured("; ".join(f"{error.id}: {error.msg} {error.hint}" for error in errors))
 
@@ -91,9 +74,13 @@ def refuse_unsafe_start() -> None:
 @checks.register("darkroom", deploy=True)
 def check_deployment(app_configs=None, **kwargs):
     problems = []
-    if secret_key().startswith(DEFAULT_SECRET_KEY_PREFIX) and not settings.SERVICES_CONFIGURED:
+    if config.is_placeholder(str(settings.SECRET_KEY)) and not settings.DEPLOYMENT:  # else darkroom.E005
         problems.append(
-            checks.Warning("SECRET_KEY is the embedded default.", hint="Set SECRET_KEY.", id="darkroom.W001")
+            checks.Warning(
+                "SECRET_KEY is the embedded default, or a placeholder.",
+                hint="Set SECRET_KEY.",
+                id="darkroom.W001",
+            )
         )
     if settings.EMBEDDED_WORKERS and settings.BROKER_URL:
         problems.append(

@@ -218,9 +218,32 @@ class Values(dict):
             raise AttributeError(name) from None
 
 
-def services_configured(values: Mapping[str, Any]) -> bool:
-    """A configured service means a deployment, not the embedded default on one machine."""
-    return bool(values["DATABASE_URL"] or values["BROKER_URL"])
+# The hosts of the embedded default: a server only this machine (and Django's test client) reaches.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1", "testserver"})
+
+
+def deployment_signals(values: Mapping[str, Any]) -> list[str]:
+    """What says these settings serve others: a service, object storage, or a host name beyond this
+    machine. Not DEBUG: it is off in the embedded default too, where `make run` needs no keys."""
+    signals = [
+        name
+        for name in ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "AWS_STORAGE_BUCKET_NAME")
+        if values[name]
+    ]
+    if set(values["ALLOWED_HOSTS"]) - LOCAL_HOSTS:
+        signals.append("ALLOWED_HOSTS")
+    return signals
+
+
+# Words that mark a secret someone was told to replace (deploy/k8s/secret.yaml's "replace-me"), or of the
+# built-in SECRET_KEY's kind ("insecure", "change-me"): compared without case, spaces or punctuation.
+PLACEHOLDER_MARKS = ("replaceme", "changeme", "insecure", "placeholder", "example", "notsecret", "yoursecret")
+
+
+def is_placeholder(secret: str) -> bool:
+    """True for a secret that is set, but to a value published in files or documentation."""
+    letters = re.sub(r"[^a-z0-9]", "", secret.lower())
+    return bool(secret) and any(mark in letters for mark in PLACEHOLDER_MARKS)
 
 
 MB = 1024 * 1024
@@ -428,7 +451,7 @@ SETTINGS: tuple[Setting, ...] = (
         "SECRET_KEY",
         STR,
         "embedded-default-insecure-key-change-me-for-any-real-deployment",
-        "Django's signing key: the default is refused once a service is configured (darkroom.E005).",
+        "Django's signing key: the default, or a placeholder, is refused in a DEPLOYMENT (darkroom.E005).",
         SECURITY,
     ),
     Setting(
@@ -446,10 +469,23 @@ SETTINGS: tuple[Setting, ...] = (
         SECURITY,
     ),
     Setting(
+        "DEPLOYMENT",
+        BOOL,
+        Computed(
+            "true when DATABASE_URL, BROKER_URL, REDIS_URL, AWS_STORAGE_BUCKET_NAME or a host beyond this "
+            "machine in ALLOWED_HOSTS is set",
+            lambda v: bool(deployment_signals(v)),
+        ),
+        "This server serves others: API keys are required by default, and the embedded SECRET_KEY or a "
+        "placeholder one is refused (darkroom.E005).",
+        SECURITY,
+    ),
+    Setting(
         "API_KEYS_REQUIRED",
         BOOL,
-        Computed("true when DATABASE_URL or BROKER_URL is set", services_configured),
-        "Every API call needs a key (browser sessions from our own pages still work).",
+        Computed("DEPLOYMENT", lambda v: v.DEPLOYMENT),
+        "The API and the WebSockets answer only an API key, a token or a signed-in user's session, and the "
+        "pages ask visitors to sign in (/accounts/login/); false: anyone may submit, as one shared owner.",
         SECURITY,
     ),
     Setting(
@@ -459,7 +495,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Proxies whose X-Forwarded-For names the client; tell the servers too (--forwarded-allow-ips).",
         SECURITY,
     ),
-    Setting("METRICS_TOKEN", STR, "", "Bearer token for /metrics and the health checks' details.", SECURITY),
+    Setting(
+        "METRICS_TOKEN",
+        STR,
+        "",
+        "Bearer token for /metrics, the health checks' details and the scaler's endpoints; a placeholder "
+        "is refused (darkroom.E006).",
+        SECURITY,
+    ),
     Setting("CORS_ALLOWED_ORIGINS", LIST, [], "Origins whose pages may call the API.", SECURITY),
     Setting(
         "JWT_JWKS_URL",
@@ -947,6 +990,7 @@ class Rule:
     holds: Callable[..., bool]  # called with those settings' values
     message: str  # a format string: {0}, {1}... are the settings, named as the caller chooses
     hint: str
+    warning: bool = False  # said at every start, but it does not stop one
 
     def broken(self, values: Mapping[str, Any]) -> bool:
         return not self.holds(*(values[name] for name in self.names))
@@ -956,6 +1000,32 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule(
+        "darkroom.E005",
+        ("SECRET_KEY", "DEPLOYMENT"),
+        lambda key, deployed: not (deployed and is_placeholder(key)),
+        "{0} is the embedded default or a placeholder, and {1}: anyone could forge sessions and signed "
+        "values.",
+        'Set SECRET_KEY, e.g. to python -c "import secrets; print(secrets.token_urlsafe(50))".',
+    ),
+    Rule(
+        "darkroom.E006",
+        ("METRICS_TOKEN",),
+        lambda token: not is_placeholder(token),
+        "{0} is a placeholder: anyone who has read the deployment files could read /metrics and the "
+        "health checks' details.",
+        'Set METRICS_TOKEN to a random value (python -c "import secrets; print(secrets.token_urlsafe(32))"), '
+        "or leave it empty: staff only.",
+    ),
+    Rule(
+        "darkroom.W003",
+        ("API_KEYS_REQUIRED", "DEPLOYMENT"),
+        lambda required, deployed: required or not deployed,
+        "{0} with {1}: anyone who reaches the server may submit jobs, and every caller without a key "
+        "shares one owner, who may list, download and cancel all of their jobs.",
+        "Leave API_KEYS_REQUIRED unset, and give each client an API key (manage.py create_api_key).",
+        warning=True,
+    ),
     Rule(
         "darkroom.E001",
         ("MAX_REQUEST_BYTES", "MAX_UPLOAD_BYTES"),
@@ -1014,10 +1084,23 @@ RULES: tuple[Rule, ...] = (
         "{0} must be positive.",
         "Use seconds, e.g. 30.",
     ),
+    Rule(
+        "darkroom.W101",
+        ("SCALER_HOST", "METRICS_TOKEN"),
+        lambda host, token: bool(token) or host in LOCAL_HOSTS,
+        "{0} listens beyond this machine and {1} is empty: anyone who reaches the scaler's ports reads its "
+        "metrics and the details of its health.",
+        "Set METRICS_TOKEN (the scaler's endpoints then want it), or SCALER_HOST=127.0.0.1.",
+        warning=True,
+    ),
 )
 
 
-def broken_rules(values: Mapping[str, Any], groups: Iterable[str]) -> list[Rule]:
-    """The rules about settings of `groups` that `values` break."""
+def broken_rules(values: Mapping[str, Any], groups: Iterable[str], warnings: bool = True) -> list[Rule]:
+    """The rules about settings of `groups` that `values` break (the errors alone without `warnings`)."""
     wanted = set(groups)
-    return [rule for rule in RULES if BY_NAME[rule.names[0]].group in wanted and rule.broken(values)]
+    return [
+        rule
+        for rule in RULES
+        if BY_NAME[rule.names[0]].group in wanted and (warnings or not rule.warning) and rule.broken(values)
+    ]

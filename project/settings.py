@@ -236,8 +236,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 512 * 1024  # what the ASGI handler spools in memo
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # non-file form fields
 
 # --- The API: owners, limits, reuse ---------------------------------------------
-# A configured service means a deployment, not the embedded default on one machine: safe defaults.
-SERVICES_CONFIGURED = config.services_configured(env)
+# With API_KEYS_REQUIRED, the pages send visitors to sign in (gateway.auth.callers), then back home.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
 CORS_ALLOW_HEADERS = [
     "accept",
     "authorization",

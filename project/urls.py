@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
@@ -15,6 +16,12 @@ urlpatterns = [
     path("upload", views.upload, name="upload"),
     path("jobs/", views.job_list, name="job-list"),
     path("jobs/<uuid:job_id>/", views.job_status, name="job-status"),
+    # With API_KEYS_REQUIRED, the pages are for signed-in users (gateway.pages.views.sign_in_first).
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True, extra_context={"ui": "lite"}),
+        name="login",
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("api/docs", RedirectView.as_view(url="/api/v1/docs", permanent=False), name="api-docs"),

@@ -1,16 +1,43 @@
-"""The scaler's two endpoints: JSON health (default port 8082) and Prometheus metrics (9090)."""
+"""The scaler's two endpoints: JSON health (default port 8082) and Prometheus metrics (9090).
+
+When METRICS_TOKEN is set, they are for its holders, as the gateway's /metrics is
+(gateway.auth.callers): the metrics need it, and anyone else's health check is told only whether the
+scaler is healthy (enough for probes), not its queues, pools and decisions.
+"""
 
 import json
 import logging
 import threading
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from django.conf import settings
+from django.utils.datastructures import CaseInsensitiveMapping
+from prometheus_client import CollectorRegistry, MetricsHandler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from gateway.auth import callers
 from scaler.status import Status
 
 logger = logging.getLogger(__name__)
+
+
+def may_read_details(headers: Message) -> bool:
+    """Anyone when METRICS_TOKEN is empty (the endpoints listen on loopback unless SCALER_HOST says
+    otherwise, darkroom.W101); else the holder of the token only."""
+    if not settings.METRICS_TOKEN:
+        return True
+    try:
+        return callers.holds_metrics_token(CaseInsensitiveMapping(dict(headers.items())))
+    except callers.InvalidKey:  # another Authorization scheme
+        return False
+
+
+def serve(handler: type[BaseHTTPRequestHandler], host: str, port: int, name: str) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=f"scaler-{name}", daemon=True).start()
+    return server
 
 
 # --- health ------------------------------------------------------------------------------
@@ -20,7 +47,10 @@ def health_handler(status: Status) -> type[BaseHTTPRequestHandler]:
             if self.path.split("?")[0] not in ("/", "/health"):
                 self.send_error(404)
                 return
-            body = json.dumps(status.snapshot(), indent=2).encode()
+            snapshot = status.snapshot()
+            if not may_read_details(self.headers):
+                snapshot = {"status": snapshot["status"]}
+            body = json.dumps(snapshot, indent=2).encode()
             self.send_response(200 if status.healthy() else 503)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -34,9 +64,7 @@ def health_handler(status: Status) -> type[BaseHTTPRequestHandler]:
 
 
 def serve_health(status: Status, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), health_handler(status))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="scaler-health", daemon=True).start()
+    server = serve(health_handler(status), host, port, "health")
     logger.info("scaler health on http://%s:%d/health", host, port)
     return server
 
@@ -118,10 +146,29 @@ def events_family(snapshot: dict) -> CounterMetricFamily:
     return family
 
 
-def serve_metrics(status: Status, host: str, port: int):
+def metrics_handler(status: Status) -> type[BaseHTTPRequestHandler]:
     # A registry of its own: the scaler's figures only, whatever PROMETHEUS_MULTIPROC_DIR says.
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScalerCollector(status))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+
+    class ScalerMetricsHandler(MetricsHandler):
+        def do_GET(self):
+            if may_read_details(self.headers):
+                super().do_GET()
+                return
+            body = b"send 'Authorization: Bearer <METRICS_TOKEN>'\n"
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", "Bearer")
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    ScalerMetricsHandler.registry = registry
+    return ScalerMetricsHandler
+
+
+def serve_metrics(status: Status, host: str, port: int) -> ThreadingHTTPServer:
+    server = serve(metrics_handler(status), host, port, "metrics")
     logger.info("scaler metrics on http://%s:%d/metrics", host, port)
     return server

@@ -53,10 +53,11 @@ def chosen(options: dict, groups: Iterable[str]) -> config.Values:
 
 
 def refuse_contradictions(values: config.Values, groups: Iterable[str]) -> None:
-    """CommandError naming the flags of the first rule between settings (project/config.py) they break."""
+    """CommandError naming the flags of the first rule between settings (project/config.py) they break.
+    Warnings are the system checks' to give (they may name settings that are no flags)."""
 
     def as_flag(name: str) -> str:
         return f"{config.BY_NAME[name].flag} {values[name]}"
 
-    for rule in config.broken_rules(values, groups):
+    for rule in config.broken_rules(values, groups, warnings=False):
         raise CommandError(f"inconsistent settings: {rule.describe(as_flag)} {rule.hint}")

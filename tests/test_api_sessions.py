@@ -3,6 +3,7 @@
 import uuid
 
 import pytest
+from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 from django.test import Client
 
@@ -39,6 +40,61 @@ def test_a_made_up_session_cookie_is_no_way_around_required_api_keys(settings, s
     response = submit(made_up_browser(), headers={"X-CSRFToken": CSRF})
     assert response.status_code == 401
     assert Session.objects.count() == 0
+
+
+def csrf_header(client: Client) -> dict:
+    return {"X-CSRFToken": client.cookies["csrftoken"].value if "csrftoken" in client.cookies else CSRF}
+
+
+def test_visiting_a_page_is_no_way_around_required_api_keys(settings, stub_broker):
+    """`curl -c j /`, then a submit and a job list with `-b j` and the CSRF token: nothing but a sign-in."""
+    settings.API_KEYS_REQUIRED = True
+    browser = Client()
+
+    home = browser.get("/")
+
+    assert home.status_code == 302 and home["Location"] == "/accounts/login/?next=/"
+    assert Session.objects.count() == 0
+    assert submit(browser, headers=csrf_header(browser)).status_code == 401
+    assert browser.get("/api/v1/jobs").status_code == 401
+
+
+def test_a_session_issued_while_keys_were_optional_is_no_key_once_they_are_required(settings, stub_broker):
+    browser = site_issued_browser()
+    settings.API_KEYS_REQUIRED = True
+
+    refused = submit(browser, headers=csrf_header(browser))
+
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "authentication_required"
+    assert browser.get("/api/v1/jobs").status_code == 401
+    assert browser.get("/jobs/")["Location"] == "/accounts/login/?next=/jobs/"
+
+
+def test_with_keys_required_a_signed_in_user_uses_the_pages_and_their_api_calls(settings, stub_broker):
+    settings.API_KEYS_REQUIRED = True
+    User.objects.create_user("ada", password="a long enough password")
+    browser = Client()
+
+    signed_in = browser.post(
+        "/accounts/login/?next=/", {"username": "ada", "password": "a long enough password", "next": "/"}
+    )
+    assert signed_in.status_code == 302 and signed_in["Location"] == "/"
+    assert browser.get("/").status_code == 200
+    job_id = submit(browser, headers=csrf_header(browser)).json()["job_id"]
+
+    assert browser.get(f"/api/v1/jobs/{job_id}").status_code == 200
+    assert Client().get(f"/api/v1/jobs/{job_id}").status_code == 401
+
+
+def test_the_sign_in_page_refuses_a_wrong_password(settings, db):
+    settings.API_KEYS_REQUIRED = True
+    User.objects.create_user("ada", password="a long enough password")
+
+    browser = Client()
+    refused = browser.post("/accounts/login/", {"username": "ada", "password": "guess"})
+
+    assert refused.status_code == 200 and "don't match an account" in refused.content.decode()
+    assert browser.get("/").status_code == 302
 
 
 def test_a_new_made_up_cookie_each_time_still_gets_429_after_the_limit(settings, stub_broker):

@@ -173,6 +173,20 @@ def test_without_credentials_nobody_is_anybody_when_keys_are_required(settings):
         assert not is_operator(headers)
 
 
+def test_when_keys_are_required_a_session_is_a_caller_only_once_its_user_has_signed_in(settings):
+    anonymous_cookie, _ = issued_session()  # a visit to a page, while keys were optional
+    settings.API_KEYS_REQUIRED = True
+    signed_in_cookie, signed_in = issued_session(User.objects.create_user("ada"))
+
+    anonymous = {"Cookie": anonymous_cookie}
+    assert through_the_api(anonymous) == "authentication_required"
+    assert through_a_socket(anonymous) is None
+    assert callers.issue_session(SessionStore(), None) is None  # the pages send them to sign in
+    assert signed_in.owner.user_id is not None
+    assert through_the_api({"Cookie": signed_in_cookie}) == signed_in
+    assert through_a_socket({"Cookie": signed_in_cookie}) == signed_in
+
+
 @pytest.mark.parametrize(
     "identity",
     ["key:12", "token:alice", "token:a:b", "session:5f0c2d0e9b7a4e34a3f1d6c8b2e4a7d9", "anonymous"],

@@ -374,6 +374,18 @@ async def test_without_credentials_the_socket_is_refused_when_keys_are_required(
     assert code == 4401 and "authentication required" in reason
 
 
+async def test_a_session_from_visiting_a_page_opens_no_socket_when_keys_are_required(settings):
+    session = SessionStore()
+    await in_thread(callers.issue_session)(session, None)  # a visit to a page, as `curl -c j /` makes
+    await in_thread(session.save)()
+    settings.API_KEYS_REQUIRED = True
+
+    ws = await watch("/ws/jobs/", headers=[(b"cookie", f"sessionid={session.session_key}".encode())])
+
+    code, reason = await closed_with(ws)
+    assert code == 4401 and "authentication required" in reason
+
+
 async def test_a_page_from_another_site_is_refused_at_the_handshake(alice):
     key, caller = alice
     job = await in_thread(make_job)(caller)

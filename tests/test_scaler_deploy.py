@@ -16,6 +16,7 @@ from gateway.http.body_limits import body_limits
 from processing.worker.actors import process_job
 from project import config
 from tests.services import IN_CI
+from tests.test_settings import check_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -163,10 +164,23 @@ def test_the_scaler_publishes_its_health_and_metrics_ports(services):
     scaler = services["scaler"]
     env = scaler["environment"]
     assert scaler["command"][:3] == ["python", "manage.py", "scale_workers"]
-    assert f"{env['SCALER_HEALTH_PORT']}:8082" in scaler["ports"] and env["SCALER_HEALTH_PORT"] == "8082"
-    assert f"{env['SCALER_METRICS_PORT']}:9090" in scaler["ports"]
+    assert f"127.0.0.1:{env['SCALER_HEALTH_PORT']}:8082" in scaler["ports"]
+    assert f"127.0.0.1:{env['SCALER_METRICS_PORT']}:9090" in scaler["ports"]
+    assert env["SCALER_HEALTH_PORT"] == "8082"
     assert env["SCALER_HOST"] == "0.0.0.0" and scaler["init"] is True
     assert int(scaler["stop_grace_period"].rstrip("s")) > settings.JOB_TIME_LIMIT_SECONDS
+
+
+def test_compose_publishes_nothing_but_nginx_beyond_this_machine(services):
+    """MinIO (its root credentials), RabbitMQ's management (darkroom/darkroom) and the scaler's
+    endpoints are in this file for anyone to read: their ports stay on the host's loopback."""
+    published = {
+        (name, port)
+        for name, service in services.items()
+        for port in service.get("ports", ())
+        if name != "nginx"
+    }
+    assert published and all(port.startswith("127.0.0.1:") for _, port in published), published
 
 
 def compose_command(tmp_path: Path) -> list[str]:
@@ -420,6 +434,16 @@ def test_compose_and_kubernetes_set_the_production_settings(services, manifests)
     assert all(config[name] not in ("false", "0") for name in https)
     assert config["SECURE_PROXY_SSL_HEADER"] == "X-Forwarded-Proto: https"
     assert "METRICS_TOKEN" in one(manifests, "Secret", "darkroom-secrets")["stringData"]
+
+
+def test_an_unchanged_kubernetes_install_refuses_to_start(manifests, settings):
+    """deploy/k8s/secret.yaml's placeholders are refused (`Bearer replace-me` used to read /metrics)."""
+    environment = {
+        **one(manifests, "ConfigMap", "darkroom-config")["data"],
+        **one(manifests, "Secret", "darkroom-secrets")["stringData"],
+    }
+    errors = check_errors(settings, **environment)
+    assert "darkroom.E005" in errors and "darkroom.E006" in errors
 
 
 def test_file_cleanup_runs_on_a_schedule_in_compose_and_kubernetes(services, manifests):

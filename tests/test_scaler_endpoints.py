@@ -86,6 +86,35 @@ def test_the_metrics_show_instances_queues_load_score_and_scaling_events(serving
     assert samples[("darkroom_scaler_healthy", ())] == 1
 
 
+TOKEN = "kq3VQn0m8hHk2yZ4xJw1uP9tRb6sLc7E"
+
+
+def test_with_a_metrics_token_the_metrics_want_it(serving, settings):
+    settings.METRICS_TOKEN = TOKEN
+    url = serving("metrics") + "/metrics"
+
+    for headers in ({}, {"Authorization": "Bearer replace-me"}, {"Authorization": f"Basic {TOKEN}"}):
+        refused = httpx.get(url, headers=headers)
+        assert refused.status_code == 401 and "darkroom_scaler" not in refused.text
+    allowed = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert allowed.status_code == 200 and "darkroom_scaler_instances" in allowed.text
+
+
+def test_with_a_metrics_token_anyone_else_learns_only_whether_the_scaler_is_healthy(
+    serving, settings, status
+):
+    settings.METRICS_TOKEN = TOKEN
+    url = serving("health") + "/health"
+
+    assert httpx.get(url).json() == {"status": "ok"}  # enough for a probe
+    assert (
+        httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).json()["queues"][0]["name"] == "images"
+    )
+    status.record_check(error="OperationalError: connection refused")
+    failing = httpx.get(url)
+    assert failing.status_code == 503 and failing.json() == {"status": "failing"}
+
+
 def test_promtool_accepts_the_scaler_metrics(serving):
     if not shutil.which("promtool"):
         missing = "promtool is not installed (Debian's prometheus package)"

@@ -60,11 +60,19 @@ def test_a_bad_value_is_refused_naming_the_variable(env, message):
 def check_errors(settings, **env) -> list[str]:
     """The ids of the errors the system checks find with the settings `env` gives (and the embedded
     defaults for the rest, as `check_with`), asked in this process through pytest-django's `settings`."""
+    return [message.id for message in check_messages(settings, **env) if message.is_serious()]
+
+
+def check_warnings(settings, **env) -> list[str]:
+    """The ids of the warnings (said at the start, which goes on) that `check_errors` leaves out."""
+    return [message.id for message in check_messages(settings, **env) if not message.is_serious()]
+
+
+def check_messages(settings, **env) -> list[checks.CheckMessage]:
     values = config.load(env)
     for name, value in config.django_settings(values).items():
         setattr(settings, name, value)
-    settings.SERVICES_CONFIGURED = config.services_configured(values)
-    return [message.id for message in checks.run_checks() if message.is_serious()]
+    return checks.run_checks()
 
 
 def test_each_check_id_names_one_check():
@@ -92,6 +100,8 @@ def test_a_bad_value_stops_the_start():
         ({"BROKER_URL": "amqp://rabbit"}, "EMBEDDED_WORKERS", False),
         ({}, "API_KEYS_REQUIRED", False),
         ({"DATABASE_URL": "postgres://db/darkroom"}, "API_KEYS_REQUIRED", True),
+        ({"DEPLOYMENT": "true"}, "API_KEYS_REQUIRED", True),
+        ({"REDIS_URL": "redis://cache:6379/0", "DEPLOYMENT": "false"}, "API_KEYS_REQUIRED", False),
         ({"BROKER_URL": "amqp://rabbit", "API_KEYS_REQUIRED": "false"}, "API_KEYS_REQUIRED", False),
         ({"MIN_INSTANCES": "2", "SERVICES_MIN_INSTANCES": "3"}, "MIN_INSTANCES", 3),
         ({"COOLDOWN_PERIOD": "60"}, "SERVICES_COOLDOWN_PERIOD", 60.0),
@@ -175,8 +185,73 @@ def test_a_request_limit_below_the_upload_limit_fails_the_system_check_and_stops
     assert "darkroom.E001" in result.stderr
 
 
-# --- Production defaults: with any service configured ----------------------------------------
+# --- Production defaults: with any sign of a deployment ---------------------------------------
 SERVICE = {"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/unused"}
+
+# Each says "this server serves others" on its own: a box on SQLite with Redis and S3 is a deployment.
+DEPLOYMENT_SIGNALS = [
+    SERVICE,
+    {"BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/%2F"},
+    {"REDIS_URL": "redis://127.0.0.1:6379/0"},
+    {"AWS_STORAGE_BUCKET_NAME": "darkroom"},
+    {"ALLOWED_HOSTS": "darkroom.example.com"},
+    {"ALLOWED_HOSTS": "*"},
+]
+
+
+@pytest.mark.parametrize(
+    "signal", DEPLOYMENT_SIGNALS, ids=lambda env: ",".join(f"{k}={v}" for k, v in env.items())
+)
+def test_any_sign_of_a_deployment_requires_keys_and_refuses_the_default_secret_key(settings, signal):
+    assert config.load(signal).DEPLOYMENT and config.load(signal).API_KEYS_REQUIRED
+    assert "darkroom.E005" in check_errors(settings, **signal)
+    assert "darkroom.E005" not in check_errors(settings, **signal, SECRET_KEY="k3y-" + "x" * 46)
+
+
+def test_this_machine_alone_is_the_embedded_default(settings):
+    local = {"ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]", "DEBUG": "false"}
+    assert not config.load(local).DEPLOYMENT and not config.load(local).API_KEYS_REQUIRED
+    assert check_errors(settings, **local) == []
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "replace-me",  # deploy/k8s/secret.yaml
+        "replace-me-with-50-random-characters",
+        "embedded-default-insecure-key-change-me-for-any-real-deployment",  # the built-in default
+        "embedded-default-insecure-key-of-my-own",  # of its kind
+        "CHANGEME",
+        "change_me_in_production",
+    ],
+)
+def test_a_placeholder_secret_is_refused(settings, secret):
+    assert "darkroom.E005" in check_errors(settings, **SERVICE, SECRET_KEY=secret)
+    assert "darkroom.E006" in check_errors(settings, METRICS_TOKEN=secret)  # embedded default or not
+
+
+def test_a_random_metrics_token_is_accepted_and_none_is_staff_only(settings):
+    assert check_errors(settings, METRICS_TOKEN="kq3VQn0m8hHk2yZ4xJw1uP9tRb6sLc7E") == []
+    assert check_errors(settings, METRICS_TOKEN="") == []
+
+
+def test_a_server_refuses_to_start_with_a_placeholder_metrics_token():
+    started = run_python("import project.asgi", METRICS_TOKEN="replace-me", EMBEDDED_WORKERS="false")
+    assert started.returncode != 0 and "darkroom.E006" in started.stderr
+
+
+def test_optional_keys_in_a_deployment_are_warned_about(settings):
+    assert "darkroom.W003" in check_warnings(
+        settings, **SERVICE, SECRET_KEY="k" * 50, API_KEYS_REQUIRED="false"
+    )
+    assert "darkroom.W003" not in check_warnings(settings, **SERVICE, SECRET_KEY="k" * 50)
+    assert "darkroom.W003" not in check_warnings(settings, API_KEYS_REQUIRED="false")
+
+
+def test_scaler_endpoints_open_beyond_this_machine_without_a_token_are_warned_about(settings):
+    assert "darkroom.W101" in check_warnings(settings, SCALER_HOST="0.0.0.0")
+    assert "darkroom.W101" not in check_warnings(settings, SCALER_HOST="0.0.0.0", METRICS_TOKEN="t" * 32)
+    assert "darkroom.W101" not in check_warnings(settings)
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:

@@ -10,6 +10,8 @@ credential makes the same caller everywhere:
 - Else a browser session the site issued. It owns its jobs through a token kept in the session, so
   that they survive logging in. Only the pages (`issue_session`) make sessions, never the API or the
   WebSocket: anyone can send any cookie, and a cookie naming no stored session is no session.
+  When API keys are required, only a signed-in user's session counts (`session_may_call`): a key
+  means someone the operator let in, and anyone may open a page; the pages send visitors to sign in.
 - Else, when API keys are not required (the embedded default), the anonymous owner, shared.
 
 A credential that is there but wrong is refused with a named error (REFUSALS), never passed over
@@ -229,15 +231,29 @@ def key_caller(key: ApiKey) -> Caller:
 
 def from_session(session: SessionBase | None, user: User | None) -> Caller | None:
     """The caller of a session the site issued, making its owner token on first use; None for no
-    session, or one the client made up (anyone can send any cookie: it must not buy an owner)."""
-    if session is None or not is_issued(session):
+    session, one the client made up (anyone can send any cookie: it must not buy an owner), or one
+    that may not call (see session_may_call)."""
+    if session is None or not session_may_call(user) or not is_issued(session):
         return None
     return session_caller(session, user)
 
 
-def issue_session(session: SessionBase, user: User | None) -> Caller:
-    """The browser's caller on our pages: its session, or a new one the site issues now."""
+def issue_session(session: SessionBase, user: User | None) -> Caller | None:
+    """The browser's caller on our pages: its session, or a new one the site issues now; None when
+    its user may not call (see session_may_call): the pages send them to sign in."""
+    if not session_may_call(user):
+        return None
     return from_session(session, user) or session_caller(session, user)
+
+
+def session_may_call(user: User | None) -> bool:
+    """Whether a browser session is a caller: always in the embedded default, and only a signed-in
+    user's when API keys are required, so that visiting a page buys no way around a key."""
+    return not settings.API_KEYS_REQUIRED or is_signed_in(user)
+
+
+def is_signed_in(user: User | None) -> bool:
+    return user is not None and user.is_authenticated
 
 
 def is_issued(session: SessionBase) -> bool:

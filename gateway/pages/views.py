@@ -2,14 +2,19 @@
 server-side upload, job list and job status pages, which work with JavaScript turned off.
 
 Every page makes sure the browser has a session: its jobs belong to that session (see
-gateway.auth.callers), and the JavaScript client's API calls and WebSocket carry its cookie.
+gateway.auth.callers), and the JavaScript client's API calls and WebSocket carry its cookie. With
+API keys required, a session calls only once its user has signed in: every page sends anyone else to
+the sign-in page first (`sign_in_first`).
 """
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import wraps
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -58,9 +63,23 @@ ERROR_TITLES = {
 # --- Pages ------------------------------------------------------------------------------
 
 
+def sign_in_first(page: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A page for callers only (gateway.auth.callers.session_may_call): with API keys required, a
+    visitor who has not signed in is sent to sign in, and back here after (home after a form post)."""
+
+    @wraps(page)
+    def for_callers(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if not callers.session_may_call(request.user):
+            return redirect_to_login(request.get_full_path() if request.method == "GET" else reverse("home"))
+        return page(request, *args, **kwargs)
+
+    return for_callers
+
+
 @gzip_page
 @never_cache  # each page carries the visitor's CSRF token
 @require_GET
+@sign_in_first
 def home(request: HttpRequest) -> HttpResponse:
     """The UI that fits the device and connection (or the visitor's ?ui= choice)."""
     profile = devices.detect(request)
@@ -87,6 +106,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @gzip_page
 @never_cache
 @require_GET
+@sign_in_first
 def job_list(request: HttpRequest) -> HttpResponse:
     """The session's recent jobs, server-rendered; reloads itself while any is unfinished."""
     jobs = browser_jobs(returning_caller(request), callers.RECENT_JOBS_ON_JOB_LIST)
@@ -98,6 +118,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @gzip_page
 @never_cache
 @require_GET
+@sign_in_first
 def job_status(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     """One job, server-rendered: reloads itself until the job is finished, then links the result."""
     caller = returning_caller(request)
@@ -118,6 +139,7 @@ def job_status(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 @csrf_exempt  # checked in submit_form, once the body is read (see below)
 @gzip_page
 @require_POST
+@sign_in_first
 def upload(request: HttpRequest) -> HttpResponse:
     """The forms' server-side submission: create the jobs, then show their status.
 
@@ -166,8 +188,12 @@ def form_submission(request: HttpRequest, caller: callers.Caller) -> submissions
 
 
 def session_caller(request: HttpRequest) -> callers.Caller:
-    """The browser's caller, making its session (and owner token) on the first visit."""
-    return callers.issue_session(request.session, request.user)
+    """The browser's caller, making its session (and owner token) on the first visit. Only pages that
+    are `sign_in_first` ask, so there is always one."""
+    caller = callers.issue_session(request.session, request.user)
+    if caller is None:
+        raise RuntimeError("a page that issues sessions must be sign_in_first")
+    return caller
 
 
 def returning_caller(request: HttpRequest) -> callers.Caller | None:
