@@ -36,11 +36,13 @@ class ImageTooLarge(UnprocessableImage):
 
 
 class OutputTooLarge(UnprocessableImage):
-    """The parameters ask for a result with more pixels than MAX_OUTPUT_PIXELS; `fields` names them."""
+    """The parameters ask for a result over an output limit; `fields` names them, `limit` the setting
+    (MAX_OUTPUT_PIXELS, MAX_ENLARGEMENT or MAX_AVIF_OUTPUT_PIXELS)."""
 
-    def __init__(self, fields: tuple[str, ...], message: str):
+    def __init__(self, fields: tuple[str, ...], message: str, limit: str = "MAX_OUTPUT_PIXELS"):
         super().__init__("output_too_large", message)
         self.fields = fields
+        self.limit = limit
 
 
 class TooManyScans(UnprocessableImage):

@@ -615,6 +615,28 @@ SETTINGS: tuple[Setting, ...] = (
         LIMITS,
         minimum=1,
     ),
+    # What an enlarged result costs (its operation, its encodes) grows with its pixels, not the upload's.
+    Setting(
+        "MAX_ENLARGEMENT",
+        INT,
+        16,
+        "How many times the input's pixels a result may have: 16 is four times as wide and as high. A "
+        "tiny upload cannot buy the work of a huge result.",
+        LIMITS,
+        minimum=1,
+        maximum=10_000,
+    ),
+    # Measured at AVIF_SPEED 6 on one core: about 0.2 s a megapixel for smooth images, 1.3 s for noise.
+    Setting(
+        "MAX_AVIF_OUTPUT_PIXELS",
+        INT,
+        4_000_000,
+        "The largest result (width x height) encoded as AVIF, whose encoder is far slower than the "
+        "others': at 4 megapixels about a second for a smooth image, five for noise (AVIF_SPEED 6, one "
+        "core). Larger results need another format.",
+        LIMITS,
+        minimum=1,
+    ),
     # Ordinary encoders write about 10 scans; libjpeg-turbo's own tools suggest refusing beyond a few hundred.
     Setting(
         "MAX_JPEG_SCANS",

@@ -7,7 +7,9 @@ import re
 import pytest
 from PIL import Image
 
-from processing.imaging.byte_budget import MIN_QUALITY, encode_within
+from processing.errors import UnprocessableImage
+from processing.imaging import byte_budget
+from processing.imaging.byte_budget import MAX_ENCODES, MAX_SHRINKS, MIN_QUALITY, encode_within
 from processing.imaging.codecs import encode_image
 from processing.models import Job
 from tests import images
@@ -54,6 +56,47 @@ def test_a_budget_even_the_lowest_quality_misses_costs_pixels_not_more_quality(f
     assert len(fitted.data) <= budget
     assert result.size == fitted.image.size and result.width < 400
     assert abs(result.width / result.height - 400 / 300) < 0.05  # the shape is kept
+
+
+@pytest.fixture
+def encoded(monkeypatch):
+    """The size of every image the byte budget encodes, in order."""
+    sizes: list[tuple[int, int]] = []
+    real = byte_budget.encode_image
+
+    def counting(image: Image.Image, format: str, quality: int) -> bytes:
+        sizes.append(image.size)
+        return real(image, format, quality)
+
+    monkeypatch.setattr(byte_budget, "encode_image", counting)
+    return sizes
+
+
+@pytest.mark.parametrize(("format", "side"), [("jpeg", 1000), ("avif", 300), ("png", 500)])
+def test_a_result_far_over_its_budget_is_encoded_whole_once_then_shrunk(encoded, format, side):
+    # Issue 24: noise asked to fit a kilobyte took 30 AVIF encodes, 7 of them of the whole image.
+    noise = images.noise(side, side)
+
+    fitted = encode_within(noise, format, 85, 1024)
+
+    assert len(fitted.data) <= 1024 and decoded(fitted.data).size == fitted.image.size
+    assert encoded.count(noise.size) == 1
+    assert fitted.encodes == len(encoded) <= MAX_ENCODES
+
+
+def test_the_search_gives_up_after_a_bounded_number_of_encodes(monkeypatch):
+    encodes = []
+
+    def never_small_enough(image: Image.Image, format: str, quality: int) -> bytes:
+        encodes.append(image.size)
+        return bytes(4096)
+
+    monkeypatch.setattr(byte_budget, "encode_image", never_small_enough)
+    with pytest.raises(UnprocessableImage) as caught:
+        encode_within(images.photo(320, 240), "jpeg", 85, 1024)
+
+    assert caught.value.code == "over_budget"
+    assert len(encodes) == 1 + MAX_SHRINKS + 1 <= MAX_ENCODES
 
 
 @pytest.mark.django_db(transaction=True)

@@ -25,6 +25,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 WIDE_PNG = images.png_bytes(images.solid(20000, 200))  # 12 KB; rotated 45 degrees, 14284 x 14284
 TINY_PNG = images.png_bytes(images.solid(1, 1))  # under 100 bytes
+NOISE_PNG = images.png_bytes(images.noise(64, 64))  # 12 KB
+# Issue 24: a 49-megapixel AVIF squeezed into a kilobyte took 30 encodes (40 s) to end at 55 x 55.
+BUDGET_ATTACK = {"width": 7000, "height": 7000, "fit": "fill", "format": "avif", "max_bytes": 1024}
+AVIF_OVER_ITS_CEILING = {"width": 2100, "format": "avif"}  # 4.4 megapixels from 600 x 600
+SMOOTH_PNG = images.png_bytes(images.gradient(600, 600))
+HEADER_OF_16_MP = images.png_header_bytes(4000, 4000)  # ten grayscale runs over it: 160 megapixels
+# Issue 24: a megabyte of empty JPEG segments cost 0.38 s of the gateway's CPU for Pillow to walk.
+EMPTY_SEGMENTS_JPEG = images.jpeg_with_empty_segments(250_000)
+# Pillow steps over junk between segments a byte at a time.
+STRAY_BYTES_JPEG = images.jpeg_with_empty_segments(1, bytes(100_000))
 
 # (id, file, service, parameters, status, code): refused at upload, before a job exists.
 REFUSED_AT_UPLOAD = [
@@ -50,6 +60,11 @@ REFUSED_AT_UPLOAD = [
         "output_too_large",
     ),
     ("resize-one-side-to-10000", WIDE_PNG, "resize", {"height": 10000}, 422, "output_too_large"),
+    ("avif-budget-of-64x64-noise-to-7000", NOISE_PNG, "resize", BUDGET_ATTACK, 422, "output_too_large"),
+    ("avif-over-its-own-ceiling", SMOOTH_PNG, "resize", AVIF_OVER_ITS_CEILING, 422, "output_too_large"),
+    ("grayscale-10-runs-of-16-mp", HEADER_OF_16_MP, "grayscale", {"runs": 10}, 422, "invalid_parameters"),
+    ("jpeg-of-a-megabyte-of-empty-segments", EMPTY_SEGMENTS_JPEG, "grayscale", {}, 422, "corrupt_image"),
+    ("jpeg-of-stray-bytes", STRAY_BYTES_JPEG, "grayscale", {}, 422, "corrupt_image"),
 ]
 
 # (id, file, service, parameters, code): accepted (the header is fine), then failed by the worker.
@@ -84,6 +99,8 @@ FAILED_WITHOUT_THE_GATEWAY = [
         {"width": 10000, "height": 10000, "fit": "fill"},
         "output_too_large",
     ),
+    ("avif-budget-of-64x64-noise-to-7000", NOISE_PNG, "resize", BUDGET_ATTACK, "output_too_large"),
+    ("avif-over-its-own-ceiling", SMOOTH_PNG, "resize", AVIF_OVER_ITS_CEILING, "output_too_large"),
 ]
 
 
@@ -139,8 +156,36 @@ def test_a_result_too_large_names_the_parameters_and_the_limit(client, stub_brok
     assert [problem["field"] for problem in error["fields"]] == ["angle", "expand"]
 
 
+@pytest.mark.parametrize(
+    ("data", "parameters", "fields", "rule"),
+    [
+        (NOISE_PNG, BUDGET_ATTACK, ["width", "height"], "max_enlargement"),
+        (SMOOTH_PNG, AVIF_OVER_ITS_CEILING, ["width", "format"], "max_avif_output_pixels"),
+    ],
+    ids=["enlargement", "avif"],
+)
+def test_a_result_costlier_than_its_limits_names_the_parameters_and_the_rule(
+    client, stub_broker, data, parameters, fields, rule
+):
+    error = api_upload(client, "resize", data, parameters).json()["error"]
+
+    assert [(problem["field"], problem["rule"]) for problem in error["fields"]] == [
+        (field, rule) for field in fields
+    ]
+    assert rule.upper() in error["message"]
+    assert Job.objects.count() == 0
+
+
+def test_the_enlargement_and_avif_limits_are_settings(client, stub_broker, settings):
+    settings.MAX_ENLARGEMENT = 20_000
+    settings.MAX_AVIF_OUTPUT_PIXELS = 50_000_000
+    assert api_upload(client, "resize", NOISE_PNG, BUDGET_ATTACK).status_code == 202
+    assert api_upload(client, "resize", SMOOTH_PNG, AVIF_OVER_ITS_CEILING).status_code == 202
+
+
 def test_the_output_limit_is_a_setting(client, stub_broker, settings):
     settings.MAX_OUTPUT_PIXELS = 1000
+    settings.MAX_ENLARGEMENT = 10_000  # a 1 x 1 upload: only the output limit is tried here
     refused = api_upload(client, "resize", TINY_PNG, {"width": 40, "height": 40, "fit": "fill"})
     assert refused.status_code == 422 and "MAX_OUTPUT_PIXELS (1000)" in refused.json()["error"]["message"]
     assert (

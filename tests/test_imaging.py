@@ -6,6 +6,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
+from processing.imaging import codecs
 from processing.imaging.codecs import (
     ALLOWED_INPUT_FORMATS,
     DecodeHint,
@@ -143,6 +144,62 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(upload, read):
         read(path, LIMIT, max_jpeg_scans=100)
     assert caught.value.code == "too_many_scans" and "MAX_JPEG_SCANS" in caught.value.message
     assert probe(path, LIMIT).format == "JPEG"  # no limit given: no count
+
+
+# JPEG headers: walked by a bounded walk of our own before Pillow walks them in Python
+
+
+def test_a_megabyte_of_empty_jpeg_segments_is_refused_before_pillow_reads_it(upload, monkeypatch):
+    path = upload(images.jpeg_with_empty_segments(250_000))
+    opened, walked = [], []
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args))
+    check = codecs.check_header_walk
+    monkeypatch.setattr(codecs, "check_header_walk", lambda *args: walked.append(args) or check(*args))
+
+    with pytest.raises(UnprocessableImage) as caught:
+        probe(path, LIMIT)
+
+    assert caught.value.code == "corrupt_image" and "segments" in caught.value.message
+    assert opened == [] and len(walked) == codecs.MAX_JPEG_SEGMENTS_BEFORE_SCAN + 1
+
+
+@pytest.mark.parametrize(
+    ("data", "accepted"),
+    [
+        (images.jpeg_with_empty_segments(codecs.MAX_JPEG_SEGMENTS_BEFORE_SCAN - 20), True),
+        (images.jpeg_with_empty_segments(codecs.MAX_JPEG_SEGMENTS_BEFORE_SCAN + 1), False),
+        (images.jpeg_with_empty_segments(1, b"\x00" * 10), True),  # junk Pillow and libjpeg step over
+        (images.jpeg_with_empty_segments(1, b"\xff" * 10), True),  # fill bytes before a marker
+        (images.jpeg_with_empty_segments(1, b"\x00" * (codecs.MAX_JPEG_STRAY_BYTES_BEFORE_SCAN + 1)), False),
+        (images.jpeg_with_empty_segments(1, b"\xff" * (codecs.MAX_JPEG_STRAY_BYTES_BEFORE_SCAN + 1)), False),
+    ],
+    ids=["segments-under", "segments-over", "junk", "fill", "junk-over", "fill-over"],
+)
+def test_a_jpeg_header_is_walked_within_its_limits(upload, data, accepted):
+    if accepted:
+        info = probe(upload(data), LIMIT, max_jpeg_scans=100)
+        assert (info.format, info.width, info.height) == ("JPEG", 64, 64)
+        return
+    with pytest.raises(UnprocessableImage) as caught:
+        probe(upload(data), LIMIT)
+    assert caught.value.code == "corrupt_image"
+
+
+def test_a_jpeg_header_longer_than_its_byte_limit_is_refused(upload, monkeypatch):
+    exif_sized = images.jpeg_with_empty_segments(0, b"\xff\xe1\xff\xff" + bytes(65_533))
+    assert probe(upload(exif_sized), LIMIT).format == "JPEG"
+    monkeypatch.setattr(codecs, "MAX_JPEG_HEADER_BYTES", 65_000)
+    with pytest.raises(UnprocessableImage) as caught:
+        probe(upload(exif_sized), LIMIT)
+    assert "header of more than 65000 bytes" in caught.value.message
+
+
+def test_segments_between_scans_are_bounded_too():
+    data = images.encode(images.photo(64, 64), "JPEG", progressive=True)
+    second_scan = data.index(b"\xff\xda", data.index(b"\xff\xda") + 2)
+    hostile = data[:second_scan] + b"\xff\xef\x00\x02" * 250_000 + data[second_scan:]
+    with pytest.raises(UnprocessableImage):
+        count_scans(hostile, stop_after=100)
 
 
 # load_image

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from processing.errors import Cancelled, InvalidParameters, OutputTooLarge
 from processing.imaging.codecs import DecodeHint, encode_image, load_image
 from processing.imaging.formats import OUTPUT_FORMATS
-from processing.imaging.operations import OPERATIONS, Operation, OperationResult, get_operation
+from processing.imaging.operations import OPERATIONS, Operation, OperationResult, OutputLimits, get_operation
 from processing.imaging.operations import grayscale as grayscale_module
 from tests import images
 
@@ -267,6 +267,74 @@ def test_a_result_of_exactly_the_output_limit_is_allowed():
 def test_a_report_makes_no_image_so_has_no_output_limit():
     operation = get_operation("analyze")
     operation.check_output(operation.parse({}), 7000, 7000, max_pixels=1)
+
+
+# Work bounded by its cost: enlargement, AVIF's pixels, grayscale's runs (issue 24)
+
+LIMITS = OutputLimits(max_pixels=50_000_000, max_enlargement=16, max_avif_pixels=4_000_000)
+
+
+def test_the_budget_attack_is_refused_for_its_enlargement_naming_the_size():
+    operation = get_operation("resize")
+    attack = {"width": 7000, "height": 7000, "fit": "fill", "format": "avif", "max_bytes": 1024}
+    with pytest.raises(OutputTooLarge) as caught:
+        operation.check_job(operation.parse(attack), 64, 64, "avif", LIMITS)
+    assert caught.value.limit == "MAX_ENLARGEMENT" and caught.value.fields == ("width", "height")
+    assert caught.value.message == (
+        "width=7000, height=7000: the result would be 7000 × 7000 = 49000000 pixels, "
+        "which exceeds MAX_ENLARGEMENT (16) times the input's 4096 pixels"
+    )
+
+
+@pytest.mark.parametrize(("width", "allowed"), [(256, True), (257, False)])
+def test_a_result_may_have_max_enlargement_times_the_inputs_pixels(width, allowed):
+    operation = get_operation("resize")
+    params = operation.parse({"width": width, "height": 256, "fit": "fill"})
+    if allowed:
+        operation.check_job(params, 64, 64, "png", LIMITS)
+    else:
+        with pytest.raises(OutputTooLarge):
+            operation.check_job(params, 64, 64, "png", LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("output_format", "width", "allowed"),
+    [("avif", 2000, True), ("avif", 2001, False), ("jpeg", 2001, True), ("", 2001, True)],
+)
+def test_an_avif_result_has_a_pixel_ceiling_of_its_own(output_format, width, allowed):
+    operation = get_operation("resize")
+    params = operation.parse({"width": width, "height": 2000, "fit": "fill"})
+    if allowed:
+        operation.check_job(params, 1000, 1000, output_format, LIMITS)
+        return
+    with pytest.raises(OutputTooLarge) as caught:
+        operation.check_job(params, 1000, 1000, output_format, LIMITS)
+    assert caught.value.limit == "MAX_AVIF_OUTPUT_PIXELS"
+    assert caught.value.fields == ("width", "height", "format")
+    assert "MAX_AVIF_OUTPUT_PIXELS (4000000)" in caught.value.message
+
+
+def test_an_avif_input_kept_as_avif_is_refused_naming_the_format():
+    operation = get_operation("blur")
+    with pytest.raises(OutputTooLarge) as caught:
+        operation.check_job(operation.parse({}), 3000, 3000, "avif", LIMITS)
+    assert caught.value.fields == ("format",)
+
+
+@pytest.mark.parametrize(
+    ("runs", "size", "allowed"),
+    [(1, (7000, 7000), True), (2, (7000, 7000), True), (3, (7000, 7000), False), (10, (3162, 3162), True)],
+)
+def test_grayscale_runs_times_pixels_is_bounded(runs, size, allowed):
+    operation = get_operation("grayscale")
+    params = operation.parse({"runs": runs, "threads": 16})
+    if allowed:
+        operation.check_job(params, *size, "jpeg", LIMITS)
+        return
+    with pytest.raises(InvalidParameters) as caught:
+        operation.check_job(params, *size, "jpeg", LIMITS)
+    assert caught.value.field == "runs"
+    assert f"at most {grayscale_module.MAX_CONVERTED_PIXELS}" in caught.value.message
 
 
 def test_operations_without_a_size_rule_fit_any_image():

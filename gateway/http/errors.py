@@ -180,10 +180,8 @@ def details_of(exc: DomainError) -> dict[str, Any]:
     if isinstance(exc, InvalidParameters):
         return {"fields": [{"field": exc.field, "rule": "fits_image", "message": exc.message}]}
     if isinstance(exc, OutputTooLarge):
-        problem = "makes the result larger than MAX_OUTPUT_PIXELS"
+        problem = f"makes the result larger than {exc.limit}"
         return {
-            "fields": [
-                {"field": name, "rule": "max_output_pixels", "message": problem} for name in exc.fields
-            ]
+            "fields": [{"field": name, "rule": exc.limit.lower(), "message": problem} for name in exc.fields]
         }
     return {}

@@ -78,11 +78,17 @@ def result_formats(
 ) -> ResultFormats:
     """The format asked for, else the input's default; for auto, the negotiated one with a JPEG or PNG
     fallback for downloads that do not name it, or JPEG or PNG by content when nothing was negotiated."""
+    output = chosen_before_pixels(requested, negotiated, input_format) or universal_format(image)
+    fallback = universal_format(image) if requested == AUTO and negotiated else ""
+    return ResultFormats(output, fallback)
+
+
+def chosen_before_pixels(requested: str | None, negotiated: str, input_format: str) -> str:
+    """The result's format as far as it is known before its pixels: what result_formats gives, or ""
+    when format=auto leaves it to the content (JPEG or PNG)."""
     if requested != AUTO:
-        return ResultFormats(requested or default_output_format(input_format))
-    if negotiated:
-        return ResultFormats(negotiated, fallback=universal_format(image))
-    return ResultFormats(universal_format(image))
+        return requested or default_output_format(input_format)
+    return negotiated
 
 
 def default_output_format(input_format: str) -> str:

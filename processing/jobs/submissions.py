@@ -22,7 +22,7 @@ from processing import storage
 from processing.errors import StorageUnavailable, UnknownOperation, UnprocessableImage
 from processing.imaging import formats
 from processing.imaging.codecs import ImageInfo, probe
-from processing.imaging.operations import Operation, get_operation
+from processing.imaging.operations import Operation, OutputLimits, get_operation
 from processing.jobs import idempotency, pools, publishing
 from processing.models import Job, JobId
 from processing.owners import Owner, owned_by
@@ -130,9 +130,12 @@ def submit(submission: Submission) -> Accepted:
 def create_jobs(prepared: Prepared) -> list[Job]:
     """Validate every upload against the parameters, then store, create, publish and announce the jobs."""
     operation, params = prepared.operation, prepared.params
+    limits = OutputLimits.of(settings)
     for _, info in prepared.inputs:
-        operation.check_fits(params, info.width, info.height)
-        operation.check_output(params, info.width, info.height, settings.MAX_OUTPUT_PIXELS)
+        output_format = formats.chosen_before_pixels(
+            prepared.canonical.get("format"), prepared.negotiated_format, info.format
+        )
+        operation.check_job(params, info.width, info.height, output_format, limits)
 
     single_id = prepared.submission.job_id if len(prepared.inputs) == 1 else None
     created: list[Job] = []

@@ -16,7 +16,7 @@ from processing import logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
 from processing.imaging.codecs import DecodeHint, load_image
-from processing.imaging.operations import get_operation
+from processing.imaging.operations import OutputLimits, get_operation
 from processing.imaging.operations.base import Operation, OutputOptions, Params
 from processing.jobs import lifecycle, pools, queues
 from processing.models import Job
@@ -123,8 +123,11 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
     with storage.local_path(job.input_key) as path:
         image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint, settings.MAX_JPEG_SCANS)
     timings["decode_ms"] = elapsed_ms(started)
-    # The gateway checked this from the header; here it holds for any job, before a pixel is made.
-    operation.check_output(params, info.width, info.height, settings.MAX_OUTPUT_PIXELS)
+    # The gateway checked these from the header; here they hold for any job, before a pixel is made.
+    output_format = formats.chosen_before_pixels(
+        job.parameters.get("format"), job.negotiated_format, info.format
+    )
+    operation.check_job(params, info.width, info.height, output_format, OutputLimits.of(settings))
 
     step = time.perf_counter()
     result = operation.apply(image, params, lifecycle.ProgressReporter(job, worker))

@@ -84,6 +84,20 @@ class ReportParams(Params):
         return None  # no image is made
 
 
+@dataclass(frozen=True)
+class OutputLimits:
+    """What one job's result may be, from the settings of the same names (docs/settings.md)."""
+
+    max_pixels: int  # MAX_OUTPUT_PIXELS
+    max_enlargement: int  # MAX_ENLARGEMENT: the result's pixels per pixel of the input
+    max_avif_pixels: int  # MAX_AVIF_OUTPUT_PIXELS
+
+    @classmethod
+    def of(cls, settings: Any) -> "OutputLimits":
+        """From Django's settings (or anything with these attributes): operations stay Django-free."""
+        return cls(settings.MAX_OUTPUT_PIXELS, settings.MAX_ENLARGEMENT, settings.MAX_AVIF_OUTPUT_PIXELS)
+
+
 # The parameters of one operation: an image's (OutputOptions) or a report's (ReportParams).
 P = TypeVar("P", bound=OutputOptions | ReportParams)
 
@@ -121,6 +135,24 @@ class Operation(Generic[P]):
         """The size of the image these parameters make from a width x height input; None for a report."""
         return params.output_size(width, height)
 
+    def check_job(self, params: P, width: int, height: int, output_format: str, limits: OutputLimits) -> None:
+        """Every check of a job against its input's size, at submit and again in the worker, before a
+        pixel is made: the parameters fit the image (InvalidParameters) and the result is within the
+        output limits (OutputTooLarge). `output_format` is the result's format as far as it is known
+        before the pixels (formats.chosen_before_pixels)."""
+        self.check_fits(params, width, height)
+        self.check_output(params, width, height, limits.max_pixels)
+        size = self.output_size(params, width, height)
+        if size is None:
+            return
+        made = size[0] * size[1]
+        if made > width * height * limits.max_enlargement:
+            bound = f"MAX_ENLARGEMENT ({limits.max_enlargement}) times the input's {width * height} pixels"
+            raise output_too_large(params, width, height, size, bound, "MAX_ENLARGEMENT")
+        if output_format == "avif" and made > limits.max_avif_pixels:
+            bound = f"MAX_AVIF_OUTPUT_PIXELS ({limits.max_avif_pixels}); another format may have more"
+            raise output_too_large(params, width, height, size, bound, "MAX_AVIF_OUTPUT_PIXELS", ("format",))
+
     def check_output(self, params: P, width: int, height: int, max_pixels: int) -> None:
         """Raise OutputTooLarge, naming the parameters, when the result would have over max_pixels pixels.
 
@@ -129,14 +161,7 @@ class Operation(Generic[P]):
         size = self.output_size(params, width, height)
         if size is None or size[0] * size[1] <= max_pixels:
             return
-        fields = tuple(name for name in params.size_fields if getattr(params, name) is not None)
-        given = [f"{name}={json_value(getattr(params, name))}" for name in fields]
-        asked = ", ".join(given) if given else f"the input's own size ({width} × {height})"
-        raise OutputTooLarge(
-            fields,
-            f"{asked}: the result would be {size[0]} × {size[1]} = {size[0] * size[1]} pixels, "
-            f"which exceeds MAX_OUTPUT_PIXELS ({max_pixels})",
-        )
+        raise output_too_large(params, width, height, size, f"MAX_OUTPUT_PIXELS ({max_pixels})")
 
     def decode_hint(self, params: P, width: int, height: int) -> DecodeHint | None:
         """What the decoder may leave out for these parameters on an image of this (displayed) size.
@@ -154,6 +179,27 @@ def shrink_hint(width: int, height: int, x_scale: float, y_scale: float) -> Deco
     """The hint for a result that shrinks a width x height image by these factors; None if nothing shrinks."""
     size = (math.ceil(width * x_scale * DECODE_GAP), math.ceil(height * y_scale * DECODE_GAP))
     return DecodeHint(size=size) if size[0] < width and size[1] < height else None
+
+
+def output_too_large(
+    params: OutputOptions | ReportParams,
+    width: int,
+    height: int,
+    size: tuple[int, int],
+    bound: str,
+    limit: str = "MAX_OUTPUT_PIXELS",
+    also: tuple[str, ...] = (),
+) -> OutputTooLarge:
+    """The refusal of a result of `size` over `bound`, naming the size parameters given (and `also`)."""
+    fields = tuple(name for name in params.size_fields if getattr(params, name) is not None)
+    given = [f"{name}={json_value(getattr(params, name))}" for name in fields]
+    asked = ", ".join(given) if given else f"the input's own size ({width} × {height})"
+    return OutputTooLarge(
+        fields + also,
+        f"{asked}: the result would be {size[0]} × {size[1]} = {size[0] * size[1]} pixels, "
+        f"which exceeds {bound}",
+        limit,
+    )
 
 
 def json_value(value: Any) -> str:

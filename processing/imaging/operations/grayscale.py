@@ -9,13 +9,34 @@ from itertools import pairwise
 from PIL import Image
 from pydantic import Field
 
+from processing.errors import InvalidParameters
 from processing.imaging.codecs import DecodeHint
 from processing.imaging.operations.base import Operation, OperationResult, OutputOptions, ProgressCallback
+
+# Each run converts every pixel again, so runs times pixels is what the repeats cost: ten runs of a
+# 10-megapixel image, two of a 50-megapixel one. (Threads split one run's work; they add none.)
+MAX_CONVERTED_PIXELS = 100_000_000
 
 
 class GrayscaleParams(OutputOptions):
     threads: int = Field(1, ge=1, le=16, description="Horizontal bands converted in parallel.")
-    runs: int = Field(1, ge=1, le=10, description="How many times to repeat the conversion, each one timed.")
+    runs: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="How many times to repeat the conversion, each one timed; runs × width × height "
+        f"may be at most {MAX_CONVERTED_PIXELS}.",
+    )
+
+    def check_fits(self, width: int, height: int) -> None:
+        """Refuse more runs than this image's size allows (MAX_CONVERTED_PIXELS); one run always fits."""
+        converted = self.runs * width * height
+        if self.runs > 1 and converted > MAX_CONVERTED_PIXELS:
+            raise InvalidParameters(
+                "runs",
+                f"runs={self.runs} on a {width} × {height} image converts {converted} pixels; "
+                f"runs × width × height may be at most {MAX_CONVERTED_PIXELS}",
+            )
 
     def decode_hint(self, width: int, height: int) -> DecodeHint | None:
         # A JPEG's luma is the grayscale image; asking for threads or runs asks to time the conversion.
