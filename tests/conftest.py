@@ -13,6 +13,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from bench.private_services import PrivateServices
 from bench.s3 import SeaweedServer
+from gateway.ops import snapshots
 from processing import events
 from processing.worker.actors import process_job
 from tests.services import CONFIGURED, XDIST_WORKER, clear_rate_limits, require, url_of
@@ -129,6 +130,37 @@ def sent(monkeypatch) -> RecordingSender:
 def admission_ledger_in_tmp(settings, tmp_path):
     """The in-process workers of each test keep their memory admission apart from other tests'."""
     settings.WORKER_ADMISSION_LEDGER = str(tmp_path / "admission.json")
+
+
+@pytest.fixture(autouse=True)
+def fresh_snapshots():
+    """Health and queue readings start anew: a test's answer is of the state it arranged."""
+    snapshots.Snapshot.forget_all()
+
+
+@pytest.fixture
+def snapshot_clock(monkeypatch) -> list[float]:
+    """The clock gateway.ops.snapshots reads, moved by the test: `snapshot_clock[0] += seconds`."""
+    now = [1000.0]
+    monkeypatch.setattr(snapshots, "clock", lambda: now[0])
+    return now
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """`count_calls(module, "name")`: the calls of module.name from now on, which still does its work."""
+
+    def count(owner, name: str) -> list[tuple]:
+        calls, real = [], getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            calls.append(args)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+        return calls
+
+    return count
 
 
 @pytest.fixture(autouse=True)

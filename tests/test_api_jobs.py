@@ -1,5 +1,6 @@
 """Batches, the job list, cancel, idempotency and result reuse."""
 
+import re
 from collections import Counter
 
 import dramatiq
@@ -203,6 +204,21 @@ def test_the_same_input_and_parameters_reuse_the_stored_result(client, run_jobs,
     assert submit(client, "sobel", image=png(image=image), quality=50).json()["status"] == "queued"
     settings.RESULT_REUSE = False
     assert submit(client, "sobel", image=png(image=image)).json()["status"] == "queued"
+
+
+# --- GET /api/v1/result/{id} ---
+
+
+def test_the_result_names_its_worker_to_staff_and_labels_it_for_its_owner(client, api_key, run_jobs):
+    owner, staff = api_key("alice"), api_key("ops", staff=True)
+    job_id = submit(client, headers=owner).json()["job_id"]
+    run_jobs()
+    worker = Job.objects.get(id=job_id).worker_id  # host:pid:thread
+
+    assert client.get(f"/api/v1/result/{job_id}", headers=staff).json()["worker"] == worker
+    label = client.get(f"/api/v1/result/{job_id}", headers=owner).json()["worker"]
+    assert re.fullmatch(r"worker-[0-9a-f]{12}", label), label  # neither host nor pid
+    assert client.get(f"/api/v1/result/{job_id}", headers=owner).json()["worker"] == label  # stable
 
 
 # --- GET /api/v1/jobs/{id}?wait=N on the synchronous view alone (a WSGI server; see test_api_wait) ---

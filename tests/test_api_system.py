@@ -1,5 +1,6 @@
 """Queue status, statistics, stored files, health, rate limits, metrics and the OpenAPI document."""
 
+import re
 import shutil
 import subprocess
 from datetime import timedelta
@@ -7,7 +8,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from gateway.ops import snapshots
+from processing.jobs import queues
 from processing.models import Job
+from processing.worker import admission
 from tests.services import IN_CI
 from tests.uploads import submit
 
@@ -21,6 +25,35 @@ def test_queue_status_counts_what_waits(client, stub_broker):
     assert body["broker"] == "embedded" and body["available"] is True
     assert body["queues"][0]["name"] == "images" and body["queues"][0]["ready"] == 3
     assert body["jobs_queued"] == 3 and body["jobs_processing"] == 0
+
+
+def test_queue_status_names_machines_to_staff_only(client, api_key, stub_broker):
+    admission.report_status(admission.summary({}))  # this machine, as its workers report it
+    host = admission.summary({})["host"]
+
+    staff_view = client.get("/api/v1/queue/status", headers=api_key("ops", staff=True)).json()
+    assert host in [machine["host"] for machine in staff_view["memory"]]
+    for headers in ({}, api_key("not staff")):
+        memory = client.get("/api/v1/queue/status", headers=headers).json()["memory"]
+        labels = [machine["host"] for machine in memory]
+        assert len(labels) == len(staff_view["memory"]) and host not in labels
+        assert all(re.fullmatch(r"machine-[0-9a-f]{12}", label) for label in labels), labels
+
+
+def test_queue_status_reads_the_broker_and_redis_once_a_moment_however_often_asked(
+    client, api_key, stub_broker, count_calls, snapshot_clock
+):
+    broker_reads, redis_reads = count_calls(queues, "queue_status"), count_calls(admission, "machines")
+    submit(client)
+    staff = api_key("ops", staff=True)
+    for headers in [{}] * 20 + [staff]:
+        assert client.get("/api/v1/queue/status", headers=headers).json()["queues"][0]["ready"] == 1
+    assert (len(broker_reads), len(redis_reads)) == (1, 1)
+
+    submit(client)
+    snapshot_clock[0] += snapshots.FRESH_SECONDS
+    assert client.get("/api/v1/queue/status").json()["queues"][0]["ready"] == 2
+    assert (len(broker_reads), len(redis_reads)) == (2, 2)
 
 
 def test_statistics_count_by_status_and_service_with_durations(client, run_jobs, stub_worker):

@@ -84,8 +84,9 @@ def credentials(case: str) -> tuple[dict, callers.Caller | Refused]:
         return headers, Refused(callers.InvalidKey, "invalid_api_key")
     if case in ("a token", "a staff token"):
         claims = {"roles": ["staff"]} if case == "a staff token" else {}
-        owner = Owner(subject="alice")
-        return {"Authorization": f"Bearer {token('alice', **claims)}"}, callers.Caller(owner, bool(claims))
+        owner, expires = Owner(subject="alice"), int(time.time()) + 300
+        caller = callers.Caller(owner, bool(claims), expires_at=expires + tokens.LEEWAY_SECONDS)
+        return {"Authorization": f"Bearer {token('alice', exp=expires, **claims)}"}, caller
     if case == "an expired token":
         expired = token("alice", exp=int(time.time()) - 120)
         return {"Authorization": f"Bearer {expired}"}, Refused(tokens.InvalidToken, "invalid_token")

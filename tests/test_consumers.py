@@ -16,9 +16,10 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.db import SessionStore
+from django.utils import timezone
 
 from gateway.auth import callers
-from gateway.live import consumers, routing
+from gateway.live import consumers, reauthentication, routing
 from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
 from processing.events import messages, sender
@@ -363,6 +364,43 @@ async def test_a_bad_key_is_refused_with_4401(alice):
 
     assert await closed_with(as_subprotocol) == (4401, "the API key is unknown or revoked")
     assert await closed_with(as_header) == (4401, "the API key is unknown or revoked")
+
+
+async def test_an_open_socket_whose_key_is_revoked_is_closed_with_4401_within_the_check_period(
+    alice, bob, monkeypatch
+):
+    monkeypatch.setattr(reauthentication, "RECHECK_SECONDS", 0.05)
+    (key, caller), (bobs_key, _) = alice, bob
+    job = await in_thread(make_job)(caller)
+    job_socket, stream, bobs_stream = (
+        await watch(f"/ws/jobs/{job.id}/", key),
+        await watch("/ws/jobs/", key),
+        await watch("/ws/jobs/", bobs_key),
+    )
+    for ws in (job_socket, stream, bobs_stream):
+        await ws.receive_json_from()  # the state on connect
+
+    await in_thread(ApiKey.objects.filter(pk=caller.owner.key).update)(revoked_at=timezone.now())
+
+    assert await closed_with(job_socket) == (4401, "the API key has been revoked")
+    assert await closed_with(stream) == (4401, "the API key has been revoked")
+    assert await bobs_stream.receive_nothing(timeout=0.2)  # his key stands
+    await bobs_stream.disconnect()
+
+
+async def test_sockets_are_rechecked_with_one_query_for_all_their_keys(alice, bob, monkeypatch):
+    monkeypatch.setattr(reauthentication, "RECHECK_SECONDS", 3600)  # the test calls recheck itself
+    asked = []
+    monkeypatch.setattr(callers, "revoked_keys", lambda keys: asked.append(set(keys)) or set())
+    sockets = [await watch("/ws/jobs/", key) for key, _ in (alice, bob, alice, alice)]
+    for ws in sockets:
+        await ws.receive_json_from()  # the state on connect: authenticated
+
+    await reauthentication.CredentialWatch.of_running_loop().recheck()
+
+    assert asked == [{alice[1].owner.key, bob[1].owner.key}]
+    for ws in sockets:
+        await ws.disconnect()
 
 
 async def test_without_credentials_the_socket_is_refused_when_keys_are_required(settings):

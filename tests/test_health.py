@@ -1,6 +1,10 @@
 """GET /health/live and /health/ready."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from gateway.ops import health, snapshots
 
 pytestmark = pytest.mark.django_db
 
@@ -55,6 +59,32 @@ def test_anyone_learns_whether_it_is_ready_but_not_what_is_down_or_where(client,
 
     detailed = client.get("/api/v1/health", headers=api_key("ops", staff=True)).json()
     assert detailed["checks"]["redis"]["status"] == "down"
+
+
+def recorded(name: str, check, checked: list[str]):
+    """`check`, noting its name in `checked` each time it runs."""
+
+    def run() -> None:
+        checked.append(name)
+        check()
+
+    return run
+
+
+def test_ready_checks_its_dependencies_once_a_moment_however_often_asked(client, monkeypatch, snapshot_clock):
+    checked: list[str] = []  # a database query, a broker and a Redis connection, an S3 request
+    for name, (check, required) in list(health.CHECKS.items()):
+        monkeypatch.setitem(health.CHECKS, name, (recorded(name, check, checked), required))
+    with CaptureQueriesContext(connection) as database:
+        answers = [client.get(path) for path in ["/health/ready"] * 20 + ["/api/v1/health"] * 5]
+        detailed = client.get("/health/ready", headers=OPERATOR).json()
+    assert {answer.status_code for answer in answers} == {200} and detailed["status"] == "ok"
+    assert sorted(checked) == sorted(health.CHECKS) == sorted(detailed["checks"])
+    assert [query["sql"] for query in database.captured_queries].count("SELECT 1") == 1
+
+    snapshot_clock[0] += snapshots.FRESH_SECONDS  # a moment later, they are checked again
+    assert client.get("/health/ready").status_code == 200
+    assert len(checked) == 2 * len(health.CHECKS)
 
 
 def test_metrics_are_for_the_token_and_staff_only(client, api_key):

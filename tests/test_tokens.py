@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.auth import tokens
-from gateway.live import routing
+from gateway.live import reauthentication, routing
 from gateway.models import ApiKey
 from processing.jobs import lifecycle
 from processing.models import Job
@@ -478,3 +478,24 @@ async def test_a_forged_token_closes_its_socket_with_a_close_code(
 
     assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
     assert "does not fit" in closed["reason"]
+
+
+@pytest.mark.anyio
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_socket_is_closed_with_4401_once_its_token_expires(
+    provider, in_memory_layer, anyio_backend, monkeypatch
+):
+    monkeypatch.setattr(reauthentication, "RECHECK_SECONDS", 0.05)
+    expires = int(time.time()) + 300
+    ws = WebsocketCommunicator(
+        routing.application, "/ws/jobs/", subprotocols=["darkroom", f"darkroom.key.{token(exp=expires)}"]
+    )
+    assert (await ws.connect())[0] and (await ws.receive_json_from(timeout=5))["type"] == "jobs.state"
+    assert await ws.receive_nothing(timeout=0.2)  # re-checked, and still valid
+
+    # As the API would, refused once past its expiry and the clocks' leeway.
+    monkeypatch.setattr(reauthentication, "clock", lambda: expires + tokens.LEEWAY_SECONDS)
+    closed = await ws.receive_output(timeout=1)
+    assert (closed["type"], closed["code"]) == ("websocket.close", 4401)
+    assert closed["reason"] == "the token has expired"

@@ -17,11 +17,13 @@ from pydantic import Field
 
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, CallerRequest
 from gateway.api.schemas import ErrorOut, JobPageOut, JobsOut, MetricsOut
+from gateway.auth.callers import Caller
 from gateway.auth.ratelimit import charge_submissions
 from gateway.http import intake
 from gateway.http.errors import ApiError, not_found
 from gateway.http.negotiation import accepted_image_types
 from gateway.live import waiting
+from gateway.ops.disclosure import opaque_label
 from processing.imaging import formats
 from processing.imaging.operations import get_operation
 from processing.jobs import lifecycle, submissions
@@ -256,7 +258,7 @@ def job_result(request: CallerRequest, job_id: str) -> dict[str, Any]:
         "status": job.status,
         "service": job.service,
         "attempts": job.attempts,
-        "worker": job.worker_id or None,
+        "worker": worker_seen_by(request.auth, job.worker_id),
         "cache_hit": bool(job.metrics.get("cache_hit")),
         "queue_wait_ms": job.queue_wait_ms,
         "processing_ms": job.processing_ms,
@@ -269,6 +271,13 @@ def job_result(request: CallerRequest, job_id: str) -> dict[str, Any]:
         "output": output,
         "error": error_json(job),
     }
+
+
+def worker_seen_by(caller: Caller, worker_id: str) -> str | None:
+    """The worker that ran the job, by name ("host:pid:thread") for staff, else by an opaque label."""
+    if not worker_id:
+        return None
+    return worker_id if caller.is_staff else opaque_label("worker", worker_id)
 
 
 @router.get(

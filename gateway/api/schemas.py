@@ -49,7 +49,10 @@ class MetricsOut(Schema):
     status: JobStatus
     service: str
     attempts: int
-    worker: str | None
+    worker: str | None = Field(
+        description="the worker that ran it: its name (host:pid:thread) for staff, an opaque label "
+        "(worker-…, the same for the same worker) for anyone else"
+    )
     cache_hit: bool
     queue_wait_ms: float | None
     processing_ms: float | None
@@ -85,7 +88,7 @@ class QueueOut(Schema):
 class MachineMemoryOut(Schema):
     """One machine's memory admission (WORKER_PIXEL_BUDGET), as its worker processes last left it."""
 
-    host: str
+    host: str = Field(description="its host name for staff; an opaque label (machine-…) for anyone else")
     pixel_budget: int = Field(description="pixels (decoded and made) its jobs may hold at once")
     pixels_admitted: int
     jobs_admitted: int

@@ -9,6 +9,8 @@ from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, CallerRequest
 from gateway.api.schemas import CleanupOut, ErrorOut, FileStatsOut, HealthOut, QueueStatusOut, StatisticsOut
 from gateway.http.errors import ApiError
 from gateway.ops import health
+from gateway.ops.disclosure import opaque_label
+from gateway.ops.snapshots import Snapshot
 from processing.jobs import cleanup, queues, stats
 from processing.worker import admission
 
@@ -30,13 +32,29 @@ def require_staff(request: CallerRequest) -> None:
 )
 def queue_status(request: CallerRequest) -> dict[str, Any]:
     """Per queue, from the broker itself: messages ready, delayed, in flight, dead-lettered; consumers.
-    Per worker machine: its pixel budget, the pixels its jobs hold and the jobs waiting for memory."""
+    Per worker machine: its pixel budget, the pixels its jobs hold and the jobs waiting for memory.
+    Staff see each machine's host name; anyone else an opaque label in its place. Read at most once
+    every two seconds per gateway process (gateway.ops.snapshots)."""
+    status = QUEUE_STATUS.get()
+    return status if request.auth.is_staff else without_host_names(status)
+
+
+def read_queue_status() -> dict[str, Any]:
     return {
         **queues.queue_status(),
         **stats.in_flight_counts(),
         "pools": stats.pool_counts(),
         "memory": admission.machines(),
     }
+
+
+QUEUE_STATUS = Snapshot(read_queue_status)
+
+
+def without_host_names(status: dict[str, Any]) -> dict[str, Any]:
+    """The queue status as anyone may see it: each machine labelled, not named (gateway.ops.disclosure)."""
+    memory = [{**machine, "host": opaque_label("machine", machine["host"])} for machine in status["memory"]]
+    return {**status, "memory": memory}
 
 
 @router.get(

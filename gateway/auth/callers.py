@@ -21,13 +21,14 @@ their owner's, and someone else's job is always a 404.
 
 import hmac
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import import_module
 from types import SimpleNamespace
 from typing import Any, Protocol, cast
 
+import jwt
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.sessions.backends.base import SessionBase
@@ -92,6 +93,9 @@ class Caller:
 
     owner: Owner = Owner()
     is_staff: bool = False
+    # When its credential stops being accepted, by time.time(): a token's expiry. None for a key, a
+    # session or the anonymous caller (a key ends when revoked: see revoked_keys).
+    expires_at: float | None = None
 
     @property
     def sees_jobs_of(self) -> Owner | None:
@@ -210,8 +214,17 @@ def from_credential(presented: str) -> Caller:
     key. Raises InvalidKey, tokens.InvalidToken or tokens.KeysUnavailable."""
     if tokens.enabled() and tokens.looks_like_jwt(presented):
         owner = tokens.verify(presented)
-        return Caller(Owner(subject=owner.subject), is_staff=owner.is_staff)
+        return Caller(
+            Owner(subject=owner.subject), is_staff=owner.is_staff, expires_at=verified_token_expiry(presented)
+        )
     return from_key(presented)
+
+
+def verified_token_expiry(verified: str) -> float:
+    """When a token that tokens.verify accepted stops being accepted: its `exp` (verify requires it),
+    plus the leeway verify allows. Its claims are read again, unchecked: they were checked just now."""
+    claims = jwt.decode(verified, options={"verify_signature": False})
+    return float(claims["exp"]) + tokens.LEEWAY_SECONDS
 
 
 def from_key(presented: str) -> Caller:
@@ -223,6 +236,13 @@ def from_key(presented: str) -> Caller:
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key_caller(key)
+
+
+def revoked_keys(key_ids: Collection[str]) -> set[str]:
+    """Of these API keys (as Owner.key names them), those revoked or deleted since: what a long-lived
+    holder of a key's caller (a WebSocket) re-checks, in one query for the keys of all of them."""
+    live = ApiKey.objects.filter(pk__in=key_ids, revoked_at__isnull=True).values_list("pk", flat=True)
+    return set(key_ids) - {str(pk) for pk in live}
 
 
 def key_caller(key: ApiKey) -> Caller:

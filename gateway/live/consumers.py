@@ -28,7 +28,8 @@ Who may subscribe: the job's owner, as for the API.
 Close codes, sent after the handshake so that browsers can read them (code and reason):
 - 1000: the job finished.
 - 1013: live updates are unavailable (the channel layer is down); reconnect later, or poll.
-- 4401: bad or missing credentials.
+- 4401: bad or missing credentials; or, on an open socket, its API key has been revoked or its token
+  has expired since the handshake (checked every RECHECK_SECONDS, gateway.live.reauthentication).
 - 4404: no such job, or another owner's (the same answer: existence isn't revealed).
 A browser page from another origin is refused at the handshake (HTTP 403, `gateway.live.routing`).
 """
@@ -47,6 +48,7 @@ from django.db import DatabaseError
 from gateway.auth import callers, tokens
 from gateway.live.asgi import Message as Frame
 from gateway.live.asgi import Receive, Scope, Send
+from gateway.live.reauthentication import CredentialWatch
 from gateway.live.subscriptions import Subscriptions
 from processing.events import messages
 from processing.events.layer import WS_DROPPED
@@ -151,6 +153,7 @@ class LiveSocket:
             self.closed = True
             for group in self.groups:
                 Subscriptions.of_running_loop().unsubscribe(group, self)
+            CredentialWatch.of_running_loop().forget(self)
             WEBSOCKET_CONNECTIONS.dec()
 
     async def open(self, scope: Scope, route: dict[str, str]) -> None:
@@ -168,6 +171,7 @@ class LiveSocket:
         if caller is None:
             return await self.close(Close.BAD_CREDENTIALS, "authentication required: a session or an API key")
         self.sees_jobs_of = caller.sees_jobs_of
+        CredentialWatch.of_running_loop().watch(self, caller)
         try:
             await self.start(caller, **route)
             self.state_sent()
@@ -216,6 +220,10 @@ class LiveSocket:
 
     def missed(self) -> None:
         self.refresh()
+
+    def credentials_ended(self, reason: str) -> None:
+        """What CredentialWatch calls when the key is revoked or the token has expired."""
+        self.queue(close_frame(Close.BAD_CREDENTIALS, reason))
 
     def lost(self) -> None:
         self.groups = ()

@@ -2,6 +2,8 @@
 
 Anyone may ask whether the service is live or ready (probes, load balancers); which dependency is
 down, and why, is for operators (gateway.auth.callers.is_operator): an error names hosts and ports.
+Unauthenticated and unlimited, so the checks run at most once every two seconds per process
+(gateway.ops.snapshots), however often they are asked.
 """
 
 import time
@@ -16,6 +18,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from gateway.auth.callers import is_operator
+from gateway.ops.snapshots import Snapshot
 from processing.jobs.queues import broker_url
 
 
@@ -74,6 +77,9 @@ def readiness() -> tuple[int, dict[str, Any]]:
     return (503 if required_down else 200), {"status": overall, "mode": mode, "checks": checks}
 
 
+RECENT_READINESS = Snapshot(readiness)
+
+
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
@@ -84,7 +90,7 @@ def public_view(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def readiness_for(request: HttpRequest) -> tuple[int, dict[str, Any]]:
-    status, body = readiness()
+    status, body = RECENT_READINESS.get()
     return status, body if is_operator(request) else public_view(body)
 
 
