@@ -166,7 +166,7 @@ def test_on_rabbitmq_a_pool_chosen_by_flag_is_consumed_without_a_split_in_the_wo
         command = [*MANAGE, "run_workers", "--processes", "1", "--threads", "1", "--pool", "canary"]
         stack.spawn("workers", command, TRAFFIC_SPLIT="", WORKER_POOL="images")
 
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + 90
         while stack.job(canary)["status"] != "completed":
             assert time.monotonic() < deadline, stack.log("workers")[-3000:]
             time.sleep(0.2)
@@ -179,7 +179,7 @@ def test_on_rabbitmq_a_worker_that_would_consume_nothing_refuses_to_start(tmp_pa
         # Its process declares only "images" (WORKER_POOL, no split): a queue it doesn't know is no work.
         worker = stack.spawn("worker", worker_command(1, "nowhere"), WORKER_POOL="images", TRAFFIC_SPLIT="")
         try:
-            assert worker.wait(timeout=45) != 0
+            assert worker.wait(timeout=90) != 0
         finally:
             stack.processes.pop("worker", None)
             if worker.poll() is None:

@@ -136,6 +136,7 @@ def test_once_reads_the_queue_and_the_jobs_in_flight(stub_broker):
         (["--max-instances", "many"], "--max-instances='many' is not an integer"),
         (["--backend", "nomad"], "--backend='nomad' is not local or kubernetes"),
         (["--gateways", "--backend", "kubernetes"], "--gateways runs gateway processes locally"),
+        (["--gateways", "--pool", "gateways"], "--pool gateways is the gateways' name"),
     ],
 )
 def test_contradicting_or_bad_flags_are_refused_naming_them(flags, message):

@@ -1,4 +1,5 @@
-"""Liveness and readiness: each dependency named, with its state and latency.
+"""Liveness and readiness: each dependency named, with its state and latency, and each worker pool
+whose jobs wait with no worker to take them.
 
 Anyone may ask whether the service is live or ready (probes, load balancers); which dependency is
 down, and why, is for operators (gateway.auth.callers.is_operator): an error names hosts and ports.

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 # retries a dead or blocked broker for many seconds, and a request must not hang on it.
 _publishers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
 
+# Queued, and its message confirmed by the broker: the message is in its queue unless lost.
+PUBLISHED = Q(status=Job.QUEUED, enqueued_at__isnull=False)
+
 
 def publish(job: Job) -> None:
     """Send the job's message and record the broker's confirmation.
@@ -111,9 +114,6 @@ def republish(found: QuerySet[Job]) -> int:
             break
         count += 1
     return count
-
-
-PUBLISHED = Q(status=Job.QUEUED, enqueued_at__isnull=False)
 
 
 def not_in_their_queues(found: QuerySet[Job]) -> QuerySet[Job]:

@@ -58,6 +58,8 @@ class Command(BaseCommand):
         worker_policy, gateway_policy = policies(options)
         if options["gateways"] and options["SCALER_BACKEND"] != "local":
             raise CommandError("--gateways runs gateway processes locally: it needs --backend local")
+        if options["gateways"] and options["WORKER_POOL"] == LocalGateways.name:
+            raise CommandError(f"--pool {LocalGateways.name} is the gateways' name in the health and metrics")
         status = Status(options["SCALER_BACKEND"], options["SCALE_CHECK_INTERVAL"])
         if options["once"]:
             self.check_once(status, worker_policy, options)
