@@ -160,6 +160,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.Retries",
     "processing.worker.middleware.ExitWhenOrphaned",
     "processing.worker.middleware.ReuseFreedMemory",
+    "processing.worker.middleware.RefuseToConsumeNothing",
 ]
 
 

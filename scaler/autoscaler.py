@@ -55,7 +55,7 @@ class Autoscaler:
         self.gateways = gateways
         self.gateway_policy = gateway_policy or GatewayPolicy.from_settings(settings)
         self.read, self.clock = read, clock
-        self.last_action_at: dict[str, float | None] = {"workers": None, "gateways": None}
+        self.last_action_at: dict[str, float | None] = {}  # by pool name: none yet
         # The gateways' load score: which side of the thresholds it is on, and since when.
         self.score_side: tuple[str, float] = (HOLD, clock())
 
@@ -91,7 +91,9 @@ class Autoscaler:
 
     def scale_workers(self, workers: Pool, readings: Readings, now: float) -> Decision:
         current = workers.target()
-        state = WorkerState(current, readings.waiting, readings.in_flight, self.last_action_at["workers"])
+        state = WorkerState(
+            current, readings.waiting, readings.in_flight, self.last_action_at.get(workers.name)
+        )
         decision = decide_workers(state, self.worker_policy, now)
         self.apply(workers, current, decision, now)
         return decision
@@ -104,7 +106,7 @@ class Autoscaler:
         if side != self.score_side[0]:
             self.score_side = (side, now)
         current = gateways.target()
-        state = GatewayState(current, score, self.score_side[1], self.last_action_at["gateways"])
+        state = GatewayState(current, score, self.score_side[1], self.last_action_at.get(gateways.name))
         decision = decide_gateways(state, self.gateway_policy, now)
         self.apply(gateways, current, decision, now)
         return decision

@@ -92,7 +92,13 @@ def test_file_stats_and_cleanup_are_for_staff_only(client, api_key, run_jobs, se
 
 def test_api_health_names_each_dependency_to_operators(client, operator):
     body = client.get("/api/v1/health", headers=operator).json()
-    assert body["status"] == "ok" and set(body["checks"]) == {"database", "broker", "redis", "storage"}
+    assert body["status"] == "ok" and set(body["checks"]) == {
+        "database",
+        "broker",
+        "redis",
+        "storage",
+        "pools",
+    }
 
 
 @pytest.mark.usefixtures("fresh_rate_limits")

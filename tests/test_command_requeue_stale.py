@@ -1,13 +1,22 @@
 """manage.py requeue_stale: no accepted job is lost when its message is."""
 
+import uuid
 from datetime import timedelta
 
+import dramatiq
+import pika
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
+from django_dramatiq.utils import load_middleware
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.common import dq_name, xq_name
 
+from processing.jobs import publishing, queues
 from processing.models import Job
+from processing.worker.actors import process_job
 from tests.factories import stored_job
+from tests.services import require, url_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,3 +56,59 @@ def test_a_job_whose_worker_died_long_ago_is_republished(run_jobs):
     run_jobs()
     abandoned.refresh_from_db()
     assert abandoned.status == Job.COMPLETED and abandoned.worker_id != "gone:1:t"
+
+
+# --- On RabbitMQ ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rabbitmq_broker(settings):
+    """The actors bound to the machine's RabbitMQ, as in a full stack."""
+    require("rabbitmq")
+    url = url_of("rabbitmq")
+    middleware = [load_middleware(path) for path in settings.DRAMATIQ_BROKER["MIDDLEWARE"]]
+    broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+    settings.BROKER_URL = url
+    settings.DRAMATIQ_BROKER = {**settings.DRAMATIQ_BROKER, "OPTIONS": {"url": url}}
+    previous = dramatiq.get_broker()
+    dramatiq.set_broker(broker)
+    process_job.broker = broker
+    yield broker
+    broker.close()
+    dramatiq.set_broker(previous)
+    process_job.broker = previous
+
+
+@pytest.fixture
+def silent_pool(rabbitmq_broker):
+    """A pool of this test's own that no worker consumes; its queues deleted afterwards."""
+    name = f"silent-{uuid.uuid4().hex[:8]}"
+    connection = pika.BlockingConnection(pika.URLParameters(url_of("rabbitmq")))
+    channel = connection.channel()
+    yield name, channel
+    for queue in (name, dq_name(name), xq_name(name)):
+        channel.queue_delete(queue)
+    connection.close()
+
+
+def depth(pool: str) -> int:
+    ready: int = queues.queue_status(pool)["queues"][0]["ready"]
+    return ready
+
+
+@pytest.mark.services
+def test_jobs_waiting_in_a_pool_without_workers_are_not_published_again_at_every_pass(settings, silent_pool):
+    pool, channel = silent_pool
+    settings.REQUEUE_STALE_AFTER_SECONDS = 0  # every published job is unclaimed long enough at once
+    for _ in range(3):
+        publishing.publish(queued_job(age_seconds=60, pool=pool))
+    assert depth(pool) == 3
+
+    for _ in range(3):
+        call_command("requeue_stale")
+        assert depth(pool) == 3, "one message per waiting job, however many passes"
+
+    channel.queue_purge(pool)  # the broker lost them: each is published again, once
+    call_command("requeue_stale")
+    call_command("requeue_stale")
+    assert depth(pool) == 3

@@ -1,10 +1,15 @@
 """GET /health/live and /health/ready."""
 
+import uuid
+
+import pika
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from gateway.ops import health, snapshots
+from tests.factories import stored_job
+from tests.services import require, url_of
 
 pytestmark = pytest.mark.django_db
 
@@ -26,7 +31,7 @@ def test_ready_names_each_dependency_with_its_state_and_latency(client):
     response = client.get("/health/ready", headers=OPERATOR)
     body = response.json()
     assert response.status_code == 200 and body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "broker", "redis", "storage"}
+    assert set(body["checks"]) == {"database", "broker", "redis", "storage", "pools"}
     assert all(check["status"] == "up" and check["latency_ms"] >= 0 for check in body["checks"].values())
 
 
@@ -48,6 +53,48 @@ def test_redis_down_degrades_but_stays_ready(client, settings):
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "degraded" and body["checks"]["redis"]["status"] == "down"
+
+
+@pytest.fixture
+def rabbitmq(settings):
+    """Readiness against the machine's RabbitMQ, whatever the test run was configured with."""
+    require("rabbitmq")
+    settings.BROKER_URL = url_of("rabbitmq")
+    settings.DRAMATIQ_BROKER = {**settings.DRAMATIQ_BROKER, "OPTIONS": {"url": settings.BROKER_URL}}
+    connection = pika.BlockingConnection(pika.URLParameters(settings.BROKER_URL))
+    yield connection.channel()
+    connection.close()
+
+
+@pytest.fixture
+def pool(rabbitmq):
+    """A pool of this test's own, its queue deleted afterwards."""
+    name = f"test-pool-{uuid.uuid4().hex[:8]}"
+    yield name
+    rabbitmq.queue_delete(name)
+
+
+def test_a_pool_with_queued_jobs_and_no_worker_degrades_readiness_and_is_named(client, pool):
+    stored_job(pool=pool)
+    stored_job(pool=pool)
+
+    response = client.get("/health/ready", headers=OPERATOR)
+
+    assert response.status_code == 200  # the gateway still serves: other pools run, reads work
+    body = response.json()
+    assert body["status"] == "degraded" and body["checks"]["pools"]["status"] == "down"
+    assert f"no worker consumes {pool} (2 queued)" in body["checks"]["pools"]["error"]
+    assert client.get("/health/ready").json() == {"status": "degraded"}  # the pool's name is for operators
+
+
+def test_a_pool_whose_queue_has_a_worker_keeps_readiness_ok(client, rabbitmq, pool):
+    rabbitmq.queue_declare(pool, durable=True)
+    rabbitmq.basic_consume(pool, on_message_callback=lambda *_: None)  # a worker, as RabbitMQ sees it
+    stored_job(pool=pool)
+
+    body = client.get("/health/ready", headers=OPERATOR).json()
+
+    assert body["status"] == "ok" and body["checks"]["pools"]["status"] == "up"
 
 
 def test_anyone_learns_whether_it_is_ready_but_not_what_is_down_or_where(client, settings, api_key):

@@ -1,6 +1,8 @@
 """Traffic split: a service's jobs go to worker pools (queues) by weight, each pool's workers take
 only its jobs, and the queue status, metrics and scaler see each pool."""
 
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -107,6 +109,22 @@ def test_a_pools_workers_consume_its_queue_alone():
     assert LocalWorkers(threads=1, pool="canary").command[-2:] == ["--queues", "canary"]
 
 
+def test_a_pools_workers_are_named_after_it_in_the_scalers_health_and_metrics():
+    assert LocalWorkers(threads=1, pool="canary").name == "canary"
+    assert LocalWorkers(threads=1).name == DEFAULT_POOL
+
+
+@pytest.mark.django_db
+def test_a_jobs_json_says_which_pool_it_went_to(client, stub_broker, settings):
+    settings.TRAFFIC_SPLIT = parse_split("blur: canary 1")
+    declare_pools()
+    canary_job = submit(client, "blur").json()
+    other_job = submit(client, "grayscale").json()
+
+    assert (canary_job["pool"], other_job["pool"]) == ("canary", "images")
+    assert client.get(f"/api/v1/jobs/{canary_job['job_id']}").json()["pool"] == "canary"
+
+
 def test_run_workers_and_scale_workers_take_the_pool_as_a_flag(capsys):
     for command in ("run_workers", "scale_workers"):
         with pytest.raises(SystemExit):
@@ -136,3 +154,36 @@ def test_on_rabbitmq_a_canary_pool_takes_the_split_jobs_and_leaves_the_others(tm
         with stack.client() as client:
             queues = {q["name"]: q for q in client.get("/api/v1/queue/status").json()["queues"]}
         assert queues["images"]["ready"] == 1 and queues["canary"]["ready"] == 0
+
+
+@pytest.mark.services
+def test_on_rabbitmq_a_pool_chosen_by_flag_is_consumed_without_a_split_in_the_workers_environment(tmp_path):
+    require("postgres", "rabbitmq", "redis")
+    with LiveStack(tmp_path, TRAFFIC_SPLIT="grayscale: canary 1") as stack:
+        stack.start_server()
+        canary = stack.submit("grayscale", small_png(), filename="a.png")["job_id"]
+        # The workers' environment names neither the split nor the pool: the flag alone chooses it.
+        command = [*MANAGE, "run_workers", "--processes", "1", "--threads", "1", "--pool", "canary"]
+        stack.spawn("workers", command, TRAFFIC_SPLIT="", WORKER_POOL="images")
+
+        deadline = time.monotonic() + 90
+        while stack.job(canary)["status"] != "completed":
+            assert time.monotonic() < deadline, stack.log("workers")[-3000:]
+            time.sleep(0.2)
+
+
+@pytest.mark.services
+def test_on_rabbitmq_a_worker_that_would_consume_nothing_refuses_to_start(tmp_path):
+    require("postgres", "rabbitmq", "redis")
+    with LiveStack(tmp_path) as stack:
+        # Its process declares only "images" (WORKER_POOL, no split): a queue it doesn't know is no work.
+        worker = stack.spawn("worker", worker_command(1, "nowhere"), WORKER_POOL="images", TRAFFIC_SPLIT="")
+        try:
+            assert worker.wait(timeout=90) != 0
+        finally:
+            stack.processes.pop("worker", None)
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)  # its group: the Dramatiq worker process it forked
+        log = stack.log("worker")
+        assert "would consume nothing: it was asked for nowhere" in log
+        assert "ready for action" not in log

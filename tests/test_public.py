@@ -1,11 +1,14 @@
-"""processing.jobs.public builds a job's URLs from fixed paths: each must be the route it names."""
+"""processing.jobs.public: a job's URLs, built from fixed paths, are each the route they name; its JSON
+says which pool runs it."""
 
 import uuid
 
+import pytest
 from django.urls import resolve
 
 from gateway.live.routing import websocket_urlpatterns
-from processing.jobs.public import job_urls
+from processing.jobs.public import job_json, job_urls
+from processing.models import Job
 
 JOB_ID = uuid.uuid4()
 
@@ -29,3 +32,15 @@ def test_the_websocket_url_of_a_job_is_the_job_route():
 
     assert matches[0][0] == "ws-job"
     assert matches[0][1][2]["job_id"] == str(JOB_ID)
+
+
+def test_a_jobs_json_says_which_pool_runs_it():
+    job = Job(service="blur", pool="canary", request_id="r")
+    assert job_json(job)["pool"] == "canary"
+
+
+@pytest.mark.django_db
+def test_the_openapi_document_describes_a_jobs_pool(client):
+    schemas = client.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    assert schemas["JobOut"]["properties"]["pool"]["type"] == "string"
+    assert "pool" in schemas["JobOut"]["required"]

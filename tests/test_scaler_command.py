@@ -92,11 +92,22 @@ def test_once_reports_what_it_would_do_with_the_workers_rabbitmq_sees(monkeypatc
     )
     report = once()
     assert asked == ["images"]  # the pool it scales: WORKER_POOL
-    decision = report["last_decisions"]["workers"]
+    decision = report["last_decisions"]["images"]
     assert (decision["from"], decision["to"]) == (2, 3) and "30 waiting + 0 in flight on 2" in decision[
         "reason"
     ]
-    assert report["instances"]["workers"] == {"target": 2, "observed_consumers": 2, "would_scale_to": 3}
+    assert report["instances"]["images"] == {"target": 2, "observed_consumers": 2, "would_scale_to": 3}
+
+
+def test_the_scaler_of_a_pool_names_its_figures_after_it(monkeypatch):
+    queue = {"name": "canary", "ready": 0, "delayed": 0, "consumers": 1}
+    monkeypatch.setattr(
+        readings, "read", lambda pool=None: Readings(broker_available=True, queues=(queue,), in_flight=0)
+    )
+    out = StringIO()
+    call_command("scale_workers", "--once", "--pool", "canary", stdout=out)
+    report = json.loads(out.getvalue())
+    assert set(report["instances"]) == set(report["last_decisions"]) == {"canary"}
 
 
 @pytest.mark.django_db
@@ -107,7 +118,7 @@ def test_once_reads_the_queue_and_the_jobs_in_flight(stub_broker):
         process_job.send("00000000-0000-0000-0000-000000000000")
     report = once()
     assert report["status"] == "ok" and report["queues"][0]["ready"] == 3 and report["jobs_in_flight"] == 0
-    assert report["last_decisions"]["workers"]["reason"] == "0 is outside 1..5: 1"  # no worker: start one
+    assert report["last_decisions"]["images"]["reason"] == "0 is outside 1..5: 1"  # no worker: start one
     assert Job.objects.count() == 0
 
 
@@ -125,6 +136,7 @@ def test_once_reads_the_queue_and_the_jobs_in_flight(stub_broker):
         (["--max-instances", "many"], "--max-instances='many' is not an integer"),
         (["--backend", "nomad"], "--backend='nomad' is not local or kubernetes"),
         (["--gateways", "--backend", "kubernetes"], "--gateways runs gateway processes locally"),
+        (["--gateways", "--pool", "gateways"], "--pool gateways is the gateways' name"),
     ],
 )
 def test_contradicting_or_bad_flags_are_refused_naming_them(flags, message):

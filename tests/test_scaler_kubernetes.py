@@ -111,7 +111,7 @@ def test_the_autoscaler_scales_the_deployment_with_the_cluster_as_the_truth(api,
     assert api_server.replicas == 5
 
     api_server.replicas = 3  # someone scaled it by hand meanwhile
-    scaler.last_action_at["workers"] = None
+    scaler.last_action_at["images"] = None
     scaler.check()
-    decision = scaler.status.snapshot()["last_decisions"]["workers"]
+    decision = scaler.status.snapshot()["last_decisions"]["images"]
     assert decision["from"] == 3 and api_server.replicas == 5

@@ -70,7 +70,7 @@ class Scaler:
 
 
 def workers(health: dict) -> dict:
-    return health["instances"]["workers"]
+    return health["instances"]["images"]
 
 
 def gateways(health: dict) -> dict:
@@ -204,9 +204,9 @@ def test_a_burst_scales_workers_up_then_down_draining_without_a_job_redone(stack
 
     assert {job["status"] for job in finished} == {"completed"}
     assert [stack.result(job_id)["attempts"] for job_id in jobs] == [1] * len(jobs), "a job was redone"
-    actions = events(down, "workers")  # 1 -> 3 -> 2 -> 1 (the start-up 0 -> 1 is no scaling action)
+    actions = events(down, "images")  # 1 -> 3 -> 2 -> 1 (the start-up 0 -> 1 is no scaling action)
     assert actions["up"] >= 1 and actions["down"] >= 2, actions
-    assert 'darkroom_scaler_scaling_events_total{action="down",pool="workers"}' in metrics
+    assert 'darkroom_scaler_scaling_events_total{action="down",pool="images"}' in metrics
 
     # The drain: the job in the drained worker's hands when it was told to stop finished there, once.
     in_hand = stack.job(job_in_hand)
@@ -223,7 +223,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_job_completes(stack):
         (group,) = workers(scaler.health())["groups"]
         job = submit_and_kill_mid_job(stack, gradient_jpeg(3000, 3000), runs=10)
 
-        replaced = scaler.wait_for(lambda h: h["replacements"].get("workers") == 1, "the replacement")
+        replaced = scaler.wait_for(lambda h: h["replacements"].get("images") == 1, "the replacement")
         done = stack.wait_for_status(job["job_id"], timeout=90)
     finally:
         scaler.stop()
@@ -231,7 +231,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_job_completes(stack):
     assert done["status"] == "completed", done["error"]
     assert stack.result(job["job_id"])["attempts"] == 2  # the killed attempt, then the replacement's
     assert [g["pid"] for g in workers(replaced)["groups"]] != [group["pid"]]
-    assert events(replaced, "workers") == {}, "neither the replacement nor the start-up is a scaling action"
+    assert events(replaced, "images") == {}, "neither the replacement nor the start-up is a scaling action"
 
 
 # --- gateways behind nginx ----------------------------------------------------------------------

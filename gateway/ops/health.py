@@ -1,4 +1,5 @@
-"""Liveness and readiness: each dependency named, with its state and latency.
+"""Liveness and readiness: each dependency named, with its state and latency, and each worker pool
+whose jobs wait with no worker to take them.
 
 Anyone may ask whether the service is live or ready (probes, load balancers); which dependency is
 down, and why, is for operators (gateway.auth.callers.is_operator): an error names hosts and ports.
@@ -19,7 +20,7 @@ from django.http import HttpRequest, JsonResponse
 
 from gateway.auth.callers import is_operator
 from gateway.ops.snapshots import Snapshot
-from processing.jobs.queues import broker_url
+from processing.jobs import queues, stats
 
 
 def check_database() -> None:
@@ -30,7 +31,7 @@ def check_database() -> None:
 def check_broker() -> None:
     if not settings.BROKER_URL:
         return  # embedded: the in-memory broker lives in this process
-    pika.BlockingConnection(pika.URLParameters(broker_url())).close()
+    pika.BlockingConnection(pika.URLParameters(queues.broker_url())).close()
 
 
 def check_redis() -> None:
@@ -47,12 +48,34 @@ def check_storage() -> None:
     default_storage.exists("health-check")
 
 
+class PoolsWithoutWorkers(Exception):
+    """Jobs wait in pools no worker consumes: they would wait there in silence."""
+
+
+def check_pools() -> None:
+    """Every pool with queued jobs has a worker on its queue (processing.jobs.pools).
+
+    Cheap when nothing waits: one grouped query, and the broker is asked only about pools with
+    queued jobs, in one connection.
+    """
+    if not settings.BROKER_URL:
+        return  # embedded: the server's own workers consume every pool
+    queued = {row["pool"]: row["jobs_queued"] for row in stats.pool_counts() if row["jobs_queued"]}
+    silent = queues.unconsumed(queued) if queued else []
+    if silent:
+        waiting = ", ".join(f"{pool} ({queued[pool]} queued)" for pool in silent)
+        raise PoolsWithoutWorkers(f"no worker consumes {waiting}")
+
+
 # name -> (check, required). Redis is optional: without it, WebSocket pushes stop but polling works.
+# A pool without workers leaves this gateway able to serve (other pools run, reads work): it degrades
+# readiness, named for operators, rather than taking every gateway out of service.
 CHECKS: dict[str, tuple[Callable[[], None], bool]] = {
     "database": (check_database, True),
     "broker": (check_broker, True),
     "redis": (check_redis, False),
     "storage": (check_storage, True),
+    "pools": (check_pools, False),
 }
 
 

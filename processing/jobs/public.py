@@ -71,6 +71,13 @@ class JobFacts(TypedDict):
     job_id: str
     request_id: str
     service: str
+    pool: Annotated[
+        str,
+        Field(
+            description="The worker pool (queue) the job is sent to and run by: `images`, unless "
+            "TRAFFIC_SPLIT sends some of its service's jobs elsewhere (e.g. a canary)."
+        ),
+    ]
     status: JobStatus
     progress: float
     parameters: dict[str, Any]
@@ -142,6 +149,7 @@ def job_json(job: Job) -> JobOut:
         job_id=str(job.id),
         request_id=job.request_id,
         service=job.service,
+        pool=job.pool,
         status=job.status,  # type: ignore[typeddict-item]  # a CharField with JobStatus's choices
         progress=round(job.progress, 3),
         parameters=job.parameters,

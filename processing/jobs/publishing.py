@@ -4,23 +4,25 @@ A job row commits first, then its message (the job id only) is published and the
 confirmation recorded; `enqueue` then announces the job (processing.events), new or requeued.
 A job whose message never made it (the broker was down, the process died in between) or
 whose worker died is found by `stale_jobs` and published again; a duplicate message is
-harmless, since claims are conditional (see processing.jobs.lease).
+harmless, since claims are conditional (see processing.jobs.lease), but a job whose message
+still waits in its queue is not published again (`not_in_their_queues`).
 """
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta
+from typing import Any
 
 import dramatiq
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from processing import events
 from processing.errors import BrokerUnavailable
-from processing.jobs import lease, lifecycle
+from processing.jobs import lease, lifecycle, queues
 from processing.models import Job
 from processing.worker.actors import process_job
 
@@ -29,6 +31,9 @@ logger = logging.getLogger(__name__)
 # Publishing runs on these threads so a caller can stop waiting: Dramatiq's own enqueue
 # retries a dead or blocked broker for many seconds, and a request must not hang on it.
 _publishers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
+
+# Queued, and its message confirmed by the broker: the message is in its queue unless lost.
+PUBLISHED = Q(status=Job.QUEUED, enqueued_at__isnull=False)
 
 
 def publish(job: Job) -> None:
@@ -111,11 +116,46 @@ def republish(found: QuerySet[Job]) -> int:
     return count
 
 
+def not_in_their_queues(found: QuerySet[Job]) -> QuerySet[Job]:
+    """`found`, less the unclaimed jobs whose messages are still waiting in their queues.
+
+    A pool's queue that holds a ready message for each of its published, queued jobs has lost none:
+    its workers are busy, or it has none. Publishing those jobs again would add one more copy of each
+    at every pass, and the depth the scaler reads would grow with nothing new to do. A queue holding
+    fewer has lost some (purged, or a broker that lost them): that many are published again, the
+    longest waiting first. Which ones were lost can't be known; a job whose message still exists is
+    harmless to publish twice, and one left out is found at a later pass, once the workers have
+    drained its queue. When the broker can't be read, every job found is published, as before.
+    """
+    pools = tuple(set(found.filter(PUBLISHED).values_list("pool", flat=True)))
+    if not pools:
+        return found  # none of them was ever in a queue
+    status = queues.read_queues(pools)
+    if not status["available"]:
+        return found
+    chosen = [
+        job_id
+        for pool, missing in unaccounted_messages(status["queues"]).items()
+        if missing > 0
+        for job_id in found.filter(PUBLISHED, pool=pool)
+        .order_by("enqueued_at")
+        .values_list("id", flat=True)[:missing]
+    ]
+    return found.filter(~PUBLISHED | Q(id__in=chosen))
+
+
+def unaccounted_messages(in_queues: list[dict[str, Any]]) -> dict[str, int]:
+    """Per pool: its published, queued jobs less the ready messages in its queue."""
+    ready = {queue["name"]: queue["ready"] or 0 for queue in in_queues}
+    counts = Job.objects.filter(PUBLISHED, pool__in=ready).values_list("pool").annotate(count=Count("id"))
+    return {pool: count - ready[pool] for pool, count in counts}
+
+
 def republish_stale() -> int:
     """One pass of the re-publisher. A database outage is logged and left to the next pass: the
     loop that calls this must outlive it, or nothing would ever re-publish again."""
     try:
-        return republish(stale_jobs())
+        return republish(not_in_their_queues(stale_jobs()))
     except DatabaseError as exc:
         logger.warning("database unavailable, will retry later: %s", exc)
         return 0

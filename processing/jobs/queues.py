@@ -4,6 +4,7 @@ import base64
 import json
 import logging
 import urllib.request
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -26,7 +27,11 @@ def queue_names() -> tuple[str, ...]:
 
 def queue_status(only: str | None = None) -> dict[str, Any]:
     """{"broker": ..., "available": bool, "queues": [...]} read from the broker itself; `only` one pool's."""
-    names = (only,) if only else queue_names()
+    return read_queues((only,) if only else queue_names())
+
+
+def read_queues(names: tuple[str, ...]) -> dict[str, Any]:
+    """queue_status of these queues."""
     broker = dramatiq.get_broker()
     if isinstance(broker, StubBroker):
         return {"broker": "embedded", "available": True, "queues": [stub_queue(broker, q) for q in names]}
@@ -85,6 +90,15 @@ def rabbitmq_queue(connection: pika.BlockingConnection, vhost: str, name: str) -
         "dead_letters": dead,
         "consumers": consumers,
     }
+
+
+def unconsumed(names: Iterable[str]) -> list[str]:
+    """Those of these RabbitMQ queues that no worker consumes, read on one connection."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url()))
+    try:
+        return [name for name in names if declared_counts(connection, name)[1] == 0]
+    finally:
+        connection.close()
 
 
 def declared_counts(connection: pika.BlockingConnection, queue: str) -> tuple[int, int]:

@@ -10,13 +10,14 @@ import time
 from types import FrameType
 from typing import Any
 
-from dramatiq import Broker, Middleware
+from dramatiq import Broker, Middleware, Worker
 from dramatiq.broker import MessageProxy
 from dramatiq.compat import StreamablePipe
 
 logger = logging.getLogger(__name__)
 
 PARENT_CHECK_SECONDS = 0.5  # how soon a worker process notices that its main process is gone
+REFUSED = 2  # a worker process's exit status for a bad command line, as dramatiq.cli's RET_IMPORT
 
 
 class FailJobWhenMessageDies(Middleware):
@@ -55,6 +56,29 @@ def describe(exception: BaseException) -> tuple[str, str]:
     if isinstance(exception, Retry):
         return "worker_lost", "the job stayed held by a worker that never finished it"
     return "processing_error", f"gave up after repeated errors: {exception.__class__.__name__}: {exception}"
+
+
+class RefuseToConsumeNothing(Middleware):
+    """A worker consumes only the queues its process declares (processing.worker.actors.declare_pools,
+    from WORKER_POOL and TRAFFIC_SPLIT): one whose `--queues` names none of them would say it is
+    ready and take nothing, so it stops at start instead, saying why.
+
+    By SystemExit: Dramatiq logs and swallows an Exception from a middleware, and would start anyway.
+    """
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        if worker.consumers:
+            return
+        worker.stop()
+        asked = ", ".join(sorted(worker.consumer_whitelist or ())) or "every queue"
+        declared = ", ".join(sorted(broker.get_declared_queues())) or "none"
+        logger.critical(
+            "this worker would consume nothing: it was asked for %s, and its process declares %s. "
+            "Set WORKER_POOL to the pool (run_workers --pool does) or name it in TRAFFIC_SPLIT.",
+            asked,
+            declared,
+        )
+        raise SystemExit(REFUSED)
 
 
 class ReuseFreedMemory(Middleware):

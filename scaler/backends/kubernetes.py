@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
+from processing.jobs.pools import DEFAULT_POOL
 from project import config
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -83,9 +84,9 @@ def pod_namespace() -> str:
 
 
 class KubernetesDeployment:
-    """A Deployment's replicas as the scaler's pool."""
+    """A Deployment's replicas as the scaler's pool, named after the worker pool its pods consume."""
 
-    def __init__(self, api: KubernetesApi, namespace: str, deployment: str, name: str = "workers"):
+    def __init__(self, api: KubernetesApi, namespace: str, deployment: str, name: str = DEFAULT_POOL):
         self.api = api
         self.namespace = namespace
         self.deployment = deployment

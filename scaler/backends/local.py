@@ -59,16 +59,19 @@ class WorkerGroup:
         }
 
 
-def worker_environment(threads: int) -> dict[str, str]:
+def worker_environment(threads: int, pool: str) -> dict[str, str]:
+    # A worker process consumes only the queues it declares, and it declares WORKER_POOL's: the pool
+    # a flag chose must reach it too, or it would consume nothing.
     # Dramatiq prefetches twice its thread count by default; in-progress messages count
     # towards the prefetch, so with prefetch == threads nothing waits unstarted in the worker.
-    return {"dramatiq_queue_prefetch": str(threads), "dramatiq_delay_queue_prefetch": str(threads)}
+    prefetch = {"dramatiq_queue_prefetch": str(threads), "dramatiq_delay_queue_prefetch": str(threads)}
+    return {"WORKER_POOL": pool, **prefetch}
 
 
 class LocalWorkers:
-    """Keeps `target()` worker groups running on this machine; stopped ones drain first."""
+    """Keeps `target()` worker groups of `pool` running on this machine; stopped ones drain first.
 
-    name = "workers"
+    Named after its pool, so that the scalers of two pools tell their metrics and health apart."""
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class LocalWorkers:
         pool: str = DEFAULT_POOL,
     ):
         self.threads = threads
+        self.name = self.pool = pool
         self.command = command or worker_command(threads, pool)
         # A draining job can't outlive its time limit; past that (plus slack) the group is stuck.
         self.drain_timeout = drain_timeout or settings.JOB_TIME_LIMIT_SECONDS + 30
@@ -133,7 +137,7 @@ class LocalWorkers:
         self.draining.clear()
 
     def _start(self) -> WorkerGroup:
-        process = spawn(self.command, worker_environment(self.threads))
+        process = spawn(self.command, worker_environment(self.threads, self.pool))
         logger.info("started worker group %d (%d threads)", process.pid, self.threads)
         return WorkerGroup(process)
 
@@ -147,9 +151,8 @@ class LocalWorkers:
 class ObservedWorkers:
     """The workers as RabbitMQ sees them (consumers on the queue), for a one-off report: changes nothing."""
 
-    name = "workers"
-
-    def __init__(self, consumers: int):
+    def __init__(self, consumers: int, pool: str = DEFAULT_POOL):
+        self.name = pool
         self.consumers = consumers
         self.wanted: int | None = None
 

@@ -58,6 +58,8 @@ class Command(BaseCommand):
         worker_policy, gateway_policy = policies(options)
         if options["gateways"] and options["SCALER_BACKEND"] != "local":
             raise CommandError("--gateways runs gateway processes locally: it needs --backend local")
+        if options["gateways"] and options["WORKER_POOL"] == LocalGateways.name:
+            raise CommandError(f"--pool {LocalGateways.name} is the gateways' name in the health and metrics")
         status = Status(options["SCALER_BACKEND"], options["SCALE_CHECK_INTERVAL"])
         if options["once"]:
             self.check_once(status, worker_policy, options)
@@ -91,7 +93,7 @@ class Command(BaseCommand):
             raise CommandError("--once checks the workers only")
         current = readings.read(options["WORKER_POOL"])
         if options["SCALER_BACKEND"] == "local":
-            workers = ObservedWorkers(current.consumers)
+            workers = ObservedWorkers(current.consumers, options["WORKER_POOL"])
         else:
             workers = worker_pool(options)
         autoscaler = Autoscaler(status, workers=workers, worker_policy=worker_policy, read=lambda: current)
@@ -112,7 +114,7 @@ def worker_pool(options):
         return LocalWorkers(threads=options["WORKER_THREADS"], pool=options["WORKER_POOL"])
     namespace = options["KUBERNETES_NAMESPACE"] or pod_namespace()
     return KubernetesDeployment(
-        KubernetesApi.in_cluster(), namespace, options["KUBERNETES_WORKER_DEPLOYMENT"]
+        KubernetesApi.in_cluster(), namespace, options["KUBERNETES_WORKER_DEPLOYMENT"], options["WORKER_POOL"]
     )
 
 
