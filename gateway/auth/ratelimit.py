@@ -5,8 +5,9 @@ One connection pool per process, made on first use; a counter that cannot be rea
 `CounterUnavailable`, quickly (short socket timeouts), and not asked again for a few seconds, so that
 callers can serve without limits rather than wait on a Redis that is down.
 
-A request is charged to its caller (and, for a session or no caller, its client address): the API's
-throttles (gateway.api.auth) and the upload form charge submissions through `charge_submissions`.
+A request is charged to its caller (and, for a session or no caller, its client address: an IPv6
+client by its /64): the API's throttles (gateway.api.auth) and the upload form charge submissions
+through `charge_submissions`; the form asks `refuse_spent_submissions` before it reads its body.
 """
 
 import functools
@@ -276,5 +277,21 @@ def charge_submissions(request: HttpRequest, count: int) -> None:
         return
     request.rate_limit = usage
     if usage.limited:
-        wait = max(usage.reset, 1)
-        raise ApiError(429, "rate_limited", f"too many submissions; try again in {wait}s", retry_after=wait)
+        raise too_many_submissions(usage)
+
+
+def refuse_spent_submissions(request: HttpRequest) -> None:
+    """Raise the 429 ApiError when the caller (`request.auth`) has no submission left in this window:
+    asked before a request's body is read, so that a caller over its limit is refused before its
+    upload is received. Charges nothing (the submissions are charged once the body is read)."""
+    usage = charge(request, "submit", 0)
+    if usage is None:
+        return
+    request.rate_limit = usage
+    if usage.remaining == 0:
+        raise too_many_submissions(usage)
+
+
+def too_many_submissions(usage: Usage) -> ApiError:
+    wait = max(usage.reset, 1)
+    return ApiError(429, "rate_limited", f"too many submissions; try again in {wait}s", retry_after=wait)
