@@ -13,6 +13,7 @@ Everything else is derived from this table:
 Django-free on purpose (gunicorn's configuration and the scaler's policy read it too).
 """
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -71,6 +72,17 @@ def parse_rate(name: str, raw: str) -> str:
 
 def parse_list(name: str, raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def parse_addresses(name: str, raw: str) -> list[str]:
+    """IP addresses or networks (10.0.0.0/8), as uvicorn's --forwarded-allow-ips takes them too."""
+    addresses = parse_list(name, raw)
+    for address in addresses:
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {address!r} is not an IP address or network") from None
+    return addresses
 
 
 def parse_traffic_split(name: str, raw: str) -> dict:
@@ -147,6 +159,7 @@ FLOAT = Type("number", parse_float, show_float)
 BOOL = Type("boolean", parse_bool, show_bool)
 RATE = Type("rate (60/m, 1000/h, 10/s)", parse_rate)
 LIST = Type("comma-separated list", parse_list, show_list)
+ADDRESSES = Type("comma-separated IP addresses or networks", parse_addresses, show_list)
 TRAFFIC_SPLIT_TYPE = Type(
     "traffic split (service: pool weight, ...; ...)", parse_traffic_split, show_traffic_split
 )
@@ -490,9 +503,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "TRUSTED_PROXIES",
-        LIST,
+        ADDRESSES,
         [],
-        "Proxies whose X-Forwarded-For names the client; tell the servers too (--forwarded-allow-ips).",
+        "Proxies whose X-Forwarded-For names the client (addresses or networks); tell the servers too "
+        "(--forwarded-allow-ips). Empty behind a proxy: every client counts as the proxy (docs/security.md).",
         SECURITY,
     ),
     Setting(

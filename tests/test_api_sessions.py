@@ -1,17 +1,22 @@
-"""Only sessions the site issued count, and session and anonymous callers are limited by address too."""
+"""Only sessions the site issued count, under keys of their own; session and anonymous callers are
+limited by address too; nothing of a session's upload is read before its CSRF token and its rate limit
+are checked."""
 
 import uuid
 
 import pytest
 from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.test import Client
 
-from tests.uploads import png, submit
+from gateway.auth.callers import SESSION_OWNER_KEY
+from tests.uploads import LargeUpload, png, post_streamed, submit
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_rate_limits")]
 
 CSRF = "a" * 32  # a token of the caller's own making: cookie and header agree, as Django checks
+LARGE_UPLOAD_BYTES = 10 * 1024 * 1024  # within the one-file limit: only the checks refuse it
 
 
 def made_up_browser() -> Client:
@@ -130,3 +135,66 @@ def test_each_file_of_a_batch_counts_against_the_submit_limit(client, api_key, s
     refused = client.post("/api/v1/jobs/batch", {"image": files, "service": "blur"}, headers=key)
     assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
     assert refused.json()["error"]["code"] == "rate_limited"
+
+
+# --- Nothing read before the headers are checked -----------------------------------------------
+def test_a_session_submission_failing_csrf_is_refused_before_its_body_is_read(stub_broker):
+    """The CSRF check looked for a token in the body first: the whole upload was stored to disk."""
+    browser = Client(enforce_csrf_checks=True)
+    browser.get("/")
+    for headers in ({}, {"X-CSRFToken": "b" * 32}):
+        body = LargeUpload(LARGE_UPLOAD_BYTES)
+        response = post_streamed(browser, "/api/v1/process/grayscale", body, headers)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "csrf_failed"
+        assert body.bytes_read == 0
+
+
+def test_a_session_over_its_submit_limit_is_refused_before_its_body_is_read(settings, stub_broker):
+    settings.RATE_LIMIT_SUBMIT = "1/d"
+    browser = Client(enforce_csrf_checks=True)
+    browser.get("/")
+    token = {"X-CSRFToken": browser.cookies["csrftoken"].value}
+    assert submit(browser, headers=token).status_code == 202
+    body = LargeUpload(LARGE_UPLOAD_BYTES)
+
+    refused = post_streamed(browser, "/api/v1/process/grayscale", body, token)
+
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert body.bytes_read == 0
+
+
+# --- Session keys ------------------------------------------------------------------------------
+def session_key(client: Client) -> str:
+    return client.cookies["sessionid"].value
+
+
+def test_issuing_a_session_gives_it_a_new_key_and_the_old_one_opens_nothing(stub_broker):
+    """A session stored without an owner (an admin's sign-in, or one planted in the browser by
+    someone who knows its key) becomes an owner's under a key nobody knew."""
+    browser = Client()
+    browser.session.save()  # a stored session, no owner yet
+    known = session_key(browser)
+
+    browser.get("/")  # the page issues the session
+    job_id = submit(browser, headers={"X-CSRFToken": browser.cookies["csrftoken"].value}).json()["job_id"]
+
+    assert session_key(browser) != known
+    assert not Session.objects.filter(session_key=known).exists()
+    planted = Client()
+    planted.cookies["sessionid"] = known
+    assert planted.get(f"/api/v1/jobs/{job_id}").status_code == 404
+    assert browser.get(f"/api/v1/jobs/{job_id}").status_code == 200
+
+
+def test_signing_in_gives_the_session_a_new_key_and_keeps_its_jobs(stub_broker):
+    User.objects.create_user("admin", password="pw", is_staff=True)
+    browser = site_issued_browser()
+    before = session_key(browser)
+    owner = SessionStore(before)[SESSION_OWNER_KEY]
+
+    signed_in = browser.post("/admin/login/", {"username": "admin", "password": "pw"})
+
+    assert signed_in.status_code == 302
+    assert session_key(browser) != before
+    assert not Session.objects.filter(session_key=before).exists()
+    assert SessionStore(session_key(browser))[SESSION_OWNER_KEY] == owner

@@ -17,7 +17,7 @@ from processing.imaging.operations import OPERATIONS
 from processing.models import Job
 from processing.worker.actors import process_job
 from tests import images
-from tests.uploads import png, submit
+from tests.uploads import LargeUpload, png, post_streamed, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -270,6 +270,53 @@ def test_an_upload_without_the_csrf_token_is_refused(stub_broker):
     page(browser)
     assert upload(browser).status_code == 403
     assert Job.objects.count() == 0
+
+
+LARGE_UPLOAD_BYTES = 10 * 1024 * 1024  # within the upload limit: only the checks refuse it
+
+FORGERIES = {
+    "without a CSRF cookie": ({}, True),  # a cross-site form: the SameSite cookie stays home
+    "from another site's page": ({"Origin": "https://elsewhere.example"}, False),
+    "with a token that does not match": ({"X-CSRFToken": "b" * 32}, False),
+}
+
+
+@pytest.mark.parametrize(("headers", "drop_cookie"), FORGERIES.values(), ids=FORGERIES.keys())
+def test_a_forged_upload_is_refused_before_its_body_is_read(stub_broker, headers, drop_cookie):
+    """Django's CSRF check read the form first: every forged upload was stored to disk."""
+    browser = Client(enforce_csrf_checks=True)
+    page(browser)
+    if drop_cookie:
+        del browser.cookies["csrftoken"]
+    body = LargeUpload(LARGE_UPLOAD_BYTES)
+
+    response = post_streamed(browser, "/upload", body, headers)
+
+    assert response.status_code == 403
+    assert body.bytes_read == 0
+    assert Job.objects.count() == 0
+
+
+def test_an_upload_over_the_submit_limit_is_refused_before_its_body_is_read(client, stub_broker, settings):
+    settings.RATE_LIMIT_SUBMIT = "1/d"
+    page(client)
+    assert upload(client).status_code == 303
+    body = LargeUpload(LARGE_UPLOAD_BYTES)
+
+    refused = post_streamed(client, "/upload", body)
+
+    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
+    assert "Too many uploads" in refused.content.decode()
+    assert body.bytes_read == 0
+
+
+def test_a_form_with_its_token_in_the_body_alone_still_uploads(stub_broker):
+    """The lite form works without JavaScript: its token comes in the body, not in a header."""
+    browser = Client(enforce_csrf_checks=True)
+    page(browser)
+    form = {"csrfmiddlewaretoken": browser.cookies["csrftoken"].value, "service": "grayscale"}
+    assert browser.post("/upload", {**form, "image": png()}).status_code == 303
+    assert Job.objects.count() == 1
 
 
 def test_form_uploads_share_the_api_rate_limit(client, stub_broker, settings):

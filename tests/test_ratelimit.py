@@ -1,13 +1,16 @@
 """Rate-limit counters: shared by processes through Redis, one round trip a request, open without Redis."""
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from gateway.auth import ratelimit
 from gateway.models import ApiKey
@@ -147,3 +150,80 @@ def test_a_window_ends_within_one_period_and_stays_put_inside_it():
     assert len(ends) <= 2 and all(1000 <= end < 1120 for end in ends)
     end = ratelimit.window_end("key:1", 60, 1000)
     assert ratelimit.window_end("key:1", 60, end) == end
+
+
+# --- Whom an address is counted as -----------------------------------------------------------
+def reads_from(client, address: str, forwarded: str | None = None) -> int:
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    return client.get("/api/v1/jobs", headers=headers, REMOTE_ADDR=address).status_code
+
+
+def test_an_ipv6_client_is_counted_by_its_64_not_by_each_of_its_addresses(client, settings):
+    """One subscriber holds a whole /64: 2**64 addresses, each a fresh counter if counted alone."""
+    settings.RATE_LIMIT_READ = "2/d"
+    same_64 = ["2001:db8:1:2::1", "2001:db8:1:2::abcd", "2001:db8:1:2:ffff:ffff:ffff:ffff"]
+    assert [reads_from(client, address) for address in same_64] == [200, 200, 429]
+    assert reads_from(client, "2001:db8:1:3::1") == 200  # the next /64: another subscriber
+
+
+def test_an_ipv4_client_is_counted_by_its_full_address(client, settings):
+    settings.RATE_LIMIT_READ = "1/d"
+    assert [reads_from(client, "198.51.100.1"), reads_from(client, "198.51.100.1")] == [200, 429]
+    assert reads_from(client, "198.51.100.2") == 200
+    assert reads_from(client, "::ffff:198.51.100.1") == 429  # the same client through a dual-stack socket
+
+
+@pytest.mark.parametrize(
+    ("address", "counted"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8::1", "2001:db8::/64"),
+        ("2001:DB8:0:0:1::1", "2001:db8::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("", ""),
+    ],
+)
+def test_an_address_is_counted_as_itself_or_its_64(address, counted):
+    assert ratelimit.counted_address(address) == counted
+
+
+def test_a_trusted_proxy_may_be_a_network(client, settings):
+    settings.RATE_LIMIT_READ = "1/d"
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]  # an ingress controller's pods
+    assert reads_from(client, "10.1.2.3", forwarded="198.51.100.7") == 200
+    assert reads_from(client, "10.4.5.6", forwarded="198.51.100.8") == 200  # another client: its own limit
+    assert reads_from(client, "10.7.8.9", forwarded="198.51.100.7, 10.1.2.3") == 429  # the first, via two
+
+
+def untrusted_forwarded() -> float:
+    return REGISTRY.get_sample_value("darkroom_untrusted_forwarded_total") or 0.0
+
+
+@pytest.fixture
+def not_warned_yet(monkeypatch):
+    monkeypatch.setattr(ratelimit, "_warned_untrusted_forwarded", threading.Event())
+
+
+@pytest.mark.usefixtures("not_warned_yet")
+def test_x_forwarded_for_from_an_untrusted_peer_is_counted_and_warned_about_once(client, caplog):
+    """Behind a proxy missing from TRUSTED_PROXIES every client is counted as the proxy: the operator
+    must hear of it."""
+    before = untrusted_forwarded()
+    with caplog.at_level(logging.WARNING, logger="gateway.auth.ratelimit"):
+        for client_address in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+            assert reads_from(client, "192.0.2.10", forwarded=client_address) == 200
+    assert untrusted_forwarded() - before == 3
+    warnings = [r.getMessage() for r in caplog.records if "X-Forwarded-For" in r.getMessage()]
+    assert len(warnings) == 1 and "192.0.2.10" in warnings[0] and "TRUSTED_PROXIES" in warnings[0]
+
+
+@pytest.mark.usefixtures("not_warned_yet")
+def test_x_forwarded_for_from_a_trusted_proxy_or_read_by_the_server_is_not_counted(client, settings):
+    settings.TRUSTED_PROXIES = ["127.0.0.1"]
+    before = untrusted_forwarded()
+    assert reads_from(client, "127.0.0.1", forwarded="198.51.100.1") == 200  # from the proxy itself
+    # uvicorn's --forwarded-allow-ips read the header already: REMOTE_ADDR is the client it names.
+    assert reads_from(client, "198.51.100.2", forwarded="198.51.100.2, 127.0.0.1") == 200
+    assert reads_from(client, "198.51.100.3") == 200  # no header at all
+    assert untrusted_forwarded() == before

@@ -401,8 +401,9 @@ def test_every_uvicorn_command_line_trusts_forwarded_headers_from_trusted_proxie
     assert '--forwarded-allow-ips \\"${TRUSTED_PROXIES:-}\\"' in (ROOT / "Dockerfile").read_text()
     gateway = one(manifests, "Deployment", "darkroom-gateway")["spec"]["template"]["spec"]["containers"][0]
     assert "--forwarded-allow-ips=$(TRUSTED_PROXIES)" in gateway["command"]
-    command = gateway_command("127.0.0.1", 8001)
-    assert command[command.index("--forwarded-allow-ips") + 1] == ",".join(settings.TRUSTED_PROXIES)
+    command = gateway_command("127.0.0.1", 8001)  # the scaler's own nginx (loopback) and TRUSTED_PROXIES
+    trusted = ["127.0.0.1", *settings.TRUSTED_PROXIES]
+    assert command[command.index("--forwarded-allow-ips") + 1] == ",".join(trusted)
 
 
 def test_every_uvicorn_command_line_serves_websockets_with_the_lean_protocol(manifests):

@@ -1,7 +1,9 @@
 """The nginx configuration (deploy/nginx/darkroom.conf) in a real, private nginx, in front of small
-stand-in gateways that answer with their name and the headers they received."""
+stand-in gateways that answer with their name and the headers they received, and in front of a
+real gateway as the scaler starts it."""
 
 import json
+import re
 import shutil
 import socket
 import threading
@@ -12,9 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from bench.stack import announced_port
 from gateway.http.body_limits import body_limits
+from scaler.backends.gateways import gateway_command, gateway_environment
 from scaler.backends.nginx import Nginx, NginxError
-from tests.services import IN_CI
+from tests.services import IN_CI, require
 from tests.stack import NO_KEEPALIVE, LiveStack, refused_port, start_on_a_free_port
 
 
@@ -207,3 +211,42 @@ def test_a_reload_with_a_new_upstream_list_moves_the_traffic(nginx, gateways):
     while set(served_by(proxy, 4)) != {"b"}:  # the old worker process may answer once more
         assert time.monotonic() < deadline, "nginx kept sending requests to the removed gateway"
         time.sleep(0.1)
+
+
+# --- A real gateway, as the scaler starts it -------------------------------------------------
+METRICS_TOKEN = "a-metrics-token"
+
+
+@pytest.fixture
+def scaler_gateway(tmp_path, settings):
+    """A gateway with the scaler's command line and environment, on a stack of its own; the scaler's
+    own TRUSTED_PROXIES empty, as the deployments had it."""
+    require("postgres", "rabbitmq", "redis")
+    settings.TRUSTED_PROXIES = []
+    workdir = tmp_path / "stack"
+    workdir.mkdir()
+    with LiveStack(workdir, RATE_LIMIT_READ="2/d", METRICS_TOKEN=METRICS_TOKEN) as stack:
+        process = stack.spawn("gateway", gateway_command("127.0.0.1", 0), **gateway_environment("127.0.0.1"))
+        url = f"http://127.0.0.1:{announced_port(workdir / 'gateway.log', process)}"
+        stack.wait_until(lambda: stack.is_live(url), timeout=60, what="the gateway to answer /health/live")
+        yield url
+
+
+def untrusted_forwarded(gateway_url: str) -> float:
+    metrics = httpx.get(f"{gateway_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
+    return float(re.search(r"^darkroom_untrusted_forwarded_total (\S+)$", metrics, re.MULTILINE).group(1))
+
+
+def test_clients_behind_the_scalers_nginx_keep_rate_limits_of_their_own(nginx, scaler_gateway):
+    """Counted as nginx's address, every client behind it would share one limit: one client's
+    requests would starve everyone's."""
+    proxy = nginx([scaler_gateway.removeprefix("http://")])
+    answers = {
+        client: [
+            httpx.get(f"{proxy.url}/api/v1/jobs", headers={"X-Forwarded-For": client}).status_code
+            for _ in range(3)
+        ]
+        for client in ("198.51.100.1", "198.51.100.2")
+    }
+    assert answers == {"198.51.100.1": [200, 200, 429], "198.51.100.2": [200, 200, 429]}
+    assert untrusted_forwarded(scaler_gateway) == 0  # nginx's header is trusted, not ignored

@@ -49,6 +49,7 @@ def check_with(**env) -> subprocess.CompletedProcess:
         ({"SESSION_COOKIE_SECURE": "sometimes"}, "SESSION_COOKIE_SECURE='sometimes' is not a boolean"),
         ({"AVIF_SPEED": "11"}, "AVIF_SPEED=11 must be at most 10"),
         ({"TRAFFIC_SPLIT": "sobel: images x"}, "not `pool weight`"),
+        ({"TRUSTED_PROXIES": "10.0.0.1, nginx"}, "TRUSTED_PROXIES: 'nginx' is not an IP address or network"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(env, message):

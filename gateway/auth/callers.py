@@ -9,7 +9,8 @@ credential makes the same caller everywhere:
   when tokens are enabled and it looks like one (gateway.auth.tokens), else an API key.
 - Else a browser session the site issued. It owns its jobs through a token kept in the session, so
   that they survive logging in. Only the pages (`issue_session`) make sessions, never the API or the
-  WebSocket: anyone can send any cookie, and a cookie naming no stored session is no session.
+  WebSocket: anyone can send any cookie, and a cookie naming no stored session is no session. A
+  session is issued under a new key, as Django gives it one when someone signs in.
   When API keys are required, only a signed-in user's session counts (`session_may_call`): a key
   means someone the operator let in, and anyone may open a page; the pages send visitors to sign in.
 - Else, when API keys are not required (the embedded default), the anonymous owner, shared.
@@ -38,9 +39,9 @@ from django.http.cookie import parse_cookie
 from django.utils import timezone
 from django.utils.datastructures import CaseInsensitiveMapping
 from django.utils.functional import SimpleLazyObject
-from ninja.utils import check_csrf
 
 from gateway.auth import tokens
+from gateway.http import csrf
 from gateway.models import ApiKey
 from processing.models import Job, find_job
 from processing.owners import Owner, owned_by
@@ -151,8 +152,14 @@ def of_request(request: HttpRequest) -> Caller | None:
         presented_credential(request.headers),
         session,
         getattr(request, "user", None),
-        csrf_failed=lambda: request.method not in SAFE_METHODS and check_csrf(request) is not None,
+        csrf_failed=lambda: request.method not in SAFE_METHODS and csrf_header_refused(request),
     )
+
+
+def csrf_header_refused(request: HttpRequest) -> bool:
+    """True when a session's unsafe request fails the CSRF check on its X-CSRFToken header. The header
+    alone: a token in the body would mean reading (and, for an upload, storing) the body first."""
+    return csrf.refusal(request, token_in_body=False) is not None
 
 
 def of_handshake(scope: Mapping[str, Any]) -> Caller | None:
@@ -263,7 +270,18 @@ def issue_session(session: SessionBase, user: User | None) -> Caller | None:
     its user may not call (see session_may_call): the pages send them to sign in."""
     if not session_may_call(user):
         return None
-    return from_session(session, user) or session_caller(session, user)
+    if session.get(SESSION_OWNER_KEY) is None:
+        give_owner(session)
+    return session_caller(session, user)
+
+
+def give_owner(session: SessionBase) -> None:
+    """Make the session an owner's under a new key: a key known before (one planted in the browser,
+    or a stored session without an owner, such as an admin's sign-in) must not open the jobs it will
+    own. A session without a stored key gets a new one when it is saved."""
+    if session.session_key is not None:
+        session.cycle_key()
+    session[SESSION_OWNER_KEY] = uuid.uuid4().hex
 
 
 def session_may_call(user: User | None) -> bool:

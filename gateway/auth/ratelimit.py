@@ -5,8 +5,9 @@ One connection pool per process, made on first use; a counter that cannot be rea
 `CounterUnavailable`, quickly (short socket timeouts), and not asked again for a few seconds, so that
 callers can serve without limits rather than wait on a Redis that is down.
 
-A request is charged to its caller (and, for a session or no caller, its client address): the API's
-throttles (gateway.api.auth) and the upload form charge submissions through `charge_submissions`.
+A request is charged to its caller (and, for a session or no caller, its client address: an IPv6
+client by its /64): the API's throttles (gateway.api.auth) and the upload form charge submissions
+through `charge_submissions`; the form asks `refuse_spent_submissions` before it reads its body.
 """
 
 import functools
@@ -16,11 +17,13 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
+from prometheus_client import Counter
 
 from gateway.http.errors import ApiError
 
@@ -46,6 +49,8 @@ return counts
 """
 
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class CounterUnavailable(Exception):
@@ -151,16 +156,45 @@ def reset_failure_memory() -> None:
 
 
 def client_address(request: HttpRequest) -> str:
-    """The client's address; X-Forwarded-For counts only when the request came through a trusted proxy."""
+    """The client's address: X-Forwarded-For names it only when the request came through a trusted proxy.
+
+    The server may have read the header already (uvicorn's --forwarded-allow-ips, given the same
+    TRUSTED_PROXIES): REMOTE_ADDR is then the client it found there. A header that neither the server
+    nor we may trust is counted and warned about (`note_untrusted_forwarded`): behind a proxy whose
+    address is not in TRUSTED_PROXIES, every client is counted as the proxy, in one counter."""
     remote: str = request.META.get("REMOTE_ADDR", "")
     forwarded: str = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if not forwarded or remote not in settings.TRUSTED_PROXIES:
+    if not forwarded:
         return remote
-    # The right-most address a trusted proxy did not add is the client.
-    for address in reversed([a.strip() for a in forwarded.split(",")]):
-        if address not in settings.TRUSTED_PROXIES and is_ip(address):
-            return address
+    client = forwarded_client(forwarded)
+    if is_trusted_proxy(remote):
+        return client or remote
+    if remote != client:
+        note_untrusted_forwarded(remote)
     return remote
+
+
+def forwarded_client(forwarded: str) -> str | None:
+    """The right-most address of X-Forwarded-For that no trusted proxy added: the client, as the
+    proxies nearest to us saw it (anything left of it, the client may have written itself)."""
+    for address in reversed([a.strip() for a in forwarded.split(",")]):
+        if is_ip(address) and not is_trusted_proxy(address):
+            return address
+    return None
+
+
+def is_trusted_proxy(address: str) -> bool:
+    return is_ip(address) and any(ipaddress.ip_address(address) in network for network in trusted_networks())
+
+
+def trusted_networks() -> tuple[IPNetwork, ...]:
+    return networks_of(tuple(settings.TRUSTED_PROXIES))
+
+
+@functools.cache
+def networks_of(addresses: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    """TRUSTED_PROXIES as networks: an address is its own /32 or /128 (project.config checks each entry)."""
+    return tuple(ipaddress.ip_network(address, strict=False) for address in addresses)
 
 
 def is_ip(value: str) -> bool:
@@ -171,11 +205,50 @@ def is_ip(value: str) -> bool:
         return False
 
 
+UNTRUSTED_FORWARDED = Counter(
+    "darkroom_untrusted_forwarded",
+    "Requests with X-Forwarded-For from a peer not in TRUSTED_PROXIES (the header was ignored)",
+)
+_warned_untrusted_forwarded = threading.Event()
+
+
+def note_untrusted_forwarded(peer: str) -> None:
+    """Count a forwarded header we ignored; warn once per process, since behind a proxy it would be
+    every request."""
+    UNTRUSTED_FORWARDED.inc()
+    if not _warned_untrusted_forwarded.is_set():
+        _warned_untrusted_forwarded.set()
+        logger.warning(
+            "X-Forwarded-For from %s, which is not in TRUSTED_PROXIES: ignored, and the request is counted "
+            "against %s's rate limits. Behind a proxy, add its address to TRUSTED_PROXIES "
+            "(docs/security.md); this warning is given once per process, the metric "
+            "darkroom_untrusted_forwarded_total counts every such request.",
+            peer,
+            peer,
+        )
+
+
+def counted_address(address: str) -> str:
+    """Whom a client address is counted as: an IPv4 address alone; an IPv6 address by its /64, the
+    block one subscriber is given (one /64 holds 2**64 addresses: counted one by one, it would never
+    reach a limit)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:  # ::ffff:203.0.113.9, an IPv4 client of a dual-stack socket
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network((ip, 64), strict=False))
+
+
 def rate_limit_identities(request: HttpRequest) -> list[str]:
     """Whom a request is counted against: an API key; a session and its client address (anyone can
-    get sessions, one per page view, so changing them must buy nothing); or the address alone."""
+    get sessions, one per page view, so changing them must buy nothing); or the address alone. An
+    address is counted as `counted_address` says (an IPv6 client by its /64)."""
     caller = getattr(request, "auth", None)
-    address = f"address:{client_address(request)}"
+    address = f"address:{counted_address(client_address(request))}"
     if caller is None or caller.owner.kind == "anonymous":
         return [address]
     if caller.owner.kind == "session":
@@ -209,5 +282,21 @@ def charge_submissions(request: HttpRequest, count: int) -> None:
         return
     keep_usage(request, usage)
     if usage.limited:
-        wait = max(usage.reset, 1)
-        raise ApiError(429, "rate_limited", f"too many submissions; try again in {wait}s", retry_after=wait)
+        raise too_many_submissions(usage)
+
+
+def refuse_spent_submissions(request: HttpRequest) -> None:
+    """Raise the 429 ApiError when the caller (`request.auth`) has no submission left in this window:
+    asked before a request's body is read, so that a caller over its limit is refused before its
+    upload is received. Charges nothing (the submissions are charged once the body is read)."""
+    usage = charge(request, "submit", 0)
+    if usage is None:
+        return
+    keep_usage(request, usage)
+    if usage.remaining == 0:
+        raise too_many_submissions(usage)
+
+
+def too_many_submissions(usage: Usage) -> ApiError:
+    wait = max(usage.reset, 1)
+    return ApiError(429, "rate_limited", f"too many submissions; try again in {wait}s", retry_after=wait)

@@ -25,8 +25,8 @@ from django.views.decorators.http import require_GET, require_POST
 from pydantic import ValidationError
 
 from gateway.auth import callers
-from gateway.auth.ratelimit import charge_submissions
-from gateway.http import intake
+from gateway.auth.ratelimit import charge_submissions, refuse_spent_submissions
+from gateway.http import csrf, intake
 from gateway.http.errors import ApiError, from_domain, from_validation_errors
 from gateway.http.uploads import UploadTooLarge
 from gateway.pages import devices
@@ -136,17 +136,28 @@ def job_status(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     return render(request, "lite_status.html", context)
 
 
-@csrf_exempt  # checked in submit_form, once the body is read (see below)
+@csrf_exempt  # checked in two steps around reading the body (see below)
 @gzip_page
 @require_POST
 @sign_in_first
 def upload(request: HttpRequest) -> HttpResponse:
     """The forms' server-side submission: create the jobs, then show their status.
 
-    Reading the multipart body applies the upload size limit, and Django's CSRF check
-    would read it first and turn a too-large upload into a server error; so the body is
-    read here, and the CSRF check follows.
+    Reading the multipart body stores every file it carries, so what the headers decide comes
+    first: a request that fails the CSRF check on its headers (gateway.http.csrf), or whose caller
+    has no submission left, is refused before its body is read. Then the body is read, which applies
+    the upload size limit (Django's CSRF check would read it first and turn a too-large upload into
+    a server error), and the CSRF check on the form's token follows.
     """
+    forged = csrf.refusal(request, token_in_body=True)
+    if forged is not None:
+        return closing(forged)
+    # Whom the rate limit charges, as the API's authentication would say (Django's request takes attributes).
+    request.auth = session_caller(request)  # type: ignore[attr-defined]
+    try:
+        refuse_spent_submissions(request)
+    except ApiError as exc:
+        return closing(error_page(request, exc))
     try:
         request.FILES  # noqa: B018 (parses the body)
     except UploadTooLarge as exc:
@@ -154,10 +165,14 @@ def upload(request: HttpRequest) -> HttpResponse:
     return csrf_protect(submit_form)(request)
 
 
+def closing(refusal: HttpResponse) -> HttpResponse:
+    """A refusal sent before the body was read: the connection closes, rather than receive the rest."""
+    refusal["Connection"] = "close"
+    return refusal
+
+
 def submit_form(request: HttpRequest) -> HttpResponse:
-    caller = session_caller(request)
-    # Whom the rate limit charges, as the API's authentication would say (Django's request takes attributes).
-    request.auth = caller  # type: ignore[attr-defined]
+    caller: callers.Caller = request.auth  # type: ignore[attr-defined]  # set by upload, above
     try:
         charge_submissions(request, files_in_form(request))
         created = submissions.submit(form_submission(request, caller)).jobs

@@ -56,10 +56,22 @@ def gateway_command(host: str, port: int) -> list[str]:
         *(sys.executable, "-m", "uvicorn", "project.asgi:application"),
         *("--host", host, "--port", str(port), "--no-access-log"),
         *("--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS)),
-        # X-Forwarded-For only from our nginx (TRUSTED_PROXIES); uvicorn's default trusts any local client.
-        *("--forwarded-allow-ips", ",".join(settings.TRUSTED_PROXIES)),
+        # X-Forwarded-For only from our nginx and TRUSTED_PROXIES; uvicorn's default trusts any local client.
+        *("--forwarded-allow-ips", ",".join(trusted_proxies(host))),
         *UVICORN_FLAGS,
     ]
+
+
+def gateway_environment(host: str) -> dict[str, str]:
+    """The gateway's Django counts X-Forwarded-For from the same proxies as its uvicorn."""
+    return {"TRUSTED_PROXIES": ",".join(trusted_proxies(host))}
+
+
+def trusted_proxies(host: str) -> list[str]:
+    """Our own nginx, which runs on this machine and so reaches a gateway from the gateway's own
+    address, and the operator's TRUSTED_PROXIES (a proxy in front of that nginx). Without nginx's
+    address, every client would be counted as nginx: one rate limit for all."""
+    return [host, *(proxy for proxy in settings.TRUSTED_PROXIES if proxy != host)]
 
 
 class LocalGateways:
@@ -183,7 +195,7 @@ class LocalGateways:
 
     def _start(self) -> Gateway:
         port = self._next_port()
-        process = spawn(gateway_command(self.host, port))
+        process = spawn(gateway_command(self.host, port), env=gateway_environment(self.host))
         logger.info("started gateway %d on port %d", process.pid, port)
         return Gateway(port=port, process=process, host=self.host)
 
