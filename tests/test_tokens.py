@@ -47,6 +47,15 @@ def pem_of(private_key) -> bytes:
     )
 
 
+def trust_key_file(settings, tmp_path, content: bytes):
+    """Tokens checked against a key file holding `content`, for our issuer and audience; the file."""
+    key_file = tmp_path / "provider.pem"
+    key_file.write_bytes(content)
+    settings.JWT_PUBLIC_KEY_FILE = str(key_file)
+    settings.JWT_ISSUER, settings.JWT_AUDIENCE = ISSUER, AUDIENCE
+    return key_file
+
+
 class JwksServer:
     """The identity provider's key set on a real HTTP server, on a port of the kernel's choosing."""
 
@@ -214,10 +223,7 @@ def test_an_unreachable_provider_is_a_503_not_a_401(client, provider, settings):
 
 @pytest.mark.django_db
 def test_es256_tokens_verify_against_a_key_file(client, settings, tmp_path):
-    key_file = tmp_path / "provider.pem"
-    key_file.write_bytes(pem_of(EC_KEY))
-    settings.JWT_PUBLIC_KEY_FILE = str(key_file)
-    settings.JWT_ISSUER, settings.JWT_AUDIENCE = ISSUER, AUDIENCE
+    trust_key_file(settings, tmp_path, pem_of(EC_KEY))
 
     assert client.get("/api/v1/jobs", headers=bearer(token(key=EC_KEY, algorithm="ES256"))).status_code == 200
     assert client.get("/api/v1/jobs", headers=bearer(token())).status_code == 401  # an RS256 key of another
@@ -309,10 +315,7 @@ def test_a_subject_of_255_characters_owns_its_jobs_and_idempotency_keys_whole(cl
 
 @pytest.mark.django_db
 def test_an_es256_token_against_an_rsa_key_file_is_refused_saying_why(client, settings, tmp_path):
-    key_file = tmp_path / "provider.pem"
-    key_file.write_bytes(pem_of(RSA_KEY))
-    settings.JWT_PUBLIC_KEY_FILE = str(key_file)
-    settings.JWT_ISSUER, settings.JWT_AUDIENCE = ISSUER, AUDIENCE
+    trust_key_file(settings, tmp_path, pem_of(RSA_KEY))
 
     response = client.get("/api/v1/jobs", headers=bearer(token(key=EC_KEY, algorithm="ES256")))
 
@@ -324,10 +327,7 @@ def test_an_es256_token_against_an_rsa_key_file_is_refused_saying_why(client, se
 
 @pytest.mark.django_db
 def test_the_key_file_is_read_again_when_it_changes_and_once_it_is_kept_no_longer(client, settings, tmp_path):
-    key_file = tmp_path / "provider.pem"
-    key_file.write_bytes(pem_of(RSA_KEY))
-    settings.JWT_PUBLIC_KEY_FILE = str(key_file)
-    settings.JWT_ISSUER, settings.JWT_AUDIENCE = ISSUER, AUDIENCE
+    key_file = trust_key_file(settings, tmp_path, pem_of(RSA_KEY))
     settings.JWT_JWKS_CACHE_SECONDS = 3600
     assert client.get("/api/v1/jobs", headers=bearer(token())).status_code == 200
 
@@ -345,10 +345,7 @@ def test_the_key_file_is_read_again_when_it_changes_and_once_it_is_kept_no_longe
 
 @pytest.mark.django_db
 def test_a_key_file_without_a_public_key_is_a_503(client, settings, tmp_path):
-    key_file = tmp_path / "provider.pem"
-    key_file.write_text("not a key")
-    settings.JWT_PUBLIC_KEY_FILE = str(key_file)
-    settings.JWT_ISSUER, settings.JWT_AUDIENCE = ISSUER, AUDIENCE
+    trust_key_file(settings, tmp_path, b"not a key")
 
     response = client.get("/api/v1/jobs", headers=bearer(token()))
 
