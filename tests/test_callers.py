@@ -14,6 +14,7 @@ from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.test import Client, RequestFactory
+from django.utils import timezone
 from ninja.errors import AuthenticationError
 
 from gateway.api.auth import API_AUTH
@@ -186,6 +187,43 @@ def test_when_keys_are_required_a_session_is_a_caller_only_once_its_user_has_sig
     assert signed_in.owner.user_id is not None
     assert through_the_api({"Cookie": signed_in_cookie}) == signed_in
     assert through_a_socket({"Cookie": signed_in_cookie}) == signed_in
+
+
+def test_a_key_is_read_from_the_database_once_in_its_memory_period(django_assert_num_queries):
+    headers, expected = credentials("an API key")
+    assert through_the_api(headers) == expected  # read, and its last use written
+
+    with django_assert_num_queries(0):
+        assert through_the_api(headers) == expected
+        assert through_a_socket(headers) == expected
+
+
+def test_a_key_revoked_through_this_process_is_refused_at_once():
+    key, presented = ApiKey.issue("leaver")
+    headers = {"X-API-Key": presented}
+    assert through_the_api(headers) == callers.key_caller(key)
+
+    key.revoked_at = timezone.now()
+    key.save(update_fields=["revoked_at"])
+
+    assert through_the_api(headers) == "invalid_api_key"
+    assert through_a_socket(headers) is callers.InvalidKey
+
+
+def test_a_key_revoked_elsewhere_is_refused_once_its_memory_period_is_over(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(callers, "clock", lambda: now[0])
+    key, presented = ApiKey.issue("leaver")
+    headers = {"X-API-Key": presented}
+    assert through_the_api(headers) == callers.key_caller(key)
+
+    # Revoked as another process would revoke it: no signal reaches this one.
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+    now[0] += callers.KEY_MEMORY_SECONDS - 0.1
+    assert through_the_api(headers) == callers.key_caller(key)  # the longest a revoked key is accepted
+    now[0] += 0.1
+
+    assert through_the_api(headers) == "invalid_api_key"
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ their owner's, and someone else's job is always a 404.
 """
 
 import hmac
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from django.utils.functional import SimpleLazyObject
 
 from gateway.auth import tokens
 from gateway.http import csrf
-from gateway.models import ApiKey
+from gateway.models import ApiKey, hash_secret
 from processing.models import Job, find_job
 from processing.owners import Owner, owned_by
 
@@ -235,6 +236,12 @@ def verified_token_expiry(verified: str) -> float:
 
 
 def from_key(presented: str) -> Caller:
+    """The caller of a live API key: from this process's memory of the keys it accepted in the last
+    KEY_MEMORY_SECONDS, else from the database (a query would cost more than the rest of a job read)."""
+    digest = hash_secret(presented)
+    known = _known_keys.get(digest)
+    if known is not None and clock() < known.until:
+        return known.caller
     key = ApiKey.find(presented)
     if key is None:
         raise InvalidKey
@@ -242,7 +249,38 @@ def from_key(presented: str) -> Caller:
     # To the minute: a write per request would cost more than the request's own work.
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    return key_caller(key)
+    caller = key_caller(key)
+    remember_key(digest, caller)
+    return caller
+
+
+# How long a process goes on accepting an API key without reading it again: a key revoked or
+# deleted is refused by every process within this many seconds (at once by the process that
+# saved the change: forget_keys). last_used_at stays to the minute: it is written when the key is read.
+KEY_MEMORY_SECONDS = 5.0
+KEY_MEMORY_SIZE = 1024  # keys remembered at most; past that, the memory starts again
+clock = time.monotonic
+
+
+@dataclass(frozen=True)
+class KnownKey:
+    caller: Caller
+    until: float  # by clock()
+
+
+# Keyed by the presented credential's hash, so that no key's secret is kept beyond its request.
+_known_keys: dict[str, KnownKey] = {}
+
+
+def remember_key(digest: str, caller: Caller) -> None:
+    if len(_known_keys) >= KEY_MEMORY_SIZE:
+        _known_keys.clear()
+    _known_keys[digest] = KnownKey(caller, clock() + KEY_MEMORY_SECONDS)
+
+
+def forget_keys(**signal: Any) -> None:
+    """Forget every remembered key: one was saved or deleted (connected in gateway.apps)."""
+    _known_keys.clear()
 
 
 def revoked_keys(key_ids: Collection[str]) -> set[str]:
