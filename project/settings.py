@@ -52,6 +52,8 @@ INSTALLED_APPS = [
 if sys.argv[1:2] == ["runserver"]:
     INSTALLED_APPS.insert(0, "daphne")
 
+# Sessions, CSRF, users and messages: Django's, passed over for API requests without cookies, which
+# have none to use (gateway.http.middleware).
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -59,12 +61,12 @@ MIDDLEWARE = [
     "gateway.http.middleware.DeclaredBodyLimitMiddleware",
     "gateway.http.middleware.RequestIdMiddleware",
     "gateway.http.middleware.RateLimitHeadersMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "gateway.http.middleware.BrowserSessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "gateway.http.middleware.BrowserCsrfViewMiddleware",
+    "gateway.http.middleware.BrowserAuthenticationMiddleware",
+    "gateway.http.middleware.BrowserMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]

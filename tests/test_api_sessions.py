@@ -40,6 +40,14 @@ def test_a_made_up_session_cookie_creates_no_session(stub_broker):
     assert response.cookies["sessionid"].value == ""  # the made-up cookie is cleared, not adopted
 
 
+def test_an_api_call_without_cookies_is_answered_without_any(stub_broker):
+    """Sessions, CSRF, users and messages are passed over for it: none of them sets a cookie."""
+    response = submit(Client())
+    assert response.status_code == 202
+    assert not response.cookies
+    assert "Cookie" not in response.get("Vary", "")
+
+
 def test_a_made_up_session_cookie_is_no_way_around_required_api_keys(settings, stub_broker):
     settings.API_KEYS_REQUIRED = True
     response = submit(made_up_browser(), headers={"X-CSRFToken": CSRF})

@@ -1,13 +1,19 @@
-"""HTTP middleware: request ids, the request body limit, rate-limit headers."""
+"""HTTP middleware: request ids, the request body limit, rate-limit headers, and Django's browser
+middleware passed over where it has nothing to do."""
 
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils.deprecation import MiddlewareMixin
 
 from gateway.http.body_limits import body_limits
 from gateway.live.asgi import App, Message, Receive, Scope, Send
@@ -179,3 +185,40 @@ class RateLimitHeadersMiddleware:
             response["X-RateLimit-Remaining"] = str(usage.remaining)
             response["X-RateLimit-Reset"] = str(max(usage.reset, 0))
         return response
+
+
+# --- Browser middleware, for requests that can use it ------------------------------------
+
+API_PREFIX = "/api/"
+
+
+def is_cookieless_api_call(request: HttpRequest) -> bool:
+    """An API request without cookies: no session to load or save, so no user, no messages, and no
+    CSRF check to make (the API checks a session's unsafe requests itself: gateway.auth.callers)."""
+    return request.path_info.startswith(API_PREFIX) and "HTTP_COOKIE" not in request.META
+
+
+class PassedOverForCookielessApiCalls(MiddlewareMixin):
+    """Mixed into one of Django's browser middleware: it is passed over for an API request without
+    cookies (is_cookieless_api_call), for which it would only make objects nothing reads."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if is_cookieless_api_call(request):
+            return self.get_response(request)
+        return super().__call__(request)
+
+
+class BrowserSessionMiddleware(PassedOverForCookielessApiCalls, SessionMiddleware):
+    """Django's SessionMiddleware, passed over for a cookieless API call."""
+
+
+class BrowserCsrfViewMiddleware(PassedOverForCookielessApiCalls, CsrfViewMiddleware):
+    """Django's CsrfViewMiddleware, passed over for a cookieless API call."""
+
+
+class BrowserAuthenticationMiddleware(PassedOverForCookielessApiCalls, AuthenticationMiddleware):
+    """Django's AuthenticationMiddleware, passed over for a cookieless API call."""
+
+
+class BrowserMessageMiddleware(PassedOverForCookielessApiCalls, MessageMiddleware):
+    """Django's MessageMiddleware, passed over for a cookieless API call."""
