@@ -49,9 +49,9 @@ class RequestBodyLimit:
 
     An oversized upload is stopped at its declared length, or at the first piece past the
     limit, without reading the rest. The server receives a body in many small reads; the
-    app (Django on a2wsgi's threads) takes each piece with a hop from its thread to the
-    event loop, so a few large pieces cost far less than many small ones, and still bound
-    the memory an upload takes.
+    app (Django on its request threads: gateway.http.wsgi_threads) takes each piece with a
+    hop from its thread to the event loop, so a few large pieces cost far less than many
+    small ones, and still bound the memory an upload takes.
     """
 
     def __init__(self, app: App):
