@@ -3,11 +3,17 @@ held whole is sent in one piece from the event loop, a streamed one as it comes,
 bodies, errors and the request's context reach the app as they did through a2wsgi."""
 
 import contextvars
+import io
+import os
 
 import pytest
+from channels.db import database_sync_to_async
 from django.core.wsgi import get_wsgi_application
 
-from gateway.http.wsgi_threads import ThreadedWsgi
+from gateway.http.wsgi_threads import FILE_PIECE, ThreadedWsgi
+from processing import storage
+from processing.models import Job
+from tests.factories import stored_job
 
 pytestmark = pytest.mark.anyio
 
@@ -124,3 +130,55 @@ async def test_the_app_runs_in_the_context_of_its_request():
 
     request_var.set("this request")
     assert body_of(await exchange(app, scope())) == b"this request"
+
+
+def file_app(data: bytes):
+    """An app that answers with a file through the server's wsgi.file_wrapper, as Django's FileResponse."""
+    closed = []
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(len(data)))])
+        file = io.BytesIO(data)
+        file.close = lambda: closed.append(True)
+        return environ["wsgi.file_wrapper"](file, 4096)
+
+    return app, closed
+
+
+async def test_a_file_of_one_piece_is_sent_whole_and_closed():
+    data = os.urandom(300_000)
+    app, closed = file_app(data)
+
+    sent = await exchange(app, scope())
+
+    assert len(sent) == 2 and body_of(sent) == data
+    assert closed == [True]
+
+
+async def test_a_larger_file_is_sent_in_pieces_of_at_most_file_piece_bytes_and_closed():
+    data = os.urandom(2 * FILE_PIECE + 123)
+    app, closed = file_app(data)
+
+    sent = await exchange(app, scope())
+
+    assert body_of(sent) == data
+    assert [len(m["body"]) for m in sent[1:]] == [FILE_PIECE, FILE_PIECE, 123, 0]
+    assert closed == [True]
+
+
+async def test_a_result_download_arrives_whole_with_its_exact_bytes(db):
+    data = os.urandom(250_000)
+    job = await database_sync_to_async(completed_job)(data)
+
+    sent = await exchange(get_wsgi_application(), scope(path=f"/api/v1/download/{job.id}"))
+
+    assert sent[0]["status"] == 200
+    assert body_of(sent) == data
+    assert len(sent) == 2  # one hop from the request's thread, not one per 4 KiB
+
+
+def completed_job(output: bytes) -> Job:
+    job = stored_job(status=Job.COMPLETED, output_format="jpeg")
+    job.output_key = storage.save_output(storage.output_key(str(job.id), "jpg"), output)
+    job.save(update_fields=["output_key"])
+    return job

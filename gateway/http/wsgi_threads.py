@@ -5,14 +5,18 @@ a response the app holds whole in memory (Django's HttpResponse: every API answe
 back to the event loop once, as the thread's result, and is sent from there. a2wsgi hands each of
 its messages over on its own (the start, the body, the end), each a round trip from the thread to
 the event loop and back: a third of a bare request's server CPU (`make bench-api`). A streamed
-response (a download) is sent piece by piece, each piece one such round trip, as with a2wsgi.
+response is sent piece by piece, each piece one such round trip, as with a2wsgi. A file (Django's
+FileResponse: a download, a static file) is offered `wsgi.file_wrapper` and read in pieces of up to
+FILE_PIECE bytes rather than FileResponse's 4 KiB blocks: a result of a few hundred KB goes back
+whole, in one hop, instead of in a round trip for every 4 KiB.
 """
 
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +28,8 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 Write = Callable[[bytes], None]
 StartResponse = Callable[..., Write]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+FILE_PIECE = 1024 * 1024  # a file is read and sent in pieces of this size at most, as request bodies come
 
 
 class ThreadedWsgi:
@@ -39,6 +45,7 @@ class ThreadedWsgi:
         loop = asyncio.get_running_loop()
         exchange = Exchange(self.app, loop, send)
         environ: dict[str, Any] = build_environ(scope, Body(loop, receive))  # type: ignore[arg-type, assignment]
+        environ["wsgi.file_wrapper"] = FileWrapper
         # In the request's context (its context vars), as a2wsgi runs the app.
         in_context = functools.partial(contextvars.copy_context().run, exchange.run, environ)
         for message in await loop.run_in_executor(self.executor, in_context):
@@ -56,8 +63,9 @@ class Exchange:
     def run(self, environ: dict[str, Any]) -> list[Message]:
         """The messages left for the event loop to send: the whole response, if the app held it whole;
         none if it was streamed (sent from here, as it came)."""
-        body = self.app(environ, self.start_response)
+        response = self.app(environ, self.start_response)
         try:
+            body = response.pieces() if isinstance(response, FileWrapper) else response
             if is_whole(body) and not self.started:
                 return [self.start_message(), {"type": "http.response.body", "body": b"".join(body)}]
             for piece in body:
@@ -65,7 +73,7 @@ class Exchange:
             self.send_now({"type": "http.response.body", "body": b""})
             return []
         finally:
-            close = getattr(body, "close", None)
+            close = getattr(response, "close", None)
             if close is not None:
                 close()
 
@@ -108,3 +116,24 @@ async def sent(send: Send, message: Message) -> None:
 def is_whole(body: Iterable[bytes]) -> bool:
     """A response body already in memory: a list or a tuple, or Django's HttpResponse (not streaming)."""
     return isinstance(body, list | tuple) or getattr(body, "streaming", None) is False
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper` (PEP 3333): a response that is a file, which Exchange reads in large pieces."""
+
+    def __init__(self, file: Any, block_size: int = FILE_PIECE):
+        self.file = file  # iterated in `block_size` blocks by anything but Exchange
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.pieces())
+
+    def pieces(self) -> list[bytes] | Iterator[bytes]:
+        """The file whole, if it fits in one piece (so the response goes back in one hop), else its pieces."""
+        first = self.file.read(FILE_PIECE)
+        second = self.file.read(FILE_PIECE) if first else b""
+        if not second:
+            return [first]
+        return chain([first, second], iter(lambda: self.file.read(FILE_PIECE), b""))
+
+    def close(self) -> None:
+        self.file.close()  # Django makes it the response's close: files closed, request_finished sent
