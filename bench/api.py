@@ -9,8 +9,9 @@ The job is read anonymously, as the embedded default allows, and with an API key
 deployment requires (its lookup is part of the key's read).
 
 Servers (`--servers`, those installed are measured):
-- uvicorn: what `make serve` runs, `project.asgi` (Django's WSGI handler on a2wsgi's threads);
-- uvicorn-django-asgi: uvicorn with Django's own ASGI handler instead of a2wsgi (bench.django_asgi);
+- uvicorn: what `make serve` runs, `project.asgi` (Django's WSGI handler on reused threads:
+  gateway.http.wsgi_threads);
+- uvicorn-django-asgi: uvicorn with Django's own ASGI handler instead (bench.django_asgi);
 - gunicorn-uvicorn: gunicorn managing uvicorn worker processes, `project.asgi`;
 - granian: granian's ASGI interface, `project.asgi`;
 - gunicorn: gunicorn's threaded WSGI workers (project/gunicorn_conf.py), which hold a thread per long poll.

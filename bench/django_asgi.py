@@ -1,4 +1,4 @@
-"""Django's own ASGI handler over the project, for `make bench-api`'s comparison with a2wsgi.
+"""Django's own ASGI handler over the project, for `make bench-api`'s comparison with project.asgi.
 
 HTTP only (no WebSockets, no long polls' wait on the event loop): what is compared is how a
 synchronous view is reached, through a thread per request (Django) or a pool of reused

@@ -278,8 +278,8 @@ def remember_key(digest: str, caller: Caller) -> None:
     _known_keys[digest] = KnownKey(caller, clock() + KEY_MEMORY_SECONDS)
 
 
-def forget_keys(**signal: Any) -> None:
-    """Forget every remembered key: one was saved or deleted (connected in gateway.apps)."""
+def forget_keys() -> None:
+    """Forget every remembered key: one was saved or deleted (gateway.apps calls it)."""
     _known_keys.clear()
 
 
