@@ -15,7 +15,6 @@ from a2wsgi import WSGIMiddleware
 from channels.db import database_sync_to_async
 from django.core.wsgi import get_wsgi_application
 
-from gateway.api.jobs import job_detail_body
 from gateway.live import waiting
 from processing.jobs import lease, lifecycle
 from processing.models import Job
@@ -50,7 +49,7 @@ async def server(views):
         views.append(scope["path"])
         await django_http(scope, receive, send)
 
-    app = waiting.LongPolls(counted, answer=job_detail_body)
+    app = waiting.LongPolls(counted)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://testserver"
     ) as client:
@@ -84,7 +83,6 @@ async def test_a_finished_job_is_answered_at_once(server):
     job = await in_thread(stored_job)(status=Job.COMPLETED)
     response = await asyncio.wait_for(server.get(f"/api/v1/jobs/{job.id}?wait=30"), 20)
     assert response.status_code == 200 and response.json()["status"] == "completed"
-    assert waiting.WAIT_HEADER not in response.headers
 
 
 async def test_a_running_job_is_answered_when_it_completes(server):
@@ -97,7 +95,7 @@ async def test_a_running_job_is_answered_when_it_completes(server):
     response = await asyncio.wait_for(polling, 20)
 
     body = response.json()
-    assert response.status_code == 200 and waiting.WAIT_HEADER not in response.headers
+    assert response.status_code == 200
     assert body["status"] == "completed" and body["result"]["url"] == f"/api/v1/download/{job.id}"
     assert not waiters_on(job)  # nothing is left waiting
 
@@ -164,7 +162,8 @@ async def test_a_job_still_running_is_waited_for_once(server, monkeypatch):
     response = await server.get(f"/api/v1/jobs/{job.id}?wait=0.2")
 
     assert response.json()["status"] == "processing"
-    assert waits == [0.2], "the client asked to wait 0.2 s once, and was kept for each wait listed"
+    assert len(waits) == 1, "the client asked to wait once, and was kept for each wait listed"
+    assert 0 < waits[0] <= 0.2, "the wait counts from the request's arrival: less what the view took"
 
 
 async def test_an_end_heard_before_the_wait_began_answers_it_without_a_read(server, monkeypatch):
@@ -362,6 +361,5 @@ async def test_a_wait_that_reaches_the_view_is_answered_at_once_with_the_job_as_
     ) as client:
         response = await asyncio.wait_for(client.get(f"/api/v1/jobs/{job.id}?wait=60"), 20)
         assert response.status_code == 200 and response.json()["status"] == "queued"
-        assert waiting.WAIT_HEADER not in response.headers
         # The only thread there is was given back: it serves the next request.
         assert (await asyncio.wait_for(client.get("/health/live"), 20)).status_code == 200

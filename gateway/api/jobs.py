@@ -1,7 +1,10 @@
 """Jobs: submit (one or a batch), list, read, poll, download, metrics, cancel."""
 
 import base64
+import functools
+import logging
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +22,7 @@ from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, CallerRequest
 from gateway.api.schemas import ErrorOut, JobPageOut, JobsOut, MetricsOut
 from gateway.auth.callers import Caller
 from gateway.auth.ratelimit import charge_submissions
-from gateway.http import intake
+from gateway.http import intake, preferences
 from gateway.http.errors import ApiError, not_found
 from gateway.http.negotiation import accepted_image_types
 from gateway.live import waiting
@@ -29,6 +32,8 @@ from processing.imaging.operations import get_operation
 from processing.jobs import lifecycle, submissions
 from processing.jobs.public import JobOut, JobStatus, StatusOut, error_json, job_json, job_urls, status_json
 from processing.models import Job
+
+logger = logging.getLogger(__name__)
 
 router = Router(tags=["jobs"])
 
@@ -96,6 +101,7 @@ def submit_one(request: CallerRequest, response: HttpResponse, service: str) -> 
         raise not_found()  # an idempotent replay whose job has since been deleted
     job = found[0]
     response["Location"] = job_urls(job.id)["job_url"]
+    answer_when_ended(request, response, found, one=True)
     return Status(202, job_json(job))
 
 
@@ -147,7 +153,94 @@ def batch(request: CallerRequest, response: HttpResponse) -> Status[dict[str, li
     if not service:
         raise ApiError(400, "missing_service", "name the service in a form field called 'service'")
     created = submit(request, response, service, at_most=settings.MAX_BATCH_FILES)
-    return Status(202, {"jobs": [job_json(job) for job in created]})
+    answer_when_ended(request, response, created, one=False)
+    return Status(202, batch_json(created))
+
+
+def batch_json(jobs: list[Job]) -> dict[str, list[JobOut]]:
+    return {"jobs": [job_json(job) for job in jobs]}
+
+
+# --- Prefer: wait, one request per job ------------------------------------------------------
+
+
+def answer_when_ended(request: CallerRequest, response: HttpResponse, jobs: list[Job], *, one: bool) -> None:
+    """With `Prefer: wait=N`, have the submission answered when its jobs end (gateway.live.waiting):
+    with their final JSON, or with `return=representation` and an image type in Accept, with one
+    job's result itself. Otherwise, and when they don't end in time, the 202 stands."""
+    patch_vary_headers(response, ["Prefer", "Accept"])  # format=auto reads Accept too
+    response["Retry-After"] = "1"
+    wanted = preferences.parse([request.headers.get("Prefer", "")])
+    if wanted.wait is None or not jobs:
+        return
+    accepted = accepted_image_types(request) if wanted.representation and one else frozenset()
+    job_ids = [str(job.id) for job in jobs]
+    answer = functools.partial(submission_answer, job_ids, wanted, accepted, one=one)
+    waiting.wait_after_view(request, waiting.WaitFor(job_ids, wanted.wait, answer))
+
+
+def submission_answer(
+    job_ids: list[str], wanted: preferences.Preferences, accepted: Collection[str], *, one: bool
+) -> waiting.Answer | None:
+    """A waited-for submission's answer, its jobs as they are now (None if one is gone: the 202 stands).
+
+    The caller was authenticated, counted and made these jobs in the view, before the wait."""
+    found = Job.objects.in_bulk(job_ids)
+    jobs = [found.get(uuid.UUID(job_id)) for job_id in job_ids]
+    if None in jobs:
+        return None
+    ready = [job for job in jobs if job is not None]
+    ended = all(job.is_finished for job in ready)
+    if ended and accepted:
+        answer = representation(ready[0], wanted, accepted)
+        if answer is not None:
+            return answer
+    data = job_json(ready[0]) if one else batch_json(ready)
+    headers: dict[str, str | None] = {"Preference-Applied": wanted.applied(representation=False)}
+    if ended:
+        headers["Retry-After"] = None
+    return waiting.Answer(rendered(data), status=200 if ended else None, headers=headers)
+
+
+def representation(
+    job: Job, wanted: preferences.Preferences, accepted: Collection[str]
+) -> waiting.Answer | None:
+    """The job's result itself, as a download with this Accept gets it; None when there is none to
+    send (failed, cancelled, a report, removed) or storage can't give it now: the JSON says why."""
+    if job.status != Job.COMPLETED or not job.output_key or job.files_removed_at:
+        return None
+    key, output_format = formats.download_for(job, accepted)
+    try:
+        with default_storage.open(key, "rb") as stored:
+            data = stored.read()
+    except Exception:
+        logger.warning(
+            "the result of a waited-for job could not be read", exc_info=True, extra={"job_id": str(job.id)}
+        )
+        return None
+    headers: dict[str, str | None] = {
+        "Content-Type": formats.mime_type_for(output_format),
+        "Content-Disposition": f'inline; filename="{job.id}.{key.rsplit(".", 1)[-1]}"',
+        "Job-Id": str(job.id),
+        "Job-Status": job.status,
+        "Server-Timing": server_timing(job),
+        "Preference-Applied": wanted.applied(representation=True),
+        "Retry-After": None,
+    }
+    return waiting.Answer(data, status=200, headers=headers)
+
+
+def server_timing(job: Job) -> str:
+    """The job's timings in milliseconds, as a Server-Timing header (queue, processing, total)."""
+    timings = {"queue": job.queue_wait_ms, "processing": job.processing_ms, "total": job.total_ms}
+    return ", ".join(f"{name};dur={ms:.1f}" for name, ms in timings.items() if ms is not None)
+
+
+def rendered(data: Any) -> bytes:
+    """`data` as ninja renders a view's return: what the view's own answer would have held."""
+    # The renderer reads nothing of the request, and there is none here.
+    body: str = JSONRenderer().render(None, data, response_status=200)  # type: ignore[arg-type]
+    return body.encode()
 
 
 class JobFilters(Schema):
@@ -208,25 +301,25 @@ def job_detail(
 ) -> JobOut:
     """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first."""
     # The view itself never waits: gateway.live.waiting.LongPolls does, on the event loop, after it,
-    # and answers with `job_detail_body`. A wait it did not take is answered now, with the job as it is.
+    # and answers with `job_read_answer`. A wait it did not take is answered now, with the job as it is.
     job = get_job(request, job_id)
-    if wait and not job.is_finished and waiting.deferred_by_the_server(request):
-        response[waiting.WAIT_HEADER] = str(job.id)  # LongPolls waits for it, holding no thread
+    if wait and not job.is_finished:
+        answer = functools.partial(job_read_answer, str(job.id))
+        waiting.wait_after_view(request, waiting.WaitFor([str(job.id)], wait, answer))
     return job_json(job)
 
 
-def job_detail_body(job_id: str) -> bytes | None:
-    """job_detail's body for the job as it is now, as ninja renders it (None if it is gone).
+def job_read_answer(job_id: str) -> waiting.Answer | None:
+    """job_detail's answer for the job as it is now (None if it is gone).
 
-    LongPolls' answer once its wait is over; the caller was authenticated, counted and found to
+    A long poll's answer once its wait is over; the caller was authenticated, counted and found to
     own the job by the view, before the wait."""
     job = Job.objects.filter(id=job_id).first()
     if job is None:
         return None
-    # job_json is already the JobOut shape that ninja checks the view's return against.
-    # The renderer reads nothing of the request, and there is none here.
-    body: str = JSONRenderer().render(None, job_json(job), response_status=200)  # type: ignore[arg-type]
-    return body.encode()
+    return waiting.Answer(
+        rendered(job_json(job))
+    )  # already the JobOut shape ninja checks the view's return against
 
 
 @router.get(
@@ -306,13 +399,21 @@ def job_download(request: CallerRequest, job_id: str) -> HttpResponseBase:
     return response
 
 
+class ResultFileResponse(FileResponse):
+    """A result file in pieces of up to 256 KiB: most results in one. Under project.asgi each piece
+    is a hop from a request thread to the event loop, and Django's own 4 KiB pieces made a typical
+    result cost some sixty of them."""
+
+    block_size = 256 * 1024
+
+
 def file_response(key: str, content_type: str, filename: str) -> HttpResponseBase:
     """The stored file itself, or a redirect to its signed, expiring URL in object storage."""
     try:
         path = default_storage.path(key)
     except NotImplementedError:  # object storage
         return HttpResponseRedirect(default_storage.url(key))
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type)
+    return ResultFileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type)
 
 
 def cancel(request: CallerRequest, job_id: str) -> JobOut:
