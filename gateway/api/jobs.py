@@ -62,7 +62,26 @@ def multipart_doc(service: str | None = None, *, many: bool = False) -> dict[str
     if many:
         schema["required"].append("service")
         schema["properties"]["service"] = {"type": "string", "description": "the service for every image"}
-    return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}, "required": True}}
+    return {
+        "requestBody": {"content": {"multipart/form-data": {"schema": schema}}, "required": True},
+        "parameters": [PREFER_PARAMETER],
+        **({} if many else {"responses": {200: {"content": {"image/*": {"schema": image}}}}}),
+    }
+
+
+PREFER_PARAMETER = {
+    "in": "header",
+    "name": "Prefer",
+    "required": False,
+    "schema": {"type": "string"},
+    "example": "wait=30, return=representation",
+    "description": (
+        "RFC 7240. `wait=N` (seconds, up to 60): answer when the job ends, with 200 and its final JSON, "
+        "or 202 as without it if it is still running after N seconds. With `return=representation` "
+        "and an Accept naming an image type, a completed job's answer is the result's bytes, with "
+        "`Job-Id`, `Job-Status` and `Server-Timing` headers. `Preference-Applied` says what was honoured."
+    ),
+}
 
 
 def get_job(request: CallerRequest, job_id: str) -> Job:
@@ -107,7 +126,7 @@ def submit_one(request: CallerRequest, response: HttpResponse, service: str) -> 
 
 @router.post(
     "/process/{service}",
-    response={202: JobOut, **SUBMIT_ERRORS},
+    response={200: JobOut, 202: JobOut, **SUBMIT_ERRORS},
     throttle=SUBMIT_LIMIT,
     url_name="process",
     openapi_extra=multipart_doc(),
@@ -128,7 +147,7 @@ def add_shortcut(service: str) -> None:
         f"/{service}",
         ["POST"],
         shortcut,
-        response={202: JobOut, **SUBMIT_ERRORS},
+        response={200: JobOut, 202: JobOut, **SUBMIT_ERRORS},
         throttle=SUBMIT_LIMIT,
         url_name=service,
         openapi_extra=multipart_doc(service),
@@ -142,7 +161,7 @@ for _service in ("resize", "crop"):
 
 @router.post(
     "/jobs/batch",
-    response={202: JobsOut, **SUBMIT_ERRORS},
+    response={200: JobsOut, 202: JobsOut, **SUBMIT_ERRORS},
     throttle=SUBMIT_LIMIT,
     url_name="batch",
     openapi_extra=multipart_doc(many=True),
@@ -413,7 +432,9 @@ def file_response(key: str, content_type: str, filename: str) -> HttpResponseBas
         path = default_storage.path(key)
     except NotImplementedError:  # object storage
         return HttpResponseRedirect(default_storage.url(key))
-    return ResultFileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type)
+    return ResultFileResponse(
+        open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type
+    )
 
 
 def cancel(request: CallerRequest, job_id: str) -> JobOut:
