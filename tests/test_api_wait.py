@@ -13,6 +13,7 @@ import httpx
 import pytest
 from a2wsgi import WSGIMiddleware
 from django.core.wsgi import get_wsgi_application
+from django.db.models import QuerySet
 
 from gateway.live import waiting
 from processing.jobs import lease, lifecycle
@@ -84,6 +85,23 @@ async def test_a_long_poll_runs_the_view_once_and_is_answered_as_a_read_after_th
     assert answer.content == read.content  # the same JSON, byte for byte
     assert answer.headers.keys() == read.headers.keys()
     assert answer.headers["content-length"] == str(len(answer.content))
+
+
+async def test_a_long_poll_whose_end_was_heard_is_answered_from_the_event_without_a_read(server, monkeypatch):
+    reads = []
+    in_bulk = QuerySet.in_bulk
+    monkeypatch.setattr(
+        QuerySet, "in_bulk", lambda *args, **kwargs: reads.append(args) or in_bulk(*args, **kwargs)
+    )
+    job = await in_thread(stored_job)()
+    claimed = await in_thread(lease.claim)(job.id, WORKER)
+    polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=30"))
+    await until_someone_waits_on(job.id)
+    await in_thread(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
+    answer = await asyncio.wait_for(polling, 20)
+
+    assert answer.json()["status"] == "completed" and reads == []
+    assert answer.content == (await server.get(f"/api/v1/jobs/{job.id}")).content
 
 
 async def test_a_job_deleted_during_the_wait_is_answered_as_the_view_saw_it(server):

@@ -2,9 +2,11 @@
 
 import base64
 import functools
+import json
 import logging
 import uuid
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +29,7 @@ from gateway.http.errors import ApiError, not_found
 from gateway.http.negotiation import accepted_image_types
 from gateway.live import waiting
 from gateway.ops.disclosure import opaque_label
+from processing import storage
 from processing.imaging import formats
 from processing.imaging.operations import get_operation
 from processing.jobs import lifecycle, submissions
@@ -199,49 +202,87 @@ def answer_when_ended(request: CallerRequest, response: HttpResponse, jobs: list
 
 
 def submission_answer(
-    job_ids: list[str], wanted: preferences.Preferences, accepted: Collection[str], *, one: bool
+    job_ids: list[str],
+    wanted: preferences.Preferences,
+    accepted: Collection[str],
+    final_texts: dict[str, str],
+    *,
+    one: bool,
 ) -> waiting.Answer | None:
     """A waited-for submission's answer, its jobs as they are now (None if one is gone: the 202 stands).
 
     The caller was authenticated, counted and made these jobs in the view, before the wait."""
-    found = Job.objects.in_bulk(job_ids)
-    jobs = [found.get(uuid.UUID(job_id)) for job_id in job_ids]
-    if None in jobs:
+    jobs = jobs_now(job_ids, final_texts)
+    if jobs is None:
         return None
-    ready = [job for job in jobs if job is not None]
-    ended = all(job.is_finished for job in ready)
+    ended = all(job["status"] in Job.FINISHED for job in jobs)
     if ended and accepted:
-        answer = representation(ready[0], wanted, accepted)
+        answer = representation(jobs[0], wanted, accepted)
         if answer is not None:
             return answer
-    data = job_json(ready[0]) if one else batch_json(ready)
+    body = rendered(jobs[0]) if one else rendered({"jobs": jobs})
     headers: dict[str, str | None] = {"Preference-Applied": wanted.applied(representation=False)}
     if ended:
         headers["Retry-After"] = None
-    return waiting.Answer(rendered(data), status=200 if ended else None, headers=headers)
+    return waiting.Answer(body, status=200 if ended else None, headers=headers)
+
+
+def jobs_now(job_ids: list[str], final_texts: dict[str, str]) -> list[JobOut] | None:
+    """The jobs' JSON as it is now: from their ended events when every end was heard, else read
+    (None if one is gone)."""
+    if all(job_id in final_texts for job_id in job_ids):
+        return [json.loads(final_texts[job_id])["job"] for job_id in job_ids]
+    found = Job.objects.in_bulk(job_ids)
+    jobs = [found.get(uuid.UUID(job_id)) for job_id in job_ids]
+    return [job_json(job) for job in jobs if job is not None] if None not in jobs else None
+
+
+@dataclass
+class StoredFiles:
+    """Where a completed job's result is stored, told by its JSON (the keys are named by the job's id
+    and the file's format: processing.storage)."""
+
+    output_key: str
+    output_format: str
+    fallback_key: str
+    fallback_format: str
+
+    @classmethod
+    def of(cls, job: JobOut) -> "StoredFiles | None":
+        """None for a job without an image result: unfinished, failed, cancelled, or a report."""
+        result = job["result"]
+        if result is None or result.get("report") is not None or not result["format"]:
+            return None
+        job_id, output_format = job["job_id"], result["format"]
+        fallback_format = result.get("fallback_format") or ""
+        fallback_key = (
+            storage.fallback_key(job_id, formats.extension_for(fallback_format)) if fallback_format else ""
+        )
+        output_key = storage.output_key(job_id, formats.extension_for(output_format))
+        return cls(output_key, output_format, fallback_key, fallback_format)
 
 
 def representation(
-    job: Job, wanted: preferences.Preferences, accepted: Collection[str]
+    job: JobOut, wanted: preferences.Preferences, accepted: Collection[str]
 ) -> waiting.Answer | None:
     """The job's result itself, as a download with this Accept gets it; None when there is none to
-    send (failed, cancelled, a report, removed) or storage can't give it now: the JSON says why."""
-    if job.status != Job.COMPLETED or not job.output_key or job.files_removed_at:
+    send (failed, cancelled, a report) or storage can't give it now: the JSON says why."""
+    files = StoredFiles.of(job)
+    if files is None:
         return None
-    key, output_format = formats.download_for(job, accepted)
+    key, output_format = formats.download_for(files, accepted)
     try:
-        with default_storage.open(key, "rb") as stored:
-            data = stored.read()
+        data = storage.read(key)
     except Exception:
         logger.warning(
-            "the result of a waited-for job could not be read", exc_info=True, extra={"job_id": str(job.id)}
+            "a waited-for result could not be read", exc_info=True, extra={"job_id": job["job_id"]}
         )
         return None
     headers: dict[str, str | None] = {
         "Content-Type": formats.mime_type_for(output_format),
-        "Content-Disposition": f'inline; filename="{job.id}.{key.rsplit(".", 1)[-1]}"',
-        "Job-Id": str(job.id),
-        "Job-Status": job.status,
+        "Content-Disposition": f'inline; filename="{job["job_id"]}.{key.rsplit(".", 1)[-1]}"',
+        "Job-Id": job["job_id"],
+        "Job-Status": job["status"],
         "Server-Timing": server_timing(job),
         "Preference-Applied": wanted.applied(representation=True),
         "Retry-After": None,
@@ -249,10 +290,19 @@ def representation(
     return waiting.Answer(data, status=200, headers=headers)
 
 
-def server_timing(job: Job) -> str:
-    """The job's timings in milliseconds, as a Server-Timing header (queue, processing, total)."""
-    timings = {"queue": job.queue_wait_ms, "processing": job.processing_ms, "total": job.total_ms}
-    return ", ".join(f"{name};dur={ms:.1f}" for name, ms in timings.items() if ms is not None)
+def server_timing(job: JobOut) -> str:
+    """Where the job's time went, in milliseconds, as a Server-Timing header: waiting for a worker
+    (queue), on the worker (work), and from its creation to its end (total)."""
+    created, started, finished = (
+        moment if moment is None or isinstance(moment, datetime) else datetime.fromisoformat(moment)
+        for moment in (job["created_at"], job["started_at"], job["finished_at"])
+    )
+    spans = {"queue": (created, started), "work": (started, finished), "total": (created, finished)}
+    return ", ".join(
+        f"{name};dur={(end - start).total_seconds() * 1000:.1f}"
+        for name, (start, end) in spans.items()
+        if start is not None and end is not None
+    )
 
 
 def rendered(data: Any) -> bytes:
@@ -328,17 +378,13 @@ def job_detail(
     return job_json(job)
 
 
-def job_read_answer(job_id: str) -> waiting.Answer | None:
+def job_read_answer(job_id: str, final_texts: dict[str, str]) -> waiting.Answer | None:
     """job_detail's answer for the job as it is now (None if it is gone).
 
     A long poll's answer once its wait is over; the caller was authenticated, counted and found to
     own the job by the view, before the wait."""
-    job = Job.objects.filter(id=job_id).first()
-    if job is None:
-        return None
-    return waiting.Answer(
-        rendered(job_json(job))
-    )  # already the JobOut shape ninja checks the view's return against
+    jobs = jobs_now([job_id], final_texts)
+    return None if jobs is None else waiting.Answer(rendered(jobs[0]))
 
 
 @router.get(

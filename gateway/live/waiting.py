@@ -75,7 +75,8 @@ class EndListener(OnePerLoop):
         self.layer = layer
         self.loop = asyncio.get_running_loop()
         self.waiters: dict[str, set[asyncio.Future[bool]]] = {}
-        self.ended: OrderedDict[str, None] = OrderedDict()
+        # The latest ends, with the event's text where someone waited for it (see final_texts).
+        self.ended: OrderedDict[str, str | None] = OrderedDict()
         self.hearing_since: float | None = None  # loop time since when no end has gone unheard
         self.down = False  # the channel layer failed, and the listener has not heard since
         self.task = self.loop.create_task(self.listen(), name="long-poll-ends")
@@ -105,13 +106,20 @@ class EndListener(OnePerLoop):
         elif not future.cancelled():
             future.exception()  # retrieved: a NotListening nobody awaited is no error to report
 
-    def heard_end(self, job_id: str) -> None:
-        self.ended[job_id] = None
+    def heard_end(self, job_id: str, text: str | None = None) -> None:
+        waiting = self.waiters.pop(job_id, ())
+        self.ended[job_id] = text if waiting else None  # only a waiter reads it: a few at a time
         if len(self.ended) > REMEMBERED_ENDS:
             self.ended.popitem(last=False)
-        for future in self.waiters.pop(job_id, ()):
+        for future in waiting:
             if not future.done():
                 future.set_result(True)
+
+    def final_texts(self, job_ids: list[str]) -> dict[str, str]:
+        """The ended event's text (processing.events.messages.event_text) of those of the jobs whose
+        end was heard while someone waited for it: the job's final JSON, with no read of the job."""
+        texts = {job_id: self.ended.get(job_id) for job_id in job_ids}
+        return {job_id: text for job_id, text in texts.items() if text is not None}
 
     def stopped_hearing(self) -> None:
         self.hearing_since, self.down = None, True
@@ -135,7 +143,7 @@ class EndListener(OnePerLoop):
 
     def deliver(self, message: dict[str, Any]) -> None:
         if message.get("status") in Job.FINISHED:
-            self.heard_end(message["job_id"])
+            self.heard_end(message["job_id"], message.get("text"))
 
     def missed(self) -> None:
         """Ends may have gone unheard: every waiter reads its job again, and later ones will too."""
@@ -231,12 +239,13 @@ class Answer:
 @dataclass(frozen=True)
 class WaitFor:
     """A view's request to `LongPolls`: wait until these jobs end (`seconds` from the request's
-    arrival at most), then answer with `answer()`, a short synchronous read (None: the view's own
-    answer stands, e.g. the job was deleted meanwhile)."""
+    arrival at most), then answer with `answer(final_texts)`, synchronous and short, given the
+    ended events' texts of the jobs whose end was heard (EndListener.final_texts), so that it
+    reads only what they don't tell (None: the view's own answer stands, e.g. a job was deleted)."""
 
     job_ids: list[str]
     seconds: float
-    answer: Callable[[], Answer | None]
+    answer: Callable[[dict[str, str]], Answer | None]
 
 
 def wait_after_view(request: HttpRequest, wait_for: WaitFor) -> bool:
@@ -272,7 +281,8 @@ class LongPolls:
         if wait_for is not None:
             deadline = arrived + wait_for.seconds
             await all_ended(wait_for.job_ids, deadline - loop.time(), arrived)
-            answer = await read_off_the_loop(wait_for.answer)()
+            final_texts = EndListener.of_running_loop().final_texts(wait_for.job_ids)
+            answer = await read_off_the_loop(wait_for.answer)(final_texts)
             if answer is not None:
                 viewed.replace(answer)
         await viewed.replay(send)
