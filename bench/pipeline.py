@@ -568,6 +568,13 @@ PATHS = {
 }
 
 
+def path_taken(summary: dict) -> str:
+    """The mode's path, or the fallback's where a one-request run was answered 202."""
+    if summary["mode"] == "one-request" and not summary["one_request_per_job"]:
+        return f"{PATHS['long-poll']} + download: the server answered 202, not with the result"
+    return PATHS[summary["mode"]]
+
+
 def report(args, summary: dict) -> str:
     pipeline, raw, latency, other = (
         summary[k] for k in ("pipeline", "raw", "latency_c1", "other_load_cores")
@@ -582,7 +589,7 @@ def report(args, summary: dict) -> str:
         f"{cores(other['raw'])} during the raw loop, {cores(other['pipeline'])} during the pipeline, "
         f"{cores(other['latency'])} at concurrency 1",
         "",
-        f"pipeline, {summary['mode']} mode ({PATHS[summary['mode']]})",
+        f"pipeline, {summary['mode']} mode ({path_taken(summary)})",
         *pipeline_rows(pipeline),
         f"raw loop (bench.raw: decode + {args.service} + encode in plain Pillow, no pipeline)",
         (

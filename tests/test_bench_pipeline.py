@@ -393,6 +393,14 @@ def test_a_run_without_downloads_has_not_delivered_its_results():
     assert summarise_pipeline([sample], requested=1)["delivered"] is False
 
 
+def test_a_one_request_run_that_fell_back_says_which_path_its_jobs_took():
+    text = report_of("one-request", one_request=False)
+    assert (
+        "pipeline, one-request mode (HTTP -> gateway -> RabbitMQ -> worker -> long poll + download: "
+        "the server answered 202, not with the result)" in text
+    )
+
+
 def report_of(mode: str, one_request: bool) -> str:
     args = argparse.Namespace(
         service="grayscale",
@@ -424,6 +432,7 @@ def report_of(mode: str, one_request: bool) -> str:
         "params": {},
         "image": {"bytes": 10240},
         "mode": mode,
+        "one_request_per_job": one_request,
         "wait": parse_args(["--mode", mode]).waiting.describe(),
         "other_load_cores": {"raw": 0.1, "pipeline": 0.2, "latency": None},
         "pipeline": pipeline,
