@@ -479,7 +479,8 @@ def stack_groups(stack: Stack) -> dict[int, str]:
 
 def cpu_per_job(cpu_s: Mapping[str, float], jobs: int, raw_per_image_ms: float) -> dict:
     """CPU ms per job by kind, the stack's total (the load client excluded) and the total with it, and
-    the fixed cost: what the stack spends on a job beyond the raw loop's work on one image."""
+    the fixed cost: what the stack spends on a job beyond the raw loop's work on one image (its CPU
+    time, `raw_per_image_ms`)."""
     by_kind = {kind: seconds * 1000 / jobs for kind, seconds in cpu_s.items()}
     stack = sum(ms for kind, ms in by_kind.items() if kind != "client")
     return {
@@ -521,7 +522,7 @@ def summarise(args, params: dict, jpeg: bytes, pipeline: dict, latency: dict, ra
     """Everything the run found, as the --json summary; the report prints from it."""
     ratio = pipeline["jobs_per_s"] / raw["images_per_s"] if pipeline["completed"] else None
     cpu_s = load["pipeline"].cpu_s
-    cpu = cpu_per_job(cpu_s, pipeline["completed"], raw["per_image_ms"]) if cpu_s and ratio else None
+    cpu = cpu_per_job(cpu_s, pipeline["completed"], raw["cpu_per_image_ms"]) if cpu_s and ratio else None
     overhead_c1 = latency["overhead_ms"] if latency["completed"] else None
     one_request = bool(pipeline["completed"]) and pipeline["answered_in_one"] == pipeline["completed"]
     return {
@@ -596,7 +597,10 @@ def report(args, summary: dict) -> str:
             f"  throughput, {raw['processes']} processes",
             f"{raw['images_per_s']:.1f} images/s ({raw['images']} in {raw['wall_s']:.2f} s)",
         ),
-        ("  per image, 1 process", f"{raw['per_image_ms']:.1f} ms ({steps(raw['stages_ms'])})"),
+        (
+            "  per image, 1 process",
+            f"{raw['per_image_ms']:.1f} ms ({steps(raw['stages_ms'])}); CPU {raw['cpu_per_image_ms']:.1f} ms",
+        ),
     ]
     if summary["pipeline_over_raw"]:
         ratio = summary["pipeline_over_raw"]
@@ -613,13 +617,13 @@ def report(args, summary: dict) -> str:
             ("  total", f"{cpu['total']:7.1f}"),
             (
                 "fixed cost per job",
-                f"{cpu['fixed_cost']:.1f} ms (stack {cpu['stack']:.1f} - raw loop per image "
+                f"{cpu['fixed_cost']:.1f} ms (stack {cpu['stack']:.1f} - raw loop CPU per image "
                 f"{cpu['raw_per_image']:.1f})",
             ),
             (
                 "workers beyond the raw loop",
                 f"{cpu['workers_over_raw']:.1f} ms per job (workers {cpu['by_kind']['workers']:.1f} - "
-                f"raw loop per image {cpu['raw_per_image']:.1f})",
+                f"raw loop CPU per image {cpu['raw_per_image']:.1f})",
             ),
         ]
     rows += ["", f"pipeline at concurrency 1 ({args.latency_jobs} jobs, one at a time)"]

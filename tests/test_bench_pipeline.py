@@ -31,6 +31,7 @@ from bench.pipeline import (
     run_job,
     summarise_pipeline,
 )
+from bench.raw import measure_raw
 from tests.images import gradient, jpeg_bytes
 
 CLIENT = 500
@@ -436,8 +437,8 @@ def report_of(mode: str, one_request: bool) -> str:
         "wait": parse_args(["--mode", mode]).waiting.describe(),
         "other_load_cores": {"raw": 0.1, "pipeline": 0.2, "latency": None},
         "pipeline": pipeline,
-        "raw": {"processes": 2, "images_per_s": 50.0, "images": 100, "wall_s": 2.0, "per_image_ms": 19.0}
-        | {"stages_ms": {"decode": 8.0, "operation": 1.0, "encode": 10.0}},
+        "raw": {"processes": 2, "images_per_s": 50.0, "images": 100, "wall_s": 2.0, "per_image_ms": 19.5}
+        | {"cpu_per_image_ms": 19.0, "stages_ms": {"decode": 8.0, "operation": 1.0, "encode": 10.5}},
         "pipeline_over_raw": 0.6,
         "cpu_ms_per_job": cpu,
         "latency_c1": latency,
@@ -456,9 +457,13 @@ def test_the_report_prints_the_mode_the_cpu_table_the_fixed_cost_and_each_goals_
     assert "0.20 cores during the pipeline" in text and "unknown at concurrency 1" in text
     assert "CPU ms per job by process kind" in text
     assert re.search(r"workers \(dramatiq\)\s+20\.0\n", text)
-    assert re.search(r"fixed cost per job\s+10\.0 ms \(stack 29\.0 - raw loop per image 19\.0\)", text)
     assert re.search(
-        r"workers beyond the raw loop\s+1\.0 ms per job \(workers 20\.0 - raw loop per image 19\.0\)", text
+        r"per image, 1 process\s+19\.5 ms \(decode 8\.0 \+ operation 1\.0 \+ encode 10\.5\); CPU 19\.0", text
+    )
+    assert re.search(r"fixed cost per job\s+10\.0 ms \(stack 29\.0 - raw loop CPU per image 19\.0\)", text)
+    assert re.search(
+        r"workers beyond the raw loop\s+1\.0 ms per job \(workers 20\.0 - raw loop CPU per image 19\.0\)",
+        text,
     )
     assert re.search(r"requests per job, mean\s+1\.00 \(100 of 100 answered with the result itself\)", text)
     assert re.search(r"Server-Timing, mean\s+queue 5\.0 \+ processing 30\.0 \+ total 38\.0 ms", text)
@@ -475,6 +480,12 @@ def test_the_report_of_a_three_request_run_says_so_and_leaves_the_server_goal_un
     assert re.search(r"requests per job, mean\s+3\.00 \(0 of 100 answered with the result itself\)", text)
     assert "Server-Timing" not in text
     assert re.search(r"server CPU per job\s+4\.00\s+goal <= 4 ms\s+not judged: not one request per job", text)
+
+
+def test_the_raw_loop_gives_its_cpu_per_image_for_the_fixed_cost():
+    raw = measure_raw(jpeg_bytes(gradient(160, 120)), "grayscale", {}, images=2, processes=1)
+    assert raw["cpu_per_image_ms"] > 0 and raw["per_image_ms"] > 0
+    assert set(raw["stages_ms"]) == {"decode", "operation", "encode"}
 
 
 # --- against today's server ---------------------------------------------------------------------
