@@ -88,6 +88,9 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The full stack against the raw Pillow loop, one request per job (upload to result bytes; a server
+# that answers 202 is long-polled and downloaded from): CPU per job by process, the goals.
+# BENCH_ARGS="--services grayscale,resize,sobel" for several, "--mode long-poll" for three requests.
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 
@@ -116,8 +119,9 @@ chaos: $(STAMP)
 bench-scaler: $(STAMP)
 	$(BIN)/python -m bench.scaler $(BENCH_ARGS)
 
-# Darkroom's full stack against thumbor, same images and cores; thumbor in a virtualenv of its own
-# (it pins Pillow < 13). The file loader needs no pycurl, so no native extras.
+# Darkroom's full stack against thumbor, same images and cores: upload to result bytes against request
+# to bytes, with each side's SSIM to a full-decode Lanczos reference. thumbor in a virtualenv of its
+# own (it pins Pillow < 13). The file loader needs no pycurl, so no native extras.
 THUMBOR_VENV := var/thumbor-venv
 THUMBOR_VERSION := 7.8.0
 
