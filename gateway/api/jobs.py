@@ -323,10 +323,11 @@ def file_response(key: str, content_type: str, filename: str) -> HttpResponseBas
 def accel_redirect(uri: str, content_type: str, filename: str) -> HttpResponse:
     """nginx sends the file at `uri` (an internal location) with these headers: the result's bytes
     never pass through the gateway. The key in `uri` is ours, never a path a client chose."""
-    response = HttpResponse(content_type=content_type, headers={"X-Accel-Redirect": uri})
     # The same Content-Disposition as FileResponse's, which quotes and encodes the name.
-    response.headers["Content-Disposition"] = content_disposition_header(True, filename)
-    return response
+    disposition = content_disposition_header(True, filename) or "attachment"
+    return HttpResponse(
+        content_type=content_type, headers={"X-Accel-Redirect": uri, "Content-Disposition": disposition}
+    )
 
 
 def cancel(request: CallerRequest, job_id: str) -> JobOut:
