@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-ws \
+.PHONY: setup run serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-downloads bench-ws \
 	bench-scaler bench-thumbor bench-memory bench-formats chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -96,6 +96,10 @@ bench: $(STAMP)
 
 bench-api: $(STAMP)
 	$(BIN)/python -m bench.api $(BENCH_ARGS)
+
+# A result's download through nginx: sent by the gateway, then by nginx itself (X-Accel-Redirect).
+bench-downloads: $(STAMP)
+	$(BIN)/python -m bench.downloads $(BENCH_ARGS)
 
 # WebSocket scale: 10,000 clients watching jobs on one server process (PostgreSQL, redis-server).
 bench-ws: $(STAMP)

@@ -117,6 +117,15 @@ def parse_path(name: str, raw: str) -> Path:
     return Path(raw)
 
 
+def parse_uri_prefix(name: str, raw: str) -> str:
+    """A path that begins and ends with a slash, such as /_results/; empty when unset."""
+    if raw and not re.fullmatch(r"/([A-Za-z0-9._~-]+/)+", raw):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a path like /_results/ (starting and ending with /)"
+        )
+    return raw
+
+
 def url(*schemes: str) -> Type:
     """An optional URL whose scheme must be one of `schemes`; empty when unset."""
 
@@ -165,6 +174,7 @@ TRAFFIC_SPLIT_TYPE = Type(
 )
 HEADER = Type("header: value", parse_header, show_header)
 PATH = Type("path", parse_path)
+URI_PREFIX = Type("path (/name/)", parse_uri_prefix)
 
 
 # --- The declaration ------------------------------------------------------------------------------
@@ -458,6 +468,16 @@ SETTINGS: tuple[Setting, ...] = (
         STORAGE,
         minimum=1,
         django=False,
+    ),
+    # The local-disk counterpart of a signed URL: the front server sends the file, not the gateway.
+    Setting(
+        "DOWNLOAD_ACCEL_PREFIX",
+        URI_PREFIX,
+        "",
+        "Behind nginx with results on local disk: a download answers `X-Accel-Redirect: <prefix><key>` and "
+        "nginx's internal location of that prefix sends the file (deploy/nginx/darkroom.conf); empty: the "
+        "gateway sends it. The scaler sets it for the gateways it runs behind its nginx.",
+        STORAGE,
     ),
     # --- Security
     Setting(

@@ -92,6 +92,20 @@ def test_a_download_redirects_to_a_signed_url_that_serves_the_result(client, run
     assert httpx.get(unsigned).status_code == 403  # the bucket is private: the signature is the key
 
 
+def test_a_download_from_the_bucket_redirects_even_behind_an_nginx_that_sends_local_files(
+    client, run_jobs, settings
+):
+    """DOWNLOAD_ACCEL_PREFIX names files on local disk: nginx has no file to send for a bucket's key."""
+    settings.DOWNLOAD_ACCEL_PREFIX = "/_darkroom/media/"
+    job_id = create_job(client, seed=15)
+    run_jobs()
+
+    response = client.get(f"/api/v1/download/{job_id}")
+
+    assert response.status_code == 302 and "X-Accel-Redirect" not in response
+    assert httpx.get(response["Location"]).status_code == 200
+
+
 def test_the_admin_shows_the_thumbnails_the_worker_stored_in_the_bucket(admin_client, client, run_jobs):
     job_id = create_job(client, "rotate", seed=3, angle="90")
     run_jobs()
