@@ -497,13 +497,13 @@ def worker(live_stack):
 
 
 @pytest.mark.services
-def test_a_server_without_one_request_answers_202_and_the_client_takes_three_requests(live_stack, worker):
+def test_the_server_answers_a_job_with_its_result_in_one_request(live_stack, worker):
     upload = jpeg_bytes(gradient(320, 240))
     with httpx.Client(base_url=live_stack.base_url, timeout=60) as client:
         job = run_job(
             client, "grayscale", upload, {}, Waiting("one-request"), threading.Event(), keep_content=True
         )
-    assert job.ok and not job.in_one and job.requests == 3, job.error
+    assert job.ok and job.in_one and job.requests == 1, job.error
     assert Image.open(io.BytesIO(job.content)).size == (320, 240)
     fetch_results(live_stack.base_url, [job])
     assert job.result["processing_ms"] > 0
