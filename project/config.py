@@ -763,7 +763,8 @@ SETTINGS: tuple[Setting, ...] = (
         "REQUEUE_UNPUBLISHED_AFTER_SECONDS",
         INT,
         30,
-        "A queued job whose message the broker never confirmed is re-published after this.",
+        "A queued job whose message may never have reached the broker is re-published after this: one "
+        "never confirmed, or one its pool's queue has no message for (its process died before the publish).",
         JOBS,
         minimum=1,
     ),
@@ -771,7 +772,7 @@ SETTINGS: tuple[Setting, ...] = (
         "REQUEUE_STALE_AFTER_SECONDS",
         INT,
         900,
-        "A queued job nobody claimed for this long is re-published (its message may be gone).",
+        "A queued job nobody claimed for this long is re-published even when its queue can't be read.",
         JOBS,
         minimum=10,
     ),
