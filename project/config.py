@@ -364,6 +364,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a request waits for a database connection before answering 503.",
         SERVICES,
     ),
+    # Statements bound on the server, so that psycopg can prepare the ones a pooled connection runs
+    # again and again: PostgreSQL then parses and plans each of them once per connection, not per run.
+    Setting(
+        "DATABASE_PREPARED_STATEMENTS",
+        BOOL,
+        True,
+        "PostgreSQL statements bound on the server and prepared once a connection has run them a few "
+        "times. Off behind a pooler that can't keep them (PgBouncer in transaction mode before 1.21).",
+        SERVICES,
+    ),
     Setting(
         "BROKER_URL",
         url("amqp", "amqps"),

@@ -102,6 +102,10 @@ if env.DATABASE_URL:
             # so a wait for one means the database is down, and waiting longer only delays the 503.
             "timeout": env.DATABASE_POOL_TIMEOUT,
         }
+        if env.DATABASE_PREPARED_STATEMENTS:
+            # psycopg prepares a statement the fifth time a connection runs it (its own default);
+            # pooled connections keep them, so the hot statements are parsed and planned once each.
+            DATABASES["default"]["OPTIONS"] |= {"server_side_binding": True, "prepare_threshold": 5}
 else:
     DATABASES = {
         "default": {
