@@ -14,6 +14,7 @@ from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.test import Client, RequestFactory
+from django.utils import timezone
 from ninja.errors import AuthenticationError
 
 from gateway.api.auth import API_AUTH
@@ -200,3 +201,52 @@ def test_an_identity_reads_back_as_the_owner_it_names(identity):
 def test_a_string_that_names_no_owner_is_refused(identity):
     with pytest.raises(ValueError):
         Owner.from_identity(identity)
+
+
+# --- API keys kept for a few seconds per process -------------------------------------------------
+
+
+@pytest.fixture
+def key_clock(monkeypatch) -> list[float]:
+    """The clock a process's copies of API keys age by, moved by the test: `key_clock[0] += seconds`."""
+    now = [1000.0]
+    monkeypatch.setattr(callers, "clock", lambda: now[0])
+    callers.forget_keys()
+    return now
+
+
+def presented_key(staff: bool = False) -> tuple[ApiKey, str]:
+    return ApiKey.issue("kept", is_staff=staff)
+
+
+def test_a_key_used_moments_ago_is_not_read_again(key_clock, django_assert_num_queries):
+    _, presented = presented_key()
+    callers.from_key(presented)
+    with django_assert_num_queries(0):
+        callers.from_key(presented)
+
+
+def test_a_key_revoked_elsewhere_is_refused_once_this_process_copy_is_older_than_its_freshness(key_clock):
+    key, presented = presented_key()
+    callers.from_key(presented)
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())  # another process, the admin
+
+    key_clock[0] += callers.KEY_FRESH_SECONDS
+    with pytest.raises(callers.InvalidKey):
+        callers.from_key(presented)
+
+
+def test_a_key_revoked_in_this_process_is_refused_at_once(key_clock):
+    key, presented = presented_key()
+    callers.from_key(presented)
+    key.revoked_at = timezone.now()
+    key.save()
+    with pytest.raises(callers.InvalidKey):
+        callers.from_key(presented)
+
+
+def test_a_wrong_secret_is_refused_however_recently_its_key_was_used(key_clock):
+    _, presented = presented_key()
+    callers.from_key(presented)
+    with pytest.raises(callers.InvalidKey):
+        callers.from_key(presented[:-1] + ("A" if presented[-1] != "A" else "B"))

@@ -21,6 +21,7 @@ their owner's, and someone else's job is always a 404.
 """
 
 import hmac
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from django.utils.functional import SimpleLazyObject
 
 from gateway.auth import tokens
 from gateway.http import csrf
-from gateway.models import ApiKey
+from gateway.models import ApiKey, hash_secret
 from processing.models import Job, find_job
 from processing.owners import Owner, owned_by
 
@@ -235,14 +236,46 @@ def verified_token_expiry(verified: str) -> float:
 
 
 def from_key(presented: str) -> Caller:
-    key = ApiKey.find(presented)
+    key = live_key(presented)
     if key is None:
         raise InvalidKey
     now = timezone.now()
     # To the minute: a write per request would cost more than the request's own work.
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        key.last_used_at = now  # on the kept copy too (live_key), or each request would write again
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key_caller(key)
+
+
+# Each live API key this process has seen, as read at most KEY_FRESH_SECONDS ago, by the hash of its
+# presented string: a client's requests cost no key read each. So a key revoked (or made staff, or not)
+# is refused within KEY_FRESH_SECONDS by every process; the process that saves the key forgets its
+# copies at once (forget_keys). Unknown keys aren't kept: a flood of made-up ones costs no memory.
+KEY_FRESH_SECONDS = 5.0
+KEYS_KEPT = 1000
+_live_keys: dict[str, tuple[float, ApiKey]] = {}
+clock = time.monotonic  # what KEY_FRESH_SECONDS is counted by
+
+
+def live_key(presented: str) -> ApiKey | None:
+    """ApiKey.find(presented), from this process's copy when it was read within KEY_FRESH_SECONDS."""
+    digest, now = hash_secret(presented), clock()
+    kept = _live_keys.get(digest)
+    if kept is not None and now - kept[0] < KEY_FRESH_SECONDS:
+        return kept[1]
+    key = ApiKey.find(presented)
+    if key is None:
+        _live_keys.pop(digest, None)
+        return None
+    if len(_live_keys) >= KEYS_KEPT:
+        _live_keys.clear()
+    _live_keys[digest] = (now, key)
+    return key
+
+
+def forget_keys() -> None:
+    """Drop this process's copies of API keys (a key was saved or deleted here: gateway.apps)."""
+    _live_keys.clear()
 
 
 def revoked_keys(key_ids: Collection[str]) -> set[str]:
