@@ -5,7 +5,7 @@ letters, delete with their files.
 Every field is read-only: a job changes only through its lifecycle (processing.jobs.lifecycle).
 Storage keys never appear; images are shown as thumbnails (processing.imaging.admin_thumbnails),
 through an admin-only view that makes each on its first view, within a bounded decode: a JPEG
-at an eighth of its size, nothing past a few megapixels (the worker stores the thumbnails of
+at its smallest DCT scale, nothing past 4 megapixels (the worker stores the thumbnails of
 larger files). The admin is a web concern, so it lives with the gateway, though the jobs are
 processing's models.
 """

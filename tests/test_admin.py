@@ -135,20 +135,23 @@ def test_the_worker_stores_the_thumbnails_of_files_too_large_to_decode_in_a_requ
         assert thumbnail(admin_client, job, side)
 
 
-def test_the_admin_decodes_a_large_jpeg_at_a_fraction_of_its_size(
+def test_the_admin_decodes_a_jpeg_at_the_smallest_scale_that_covers_the_thumbnail(
     admin_client, client, stub_broker, monkeypatch
 ):
-    # 2560x2560 decodes at an eighth: 320x320 pixels, within a bound that the whole would exceed.
-    monkeypatch.setattr(admin_thumbnails, "MAX_LATER_PIXELS", 320 * 320)
-    upload = SimpleUploadedFile("photo.jpg", images.jpeg_bytes(images.photo(2560, 2560)))
-    response = submit(client, "analyze", image=upload)
-    job = Job.objects.get(id=response.json()["job_id"])
+    upload = SimpleUploadedFile("photo.jpg", images.jpeg_bytes(images.photo(1920, 1080)))
+    job = Job.objects.get(id=submit(client, "analyze", image=upload).json()["job_id"])
     process_queued(stub_broker)
-    assert not default_storage.exists(storage.thumbnail_key(job.input_key))  # left to the admin
+    decoded = []
+    make = admin_thumbnails.thumbnail_bytes
+    monkeypatch.setattr(
+        admin_thumbnails, "thumbnail_bytes", lambda image: decoded.append(image.size) or make(image)
+    )
 
     made = Image.open(io.BytesIO(thumbnail(admin_client, job, "input")))
-    assert made.size == (160, 160)
-    assert images.ssim(made, images.photo(2560, 2560).resize((160, 160), Image.Resampling.BOX)) >= 0.9
+
+    assert decoded == [(960, 540)]  # a half covers twice the thumbnail
+    assert made.size == (160, 90)
+    assert images.ssim(made, images.photo(1920, 1080).resize((160, 90), Image.Resampling.BOX)) >= 0.9
 
 
 def thumbnail(admin_client, job: Job, side: str) -> bytes:

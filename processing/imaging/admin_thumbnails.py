@@ -2,11 +2,10 @@
 
 A job does not pay for a preview that few jobs ever have looked at: two 160-pixel WebPs made and
 stored by the worker took about a tenth of its time. The admin makes a file's thumbnail on its
-first view instead (`make_later`), and only within a bound: a JPEG decoded at the smallest DCT
-scale that covers the thumbnail (an eighth of each side, for a photo), anything else whole, and
-never more than MAX_LATER_PIXELS pixels, so one admin request costs milliseconds whatever the
-upload. The few files past that bound (a large PNG, WebP, AVIF...) get their thumbnail from the
-worker, from the pixels it has decoded anyway (`store_unless_later`).
+first view instead (`make_later`), and only of an image of MAX_LATER_PIXELS pixels at most, so one
+admin request costs milliseconds whatever the upload; a JPEG is decoded at the smallest DCT scale
+that covers the thumbnail. The worker stores the thumbnails of larger files (`store_unless_later`),
+from the pixels it has decoded anyway, a small part of what such a job costs.
 
 A thumbnail lives at `storage.thumbnail_key(file key)` and goes when its file goes
 (storage.delete_job_files removes both).
@@ -29,8 +28,9 @@ QUALITY = 80
 CONTENT_TYPE = "image/webp"
 # What the admin's JPEG decode asks the DCT scaling for: twice the thumbnail, as Image.thumbnail does.
 DRAFT_SIZE = (2 * EDGE, 2 * EDGE)
-# The most pixels an admin request decodes for a thumbnail: a 4 MP PNG decodes in about 40 ms and
-# 16 MB. A JPEG's count is after its DCT scaling: a 100 MP photo decodes as 1.6 MP.
+# The largest image the admin decodes for a thumbnail: a 4 MP PNG decodes in about 40 ms and 16 MB.
+# All of a JPEG's pixels count too: DCT scaling saves the transforms, not the entropy decoding (a 48 MP
+# JPEG decoded at an eighth still took 110 ms).
 MAX_LATER_PIXELS = 4_000_000
 
 
@@ -63,25 +63,16 @@ def shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 # --- Made by the worker, for the files the admin may not decode ---------------------------------
 
 
-def decoded_pixels(format: str, width: int, height: int) -> int:
-    """The pixels the admin's decode of a `format` file of width x height makes: a JPEG's are those
-    of the DCT scale Pillow's draft picks for DRAFT_SIZE (1, 2, 4 or 8), anything else's all of them."""
-    if format.upper() != "JPEG":
-        return width * height
-    fits = min(width // DRAFT_SIZE[0], height // DRAFT_SIZE[1])
-    scale = next((s for s in (8, 4, 2) if fits >= s), 1)
-    return -(-width // scale) * -(-height // scale)
+def made_later(width: int, height: int) -> bool:
+    """Whether the admin makes the thumbnail of a file this large when it first shows it (else the
+    worker does)."""
+    return width * height <= MAX_LATER_PIXELS
 
 
-def made_later(format: str, width: int, height: int) -> bool:
-    """Whether the admin makes this file's thumbnail when it first shows it (else the worker does)."""
-    return decoded_pixels(format, width, height) <= MAX_LATER_PIXELS
-
-
-def store_unless_later(key: str, image: Image.Image, format: str, size: tuple[int, int]) -> None:
-    """Store the thumbnail of the file at `key` (of `format` and `size`) from the pixels in hand,
-    unless the admin can make it cheaply when it first shows it."""
-    if not made_later(format, *size):
+def store_unless_later(key: str, image: Image.Image, size: tuple[int, int]) -> None:
+    """Store the thumbnail of the file at `key` (of `size`) from the pixels in hand, unless the admin
+    can make it cheaply when it first shows it."""
+    if not made_later(*size):
         store(key, image)
 
 
@@ -98,15 +89,15 @@ def store(key: str, image: Image.Image) -> None:
 
 def make_later(key: str, max_pixels: int, max_jpeg_scans: int | None) -> bytes | None:
     """The thumbnail of the file at `key`, decoded within MAX_LATER_PIXELS and stored for the next
-    view; None when the file is gone, damaged or past the bound (the worker stores those)."""
+    view; None when the file is gone, damaged or larger (the worker stores those)."""
     try:
         with storage.local_path(key) as path, open(path, "rb") as fp:
             # The upload's limits again: this file passed them at submit, and they bound Pillow's
             # header parsing and the scans decoded, which the draft below does not.
             image = open_allowed(fp, max_pixels, max_jpeg_scans)
-            image.draft(None, DRAFT_SIZE)
-            if image.width * image.height > MAX_LATER_PIXELS:
+            if not made_later(*image.size):
                 return None
+            image.draft(None, DRAFT_SIZE)
             image.load()
             data = thumbnail_bytes(to_working_mode(ImageOps.exif_transpose(image)))
     except (OSError, UnprocessableImage, *DECODING_ERRORS):
