@@ -159,7 +159,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.TimeLimit",
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Pipelines",
-    "django_dramatiq.middleware.DbConnectionsMiddleware",
+    "processing.worker.middleware.KeepDbConnections",
     "processing.worker.middleware.FailJobWhenMessageDies",
     "dramatiq.middleware.Retries",
     "processing.worker.middleware.ExitWhenOrphaned",
