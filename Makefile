@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-ws \
+.PHONY: setup run serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-downloads bench-ws \
 	bench-scaler bench-thumbor bench-memory bench-formats chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -88,11 +88,18 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The full stack against the raw Pillow loop, one request per job (upload to result bytes; a server
+# that answers 202 is long-polled and downloaded from): CPU per job by process, the goals.
+# BENCH_ARGS="--services grayscale,resize,sobel" for several, "--mode long-poll" for three requests.
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 
 bench-api: $(STAMP)
 	$(BIN)/python -m bench.api $(BENCH_ARGS)
+
+# A result's download through nginx: sent by the gateway, then by nginx itself (X-Accel-Redirect).
+bench-downloads: $(STAMP)
+	$(BIN)/python -m bench.downloads $(BENCH_ARGS)
 
 # WebSocket scale: 10,000 clients watching jobs on one server process (PostgreSQL, redis-server).
 bench-ws: $(STAMP)
@@ -116,8 +123,9 @@ chaos: $(STAMP)
 bench-scaler: $(STAMP)
 	$(BIN)/python -m bench.scaler $(BENCH_ARGS)
 
-# Darkroom's full stack against thumbor, same images and cores; thumbor in a virtualenv of its own
-# (it pins Pillow < 13). The file loader needs no pycurl, so no native extras.
+# Darkroom's full stack against thumbor, same images and cores: upload to result bytes against request
+# to bytes, with each side's SSIM to a full-decode Lanczos reference. thumbor in a virtualenv of its
+# own (it pins Pillow < 13). The file loader needs no pycurl, so no native extras.
 THUMBOR_VENV := var/thumbor-venv
 THUMBOR_VERSION := 7.8.0
 

@@ -3,11 +3,12 @@
 Writes -n distinct 1920x1080 JPEGs, then for each operation (resize into 400x300, grayscale) sends
 them at -c concurrency to thumbor (--processes processes, a file loader on the images' folder, no
 storage of originals or results, JPEG quality = Darkroom's default), stops it, and then to the
-full stack of bench.stack (one server, --processes worker processes): each job is submitted,
-waited for (long-poll, or polling where the server answers at once) and its result downloaded,
-so both sides deliver the bytes. The two servers never run at the same time; each is warmed up.
-Prints thumbor requests/s, Darkroom jobs/s, latencies and Darkroom / thumbor against the targets.
-"""
+full stack of bench.stack (one server, --processes worker processes): each job is uploaded until its
+result's bytes are in hand, by default in one request (`Prefer: wait=30, return=representation`; a
+server that answers 202 is long-polled and the result downloaded), so both sides deliver the bytes.
+The two servers never run at the same time; each is warmed up. Prints thumbor requests/s, Darkroom
+jobs/s, latencies, Darkroom / thumbor against the targets, and how close each side's result is to a
+full-decode Lanczos reference (SSIM on luma): the targets ask for speed without a loss of quality."""
 
 import argparse
 import io
@@ -30,22 +31,46 @@ from PIL import Image, UnidentifiedImageError
 from bench import pipeline
 from bench.images import photo_jpeg, tagged
 from bench.pipeline import (
-    FINISHED,
-    JOB_TIMEOUT,
+    MODES,
+    POLL_EVERY_S,
     OtherLoad,
     UsageError,
+    Waiting,
     cores,
     interrupt,
     log,
     percentiles,
     positive,
+    run_job,
 )
+from bench.raw import ssim
 from bench.stack import ROOT, Stack, StackError, StartedOrCleanedUp, free_port
+from processing.imaging.operations import OPERATIONS
 from processing.imaging.operations.base import OutputOptions
 
 THUMBOR = ROOT / "var" / "thumbor-venv" / "bin" / "thumbor"  # where `make bench-thumbor` installs it
 DARKROOM_QUALITY = OutputOptions.model_fields["quality"].default
-LONG_POLL_S = 30  # GET /api/v1/jobs/{id}?wait=: the server answers when the job finishes, or after this
+
+
+# fit-in/400x300 is thumbor's "fit inside the box, keep the aspect ratio": Darkroom's fit=contain.
+RESIZE_PARAMS = {"width": "400", "height": "300", "fit": "contain"}
+
+
+def full_decode(jpeg: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(jpeg))
+    image.load()
+    return image
+
+
+def resized_reference(jpeg: bytes) -> Image.Image:
+    """The whole JPEG decoded, then Lanczos into the box: what a resize with no shortcut gives."""
+    image = full_decode(jpeg)
+    size = OPERATIONS["resize"].parse(RESIZE_PARAMS).output_size(*image.size)
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def grayscale_reference(jpeg: bytes) -> Image.Image:
+    return full_decode(jpeg).convert("L")
 
 
 @dataclass(frozen=True)
@@ -56,12 +81,12 @@ class Comparison:
     params: dict  # Darkroom's form parameters
     thumbor_options: str  # thumbor's URL options, between /unsafe/ and the image
     target: float  # the Darkroom / thumbor throughput aimed for
+    reference: Callable[[bytes], Image.Image]  # the result with no shortcut, to measure both sides against
 
 
 COMPARISONS = [
-    # fit-in is thumbor's "fit inside the box, keep the aspect ratio": Darkroom's fit=contain.
-    Comparison("resize", {"width": "400", "height": "300", "fit": "contain"}, "fit-in/400x300", 1.0),
-    Comparison("grayscale", {}, "filters:grayscale()", 2.0),
+    Comparison("resize", RESIZE_PARAMS, "fit-in/400x300", 0.6, resized_reference),
+    Comparison("grayscale", {}, "filters:grayscale()", 2.0, grayscale_reference),
 ]
 
 
@@ -143,6 +168,8 @@ class Outcome:
     finished: float = 0.0
     size: tuple[int, int] | None = None  # the result's width and height
     result_bytes: int = 0
+    content: bytes = b""  # the result, for its likeness to the reference
+    requests: int = 1  # HTTP requests it took
     error: str | None = None
 
     @property
@@ -150,17 +177,13 @@ class Outcome:
         return (self.finished - self.started) * 1000
 
 
-def delivered(outcome: Outcome, response: httpx.Response) -> Outcome:
-    """The outcome of the response that carries the result image."""
-    outcome.finished = time.perf_counter()
-    if response.status_code != 200:
-        outcome.error = f"{response.request.method} {response.url.path} answered {response.status_code}"
-        return outcome
-    outcome.result_bytes = len(response.content)
+def with_result(outcome: Outcome, content: bytes, where: str) -> Outcome:
+    """The outcome with the result image's bytes and size (from its header), or an error if it is none."""
+    outcome.result_bytes, outcome.content = len(content), content
     try:
-        outcome.size = Image.open(io.BytesIO(response.content)).size  # reads the header only
+        outcome.size = Image.open(io.BytesIO(content)).size  # reads the header only
     except UnidentifiedImageError:
-        outcome.error = f"{response.request.method} {response.url.path} answered 200 without an image"
+        outcome.error = f"{where} answered 200 without an image"
     return outcome
 
 
@@ -168,7 +191,12 @@ def thumbor_request(
     client: httpx.Client, name: str, stop: threading.Event, *, comparison: Comparison
 ) -> Outcome:
     outcome = Outcome(started=time.perf_counter())
-    return delivered(outcome, client.get(thumbor_path(comparison, name)))
+    response = client.get(thumbor_path(comparison, name))
+    outcome.finished = time.perf_counter()
+    if response.status_code != 200:
+        outcome.error = f"GET {response.url.path} answered {response.status_code}"
+        return outcome
+    return with_result(outcome, response.content, f"GET {response.url.path}")
 
 
 def darkroom_job(
@@ -178,37 +206,18 @@ def darkroom_job(
     *,
     comparison: Comparison,
     images: dict[str, bytes],
-    poll: float,
+    waiting: Waiting,
 ) -> Outcome:
-    """Submit, wait (long-poll; a server that ignores `wait` answers at once, so poll), download."""
+    """Upload, until the result's bytes are in hand: bench.pipeline's client, in `waiting`'s mode."""
     outcome = Outcome(started=time.perf_counter())
-    response = client.post(
-        f"/api/v1/process/{comparison.service}",
-        files={"image": (name, images[name], "image/jpeg")},
-        data=comparison.params,
+    sample = run_job(
+        client, comparison.service, images[name], comparison.params, waiting, stop, keep_content=True
     )
-    if response.status_code != 202:
-        outcome.error = f"submit answered {response.status_code}: {response.text[:200]}"
+    outcome.finished, outcome.requests = time.perf_counter(), sample.requests
+    if not sample.ok:
+        outcome.error = sample.error or f"the job is {sample.job.get('status')}"
         return outcome
-    job_id = response.json()["job_id"]
-    while True:
-        response = client.get(f"/api/v1/jobs/{job_id}", params={"wait": LONG_POLL_S})
-        if response.status_code != 200:
-            outcome.error = f"wait answered {response.status_code}: {response.text[:200]}"
-            return outcome
-        job = response.json()
-        if job["status"] in FINISHED:
-            break
-        if time.perf_counter() - outcome.started > JOB_TIMEOUT:
-            outcome.error = f"still {job['status']} after {JOB_TIMEOUT} s"
-            return outcome
-        if stop.wait(poll):
-            outcome.error = "interrupted"
-            return outcome
-    if job["status"] != "completed":
-        outcome.error = f"{job['status']}: {job.get('error')}"
-        return outcome
-    return delivered(outcome, client.get(f"/api/v1/download/{job_id}", follow_redirects=True))
+    return with_result(outcome, sample.content, f"job {sample.job_id}")
 
 
 def run_concurrently(base_url: str, names: list[str], concurrency: int, one: Callable) -> list[Outcome]:
@@ -231,12 +240,14 @@ class Figures:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     result_kib: float = 0.0
+    requests_per_job: float = 0.0
+    ssim: float | None = None  # a result's likeness to the full-decode reference (1.0: the same)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     other_load: float | None = None  # cores that processes outside the benchmark used meanwhile
 
 
-def summarise(outcomes: list[Outcome], other_load: float | None) -> Figures:
+def summarise(outcomes: list[Outcome], other_load: float | None, reference: Image.Image) -> Figures:
     done = [o for o in outcomes if o.error is None]
     figures = Figures(requested=len(outcomes), completed=len(done), other_load=other_load)
     figures.errors = [o.error for o in outcomes if o.error is not None][:5]
@@ -247,8 +258,22 @@ def summarise(outcomes: list[Outcome], other_load: float | None) -> Figures:
     figures.per_s = len(done) / wall
     figures.p50_ms, figures.p99_ms = latency["p50"], latency["p99"]
     figures.result_kib = sum(o.result_bytes for o in done) / len(done) / 1024
+    figures.requests_per_job = sum(o.requests for o in done) / len(done)
     figures.sizes = sorted({o.size for o in done})
+    # Every upload has the same pixels (only a JPEG comment differs), so one result stands for all.
+    figures.ssim = likeness(done[0].content, reference)
     return figures
+
+
+def likeness(content: bytes, reference: Image.Image) -> float:
+    """SSIM of a result's luma against the reference's (bench.raw.ssim: 7x7 windows, uniform weights).
+
+    A result of another size is first brought to the reference's with Lanczos, which costs it a little;
+    both sides give 400x225 for the box and keep the size for grayscale, so this is only a guard."""
+    result = Image.open(io.BytesIO(content))
+    if result.size != reference.size:
+        result = result.convert("RGB").resize(reference.size, Image.Resampling.LANCZOS)
+    return ssim(result, reference)
 
 
 def ratio(darkroom: Figures, thumbor: Figures) -> float | None:
@@ -257,11 +282,17 @@ def ratio(darkroom: Figures, thumbor: Figures) -> float | None:
 
 
 def verdict(comparison: Comparison, darkroom: Figures, thumbor: Figures) -> str:
+    """Met when Darkroom is at least `target` times as fast and its result at least as close to the
+    reference as thumbor's."""
     found = ratio(darkroom, thumbor)
-    if found is None:
-        return f"{comparison.service}: no thumbor figure (target >= {comparison.target:g}x)"
-    met = "met" if found >= comparison.target else "missed"
-    return f"{comparison.service}: {found:.2f}x thumbor, target >= {comparison.target:g}x: {met}"
+    if found is None or darkroom.ssim is None or thumbor.ssim is None:
+        return f"{comparison.service}: no figure for one side (target >= {comparison.target:g}x)"
+    met = found >= comparison.target and darkroom.ssim >= thumbor.ssim
+    return (
+        f"{comparison.service}: {found:.2f}x thumbor (target >= {comparison.target:g}x), "
+        f"SSIM {darkroom.ssim:.4f} vs thumbor's {thumbor.ssim:.4f} (target: at least thumbor's): "
+        + ("met" if met else "missed")
+    )
 
 
 def report(header: list[str], results: list[tuple[Comparison, Figures, Figures]]) -> str:
@@ -273,20 +304,26 @@ def report(header: list[str], results: list[tuple[Comparison, Figures, Figures]]
             "",
             f"{comparison.service}: Darkroom {comparison.service} {shown}".rstrip()
             + f"; thumbor {thumbor_path(comparison, '<image>')}",
-            f"  {'':<20}{'throughput':>16}{'p50':>11}{'p99':>11}{'result':>11}  other load",
+            f"  {'':<20}{'throughput':>16}{'p50':>11}{'p99':>11}{'result':>11}{'SSIM':>8}{'req/job':>9}"
+            "  other load",
         ]
         for name, figures, unit in (("thumbor", thumbor, "req/s"), ("Darkroom", darkroom, "jobs/s")):
             sizes = ", ".join(f"{w}x{h}" for w, h in figures.sizes) or "none"
+            likeness = "n/a" if figures.ssim is None else f"{figures.ssim:.4f}"
             rows.append(
                 f"  {name:<20}{figures.per_s:>9.1f} {unit:<6}"
-                f"{figures.p50_ms:>8.0f} ms{figures.p99_ms:>8.0f} ms{figures.result_kib:>7.1f} KiB  "
-                f"{cores(figures.other_load)}; "
+                f"{figures.p50_ms:>8.0f} ms{figures.p99_ms:>8.0f} ms{figures.result_kib:>7.1f} KiB"
+                f"{likeness:>8}{figures.requests_per_job:>9.2f}  {cores(figures.other_load)}; "
                 f"{figures.completed}/{figures.requested} done, {sizes}"
             )
             rows += [f"    failed: {error}" for error in figures.errors]
         found = ratio(darkroom, thumbor)
         rows.append(f"  {'Darkroom / thumbor':<20}{'n/a' if found is None else f'{found:.2f}x':>9}")
-    rows += ["", "the targets (Darkroom jobs/s over thumbor req/s)"]
+    rows += [
+        "",
+        "the targets (Darkroom jobs/s over thumbor req/s, upload to result bytes against request to bytes;",
+        "SSIM of each side's result against a full-decode Lanczos reference, on luma, 1.0 the same)",
+    ]
     rows += [f"  {verdict(comparison, darkroom, thumbor)}" for comparison, thumbor, darkroom in results]
     return "\n".join(rows)
 
@@ -301,16 +338,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--width", type=positive, default=1920)
     parser.add_argument("--height", type=positive, default=1080)
-    parser.add_argument("--poll", type=float, default=0.05, help="seconds between polls (default 0.05)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="how Darkroom's client waits (bench.pipeline's modes; default one-request, the result in "
+        "the submit's answer); every mode ends with the result's bytes",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"seconds between reads in poll mode (default {POLL_EVERY_S:g}); alone, it selects poll mode",
+    )
     parser.add_argument(
         "--thumbor", type=Path, default=THUMBOR, help=f"thumbor's command (default {THUMBOR})"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    mode = args.mode or ("poll" if args.poll is not None else "one-request")
+    args.waiting = Waiting(mode, POLL_EVERY_S if args.poll is None else args.poll)
+    return args
 
 
-def write_images(folder: Path, labels: list[str], width: int, height: int) -> dict[str, bytes]:
-    """One photo-like JPEG, tagged per label: the same pixels, distinct bytes, one file each."""
-    jpeg = photo_jpeg(width, height)
+def write_images(folder: Path, labels: list[str], jpeg: bytes) -> dict[str, bytes]:
+    """The JPEG tagged per label: the same pixels, distinct bytes, one file each."""
     images = {}
     for label in labels:
         images[f"{label}.jpg"] = tagged(jpeg, label)
@@ -325,12 +377,13 @@ def measure(
     warmup: list[str],
     concurrency: int,
     one: Callable[[httpx.Client, str, threading.Event], Outcome],
+    reference: Image.Image,
 ) -> Figures:
     """Warm the server up on other images, then run `names`; OtherLoad counts the server's groups as ours."""
     run_concurrently(base_url, warmup, concurrency, one)
     with OtherLoad(process_groups) as load:
         outcomes = run_concurrently(base_url, names, concurrency, one)
-    return summarise(outcomes, load.cores)
+    return summarise(outcomes, load.cores, reference)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         labels = [f"run-{number:04d}" for number in range(args.images)]
         warmup = [f"warmup-{number:04d}" for number in range(max(2 * args.processes, args.concurrency))]
         log(f"writing {len(labels) + len(warmup)} distinct {args.width}x{args.height} JPEGs")
-        images = write_images(folder, labels + warmup, args.width, args.height)
+        jpeg = photo_jpeg(args.width, args.height)
+        images = write_images(folder, labels + warmup, jpeg)
+        references = {comparison.service: comparison.reference(jpeg) for comparison in COMPARISONS}
         names, warmup = [f"{label}.jpg" for label in labels], [f"{label}.jpg" for label in warmup]
         thumbor, darkroom = {}, {}
 
@@ -354,17 +409,29 @@ def main(argv: list[str] | None = None) -> int:
                 ask = partial(thumbor_request, comparison=comparison)
                 groups = {server.process.pid}
                 thumbor[comparison.service] = measure(
-                    server.base_url, groups, names, warmup, args.concurrency, ask
+                    server.base_url,
+                    groups,
+                    names,
+                    warmup,
+                    args.concurrency,
+                    ask,
+                    references[comparison.service],
                 )
 
         log(f"Darkroom: 1 server, {args.processes} worker processes x 1 thread")
         with Stack(args.processes, 1) as server:
             for comparison in COMPARISONS:
                 log(f"Darkroom {comparison.service}: {len(names)} jobs at concurrency {args.concurrency}")
-                submit = partial(darkroom_job, comparison=comparison, images=images, poll=args.poll)
+                submit = partial(darkroom_job, comparison=comparison, images=images, waiting=args.waiting)
                 groups = {process.pid for process in server.processes.values()}
                 darkroom[comparison.service] = measure(
-                    server.base_url, groups, names, warmup, args.concurrency, submit
+                    server.base_url,
+                    groups,
+                    names,
+                    warmup,
+                    args.concurrency,
+                    submit,
+                    references[comparison.service],
                 )
     except (UsageError, StackError) as exc:
         log(str(exc))
@@ -380,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         f"JPEG quality {DARKROOM_QUALITY} on both sides; one server at a time, each warmed up with "
         f"{len(warmup)} images",
         f"thumbor: {args.processes} processes, file loader, no storage; Darkroom: full stack, "
-        f"1 server + {args.processes} worker processes, submit + wait + download",
+        f"1 server + {args.processes} worker processes, {args.waiting.describe()}",
         f"{os.cpu_count()} cores; 'other load' is what processes outside the benchmark used meanwhile",
     ]
     results = [(c, thumbor[c.service], darkroom[c.service]) for c in COMPARISONS]

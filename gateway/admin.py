@@ -3,10 +3,11 @@ images, timings and audit trail, and act on them: retry, cancel, re-publish the 
 letters, delete with their files.
 
 Every field is read-only: a job changes only through its lifecycle (processing.jobs.lifecycle).
-Storage keys never appear; images are shown as the thumbnails the worker stored when the job
-completed (processing.imaging.admin_thumbnails), through an admin-only view: the web process
-never decodes an upload. The admin is a web concern, so it lives with the gateway, though the
-jobs are processing's models.
+Storage keys never appear; images are shown as thumbnails (processing.imaging.admin_thumbnails),
+through an admin-only view that makes each on its first view, within a bounded decode: a JPEG
+at its smallest DCT scale, nothing past 4 megapixels (the worker stores the thumbnails of
+larger files). The admin is a web concern, so it lives with the gateway, though the jobs are
+processing's models.
 """
 
 import json
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import QuerySet
@@ -35,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 THUMBNAIL_EDGE = admin_thumbnails.EDGE
 IMAGE_SIDES = ("input", "output")
-# Shown until the worker has stored a job's thumbnail, and for a job that never had one made
-# (it finished with a copy of an earlier job's result, or before thumbnails were stored).
+# Shown when a completed job's thumbnail can't be made: its file is gone or damaged, or too large
+# to decode in a request and its worker stored none (it finished before thumbnails were stored).
 PLACEHOLDER = (
     b'<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160" viewBox="0 0 160 160">'
     b'<rect width="160" height="160" fill="#eee"/>'
@@ -277,13 +279,17 @@ class JobAdmin(JobModelAdmin):
         ]
 
     def thumbnail_view(self, request: HttpRequest, job_id: UUID, side: str) -> HttpResponse:
-        """The job's stored input or output thumbnail, for staff only; a placeholder until it is made."""
+        """The job's input or output thumbnail, for staff only: stored, or made on this first view; a
+        placeholder when it can't be made."""
         job = self.get_queryset(request).filter(pk=job_id).first()
         if job is None or not self.has_view_permission(request, job) or not has_thumbnail(job, side):
             raise Http404("no such image")
+        key = file_key(job, side)
         try:
-            data = storage.read(storage.thumbnail_key(file_key(job, side)))
-        except OSError:  # not stored (see PLACEHOLDER)
+            data: bytes | None = storage.read(storage.thumbnail_key(key))
+        except OSError:  # not made yet: made now, within its bound, and kept for the next view
+            data = admin_thumbnails.make_later(key, settings.MAX_IMAGE_PIXELS, settings.MAX_JPEG_SCANS)
+        if data is None:  # see PLACEHOLDER
             response = HttpResponse(PLACEHOLDER, content_type="image/svg+xml")
             response["Cache-Control"] = "private, no-cache"
             return response
@@ -378,7 +384,7 @@ def file_key(job: Job, side: str) -> str:
 
 
 def has_thumbnail(job: Job, side: str) -> bool:
-    """Whether the worker made (or should have made) a thumbnail: it does so when a job completes."""
+    """Whether the file has a thumbnail to show: a completed job's, while its files are kept."""
     if side not in IMAGE_SIDES or job.files_removed_at or job.status != Job.COMPLETED:
         return False
     return bool(file_key(job, side))

@@ -1,16 +1,18 @@
 """Where a job's files live: `uploads/<job id>/` and `results/<job id>/` in the default storage,
 and their admin thumbnails under `thumbnails/`."""
 
+import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.files.base import ContentFile, File
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import transaction
 
 if TYPE_CHECKING:
@@ -44,8 +46,38 @@ def save_upload(key: str, uploaded_file: "File[bytes]") -> str:
 
 
 def save_output(key: str, data: bytes) -> str:
-    # The storages are configured to overwrite: a redelivered job rewrites its one output.
-    return default_storage.save(key, ContentFile(data))
+    """Store `data` under exactly `key`, replacing what is there whole: a reader gets the old file or
+    the new one, never part of either (a redelivered job rewrites its one output)."""
+    if not isinstance(default_storage, FileSystemStorage) or default_storage.directory_permissions_mode:
+        # Object storage (S3) replaces an object in one PUT; the storages are configured to overwrite.
+        return default_storage.save(key, ContentFile(data))
+    write_whole(default_storage, key, data)
+    return key
+
+
+def write_whole(disk: FileSystemStorage, key: str, data: bytes) -> None:
+    """What FileSystemStorage.save does for a key of ours, minus its per-file work (a safe_join of
+    absolute paths, makedirs, a lock, a stat of the root), and atomically: written beside, then renamed
+    over the file. The key's folder is made only when the write finds it missing (once per job)."""
+    if key.startswith("/") or ".." in key.split("/"):
+        raise ValueError(f"{key!r} is not a storage key")  # our keys never leave the storage's folder
+    path = os.path.join(disk.location, key)
+    part = f"{path}.{uuid.uuid4().hex}.part"
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if disk.file_permissions_mode is not None:
+                os.fchmod(out.fileno(), disk.file_permissions_mode)
+            out.write(data)
+        os.replace(part, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+        raise
 
 
 def copy(source_key: str, target_key: str) -> str:

@@ -3,8 +3,8 @@
 HTTP requests run Django's synchronous handler on a pool of reused threads (gateway.http.wsgi_threads):
 Django's ASGI handler would start a thread for each request and hop to it through every
 middleware, several times the cost of the view itself (`make bench-api`). A long poll,
-`GET /api/v1/jobs/{id}?wait=N`, waits after its view on the event loop, holding no thread
-(gateway.live.waiting.LongPolls).
+`GET /api/v1/jobs/{id}?wait=N`, and a submission with `Prefer: wait=N` wait after their view on
+the event loop, holding no thread (gateway.live.waiting.LongPolls).
 """
 
 import os
@@ -18,7 +18,6 @@ from project.checks import refuse_unsafe_start  # noqa: E402
 
 refuse_unsafe_start()  # e.g. the default SECRET_KEY with services configured: don't serve
 
-from gateway.api.jobs import job_detail_body  # noqa: E402
 from gateway.http.middleware import RequestBodyLimit  # noqa: E402
 from gateway.http.wsgi_threads import ThreadedWsgi  # noqa: E402
 from gateway.live import gc_pauses, routing  # noqa: E402
@@ -29,7 +28,7 @@ SYNC_THREADS = 16  # requests handled at once on the thread pool; waits never ta
 
 # A response held whole goes back to the event loop in one hop (gateway/http/wsgi_threads.py).
 django_http = ThreadedWsgi(django_wsgi, workers=SYNC_THREADS)
-http_application = RequestBodyLimit(LongPolls(django_http, answer=job_detail_body))
+http_application = RequestBodyLimit(LongPolls(django_http))
 
 
 async def application(scope, receive, send):

@@ -117,6 +117,15 @@ def parse_path(name: str, raw: str) -> Path:
     return Path(raw)
 
 
+def parse_uri_prefix(name: str, raw: str) -> str:
+    """A path that begins and ends with a slash, such as /_results/; empty when unset."""
+    if raw and not re.fullmatch(r"/([A-Za-z0-9._~-]+/)+", raw):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a path like /_results/ (starting and ending with /)"
+        )
+    return raw
+
+
 def url(*schemes: str) -> Type:
     """An optional URL whose scheme must be one of `schemes`; empty when unset."""
 
@@ -165,6 +174,7 @@ TRAFFIC_SPLIT_TYPE = Type(
 )
 HEADER = Type("header: value", parse_header, show_header)
 PATH = Type("path", parse_path)
+URI_PREFIX = Type("path (/name/)", parse_uri_prefix)
 
 
 # --- The declaration ------------------------------------------------------------------------------
@@ -354,6 +364,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a request waits for a database connection before answering 503.",
         SERVICES,
     ),
+    # Statements bound on the server, so that psycopg can prepare the ones a pooled connection runs
+    # again and again: PostgreSQL then parses and plans each of them once per connection, not per run.
+    Setting(
+        "DATABASE_PREPARED_STATEMENTS",
+        BOOL,
+        True,
+        "PostgreSQL statements bound on the server and prepared once a connection has run them a few "
+        "times. Off behind a pooler that can't keep them (PgBouncer in transaction mode before 1.21).",
+        SERVICES,
+    ),
     Setting(
         "BROKER_URL",
         url("amqp", "amqps"),
@@ -458,6 +478,16 @@ SETTINGS: tuple[Setting, ...] = (
         STORAGE,
         minimum=1,
         django=False,
+    ),
+    # The local-disk counterpart of a signed URL: the front server sends the file, not the gateway.
+    Setting(
+        "DOWNLOAD_ACCEL_PREFIX",
+        URI_PREFIX,
+        "",
+        "Behind nginx with results on local disk: a download answers `X-Accel-Redirect: <prefix><key>` and "
+        "nginx's internal location of that prefix sends the file (deploy/nginx/darkroom.conf); empty: the "
+        "gateway sends it. The scaler sets it for the gateways it runs behind its nginx.",
+        STORAGE,
     ),
     # --- Security
     Setting(
@@ -743,7 +773,8 @@ SETTINGS: tuple[Setting, ...] = (
         "REQUEUE_UNPUBLISHED_AFTER_SECONDS",
         INT,
         30,
-        "A queued job whose message the broker never confirmed is re-published after this.",
+        "A queued job whose message may never have reached the broker is re-published after this: one "
+        "never confirmed, or one its pool's queue has no message for (its process died before the publish).",
         JOBS,
         minimum=1,
     ),
@@ -751,7 +782,7 @@ SETTINGS: tuple[Setting, ...] = (
         "REQUEUE_STALE_AFTER_SECONDS",
         INT,
         900,
-        "A queued job nobody claimed for this long is re-published (its message may be gone).",
+        "A queued job nobody claimed for this long is re-published even when its queue can't be read.",
         JOBS,
         minimum=10,
     ),

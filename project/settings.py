@@ -104,6 +104,10 @@ if env.DATABASE_URL:
             # so a wait for one means the database is down, and waiting longer only delays the 503.
             "timeout": env.DATABASE_POOL_TIMEOUT,
         }
+        if env.DATABASE_PREPARED_STATEMENTS:
+            # psycopg prepares a statement the fifth time a connection runs it (its own default);
+            # pooled connections keep them, so the hot statements are parsed and planned once each.
+            DATABASES["default"]["OPTIONS"] |= {"server_side_binding": True, "prepare_threshold": 5}
 else:
     DATABASES = {
         "default": {
@@ -157,7 +161,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.TimeLimit",
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Pipelines",
-    "django_dramatiq.middleware.DbConnectionsMiddleware",
+    "processing.worker.middleware.KeepDbConnections",
     "processing.worker.middleware.FailJobWhenMessageDies",
     "dramatiq.middleware.Retries",
     "processing.worker.middleware.ExitWhenOrphaned",

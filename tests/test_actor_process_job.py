@@ -4,6 +4,8 @@ from datetime import timedelta
 
 import dramatiq
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from processing import events, storage
@@ -232,3 +234,27 @@ def test_a_duplicate_given_up_on_leaves_the_job_to_the_live_worker_holding_it(
     assert len(stub_broker.dead_letters) == 1
     job.refresh_from_db()
     assert (job.status, job.worker_id, job.error_code) == (Job.PROCESSING, "busy-host:1:thread", "")
+
+
+def statements_of(job: Job) -> list[str]:
+    """The SQL statements the worker issues to run `job`, in this thread, as a worker thread runs it."""
+    with CaptureQueriesContext(connection) as database:
+        process_job.fn(str(job.id))
+    return [query["sql"].split(" ", 1)[0] for query in database.captured_queries]
+
+
+def test_an_image_job_costs_the_worker_two_sql_statements(make_job):
+    # The claim returns the row it claimed and the completion writes the result without reading it.
+    assert statements_of(make_job()) == ["UPDATE", "UPDATE"]
+    assert Job.objects.filter(status=Job.COMPLETED).count() == 1
+
+
+def test_a_report_job_costs_the_worker_two_sql_statements(make_job):
+    assert statements_of(make_job("analyze")) == ["UPDATE", "UPDATE"]
+
+
+def test_a_job_that_fails_costs_the_worker_three_sql_statements(make_job):
+    # The failure is announced with the row read back: a rare path, kept simple.
+    job = make_job(data=images.truncated_jpeg_bytes())
+    assert statements_of(job) == ["UPDATE", "UPDATE", "SELECT"]
+    assert Job.objects.get(id=job.id).error_code == "corrupt_image"

@@ -7,11 +7,13 @@ from datetime import timedelta
 import dramatiq
 import pytest
 from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 from PIL import Image
 
 from processing import storage
+from processing.imaging import admin_thumbnails
 from processing.jobs import lifecycle
 from processing.models import Job
 from processing.worker.actors import process_job
@@ -104,23 +106,58 @@ def test_the_list_shows_input_and_output_thumbnails_to_staff_only(admin_client, 
         assert Client().get(url).status_code == 302  # to the login page
 
 
-def test_thumbnails_are_made_by_the_worker_so_the_admin_never_decodes_an_upload(
+def test_a_thumbnail_is_made_on_its_first_view_and_kept_for_the_next(
     admin_client, client, stub_broker, monkeypatch
 ):
     job = create_job(client, service="rotate", angle="90")
     process_queued(stub_broker)
-    # What the worker stored is all the admin shows: decoding anything now would fail the test.
-    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: pytest.fail("the admin decoded an image"))
-
-    assert admin_client.get(CHANGELIST).status_code == 200
-    assert admin_client.get(f"{CHANGELIST}{job.id}/change/").status_code == 200
-    thumbnails = {
-        side: admin_client.get(f"{CHANGELIST}{job.id}/thumbnail/{side}/").content
-        for side in ("input", "output")
-    }
-    monkeypatch.undo()
-    sizes = {side: Image.open(io.BytesIO(data)).size for side, data in thumbnails.items()}
+    job.refresh_from_db()
+    first = {side: thumbnail(admin_client, job, side) for side in ("input", "output")}
+    sizes = {side: Image.open(io.BytesIO(data)).size for side, data in first.items()}
     assert sizes == {"input": (32, 24), "output": (24, 32)}  # a 32x24 input, turned a quarter: not enlarged
+
+    # Kept: the next views decode nothing.
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: pytest.fail("the admin decoded an image"))
+    assert {side: thumbnail(admin_client, job, side) for side in ("input", "output")} == first
+
+
+def test_the_worker_stores_the_thumbnails_of_files_too_large_to_decode_in_a_request(
+    admin_client, client, stub_broker, monkeypatch
+):
+    monkeypatch.setattr(admin_thumbnails, "MAX_LATER_PIXELS", 31 * 24)  # below the 32x24 input and output
+    job = create_job(client, service="rotate", angle="90")
+    process_queued(stub_broker)
+    job.refresh_from_db()
+    assert all(default_storage.exists(storage.thumbnail_key(key)) for key in (job.input_key, job.output_key))
+
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: pytest.fail("the admin decoded an image"))
+    for side in ("input", "output"):
+        assert thumbnail(admin_client, job, side)
+
+
+def test_the_admin_decodes_a_jpeg_at_the_smallest_scale_that_covers_the_thumbnail(
+    admin_client, client, stub_broker, monkeypatch
+):
+    upload = SimpleUploadedFile("photo.jpg", images.jpeg_bytes(images.photo(1920, 1080)))
+    job = Job.objects.get(id=submit(client, "analyze", image=upload).json()["job_id"])
+    process_queued(stub_broker)
+    decoded = []
+    make = admin_thumbnails.thumbnail_bytes
+    monkeypatch.setattr(
+        admin_thumbnails, "thumbnail_bytes", lambda image: decoded.append(image.size) or make(image)
+    )
+
+    made = Image.open(io.BytesIO(thumbnail(admin_client, job, "input")))
+
+    assert decoded == [(960, 540)]  # a half covers twice the thumbnail
+    assert made.size == (160, 90)
+    assert images.ssim(made, images.photo(1920, 1080).resize((160, 90), Image.Resampling.BOX)) >= 0.9
+
+
+def thumbnail(admin_client, job: Job, side: str) -> bytes:
+    response = admin_client.get(f"{CHANGELIST}{job.id}/thumbnail/{side}/")
+    assert response.status_code == 200 and response["Content-Type"] == "image/webp"
+    return response.content
 
 
 def test_a_job_that_has_not_completed_shows_a_placeholder_until_it_does(admin_client, client, stub_broker):
@@ -133,13 +170,11 @@ def test_a_job_that_has_not_completed_shows_a_placeholder_until_it_does(admin_cl
     assert f"{job.id}/thumbnail/input/" in admin_client.get(CHANGELIST).content.decode()
 
 
-def test_a_completed_job_without_a_stored_thumbnail_gets_a_placeholder(admin_client, client, stub_broker):
+def test_a_completed_job_whose_thumbnail_cannot_be_made_gets_a_placeholder(admin_client, client, stub_broker):
     job = create_job(client)
     process_queued(stub_broker)
     job.refresh_from_db()
-    default_storage.delete(
-        storage.thumbnail_key(job.input_key)
-    )  # e.g. it completed before thumbnails were kept
+    default_storage.delete(job.input_key)  # e.g. lost from the storage: nothing to make it from
 
     response = admin_client.get(f"{CHANGELIST}{job.id}/thumbnail/input/")
     assert response.status_code == 200 and response["Content-Type"] == "image/svg+xml"
@@ -215,6 +250,8 @@ def test_deleting_jobs_removes_their_files(admin_client, client, stub_broker):
     process_queued(stub_broker)
     job.refresh_from_db()
     files = (job.input_key, job.output_key)
+    for side in ("input", "output"):
+        thumbnail(admin_client, job, side)  # made on their first view
     keys = (*files, *(storage.thumbnail_key(key) for key in files))
     assert all(default_storage.exists(key) for key in keys)
 

@@ -4,6 +4,7 @@ import io
 
 import numpy as np
 import pytest
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
@@ -62,6 +63,50 @@ def test_polling_reaches_completed_and_the_download_is_a_grayscale_jpeg(client, 
     metrics = client.get(f"/api/v1/result/{job_id}").json()
     assert len(metrics["metrics"]["run_ms"]) == 2
     assert metrics["input"]["width"] == 64 and metrics["output"]["format"] == "jpeg"
+
+
+def test_a_download_is_the_file_itself_with_its_type_and_name(client, run_jobs):
+    job_id = upload(client, data=images.jpeg_bytes(images.gradient(32, 24))).json()["job_id"]
+    run_jobs()
+
+    response = client.get(f"/api/v1/download/{job_id}")
+
+    assert response.status_code == 200 and "X-Accel-Redirect" not in response
+    assert b"".join(response.streaming_content) == stored_result(job_id)
+    assert response["Content-Type"] == "image/jpeg"
+    assert response["Content-Disposition"] == f'attachment; filename="{job_id}.jpg"'
+
+
+def test_behind_nginx_a_download_names_the_file_for_nginx_to_send_and_carries_none_of_it(
+    client, run_jobs, settings
+):
+    job_id = upload(client, data=images.jpeg_bytes(images.gradient(32, 24))).json()["job_id"]
+    run_jobs()
+    settings.DOWNLOAD_ACCEL_PREFIX = "/_darkroom/media/"
+
+    response = client.get(f"/api/v1/download/{job_id}")
+
+    assert response.status_code == 200 and response.content == b""
+    key = Job.objects.get(id=job_id).output_key
+    assert response["X-Accel-Redirect"] == f"/_darkroom/media/{key}"
+    assert response["Content-Type"] == "image/jpeg"
+    assert response["Content-Disposition"] == f'attachment; filename="{job_id}.jpg"'
+
+
+def test_behind_nginx_a_format_auto_download_still_varies_with_accept(client, run_jobs, settings):
+    job_id = upload(client, data=images.jpeg_bytes(images.gradient(32, 24)), format="auto").json()["job_id"]
+    run_jobs()
+    settings.DOWNLOAD_ACCEL_PREFIX = "/_darkroom/media/"
+
+    response = client.get(f"/api/v1/download/{job_id}", headers={"Accept": "image/webp"})
+
+    assert response["X-Accel-Redirect"].endswith(".jpg") and response["Content-Type"] == "image/jpeg"
+    assert "Accept" in response["Vary"]  # a cache must not give this answer to another Accept
+
+
+def stored_result(job_id: str) -> bytes:
+    with default_storage.open(Job.objects.get(id=job_id).output_key) as stored:
+        return stored.read()
 
 
 def test_a_client_request_id_is_kept_and_the_job_id_is_fresh(client, stub_broker):

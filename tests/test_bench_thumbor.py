@@ -1,16 +1,23 @@
-"""bench.thumbor: the thumbor URLs and config, the Darkroom client, and the report; thumbor not needed."""
+"""bench.thumbor: the thumbor URLs and config, the Darkroom client, the references, the report;
+thumbor not needed."""
 
+import io
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image, ImageFilter
 
+from bench.images import photo_jpeg
+from bench.pipeline import Waiting
 from bench.thumbor import (
     COMPARISONS,
     Figures,
     Outcome,
     darkroom_job,
+    likeness,
+    parse_args,
     report,
     summarise,
     thumbor_config,
@@ -32,8 +39,29 @@ def test_thumbor_grayscale_is_its_filter_alone_with_no_resize():
     assert thumbor_path(BY_SERVICE["grayscale"], "run-0001.jpg") == "/unsafe/filters:grayscale()/run-0001.jpg"
 
 
-def test_the_issue_targets_are_1x_for_resize_and_2x_for_grayscale():
-    assert {c.service: c.target for c in COMPARISONS} == {"resize": 1.0, "grayscale": 2.0}
+def test_the_issue_targets_are_0_6x_for_resize_and_2x_for_grayscale():
+    assert {c.service: c.target for c in COMPARISONS} == {"resize": 0.6, "grayscale": 2.0}
+
+
+def test_the_references_are_the_full_decode_resized_with_lanczos_and_its_luma():
+    photo = images.gradient(1920, 1080)
+    jpeg = images.jpeg_bytes(photo)
+    resized, gray = (BY_SERVICE[service].reference(jpeg) for service in ("resize", "grayscale"))
+    assert resized.size == (400, 225) and resized.mode == "RGB"
+    assert (gray.size, gray.mode) == ((1920, 1080), "L")
+    decoded = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    assert images.ssim(resized, decoded.resize((400, 225), Image.Resampling.LANCZOS)) == pytest.approx(1.0)
+
+
+def test_a_blurred_result_scores_lower_against_the_reference_than_a_faithful_one():
+    reference = Image.open(io.BytesIO(photo_jpeg(400, 225)))
+    assert likeness(images.jpeg_bytes(reference), reference) > 0.99
+    assert likeness(images.jpeg_bytes(reference.filter(ImageFilter.GaussianBlur(3))), reference) < 0.8
+
+
+def test_a_result_of_another_size_is_brought_to_the_references_before_it_is_scored():
+    reference = images.gradient(400, 225)
+    assert likeness(images.jpeg_bytes(images.gradient(800, 450)), reference) > 0.95
 
 
 @pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.service)
@@ -55,48 +83,75 @@ def test_thumbor_reads_the_folder_and_keeps_no_original_or_result():
 
 
 def test_figures_count_only_completed_images_over_the_whole_run():
+    reference = images.gradient(400, 225)
+    result = images.jpeg_bytes(reference)
     outcomes = [
-        Outcome(started=0.0, finished=1.0, size=(400, 225), result_bytes=1024),
-        Outcome(started=0.0, finished=2.0, size=(400, 225), result_bytes=3072),
-        Outcome(started=1.0, finished=4.0, size=(400, 225), result_bytes=2048),
+        Outcome(started=0.0, finished=1.0, size=(400, 225), result_bytes=1024, content=result, requests=1),
+        Outcome(started=0.0, finished=2.0, size=(400, 225), result_bytes=3072, content=result, requests=1),
+        Outcome(started=1.0, finished=4.0, size=(400, 225), result_bytes=2048, content=result, requests=4),
         Outcome(started=0.5, finished=0.6, error="submit answered 503"),
     ]
-    figures = summarise(outcomes, other_load=0.25)
+    figures = summarise(outcomes, other_load=0.25, reference=reference)
     assert (figures.requested, figures.completed) == (4, 3)
     assert figures.per_s == pytest.approx(3 / 4)  # from the first start to the last finish
     assert figures.p50_ms == pytest.approx(2000)
     assert figures.result_kib == pytest.approx(2.0)
+    assert figures.requests_per_job == pytest.approx(2.0)
+    assert figures.ssim > 0.99
     assert figures.sizes == [(400, 225)]
     assert figures.errors == ["submit answered 503"]
 
 
-def figures(per_s: float) -> Figures:
-    return Figures(requested=40, completed=40, per_s=per_s, p50_ms=120, p99_ms=300, sizes=[(400, 225)])
+def figures(per_s: float, ssim: float = 0.98) -> Figures:
+    return Figures(
+        requested=40, completed=40, per_s=per_s, p50_ms=120, p99_ms=300, ssim=ssim, sizes=[(400, 225)]
+    )
 
 
 def test_the_report_gives_darkroom_over_thumbor_and_whether_each_target_is_met():
     results = [
-        (BY_SERVICE["resize"], figures(20.0), figures(25.0)),
+        (BY_SERVICE["resize"], figures(20.0), figures(15.0, ssim=0.985)),
         (BY_SERVICE["grayscale"], figures(10.0), figures(15.0)),
     ]
     text = report(["header"], results)
-    assert "resize: 1.25x thumbor, target >= 1x: met" in text
-    assert "grayscale: 1.50x thumbor, target >= 2x: missed" in text
-    assert "20.0 req/s" in text and "25.0 jobs/s" in text
+    assert (
+        "resize: 0.75x thumbor (target >= 0.6x), SSIM 0.9850 vs thumbor's 0.9800 (target: at least "
+        "thumbor's): met" in text
+    )
+    assert "grayscale: 1.50x thumbor (target >= 2x), SSIM 0.9800 vs thumbor's 0.9800" in text
+    assert text.rstrip().endswith("missed")
+    assert "20.0 req/s" in text and "15.0 jobs/s" in text and " 0.9850 " in text
+
+
+def test_a_faster_result_further_from_the_reference_than_thumbors_misses_the_target():
+    results = [(BY_SERVICE["resize"], figures(20.0, ssim=0.99), figures(30.0, ssim=0.97))]
+    assert "1.50x thumbor" in report([], results) and report([], results).endswith("missed")
 
 
 def test_the_report_has_no_ratio_when_thumbor_completed_nothing():
     results = [(BY_SERVICE["resize"], Figures(requested=40, completed=0), figures(25.0))]
-    assert "resize: no thumbor figure (target >= 1x)" in report([], results)
+    assert "resize: no figure for one side (target >= 0.6x)" in report([], results)
 
 
-# --- the Darkroom client against a server that does or does not long-poll ---------------
-def fake_darkroom(answers_before_done: int, seen: list[httpx.Request]) -> httpx.MockTransport:
-    """Answers `processing` to the first waits, then `completed`; the result is a 400x225 JPEG."""
-    result = images.jpeg_bytes(images.gradient(400, 225))
+def test_darkrooms_client_asks_for_one_request_per_job_by_default():
+    assert parse_args([]).waiting == Waiting("one-request")
+    assert parse_args(["--mode", "long-poll"]).waiting == Waiting("long-poll")
+    assert parse_args(["--poll", "0.1"]).waiting == Waiting("poll", poll_every=0.1)
+
+
+# --- the Darkroom client against a server that answers in one request, or long-polls --------------
+RESULT = images.jpeg_bytes(images.gradient(400, 225))
+
+
+def fake_darkroom(answers_before_done: int, seen: list[httpx.Request], one_request: bool = False):
+    """Answers `processing` to the first waits, then `completed`; the result is a 400x225 JPEG.
+    With `one_request`, the submit's answer is the result itself, as the one-request contract says."""
 
     def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
+        if request.method == "POST" and one_request:
+            headers = {"Content-Type": "image/jpeg", "Job-Id": "j1", "Job-Status": "completed"}
+            return httpx.Response(200, content=RESULT, headers=headers)
         if request.method == "POST":
             return httpx.Response(202, json={"job_id": "j1", "status": "queued"})
         if request.url.path == "/api/v1/jobs/j1":
@@ -104,25 +159,39 @@ def fake_darkroom(answers_before_done: int, seen: list[httpx.Request]) -> httpx.
             status = "completed" if waits > answers_before_done else "processing"
             return httpx.Response(200, json={"job_id": "j1", "status": status})
         if request.url.path == "/api/v1/download/j1":
-            return httpx.Response(200, content=result, headers={"Content-Type": "image/jpeg"})
+            return httpx.Response(200, content=RESULT, headers={"Content-Type": "image/jpeg"})
         return httpx.Response(404)
 
     return httpx.MockTransport(handle)
 
 
-def run_job(answers_before_done: int, seen: list[httpx.Request]) -> Outcome:
+def run_job(answers_before_done: int, seen: list[httpx.Request], one_request: bool = False) -> Outcome:
     upload = {"run-0001.jpg": images.jpeg_bytes(images.gradient(64, 48))}
-    transport = fake_darkroom(answers_before_done, seen)
+    transport = fake_darkroom(answers_before_done, seen, one_request)
     with httpx.Client(base_url="http://darkroom", transport=transport) as client:
         return darkroom_job(
-            client, "run-0001.jpg", threading.Event(), comparison=BY_SERVICE["resize"], images=upload, poll=0
+            client,
+            "run-0001.jpg",
+            threading.Event(),
+            comparison=BY_SERVICE["resize"],
+            images=upload,
+            waiting=Waiting("one-request"),
         )
 
 
-def test_a_server_that_long_polls_answers_the_first_wait_and_the_result_is_downloaded():
+def test_a_server_that_answers_with_the_result_takes_one_request_per_job():
+    seen = []
+    outcome = run_job(answers_before_done=0, seen=seen, one_request=True)
+    assert outcome.error is None and outcome.size == (400, 225) and outcome.requests == 1
+    assert outcome.content == RESULT
+    assert [(r.method, r.url.path) for r in seen] == [("POST", "/api/v1/process/resize")]
+    assert seen[0].headers["Prefer"] == "wait=30, return=representation"
+
+
+def test_a_server_that_answers_202_is_long_polled_and_the_result_is_downloaded():
     seen = []
     outcome = run_job(answers_before_done=0, seen=seen)
-    assert outcome.error is None and outcome.size == (400, 225)
+    assert outcome.error is None and outcome.size == (400, 225) and outcome.requests == 3
     assert [(r.method, r.url.path) for r in seen] == [
         ("POST", "/api/v1/process/resize"),
         ("GET", "/api/v1/jobs/j1"),
@@ -131,7 +200,7 @@ def test_a_server_that_long_polls_answers_the_first_wait_and_the_result_is_downl
     assert seen[1].url.params["wait"] == "30"
 
 
-def test_a_server_that_ignores_wait_is_polled_until_the_job_finishes():
+def test_a_long_poll_that_runs_out_is_asked_again_until_the_job_finishes():
     seen = []
     outcome = run_job(answers_before_done=3, seen=seen)
     assert outcome.error is None and outcome.size == (400, 225)
@@ -144,7 +213,7 @@ def test_a_failed_job_is_counted_as_failed_and_nothing_is_downloaded():
     def failing(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if request.method == "POST":
-            return httpx.Response(202, json={"job_id": "j1"})
+            return httpx.Response(202, json={"job_id": "j1", "status": "queued"})
         return httpx.Response(200, json={"status": "failed", "error": {"code": "unprocessable_image"}})
 
     with httpx.Client(base_url="http://darkroom", transport=httpx.MockTransport(failing)) as client:
@@ -154,7 +223,7 @@ def test_a_failed_job_is_counted_as_failed_and_nothing_is_downloaded():
             threading.Event(),
             comparison=BY_SERVICE["grayscale"],
             images={"a.jpg": b"jpeg"},
-            poll=0,
+            waiting=Waiting("one-request"),
         )
     assert outcome.error.startswith("failed:")
     assert "/api/v1/download/j1" not in [r.url.path for r in seen]
@@ -174,8 +243,9 @@ def test_the_darkroom_client_gets_the_result_thumbor_would_give(live_stack, work
     upload = {"photo.jpg": images.jpeg_bytes(images.gradient(1920, 1080))}
     with httpx.Client(base_url=live_stack.base_url, timeout=60) as client:
         outcome = darkroom_job(
-            client, "photo.jpg", threading.Event(), comparison=comparison, images=upload, poll=0.05
+            client, "photo.jpg", threading.Event(), comparison=comparison, images=upload, waiting=Waiting()
         )
     assert outcome.error is None
     # thumbor's fit-in/400x300 of 1920x1080 is 400x225; its grayscale keeps the size.
     assert outcome.size == {"resize": (400, 225), "grayscale": (1920, 1080)}[comparison.service]
+    assert likeness(outcome.content, comparison.reference(upload["photo.jpg"])) > 0.9

@@ -17,6 +17,7 @@ from processing.models import Job
 from processing.worker.actors import process_job
 from tests.factories import stored_job
 from tests.services import require, url_of
+from tests.stack import refused_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,14 +35,25 @@ def test_a_job_whose_message_never_reached_the_broker_is_republished_and_complet
     assert lost.status == Job.COMPLETED
 
 
-def test_fresh_and_confirmed_jobs_are_left_alone(stub_broker, capsys):
+def test_a_job_whose_process_died_between_its_row_and_its_publish_is_republished(run_jobs, capsys):
+    # A new job's row is stamped as published when it is written: the process died before the publish.
+    orphan = queued_job(age_seconds=60, enqueued_at=timezone.now() - timedelta(seconds=60))
+    call_command("requeue_stale")
+    assert "re-published 1 stale job(s)" in capsys.readouterr().out
+    run_jobs()
+    orphan.refresh_from_db()
+    assert orphan.status == Job.COMPLETED
+
+
+def test_fresh_jobs_and_jobs_whose_message_waits_in_the_queue_are_left_alone(stub_broker, capsys):
     queued_job(age_seconds=1)  # its publish may still be under way
-    queued_job(
-        age_seconds=120, enqueued_at=timezone.now() - timedelta(seconds=100)
-    )  # in the queue, confirmed
+    fresh = queued_job(age_seconds=1, enqueued_at=timezone.now())  # stamped at its INSERT
+    waiting = queued_job(age_seconds=120, enqueued_at=timezone.now() - timedelta(seconds=100))
+    for job in (fresh, waiting):
+        publishing.send(job)  # in its queue, confirmed
     call_command("requeue_stale")
     assert "re-published 0 stale job(s)" in capsys.readouterr().out
-    assert stub_broker.queues.get("images") is None or stub_broker.queues["images"].qsize() == 0
+    assert stub_broker.queues["images"].qsize() == 2
 
 
 def test_a_job_whose_worker_died_long_ago_is_republished(run_jobs):
@@ -99,7 +111,7 @@ def depth(pool: str) -> int:
 @pytest.mark.services
 def test_jobs_waiting_in_a_pool_without_workers_are_not_published_again_at_every_pass(settings, silent_pool):
     pool, channel = silent_pool
-    settings.REQUEUE_STALE_AFTER_SECONDS = 0  # every published job is unclaimed long enough at once
+    settings.REQUEUE_UNPUBLISHED_AFTER_SECONDS = 0  # every published job has waited long enough at once
     for _ in range(3):
         publishing.publish(queued_job(age_seconds=60, pool=pool))
     assert depth(pool) == 3
@@ -112,3 +124,28 @@ def test_jobs_waiting_in_a_pool_without_workers_are_not_published_again_at_every
     call_command("requeue_stale")
     call_command("requeue_stale")
     assert depth(pool) == 3
+
+
+@pytest.fixture
+def unreadable_broker(settings):
+    """RabbitMQ as the broker, down: its queues can't be read (nor anything published)."""
+    with refused_port() as port:
+        url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+        settings.DRAMATIQ_BROKER = {**settings.DRAMATIQ_BROKER, "OPTIONS": {"url": url}}
+        previous = dramatiq.get_broker()
+        dramatiq.set_broker(RabbitmqBroker(url=url))
+        yield
+        dramatiq.set_broker(previous)
+
+
+def test_when_the_queues_cant_be_read_only_jobs_waiting_past_the_stale_time_are_published_blindly(
+    settings, unreadable_broker
+):
+    settings.REQUEUE_STALE_AFTER_SECONDS = 900
+    minutes_ago = queued_job(age_seconds=120, enqueued_at=timezone.now() - timedelta(seconds=100))
+    long_ago = queued_job(age_seconds=2000, enqueued_at=timezone.now() - timedelta(seconds=1000))
+    never_confirmed = queued_job(age_seconds=120)
+
+    chosen = set(publishing.not_in_their_queues(publishing.stale_jobs()))
+
+    assert chosen == {long_ago, never_confirmed} and minutes_ago not in chosen

@@ -647,7 +647,9 @@ async def test_a_worker_finishes_its_job_without_waiting_for_a_failing_channel_l
 def stop_sender() -> None:
     """Stop this process's sender thread (it may be stuck on the failing layer for an hour)."""
     running = sender.current_sender()
-    if running is not None and not isinstance(get_channel_layer(), InMemoryChannelLayer):
+    if isinstance(running, sender.BlockingSender):
+        running.stop()
+    elif running is not None and not isinstance(get_channel_layer(), InMemoryChannelLayer):
         # On the loop, after the sender's start (callbacks run in order): it may not have run yet.
         running.loop.call_soon_threadsafe(lambda: running.task.cancel())
         running.loop.call_soon_threadsafe(running.loop.stop)

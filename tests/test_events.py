@@ -2,6 +2,7 @@
 makes a job wait on the channel layer, and no event is lost unseen."""
 
 import asyncio
+import uuid
 
 import pytest
 from channels.layers import InMemoryChannelLayer
@@ -10,10 +11,11 @@ from prometheus_client import REGISTRY
 
 from processing.events import messages
 from processing.events.layer import RedisChannelLayer
-from processing.events.sender import Sender
+from processing.events.sender import BlockingSender, Sender, start_in_thread
 from processing.jobs import lifecycle, publishing
 from processing.worker.actors import process_job
 from tests.factories import stored_job
+from tests.services import require, url_of
 from tests.uploads import submit
 
 pytestmark = pytest.mark.anyio
@@ -47,6 +49,49 @@ async def test_events_an_unreachable_redis_cannot_take_are_dropped_and_counted(r
     assert sender.dropped == 3
     assert dropped_total() - before == 3
     sender.task.cancel()
+
+
+@pytest.mark.parametrize("redis_url", ["silent_redis", "refusing_redis"])
+def test_events_the_blocking_sender_cannot_deliver_are_dropped_and_counted(request, redis_url):
+    address = request.getfixturevalue(redis_url)
+    layer = RedisChannelLayer(
+        hosts=[{"address": address, "socket_timeout": None, "socket_connect_timeout": 1}]
+    )
+    sender = start_in_thread(layer)
+    assert isinstance(sender, BlockingSender)
+    before = dropped_total()
+
+    for _ in range(3):  # as a worker thread sends them: send returns at once
+        sender.send(["job.1"], {"type": "job.event", "job_id": "1", "status": "processing", "text": "x"})
+    sender.pending.join()  # every one was tried or dropped: none left waiting on Redis
+
+    assert sender.dropped == 3
+    assert dropped_total() - before == 3
+
+
+@pytest.mark.services
+async def test_the_blocking_sender_delivers_to_the_groups_channels_in_order():
+    require("redis")
+    layer = RedisChannelLayer(
+        hosts=[{"address": url_of("redis"), "socket_timeout": None}], prefix=f"test-{uuid.uuid4().hex[:8]}"
+    )
+    channel = await layer.new_channel()
+    await layer.group_add("job.2", channel)
+    sender = start_in_thread(layer)
+
+    for number in range(3):
+        event = {"type": "job.event", "job_id": "2", "status": "x", "text": str(number)}
+        sender.send(["job.2", "jobs.all"], event)
+    received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(3)]
+
+    assert [(message["text"], message["groups"]) for message in received] == [
+        ("0", ["job.2"]),
+        ("1", ["job.2"]),
+        ("2", ["job.2"]),
+    ]
+    assert sender.dropped == 0
+    sender.stop()
+    await layer.flush()
 
 
 # --- Announcing: where a job changes, on commit ----------------------------------------

@@ -428,3 +428,21 @@ def test_an_image_too_wide_for_webp_is_unprocessable_in_webp_only():
 def test_encode_image_refuses_other_formats():
     with pytest.raises(ValueError):
         encode_image(images.gradient(), "gif", 85)
+
+
+def test_a_sequential_jpeg_is_not_walked_for_scans(upload, monkeypatch):
+    counted = []
+    monkeypatch.setattr(codecs, "count_scans", lambda *args, **kwargs: counted.append(args) or 1)
+    probe(upload(images.jpeg_bytes(images.photo(64, 64))), LIMIT, max_jpeg_scans=100)
+    assert counted == []
+    probe(upload(images.encode(images.photo(64, 64), "JPEG", progressive=True)), LIMIT, max_jpeg_scans=100)
+    assert len(counted) == 1
+
+
+def test_a_sequential_jpeg_with_its_scan_repeated_is_refused_by_the_decoder(upload):
+    data = images.jpeg_bytes(images.solid(256, 256))
+    start, end = images.smallest_scan(data)
+    repeated = data[:end] + data[start:end] * 500 + data[end:]
+    with pytest.raises(UnprocessableImage) as caught:
+        load_image(upload(repeated), LIMIT, max_jpeg_scans=100)
+    assert caught.value.code == "corrupt_image"

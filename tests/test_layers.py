@@ -19,11 +19,15 @@ def anyio_backend():
     return "asyncio"
 
 
-@pytest.fixture
-async def layer():
+@pytest.fixture(params=["one round trip", "two round trips"])
+async def layer(request):
+    """The layer as one Redis host has it (a script sends to groups in one round trip), and as several
+    hosts have it (the members found, then the copies delivered)."""
     require("redis")
     prefix = f"test-layers-{uuid.uuid4().hex[:8]}"  # keys of our own in a shared Redis
     layer = RedisChannelLayer(hosts=[{"address": url_of("redis"), "socket_timeout": None}], prefix=prefix)
+    assert layer.sends_in_one_trip
+    layer.sends_in_one_trip = request.param == "one round trip"
     yield layer
     await layer.flush()
     await layer.close_pools()

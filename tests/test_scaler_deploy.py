@@ -126,7 +126,7 @@ def test_minio_init_creates_the_bucket_the_app_uses(services):
 def test_nginx_in_compose_fills_every_template_variable_and_fronts_the_gateways(services):
     nginx = services["nginx"]
     placeholders = set(re.findall(r"\$\{([A-Z_]+)\}", NGINX_TEMPLATE.read_text()))
-    assert placeholders == {"LISTEN", "CLIENT_MAX_BODY_SIZE", "UPSTREAMS", "ACCESS_LOG"}
+    assert placeholders == {"LISTEN", "CLIENT_MAX_BODY_SIZE", "UPSTREAMS", "ACCESS_LOG", "MEDIA_ROOT"}
     assert placeholders <= set(nginx["environment"])
     # Compose turns $$ into $: the image's envsubst then touches these names and no others.
     only = re.fullmatch(r"\^\((.*)\)\$\$", nginx["environment"]["NGINX_ENVSUBST_FILTER"])
@@ -140,6 +140,33 @@ def test_nginx_in_compose_fills_every_template_variable_and_fronts_the_gateways(
     upstreams = (ROOT / upstreams_file).read_text()
     assert re.search(r"^server gateway:8000 ", upstreams, re.MULTILINE)
     assert nginx["environment"]["LISTEN"] == "8000"
+
+
+def test_the_scalers_nginx_fills_every_template_variable(tmp_path):
+    from scaler.backends.nginx import Nginx
+
+    nginx = Nginx(tmp_path / "nginx", "127.0.0.1:8000", 1000, media_root=tmp_path / "media")
+    nginx.write_config(["127.0.0.1:8001"])
+    site = (tmp_path / "nginx" / "darkroom.conf").read_text()
+    assert not re.findall(r"\$\{[A-Z_]+\}", site)
+    assert f'alias "{tmp_path / "media"}/";' in site
+
+
+def test_nginx_sends_local_results_from_an_internal_location_at_the_gateways_prefix():
+    """The prefix the scaler gives its gateways is the location nginx sends files from, and no client
+    reaches that location but through a gateway's answer."""
+    from scaler.backends.gateways import gateway_environment
+    from scaler.backends.nginx import DOWNLOAD_PREFIX
+
+    prefix = gateway_environment("127.0.0.1")["DOWNLOAD_ACCEL_PREFIX"]
+    assert prefix == DOWNLOAD_PREFIX and config.load({"DOWNLOAD_ACCEL_PREFIX": prefix}).DOWNLOAD_ACCEL_PREFIX
+    location = re.search(
+        rf"location {re.escape(prefix)} {{(.*?)\n    }}", NGINX_TEMPLATE.read_text(), re.DOTALL
+    )
+    assert location, f"no location {prefix} in {NGINX_TEMPLATE.name}"
+    directives = [line.strip() for line in location.group(1).splitlines()]
+    assert "internal;" in directives and 'alias "${MEDIA_ROOT}/";' in directives
+    assert "sendfile on;" in directives
 
 
 def test_nginx_takes_batches_as_large_as_the_gateway_does(services):

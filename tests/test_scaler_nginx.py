@@ -18,6 +18,7 @@ from bench.stack import announced_port
 from gateway.http.body_limits import body_limits
 from scaler.backends.gateways import gateway_command, gateway_environment
 from scaler.backends.nginx import Nginx, NginxError
+from tests import images
 from tests.services import IN_CI, require
 from tests.stack import NO_KEEPALIVE, LiveStack, refused_port, start_on_a_free_port
 
@@ -103,9 +104,13 @@ def nginx(tmp_path):
     require_nginx()
     started = []
 
-    def start(upstreams: list[str], max_body_bytes: int = 1024 * 1024) -> Nginx:
+    def start(
+        upstreams: list[str], max_body_bytes: int = 1024 * 1024, media_root=tmp_path / "media"
+    ) -> Nginx:
         def on(port: int) -> Nginx | None:
-            server = Nginx(tmp_path / f"nginx-{port}", f"127.0.0.1:{port}", max_body_bytes)
+            server = Nginx(
+                tmp_path / f"nginx-{port}", f"127.0.0.1:{port}", max_body_bytes, media_root=media_root
+            )
             try:
                 server.start(upstreams)
             except NginxError:  # the port was taken meanwhile: another one
@@ -250,3 +255,78 @@ def test_clients_behind_the_scalers_nginx_keep_rate_limits_of_their_own(nginx, s
     }
     assert answers == {"198.51.100.1": [200, 200, 429], "198.51.100.2": [200, 200, 429]}
     assert untrusted_forwarded(scaler_gateway) == 0  # nginx's header is trusted, not ignored
+
+
+# --- Downloads sent by nginx itself (X-Accel-Redirect) ----------------------------------------
+@pytest.fixture
+def download_stack(tmp_path):
+    """A stack with a worker, keys required; its results are files under `workdir/media`."""
+    require("postgres", "rabbitmq", "redis")
+    workdir = tmp_path / "stack"
+    workdir.mkdir()
+    with LiveStack(workdir, API_KEYS_REQUIRED="true") as stack:
+        stack.start_worker()
+        yield stack
+
+
+def gateway_as_the_scaler_starts_it(stack: LiveStack) -> str:
+    """The gateway's address (HOST:PORT), with the scaler's command line and environment."""
+    process = stack.spawn("gateway", gateway_command("127.0.0.1", 0), **gateway_environment("127.0.0.1"))
+    url = f"http://127.0.0.1:{announced_port(stack.workdir / 'gateway.log', process)}"
+    stack.wait_until(lambda: stack.is_live(url), timeout=60, what="the gateway to answer /health/live")
+    return url.removeprefix("http://")
+
+
+def finished_job(base_url: str, key: str, image: bytes) -> dict:
+    """A grayscale job submitted with `key`, once it has ended (long polls: no sleep)."""
+    headers = {"X-API-Key": key}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30, limits=NO_KEEPALIVE) as client:
+        submitted = client.post("/api/v1/process/grayscale", files={"image": ("photo.jpg", image)})
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()
+        deadline = time.monotonic() + 60
+        while job["status"] not in ("completed", "failed", "cancelled"):
+            assert time.monotonic() < deadline, f"job {job['job_id']} did not end"
+            job = client.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 5}).json()
+    assert job["status"] == "completed", job
+    return job
+
+
+def test_nginx_sends_a_local_result_the_gateway_only_names(nginx, download_stack):
+    stack = download_stack
+    gateway = gateway_as_the_scaler_starts_it(stack)
+    proxy = nginx([gateway], media_root=stack.workdir / "media")
+    alice, bob = stack.manage("create_api_key", "alice"), stack.manage("create_api_key", "bob")
+    job_id = finished_job(proxy.url, alice, images.jpeg_bytes(images.photo(96, 64)))["job_id"]
+    (result,) = stack.result_files(job_id)
+    path = f"/api/v1/download/{job_id}"
+
+    sent = httpx.get(proxy.url + path, headers={"X-API-Key": alice})
+    assert sent.status_code == 200
+    assert sent.content == result.read_bytes()
+    assert sent.headers["Content-Type"] == "image/jpeg"
+    assert sent.headers["Content-Disposition"] == f'attachment; filename="{job_id}.jpg"'
+
+    # What nginx got from the gateway: the file's name, none of its bytes.
+    named = httpx.get(f"http://{gateway}{path}", headers={"X-API-Key": alice})
+    assert named.content == b""
+    assert named.headers["X-Accel-Redirect"] == f"/_darkroom/media/results/{job_id}/{result.name}"
+
+    assert httpx.get(proxy.url + path, headers={"X-API-Key": bob}).status_code == 404
+    # The internal location answers nginx's redirects alone: a client naming it gets nothing.
+    internal = named.headers["X-Accel-Redirect"]
+    assert httpx.get(proxy.url + internal, headers={"X-API-Key": alice}).status_code == 404
+
+
+def test_without_the_prefix_the_gateway_behind_nginx_sends_the_file_itself(nginx, download_stack):
+    stack = download_stack
+    stack.start_server("plain")  # DOWNLOAD_ACCEL_PREFIX unset
+    proxy = nginx([stack.url("plain").removeprefix("http://")], media_root=stack.workdir / "media")
+    alice = stack.manage("create_api_key", "alice")
+    job_id = finished_job(proxy.url, alice, images.jpeg_bytes(images.photo(96, 64, seed=1)))["job_id"]
+    (result,) = stack.result_files(job_id)
+
+    direct = httpx.get(f"{stack.url('plain')}/api/v1/download/{job_id}", headers={"X-API-Key": alice})
+    assert "X-Accel-Redirect" not in direct.headers and direct.content == result.read_bytes()
+    sent = httpx.get(f"{proxy.url}/api/v1/download/{job_id}", headers={"X-API-Key": alice})
+    assert sent.content == result.read_bytes() and sent.headers["Content-Type"] == "image/jpeg"

@@ -50,6 +50,8 @@ def check_with(**env) -> subprocess.CompletedProcess:
         ({"AVIF_SPEED": "11"}, "AVIF_SPEED=11 must be at most 10"),
         ({"TRAFFIC_SPLIT": "sobel: images x"}, "not `pool weight`"),
         ({"TRUSTED_PROXIES": "10.0.0.1, nginx"}, "TRUSTED_PROXIES: 'nginx' is not an IP address or network"),
+        # nginx joins the prefix and the key: a prefix without its slashes would name another location.
+        ({"DOWNLOAD_ACCEL_PREFIX": "/_results"}, "DOWNLOAD_ACCEL_PREFIX='/_results' is not a path like"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(env, message):

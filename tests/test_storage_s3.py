@@ -1,4 +1,4 @@
-"""Files in S3: a job's input, output and thumbnails in the bucket, downloads by signed URL, the admin's
+"""Files in S3: a job's input, output and admin thumbnails in the bucket, downloads by signed URL, the admin's
 thumbnails, reused results and clean-up, against a real S3 server (SeaweedFS, bench/s3.py).
 
 The requests go through Django's test client and the jobs through a real Dramatiq worker on the stub
@@ -63,11 +63,18 @@ def create_job(client, service: str = "grayscale", seed: int = 0, **params) -> s
     return response.json()["job_id"]
 
 
-def test_a_job_keeps_its_input_output_and_thumbnails_in_the_bucket(client, run_jobs, s3_server, bucket):
+def test_a_job_keeps_its_input_output_and_thumbnails_in_the_bucket(
+    admin_client, client, run_jobs, s3_server, bucket
+):
     job_id = create_job(client, seed=1)
     run_jobs()
 
     assert client.get(f"/api/v1/jobs/{job_id}").json()["status"] == "completed"
+    assert job_keys(s3_server, bucket, job_id) == [
+        f"results/{job_id}/output.png",
+        f"uploads/{job_id}/input.png",
+    ]
+    show_thumbnails(admin_client, job_id)  # made on their first view, and kept
     assert job_keys(s3_server, bucket, job_id) == [
         f"results/{job_id}/output.png",
         f"thumbnails/results/{job_id}/output.png.webp",
@@ -92,16 +99,37 @@ def test_a_download_redirects_to_a_signed_url_that_serves_the_result(client, run
     assert httpx.get(unsigned).status_code == 403  # the bucket is private: the signature is the key
 
 
-def test_the_admin_shows_the_thumbnails_the_worker_stored_in_the_bucket(admin_client, client, run_jobs):
+def test_a_download_from_the_bucket_redirects_even_behind_an_nginx_that_sends_local_files(
+    client, run_jobs, settings
+):
+    """DOWNLOAD_ACCEL_PREFIX names files on local disk: nginx has no file to send for a bucket's key."""
+    settings.DOWNLOAD_ACCEL_PREFIX = "/_darkroom/media/"
+    job_id = create_job(client, seed=15)
+    run_jobs()
+
+    response = client.get(f"/api/v1/download/{job_id}")
+
+    assert response.status_code == 302 and "X-Accel-Redirect" not in response
+    assert httpx.get(response["Location"]).status_code == 200
+
+
+def test_the_admin_shows_thumbnails_of_the_files_in_the_bucket(admin_client, client, run_jobs):
     job_id = create_job(client, "rotate", seed=3, angle="90")
     run_jobs()
 
-    sizes = {}
+    thumbnails = show_thumbnails(admin_client, job_id)
+    sizes = {side: Image.open(io.BytesIO(data)).size for side, data in thumbnails.items()}
+    assert sizes == {"input": (64, 48), "output": (48, 64)}
+    assert show_thumbnails(admin_client, job_id) == thumbnails  # the kept ones
+
+
+def show_thumbnails(admin_client, job_id: str) -> dict[str, bytes]:
+    shown = {}
     for side in ("input", "output"):
         response = admin_client.get(f"{ADMIN_JOBS}{job_id}/thumbnail/{side}/")
         assert response.status_code == 200 and response["Content-Type"] == "image/webp"
-        sizes[side] = Image.open(io.BytesIO(response.content)).size
-    assert sizes == {"input": (64, 48), "output": (48, 64)}
+        shown[side] = response.content
+    return shown
 
 
 def test_a_reused_result_is_copied_within_the_bucket(client, run_jobs, s3_server, bucket):
@@ -114,9 +142,12 @@ def test_a_reused_result_is_copied_within_the_bucket(client, run_jobs, s3_server
     assert copied == s3_server.read(bucket, f"results/{first}/output.png")
 
 
-def test_deleting_a_job_removes_its_files_and_thumbnails_from_the_bucket(client, run_jobs, s3_server, bucket):
+def test_deleting_a_job_removes_its_files_and_thumbnails_from_the_bucket(
+    admin_client, client, run_jobs, s3_server, bucket
+):
     job_id = create_job(client, seed=5)
     run_jobs()
+    show_thumbnails(admin_client, job_id)
     assert len(job_keys(s3_server, bucket, job_id)) == 4
 
     Job.objects.filter(id=job_id).delete()
@@ -139,7 +170,7 @@ def test_cleanup_empties_the_bucket_of_expired_jobs_and_keeps_the_rest(
 
     assert response.status_code == 200 and response.json()["files_removed"] == 2
     assert job_keys(s3_server, bucket, expired) == []
-    assert len(job_keys(s3_server, bucket, kept)) == 4
+    assert len(job_keys(s3_server, bucket, kept)) == 2  # input and output
     assert client.get(f"/api/v1/download/{expired}").status_code == 410
     assert client.get("/api/v1/files/stats", headers=staff).json()["expired"]["files"] == 0
 
@@ -154,7 +185,7 @@ def test_cleanup_finds_files_in_the_bucket_whose_job_is_gone(client, run_jobs, s
 
     assert removed == 1
     assert orphan not in s3_server.keys(bucket)
-    assert len(job_keys(s3_server, bucket, job_id)) == 4  # its job still exists
+    assert len(job_keys(s3_server, bucket, job_id)) == 2  # its job still exists
 
 
 def test_a_worker_whose_output_write_fails_retries_and_completes(
@@ -200,5 +231,5 @@ def test_a_cleanup_with_s3_down_answers_503_and_removes_nothing(
     assert response.status_code == 503, response.content
     assert response.json()["error"]["code"] == "storage_unavailable"
     assert int(response["Retry-After"]) > 0
-    assert len(job_keys(s3_server, bucket, expired)) == 4  # nothing was marked removed: the next run does it
+    assert len(job_keys(s3_server, bucket, expired)) == 2  # nothing was marked removed: the next run does it
     assert client.post("/api/v1/files/cleanup", headers=staff).json()["files_removed"] == 2

@@ -28,3 +28,9 @@ def test_a_sampled_thumbnail_looks_like_one_that_averages_every_pixel():
     photo = images.photo(1920, 1080)
     averaged = photo.resize((160, 90), Image.Resampling.BOX)  # every pixel counted: slow, and the reference
     assert images.ssim(admin_thumbnails.shrink(photo, (160, 90)), averaged) >= 0.97
+
+
+def test_the_admin_makes_the_thumbnails_of_images_up_to_its_bound_and_the_worker_the_rest():
+    assert admin_thumbnails.made_later(1920, 1080)
+    assert admin_thumbnails.made_later(2000, 2000)
+    assert not admin_thumbnails.made_later(4000, 3000)  # a phone's photo: its job makes it

@@ -1,15 +1,22 @@
 """Jobs: submit (one or a batch), list, read, poll, download, metrics, cancel."""
 
 import base64
+import functools
+import json
+import logging
 import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils.cache import patch_vary_headers
+from django.utils.http import content_disposition_header
 from ninja import Query, Router, Schema, Status
 from ninja.params import functions as params
 from ninja.renderers import JSONRenderer
@@ -19,16 +26,19 @@ from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, CallerRequest
 from gateway.api.schemas import ErrorOut, JobPageOut, JobsOut, MetricsOut
 from gateway.auth.callers import Caller
 from gateway.auth.ratelimit import charge_submissions
-from gateway.http import intake
+from gateway.http import intake, preferences
 from gateway.http.errors import ApiError, not_found
 from gateway.http.negotiation import accepted_image_types
 from gateway.live import waiting
 from gateway.ops.disclosure import opaque_label
+from processing import storage
 from processing.imaging import formats
 from processing.imaging.operations import get_operation
 from processing.jobs import lifecycle, submissions
 from processing.jobs.public import JobOut, JobStatus, StatusOut, error_json, job_json, job_urls, status_json
 from processing.models import Job
+
+logger = logging.getLogger(__name__)
 
 router = Router(tags=["jobs"])
 
@@ -57,7 +67,26 @@ def multipart_doc(service: str | None = None, *, many: bool = False) -> dict[str
     if many:
         schema["required"].append("service")
         schema["properties"]["service"] = {"type": "string", "description": "the service for every image"}
-    return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}, "required": True}}
+    return {
+        "requestBody": {"content": {"multipart/form-data": {"schema": schema}}, "required": True},
+        "parameters": [PREFER_PARAMETER],
+        **({} if many else {"responses": {200: {"content": {"image/*": {"schema": image}}}}}),
+    }
+
+
+PREFER_PARAMETER = {
+    "in": "header",
+    "name": "Prefer",
+    "required": False,
+    "schema": {"type": "string"},
+    "example": "wait=30, return=representation",
+    "description": (
+        "RFC 7240. `wait=N` (seconds, up to 60): answer when the job ends, with 200 and its final JSON, "
+        "or 202 as without it if it is still running after N seconds. With `return=representation` "
+        "and an Accept naming an image type, a completed job's answer is the result's bytes, with "
+        "`Job-Id`, `Job-Status` and `Server-Timing` headers. `Preference-Applied` says what was honoured."
+    ),
+}
 
 
 def get_job(request: CallerRequest, job_id: str) -> Job:
@@ -96,12 +125,13 @@ def submit_one(request: CallerRequest, response: HttpResponse, service: str) -> 
         raise not_found()  # an idempotent replay whose job has since been deleted
     job = found[0]
     response["Location"] = job_urls(job.id)["job_url"]
+    answer_when_ended(request, response, found, one=True)
     return Status(202, job_json(job))
 
 
 @router.post(
     "/process/{service}",
-    response={202: JobOut, **SUBMIT_ERRORS},
+    response={200: JobOut, 202: JobOut, **SUBMIT_ERRORS},
     throttle=SUBMIT_LIMIT,
     url_name="process",
     openapi_extra=multipart_doc(),
@@ -122,7 +152,7 @@ def add_shortcut(service: str) -> None:
         f"/{service}",
         ["POST"],
         shortcut,
-        response={202: JobOut, **SUBMIT_ERRORS},
+        response={200: JobOut, 202: JobOut, **SUBMIT_ERRORS},
         throttle=SUBMIT_LIMIT,
         url_name=service,
         openapi_extra=multipart_doc(service),
@@ -136,7 +166,7 @@ for _service in ("resize", "crop"):
 
 @router.post(
     "/jobs/batch",
-    response={202: JobsOut, **SUBMIT_ERRORS},
+    response={200: JobsOut, 202: JobsOut, **SUBMIT_ERRORS},
     throttle=SUBMIT_LIMIT,
     url_name="batch",
     openapi_extra=multipart_doc(many=True),
@@ -147,7 +177,141 @@ def batch(request: CallerRequest, response: HttpResponse) -> Status[dict[str, li
     if not service:
         raise ApiError(400, "missing_service", "name the service in a form field called 'service'")
     created = submit(request, response, service, at_most=settings.MAX_BATCH_FILES)
-    return Status(202, {"jobs": [job_json(job) for job in created]})
+    answer_when_ended(request, response, created, one=False)
+    return Status(202, batch_json(created))
+
+
+def batch_json(jobs: list[Job]) -> dict[str, list[JobOut]]:
+    return {"jobs": [job_json(job) for job in jobs]}
+
+
+# --- Prefer: wait, one request per job ------------------------------------------------------
+
+
+def answer_when_ended(request: CallerRequest, response: HttpResponse, jobs: list[Job], *, one: bool) -> None:
+    """With `Prefer: wait=N`, have the submission answered when its jobs end (gateway.live.waiting):
+    with their final JSON, or with `return=representation` and an image type in Accept, with one
+    job's result itself. Otherwise, and when they don't end in time, the 202 stands."""
+    patch_vary_headers(response, ["Prefer", "Accept"])  # format=auto reads Accept too
+    response["Retry-After"] = "1"
+    wanted = preferences.parse([request.headers.get("Prefer", "")])
+    if wanted.wait is None or not jobs:
+        return
+    accepted = accepted_image_types(request) if wanted.representation and one else frozenset()
+    job_ids = [str(job.id) for job in jobs]
+    answer = functools.partial(submission_answer, job_ids, wanted, accepted, one=one)
+    waiting.wait_after_view(request, waiting.WaitFor(job_ids, wanted.wait, answer))
+
+
+def submission_answer(
+    job_ids: list[str],
+    wanted: preferences.Preferences,
+    accepted: Collection[str],
+    final_texts: dict[str, str],
+    *,
+    one: bool,
+) -> waiting.Answer | None:
+    """A waited-for submission's answer, its jobs as they are now (None if one is gone: the 202 stands).
+
+    The caller was authenticated, counted and made these jobs in the view, before the wait."""
+    jobs = jobs_now(job_ids, final_texts)
+    if jobs is None:
+        return None
+    ended = all(job["status"] in Job.FINISHED for job in jobs)
+    if ended and accepted:
+        answer = representation(jobs[0], wanted, accepted)
+        if answer is not None:
+            return answer
+    body = rendered(jobs[0]) if one else rendered({"jobs": jobs})
+    headers: dict[str, str | None] = {"Preference-Applied": wanted.applied(representation=False)}
+    if ended:
+        headers["Retry-After"] = None
+    return waiting.Answer(body, status=200 if ended else None, headers=headers)
+
+
+def jobs_now(job_ids: list[str], final_texts: dict[str, str]) -> list[JobOut] | None:
+    """The jobs' JSON as it is now: from their ended events when every end was heard, else read
+    (None if one is gone)."""
+    if all(job_id in final_texts for job_id in job_ids):
+        return [json.loads(final_texts[job_id])["job"] for job_id in job_ids]
+    found = Job.objects.in_bulk(job_ids)
+    jobs = [found.get(uuid.UUID(job_id)) for job_id in job_ids]
+    return [job_json(job) for job in jobs if job is not None] if None not in jobs else None
+
+
+@dataclass
+class StoredFiles:
+    """Where a completed job's result is stored, told by its JSON (the keys are named by the job's id
+    and the file's format: processing.storage)."""
+
+    output_key: str
+    output_format: str
+    fallback_key: str
+    fallback_format: str
+
+    @classmethod
+    def of(cls, job: JobOut) -> "StoredFiles | None":
+        """None for a job without an image result: unfinished, failed, cancelled, or a report."""
+        result = job["result"]
+        if result is None or result.get("report") is not None or not result["format"]:
+            return None
+        job_id, output_format = job["job_id"], result["format"]
+        fallback_format = result.get("fallback_format") or ""
+        fallback_key = (
+            storage.fallback_key(job_id, formats.extension_for(fallback_format)) if fallback_format else ""
+        )
+        output_key = storage.output_key(job_id, formats.extension_for(output_format))
+        return cls(output_key, output_format, fallback_key, fallback_format)
+
+
+def representation(
+    job: JobOut, wanted: preferences.Preferences, accepted: Collection[str]
+) -> waiting.Answer | None:
+    """The job's result itself, as a download with this Accept gets it; None when there is none to
+    send (failed, cancelled, a report) or storage can't give it now: the JSON says why."""
+    files = StoredFiles.of(job)
+    if files is None:
+        return None
+    key, output_format = formats.download_for(files, accepted)
+    try:
+        data = storage.read(key)
+    except Exception:
+        logger.warning(
+            "a waited-for result could not be read", exc_info=True, extra={"job_id": job["job_id"]}
+        )
+        return None
+    headers: dict[str, str | None] = {
+        "Content-Type": formats.mime_type_for(output_format),
+        "Content-Disposition": f'inline; filename="{job["job_id"]}.{key.rsplit(".", 1)[-1]}"',
+        "Job-Id": job["job_id"],
+        "Job-Status": job["status"],
+        "Server-Timing": server_timing(job),
+        "Preference-Applied": wanted.applied(representation=True),
+        "Retry-After": None,
+    }
+    return waiting.Answer(data, status=200, headers=headers)
+
+
+def server_timing(job: JobOut) -> str:
+    """Where the job's time went, in milliseconds, as a Server-Timing header: waiting for a worker
+    (queue), on the worker (work), and from its creation to its end (total)."""
+    created, started, finished = (
+        moment if moment is None or isinstance(moment, datetime) else datetime.fromisoformat(moment)
+        for moment in (job["created_at"], job["started_at"], job["finished_at"])
+    )
+    spans = {"queue": (created, started), "work": (started, finished), "total": (created, finished)}
+    return ", ".join(
+        f"{name};dur={(end - start).total_seconds() * 1000:.1f}"
+        for name, (start, end) in spans.items()
+        if start is not None and end is not None
+    )
+
+
+def rendered(data: Any) -> bytes:
+    """`data` as ninja renders a view's return: what the view's own answer would have held."""
+    # The renderer reads nothing of the request, and there is none here.
+    body: str = JSONRenderer().render(None, data, response_status=200)  # type: ignore[arg-type]
+    return body.encode()
 
 
 class JobFilters(Schema):
@@ -208,25 +372,21 @@ def job_detail(
 ) -> JobOut:
     """The job; with `wait`, held until the job ends or `wait` seconds pass, whichever is first."""
     # The view itself never waits: gateway.live.waiting.LongPolls does, on the event loop, after it,
-    # and answers with `job_detail_body`. A wait it did not take is answered now, with the job as it is.
+    # and answers with `job_read_answer`. A wait it did not take is answered now, with the job as it is.
     job = get_job(request, job_id)
-    if wait and not job.is_finished and waiting.deferred_by_the_server(request):
-        response[waiting.WAIT_HEADER] = str(job.id)  # LongPolls waits for it, holding no thread
+    if wait and not job.is_finished:
+        answer = functools.partial(job_read_answer, str(job.id))
+        waiting.wait_after_view(request, waiting.WaitFor([str(job.id)], wait, answer))
     return job_json(job)
 
 
-def job_detail_body(job_id: str) -> bytes | None:
-    """job_detail's body for the job as it is now, as ninja renders it (None if it is gone).
+def job_read_answer(job_id: str, final_texts: dict[str, str]) -> waiting.Answer | None:
+    """job_detail's answer for the job as it is now (None if it is gone).
 
-    LongPolls' answer once its wait is over; the caller was authenticated, counted and found to
+    A long poll's answer once its wait is over; the caller was authenticated, counted and found to
     own the job by the view, before the wait."""
-    job = Job.objects.filter(id=job_id).first()
-    if job is None:
-        return None
-    # job_json is already the JobOut shape that ninja checks the view's return against.
-    # The renderer reads nothing of the request, and there is none here.
-    body: str = JSONRenderer().render(None, job_json(job), response_status=200)  # type: ignore[arg-type]
-    return body.encode()
+    jobs = jobs_now([job_id], final_texts)
+    return None if jobs is None else waiting.Answer(rendered(jobs[0]))
 
 
 @router.get(
@@ -306,13 +466,36 @@ def job_download(request: CallerRequest, job_id: str) -> HttpResponseBase:
     return response
 
 
+class ResultFileResponse(FileResponse):
+    """A result file in pieces of up to 256 KiB: most results in one. Under project.asgi each piece
+    is a hop from a request thread to the event loop, and Django's own 4 KiB pieces made a typical
+    result cost some sixty of them."""
+
+    block_size = 256 * 1024
+
+
 def file_response(key: str, content_type: str, filename: str) -> HttpResponseBase:
-    """The stored file itself, or a redirect to its signed, expiring URL in object storage."""
+    """The stored file itself, a redirect to its signed, expiring URL in object storage, or, behind
+    nginx (DOWNLOAD_ACCEL_PREFIX), an empty answer that tells nginx which file to send."""
     try:
         path = default_storage.path(key)
     except NotImplementedError:  # object storage
         return HttpResponseRedirect(default_storage.url(key))
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type)
+    if settings.DOWNLOAD_ACCEL_PREFIX:
+        return accel_redirect(settings.DOWNLOAD_ACCEL_PREFIX + quote(key), content_type, filename)
+    return ResultFileResponse(
+        open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type
+    )
+
+
+def accel_redirect(uri: str, content_type: str, filename: str) -> HttpResponse:
+    """nginx sends the file at `uri` (an internal location) with these headers: the result's bytes
+    never pass through the gateway. The key in `uri` is ours, never a path a client chose."""
+    # The same Content-Disposition as FileResponse's, which quotes and encodes the name.
+    disposition = content_disposition_header(True, filename) or "attachment"
+    return HttpResponse(
+        content_type=content_type, headers={"X-Accel-Redirect": uri, "Content-Disposition": disposition}
+    )
 
 
 def cancel(request: CallerRequest, job_id: str) -> JobOut:

@@ -236,51 +236,46 @@ def verified_token_expiry(verified: str) -> float:
 
 
 def from_key(presented: str) -> Caller:
-    """The caller of a live API key: from this process's memory of the keys it accepted in the last
-    KEY_MEMORY_SECONDS, else from the database (a query would cost more than the rest of a job read)."""
-    digest = hash_secret(presented)
-    known = _known_keys.get(digest)
-    if known is not None and clock() < known.until:
-        return known.caller
-    key = ApiKey.find(presented)
+    key = live_key(presented)
     if key is None:
         raise InvalidKey
     now = timezone.now()
     # To the minute: a write per request would cost more than the request's own work.
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        key.last_used_at = now  # on the kept copy too (live_key), or each request would write again
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    caller = key_caller(key)
-    remember_key(digest, caller)
-    return caller
+    return key_caller(key)
 
 
-# How long a process goes on accepting an API key without reading it again: a key revoked or
-# deleted is refused by every process within this many seconds (at once by the process that
-# saved the change: forget_keys). last_used_at stays to the minute: it is written when the key is read.
-KEY_MEMORY_SECONDS = 5.0
-KEY_MEMORY_SIZE = 1024  # keys remembered at most; past that, the memory starts again
-clock = time.monotonic
+# Each live API key this process has seen, as read at most KEY_FRESH_SECONDS ago, by the hash of its
+# presented string: a client's requests cost no key read each. So a key revoked (or made staff, or not)
+# is refused within KEY_FRESH_SECONDS by every process; the process that saves the key forgets its
+# copies at once (forget_keys). Unknown keys aren't kept: a flood of made-up ones costs no memory.
+KEY_FRESH_SECONDS = 5.0
+KEYS_KEPT = 1000
+_live_keys: dict[str, tuple[float, ApiKey]] = {}
+clock = time.monotonic  # what KEY_FRESH_SECONDS is counted by
 
 
-@dataclass(frozen=True)
-class KnownKey:
-    caller: Caller
-    until: float  # by clock()
-
-
-# Keyed by the presented credential's hash, so that no key's secret is kept beyond its request.
-_known_keys: dict[str, KnownKey] = {}
-
-
-def remember_key(digest: str, caller: Caller) -> None:
-    if len(_known_keys) >= KEY_MEMORY_SIZE:
-        _known_keys.clear()
-    _known_keys[digest] = KnownKey(caller, clock() + KEY_MEMORY_SECONDS)
+def live_key(presented: str) -> ApiKey | None:
+    """ApiKey.find(presented), from this process's copy when it was read within KEY_FRESH_SECONDS."""
+    digest, now = hash_secret(presented), clock()
+    kept = _live_keys.get(digest)
+    if kept is not None and now - kept[0] < KEY_FRESH_SECONDS:
+        return kept[1]
+    key = ApiKey.find(presented)
+    if key is None:
+        _live_keys.pop(digest, None)
+        return None
+    if len(_live_keys) >= KEYS_KEPT:
+        _live_keys.clear()
+    _live_keys[digest] = (now, key)
+    return key
 
 
 def forget_keys() -> None:
-    """Forget every remembered key: one was saved or deleted (gateway.apps calls it)."""
-    _known_keys.clear()
+    """Drop this process's copies of API keys (a key was saved or deleted here: gateway.apps)."""
+    _live_keys.clear()
 
 
 def revoked_keys(key_ids: Collection[str]) -> set[str]:

@@ -1,14 +1,15 @@
-"""Long polls: `GET /api/v1/jobs/{id}?wait=N` holds the request until its job ends.
+"""Waits: `GET /api/v1/jobs/{id}?wait=N` and a submission with `Prefer: wait=N` answer when their
+jobs end.
 
 Under the ASGI entry point (project.asgi) `LongPolls` serves them with one pass of the
 ordinary synchronous view and the wait after it on the event loop: the view authenticates,
-counts the request, finds the job and, when it has not ended, marks its answer with
-WAIT_HEADER instead of waiting; `LongPolls` then holds that answer, holding no thread,
-until the job's end is heard (or the wait runs out), and sends it with the job as it is
-then (the view's own body for it, `answer`) in place of the job as it was.
-A request thread never waits: a wait that `LongPolls` did not take (a WSGI server, the
-test client) is answered at once with the job as it is. Which request is a long poll is
-decided once, by `requested_wait`, the way Django will route and parse it.
+counts the request, finds or creates the jobs and, when they have not ended, asks for the
+wait (`wait_after_view`) instead of waiting; `LongPolls` then holds the view's answer,
+holding no thread, until the jobs' ends are heard (or the wait runs out), and sends in its
+place what the view said to send then (`WaitFor.answer`: the jobs as they are then, or a
+result's bytes). A request thread never waits: a wait that `LongPolls` did not take (a WSGI
+server, the test client) is answered at once with the jobs as they are. Which GET is a long
+poll is decided once, by `requested_wait`, the way Django will route and parse it.
 
 Ends are heard by one `EndListener` per event loop: a subscriber of the group that hears
 every job's end (ENDED_GROUP, through gateway.live.subscriptions), and a future per
@@ -21,7 +22,8 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -32,6 +34,7 @@ from django.http import HttpRequest, QueryDict
 from django.urls import Resolver404, resolve
 from pydantic import Field, TypeAdapter, ValidationError
 
+from gateway.http import preferences
 from gateway.live.asgi import App, Message, Receive, Scope, Send
 from gateway.live.subscriptions import OnePerLoop, Subscriptions
 from processing.events.messages import ENDED_GROUP
@@ -40,10 +43,11 @@ from processing.models import Job, JobId
 
 logger = logging.getLogger(__name__)
 
-MAX_WAIT_SECONDS = 60
+MAX_WAIT_SECONDS = preferences.MAX_WAIT_SECONDS  # a long poll's, as a submission's
 FALLBACK_INTERVAL = 0.25
-WAIT_HEADER = "Darkroom-Wait"  # the view's mark on its answer: the job to wait for
-DEFERRED = "darkroom.long_poll"  # scope key: LongPolls waits for this request (clients can't set scope keys)
+# Scope keys (clients can't set scope keys): LongPolls takes this request's wait, and what for.
+DEFERRED = "darkroom.may_wait"
+WAIT_FOR = "darkroom.wait_for"
 
 LONG_POLL_VIEW = "job_detail"  # the URL name of the view a long poll asks (gateway.api.jobs)
 WaitSeconds = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)]  # `?wait=`: the view's type, and ours
@@ -71,7 +75,8 @@ class EndListener(OnePerLoop):
         self.layer = layer
         self.loop = asyncio.get_running_loop()
         self.waiters: dict[str, set[asyncio.Future[bool]]] = {}
-        self.ended: OrderedDict[str, None] = OrderedDict()
+        # The latest ends, with the event's text where someone waited for it (see final_texts).
+        self.ended: OrderedDict[str, str | None] = OrderedDict()
         self.hearing_since: float | None = None  # loop time since when no end has gone unheard
         self.down = False  # the channel layer failed, and the listener has not heard since
         self.task = self.loop.create_task(self.listen(), name="long-poll-ends")
@@ -101,13 +106,20 @@ class EndListener(OnePerLoop):
         elif not future.cancelled():
             future.exception()  # retrieved: a NotListening nobody awaited is no error to report
 
-    def heard_end(self, job_id: str) -> None:
-        self.ended[job_id] = None
+    def heard_end(self, job_id: str, text: str | None = None) -> None:
+        waiting = self.waiters.pop(job_id, ())
+        self.ended[job_id] = text if waiting else None  # only a waiter reads it: a few at a time
         if len(self.ended) > REMEMBERED_ENDS:
             self.ended.popitem(last=False)
-        for future in self.waiters.pop(job_id, ()):
+        for future in waiting:
             if not future.done():
                 future.set_result(True)
+
+    def final_texts(self, job_ids: list[str]) -> dict[str, str]:
+        """The ended event's text (processing.events.messages.event_text) of those of the jobs whose
+        end was heard while someone waited for it: the job's final JSON, with no read of the job."""
+        texts = {job_id: self.ended.get(job_id) for job_id in job_ids}
+        return {job_id: text for job_id, text in texts.items() if text is not None}
 
     def stopped_hearing(self) -> None:
         self.hearing_since, self.down = None, True
@@ -131,7 +143,7 @@ class EndListener(OnePerLoop):
 
     def deliver(self, message: dict[str, Any]) -> None:
         if message.get("status") in Job.FINISHED:
-            self.heard_end(message["job_id"])
+            self.heard_end(message["job_id"], message.get("text"))
 
     def missed(self) -> None:
         """Ends may have gone unheard: every waiter reads its job again, and later ones will too."""
@@ -214,36 +226,82 @@ def has_ended(job_id: str) -> bool:
 # --- One pass of the view, and the wait after it, under ASGI ---------------------------------------
 
 
-def deferred_by_the_server(request: HttpRequest) -> bool:
-    """True under `LongPolls`: the view marks its answer and `LongPolls` waits, not the view."""
-    deferred: bool = request.META.get("asgi.scope", {}).get(DEFERRED, False)
-    return deferred
+@dataclass(frozen=True)
+class Answer:
+    """What a request gets once its wait is over, in place of the view's own answer: this body, these
+    headers over the view's, and the view's status unless `status`."""
+
+    body: bytes
+    status: int | None = None
+    headers: dict[str, str | None] = field(default_factory=dict)  # None: drop the view's header
+
+
+@dataclass(frozen=True)
+class WaitFor:
+    """A view's request to `LongPolls`: wait until these jobs end (`seconds` from the request's
+    arrival at most), then answer with `answer(final_texts)`, synchronous and short, given the
+    ended events' texts of the jobs whose end was heard (EndListener.final_texts), so that it
+    reads only what they don't tell (None: the view's own answer stands, e.g. a job was deleted)."""
+
+    job_ids: list[str]
+    seconds: float
+    answer: Callable[[dict[str, str]], Answer | None]
+
+
+def wait_after_view(request: HttpRequest, wait_for: WaitFor) -> bool:
+    """Hand the wait to `LongPolls`, which holds no thread for it; False where no `LongPolls` is in
+    front (a WSGI server, the test client): the view then answers at once, with the jobs as they are."""
+    scope = request.META.get("asgi.scope", {})
+    if not scope.get(DEFERRED):
+        return False
+    scope[WAIT_FOR] = wait_for  # the scope LongPolls made for this request, and reads after the view
+    return True
 
 
 class LongPolls:
     """ASGI middleware in front of the synchronous Django app (see the module's docstring).
 
-    `answer(job_id)` is the view's body for the job as it is now (None if it is gone): what a
-    long poll gets once its wait is over, with the headers of the view's answer.
+    A request that may wait — a long poll (`requested_wait`) or a submission with `Prefer: wait`
+    (gateway.http.preferences) — passes the view once, marked as one whose wait the server takes;
+    when the view asked for a wait (`wait_after_view`), its answer is held until the jobs end or
+    the time runs out, and then replaced by the view's `answer()`.
     """
 
-    def __init__(self, app: App, answer: Callable[[str], bytes | None]) -> None:
+    def __init__(self, app: App) -> None:
         self.app = app
-        self.answer = read_off_the_loop(answer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        wait = requested_wait(scope)
-        if not wait:
+        if not may_wait(scope):
             return await self.app(scope, receive, send)
-        read_at = asyncio.get_running_loop().time()
-        viewed = await Captured.from_app(self.app, {**scope, DEFERRED: True})
-        job_id = viewed.header(WAIT_HEADER)  # None: ended already, not found or refused; sent as it is
-        if job_id is not None:
-            await until_ended(job_id, wait, read_at)
-            now = await self.answer(job_id)
-            if now is not None:  # else deleted meanwhile: the caller gets the job as the view saw it
-                viewed.replace_body(now)
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        scope = {**scope, DEFERRED: True}
+        viewed = await Captured.from_app(self.app, scope, receive if scope["method"] == "POST" else no_body)
+        wait_for: WaitFor | None = scope.get(WAIT_FOR)
+        if wait_for is not None:
+            deadline = arrived + wait_for.seconds
+            await all_ended(wait_for.job_ids, deadline - loop.time(), arrived)
+            final_texts = EndListener.of_running_loop().final_texts(wait_for.job_ids)
+            answer = await read_off_the_loop(wait_for.answer)(final_texts)
+            if answer is not None:
+                viewed.replace(answer)
         await viewed.replay(send)
+
+
+def may_wait(scope: Scope) -> bool:
+    if scope["type"] != "http":
+        return False
+    if scope["method"] == "POST":
+        return preferences.of_scope(scope).wait is not None
+    return requested_wait(scope) is not None
+
+
+async def all_ended(job_ids: list[str], timeout: float, read_at: float) -> bool:
+    """Wait until every job has ended, `timeout` seconds at most (see until_ended); True if they have."""
+    if len(job_ids) == 1:
+        return await until_ended(job_ids[0], timeout, read_at)
+    ended = await asyncio.gather(*(until_ended(job_id, timeout, read_at) for job_id in job_ids))
+    return all(ended)
 
 
 def requested_wait(scope: Scope) -> float | None:
@@ -273,6 +331,11 @@ def path_info(scope: Scope) -> str:
     return path.removeprefix(scope.get("root_path", ""))
 
 
+async def no_body() -> Message:
+    """A GET's receive: no body, and the client's own disconnect is not the view's to see."""
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 class Captured:
     """One pass's whole answer, held back so that `LongPolls` decides what the client gets."""
 
@@ -280,11 +343,8 @@ class Captured:
         self.messages: list[Message] = []
 
     @classmethod
-    async def from_app(cls, app: App, scope: Scope) -> "Captured":
+    async def from_app(cls, app: App, scope: Scope, receive: Receive) -> "Captured":
         captured = cls()
-
-        async def receive() -> Message:  # a GET: no body, and the client's own disconnect is not ours to see
-            return {"type": "http.request", "body": b"", "more_body": False}
 
         async def send(message: Message) -> None:
             captured.messages.append(message)
@@ -292,23 +352,21 @@ class Captured:
         await app(scope, receive, send)
         return captured
 
-    def header(self, name: str) -> str | None:
-        wanted = name.lower().encode()
-        headers: Iterable[tuple[bytes, bytes]] = self.messages[0].get("headers", [])
-        for key, value in headers:
-            if key.lower() == wanted:
-                return value.decode("latin-1")
-        return None
-
-    def replace_body(self, body: bytes) -> None:
+    def replace(self, answer: Answer) -> None:
         start = self.messages[0]
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        self.messages = [{**start, "headers": headers}, {"type": "http.response.body", "body": body}]
+        replaced = {name.lower().encode() for name in answer.headers} | {b"content-length"}
+        headers: list[tuple[bytes, bytes]] = [
+            (key, value) for key, value in start.get("headers", []) if key.lower() not in replaced
+        ]
+        headers += [
+            (name.lower().encode(), value.encode("latin-1"))
+            for name, value in answer.headers.items()
+            if value is not None
+        ]
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+        start = {**start, "headers": headers, "status": answer.status or start["status"]}
+        self.messages = [start, {"type": "http.response.body", "body": answer.body}]
 
     async def replay(self, send: Send) -> None:
-        start, *body = self.messages
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != WAIT_HEADER.lower().encode()]
-        await send({**start, "headers": headers})
-        for message in body:
+        for message in self.messages:
             await send(message)

@@ -8,9 +8,9 @@ the groups it came for. What that needs from channels-redis, and what this adds:
   channel's bounded buffer (channels-redis has every receiver compete for a lock, with two
   tasks and several futures each); a receive only waits on its own buffer, and can be
   cancelled at any point without a Redis command in flight.
-- `group_send_many`: one event for several groups in two round trips (channels-redis takes
-  four per group); a channel in more than one of them gets it once, with the groups it was
-  sent for in `groups`.
+- `group_send_many`: one event for several groups in one round trip, a script (two with
+  several Redis hosts; channels-redis takes four per group); a channel in more than one of
+  them gets it once, with the groups it was sent for in `groups`.
 - `group_add_many` / `group_discard_many`: many groups joined or left in one round trip.
 - Losses are never silent: a message that a channel could not take (its inbox full, or
   expired unread: its process stalled) or that a full buffer pushed out is counted in
@@ -19,11 +19,15 @@ the groups it came for. What that needs from channels-redis, and what this adds:
 """
 
 import asyncio
+import functools
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]  # channels-redis serialises with it
+import redis
 from channels_redis.core import BoundedQueue
 from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
 from django.apps import AppConfig
@@ -73,6 +77,63 @@ return full
 """
 
 
+# group_send_many in one round trip (one Redis host, messages in msgpack, not encrypted): finds each
+# group's live members, makes one copy of the message per process inbox, with the channels it is
+# for and the groups they came through, and delivers it as SEND_LUA does.
+# KEYS: group keys. ARGV: the message's msgpack map, declared with two entries more than it holds
+# (the copy's "__asgi_channel__" and "groups"), the serializer's random prefix, now, group expiry,
+# expiry, loss expiry, the capacity of process channels ("specific.…!…") and of others, the key
+# prefix, then each group's name.
+SEND_TO_GROUPS_LUA = """
+local body, random_prefix, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local group_expiry, expiry, loss_expiry = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local process_capacity, other_capacity, prefix = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local copies, inboxes = {}, {}
+for i = 1, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, now - group_expiry)
+    local group = ARGV[9 + i]
+    for _, channel in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
+        local local_part = string.match(channel, '^[^!]*!')
+        local inbox = prefix .. (local_part or channel)
+        local copy = copies[inbox]
+        if copy == nil then
+            local capacity = local_part and process_capacity or other_capacity
+            copy = {channels = {}, channel_set = {}, groups = {}, group_set = {}, capacity = capacity}
+            copies[inbox] = copy
+            table.insert(inboxes, inbox)
+        end
+        if not copy.channel_set[channel] then
+            copy.channel_set[channel] = true
+            table.insert(copy.channels, channel)
+        end
+        if not copy.group_set[group] then
+            copy.group_set[group] = true
+            table.insert(copy.groups, group)
+        end
+    end
+end
+local full = 0
+for _, inbox in ipairs(inboxes) do
+    local copy = copies[inbox]
+    local message = random_prefix .. body .. cmsgpack.pack('__asgi_channel__') .. cmsgpack.pack(copy.channels)
+        .. cmsgpack.pack('groups') .. cmsgpack.pack(copy.groups)
+    local lost = redis.call('ZREMRANGEBYSCORE', inbox, 0, now - expiry)
+    if redis.call('ZCARD', inbox) < copy.capacity then
+        redis.call('ZADD', inbox, now, message)
+        redis.call('EXPIRE', inbox, expiry)
+    else
+        full = full + 1
+        lost = lost + 1
+    end
+    if lost > 0 then
+        redis.call('INCRBY', inbox .. ':lost', lost)
+        redis.call('EXPIRE', inbox .. ':lost', loss_expiry)
+    end
+end
+return full
+"""
+
+
 class LayerDown:
     """Put in every buffer when the inbox can't be read: each waiting receive raises `error`."""
 
@@ -105,8 +166,11 @@ class RedisChannelLayer(ChannelsRedisLayer):  # type: ignore[misc]  # channels-r
 
     async def group_send_many(self, groups: list[str], message: dict[str, Any]) -> None:
         """Send `message` to every channel in any of `groups`, once each, with the groups its
-        process's channels are in as `message["groups"]`: one round trip to find the members,
-        one to deliver."""
+        process's channels are in as `message["groups"]`: in one round trip (SEND_TO_GROUPS_LUA) on
+        one Redis host, else one to find the members and one to deliver."""
+        if self.sends_in_one_trip:
+            await self.send_in_one_trip(groups, message)
+            return
         by_key: dict[bytes, dict[str, Any]] = {}  # a process's inbox -> the one copy it gets
         for group, channels in (await self.members_of(groups)).items():
             for channel in channels:
@@ -120,6 +184,63 @@ class RedisChannelLayer(ChannelsRedisLayer):  # type: ignore[misc]  # channels-r
                     copy["groups"].append(group)
         if by_key:
             await self.deliver(by_key)
+
+    @functools.cached_property
+    def sends_in_one_trip(self) -> bool:
+        """One Redis host (the groups and inboxes all in it), and messages as plain msgpack, which
+        the script can add the copy's fields to."""
+        serializer = self._serializer
+        plain = getattr(serializer, "crypter", None) is None and serializer.as_bytes is msgpack.packb
+        return self.ring_size == 1 and plain
+
+    async def send_in_one_trip(self, groups: list[str], message: dict[str, Any]) -> None:
+        self.count_full(await self.connection(0).eval(SEND_TO_GROUPS_LUA, *self.script_args(groups, message)))
+
+    @functools.cached_property
+    def sends_blocking(self) -> bool:
+        """Whether `send_blocking` can send (one Redis host given by its address)."""
+        return self.sends_in_one_trip and "address" in self.hosts[0]
+
+    def send_blocking(self, groups: list[str], message: dict[str, Any], timeout: float) -> None:
+        """group_send_many from a thread that may block (the job-event sender's own): the same script
+        through a synchronous client, at a fraction of the asyncio client's CPU; each Redis call
+        gives up after `timeout` seconds."""
+        client = self.blocking_client(os.getpid(), timeout)
+        self.count_full(client.eval(SEND_TO_GROUPS_LUA, *self.script_args(groups, message)))
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019  # one layer per process, kept for its life
+    def blocking_client(self, pid: int, timeout: float) -> redis.Redis:
+        """A client per process (`pid`: a forked worker must not share its parent's socket)."""
+        host = self.hosts[0]
+        return redis.Redis.from_url(
+            host["address"],
+            socket_timeout=timeout,
+            socket_connect_timeout=host.get("socket_connect_timeout") or timeout,
+        )
+
+    def script_args(self, groups: list[str], message: dict[str, Any]) -> list[Any]:
+        """SEND_TO_GROUPS_LUA's key count, keys and arguments for sending `message` to `groups`."""
+        packer = msgpack.Packer()
+        body = packer.pack_map_header(len(message) + 2) + b"".join(
+            packer.pack(key) + packer.pack(value) for key, value in message.items()
+        )
+        times = [time.time(), self.group_expiry, self.expiry, LOSS_MARK_EXPIRY]
+        capacities = [self.get_capacity(self.inbox), self.capacity]
+        return [
+            len(groups),
+            *(self._group_key(group) for group in groups),
+            body,
+            os.urandom(self._serializer.random_prefix_length),
+            *times,
+            *capacities,
+            self.prefix,
+            *groups,
+        ]
+
+    def count_full(self, full: int) -> None:
+        if full:
+            WS_DROPPED.labels("channel_full").inc(full)
+            logger.warning("%d server processes are not reading their live events", full)
 
     def channel_key(self, channel: str) -> bytes:
         key: str = self.prefix + self.non_local_name(channel)

@@ -171,7 +171,7 @@ def open_allowed(fp: BinaryIO, max_pixels: int, max_jpeg_scans: int | None = Non
         raise ImageTooLarge(
             f"{width}x{height} is {width * height / 1e6:.1f} megapixels; the limit is {max_pixels / 1e6:g}"
         )
-    if max_jpeg_scans is not None and format_of(image) == "JPEG":
+    if max_jpeg_scans is not None and format_of(image) == "JPEG" and image.info.get("progressive"):
         check_jpeg_scans(fp, max_jpeg_scans)
     return image
 
@@ -181,6 +181,11 @@ def check_jpeg_scans(fp: BinaryIO, limit: int) -> None:
 
     Decoding costs a pass over the whole image per scan, so a small progressive JPEG of thousands
     of scans takes minutes. Counting them is a walk from marker to marker, stopped past the limit.
+    Only a progressive JPEG is walked (open_allowed): a progressive scan covers the whole image in a
+    few bytes (end-of-band runs), where a sequential one codes every block it covers in a few bits
+    at least, so its decode costs in proportion to its bytes, and the decoder refuses a second scan
+    of an image whose first one held every component ("broken data stream"). Most photos are
+    sequential: the walk, a pass over the whole file, is skipped for them.
     """
     with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as data:
         scans = count_scans(data, stop_after=limit)

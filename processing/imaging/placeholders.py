@@ -16,8 +16,12 @@ from processing.imaging.codecs import pixels_for
 
 # BlurHash's own advice for photos: 4 components across and 3 down, a 28-character string.
 COMPONENTS = (4, 3)
-# A BlurHash holds only the lowest frequencies: 32 pixels on the long edge have all of them.
-HASH_EDGE = 32
+# A BlurHash holds only the lowest frequencies: 4 components across need 8 samples; 16 pixels on
+# the long edge have all of them. The library reads its pixels one by one in Python (0.33 ms at 32
+# pixels, 0.09 at 16): the fewer, the cheaper.
+HASH_EDGE = 16
+# The preview's pixels are sampled down to this first, and the hash's from them.
+SAMPLE_EDGE = 32
 # The preview, shown stretched and blurred by the page: small enough to fit a data: URL of 1 KB.
 PREVIEW_EDGE = 24
 PREVIEW_QUALITY = 40
@@ -31,8 +35,9 @@ class Placeholder:
 
 
 def make(image: Image.Image) -> Placeholder:
-    small = shrink(image, scaled(image.size, HASH_EDGE)).convert("RGB")
-    return Placeholder(blurhash.encode(small.copy(), *COMPONENTS), preview_url(small))
+    small = shrink(image, scaled(image.size, SAMPLE_EDGE)).convert("RGB")
+    smaller = small.resize(scaled(small.size, HASH_EDGE), Image.Resampling.BOX)  # encode() closes it
+    return Placeholder(blurhash.encode(smaller, *COMPONENTS), preview_url(small))
 
 
 def preview_url(small: Image.Image) -> str:

@@ -6,12 +6,13 @@ mismatch; a repeat while the first is still being handled finds the key in use. 
 fails gives its key back.
 """
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from processing.errors import IdempotencyKeyInUse, IdempotencyKeyInvalid, IdempotencyKeyMismatch
 from processing.models import IdempotencyKey, Job
@@ -58,11 +59,23 @@ def reserve(owner: str, key: str, request: str) -> tuple[IdempotencyKey | None, 
         raise IdempotencyKeyInvalid(
             f"Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
         )
-    try:
-        with transaction.atomic():
-            return IdempotencyKey.objects.create(owner=owner, key=key, fingerprint=request), None
-    except IntegrityError:
+    record = IdempotencyKey(owner=owner, key=key, fingerprint=request)
+    if not inserted(record):
         return None, remembered_jobs(owner, key, request)
+    return record, None
+
+
+def inserted(record: IdempotencyKey) -> bool:
+    """Insert the record; False when the owner has used its key before. Outside a transaction the
+    INSERT goes alone, its failure harmless; inside one, within a savepoint, so that its failure
+    doesn't end the transaction."""
+    guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with guard:
+            record.save(force_insert=True)
+    except IntegrityError:
+        return False
+    return True
 
 
 def remembered_jobs(owner: str, key: str, request: str) -> list[Job]:

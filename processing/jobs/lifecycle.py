@@ -110,7 +110,7 @@ def complete(job: Job, worker: str, **result_fields: Any) -> bool:
         "finished_at": timezone.now(),
         "lease_expires_at": None,
     }
-    updated = lease.held_by(job.id, worker).update(**finished, **result_fields)
+    updated = lease.update_held(job.id, worker, **finished, **result_fields)
     if updated:
         for name, value in {**finished, **result_fields}.items():
             setattr(job, name, value)

@@ -181,6 +181,8 @@ def create_job(prepared: Prepared, upload: Upload, info: ImageInfo, job_id: uuid
     donor = reusable_result(job) if settings.RESULT_REUSE else None
     if donor:
         complete_from(job, donor)
+    else:
+        publishing.stamped_as_published(job)
     job.save(force_insert=True)
     return job
 

@@ -141,8 +141,9 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
         assert made is not None  # an operation that produces an image returns one
         fields.update(store_image_output(job, made, params, info.format, timings))
         fields.update(placeholders.fields(made))
-        admin_thumbnails.store(fields["output_key"], made)
-    admin_thumbnails.store(job.input_key, image)  # from the decoded pixels: the admin never decodes an upload
+        stored_size = (fields["output_width"], fields["output_height"])
+        admin_thumbnails.store_unless_later(fields["output_key"], made, stored_size)
+    admin_thumbnails.store_unless_later(job.input_key, image, (info.width, info.height))
     # After storing: encode_ms and store_ms belong in the metrics too.
     fields["metrics"] = {**result.metrics, **timings}
     fields["processing_ms"] = elapsed_ms(started)

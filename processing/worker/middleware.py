@@ -10,6 +10,8 @@ import time
 from types import FrameType
 from typing import Any
 
+from django import db
+from django_dramatiq.middleware import DbConnectionsMiddleware
 from dramatiq import Broker, Middleware, Worker
 from dramatiq.broker import MessageProxy
 from dramatiq.compat import StreamablePipe
@@ -18,6 +20,33 @@ logger = logging.getLogger(__name__)
 
 PARENT_CHECK_SECONDS = 0.5  # how soon a worker process notices that its main process is gone
 REFUSED = 2  # a worker process's exit status for a bad command line, as dramatiq.cli's RET_IMPORT
+
+
+class KeepDbConnections(DbConnectionsMiddleware):  # type: ignore[misc]  # django-dramatiq ships no types
+    """A worker thread keeps its database connection from one message to the next, and closes it only
+    when it is broken or left in a transaction; at shutdown every connection is closed, as before.
+
+    The connections come from a pool (CONN_MAX_AGE 0, for the server's short-lived request threads),
+    so Django's own clean-up would give the thread's connection back after every message and take
+    one again for the next: half a millisecond of a worker's CPU per job, for a worker thread that
+    lives as long as its process. A connection that the database dropped fails the job's next
+    statement, which is retried (a transient error) after it was closed here.
+    """
+
+    def _close_broken_connections(self, *args: Any, **kwargs: Any) -> None:
+        for connection in db.connections.all(initialized_only=True):
+            if connection.connection is None:
+                continue
+            left_in_transaction = connection.in_atomic_block or (
+                connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"]
+            )
+            if left_in_transaction or (connection.errors_occurred and not connection.is_usable()):
+                connection.close()
+            else:
+                connection.errors_occurred = False
+
+    before_process_message = _close_broken_connections
+    after_process_message = _close_broken_connections
 
 
 class FailJobWhenMessageDies(Middleware):

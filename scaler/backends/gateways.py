@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from project.serving import UVICORN_FLAGS
-from scaler.backends.nginx import Nginx
+from scaler.backends.nginx import DOWNLOAD_PREFIX, Nginx
 from scaler.backends.processes import describe_exit, free_port, spawn, utc_now, wait_all
 from scaler.readings import answers, probe_ms
 
@@ -63,8 +63,9 @@ def gateway_command(host: str, port: int) -> list[str]:
 
 
 def gateway_environment(host: str) -> dict[str, str]:
-    """The gateway's Django counts X-Forwarded-For from the same proxies as its uvicorn."""
-    return {"TRUSTED_PROXIES": ",".join(trusted_proxies(host))}
+    """The gateway's Django counts X-Forwarded-For from the same proxies as its uvicorn, and leaves
+    sending a result on local disk to the nginx in front of it."""
+    return {"TRUSTED_PROXIES": ",".join(trusted_proxies(host)), "DOWNLOAD_ACCEL_PREFIX": DOWNLOAD_PREFIX}
 
 
 def trusted_proxies(host: str) -> list[str]:

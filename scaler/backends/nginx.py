@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(settings.BASE_DIR) / "deploy" / "nginx" / "darkroom.conf"
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+# darkroom.conf's internal location of the media folder: the gateways behind this nginx answer a
+# download with "X-Accel-Redirect: DOWNLOAD_PREFIX<key>", and nginx sends the file.
+DOWNLOAD_PREFIX = "/_darkroom/media/"
 
 
 class NginxError(Exception):
@@ -53,10 +56,13 @@ def main_config(prefix: Path) -> str:
 
 
 class Nginx:
-    def __init__(self, prefix: Path, listen: str, max_body_bytes: int, binary: str = "nginx"):
+    def __init__(
+        self, prefix: Path, listen: str, max_body_bytes: int, media_root: Path, binary: str = "nginx"
+    ):
         self.prefix = Path(prefix).resolve()
         self.listen = listen
         self.max_body_bytes = max_body_bytes
+        self.media_root = Path(media_root).resolve()  # the gateways' MEDIA_ROOT: nginx sends results from it
         self.binary = binary
         self.process: subprocess.Popen | None = None
 
@@ -90,6 +96,7 @@ class Nginx:
             CLIENT_MAX_BODY_SIZE=str(self.max_body_bytes),
             UPSTREAMS=str(self.upstreams_file),
             ACCESS_LOG=str(self.access_log),
+            MEDIA_ROOT=str(self.media_root),
         )
         (self.prefix / "darkroom.conf").write_text(site)
         self.config_file.write_text(main_config(self.prefix))

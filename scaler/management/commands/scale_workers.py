@@ -125,6 +125,7 @@ def local_gateways(options) -> LocalGateways:
         # Batches are the largest bodies: nginx takes them, and the gateway refuses each request
         # past its own limit (gateway.http.body_limits).
         max_body_bytes=body_limits(settings).batch,
+        media_root=settings.MEDIA_ROOT,
         binary=options["NGINX_BINARY"],
     )
     return LocalGateways(nginx, port_start=options["GATEWAY_PORT_START"])
