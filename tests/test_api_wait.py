@@ -1,8 +1,7 @@
 """GET /api/v1/jobs/{id}?wait=N: one request that answers the moment the job ends.
 
-The requests go through the ASGI entry point's HTTP stack as the server runs it (the
-synchronous Django app on a2wsgi's threads, behind gateway.live.waiting.LongPolls) in the
-test's event loop, with the in-memory channel layer of the embedded default; the job
+The requests go through the ASGI entry point's HTTP stack as the server runs it (tests.waits)
+in the test's event loop, with the in-memory channel layer of the embedded default; the job
 changes through processing.jobs.lifecycle, as a worker changes it.
 """
 
@@ -11,10 +10,10 @@ import time
 
 import httpx
 import pytest
-from a2wsgi import WSGIMiddleware
 from django.core.wsgi import get_wsgi_application
 from django.db.models import QuerySet
 
+from gateway.http.wsgi_threads import ThreadedWsgi
 from gateway.live import waiting
 from processing.jobs import lease, lifecycle
 from processing.models import Job
@@ -343,7 +342,7 @@ async def test_long_polls_however_encoded_hold_no_thread_and_other_requests_are_
 
 async def test_a_wait_that_reaches_the_view_is_answered_at_once_with_the_job_as_it_is():
     """Without LongPolls in front (a WSGI server), the view never waits: the job's state, now."""
-    app = WSGIMiddleware(get_wsgi_application(), workers=1)
+    app = ThreadedWsgi(get_wsgi_application(), workers=1)
     job = await in_thread(stored_job)()
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://testserver"

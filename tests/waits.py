@@ -1,16 +1,16 @@
-"""Requests through the ASGI entry point's HTTP stack as the server runs it: the synchronous Django
-app on a2wsgi's threads, behind gateway.live.waiting.LongPolls, in the test's event loop.
-
+"""Requests through the ASGI entry point's HTTP stack as the server runs it, in the test's event
+loop: the synchronous Django app on the server's request threads (gateway.http.wsgi_threads),
+behind gateway.live.waiting.LongPolls.
 """
 
 import asyncio
 import contextlib
 
 import httpx
-from a2wsgi import WSGIMiddleware
 from channels.db import database_sync_to_async
 from django.core.wsgi import get_wsgi_application
 
+from gateway.http.wsgi_threads import ThreadedWsgi
 from gateway.live import waiting
 
 THREADS = 4  # the server's request threads
@@ -21,7 +21,7 @@ in_thread = database_sync_to_async
 @contextlib.asynccontextmanager
 async def client_of_the_server(views: list | None = None):
     """An HTTP client of the server's HTTP stack; `views` collects the paths that reached Django."""
-    django_http = WSGIMiddleware(get_wsgi_application(), workers=THREADS)
+    django_http = ThreadedWsgi(get_wsgi_application(), workers=THREADS)
 
     async def counted(scope, receive, send):
         if views is not None:

@@ -466,14 +466,6 @@ def job_download(request: CallerRequest, job_id: str) -> HttpResponseBase:
     return response
 
 
-class ResultFileResponse(FileResponse):
-    """A result file in pieces of up to 256 KiB: most results in one. Under project.asgi each piece
-    is a hop from a request thread to the event loop, and Django's own 4 KiB pieces made a typical
-    result cost some sixty of them."""
-
-    block_size = 256 * 1024
-
-
 def file_response(key: str, content_type: str, filename: str) -> HttpResponseBase:
     """The stored file itself, a redirect to its signed, expiring URL in object storage, or, behind
     nginx (DOWNLOAD_ACCEL_PREFIX), an empty answer that tells nginx which file to send."""
@@ -483,9 +475,8 @@ def file_response(key: str, content_type: str, filename: str) -> HttpResponseBas
         return HttpResponseRedirect(default_storage.url(key))
     if settings.DOWNLOAD_ACCEL_PREFIX:
         return accel_redirect(settings.DOWNLOAD_ACCEL_PREFIX + quote(key), content_type, filename)
-    return ResultFileResponse(
-        open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type
-    )
+    # Sent in large pieces by the server's request threads (gateway.http.wsgi_threads).
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type)
 
 
 def accel_redirect(uri: str, content_type: str, filename: str) -> HttpResponse:
