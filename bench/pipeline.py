@@ -673,6 +673,17 @@ def server_timing_rows(pipeline: dict) -> list:
 
 
 # --- the command -------------------------------------------------------------------
+def add_poll_argument(parser: argparse.ArgumentParser) -> None:
+    """--poll, as every benchmark of the pipeline's client takes it (Waiting reads it)."""
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"seconds between reads in poll mode (default {POLL_EVERY_S:g}); alone, it selects poll mode",
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -711,13 +722,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "return=representation), falling back to long-poll where the server answers 202; long-poll: "
         f"submit, ?wait={LONG_POLL_S}, download; poll: submit, reads every --poll seconds, download",
     )
-    parser.add_argument(
-        "--poll",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"seconds between reads in poll mode (default {POLL_EVERY_S:g}); alone, it selects poll mode",
-    )
+    add_poll_argument(parser)
     parser.add_argument(
         "--no-download",
         dest="download",

@@ -36,6 +36,7 @@ from bench.pipeline import (
     OtherLoad,
     UsageError,
     Waiting,
+    add_poll_argument,
     cores,
     interrupt,
     log,
@@ -345,13 +346,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how Darkroom's client waits (bench.pipeline's modes; default one-request, the result in "
         "the submit's answer); every mode ends with the result's bytes",
     )
-    parser.add_argument(
-        "--poll",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"seconds between reads in poll mode (default {POLL_EVERY_S:g}); alone, it selects poll mode",
-    )
+    add_poll_argument(parser)
     parser.add_argument(
         "--thumbor", type=Path, default=THUMBOR, help=f"thumbor's command (default {THUMBOR})"
     )

@@ -237,6 +237,14 @@ def live_stack(tmp_path_factory):
         yield stack
 
 
+@pytest.fixture(scope="module")
+def worker(live_stack):
+    """One worker process for the live stack's jobs, for the module's tests."""
+    live_stack.start_worker("worker")
+    yield
+    live_stack.stop("worker")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS, bench/s3.py) for the whole run; each user makes its own bucket."""

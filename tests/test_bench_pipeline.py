@@ -489,13 +489,6 @@ def test_the_raw_loop_gives_its_cpu_per_image_for_the_fixed_cost():
 
 
 # --- against today's server ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def worker(live_stack):
-    live_stack.start_worker("worker")
-    yield
-    live_stack.stop("worker")
-
-
 @pytest.mark.services
 def test_the_server_answers_a_job_with_its_result_in_one_request(live_stack, worker):
     upload = jpeg_bytes(gradient(320, 240))

@@ -230,13 +230,6 @@ def test_a_failed_job_is_counted_as_failed_and_nothing_is_downloaded():
 
 
 # --- the same client against the real stack ----------------------------------------------
-@pytest.fixture(scope="module")
-def worker(live_stack):
-    live_stack.start_worker("worker")
-    yield
-    live_stack.stop("worker")
-
-
 @pytest.mark.services
 @pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.service)
 def test_the_darkroom_client_gets_the_result_thumbor_would_give(live_stack, worker, comparison):

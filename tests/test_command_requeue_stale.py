@@ -26,23 +26,22 @@ def queued_job(age_seconds: int, **fields) -> Job:
     return stored_job(created_at=timezone.now() - timedelta(seconds=age_seconds), **fields)
 
 
-def test_a_job_whose_message_never_reached_the_broker_is_republished_and_completes(run_jobs, capsys):
-    lost = queued_job(age_seconds=120)  # committed, but the publish never happened
+@pytest.mark.parametrize(
+    "stamped",
+    [
+        False,  # committed, but the publish never happened
+        True,  # a new job's row is stamped as published when written: its process died before the publish
+    ],
+    ids=["unpublished", "died-before-its-publish"],
+)
+def test_a_job_whose_message_never_reached_the_broker_is_republished_and_completes(run_jobs, capsys, stamped):
+    stamp = {"enqueued_at": timezone.now() - timedelta(seconds=60)} if stamped else {}
+    lost = queued_job(age_seconds=120, **stamp)
     call_command("requeue_stale")
     assert "re-published 1 stale job(s)" in capsys.readouterr().out
     run_jobs()
     lost.refresh_from_db()
     assert lost.status == Job.COMPLETED
-
-
-def test_a_job_whose_process_died_between_its_row_and_its_publish_is_republished(run_jobs, capsys):
-    # A new job's row is stamped as published when it is written: the process died before the publish.
-    orphan = queued_job(age_seconds=60, enqueued_at=timezone.now() - timedelta(seconds=60))
-    call_command("requeue_stale")
-    assert "re-published 1 stale job(s)" in capsys.readouterr().out
-    run_jobs()
-    orphan.refresh_from_db()
-    assert orphan.status == Job.COMPLETED
 
 
 def test_fresh_jobs_and_jobs_whose_message_waits_in_the_queue_are_left_alone(stub_broker, capsys):

@@ -15,13 +15,6 @@ from tests.stack import LiveStack, rabbitmqctl
 pytestmark = pytest.mark.services
 
 
-@pytest.fixture(scope="module")
-def worker(live_stack):
-    live_stack.start_worker("worker")
-    yield
-    live_stack.stop("worker")
-
-
 def test_the_curl_example_works_as_written(live_stack, worker, tmp_path):
     (tmp_path / "test.jpg").write_bytes(images.jpeg_bytes(images.gradient(640, 480)))
     url = f"{live_stack.base_url}/api/v1/process/grayscale"
