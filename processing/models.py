@@ -148,7 +148,34 @@ def find_job(job_id: uuid.UUID, owner: Owner | None) -> Job | None:
     sql, template = _find_job_query("staff" if owner is None else owner.kind)
     name = "" if owner is None else owner.key or owner.subject or owner.session  # what its kind goes by
     given = {_prepared_pk(_ANY_JOB): _prepared_pk(job_id), _ANY_OWNER: name}
-    return next(iter(Job.objects.raw(sql, [given.get(p, p) for p in template])), None)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [given.get(p, p) for p in template])
+        row = cursor.fetchone()
+    return None if row is None else _job_of_row(row)
+
+
+def _job_of_row(row: tuple[Any, ...]) -> Job:
+    """A Job from a row of all its columns, converted as the ORM converts them (a raw queryset would
+    work out which columns and converters apply for every row, several times the cost of the read)."""
+    names, converters = _row_reading()
+    values = list(row)
+    for index, column, convert in converters:
+        values[index] = convert(values[index], column, connection)
+    return Job.from_db(connection.alias, names, values)
+
+
+@functools.cache
+def _row_reading() -> tuple[list[str], list[tuple[int, Any, Any]]]:
+    """The field names of Job's columns, in the order a query of all of them selects them, and each
+    column's converters from the database's values (JSON text to objects, for one)."""
+    fields = Job._meta.concrete_fields
+    converters = [
+        (index, field.cached_col, convert)
+        for index, field in enumerate(fields)
+        for convert in connection.ops.get_db_converters(field.cached_col)
+        + field.cached_col.get_db_converters(connection)
+    ]
+    return [field.attname for field in fields], converters
 
 
 # Stand-ins for the values find_job's compiled query is filled in with.

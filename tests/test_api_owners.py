@@ -6,6 +6,8 @@ from django.core.management import call_command
 from django.test import Client
 
 from gateway.models import ApiKey
+from processing.models import Job, find_job
+from processing.owners import Owner
 from tests.uploads import submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -105,3 +107,19 @@ def test_create_api_key_prints_the_key_once_and_stores_only_its_hash(client, cap
     secret = printed.split("_", 2)[2]  # dk_<prefix>_<secret>; the secret may itself hold "_"
     assert secret not in stored.secret_hash  # the secret itself is nowhere in the row
     assert client.get("/api/v1/files/stats", headers={"X-API-Key": printed}).status_code == 200
+
+
+def test_the_job_its_owner_reads_has_every_field_as_stored(client, api_key, run_jobs):
+    alice = api_key("alice")
+    job_id = submit(client, headers=alice, format="auto").json()["job_id"]
+    run_jobs()
+    stored = Job.objects.get(id=job_id)
+    assert stored.status == Job.COMPLETED and stored.parameters and stored.metrics  # JSON, datetimes, all
+
+    found = find_job(stored.id, stored.owner)
+
+    columns = [field.attname for field in Job._meta.concrete_fields]
+    assert {name: getattr(found, name) for name in columns} == {
+        name: getattr(stored, name) for name in columns
+    }
+    assert find_job(stored.id, Owner.from_identity("anonymous")) is None  # anyone else finds nothing
