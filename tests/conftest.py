@@ -267,7 +267,11 @@ def api_key(db):
 
 @pytest.fixture(autouse=True)
 def rate_limits_from_zero(settings, redis_of_this_worker):
-    """No test starts with the counts of the ones before it (all are the same client, 127.0.0.1)."""
+    """No test starts with the counts of the ones before it (all are the same client, 127.0.0.1), nor
+    with the limits off because Redis failed in one before it (the limiter then stays off a few seconds)."""
+    from gateway.auth import ratelimit
+
+    ratelimit.reset_failure_memory()
     if settings.REDIS_URL:
         clear_rate_limits(settings.REDIS_URL)
 
