@@ -297,10 +297,15 @@ def test_a_forged_upload_is_refused_before_its_body_is_read(stub_broker, headers
     assert Job.objects.count() == 0
 
 
-def test_an_upload_over_the_submit_limit_is_refused_before_its_body_is_read(client, stub_broker, settings):
+def test_form_uploads_share_the_api_rate_limit_and_are_refused_before_their_body_is_read(
+    client, stub_broker, settings
+):
     settings.RATE_LIMIT_SUBMIT = "1/d"
     page(client)
     assert upload(client).status_code == 303
+    refused = upload(client)
+    assert refused.status_code == 429
+    assert int(refused["Retry-After"]) >= 1
     body = LargeUpload(LARGE_UPLOAD_BYTES)
 
     refused = post_streamed(client, "/upload", body)
@@ -317,15 +322,6 @@ def test_a_form_with_its_token_in_the_body_alone_still_uploads(stub_broker):
     form = {"csrfmiddlewaretoken": browser.cookies["csrftoken"].value, "service": "grayscale"}
     assert browser.post("/upload", {**form, "image": png()}).status_code == 303
     assert Job.objects.count() == 1
-
-
-def test_form_uploads_share_the_api_rate_limit(client, stub_broker, settings):
-    settings.RATE_LIMIT_SUBMIT = "1/d"
-    page(client)
-    assert upload(client).status_code == 303
-    refused = upload(client)
-    assert refused.status_code == 429
-    assert int(refused["Retry-After"]) >= 1
 
 
 def test_form_uploads_and_api_submissions_draw_on_one_counter(client, stub_broker, settings):

@@ -122,7 +122,7 @@ class FileWrapper:
     """`wsgi.file_wrapper` (PEP 3333): a response that is a file, which Exchange reads in large pieces."""
 
     def __init__(self, file: Any, block_size: int = FILE_PIECE):
-        self.file = file  # iterated in `block_size` blocks by anything but Exchange
+        self.file = file  # read in FILE_PIECE pieces, whatever `block_size` (PEP 3333's signature) asks
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.pieces())
