@@ -144,6 +144,15 @@ def test_an_upload_without_an_image_is_a_400(client):
     assert (response.status_code, error_of(response)["code"]) == (400, "missing_image")
 
 
+def test_fields_other_than_a_name_of_a_few_hundred_characters_are_refused(client):
+    too_long = upload_asset(client, name="x" * 256)
+    unknown = upload_asset(client, opacity="0.5")
+    assert too_long.status_code == unknown.status_code == 422
+    assert [problem["field"] for problem in error_of(too_long)["fields"]] == ["name"]
+    assert [problem["field"] for problem in error_of(unknown)["fields"]] == ["opacity"]
+    assert not Asset.objects.exists()
+
+
 # --- Watermark jobs that name an asset ------------------------------------------------------------
 
 

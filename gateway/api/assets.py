@@ -13,11 +13,13 @@ from ninja import Router, Status
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, CallerRequest
 from gateway.api.schemas import AssetOut, AssetsOut, ErrorOut
 from gateway.http import intake
-from gateway.http.errors import not_found
+from gateway.http.errors import invalid_parameters, not_found
 from processing import assets
 from processing.models import Asset
 
 router = Router(tags=["assets"])
+
+MAX_NAME_LENGTH = 255  # Asset.name
 
 UPLOAD_ERRORS = {code: ErrorOut for code in (400, 401, 403, 409, 411, 413, 415, 422, 429, 503)}
 READ_ERRORS = {code: ErrorOut for code in (401, 403, 404, 429, 503)}
@@ -74,6 +76,20 @@ def get_asset(request: CallerRequest, asset_id: str) -> Asset:
     return found
 
 
+def check_form(request: CallerRequest) -> None:
+    """The upload's form fields are `name` alone (a browser session's form adds its CSRF token)."""
+    problems = [
+        {"field": field, "rule": "extra_forbidden", "message": "not a field of an asset upload"}
+        for field in request.POST
+        if field not in ("name", "csrfmiddlewaretoken")
+    ]
+    if len(request.POST.get("name", "")) > MAX_NAME_LENGTH:
+        message = f"at most {MAX_NAME_LENGTH} characters"
+        problems.append({"field": "name", "rule": "string_too_long", "message": message})
+    if problems:
+        raise invalid_parameters(problems)
+
+
 @router.post(
     "/assets",
     response={201: AssetOut, **UPLOAD_ERRORS},
@@ -84,8 +100,10 @@ def get_asset(request: CallerRequest, asset_id: str) -> Asset:
 def upload_asset(request: CallerRequest, response: HttpResponse) -> Status[dict[str, Any]]:
     """Upload `image` (multipart) once, to overlay on your results: watermark's `asset_id` names it.
     Any supported format, within MAX_ASSET_BYTES and MAX_ASSET_PIXELS; MAX_ASSETS_PER_OWNER each."""
+    check_form(request)
+    name = request.POST.get("name", "")
     upload = intake.uploads_from(request, at_most=1)[0]
-    asset = assets.create(request.auth.owner, upload, name=request.POST.get("name", ""))
+    asset = assets.create(request.auth.owner, upload, name=name)
     response["Location"] = asset_url(asset.id)
     return Status(201, asset_json(asset))
 
