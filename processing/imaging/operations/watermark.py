@@ -33,8 +33,8 @@ MAX_TEXT_LENGTH = 200
 MIN_FONT_SIZE, MAX_FONT_SIZE = 4, 1000
 # An overlay (turned) may have this many times the image's pixels, and OVERLAY_MIN_PIXELS whatever
 # the image: text a little wider than a small image is fine (it is cut at the edge), a huge one on a
-# thumbnail is not. Text is twice: a line across a square photo's diagonal is larger than the photo.
-# Text is held as one byte a pixel, an image as four (memory_per_pixel below counts both at their bound).
+# thumbnail is not. Text may have twice as many, as a line across a square photo's diagonal needs;
+# it is held as one byte a pixel, an image as four (memory_per_pixel counts both at their bound).
 TEXT_PIXELS_PER_PIXEL = 2
 IMAGE_PIXELS_PER_PIXEL = 1
 OVERLAY_MIN_PIXELS = 1_000_000
