@@ -178,6 +178,7 @@ MEMORY_PARAMS = {
     "crop": {"x": 0, "y": 0, "width": 3000, "height": 3000},
     "resize": {"width": 400, "height": 300},
     "thumbnail": {},
+    "watermark": {"text": "Darkroom", "font_size": 64, "tile": True, "angle": 30},
 }
 # One job's work in a fresh process; prints the rise of its peak resident memory, in MB.
 MEASURE_ONE = """

@@ -1,6 +1,7 @@
 """The jobs admin: find jobs (status, service, owner, date; by id or sha256), see their
 images, timings and audit trail, and act on them: retry, cancel, re-publish the dead
-letters, delete with their files.
+letters, delete with their files. And the assets admin: every owner's overlay images
+(processing.assets), to see and delete.
 
 Every field is read-only: a job changes only through its lifecycle (processing.jobs.lifecycle).
 Storage keys never appear; images are shown as thumbnails (processing.imaging.admin_thumbnails),
@@ -30,7 +31,7 @@ from processing import storage
 from processing.errors import BrokerUnavailable
 from processing.imaging import admin_thumbnails
 from processing.jobs import lifecycle, publishing
-from processing.models import Job
+from processing.models import Asset, Job
 from processing.owners import Owner, owned_by
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ DEAD_LETTER_CODES = ("processing_error", "worker_lost", "time_limit_exceeded")
 # ModelAdmin is generic to the type checker alone: Django's own class takes no [Job].
 if TYPE_CHECKING:
     JobModelAdmin = admin.ModelAdmin[Job]
+    AssetModelAdmin = admin.ModelAdmin[Asset]
 else:
-    JobModelAdmin = admin.ModelAdmin
+    JobModelAdmin = AssetModelAdmin = admin.ModelAdmin
 
 
 class OwnerFilter(admin.SimpleListFilter):
@@ -72,7 +74,8 @@ class OwnerFilter(admin.SimpleListFilter):
             *keys,
         ]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        """Jobs or assets: both have the owner columns."""
         value = self.value() or ""
         if value == "session":
             return queryset.filter(owner_key="", owner_subject="").exclude(owner_session="")
@@ -211,15 +214,7 @@ class JobAdmin(JobModelAdmin):
 
     @admin.display(description="owner")
     def owner(self, job: Job) -> str:
-        if job.owner_key:
-            return f"API key #{job.owner_key}"
-        if job.owner_subject:
-            return f"token {job.owner_subject}"
-        if job.owner_user_id:
-            return f"user {job.owner_user}"
-        if job.owner_session:
-            return f"session {job.owner_session[:8]}"
-        return "anonymous"
+        return owner_label(job)
 
     @admin.display(description="input")
     def input_thumbnail(self, job: Job) -> str:
@@ -284,18 +279,7 @@ class JobAdmin(JobModelAdmin):
         job = self.get_queryset(request).filter(pk=job_id).first()
         if job is None or not self.has_view_permission(request, job) or not has_thumbnail(job, side):
             raise Http404("no such image")
-        key = file_key(job, side)
-        try:
-            data: bytes | None = storage.read(storage.thumbnail_key(key))
-        except OSError:  # not made yet: made now, within its bound, and kept for the next view
-            data = admin_thumbnails.make_later(key, settings.MAX_IMAGE_PIXELS, settings.MAX_JPEG_SCANS)
-        if data is None:  # see PLACEHOLDER
-            response = HttpResponse(PLACEHOLDER, content_type="image/svg+xml")
-            response["Cache-Control"] = "private, no-cache"
-            return response
-        response = HttpResponse(data, content_type=admin_thumbnails.CONTENT_TYPE)
-        response["Cache-Control"] = "private, max-age=3600"
-        return response
+        return thumbnail_response(file_key(job, side))
 
     # --- Actions ----------------------------------------------------------------------
 
@@ -376,7 +360,120 @@ class JobAdmin(JobModelAdmin):
         super().delete_queryset(request, queryset)
 
 
+@admin.register(Asset)
+class AssetAdmin(AssetModelAdmin):
+    """Every owner's overlay images: see them and whose they are, and delete them with their files.
+    They come only from their owners' uploads (POST /api/v1/assets) and never change."""
+
+    list_display = ("short_id", "name", "owner", "thumbnail", "size", "bytes", "created_at")
+    list_display_links = ("short_id",)
+    list_filter = (OwnerFilter, "source_format", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("=id", "=sha256", "name")
+    search_help_text = "An asset id, an upload's sha256, or a name"
+    list_per_page = 50
+    fields = (
+        "id",
+        "preview",
+        "name",
+        "owner_key",
+        "owner_subject",
+        "owner_session",
+        "owner_user",
+        "source_format",
+        "width",
+        "height",
+        "bytes",
+        "sha256",
+        "created_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # assets come from their owners' uploads
+
+    def has_change_permission(self, request: HttpRequest, obj: Asset | None = None) -> bool:
+        return False  # and never change: a job that names one gets the same pixels every time
+
+    @admin.display(description="asset", ordering="id")
+    def short_id(self, asset: Asset) -> str:
+        return str(asset.id)[:8]
+
+    @admin.display(description="owner")
+    def owner(self, asset: Asset) -> str:
+        return owner_label(asset)
+
+    @admin.display(description="size")
+    def size(self, asset: Asset) -> str:
+        return f"{asset.width} × {asset.height}"
+
+    @admin.display(description="image")
+    def thumbnail(self, asset: Asset) -> str:
+        return asset_thumbnail_tag(asset, size=64)
+
+    @admin.display(description="image")
+    def preview(self, asset: Asset) -> str:
+        return asset_thumbnail_tag(asset, size=THUMBNAIL_EDGE)
+
+    def get_urls(self) -> list[URLPattern]:
+        thumbnail = self.admin_site.admin_view(self.thumbnail_view)
+        return [
+            path("<uuid:asset_id>/thumbnail/", thumbnail, name="processing_asset_thumbnail"),
+            *super().get_urls(),
+        ]
+
+    def thumbnail_view(self, request: HttpRequest, asset_id: UUID) -> HttpResponse:
+        asset = self.get_queryset(request).filter(pk=asset_id).first()
+        if asset is None or not self.has_view_permission(request, asset):
+            raise Http404("no such image")
+        return thumbnail_response(asset.key)
+
+
 # --- Helpers ---------------------------------------------------------------------------------
+
+
+def owner_label(row: Job | Asset) -> str:
+    """Whose a job or an asset is, for people."""
+    if row.owner_key:
+        return f"API key #{row.owner_key}"
+    if row.owner_subject:
+        return f"token {row.owner_subject}"
+    if row.owner_user_id:
+        return f"user {row.owner_user}"
+    if row.owner_session:
+        return f"session {row.owner_session[:8]}"
+    return "anonymous"
+
+
+def thumbnail_response(key: str) -> HttpResponse:
+    """The thumbnail of the stored file at `key`: stored, or made on this first view; a placeholder
+    when it can't be made."""
+    try:
+        data: bytes | None = storage.read(storage.thumbnail_key(key))
+    except OSError:  # not made yet: made now, within its bound, and kept for the next view
+        data = admin_thumbnails.make_later(key, settings.MAX_IMAGE_PIXELS, settings.MAX_JPEG_SCANS)
+    if data is None:  # see PLACEHOLDER
+        response = HttpResponse(PLACEHOLDER, content_type="image/svg+xml")
+        response["Cache-Control"] = "private, no-cache"
+        return response
+    response = HttpResponse(data, content_type=admin_thumbnails.CONTENT_TYPE)
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def asset_thumbnail_tag(asset: Asset, size: int) -> str:
+    url = reverse("admin:processing_asset_thumbnail", args=[asset.pk])
+    return image_tag(url, f"Asset {str(asset.pk)[:8]}", size)
+
+
+def image_tag(url: str, alt: str, size: int) -> str:
+    return format_html(
+        '<img src="{}" alt="{}" width="{}" height="{}" loading="lazy" '
+        'style="object-fit:contain;background:#eee">',
+        url,
+        alt,
+        size,
+        size,
+    )
 
 
 def file_key(job: Job, side: str) -> str:
@@ -395,15 +492,7 @@ def thumbnail_tag(job: Job, side: str, size: int) -> str:
         # A running job's thumbnails come when it completes; other jobs have none to show.
         return "pending" if not job.is_finished else "–"
     url = reverse("admin:processing_job_thumbnail", args=[job.pk, side])
-    return format_html(
-        '<img src="{}" alt="{} of job {}" width="{}" height="{}" loading="lazy" '
-        'style="object-fit:contain;background:#eee">',
-        url,
-        side.capitalize(),
-        str(job.pk)[:8],
-        size,
-        size,
-    )
+    return image_tag(url, f"{side.capitalize()} of job {str(job.pk)[:8]}", size)
 
 
 def stop_if_running(job: Job) -> None:

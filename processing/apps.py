@@ -10,11 +10,15 @@ class ProcessingConfig(AppConfig):
         from django.core import checks
         from django.db.models.signals import post_delete
 
-        from processing import storage
+        from processing import assets, storage
         from processing.events.layer import check_channel_layer
         from processing.imaging import codecs
-        from processing.models import Job
+        from processing.imaging.operations import watermark
+        from processing.models import Asset, Job
 
         checks.register(check_channel_layer)
         codecs.set_avif_speed(settings.AVIF_SPEED)
         post_delete.connect(storage.delete_files_of_deleted_job, sender=Job, dispatch_uid="job-files")
+        post_delete.connect(assets.delete_file_of_deleted_asset, sender=Asset, dispatch_uid="asset-files")
+        # The watermark operation reads its owners' images through it, in this process's every thread.
+        watermark.install_asset_source(assets.StoredAssets())

@@ -45,6 +45,24 @@ class OutputTooLarge(UnprocessableImage):
         self.limit = limit
 
 
+class AssetTooLarge(ImageTooLarge):
+    """An asset upload of more bytes than MAX_ASSET_BYTES."""
+
+    def __init__(self, message: str):
+        UnprocessableImage.__init__(self, "asset_too_large", message)
+
+
+class AssetNotFound(UnprocessableImage):
+    """A job names an asset its owner does not have: none by that id, or someone else's. The same
+    answer either way, so that nobody learns whether another owner has an asset of that id."""
+
+    field = "asset_id"
+
+    def __init__(self, asset_id: object):
+        super().__init__("asset_not_found", f"there is no asset {asset_id}")
+        self.asset_id = str(asset_id)
+
+
 class TooManyScans(UnprocessableImage):
     """A progressive JPEG with so many scans that decoding it would cost far more than its size says."""
 
@@ -65,6 +83,17 @@ class InvalidParameters(DomainError):
     def __init__(self, field: str, message: str):
         super().__init__("invalid_parameters", message)
         self.field = field
+
+
+class AssetLimitReached(DomainError):
+    """The owner already has MAX_ASSETS_PER_OWNER assets: one must go before another comes."""
+
+    def __init__(self, limit: int):
+        super().__init__(
+            "too_many_assets",
+            f"an owner may keep at most {limit} assets (MAX_ASSETS_PER_OWNER); delete one first",
+        )
+        self.limit = limit
 
 
 class UnknownOperation(DomainError):

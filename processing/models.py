@@ -217,3 +217,48 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.owner} {self.key}"
+
+
+class Asset(models.Model):
+    """An image its owner uploaded once, to overlay on their jobs' results (the watermark operation's
+    `asset_id`); stored as a PNG of its pixels (processing.assets)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Whose it is, as on a job: at most one of key, subject and session is set (processing.owners).
+    owner_key = models.CharField(max_length=64, blank=True, help_text="API key id that uploaded it")
+    owner_subject = models.CharField(
+        max_length=MAX_SUBJECT_LENGTH,
+        blank=True,
+        help_text="the owner claim of the bearer token that uploaded it",
+    )
+    owner_session = models.CharField(max_length=64, blank=True, help_text="browser session that uploaded it")
+    owner_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    name = models.CharField(max_length=255, blank=True, help_text="client's name, display only")
+    source_format = models.CharField(max_length=10, help_text="the format it was uploaded in")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    bytes = models.BigIntegerField(help_text="of the stored PNG")
+    sha256 = models.CharField(max_length=64, help_text="of the upload")
+    key = models.CharField(max_length=255, help_text="where the PNG is stored")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner_key", "-created_at"], name="asset_owner_key_created"),
+            models.Index(fields=["owner_session", "-created_at"], name="asset_owner_session_created"),
+            models.Index(fields=["owner_subject", "-created_at"], name="asset_owner_subject_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name or 'asset'} {self.id}"
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(
+            key=self.owner_key,
+            session=self.owner_session,
+            user_id=self.owner_user_id,
+            subject=self.owner_subject,
+        )

@@ -1,5 +1,5 @@
 """Where a job's files live: `uploads/<job id>/` and `results/<job id>/` in the default storage,
-and their admin thumbnails under `thumbnails/`."""
+and their admin thumbnails under `thumbnails/`; an owner's overlay images under `assets/<asset id>/`."""
 
 import contextlib
 import os
@@ -32,6 +32,11 @@ def output_key(job_id: str, extension: str) -> str:
 def fallback_key(job_id: str, extension: str) -> str:
     """The result as JPEG or PNG, for a download that does not accept the format=auto result's format."""
     return f"results/{job_id}/fallback.{extension}"
+
+
+def asset_key(asset_id: str) -> str:
+    """An asset's PNG (processing.assets): a folder of its own, which the job file cleanup never lists."""
+    return f"assets/{asset_id}/overlay.png"
 
 
 def thumbnail_key(key: str) -> str:

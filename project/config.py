@@ -690,6 +690,25 @@ SETTINGS: tuple[Setting, ...] = (
         LIMITS,
         minimum=1,
     ),
+    # Assets are logos and marks: small, kept for good, decoded whole at upload and held by every worker.
+    Setting(
+        "MAX_ASSET_BYTES",
+        INT,
+        5 * MB,
+        "The largest file one asset upload (POST /api/v1/assets: an image to overlay) may carry.",
+        LIMITS,
+        minimum=1,
+    ),
+    Setting(
+        "MAX_ASSET_PIXELS",
+        INT,
+        4_000_000,
+        "The largest asset (width x height): it is decoded whole when uploaded, and kept decoded by the "
+        "workers that use it.",
+        LIMITS,
+        minimum=1,
+    ),
+    Setting("MAX_ASSETS_PER_OWNER", INT, 100, "Assets one owner may keep at once.", LIMITS, minimum=1),
     Setting(
         "RATE_LIMIT_SUBMIT", RATE, "120/m", "Job-creating requests per API key or client address.", LIMITS
     ),

@@ -107,6 +107,14 @@ def marked(width: int = 40, height: int = 20) -> Image.Image:
     return image
 
 
+def logo(width: int = 40, height: int = 20) -> Image.Image:
+    """RGBA: the left half opaque blue, the right half wholly transparent green (green shows only if
+    the transparency is lost)."""
+    image = Image.new("RGBA", (width, height), (0, 255, 0, 0))
+    image.paste((0, 0, 255, 255), (0, 0, width // 2, height))
+    return image
+
+
 def with_alpha(image: Image.Image, alpha: int = 128) -> Image.Image:
     """The image as RGBA with a uniform alpha."""
     rgba = image.convert("RGBA")

@@ -15,7 +15,7 @@ from PIL import Image
 from processing import storage
 from processing.imaging import admin_thumbnails
 from processing.jobs import lifecycle
-from processing.models import Job
+from processing.models import Asset, Job
 from processing.worker.actors import process_job
 from tests import images
 from tests.uploads import png, submit
@@ -261,3 +261,36 @@ def test_deleting_jobs_removes_their_files(admin_client, client, stub_broker):
 
     assert not Job.objects.filter(id=job.id).exists()
     assert not any(default_storage.exists(key) for key in keys)
+
+
+# --- Assets ---------------------------------------------------------------------------------------
+
+ASSETS = "/admin/processing/asset/"
+
+
+def test_staff_see_every_owners_assets_with_a_thumbnail_and_delete_them_with_their_files(
+    admin_client, client, api_key
+):
+    alice = api_key("alice")
+    logo = SimpleUploadedFile("logo.png", images.png_bytes(images.logo()))
+    asset = Asset.objects.get(
+        id=client.post("/api/v1/assets", {"image": logo}, headers=alice).json()["asset_id"]
+    )
+
+    page = admin_client.get(ASSETS).content.decode()
+    assert "logo.png" in page and f"API key #{asset.owner_key}" in page
+    url = f"{ASSETS}{asset.id}/thumbnail/"
+    assert f'src="{url}"' in page
+    response = admin_client.get(url)
+    assert response.status_code == 200 and Image.open(io.BytesIO(response.content)).size == (40, 20)
+    assert Client().get(url).status_code == 302  # to the login page
+    assert admin_client.get(f"{ASSETS}?owner=key:{asset.owner_key}").context["cl"].result_count == 1
+    assert admin_client.get(f"{ASSETS}?owner=anonymous").context["cl"].result_count == 0
+
+    files = (asset.key, storage.thumbnail_key(asset.key))
+    assert all(default_storage.exists(key) for key in files)
+    admin_client.post(
+        ASSETS, {"action": "delete_selected", "_selected_action": [str(asset.id)], "post": "yes"}
+    )
+    assert not Asset.objects.exists()
+    assert not any(default_storage.exists(key) for key in files)

@@ -154,6 +154,7 @@ def test_every_service_listed_completes_on_a_small_image(client, run_jobs):
         "sharpen",
         "rotate",
         "convert",
+        "watermark",
         "analyze",
     }
     required = {
@@ -161,6 +162,7 @@ def test_every_service_listed_completes_on_a_small_image(client, run_jobs):
         "crop": {"x": 0, "y": 0, "width": 5, "height": 5},
         "rotate": {"angle": 90},
         "convert": {"format": "webp"},
+        "watermark": {"text": "©"},
     }
     job_ids = {}
     for service in services:

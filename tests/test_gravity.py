@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from processing.errors import InvalidParameters
 from processing.imaging.codecs import DecodeHint
 from processing.imaging.operations import get_operation
-from processing.imaging.operations.gravity import place
+from processing.imaging.operations.gravity import anchored, place
 
 WIDTH, HEIGHT = 1200, 600
 SKIN, EYE, RED = (224, 172, 140), (40, 30, 30), (220, 30, 40)
@@ -146,3 +146,22 @@ def test_a_gravity_box_larger_than_the_image_names_the_side():
     with pytest.raises(InvalidParameters) as caught:
         crop.check_fits(crop.parse({"width": 1300, "height": 10, "gravity": "attention"}), WIDTH, HEIGHT)
     assert caught.value.field == "width"
+
+
+@pytest.mark.parametrize(
+    ("compass", "expected"),
+    [
+        ("north-west", (3, 4)),
+        ("north", (43, 4)),
+        ("north-east", (77, 4)),
+        ("west", (3, 24)),
+        ("center", (43, 24)),
+        ("east", (77, 24)),
+        ("south-west", (3, 36)),
+        ("south", (43, 36)),
+        ("south-east", (77, 36)),
+    ],
+)
+def test_an_anchored_box_is_offset_in_from_the_edges_its_compass_names(compass, expected):
+    # A 20 x 10 box in a 100 x 50 image, 3 and 4 pixels in (right and down along a side it names no edge of).
+    assert anchored((100, 50), (20, 10), compass, (3, 4)) == expected

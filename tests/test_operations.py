@@ -23,6 +23,7 @@ SAMPLE_PARAMS = {
     "sharpen": {},
     "rotate": {"angle": 30},
     "convert": {"format": "webp"},
+    "watermark": {"text": "Darkroom", "tile": True, "angle": 30},
     "analyze": {},
 }
 
@@ -199,6 +200,7 @@ OUTPUT_SIZES = [
     ("rotate", {"angle": 45}, (64, 48), (80, 80)),
     ("rotate", {"angle": 30}, (64, 48), (80, 74)),
     ("rotate", {"angle": 30, "expand": False}, (64, 48), (64, 48)),
+    ("watermark", {"text": "©"}, (64, 48), (64, 48)),
     ("analyze", {}, (64, 48), None),
 ]
 

@@ -3,6 +3,7 @@
 A job's public JSON (JobOut, StatusOut and their parts) is the domain's: processing.jobs.public.
 """
 
+from datetime import datetime
 from typing import Any, Literal
 
 from ninja import Schema
@@ -62,6 +63,21 @@ class MetricsOut(Schema):
     input: ImageFacts
     output: ImageFacts | None
     error: JobError | None
+
+
+class AssetOut(Schema):
+    asset_id: str
+    name: str = Field(description="the uploaded file's name, or the `name` field given with it")
+    source_format: str = Field(description="the format it was uploaded in; it is kept as a PNG of its pixels")
+    width: int
+    height: int
+    bytes: int = Field(description="of the stored PNG")
+    created_at: datetime
+    url: str
+
+
+class AssetsOut(Schema):
+    assets: list[AssetOut]
 
 
 class ServiceOut(Schema):

@@ -10,6 +10,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.html import escape
 
 from processing.errors import (
+    AssetLimitReached,
+    AssetNotFound,
     DependencyUnavailable,
     DomainError,
     EmptyImage,
@@ -146,6 +148,7 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     IdempotencyKeyInvalid: 400,
     IdempotencyKeyInUse: 409,
     IdempotencyKeyMismatch: 422,
+    AssetLimitReached: 409,
 }
 
 
@@ -175,10 +178,12 @@ def client_message(exc: DomainError) -> str:
 
 
 def details_of(exc: DomainError) -> dict[str, Any]:
-    """Parameters that don't fit, or make too large a result, are named in `fields`, like any other
-    422 about parameters."""
+    """Parameters that don't fit, make too large a result or name an asset the caller has not, are
+    named in `fields`, like any other 422 about parameters."""
     if isinstance(exc, InvalidParameters):
         return {"fields": [{"field": exc.field, "rule": "fits_image", "message": exc.message}]}
+    if isinstance(exc, AssetNotFound):
+        return {"fields": [{"field": exc.field, "rule": exc.code, "message": exc.message}]}
     if isinstance(exc, OutputTooLarge):
         problem = f"makes the result larger than {exc.limit}"
         return {

@@ -128,8 +128,10 @@ def submit(submission: Submission) -> Accepted:
 
 
 def create_jobs(prepared: Prepared) -> list[Job]:
-    """Validate every upload against the parameters, then store, create, publish and announce the jobs."""
+    """Check what the parameters name (an asset: the owner's), validate every upload against them,
+    then store, create, publish and announce the jobs."""
     operation, params = prepared.operation, prepared.params
+    operation.check_references(params, prepared.submission.owner)
     limits = OutputLimits.of(settings)
     for _, info in prepared.inputs:
         output_format = formats.chosen_before_pixels(

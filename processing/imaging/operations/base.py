@@ -3,7 +3,7 @@
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from processing.errors import OutputTooLarge
 from processing.imaging.codecs import DecodeHint
 from processing.imaging.formats import OutputFormat
+
+if TYPE_CHECKING:  # the operations stay Django-free: an owner is only passed through them
+    from processing.owners import Owner
 
 ProgressCallback = Callable[[float], None]
 # A kilobyte holds a recognisable thumbnail in any format; a budget above 50 MB budgets nothing.
@@ -124,6 +127,14 @@ class Operation(Generic[P]):
         """Validate raw parameters; raises pydantic.ValidationError."""
         # mypy takes model_validate's Self on a type[P] for P's bound, not for P itself.
         return cast(P, self.params.model_validate(dict(raw)))
+
+    def check_references(self, params: P, owner: "Owner") -> None:
+        """Raise a DomainError when the parameters name something `owner` may not use (another owner's
+        asset, or none): checked when a job is created, before anything is stored. By default the
+        parameters name nothing; a parameters model with a `check_references(owner)` says otherwise."""
+        check = getattr(params, "check_references", None)
+        if check is not None:
+            check(owner)
 
     def check_fits(self, params: P, width: int, height: int) -> None:
         """Raise InvalidParameters when valid parameters can't apply to an image of this size."""

@@ -1,4 +1,7 @@
-"""Where a box smaller than the image goes, so that a crop keeps the subject (`gravity`).
+"""Where a box goes inside an image: a crop's box, so that it keeps the subject (`place`), and an
+overlay's, at an edge, a corner or the middle (`anchored`).
+
+A crop's gravity:
 
 - center: the middle of the image.
 - entropy: slices are trimmed from whichever side holds less information (the lower entropy of
@@ -17,6 +20,11 @@ from PIL import Image, ImageFilter
 
 Gravity = Literal["center", "entropy", "attention"]
 GRAVITIES: tuple[str, ...] = ("center", "entropy", "attention")
+
+# Where an overlay (a watermark) goes: named by the edges it touches, or the middle.
+Compass = Literal[
+    "center", "north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west"
+]
 
 ANALYSIS_EDGE = 256
 # Entropy trims this share of the remaining excess per step, at least one pixel of the copy.
@@ -38,6 +46,26 @@ def place(image: Image.Image, width: int, height: int, gravity: str) -> tuple[in
     box = (max(1, round(width * scale)), max(1, round(height * scale)))
     left, top = entropy_box(small, *box) if gravity == "entropy" else attention_box(small, *box)
     return clamp(round(left / scale), image.width - width), clamp(round(top / scale), image.height - height)
+
+
+def anchored(
+    image_size: tuple[int, int], box_size: tuple[int, int], compass: str, offset: tuple[int, int]
+) -> tuple[int, int]:
+    """The (left, top) of a box at `compass` inside an image: `offset` pixels in from each edge the
+    compass names; along a side it names no edge of, centred and moved right or down by the offset."""
+    (width, height), (box_width, box_height), (dx, dy) = image_size, box_size, offset
+    left = along(width, box_width, dx, near="west" in compass, far="east" in compass)
+    top = along(height, box_height, dy, near="north" in compass, far="south" in compass)
+    return left, top
+
+
+def along(extent: int, box: int, offset: int, *, near: bool, far: bool) -> int:
+    """Where a box of `box` pixels starts on one axis of `extent` pixels (see anchored)."""
+    if near:
+        return offset
+    if far:
+        return extent - box - offset
+    return (extent - box) // 2 + offset
 
 
 def analysis_copy(image: Image.Image) -> tuple[Image.Image, float]:

@@ -14,6 +14,7 @@ from processing.imaging.operations import (
     sharpen,
     sobel,
     thumbnail,
+    watermark,
 )
 from processing.imaging.operations.base import Operation
 
@@ -28,6 +29,7 @@ ALL_OPERATIONS: tuple[Operation[Any], ...] = (
     sharpen.OPERATION,
     rotate.OPERATION,
     convert.OPERATION,
+    watermark.OPERATION,
     analyze.OPERATION,
 )
 OPERATIONS: dict[str, Operation[Any]] = {operation.name: operation for operation in ALL_OPERATIONS}
