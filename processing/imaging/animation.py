@@ -357,25 +357,28 @@ def encode_animation(animation: Animation, format: str, quality: int) -> bytes:
         raise ValueError(f"cannot encode an animation as {format!r}; only as {' or '.join(ANIMATED_FORMATS)}")
     check_encodable(animation.frames[0], format)
     mode = common_mode(animation.frames)
-    frames = [frame_pixels(frame, format, mode) for frame in animation.frames]
     out = io.BytesIO()
     if format == "gif":
-        frames[0].save(
+        # Handed over one at a time: the encoder keeps each frame as a palette image (a byte a pixel),
+        # and the copy GIF needs (one-bit alpha) lives only while it is converted.
+        frames = (gif_frame(frame, mode) for frame in animation.frames)
+        next(frames).save(
             out,
             "GIF",
             save_all=True,
-            append_images=frames[1:],
+            append_images=frames,
             duration=animation.durations,
             disposal=2 if mode == "RGBA" else 1,
             comment=b"",
             **gif_loop(animation.plays),
         )
     else:
-        frames[0].save(
+        webp_frames = [webp_frame(frame, mode) for frame in animation.frames]
+        webp_frames[0].save(
             out,
             "WEBP",
             save_all=True,
-            append_images=frames[1:],
+            append_images=webp_frames[1:],
             duration=animation.durations,
             loop=animation.plays,
             quality=quality,
@@ -393,13 +396,18 @@ def common_mode(frames: list[Image.Image]) -> str:
     return "L" if all(frame.mode == "L" for frame in frames) else "RGB"
 
 
-def frame_pixels(frame: Image.Image, format: str, mode: str) -> Image.Image:
-    """A new image of `frame` in `mode` as `format` stores it (WebP has no gray), with no metadata
-    for the encoder to fall back to."""
-    if format == "gif":
-        pixels = gif_pixels(frame if frame.mode == mode else frame.convert(mode))
-    else:
-        pixels = frame.convert("RGB" if mode == "L" else mode)
+def gif_frame(frame: Image.Image, mode: str) -> Image.Image:
+    """A new image of `frame` in `mode` as GIF stores it (codecs.gif_pixels), with no metadata for the
+    encoder to fall back to."""
+    pixels = gif_pixels(frame if frame.mode == mode else frame.convert(mode))
+    pixels.info = {}
+    return pixels
+
+
+def webp_frame(frame: Image.Image, mode: str) -> Image.Image:
+    """`frame` in `mode` (RGB for gray: WebP has none), itself when it is already: a copy of every frame
+    would double what an animation holds. Its info is emptied, so the encoder finds no metadata."""
+    pixels = frame if frame.mode == mode and mode != "L" else frame.convert("RGB" if mode == "L" else mode)
     pixels.info = {}
     return pixels
 

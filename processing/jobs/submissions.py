@@ -88,9 +88,10 @@ class Prepared:
 
     def negotiated_for(self, info: ImageInfo) -> str:
         """What format=auto negotiates for this upload: for an animation that keeps its frames, among
-        the formats that hold them."""
-        animated = animation.keeps_frames(self.operation, self.params, info.frames)
-        return formats.negotiated_format(self.canonical.get("format"), self.submission.accepts, animated)
+        the formats that hold them; for anything else, what the submission negotiated."""
+        if not animation.keeps_frames(self.operation, self.params, info.frames):
+            return self.negotiated_format
+        return formats.negotiated_format(self.canonical.get("format"), self.submission.accepts, animated=True)
 
     def fingerprint(self) -> str:
         hashes = [upload.sha256 for upload in self.submission.uploads]
