@@ -13,6 +13,7 @@ from processing.errors import UnprocessableImage
 from processing.imaging import animation, formats, frame_count
 from processing.imaging.codecs import probe
 from processing.imaging.operations import get_operation
+from processing.imaging.operations.base import OperationResult
 from processing.models import Job
 from processing.worker.actors import pixels_of
 from tests import images
@@ -182,6 +183,21 @@ def test_the_format_of_an_animation_that_keeps_its_frames(accepted, requested, i
 
 def test_a_still_gif_still_becomes_a_png():
     assert formats.default_output_format("GIF") == "png"
+
+
+def test_each_frame_reports_its_share_of_the_progress():
+    reported = []
+
+    def halves(image, progress):
+        progress(0.5)
+        progress(1.0)
+        return OperationResult(image=image)
+
+    frames = [animation.Frame(frame, 100) for frame in images.animation_frames()]
+    made, _ = animation.apply_to_frames(halves, frames, FRAMES, 0, reported.append)
+
+    assert reported == [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
+    assert len(made.frames) == FRAMES and made.durations == [100] * FRAMES
 
 
 def test_memory_admission_counts_every_frame_an_animation_keeps():
@@ -432,10 +448,13 @@ def test_the_services_say_which_keep_an_animations_frames(client):
 
 
 @through_the_api
-def test_the_result_metrics_count_the_frames_in_and_out(client, run_jobs):
+def test_the_result_metrics_and_the_admin_count_the_frames_in_and_out(client, admin_client, run_jobs):
     job = completed(client, run_jobs, images.animated_bytes("GIF"), "resize", width=24, format="png")
     facts = client.get(job["result_url"]).json()
     assert (facts["input"]["frames"], facts["output"]["frames"]) == (FRAMES, 1)
+
+    html = admin_client.get(f"/admin/processing/job/{job['job_id']}/change/").content.decode()
+    assert "Input frames" in html and "only the first frame was kept: PNG holds one frame" in html
 
 
 @through_the_api

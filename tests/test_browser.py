@@ -276,6 +276,22 @@ def test_desktop_says_whether_an_animation_kept_its_frames(server, browser, page
     )
     page.screenshot(path=ARTIFACTS / "desktop-animation.png", full_page=True)
 
+    phone = open_page(browser, page_errors, **IPHONE_CONTEXT)
+    phone.goto(server.url)
+    phone.wait_for_selector("body[data-ready]")
+    phone.set_input_files("#library", {"name": "first.gif", **animation})
+    phone.select_option("#service", "resize")
+    phone.click(".options summary")
+    phone.fill("#param-width", "24")
+    phone.select_option("#param-format", "png")
+    phone.click("[data-submit]")
+    card = phone.locator(".jobs li[data-status=completed]", has_text="first.gif")
+    assert (
+        card.locator("[data-frames]")
+        .inner_text()
+        .startswith("Only the first frame was kept: PNG holds one frame")
+    )
+
 
 # --- Mobile ----------------------------------------------------------------------------------
 

@@ -42,7 +42,9 @@ from processing.imaging.operations.base import Operation, OperationResult, Progr
 
 # Bytes a job that keeps an animation's frames holds at its peak per pixel of the frames it keeps,
 # beyond what its operation holds for one frame: each result frame (4 bytes a pixel, as Pillow keeps
-# RGB), and the encoder's copies (a palette frame per frame for GIF). Memory admission counts by it.
+# RGB), and what the encoder keeps (a palette image per frame for GIF). Measured as peak RSS over 100
+# frames of 480 x 270 decoded, resized or edge-detected and encoded: 4.6 into WebP, 5.8 into GIF.
+# Memory admission counts by it.
 BYTES_PER_KEPT_PIXEL = 6.0
 # What a frame's operation is handed instead of the job's progress: its share of the whole.
 FrameOperation = Callable[[Image.Image, ProgressCallback], OperationResult]
