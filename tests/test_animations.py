@@ -120,6 +120,42 @@ def test_a_gif_in_more_pieces_than_any_encoder_writes_is_refused_as_damaged(monk
     assert refused.value.code == "corrupt_image"
 
 
+def gif_with_a_frame_past_its_canvas() -> bytes:
+    """A 4 x 4 GIF of two frames, red, then green and 6 x 6: past the canvas its header declares."""
+    first, second = (
+        images.encode(Image.new("RGB", size, color), "GIF")
+        for size, color in (((4, 4), images.RED), ((6, 6), images.GREEN))
+    )
+    table_end = 13 + (3 << ((first[10] & 7) + 1))  # header, screen, global colour table
+    green_table, green_image = second[13:table_end], second[table_end:-1]
+    # The green frame brings its own colour table (a local one, of the same size).
+    local = (
+        green_image[:9] + bytes([green_image[9] | 0x80 | (second[10] & 7)]) + green_table + green_image[10:]
+    )
+    return first[:-1] + local + b";"
+
+
+def test_a_gif_frame_past_its_canvas_is_cut_to_it_as_browsers_show_it(tmp_path):
+    path = tmp_path / "past.gif"
+    path.write_bytes(gif_with_a_frame_past_its_canvas())
+    assert probe(path, LIMIT).frames == 2
+
+    with animation.open_source(str(path), LIMIT) as source:
+        frames = [frame.image for frame in source.frames(allowance=10)]
+
+    assert [frame.size for frame in frames] == [(4, 4), (4, 4)]
+    assert [frame.getpixel((3, 3)) for frame in frames] == [images.RED, images.GREEN]
+
+
+def test_the_decoder_stops_at_the_frames_the_limits_allow(tmp_path):
+    path = tmp_path / "four.gif"
+    path.write_bytes(images.animated_bytes("GIF"))
+
+    with animation.open_source(str(path), LIMIT) as source, pytest.raises(UnprocessableImage) as refused:
+        list(source.frames(allowance=FRAMES - 1))
+    assert refused.value.code == "animation_too_large"
+
+
 # --- What is kept ---------------------------------------------------------------------------------
 
 
