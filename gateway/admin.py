@@ -129,6 +129,7 @@ class JobAdmin(JobModelAdmin):
                     "input_format",
                     "input_width",
                     "input_height",
+                    "input_frames",
                     "input_bytes",
                     "input_sha256",
                 )
@@ -143,6 +144,8 @@ class JobAdmin(JobModelAdmin):
                     "output_content_type",
                     "output_width",
                     "output_height",
+                    "output_frames",
+                    "frames_note",
                     "output_bytes",
                     "output_sha256",
                     "report_json",

@@ -63,6 +63,15 @@ class AssetNotFound(UnprocessableImage):
         self.asset_id = str(asset_id)
 
 
+class AnimationTooLarge(OutputTooLarge):
+    """An animation whose frames, kept, would be over MAX_ANIMATION_PIXELS or MAX_ANIMATION_FRAMES
+    (`limit`); `fields` names the parameters that would make it fit (a smaller size, another format)."""
+
+    def __init__(self, fields: tuple[str, ...], message: str, limit: str):
+        super().__init__(fields, message, limit)
+        self.code = "animation_too_large"
+
+
 class TooManyScans(UnprocessableImage):
     """A progressive JPEG with so many scans that decoding it would cost far more than its size says."""
 

@@ -50,6 +50,9 @@ class Job(models.Model):
     input_bytes = models.BigIntegerField()
     input_width = models.PositiveIntegerField()
     input_height = models.PositiveIntegerField()
+    input_frames = models.PositiveIntegerField(
+        default=1, help_text="an animated GIF's or WebP's, from its header"
+    )
 
     output_key = models.CharField(max_length=255, blank=True)
     output_content_type = models.CharField(max_length=40, blank=True)
@@ -58,6 +61,8 @@ class Job(models.Model):
     output_width = models.PositiveIntegerField(null=True, blank=True)
     output_height = models.PositiveIntegerField(null=True, blank=True)
     output_sha256 = models.CharField(max_length=64, blank=True)
+    output_frames = models.PositiveIntegerField(null=True, blank=True)
+    frames_note = models.TextField(blank=True, help_text="why only the first frame of an animation was kept")
     # format=auto: the modern format the upload's Accept header named (a download whose Accept
     # does not name it gets the fallback, a JPEG or PNG of the same pixels).
     negotiated_format = models.CharField(

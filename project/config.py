@@ -681,6 +681,28 @@ SETTINGS: tuple[Setting, ...] = (
         LIMITS,
         minimum=1,
     ),
+    # An animation's frames are decoded one at a time, but the result's are all held until encoded.
+    Setting(
+        "MAX_ANIMATION_PIXELS",
+        INT,
+        Computed("MAX_IMAGE_PIXELS", lambda v: v.MAX_IMAGE_PIXELS),
+        "The most pixels an animated GIF or WebP may keep through a job, frames × width × height (of the "
+        "input or the result, whichever is larger): a larger one is refused (422 animation_too_large) "
+        "unless its job keeps the first frame alone (docs/animations.md).",
+        LIMITS,
+        minimum=1,
+    ),
+    # Each frame costs a pass through the operation and the encoder, however small it is. At most the
+    # frames an upload's header walk counts (processing.imaging.frame_count.MAX_COUNTED_FRAMES).
+    Setting(
+        "MAX_ANIMATION_FRAMES",
+        INT,
+        1000,
+        "The most frames an animation may keep through a job; more is refused as MAX_ANIMATION_PIXELS is.",
+        LIMITS,
+        minimum=1,
+        maximum=10_000,
+    ),
     # Ordinary encoders write about 10 scans; libjpeg-turbo's own tools suggest refusing beyond a few hundred.
     Setting(
         "MAX_JPEG_SCANS",

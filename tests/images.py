@@ -375,6 +375,34 @@ def animated_gif_bytes(colors=(RED, GREEN, BLUE), size: int = 16) -> bytes:
     return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
+# An animation's frames: each a colour of its own, in this order.
+FRAME_COLORS = (RED, GREEN, BLUE, (255, 200, 0))
+FRAME_DURATIONS = [80, 120, 160, 200]  # milliseconds, each a whole number of a GIF's 10 ms ticks
+
+
+def animation_frames(colors=FRAME_COLORS, width: int = 48, height: int = 32, alpha: bool = False) -> list:
+    """One frame per colour, each with a white block at its top left (so that a turn or a crop shows);
+    with `alpha`, RGBA frames with a transparent block that moves right a little each frame."""
+    frames = []
+    for index, color in enumerate(colors):
+        frame = Image.new("RGBA" if alpha else "RGB", (width, height), color)
+        frame.paste(WHITE, (0, 0, width // 4, height // 4))
+        if alpha:
+            left = width // 2 + 3 * index
+            frame.paste((0, 0, 0, 0), (left, height // 2, left + 8, height // 2 + 8))
+        frames.append(frame)
+    return frames
+
+
+def animated_bytes(format: str, frames=None, durations=None, loop: int | None = 0, **params) -> bytes:
+    """An animated GIF or WebP of `frames` (animation_frames() by default); loop None: a GIF playing once."""
+    frames = frames or animation_frames()
+    options = {"duration": durations or FRAME_DURATIONS[: len(frames)], **params}
+    if loop is not None:
+        options["loop"] = loop
+    return encode(frames[0], format, save_all=True, append_images=frames[1:], **options)
+
+
 def multipage_tiff_bytes(colors=(RED, GREEN, BLUE), size: int = 16) -> bytes:
     """One page per colour; the first page is `colors[0]`."""
     pages = [solid(size, size, color) for color in colors]

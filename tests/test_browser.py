@@ -251,6 +251,48 @@ def test_desktop_falls_back_to_polling_when_the_websocket_is_refused(server, bro
     assert "Brightness" in card.inner_text()
 
 
+def test_desktop_says_whether_an_animation_kept_its_frames(server, browser, page_errors):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready]")
+    animation = {"mimeType": "image/gif", "buffer": images.animated_bytes("GIF")}
+
+    for name, format in (("kept.gif", "gif"), ("first.gif", "jpeg")):
+        page.set_input_files("#images", [{"name": name, **animation}])
+        page.select_option("#service", "resize")
+        page.fill("#param-width", "24")
+        page.select_option("#param-format", format)
+        page.click("[data-submit]")
+        page.locator(".jobs li[data-status=completed]", has_text=name).wait_for()
+
+    said = {
+        name: page.locator(".jobs li", has_text=name).locator("[data-frames]").inner_text()
+        for name in ("kept.gif", "first.gif")
+    }
+    assert said["kept.gif"] == "Animated: 4 frames."
+    assert said["first.gif"] == (
+        "Only the first frame was kept: JPEG holds one frame; format=gif or format=webp keeps them all "
+        "(the upload has 4 frames)."
+    )
+    page.screenshot(path=ARTIFACTS / "desktop-animation.png", full_page=True)
+
+    phone = open_page(browser, page_errors, **IPHONE_CONTEXT)
+    phone.goto(server.url)
+    phone.wait_for_selector("body[data-ready]")
+    phone.set_input_files("#library", {"name": "first.gif", **animation})
+    phone.select_option("#service", "resize")
+    phone.click(".options summary")
+    phone.fill("#param-width", "24")
+    phone.select_option("#param-format", "png")
+    phone.click("[data-submit]")
+    card = phone.locator(".jobs li[data-status=completed]", has_text="first.gif")
+    assert (
+        card.locator("[data-frames]")
+        .inner_text()
+        .startswith("Only the first frame was kept: PNG holds one frame")
+    )
+
+
 # --- Mobile ----------------------------------------------------------------------------------
 
 

@@ -62,13 +62,13 @@ def test_a_budget_even_the_lowest_quality_misses_costs_pixels_not_more_quality(f
 def encoded(monkeypatch):
     """The size of every image the byte budget encodes, in order."""
     sizes: list[tuple[int, int]] = []
-    real = byte_budget.encode_image
+    real = byte_budget.encode
 
     def counting(image: Image.Image, format: str, quality: int) -> bytes:
         sizes.append(image.size)
         return real(image, format, quality)
 
-    monkeypatch.setattr(byte_budget, "encode_image", counting)
+    monkeypatch.setattr(byte_budget, "encode", counting)
     return sizes
 
 
@@ -91,7 +91,7 @@ def test_the_search_gives_up_after_a_bounded_number_of_encodes(monkeypatch):
         encodes.append(image.size)
         return bytes(4096)
 
-    monkeypatch.setattr(byte_budget, "encode_image", never_small_enough)
+    monkeypatch.setattr(byte_budget, "encode", never_small_enough)
     with pytest.raises(UnprocessableImage) as caught:
         encode_within(images.photo(320, 240), "jpeg", 85, 1024)
 

@@ -373,7 +373,7 @@ def test_metadata_attached_to_the_image_is_not_written(output_format):
 def test_encoded_output_is_the_requested_format(output_format):
     output = decoded(encode_image(images.gradient(), output_format, 90))
     assert output.format == output_format.upper()
-    assert output.mode == "RGB"
+    assert output.mode == ("P" if output_format == "gif" else "RGB")  # a GIF is a palette
     assert output.size == (64, 48)
 
 
@@ -417,6 +417,15 @@ def test_png_webp_and_avif_keep_transparency(output_format):
     assert output.getpixel((2, 2))[3] == 255
 
 
+def test_gif_keeps_transparency_as_one_bit_at_half_opacity():
+    image = Image.new("RGBA", (4, 1))
+    for x, alpha in enumerate((0, 100, 160, 255)):
+        image.putpixel((x, 0), (0, 0, 255, alpha))
+    output = decoded(encode_image(image, "gif", 85)).convert("RGBA")
+    assert [output.getpixel((x, 0))[3] for x in range(4)] == [0, 0, 255, 255]
+    assert output.getpixel((3, 0))[:3] == (0, 0, 255)
+
+
 def test_an_image_too_wide_for_webp_is_unprocessable_in_webp_only():
     strip = Image.new("L", (16_384, 1))
     with pytest.raises(UnprocessableImage) as caught:
@@ -427,7 +436,7 @@ def test_an_image_too_wide_for_webp_is_unprocessable_in_webp_only():
 
 def test_encode_image_refuses_other_formats():
     with pytest.raises(ValueError):
-        encode_image(images.gradient(), "gif", 85)
+        encode_image(images.gradient(), "bmp", 85)
 
 
 def test_a_sequential_jpeg_is_not_walked_for_scans(upload, monkeypatch):

@@ -397,9 +397,16 @@ def job_status(request: CallerRequest, job_id: str) -> StatusOut:
 
 
 def image_facts(
-    format: str, size: int | None, width: int | None, height: int | None, sha256: str
+    format: str, size: int | None, width: int | None, height: int | None, sha256: str, frames: int | None
 ) -> dict[str, Any]:
-    return {"format": format, "bytes": size, "width": width, "height": height, "sha256": sha256}
+    return {
+        "format": format,
+        "bytes": size,
+        "width": width,
+        "height": height,
+        "sha256": sha256,
+        "frames": frames,
+    }
 
 
 @router.get(
@@ -411,7 +418,12 @@ def job_result(request: CallerRequest, job_id: str) -> dict[str, Any]:
     output = None
     if job.status == Job.COMPLETED and job.output_key:
         output = image_facts(
-            job.output_format, job.output_bytes, job.output_width, job.output_height, job.output_sha256
+            job.output_format,
+            job.output_bytes,
+            job.output_width,
+            job.output_height,
+            job.output_sha256,
+            job.output_frames,
         )
     return {
         "job_id": str(job.id),
@@ -426,7 +438,12 @@ def job_result(request: CallerRequest, job_id: str) -> dict[str, Any]:
         "run_ms": job.metrics.get("run_ms"),
         "metrics": job.metrics,
         "input": image_facts(
-            job.input_format, job.input_bytes, job.input_width, job.input_height, job.input_sha256
+            job.input_format,
+            job.input_bytes,
+            job.input_width,
+            job.input_height,
+            job.input_sha256,
+            job.input_frames,
         ),
         "output": output,
         "error": error_json(job),

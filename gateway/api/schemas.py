@@ -43,6 +43,7 @@ class ImageFacts(Schema):
     width: int | None
     height: int | None
     sha256: str
+    frames: int | None = Field(None, description="frames of an animated GIF or WebP; 1 for a still image")
 
 
 class MetricsOut(Schema):
@@ -84,6 +85,10 @@ class ServiceOut(Schema):
     name: str
     description: str
     produces: Literal["image", "report"]
+    animates: bool = Field(
+        description="whether an animated GIF or WebP keeps its frames through it (in GIF or WebP); if not, "
+        "only the first frame is kept, and the result's `frames` says so"
+    )
     parameters: dict[str, Any]
     submit_url: str
 

@@ -18,6 +18,7 @@ def list_services(request: HttpRequest) -> dict[str, Any]:
                 "name": operation.name,
                 "description": operation.description,
                 "produces": operation.produces,
+                "animates": operation.animates,
                 "parameters": operation.json_schema(),
                 "submit_url": f"/api/v1/process/{operation.name}",
             }

@@ -3,7 +3,8 @@
 First the highest quality that fits, found by bisection (bytes grow with quality); below
 MIN_QUALITY a JPEG, WebP or AVIF turns to blocks, and fewer pixels look better than that, so
 then the image shrinks (area in proportion to the bytes it must lose) until the lowest quality
-fits, and the quality is searched again at that size. PNG is lossless: it can only shrink.
+fits, and the quality is searched again at that size. PNG is lossless: it can only shrink; so can
+GIF, whose palette has no quality to trade. An animation shrinks every frame alike.
 
 The search costs at most MAX_ENCODES encodes, and only the first is of the whole image: a result
 far over its budget (a large noisy image asked to fit a kilobyte) is shrunk by an estimate from
@@ -17,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from processing.errors import UnprocessableImage
-from processing.imaging.codecs import encode_image
+from processing.imaging.animation import Picture, encode
 
 MIN_QUALITY = 30
 # Bytes do not fall exactly with the area: aim a little below the budget so one shrink mostly does.
@@ -36,11 +37,11 @@ MAX_ENCODES = 1 + MAX_SHRINKS + 1 + math.ceil(math.log2(100 - MIN_QUALITY + 1))
 @dataclass(frozen=True)
 class Fitted:
     data: bytes
-    image: Image.Image  # the pixels encoded: fewer than given when the budget needed it
+    image: Picture  # the pixels encoded: fewer than given when the budget needed it
     quality: int
     encodes: int
 
-    def metrics(self, original: Image.Image) -> dict[str, Any]:
+    def metrics(self, original: Picture) -> dict[str, Any]:
         return {
             "budget_quality": self.quality,
             "budget_scale": round(self.image.width / original.width, 4),
@@ -48,9 +49,9 @@ class Fitted:
         }
 
 
-def encode_within(image: Image.Image, format: str, quality: int, max_bytes: int | None) -> Fitted:
+def encode_within(image: Picture, format: str, quality: int, max_bytes: int | None) -> Fitted:
     """The image encoded at `quality`, or, over `max_bytes`, the best encoding that fits."""
-    data = encode_image(image, format, quality)
+    data = encode(image, format, quality)
     if max_bytes is None or len(data) <= max_bytes:
         return Fitted(data, image, quality, 1)
     lowest = lowest_quality(format, quality)
@@ -65,15 +66,13 @@ def encode_within(image: Image.Image, format: str, quality: int, max_bytes: int 
     return Fitted(found[1], current, found[0], 1 + shrink_encodes + tries)
 
 
-def lowest_that_fits(
-    image: Image.Image, format: str, lowest: int, max_bytes: int
-) -> tuple[bytes, Image.Image, int]:
+def lowest_that_fits(image: Picture, format: str, lowest: int, max_bytes: int) -> tuple[bytes, Picture, int]:
     """(data, pixels) of the image at the lowest quality, shrunk until it fits; and the encodes it took.
 
     Gives up (over_budget) after MAX_SHRINKS shrinks rather than keep encoding."""
     current = image
     for encodes in range(1, MAX_SHRINKS + 2):
-        data = encode_image(current, format, lowest)
+        data = encode(current, format, lowest)
         if len(data) <= max_bytes:
             return data, current, encodes
         if encodes <= MAX_SHRINKS:
@@ -84,7 +83,7 @@ def lowest_that_fits(
 
 
 def best_quality(
-    image: Image.Image, format: str, fits: tuple[int, bytes], highest: int, max_bytes: int
+    image: Picture, format: str, fits: tuple[int, bytes], highest: int, max_bytes: int
 ) -> tuple[tuple[int, bytes], int]:
     """((quality, data) of the highest quality up to `highest` that fits, knowing `fits` does; the
     number of encodes it took). Bisection: at most 7 encodes over the qualities above MIN_QUALITY."""
@@ -93,7 +92,7 @@ def best_quality(
     low, high = fits[0] + 1, highest
     while low <= high:
         middle = (low + high) // 2
-        data = encode_image(image, format, middle)
+        data = encode(image, format, middle)
         tries += 1
         if len(data) <= max_bytes:
             best, low = (middle, data), middle + 1
@@ -103,10 +102,10 @@ def best_quality(
 
 
 def lowest_quality(format: str, quality: int) -> int:
-    return quality if format == "png" else min(MIN_QUALITY, quality)
+    return quality if format in ("png", "gif") else min(MIN_QUALITY, quality)
 
 
-def shrunk(image: Image.Image, byte_ratio: float) -> Image.Image:
+def shrunk(image: Picture, byte_ratio: float) -> Picture:
     """The image with its area cut in proportion to `byte_ratio` (with a margin), at least a pixel
     smaller on its longest side, never below 1 x 1."""
     scale = math.sqrt(byte_ratio * SHRINK_MARGIN)

@@ -16,6 +16,7 @@ from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
 from processing.imaging.formats import OUTPUT_FORMATS, extension_for, has_alpha, mime_type_for
+from processing.imaging.frame_count import count_frames
 
 # HEIC/HEIF (iPhone photos) through libheif; AVIF is Pillow's own.
 pillow_heif.register_heif_opener()
@@ -24,7 +25,7 @@ pillow_heif.register_heif_opener()
 # (EPS runs Ghostscript) and nobody needs them to resize a photo.
 ALLOWED_INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 # The largest width or height each encoder can write.
-MAX_EDGE = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383, "avif": 65_536}
+MAX_EDGE = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383, "avif": 65_536, "gif": 65_535}
 # Tuned for SSIM; one thread, as the worker's own threads already fill the cores. The speed is
 # libavif's default until the worker sets AVIF_SPEED (set_avif_speed).
 AVIF_OPTIONS = {"speed": 6, "max_threads": 1, "advanced": [("tune", "ssim")]}
@@ -65,6 +66,7 @@ class ImageInfo:
     width: int
     height: int
     mime_type: str
+    frames: int = 1  # an animated GIF's or WebP's (processing.imaging.frame_count)
 
     @property
     def extension(self) -> str:
@@ -88,7 +90,8 @@ def probe(path: str | os.PathLike[str], max_pixels: int, max_jpeg_scans: int | N
     with open(path, "rb") as fp:
         image = open_allowed(fp, max_pixels, max_jpeg_scans)
         width, height = displayed_size(image)
-        return ImageInfo(format_of(image), width, height, mime_type_for(format_of(image)))
+        frames = count_frames(image, fp)
+        return ImageInfo(format_of(image), width, height, mime_type_for(format_of(image)), frames)
 
 
 def load_image(
@@ -105,6 +108,7 @@ def load_image(
     with open(path, "rb") as fp:
         image = open_allowed(fp, max_pixels, max_jpeg_scans)
         source_format = format_of(image)
+        frames = count_frames(image, fp)
         try:
             scale = reduce_decode(image, hint) if hint is not None and source_format == "JPEG" else 1
             image.load()
@@ -115,7 +119,7 @@ def load_image(
     image.info["source_format"] = source_format
     if scale > 1:
         image.info["source_size"] = (image.width * scale, image.height * scale)
-    info = ImageInfo(source_format, *source_size(image), mime_type_for(source_format))
+    info = ImageInfo(source_format, *source_size(image), mime_type_for(source_format), frames)
     return image, info
 
 
@@ -333,14 +337,7 @@ def normalise_mode(image: Image.Image) -> Image.Image:
 
 def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
     """Encode pixels only: no EXIF (so no GPS), XMP, ICC profile or comment reaches the output."""
-    if format not in OUTPUT_FORMATS:
-        raise ValueError(f"cannot encode {format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    if max(image.size) > MAX_EDGE[format]:
-        raise UnprocessableImage(
-            "too_large_for_format",
-            f"{format.upper()} images can be at most {MAX_EDGE[format]} pixels wide and high; "
-            f"this one is {image.width}x{image.height}",
-        )
+    check_encodable(image, format)
     if format == "jpeg" and image.mode in ("L", "RGB") and not image.has_transparency_data:
         # Stored as it is, no copy: JPEG's encoder takes metadata only from the arguments below (the
         # comment would fall back to image.info, and is given explicitly).
@@ -359,9 +356,23 @@ def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
         clean.save(
             out, "AVIF", quality=avif_quality(quality), exif=b"", icc_profile=None, xmp=b"", **AVIF_OPTIONS
         )
+    elif format == "gif":
+        clean.save(out, "GIF", comment=b"")
     else:
         clean.save(out, "PNG", optimize=False, compress_level=6, exif=b"", icc_profile=None)
     return out.getvalue()
+
+
+def check_encodable(image: Image.Image, format: str) -> None:
+    """Refuse a format the encoder does not write (ValueError) or an image too wide or high for it."""
+    if format not in OUTPUT_FORMATS:
+        raise ValueError(f"cannot encode {format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if max(image.size) > MAX_EDGE[format]:
+        raise UnprocessableImage(
+            "too_large_for_format",
+            f"{format.upper()} images can be at most {MAX_EDGE[format]} pixels wide and high; "
+            f"this one is {image.width}x{image.height}",
+        )
 
 
 def set_avif_speed(speed: int) -> None:
@@ -389,4 +400,18 @@ def pixels_for(image: Image.Image, format: str) -> Image.Image:
         return flat
     if format == "png" and image.mode in ("L", "LA", "RGB", "RGBA"):
         return image.copy()
+    if format == "gif":
+        return gif_pixels(image)
     return image.convert("RGBA" if alpha else "RGB")
+
+
+def gif_pixels(image: Image.Image) -> Image.Image:
+    """A new image GIF's encoder takes as it should: gray stays L (its palette is the grays); alpha becomes
+    one bit, as GIF has (at least half opaque is opaque), with every transparent pixel the same colour,
+    so that they take one palette entry and the other 255 go to the picture."""
+    if not has_alpha(image):
+        return image.copy() if image.mode == "L" else image.convert("RGB")
+    rgba = image.convert("RGBA")
+    opaque = rgba.getchannel("A").point(lambda alpha: 255 if alpha >= 128 else 0)
+    clear = Image.new("RGBA", rgba.size, (0, 0, 0, 0))
+    return Image.composite(rgba, clear, opaque)

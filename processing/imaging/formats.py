@@ -13,7 +13,7 @@ from typing import Literal, Protocol, get_args
 
 from PIL import Image
 
-EncodedFormat = Literal["jpeg", "png", "webp", "avif"]
+EncodedFormat = Literal["jpeg", "png", "webp", "avif", "gif"]
 # What the encoder writes (codecs.encode_image).
 OUTPUT_FORMATS: tuple[str, ...] = get_args(EncodedFormat)
 AUTO = "auto"
@@ -21,6 +21,14 @@ AUTO = "auto"
 OutputFormat = Literal[EncodedFormat, "auto"]
 # What format=auto may choose beyond JPEG and PNG, best first.
 MODERN_FORMATS = ("avif", "webp")
+# The formats a result keeps an animation's frames in (processing.imaging.animation). Not PNG: an
+# animated PNG is lossless, so many times a WebP's size, and a client asking for PNG wants a still;
+# not AVIF: its encoder, the slowest by far on one picture, would take minutes on a hundred.
+ANIMATED_FORMATS = ("gif", "webp")
+# What format=auto may choose for an animation that keeps its frames: WebP when the client names it,
+# else GIF, which every client shows.
+MODERN_ANIMATED_FORMATS = ("webp",)
+UNIVERSAL_ANIMATED_FORMAT = "gif"
 
 # By Pillow's format names: the input formats codecs allows, and the output formats.
 MIME_TYPES = {
@@ -62,41 +70,50 @@ class StoredResult(Protocol):
     fallback_format: str
 
 
-def negotiated_format(requested: str | None, accepted: Collection[str]) -> str:
+def negotiated_format(requested: str | None, accepted: Collection[str], animated: bool = False) -> str:
     """For format=auto, the best modern format among the client's accepted image subtypes; "" otherwise.
 
     Only a format named outright counts: `*/*` or `image/*` is what a client sends when it has no
-    idea, not a promise that it can show AVIF. "" with format=auto means JPEG or PNG by content.
+    idea, not a promise that it can show AVIF. "" with format=auto means JPEG or PNG by content, or
+    GIF for an animation that keeps its frames (`animated`), which chooses among those that animate.
     """
     if requested != AUTO:
         return ""
-    return next((name for name in MODERN_FORMATS if name in accepted), "")
+    modern = MODERN_ANIMATED_FORMATS if animated else MODERN_FORMATS
+    return next((name for name in modern if name in accepted), "")
 
 
 def result_formats(
-    requested: str | None, negotiated: str, input_format: str, image: Image.Image
+    requested: str | None, negotiated: str, input_format: str, image: Image.Image, animated: bool = False
 ) -> ResultFormats:
     """The format asked for, else the input's default; for auto, the negotiated one with a JPEG or PNG
-    fallback for downloads that do not name it, or JPEG or PNG by content when nothing was negotiated."""
-    output = chosen_before_pixels(requested, negotiated, input_format) or universal_format(image)
-    fallback = universal_format(image) if requested == AUTO and negotiated else ""
+    fallback for downloads that do not name it, or JPEG or PNG by content when nothing was negotiated.
+    An animation that keeps its frames (`animated`) has GIF where a still has JPEG or PNG."""
+    universal = UNIVERSAL_ANIMATED_FORMAT if animated else universal_format(image)
+    output = chosen_before_pixels(requested, negotiated, input_format, animated) or universal
+    fallback = universal if requested == AUTO and negotiated else ""
     return ResultFormats(output, fallback)
 
 
-def chosen_before_pixels(requested: str | None, negotiated: str, input_format: str) -> str:
+def chosen_before_pixels(
+    requested: str | None, negotiated: str, input_format: str, animated: bool = False
+) -> str:
     """The result's format as far as it is known before its pixels: what result_formats gives, or ""
     when format=auto leaves it to the content (JPEG or PNG)."""
     if requested != AUTO:
-        return requested or default_output_format(input_format)
-    return negotiated
+        return requested or default_output_format(input_format, animated)
+    return negotiated or (UNIVERSAL_ANIMATED_FORMAT if animated else "")
 
 
-def default_output_format(input_format: str) -> str:
+def default_output_format(input_format: str, animated: bool = False) -> str:
     """Keep the input's format when it is an output format; a HEIC photo becomes JPEG, which every
-    browser shows; anything else (GIF, BMP, TIFF) becomes lossless PNG."""
+    browser shows; anything else (BMP, TIFF, a still GIF) becomes lossless PNG. An animated GIF that
+    keeps its frames (`animated`) stays a GIF, as an animated WebP stays a WebP."""
     name = input_format.lower()
     if name == "heif":
         return "jpeg"
+    if name == "gif":
+        return "gif" if animated else "png"
     return name if name in OUTPUT_FORMATS else "png"
 
 

@@ -37,6 +37,25 @@ class PlaceholderOut(TypedDict):
     ]
 
 
+class FramesOut(TypedDict):
+    """What became of an animation's frames."""
+
+    input: Annotated[int, Field(description="The frames of the upload (an animated GIF or WebP).")]
+    output: Annotated[
+        int,
+        Field(
+            description="The frames of the result: all of them (identical neighbours may be merged into one "
+            "longer frame), or 1 when only the first was kept."
+        ),
+    ]
+    note: Annotated[
+        str | None,
+        Field(
+            description="Why only the first frame was kept, e.g. the format holds one frame; null otherwise."
+        ),
+    ]
+
+
 class ResultOut(TypedDict):
     url: str
     content_type: str
@@ -57,6 +76,15 @@ class ResultOut(TypedDict):
         ]
     ]
     report: NotRequired[dict[str, Any] | None]
+    frames: NotRequired[
+        Annotated[
+            FramesOut | None,
+            Field(
+                description="For an animated upload: its frames and the result's, and why only the first was "
+                "kept when it was; null for a still image."
+            ),
+        ]
+    ]
 
 
 class JobUrls(TypedDict):
@@ -127,7 +155,14 @@ def result_json(job: Job, download_url: str) -> ResultOut | None:
         placeholder=placeholder_json(job),
         fallback_format=job.fallback_format or None,
         report=job.report,
+        frames=frames_json(job),
     )
+
+
+def frames_json(job: Job) -> FramesOut | None:
+    if job.input_frames <= 1:
+        return None
+    return FramesOut(input=job.input_frames, output=job.output_frames or 1, note=job.frames_note or None)
 
 
 def placeholder_json(job: Job) -> PlaceholderOut | None:

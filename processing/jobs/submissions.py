@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from processing import storage
 from processing.errors import StorageUnavailable, UnknownOperation, UnprocessableImage
-from processing.imaging import formats
+from processing.imaging import animation, formats
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, OutputLimits, get_operation
 from processing.jobs import idempotency, pools, publishing
@@ -36,6 +36,8 @@ RESULT_FIELDS = (
     "output_width",
     "output_height",
     "output_sha256",
+    "output_frames",
+    "frames_note",
     "fallback_format",
     "placeholder_blurhash",
     "placeholder_preview",
@@ -83,6 +85,13 @@ class Prepared:
         """Each upload with its header facts, read on first use: after the Idempotency-Key's checks,
         so that a key's errors come before an upload's and a replay reads no upload."""
         return [(upload, inspect(upload)) for upload in self.submission.uploads]
+
+    def negotiated_for(self, info: ImageInfo) -> str:
+        """What format=auto negotiates for this upload: for an animation that keeps its frames, among
+        the formats that hold them; for anything else, what the submission negotiated."""
+        if not animation.keeps_frames(self.operation, self.params, info.frames):
+            return self.negotiated_format
+        return formats.negotiated_format(self.canonical.get("format"), self.submission.accepts, animated=True)
 
     def fingerprint(self) -> str:
         hashes = [upload.sha256 for upload in self.submission.uploads]
@@ -132,12 +141,18 @@ def create_jobs(prepared: Prepared) -> list[Job]:
     then store, create, publish and announce the jobs."""
     operation, params = prepared.operation, prepared.params
     operation.check_references(params, prepared.submission.owner)
-    limits = OutputLimits.of(settings)
+    limits, animation_limits = OutputLimits.of(settings), animation.AnimationLimits.of(settings)
     for _, info in prepared.inputs:
-        output_format = formats.chosen_before_pixels(
-            prepared.canonical.get("format"), prepared.negotiated_format, info.format
+        output_format, frames = animation.expected_result(
+            operation,
+            params,
+            info.frames,
+            prepared.canonical.get("format"),
+            prepared.negotiated_for(info),
+            info.format,
         )
         operation.check_job(params, info.width, info.height, output_format, limits)
+        animation.check_budget(frames, operation, params, info.width, info.height, animation_limits)
 
     single_id = prepared.submission.job_id if len(prepared.inputs) == 1 else None
     created: list[Job] = []
@@ -175,7 +190,8 @@ def create_job(prepared: Prepared, upload: Upload, info: ImageInfo, job_id: uuid
         input_bytes=upload.size,
         input_width=info.width,
         input_height=info.height,
-        negotiated_format=prepared.negotiated_format,
+        input_frames=info.frames,
+        negotiated_format=prepared.negotiated_for(info),
         pool=pools.pool_for(settings.TRAFFIC_SPLIT, service, job_id),
         **submission.owner.fields(),
     )

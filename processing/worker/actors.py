@@ -9,15 +9,21 @@ from typing import Any
 import dramatiq
 from django.conf import settings
 from dramatiq.middleware import TimeLimitExceeded
-from PIL import Image
 from pydantic import ValidationError
 
 from processing import logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
-from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
-from processing.imaging.codecs import DecodeHint, load_image
+from processing.imaging import admin_thumbnails, animation, byte_budget, formats, placeholders
+from processing.imaging.animation import Animation, AnimationLimits, FramePlan, Picture
+from processing.imaging.codecs import DecodeHint, ImageInfo, load_image
 from processing.imaging.operations import OutputLimits, get_operation
-from processing.imaging.operations.base import Operation, OutputOptions, Params
+from processing.imaging.operations.base import (
+    Operation,
+    OperationResult,
+    OutputOptions,
+    Params,
+    ProgressCallback,
+)
 from processing.jobs import lifecycle, pools, queues
 from processing.models import Job
 from processing.worker import admission
@@ -27,6 +33,8 @@ logger = logging.getLogger(__name__)
 # A message that finds its job held by a live worker waits for that lease to run out,
 # this many times at most, before giving up on it.
 MAX_LEASE_WAITS = 20
+# An animation whose frames all came out alike: its encoder stored them as one.
+MERGED_FRAMES_NOTE = "the frames came out identical, so the result is one frame"
 
 
 def declare_pools() -> None:
@@ -95,10 +103,17 @@ def wait_for_lease_or_skip(job_id: str) -> None:
     raise dramatiq.Retry(f"job held by {worker}", delay=int(seconds_left * 1000) + 500)
 
 
-def pixels_of(job: Job, operation: Operation[Any], params: Params, hint: DecodeHint | None) -> int:
+def pixels_of(
+    job: Job, operation: Operation[Any], params: Params, hint: DecodeHint | None, frames: FramePlan
+) -> int:
     """What the job counts against the memory budget: the pixels it decodes (fewer when the decode is
-    reduced) or makes, whichever is more, weighted by what its operation holds per pixel."""
+    reduced) or makes, whichever is more, weighted by what its operation holds per pixel; for an
+    animation that keeps its frames, one frame's worth of that and every frame it makes."""
     width, height = job.input_width, job.input_height
+    if frames.animated:
+        return math.ceil(
+            animation.held_bytes(frames, operation, params, width, height) / admission.BYTES_PER_PIXEL
+        )
     decoded = width * height
     if hint is not None and hint.size is not None:
         decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
@@ -112,7 +127,15 @@ def run(job: Job, worker: str) -> None:
     params = operation.parse(job.parameters)
     # Only what the operation needs: a JPEG may decode at a fraction of its size, or as luma alone.
     hint = operation.decode_hint(params, job.input_width, job.input_height)
-    with admission.admitted(pixels_of(job, operation, params, hint)):
+    _, frames = animation.expected_result(
+        operation,
+        params,
+        job.input_frames,
+        job.parameters.get("format"),
+        job.negotiated_format,
+        job.input_format,
+    )
+    with admission.admitted(pixels_of(job, operation, params, hint, frames)):
         produce(job, worker, operation, params, hint)
 
 
@@ -122,27 +145,38 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
     started = time.perf_counter()
     with storage.local_path(job.input_key) as path:
         image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint, settings.MAX_JPEG_SCANS)
-    timings["decode_ms"] = elapsed_ms(started)
-    # The gateway checked these from the header; here they hold for any job, before a pixel is made.
-    output_format = formats.chosen_before_pixels(
-        job.parameters.get("format"), job.negotiated_format, info.format
-    )
-    operation.check_job(params, info.width, info.height, output_format, OutputLimits.of(settings))
+        timings["decode_ms"] = elapsed_ms(started)
+        # The gateway checked these from the header; here they hold for any job, before a pixel is made.
+        output_format, frames = animation.expected_result(
+            operation, params, info.frames, job.parameters.get("format"), job.negotiated_format, info.format
+        )
+        operation.check_job(params, info.width, info.height, output_format, OutputLimits.of(settings))
+        animation.check_budget(
+            frames, operation, params, info.width, info.height, AnimationLimits.of(settings)
+        )
 
-    step = time.perf_counter()
-    result = operation.apply(image, params, lifecycle.ProgressReporter(job, worker))
-    timings["operation_ms"] = elapsed_ms(step)
+        step = time.perf_counter()
+        progress = lifecycle.ProgressReporter(job, worker)
+        made: Picture | None
+        if frames.animated:  # the other frames are decoded from the same file as they are operated on
+            result, made = operate_on_frames(path, operation, params, frames, info, progress)
+        else:
+            result = operation.apply(image, params, progress)
+            made = result.image
+        timings["operation_ms"] = elapsed_ms(step)
 
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {"output_frames": frames.output, "frames_note": frames.note}
     if operation.produces == "report":
         fields["report"] = result.report
     else:
-        made = result.image
         assert made is not None  # an operation that produces an image returns one
+        first = animation.first_frame(made)
         fields.update(store_image_output(job, made, params, info.format, timings))
-        fields.update(placeholders.fields(made))
+        if frames.animated and fields["output_frames"] == 1:
+            fields["frames_note"] = MERGED_FRAMES_NOTE
+        fields.update(placeholders.fields(first))
         stored_size = (fields["output_width"], fields["output_height"])
-        admin_thumbnails.store_unless_later(fields["output_key"], made, stored_size)
+        admin_thumbnails.store_unless_later(fields["output_key"], first, stored_size)
     admin_thumbnails.store_unless_later(job.input_key, image, (info.width, info.height))
     # After storing: encode_ms and store_ms belong in the metrics too.
     fields["metrics"] = {**result.metrics, **timings}
@@ -155,10 +189,37 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
             storage.delete_job_files(fields.get("output_key", ""), fields.get("fallback_key", ""))
 
 
+def operate_on_frames(
+    path: str,
+    operation: Operation[Any],
+    params: Any,
+    frames: FramePlan,
+    info: ImageInfo,
+    progress: ProgressCallback,
+) -> tuple[OperationResult, Animation]:
+    """The operation on every frame of the animation at `path`, one at a time (the first frame's result
+    stands for the operation's metrics), within the frames the animation limits allow at its size."""
+    frame_pixels, _ = animation.counted_frame(operation, params, info.width, info.height)
+    allowance = animation.frame_allowance(AnimationLimits.of(settings), frame_pixels)
+    made, first = animation.operate(
+        path,
+        settings.MAX_IMAGE_PIXELS,
+        lambda frame, report: operation.apply(frame, params, report),
+        frames,
+        allowance,
+        progress,
+    )
+    return first, made
+
+
 def store_image_output(
-    job: Job, image: Image.Image, params: OutputOptions, input_format: str, timings: dict[str, float]
+    job: Job, image: Picture, params: OutputOptions, input_format: str, timings: dict[str, float]
 ) -> dict[str, Any]:
-    chosen = formats.result_formats(params.format, job.negotiated_format, input_format, image)
+    """Encode the result (and its fallback) and store it: its fields on the job. An animation's frames
+    are counted in the file, as its encoder may have merged identical neighbours."""
+    animated = isinstance(image, Animation)
+    content = animation.first_frame(image)
+    chosen = formats.result_formats(params.format, job.negotiated_format, input_format, content, animated)
     step = time.perf_counter()
     fitted = byte_budget.encode_within(image, chosen.output, params.quality, params.max_bytes)
     timings["encode_ms"] = elapsed_ms(step)
@@ -176,6 +237,7 @@ def store_image_output(
         "output_width": fitted.image.width,
         "output_height": fitted.image.height,
         "output_sha256": hashlib.sha256(data).hexdigest(),
+        "output_frames": animation.frames_in(data, chosen.output) if animated else 1,
     }
     if chosen.fallback:
         fields.update(store_fallback(job, fitted.image, chosen.fallback, params.quality, params.max_bytes))
@@ -184,7 +246,7 @@ def store_image_output(
 
 
 def store_fallback(
-    job: Job, image: Image.Image, fallback_format: str, quality: int, max_bytes: int | None
+    job: Job, image: Picture, fallback_format: str, quality: int, max_bytes: int | None
 ) -> dict[str, Any]:
     """The same result in `fallback_format`, for downloads whose Accept does not name the chosen format;
     within the same budget, so it may have fewer pixels than the result."""

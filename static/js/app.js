@@ -312,10 +312,11 @@
       metrics: el("p", { class: "metrics" }),
       report: el("div", { class: "report" }),
       error: el("p", { class: "job-error" }),
+      frames: el("p", { class: "job-frames", "data-frames": true }),
       actions: el("div", { class: "job-actions" }),
     };
     const head = el("div", { class: "job-head" }, card.title, el("span", { class: "job-service", text: job.service }), card.status);
-    card.item.append(head, card.progress, card.error, card.preview, card.metrics, card.report, card.actions);
+    card.item.append(head, card.progress, card.error, card.frames, card.preview, card.metrics, card.report, card.actions);
     return card;
   }
 
@@ -349,11 +350,22 @@
     card.progress.hidden = job.status === "failed" || job.status === "cancelled";
     card.error.textContent = job.error ? job.error.message : "";
     card.error.hidden = !job.error;
+    fillFrames(card, job.result && job.result.frames);
     if (!previous || previous.status !== job.status || !card.actions.hasChildNodes()) fillActions(card, job);
     if (features.real_time_preview) fillPreview(card, job, title);
     else fillPlaceholder(card, job);
     if (job.result && job.result.report && !card.report.hasChildNodes()) card.report.append(...reportView(job.result.report));
     if (features.advanced_metrics && D.isFinished(job) && !card.metricsRequested) showMetrics(card, job);
+  }
+
+  // An animated upload: its frames kept, or why only the first was.
+  function fillFrames(card, frames) {
+    card.frames.hidden = !frames;
+    if (!frames) return;
+    card.frames.classList.toggle("is-note", Boolean(frames.note));
+    card.frames.textContent = frames.note
+      ? frames.note.charAt(0).toUpperCase() + frames.note.slice(1) + " (the upload has " + frames.input + " frames)."
+      : "Animated: " + frames.output + " frames.";
   }
 
   function fillActions(card, job) {

@@ -45,13 +45,16 @@ class OutputOptions(Params):
     format: OutputFormat | None = Field(
         None,
         description=(
-            "Output format; by default the input's format (JPEG for HEIC; PNG for GIF, BMP and TIFF). "
-            "`auto`: the best the client accepts: AVIF, then WebP, when the upload request's Accept "
+            "Output format; by default the input's format (JPEG for HEIC; PNG for BMP, TIFF and a still "
+            "GIF). `auto`: the best the client accepts: AVIF, then WebP, when the upload request's Accept "
             "header names it, otherwise JPEG (PNG for an image with transparency). A download whose "
-            "Accept header does not name the modern format gets that JPEG or PNG instead."
+            "Accept header does not name the modern format gets that JPEG or PNG instead. An animated GIF "
+            "or WebP keeps its frames in `gif` or `webp` (by default its own format; `auto`: WebP when "
+            "the Accept header names it, else GIF); in any other format only its first frame is kept, "
+            "and the result's `frames` says so."
         ),
     )
-    quality: int = Field(85, ge=1, le=100, description="JPEG, WebP and AVIF quality; PNG ignores it.")
+    quality: int = Field(85, ge=1, le=100, description="JPEG, WebP and AVIF quality; PNG and GIF ignore it.")
     max_bytes: int | None = Field(
         None,
         ge=MIN_BUDGET_BYTES,
@@ -122,6 +125,10 @@ class Operation(Generic[P]):
     # Bytes the whole job (decode, operation, encode) holds at its peak per pixel decoded, measured on
     # a 49-megapixel JPEG (`python -m bench.memory --per-operation`); memory admission counts by it.
     memory_per_pixel: float = 12.0
+    # Whether `apply` may run on each frame of an animation in turn, the frames then kept
+    # (processing.imaging.animation): it makes no choice from the picture's content that would differ
+    # between frames, and gives every frame of one size a result of one size.
+    animates: bool = False
 
     def parse(self, raw: Mapping[str, Any]) -> P:
         """Validate raw parameters; raises pydantic.ValidationError."""
@@ -173,6 +180,15 @@ class Operation(Generic[P]):
         if size is None or size[0] * size[1] <= max_pixels:
             return
         raise output_too_large(params, width, height, size, f"MAX_OUTPUT_PIXELS ({max_pixels})")
+
+    def one_frame_reason(self, params: P) -> str | None:
+        """Why these parameters keep only an animation's first frame; None when every frame is kept
+        (the output format may still hold one frame: processing.imaging.animation decides)."""
+        if not self.animates:
+            verb = "works on" if self.produces == "image" else "reports on"
+            return f"{self.name} {verb} one frame"
+        reason = getattr(params, "one_frame_reason", None)
+        return reason() if reason is not None else None
 
     def decode_hint(self, params: P, width: int, height: int) -> DecodeHint | None:
         """What the decoder may leave out for these parameters on an image of this (displayed) size.

@@ -21,4 +21,5 @@ OPERATION = Operation(
     description="Soften the image with a Gaussian blur of the given radius.",
     params=BlurParams,
     apply=blur,
+    animates=True,
 )

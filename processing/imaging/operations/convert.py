@@ -18,8 +18,12 @@ def convert(image: Image.Image, params: ConvertParams, progress: ProgressCallbac
 
 OPERATION = Operation(
     name="convert",
-    description="Re-encode as JPEG, PNG, WebP or AVIF, or the best the client accepts (metadata removed).",
+    description=(
+        "Re-encode as JPEG, PNG, WebP, AVIF or GIF, or the best the client accepts (metadata removed); "
+        "an animated GIF or WebP stays animated as GIF or WebP."
+    ),
     params=ConvertParams,
     apply=convert,
     memory_per_pixel=4.5,
+    animates=True,
 )

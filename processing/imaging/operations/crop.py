@@ -39,6 +39,9 @@ class CropParams(OutputOptions):
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         return self.width, self.height  # check_fits keeps the box inside the image
 
+    def one_frame_reason(self) -> str | None:
+        return gravities.one_frame_reason(self.gravity)
+
     def given_origin(self) -> tuple[int, int]:
         """x and y, when no gravity places the box (placed_one_way has made sure both are given)."""
         assert self.x is not None and self.y is not None
@@ -82,4 +85,5 @@ OPERATION = Operation(
     params=CropParams,
     apply=crop,
     memory_per_pixel=5.0,
+    animates=True,
 )

@@ -38,6 +38,14 @@ EDGE_WEIGHT, SKIN_WEIGHT, SATURATION_WEIGHT = 1.0, 1.8, 1.2
 LIGHTNESS_RANGE = (0.05, 0.9)
 
 
+def one_frame_reason(gravity: str | None) -> str | None:
+    """Why a box placed by `gravity` keeps only an animation's first frame: entropy and attention
+    look at one picture, and a box placed on each frame in turn would jump about between them."""
+    if gravity in ("entropy", "attention"):
+        return f"gravity={gravity} places the box by looking at one picture; gravity=center keeps every frame"
+    return None
+
+
 def place(image: Image.Image, width: int, height: int, gravity: str) -> tuple[int, int]:
     """The (left, top) of a width x height box inside `image` chosen by `gravity`."""
     if (width, height) == image.size or gravity == "center":

@@ -83,4 +83,5 @@ OPERATION = Operation(
     params=GrayscaleParams,
     apply=grayscale,
     memory_per_pixel=2.5,
+    animates=True,
 )

@@ -59,6 +59,9 @@ class ResizeParams(OutputOptions):
             return shrink_hint(width, height, scale, scale)
         return shrink_hint(width, height, out_width / width, out_height / height)
 
+    def one_frame_reason(self) -> str | None:
+        return gravities.one_frame_reason(self.gravity) if self.covers else None
+
     @property
     def covers(self) -> bool:
         """Cover with both sides given: crop the centre to the box's ratio (one side alone is contain)."""
@@ -95,4 +98,5 @@ OPERATION = Operation(
     description="Resize to a width and/or height, fitting, covering or filling the box.",
     params=ResizeParams,
     apply=resize,
+    animates=True,
 )

@@ -65,4 +65,5 @@ OPERATION = Operation(
     description="Rotate counter-clockwise by an angle in degrees; right angles are lossless.",
     params=RotateParams,
     apply=rotate,
+    animates=True,
 )

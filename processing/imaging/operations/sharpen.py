@@ -23,4 +23,5 @@ OPERATION = Operation(
     description="Sharpen with an unsharp mask (radius, strength in percent, threshold).",
     params=SharpenParams,
     apply=sharpen,
+    animates=True,
 )

@@ -49,6 +49,9 @@ class ThumbnailParams(OutputOptions):
     def square_side(self, width: int, height: int) -> int:
         return min(self.size, width, height)
 
+    def one_frame_reason(self) -> str | None:
+        return gravities.one_frame_reason(self.gravity) if self.square else None
+
     def decode_hint(self, width: int, height: int) -> DecodeHint | None:
         if self.square:
             scale = self.square_side(width, height) / min(width, height)
@@ -88,4 +91,5 @@ OPERATION = Operation(
     description="Make a thumbnail whose longest edge is at most the given size.",
     params=ThumbnailParams,
     apply=thumbnail,
+    animates=True,
 )
