@@ -12,9 +12,10 @@ class ProcessingConfig(AppConfig):
 
         from processing import storage
         from processing.events.layer import check_channel_layer
-        from processing.imaging import codecs
+        from processing.imaging import codecs, jxl
         from processing.models import Job
 
         checks.register(check_channel_layer)
         codecs.set_avif_speed(settings.AVIF_SPEED)
+        jxl.set_effort(settings.JXL_EFFORT)
         post_delete.connect(storage.delete_files_of_deleted_job, sender=Job, dispatch_uid="job-files")

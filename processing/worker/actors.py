@@ -4,6 +4,7 @@ import hashlib
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from processing import logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
-from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
+from processing.imaging import admin_thumbnails, byte_budget, formats, jxl, placeholders
 from processing.imaging.codecs import DecodeHint, load_image
 from processing.imaging.operations import OutputLimits, get_operation
 from processing.imaging.operations.base import Operation, OutputOptions, Params
@@ -104,7 +105,7 @@ def pixels_of(job: Job, operation: Operation[Any], params: Params, hint: DecodeH
         decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
     made = operation.output_size(params, width, height)
     pixels = max(decoded, made[0] * made[1] if made else 0)
-    return math.ceil(pixels * operation.memory_per_pixel / admission.BYTES_PER_PIXEL)
+    return math.ceil(pixels * operation.memory_per_pixel_for(params) / admission.BYTES_PER_PIXEL)
 
 
 def run(job: Job, worker: str) -> None:
@@ -160,7 +161,7 @@ def store_image_output(
 ) -> dict[str, Any]:
     chosen = formats.result_formats(params.format, job.negotiated_format, input_format, image)
     step = time.perf_counter()
-    fitted = byte_budget.encode_within(image, chosen.output, params.quality, params.max_bytes)
+    fitted = encoded(job, image, chosen.output, params, input_format)
     timings["encode_ms"] = elapsed_ms(step)
     if fitted.encodes > 1:
         timings.update(fitted.metrics(image))
@@ -181,6 +182,20 @@ def store_image_output(
         fields.update(store_fallback(job, fitted.image, chosen.fallback, params.quality, params.max_bytes))
     timings["store_ms"] = elapsed_ms(step)
     return fields
+
+
+def encoded(
+    job: Job, image: Image.Image, output_format: str, params: OutputOptions, input_format: str
+) -> byte_budget.Fitted:
+    """The result's bytes: a lossless JPEG XL when asked for (convert's `lossless`), of the upload's own
+    file when it is a JPEG; otherwise the image encoded within its byte budget."""
+    if not getattr(params, "lossless", False):
+        return byte_budget.encode_within(image, output_format, params.quality, params.max_bytes)
+    jpeg = None
+    if formats.keeps_the_jpeg(True, input_format, output_format):
+        with storage.local_path(job.input_key) as path:
+            jpeg = Path(path).read_bytes()
+    return byte_budget.Fitted(jxl.encode_lossless(image, jpeg), image, quality=100, encodes=1)
 
 
 def store_fallback(

@@ -43,12 +43,14 @@ class OutputOptions(Params):
         None,
         description=(
             "Output format; by default the input's format (JPEG for HEIC; PNG for GIF, BMP and TIFF). "
-            "`auto`: the best the client accepts: AVIF, then WebP, when the upload request's Accept "
-            "header names it, otherwise JPEG (PNG for an image with transparency). A download whose "
-            "Accept header does not name the modern format gets that JPEG or PNG instead."
+            "`auto`: the best the client accepts: JPEG XL (`jxl`), then AVIF, then WebP, when the upload "
+            "request's Accept header names it, otherwise JPEG (PNG for an image with transparency). A "
+            "download whose Accept header does not name the modern format gets that JPEG or PNG instead."
         ),
     )
-    quality: int = Field(85, ge=1, le=100, description="JPEG, WebP and AVIF quality; PNG ignores it.")
+    quality: int = Field(
+        85, ge=1, le=100, description="JPEG, WebP, AVIF and JPEG XL quality; PNG ignores it."
+    )
     max_bytes: int | None = Field(
         None,
         ge=MIN_BUDGET_BYTES,
@@ -124,6 +126,12 @@ class Operation(Generic[P]):
         """Validate raw parameters; raises pydantic.ValidationError."""
         # mypy takes model_validate's Self on a type[P] for P's bound, not for P itself.
         return cast(P, self.params.model_validate(dict(raw)))
+
+    def memory_per_pixel_for(self, params: P) -> float:
+        """What a job of these parameters holds per pixel: the operation's own figure, unless the
+        parameters say they need more (convert's lossless JPEG XL)."""
+        needs: float | None = getattr(params, "memory_per_pixel", None)
+        return needs if needs is not None else self.memory_per_pixel
 
     def check_fits(self, params: P, width: int, height: int) -> None:
         """Raise InvalidParameters when valid parameters can't apply to an image of this size."""
