@@ -19,12 +19,12 @@ OUTPUT_FORMATS: tuple[str, ...] = get_args(EncodedFormat)
 AUTO = "auto"
 # What an image operation's `format` parameter may ask for.
 OutputFormat = Literal[EncodedFormat, "auto"]
-# What format=auto may choose beyond JPEG and PNG, best first. JPEG XL before AVIF: a client names
-# image/jxl only if it shows it (Safari 17 and later, which names AVIF too), and for it JPEG XL costs a
-# tenth of AVIF's encoding time (about 0.07 s a megapixel against 0.7), has no pixel ceiling of its own
-# (an AVIF result stops at MAX_AVIF_OUTPUT_PIXELS), and on detailed photos reaches JPEG's likeness in
-# fewer bytes (0.55 of the JPEG's against AVIF's 0.74). AVIF wins on smooth photos, where it is much
-# smaller still: that is the price. docs/formats.md has the figures.
+# What format=auto may choose beyond JPEG and PNG, best first. JPEG XL before AVIF, for the clients that
+# name both (Safari 17 and later; a client names image/jxl only if it shows it): it encodes in a fifth
+# of AVIF's time or less, has no pixel ceiling of its own (format=auto with AVIF refuses a result over
+# MAX_AVIF_OUTPUT_PIXELS), and on a detailed photo keeps JPEG's likeness at JPEG's quality, where
+# AVIF's smaller file is less alike (SSIM 0.92 against 0.96). The price: on smooth photos AVIF is as
+# alike in a third of the bytes (`python -m bench.formats`; docs/formats.md has the figures).
 MODERN_FORMATS = ("jxl", "avif", "webp")
 
 # By Pillow's format names: the input formats codecs allows, and the output formats.
