@@ -15,7 +15,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image, ImageFilter
 from pillow_jxl import JpegXLImagePlugin
 
-from processing.imaging import codecs, jxl
+from processing import storage
+from processing.imaging import admin_thumbnails, codecs, jxl
 from processing.imaging.codecs import encode_image, load_image, probe
 from processing.imaging.operations import get_operation
 from processing.models import Job
@@ -220,6 +221,15 @@ def test_a_jpeg_xl_is_refused_from_its_header_before_a_pixel_is_decoded(
 def test_a_jpeg_xl_over_the_pixel_limit_is_refused_by_the_worker_before_it_decodes(upload_path):
     with pytest.raises(codecs.ImageTooLarge):
         load_image(upload_path(header_claiming(20_000, 20_000)), LIMIT)
+
+
+def test_the_admin_makes_a_small_jpeg_xl_s_thumbnail_and_never_decodes_a_large_one(monkeypatch):
+    small = storage.save_output("inputs/small.jxl", jxl_bytes(images.photo(320, 240), quality=80))
+    assert decoded(admin_thumbnails.make_later(small, LIMIT, None)).size == (160, 120)
+
+    large = storage.save_output("inputs/large.jxl", header_claiming(4000, 3000))
+    monkeypatch.setattr(JpegXLImagePlugin.JXLImageFile, "_open", lambda self: pytest.fail("decoded"))
+    assert admin_thumbnails.make_later(large, LIMIT, None) is None  # the worker stores those
 
 
 def test_a_jpeg_xl_is_shown_upright_by_its_codestream_orientation_never_again_by_its_exif(upload_path):
