@@ -110,8 +110,8 @@ bench-ws: $(STAMP)
 bench-memory: $(STAMP)
 	$(BIN)/python -m bench.memory $(BENCH_MEMORY_ARGS)
 
-# AVIF against JPEG on HD photos (bytes at equal SSIM), and the cost of a result's placeholder.
-# BENCH_FORMATS_ARGS="--photos DIR --avif-speed 4" for your own photos at another speed.
+# AVIF and JPEG XL against JPEG on HD photos (bytes at equal SSIM), and the cost of a result's placeholder.
+# BENCH_FORMATS_ARGS="--photos DIR --avif-speed 4 --jxl-effort 7" for your own photos at other speeds.
 bench-formats: $(STAMP)
 	$(BIN)/python -m bench.formats $(BENCH_FORMATS_ARGS)
 

@@ -66,7 +66,7 @@ class Job(models.Model):
     # format=auto: the modern format the upload's Accept header named (a download whose Accept
     # does not name it gets the fallback, a JPEG or PNG of the same pixels).
     negotiated_format = models.CharField(
-        max_length=10, blank=True, help_text="for format=auto: avif or webp, or blank for JPEG/PNG"
+        max_length=10, blank=True, help_text="for format=auto: jxl, avif or webp, or blank for JPEG/PNG"
     )
     fallback_key = models.CharField(max_length=255, blank=True)
     fallback_format = models.CharField(max_length=10, blank=True)

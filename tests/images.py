@@ -176,8 +176,10 @@ def with_metadata_bytes(format: str = "JPEG", image: Image.Image | None = None) 
     params = {"exif": camera_exif(), "icc_profile": srgb_icc()}
     if format == "JPEG":
         params.update(comment=b"shot at home", xmp=XMP, quality=95)
-    elif format in ("WEBP", "HEIF", "AVIF"):
+    elif format in ("WEBP", "HEIF", "AVIF", "JXL"):
         params.update(xmp=XMP, quality=95)
+        if format == "JXL":  # the JPEG XL plugin takes EXIF as bytes only, and writes no ICC profile
+            params["exif"] = camera_exif().tobytes()
     elif format == "PNG":
         from PIL.PngImagePlugin import PngInfo
 

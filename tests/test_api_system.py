@@ -168,6 +168,7 @@ def test_the_openapi_document_describes_every_endpoint(client):
         "/api/v1/process/{service}",
         "/api/v1/resize",
         "/api/v1/crop",
+        "/api/v1/convert",
         "/api/v1/jobs/batch",
         "/api/v1/jobs",
         "/api/v1/jobs/{job_id}",

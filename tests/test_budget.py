@@ -32,7 +32,7 @@ def test_without_a_budget_or_within_it_the_encoding_is_the_plain_one():
     assert encode_within(photo, "jpeg", 85, len(plain)).data == plain
 
 
-@pytest.mark.parametrize("format", ["jpeg", "webp", "avif"])
+@pytest.mark.parametrize("format", ["jpeg", "webp", "avif", "jxl"])
 def test_over_budget_the_highest_quality_that_fits_is_chosen_at_full_size(format):
     photo = images.photo(320, 240)
     budget = len(encode_image(photo, format, 60))
@@ -44,7 +44,7 @@ def test_over_budget_the_highest_quality_that_fits_is_chosen_at_full_size(format
     assert len(encode_image(photo, format, fitted.quality + 1)) > budget  # the highest that fits
 
 
-@pytest.mark.parametrize("format", ["jpeg", "png", "avif"])
+@pytest.mark.parametrize("format", ["jpeg", "png", "avif", "jxl"])
 def test_a_budget_even_the_lowest_quality_misses_costs_pixels_not_more_quality(format):
     noise = images.noise(400, 300)
     budget = 4096

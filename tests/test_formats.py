@@ -1,5 +1,5 @@
 """HEIC and AVIF in, AVIF out, format=auto by the Accept header (processing.imaging.formats decides), and
-the placeholder of each result."""
+the placeholder of each result. JPEG XL in and out: tests/test_jpeg_xl.py."""
 
 import base64
 import io
@@ -126,6 +126,9 @@ def test_avif_output_is_under_half_the_jpeg_at_the_same_quality_and_as_alike():
         ("image/webp,*/*", ("webp",), "webp"),
         ("image/webp, image/avif", ("avif", "webp"), "avif"),
         ("image/avif;q=0, image/webp;q=0.5", ("webp",), "webp"),
+        # Safari 17 names all three: JPEG XL first (formats.MODERN_FORMATS says why).
+        ("image/webp,image/avif,image/jxl,image/*;q=0.8", ("jxl", "avif", "webp"), "jxl"),
+        ("image/jxl;q=0, image/avif", ("avif",), "avif"),
         ("*/*", (), ""),
         ("image/*", (), ""),
         ("application/json", (), ""),
@@ -192,6 +195,8 @@ class Stored:
     "stored, accepted, served",
     [
         (Stored("avif", "jpeg"), CHROME, ("result", "avif")),
+        (Stored("jxl", "jpeg"), {"jxl", "avif", "webp"}, ("result", "jxl")),
+        (Stored("jxl", "png"), CHROME, ("fallback", "png")),
         (Stored("avif", "jpeg"), {"webp"}, ("fallback", "jpeg")),
         (Stored("avif", "jpeg"), {"*"}, ("fallback", "jpeg")),
         (Stored("webp", "png"), {"webp"}, ("result", "webp")),
@@ -211,6 +216,7 @@ def test_a_download_gets_the_result_only_when_the_client_names_its_format(stored
         ("PNG", "png"),
         ("WEBP", "webp"),
         ("AVIF", "avif"),
+        ("JXL", "jxl"),
         ("HEIF", "jpeg"),
         ("GIF", "png"),
         ("BMP", "png"),
@@ -228,6 +234,7 @@ def test_the_default_output_format_follows_the_input(input_format, output_format
         ("png", "image/png", "png"),
         ("webp", "image/webp", "webp"),
         ("avif", "image/avif", "avif"),
+        ("jxl", "image/jxl", "jxl"),
         ("HEIF", "image/heic", "heic"),
         ("TIFF", "image/tiff", "tiff"),
     ],

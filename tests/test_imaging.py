@@ -3,7 +3,7 @@ import time
 
 import numpy as np
 import pytest
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageCms
 
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
 from processing.imaging import codecs
@@ -58,6 +58,7 @@ def decoded(data: bytes) -> Image.Image:
         ("TIFF", "image/tiff", "tiff"),
         ("HEIF", "image/heic", "heic"),
         ("AVIF", "image/avif", "avif"),
+        ("JXL", "image/jxl", "jxl"),
     ],
 )
 def test_probe_accepts_every_allowed_format(upload, format, mime_type, extension):
@@ -66,8 +67,8 @@ def test_probe_accepts_every_allowed_format(upload, format, mime_type, extension
     assert info.extension == extension
 
 
-def test_the_allow_list_has_exactly_the_eight_formats():
-    assert set(ALLOWED_INPUT_FORMATS) == {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"}
+def test_the_allow_list_has_exactly_the_nine_formats():
+    assert set(ALLOWED_INPUT_FORMATS) == {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "JXL"}
 
 
 @pytest.mark.parametrize(
@@ -343,6 +344,12 @@ def test_a_loaded_image_can_be_processed_after_the_file_is_closed(upload):
 
 def assert_no_metadata(data: bytes) -> None:
     output = decoded(data)
+    if output.format == "JXL":
+        # A JPEG XL holds no ICC profile here: its decoder describes the codestream's colour space as one.
+        description = ImageCms.ImageCmsProfile(
+            io.BytesIO(output.info.pop("icc_profile"))
+        ).profile.profile_description
+        assert description == "sRGB"
     assert not output.getexif()
     assert not output.getexif().get_ifd(ExifTags.IFD.GPSInfo)
     leaked = {"exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment", "Comment"} & set(output.info)
@@ -351,7 +358,7 @@ def assert_no_metadata(data: bytes) -> None:
 
 
 @pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
-@pytest.mark.parametrize("input_format", ["JPEG", "PNG", "WEBP", "TIFF", "HEIF", "AVIF"])
+@pytest.mark.parametrize("input_format", ["JPEG", "PNG", "WEBP", "TIFF", "HEIF", "AVIF", "JXL"])
 def test_encoded_output_carries_no_metadata(upload, input_format, output_format):
     data = images.with_metadata_bytes(input_format)
     assert b"Leaky" in data  # the input does carry it
@@ -382,14 +389,14 @@ def test_png_output_is_lossless():
     assert np.array_equal(pixels(decoded(encode_image(image, "png", 1))), pixels(image))
 
 
-@pytest.mark.parametrize("output_format", ["jpeg", "webp", "avif"])
+@pytest.mark.parametrize("output_format", ["jpeg", "webp", "avif", "jxl"])
 def test_lossy_output_stays_close_to_the_input(output_format):
     image = images.gradient(64, 48)
     output = decoded(encode_image(image, output_format, 90)).convert("RGB")
     assert np.abs(pixels(output) - pixels(image)).mean() < 3
 
 
-@pytest.mark.parametrize("output_format", ["jpeg", "webp", "avif"])
+@pytest.mark.parametrize("output_format", ["jpeg", "webp", "avif", "jxl"])
 def test_quality_trades_size_for_fidelity(output_format):
     image = images.noise(64, 64)
     assert len(encode_image(image, output_format, 10)) < len(encode_image(image, output_format, 95))
@@ -407,8 +414,8 @@ def test_jpeg_keeps_grayscale_as_grayscale():
     assert output.mode == "L"
 
 
-@pytest.mark.parametrize("output_format", ["png", "webp", "avif"])
-def test_png_webp_and_avif_keep_transparency(output_format):
+@pytest.mark.parametrize("output_format", ["png", "webp", "avif", "jxl"])
+def test_png_webp_avif_and_jpeg_xl_keep_transparency(output_format):
     image = images.with_alpha(images.gradient(), alpha=0)
     image.paste((0, 0, 255, 255), (0, 0, 8, 8))
     output = decoded(encode_image(image, output_format, 100))

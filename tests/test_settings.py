@@ -48,6 +48,7 @@ def check_with(**env) -> subprocess.CompletedProcess:
         ({"SECURE_HSTS_SECONDS": "a year"}, "SECURE_HSTS_SECONDS='a year' is not an integer"),
         ({"SESSION_COOKIE_SECURE": "sometimes"}, "SESSION_COOKIE_SECURE='sometimes' is not a boolean"),
         ({"AVIF_SPEED": "11"}, "AVIF_SPEED=11 must be at most 10"),
+        ({"JXL_EFFORT": "10"}, "JXL_EFFORT=10 must be at most 9"),
         ({"TRAFFIC_SPLIT": "sobel: images x"}, "not `pool weight`"),
         ({"TRUSTED_PROXIES": "10.0.0.1, nginx"}, "TRUSTED_PROXIES: 'nginx' is not an IP address or network"),
         # nginx joins the prefix and the key: a prefix without its slashes would name another location.

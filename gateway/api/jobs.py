@@ -160,7 +160,7 @@ def add_shortcut(service: str) -> None:
     )
 
 
-for _service in ("resize", "crop"):
+for _service in ("resize", "crop", "convert"):
     add_shortcut(_service)
 
 

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 
 from processing import storage
 from processing.errors import UnprocessableImage
+from processing.imaging import jxl
 from processing.imaging.codecs import DECODING_ERRORS, open_allowed, pixels_for, to_working_mode
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,10 @@ def make_later(key: str, max_pixels: int, max_jpeg_scans: int | None) -> bytes |
     view; None when the file is gone, damaged or larger (the worker stores those)."""
     try:
         with storage.local_path(key) as path, open(path, "rb") as fp:
+            # A JPEG XL is decoded whole when opened: its size is read from its header first.
+            header = jxl.read_header(fp)
+            if header is not None and not made_later(header.width, header.height):
+                return None
             # The upload's limits again: this file passed them at submit, and they bound Pillow's
             # header parsing and the scans decoded, which the draft below does not.
             image = open_allowed(fp, max_pixels, max_jpeg_scans)

@@ -223,7 +223,10 @@ def held_bytes(plan: FramePlan, operation: Operation[Any], params: Any, width: i
     its operation on one frame at a time, and every frame made."""
     frame_pixels, _ = counted_frame(operation, params, width, height)
     made = operation.output_size(params, width, height) or (width, height)
-    return frame_pixels * operation.memory_per_pixel + plan.input * made[0] * made[1] * BYTES_PER_KEPT_PIXEL
+    return (
+        frame_pixels * operation.memory_per_pixel_for(params)
+        + plan.input * made[0] * made[1] * BYTES_PER_KEPT_PIXEL
+    )
 
 
 # --- Decoding and operating, a frame at a time -----------------------------------------------------

@@ -15,17 +15,19 @@ import pillow_heif
 from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
+from processing.imaging import jxl
 from processing.imaging.formats import OUTPUT_FORMATS, extension_for, has_alpha, mime_type_for
 from processing.imaging.frame_count import count_frames
 
-# HEIC/HEIF (iPhone photos) through libheif; AVIF is Pillow's own.
+# HEIC/HEIF (iPhone photos) through libheif; AVIF is Pillow's own; JPEG XL (JXL) is registered by
+# processing.imaging.jxl.
 pillow_heif.register_heif_opener()
 
 # Pillow format names. Never EPS, PDF or PSD: their decoders are large attack surfaces
 # (EPS runs Ghostscript) and nobody needs them to resize a photo.
-ALLOWED_INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
-# The largest width or height each encoder can write.
-MAX_EDGE = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383, "avif": 65_536, "gif": 65_535}
+ALLOWED_INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "JXL")
+# The largest width or height each encoder can write (JPEG XL's: its level 5, what browsers decode).
+MAX_EDGE = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383, "avif": 65_536, "jxl": 262_144, "gif": 65_535}
 # Tuned for SSIM; one thread, as the worker's own threads already fill the cores. The speed is
 # libavif's default until the worker sets AVIF_SPEED (set_avif_speed).
 AVIF_OPTIONS = {"speed": 6, "max_threads": 1, "advanced": [("tune", "ssim")]}
@@ -88,6 +90,9 @@ class DecodeHint:
 def probe(path: str | os.PathLike[str], max_pixels: int, max_jpeg_scans: int | None = None) -> ImageInfo:
     """Identify an upload from its header alone (and a JPEG's markers); never decodes the pixels."""
     with open(path, "rb") as fp:
+        header = checked_jxl_header(fp, max_pixels)
+        if header is not None:  # opening it with Pillow would decode it
+            return ImageInfo("JXL", *header.displayed_size, mime_type_for("JXL"))
         image = open_allowed(fp, max_pixels, max_jpeg_scans)
         width, height = displayed_size(image)
         frames = count_frames(image, fp)
@@ -112,7 +117,8 @@ def load_image(
         try:
             scale = reduce_decode(image, hint) if hint is not None and source_format == "JPEG" else 1
             image.load()
-            ImageOps.exif_transpose(image, in_place=True)
+            if not jxl.oriented_by_decoder(image):
+                ImageOps.exif_transpose(image, in_place=True)
         except DECODING_ERRORS as exc:
             raise UnprocessableImage("corrupt_image", f"the {source_format} data is damaged: {exc}") from None
     image = to_working_mode(image)
@@ -161,6 +167,7 @@ def open_allowed(fp: BinaryIO, max_pixels: int, max_jpeg_scans: int | None = Non
     if os.fstat(fp.fileno()).st_size == 0:
         raise EmptyImage()
     check_jpeg_header(fp)
+    checked_jxl_header(fp, max_pixels)
     try:
         image = Image.open(fp, formats=ALLOWED_INPUT_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -170,14 +177,26 @@ def open_allowed(fp: BinaryIO, max_pixels: int, max_jpeg_scans: int | None = Non
         raise UnsupportedImage(f"not an image in a supported format ({allowed})") from None
     except DECODING_ERRORS as exc:
         raise UnprocessableImage("corrupt_image", f"the image header is damaged: {exc}") from None
-    width, height = image.size
+    check_pixels(*image.size, max_pixels)
+    if max_jpeg_scans is not None and format_of(image) == "JPEG" and image.info.get("progressive"):
+        check_jpeg_scans(fp, max_jpeg_scans)
+    return image
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageTooLarge(
             f"{width}x{height} is {width * height / 1e6:.1f} megapixels; the limit is {max_pixels / 1e6:g}"
         )
-    if max_jpeg_scans is not None and format_of(image) == "JPEG" and image.info.get("progressive"):
-        check_jpeg_scans(fp, max_jpeg_scans)
-    return image
+
+
+def checked_jxl_header(fp: BinaryIO, max_pixels: int) -> jxl.Header | None:
+    """A JPEG XL's header, its pixels within max_pixels; None for any other file. The JPEG XL plugin
+    decodes the whole image when Pillow opens it, so its size is checked first, from the header."""
+    header = jxl.read_header(fp)
+    if header is not None:
+        check_pixels(header.width, header.height, max_pixels)
+    return header
 
 
 def check_jpeg_scans(fp: BinaryIO, limit: int) -> None:
@@ -358,6 +377,8 @@ def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
         )
     elif format == "gif":
         clean.save(out, "GIF", comment=b"")
+    elif format == "jxl":
+        return jxl.encode(clean, quality)
     else:
         clean.save(out, "PNG", optimize=False, compress_level=6, exif=b"", icc_profile=None)
     return out.getvalue()
@@ -398,7 +419,7 @@ def pixels_for(image: Image.Image, format: str) -> Image.Image:
         flat = Image.new(base, image.size, "white")
         flat.paste(image.convert(base), mask=image.convert("RGBA").getchannel("A"))
         return flat
-    if format == "png" and image.mode in ("L", "LA", "RGB", "RGBA"):
+    if format in ("png", "jxl") and image.mode in ("L", "LA", "RGB", "RGBA"):
         return image.copy()
     if format == "gif":
         return gif_pixels(image)

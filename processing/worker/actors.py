@@ -4,6 +4,7 @@ import hashlib
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from processing import logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
-from processing.imaging import admin_thumbnails, animation, byte_budget, formats, placeholders
+from processing.imaging import admin_thumbnails, animation, byte_budget, formats, jxl, placeholders
 from processing.imaging.animation import Animation, AnimationLimits, FramePlan, Picture
 from processing.imaging.codecs import DecodeHint, ImageInfo, load_image
 from processing.imaging.operations import OutputLimits, get_operation
@@ -119,7 +120,7 @@ def pixels_of(
         decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
     made = operation.output_size(params, width, height)
     pixels = max(decoded, made[0] * made[1] if made else 0)
-    return math.ceil(pixels * operation.memory_per_pixel / admission.BYTES_PER_PIXEL)
+    return math.ceil(pixels * operation.memory_per_pixel_for(params) / admission.BYTES_PER_PIXEL)
 
 
 def run(job: Job, worker: str) -> None:
@@ -221,7 +222,7 @@ def store_image_output(
     content = animation.first_frame(image)
     chosen = formats.result_formats(params.format, job.negotiated_format, input_format, content, animated)
     step = time.perf_counter()
-    fitted = byte_budget.encode_within(image, chosen.output, params.quality, params.max_bytes)
+    fitted = encoded(job, image, chosen.output, params, input_format)
     timings["encode_ms"] = elapsed_ms(step)
     if fitted.encodes > 1:
         timings.update(fitted.metrics(image))
@@ -243,6 +244,22 @@ def store_image_output(
         fields.update(store_fallback(job, fitted.image, chosen.fallback, params.quality, params.max_bytes))
     timings["store_ms"] = elapsed_ms(step)
     return fields
+
+
+def encoded(
+    job: Job, image: Picture, output_format: str, params: OutputOptions, input_format: str
+) -> byte_budget.Fitted:
+    """The result's bytes: a lossless JPEG XL when asked for (convert's `lossless`), of the upload's own
+    file when it is a JPEG; otherwise the image encoded within its byte budget."""
+    if not getattr(params, "lossless", False):
+        return byte_budget.encode_within(image, output_format, params.quality, params.max_bytes)
+    jpeg = None
+    if formats.keeps_the_jpeg(True, input_format, output_format):
+        with storage.local_path(job.input_key) as path:
+            jpeg = Path(path).read_bytes()
+    # JPEG XL keeps no animation (formats.ANIMATED_FORMATS): a lossless one is of one picture.
+    picture = animation.first_frame(image)
+    return byte_budget.Fitted(jxl.encode_lossless(picture, jpeg), picture, quality=100, encodes=1)
 
 
 def store_fallback(

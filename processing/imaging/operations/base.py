@@ -46,15 +46,17 @@ class OutputOptions(Params):
         None,
         description=(
             "Output format; by default the input's format (JPEG for HEIC; PNG for BMP, TIFF and a still "
-            "GIF). `auto`: the best the client accepts: AVIF, then WebP, when the upload request's Accept "
-            "header names it, otherwise JPEG (PNG for an image with transparency). A download whose "
-            "Accept header does not name the modern format gets that JPEG or PNG instead. An animated GIF "
-            "or WebP keeps its frames in `gif` or `webp` (by default its own format; `auto`: WebP when "
-            "the Accept header names it, else GIF); in any other format only its first frame is kept, "
-            "and the result's `frames` says so."
+            "GIF). `auto`: the best the client accepts: JPEG XL (`jxl`), then AVIF, then WebP, when the "
+            "upload request's Accept header names it, otherwise JPEG (PNG for an image with transparency). "
+            "A download whose Accept header does not name the modern format gets that JPEG or PNG "
+            "instead. An animated GIF or WebP keeps its frames in `gif` or `webp` (by default its own "
+            "format; `auto`: WebP when the Accept header names it, else GIF); in any other format only "
+            "its first frame is kept, and the result's `frames` says so."
         ),
     )
-    quality: int = Field(85, ge=1, le=100, description="JPEG, WebP and AVIF quality; PNG and GIF ignore it.")
+    quality: int = Field(
+        85, ge=1, le=100, description="JPEG, WebP, AVIF and JPEG XL quality; PNG and GIF ignore it."
+    )
     max_bytes: int | None = Field(
         None,
         ge=MIN_BUDGET_BYTES,
@@ -142,6 +144,12 @@ class Operation(Generic[P]):
         check = getattr(params, "check_references", None)
         if check is not None:
             check(owner)
+
+    def memory_per_pixel_for(self, params: P) -> float:
+        """What a job of these parameters holds per pixel: the operation's own figure, unless the
+        parameters say they need more (convert's lossless JPEG XL)."""
+        needs: float | None = getattr(params, "memory_per_pixel", None)
+        return needs if needs is not None else self.memory_per_pixel
 
     def check_fits(self, params: P, width: int, height: int) -> None:
         """Raise InvalidParameters when valid parameters can't apply to an image of this size."""
