@@ -3,8 +3,9 @@
 Every check a client can fail happens here, before anything is queued, and fails with a
 domain error (processing.errors) that the gateway turns into an answer. A submission is
 all or nothing: when one of its jobs can't be stored or published, none is left behind.
-A submission is parsed once (`prepare`); its Idempotency-Key fingerprint and its jobs are both
-made from that (the key's record is processing.jobs.idempotency).
+A submission is parsed once (`prepare`) into its recipe (processing.imaging.recipes: one service's
+operation, or several steps); its Idempotency-Key fingerprint and its jobs are both made from that
+(the key's record is processing.jobs.idempotency).
 """
 
 import logging
@@ -16,14 +17,14 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.utils import timezone
-from pydantic import BaseModel
 
 from processing import storage
-from processing.errors import StorageUnavailable, UnknownOperation, UnprocessableImage
-from processing.imaging import formats
+from processing.errors import InvalidParameters, StorageUnavailable, UnknownOperation, UnprocessableImage
+from processing.imaging import formats, recipes
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, OutputLimits, get_operation
-from processing.jobs import idempotency, pools, publishing
+from processing.imaging.recipes import STEPS_SERVICE, Recipe
+from processing.jobs import idempotency, pools, presets, publishing
 from processing.models import Job, JobId
 from processing.owners import Owner, owned_by
 
@@ -55,7 +56,10 @@ class Upload(Protocol):
 
 @dataclass
 class Submission:
-    """What one request asks for: a service, its parameters, and one or more uploads."""
+    """What one request asks for: a service and its parameters, and one or more uploads.
+
+    Service "steps" (STEPS_SERVICE) is a recipe: its parameters are `steps` (a list, or its JSON
+    text) and the output options, or `preset` alone."""
 
     owner: Owner
     request_id: str
@@ -73,10 +77,10 @@ class Prepared:
     """A submission parsed once: its fingerprint and its jobs are both made from this."""
 
     submission: Submission
-    operation: Operation[Any]
-    params: BaseModel
+    recipe: Recipe
     canonical: dict[str, Any]  # the parameters as parsed, as JSON: what a job stores and a fingerprint hashes
     negotiated_format: str
+    preset: str = ""  # the preset's name, when the recipe is one
 
     @cached_property
     def inputs(self) -> list[tuple[Upload, ImageInfo]]:
@@ -86,7 +90,7 @@ class Prepared:
 
     def fingerprint(self) -> str:
         hashes = [upload.sha256 for upload in self.submission.uploads]
-        return idempotency.fingerprint(self.operation.name, self.canonical, hashes, self.negotiated_format)
+        return idempotency.fingerprint(self.recipe.service, self.canonical, hashes, self.negotiated_format)
 
 
 @dataclass
@@ -106,13 +110,29 @@ def find_operation(service: str) -> Operation[Any]:
 
 
 def prepare(submission: Submission) -> Prepared:
-    """Parse the submission once: its service and parameters (refused here when unknown or invalid),
-    and the format format=auto negotiates with the client's Accept header."""
-    operation = find_operation(submission.service)
-    params = operation.parse(submission.raw_parameters)
-    canonical = params.model_dump(mode="json")
+    """Parse the submission once: its recipe (refused here when a service, a step or a preset is
+    unknown, or a parameter invalid), and the format format=auto negotiates with the client's Accept
+    header."""
+    recipe, preset = recipe_of(submission)
+    canonical = recipe.parameters()
     negotiated = formats.negotiated_format(canonical.get("format"), submission.accepts)
-    return Prepared(submission, operation, params, canonical, negotiated)
+    return Prepared(submission, recipe, canonical, negotiated, preset)
+
+
+def recipe_of(submission: Submission) -> tuple[Recipe, str]:
+    """The submission's recipe, and the name of the preset it is, if it is one."""
+    if submission.service != STEPS_SERVICE:
+        return recipes.single(find_operation(submission.service), submission.raw_parameters), ""
+    raw = {name: value for name, value in submission.raw_parameters.items() if value != ""}
+    preset = raw.pop("preset", None)
+    if preset is not None:
+        if raw:
+            problem = "a preset carries its own parameters: send the preset's name alone"
+            raise InvalidParameters(next(iter(raw)), problem)
+        return presets.recipe_named(str(preset)), str(preset)
+    if "steps" not in raw:
+        raise InvalidParameters("steps", f"send steps (a list of {recipes.STEP_SHAPE}) or a preset")
+    return recipes.from_steps(raw.pop("steps"), raw, settings.MAX_STEPS), ""
 
 
 def submit(submission: Submission) -> Accepted:
@@ -128,14 +148,15 @@ def submit(submission: Submission) -> Accepted:
 
 
 def create_jobs(prepared: Prepared) -> list[Job]:
-    """Validate every upload against the parameters, then store, create, publish and announce the jobs."""
-    operation, params = prepared.operation, prepared.params
+    """Validate every upload against the recipe, then store, create, publish and announce the jobs."""
+    recipe = prepared.recipe
+    recipe.check_references(prepared.submission.owner)
     limits = OutputLimits.of(settings)
     for _, info in prepared.inputs:
         output_format = formats.chosen_before_pixels(
             prepared.canonical.get("format"), prepared.negotiated_format, info.format
         )
-        operation.check_job(params, info.width, info.height, output_format, limits)
+        recipe.check_job(info.width, info.height, output_format, limits)
 
     single_id = prepared.submission.job_id if len(prepared.inputs) == 1 else None
     created: list[Job] = []
@@ -161,11 +182,12 @@ def inspect(upload: Upload) -> ImageInfo:
 
 
 def create_job(prepared: Prepared, upload: Upload, info: ImageInfo, job_id: uuid.UUID) -> Job:
-    submission, service = prepared.submission, prepared.operation.name
+    submission, service = prepared.submission, prepared.recipe.service
     job = Job(
         id=job_id,
         service=service,
         parameters=prepared.canonical,
+        preset=prepared.preset,
         request_id=submission.request_id,
         input_filename=(upload.name or "")[:255],
         input_sha256=upload.sha256,
@@ -188,8 +210,9 @@ def create_job(prepared: Prepared, upload: Upload, info: ImageInfo, job_id: uuid
 
 
 def reusable_result(job: Job) -> Job | None:
-    """The same owner's completed job with the same input bytes, service and parameters, whose files
-    still exist. Never another owner's: that would tell them someone processed this image before."""
+    """The same owner's completed job with the same input bytes, service and parameters (for a recipe
+    of several steps, the same canonical chain), whose files still exist. Never another owner's: that
+    would tell them someone processed this image before."""
     return (
         Job.objects.filter(
             owned_by(job.owner),

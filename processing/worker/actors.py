@@ -1,4 +1,5 @@
-"""Dramatiq actors: load the job, claim it, run the operation, store the output."""
+"""Dramatiq actors: load the job, claim it, run its recipe (one operation, or several steps on one
+decode and one encode), store the output."""
 
 import hashlib
 import logging
@@ -13,11 +14,12 @@ from PIL import Image
 from pydantic import ValidationError
 
 from processing import logcontext, storage
-from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
-from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
+from processing.errors import Cancelled, InvalidParameters, StepRefused, UnprocessableImage
+from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders, recipes
 from processing.imaging.codecs import DecodeHint, load_image
-from processing.imaging.operations import OutputLimits, get_operation
-from processing.imaging.operations.base import Operation, OutputOptions, Params
+from processing.imaging.operations import OutputLimits
+from processing.imaging.operations.base import OutputOptions
+from processing.imaging.recipes import Recipe
 from processing.jobs import lifecycle, pools, queues
 from processing.models import Job
 from processing.worker import admission
@@ -70,7 +72,7 @@ def process_claimed(job: Job, worker: str) -> None:
     try:
         with lifecycle.held(job.id, worker):
             run(job, worker)
-    except UnprocessableImage as exc:
+    except (UnprocessableImage, StepRefused) as exc:
         lifecycle.fail(job.id, exc.code, exc.message, worker)
     except (InvalidParameters, ValidationError) as exc:
         # The gateway checks these at upload; this catches what only the decoded image reveals.
@@ -95,29 +97,40 @@ def wait_for_lease_or_skip(job_id: str) -> None:
     raise dramatiq.Retry(f"job held by {worker}", delay=int(seconds_left * 1000) + 500)
 
 
-def pixels_of(job: Job, operation: Operation[Any], params: Params, hint: DecodeHint | None) -> int:
-    """What the job counts against the memory budget: the pixels it decodes (fewer when the decode is
-    reduced) or makes, whichever is more, weighted by what its operation holds per pixel."""
+# Bytes per pixel of the decoded upload, which the job holds to its end (its admin thumbnail is made
+# from it) while the steps after the first work: Pillow keeps RGB in four bytes a pixel.
+HELD_DECODE_BYTES_PER_PIXEL = 4
+
+
+def pixels_of(job: Job, recipe: Recipe, hint: DecodeHint | None) -> int:
+    """What the job counts against the memory budget, at its busiest step: the pixels the step is given
+    (for the first, those decoded, fewer when the decode is reduced) or makes, whichever is more,
+    weighted by what its operation holds per pixel; from the second step on, with the decoded upload."""
     width, height = job.input_width, job.input_height
     decoded = width * height
     if hint is not None and hint.size is not None:
         decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
-    made = operation.output_size(params, width, height)
-    pixels = max(decoded, made[0] * made[1] if made else 0)
-    return math.ceil(pixels * operation.memory_per_pixel / admission.BYTES_PER_PIXEL)
+    busiest = 0.0
+    for index, step, step_width, step_height in recipe.walk(width, height):
+        given = decoded if index == 0 else step_width * step_height
+        made = step.operation.output_size(step.params, step_width, step_height)
+        held = max(given, made[0] * made[1] if made else 0) * step.operation.memory_per_pixel
+        if index:
+            held += decoded * HELD_DECODE_BYTES_PER_PIXEL
+        busiest = max(busiest, held)
+    return math.ceil(busiest / admission.BYTES_PER_PIXEL)
 
 
 def run(job: Job, worker: str) -> None:
-    operation = get_operation(job.service)
-    params = operation.parse(job.parameters)
-    # Only what the operation needs: a JPEG may decode at a fraction of its size, or as luma alone.
-    hint = operation.decode_hint(params, job.input_width, job.input_height)
-    with admission.admitted(pixels_of(job, operation, params, hint)):
-        produce(job, worker, operation, params, hint)
+    recipe = recipes.stored(job.service, job.parameters)
+    # Only what the recipe needs: a JPEG may decode at a fraction of its size, or as luma alone.
+    hint = recipe.decode_hint(job.input_width, job.input_height)
+    with admission.admitted(pixels_of(job, recipe, hint)):
+        produce(job, worker, recipe, hint)
 
 
-def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint: DecodeHint | None) -> None:
-    """Decode, operate, encode and store, then complete the job."""
+def produce(job: Job, worker: str, recipe: Recipe, hint: DecodeHint | None) -> None:
+    """Decode once, run the recipe's steps, encode once and store, then complete the job."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with storage.local_path(job.input_key) as path:
@@ -127,19 +140,19 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
     output_format = formats.chosen_before_pixels(
         job.parameters.get("format"), job.negotiated_format, info.format
     )
-    operation.check_job(params, info.width, info.height, output_format, OutputLimits.of(settings))
+    recipe.check_job(info.width, info.height, output_format, OutputLimits.of(settings))
 
     step = time.perf_counter()
-    result = operation.apply(image, params, lifecycle.ProgressReporter(job, worker))
+    result = recipe.apply(image, lifecycle.ProgressReporter(job, worker))
     timings["operation_ms"] = elapsed_ms(step)
 
     fields: dict[str, Any] = {}
-    if operation.produces == "report":
+    if recipe.produces == "report":
         fields["report"] = result.report
     else:
         made = result.image
         assert made is not None  # an operation that produces an image returns one
-        fields.update(store_image_output(job, made, params, info.format, timings))
+        fields.update(store_image_output(job, made, recipe.output, info.format, timings))
         fields.update(placeholders.fields(made))
         stored_size = (fields["output_width"], fields["output_height"])
         admin_thumbnails.store_unless_later(fields["output_key"], made, stored_size)
