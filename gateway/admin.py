@@ -31,6 +31,7 @@ from gateway.models import ApiKey
 from processing import storage
 from processing.errors import BrokerUnavailable, DomainError
 from processing.imaging import admin_thumbnails, recipes
+from processing.imaging.operations import OPERATIONS
 from processing.imaging.operations.base import json_value
 from processing.imaging.recipes import OUTPUT_FIELDS, STEPS_SERVICE
 from processing.jobs import lifecycle, presets, publishing
@@ -242,9 +243,9 @@ class JobAdmin(JobModelAdmin):
         items = format_html_join(
             "",
             "<li><strong>{}</strong> {}</li>",
-            ((step.get("service"), described(step.get("parameters", {}))) for step in steps),
+            ((step.get("service"), described(step.get("service"), step.get("parameters"))) for step in steps),
         )
-        encode = described(output) or "the defaults"
+        encode = described(None, output) or "the defaults"
         return format_html(
             "<ol style='margin:0;padding-left:1.5em'>{}</ol>then encoded with {}", items, encode
         )
@@ -503,11 +504,17 @@ def recipe_parts(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return [{"service": job.service, "parameters": own}], output
 
 
-def described(parameters: Any) -> str:
-    """Parameters as a client would write them, those given a value: width=800, fit=inside."""
+def described(service: Any, parameters: Any) -> str:
+    """Parameters as a client would write them, those given a value, in the order the service's
+    parameters are listed (stored JSON keeps none): width=800, fit=inside."""
     if not isinstance(parameters, dict):
         return ""
-    return ", ".join(f"{name}={json_value(value)}" for name, value in parameters.items() if value is not None)
+    operation = OPERATIONS.get(service) if isinstance(service, str) else None
+    listed = [*(operation.params.model_fields if operation else ()), *OUTPUT_FIELDS]
+    given = sorted(
+        parameters.items(), key=lambda item: listed.index(item[0]) if item[0] in listed else len(listed)
+    )
+    return ", ".join(f"{name}={json_value(value)}" for name, value in given if value is not None)
 
 
 def file_key(job: Job, side: str) -> str:
