@@ -206,7 +206,7 @@ def test_a_malformed_step_names_its_place():
 
 
 @pytest.mark.parametrize(
-    "written", ["[", "{}", "[]", '"resize"', json.dumps([{"service": "grayscale"}] * 11)]
+    "written", ["[", "{}", "[]", '"resize"', json.dumps([{"service": "grayscale"}] * 11), "[" * 100_000]
 )
 def test_steps_that_are_not_a_list_of_one_to_max_steps_are_refused(written):
     with pytest.raises(InvalidParameters) as raised:

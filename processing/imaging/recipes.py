@@ -202,7 +202,7 @@ def step_list(raw: Any, max_steps: int) -> list[dict[str, Any]]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than any recipe
             raise InvalidParameters("steps", f"not JSON ({exc}); give a list of {STEP_SHAPE}") from None
     if not isinstance(raw, list) or not raw:
         raise InvalidParameters("steps", f"give a list of one or more steps, each {STEP_SHAPE}")
