@@ -2,6 +2,7 @@
 chain; each refusal names its step."""
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image, ImageFilter
 from processing.errors import InvalidParameters, OutputTooLarge, StepRefused, UnknownOperation
 from processing.imaging import recipes
 from processing.imaging.codecs import load_image
-from processing.imaging.operations import OutputLimits, get_operation
+from processing.imaging.operations import OPERATIONS, Operation, OutputLimits, get_operation
 from tests import images
 
 LIMITS = OutputLimits(max_pixels=1_000_000, max_enlargement=16, max_avif_pixels=250_000)
@@ -218,3 +219,24 @@ def test_beside_the_steps_only_output_options_are_given():
     with pytest.raises(InvalidParameters) as raised:
         recipes.from_steps(steps(("grayscale", {})), {"width": 10}, 10)
     assert raised.value.field == "width"
+
+
+# --- an operation's own checks at submit ------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckingOperation(Operation):
+    """An operation with the optional hook that checks what its parameters refer to (e.g. an asset)."""
+
+    def check_references(self, params, owner) -> None:
+        if params.radius > 5:
+            raise InvalidParameters("radius", f"{owner} has no asset {params.radius:g}")
+
+
+def test_each_steps_own_check_of_what_it_refers_to_is_run_at_submit_naming_the_step(monkeypatch):
+    blur = get_operation("blur")
+    checking = CheckingOperation(blur.name, blur.description, blur.params, blur.apply)
+    monkeypatch.setitem(OPERATIONS, "blur", checking)
+
+    recipe(("grayscale", {}), ("blur", {"radius": 2})).check_references("alice")
+    with pytest.raises(StepRefused) as raised:
+        recipe(("grayscale", {}), ("blur", {"radius": 9})).check_references("alice")
+    assert str(raised.value) == "steps[1] (blur): alice has no asset 9"
