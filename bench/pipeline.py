@@ -947,8 +947,9 @@ def recipe_figures(summaries: list[dict]) -> dict:
 
 def recipe_report(args, figures: dict) -> str:
     rows = [
-        f"the recipe against its steps alone, on a {args.width}x{args.height} JPEG: workers' CPU per job "
-        "(claim, decode, steps, encode, store, complete) and the worker's processing time, mean",
+        f"the recipe {figures['recipe']}",
+        f"against its steps alone, on a {args.width}x{args.height} JPEG: the workers' CPU per job (claim, "
+        "decode, steps, encode, store, complete) and their processing time, mean",
         ("  step or recipe", f"{'CPU ms':>9}  {'processing ms':>14}"),
     ]
     for name, ms in figures["steps_alone_workers_cpu_ms"].items():
@@ -957,7 +958,7 @@ def recipe_report(args, figures: dict) -> str:
         )
     rows.append(
         (
-            f"  the recipe: {figures['recipe']}",
+            "  the recipe: one decode, the steps, one encode",
             f"{number(figures['recipe_workers_cpu_ms'])}  {number(figures['recipe_processing_ms']):>14}",
         )
     )
@@ -968,7 +969,7 @@ def recipe_report(args, figures: dict) -> str:
             f"{number(goal['value'], 2)}  goal {goal['goal']:<9} {goal['verdict']}",
         )
     )
-    return "\n".join(row if isinstance(row, str) else f"{row[0]:<64}{row[1]}" for row in rows)
+    return "\n".join(row if isinstance(row, str) else f"{row[0]:<48}{row[1]}" for row in rows)
 
 
 def number(value: float | None, places: int = 1) -> str:
