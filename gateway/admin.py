@@ -436,12 +436,16 @@ class PresetForm(PresetModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        if "steps" in cleaned and "output" in cleaned:
-            output = (
-                cleaned["output"] if isinstance(cleaned["output"], dict) else {"output": cleaned["output"]}
-            )
+        if cleaned.get("output") is None:
+            cleaned["output"] = {}  # left empty: the defaults
+        if "steps" in cleaned:
+            output = cleaned["output"]
             try:
-                recipes.from_steps(cleaned["steps"], output, settings.MAX_STEPS)
+                recipes.from_steps(
+                    cleaned["steps"],
+                    output if isinstance(output, dict) else {"output": output},
+                    settings.MAX_STEPS,
+                )
             except (DomainError, ValidationError) as exc:
                 raise forms.ValidationError(str(exc)) from None
         return cleaned

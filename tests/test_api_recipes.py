@@ -377,9 +377,10 @@ def test_a_preset_is_saved_in_the_admin_only_when_its_recipe_is_one_a_client_cou
     assert refused.status_code == 200 and "steps[1] (crop)" in refused.content.decode()
     assert not Preset.objects.exists()
 
-    form["steps"] = json.dumps(RESIZE_THEN_GRAY)
+    form["steps"], form["output"] = json.dumps(RESIZE_THEN_GRAY), ""  # no output options: the defaults
     saved = admin_client.post("/admin/processing/preset/add/", form)
     assert saved.status_code == 302 and Preset.objects.get(name="bad").steps == RESIZE_THEN_GRAY
+    assert Preset.objects.get(name="bad").output == {}
 
 
 def test_a_settings_preset_is_edited_in_the_admin_by_making_one_of_its_name(admin_client):
