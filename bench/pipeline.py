@@ -9,7 +9,8 @@ one request (`Prefer: wait=30, return=representation`, `Accept: image/*`: the re
 answer); where the server answers 202 instead, one long poll and a download. --mode long-poll and
 --mode poll are the three-request paths. Prints both runs, the requests per job, the CPU per job by
 process kind, and the goals, met or missed. `--services grayscale,resize,sobel` runs each in turn
-on one stack."""
+on one stack. `--recipe` runs each step of a recipe alone, then the recipe (its steps on one decode
+and one encode), and prints the workers' CPU per job of each beside the others."""
 
 import argparse
 import contextlib
@@ -35,8 +36,10 @@ from bench.profile import RATE, Profiler, ProfilerMissing
 from bench.profile import summary as profile_summary
 from bench.raw import DEFAULT_PARAMS, measure_raw
 from bench.stack import Stack, StackError
-from processing.errors import InvalidParameters
-from processing.imaging.operations import OPERATIONS
+from processing.errors import DomainError, InvalidParameters
+from processing.imaging import recipes
+from processing.imaging.operations import OPERATIONS, OutputLimits
+from processing.imaging.recipes import STEPS_SERVICE
 from scaler.backends.processes import child_pids
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -67,6 +70,10 @@ FIXED_COST_GOAL = Goal(10, at_most=True, unit=" ms")  # stack CPU per job beyond
 SERVER_CPU_GOAL = Goal(4, at_most=True, unit=" ms")  # one request per job, the result delivered
 WORKER_EXTRA_GOAL = Goal(2, at_most=True, unit=" ms")  # workers' CPU per job beyond the raw loop's per image
 OVERHEAD_GOALS = {"p50": Goal(10, at_most=True, unit=" ms")}  # concurrency 1, end-to-end - processing
+# Issue 25's: a recipe's workers' CPU per job over that of its most expensive step alone.
+RECIPE_GOAL = Goal(1.3, at_most=True, unit="x")
+# "resize, sharpen, ... : several operations, one upload": each step service:key=value,key=value.
+DEFAULT_RECIPE = "resize:width=1280+sharpen:radius=1,percent=80+rotate:angle=90+grayscale"
 
 
 class UsageError(Exception):
@@ -175,7 +182,7 @@ def run_job(
     """Submit one job and wait for it as `waiting` says; with `keep_content`, the result's bytes are kept."""
     sample = Sample(submitted=time.time())
     response = client.post(
-        f"/api/v1/process/{service}",
+        submit_path(service),
         files={"image": ("bench.jpg", upload, "image/jpeg")},
         data=params,
         headers=waiting.submit_headers(),
@@ -210,6 +217,11 @@ def run_job(
     return delivered(
         sample, client.get(f"/api/v1/download/{sample.job_id}", follow_redirects=True), keep_content
     )
+
+
+def submit_path(service: str) -> str:
+    """Where a job of `service` is submitted: a recipe ("steps") has an endpoint of its own."""
+    return "/api/v1/process" if service == STEPS_SERVICE else f"/api/v1/process/{service}"
 
 
 def wait_for(client: httpx.Client, sample: Sample, waiting: Waiting, stop: threading.Event) -> None:
@@ -527,6 +539,7 @@ def summarise(args, params: dict, jpeg: bytes, pipeline: dict, latency: dict, ra
     one_request = bool(pipeline["completed"]) and pipeline["answered_in_one"] == pipeline["completed"]
     return {
         "service": args.service,
+        "name": args.name,
         "params": params,
         "image": {"width": args.width, "height": args.height, "bytes": len(jpeg)},
         "concurrency": args.concurrency,
@@ -580,9 +593,8 @@ def report(args, summary: dict) -> str:
     pipeline, raw, latency, other = (
         summary[k] for k in ("pipeline", "raw", "latency_c1", "other_load_cores")
     )
-    shown = " ".join(f"{k}={v}" for k, v in summary["params"].items())
     rows = [
-        f"{args.service} {shown}".rstrip()
+        summary["name"]
         + f" on a {args.width}x{args.height} JPEG ({summary['image']['bytes'] / 1024:.0f} KiB, q90)",
         f"{args.jobs} jobs at concurrency {args.concurrency}, then {args.latency_jobs} at concurrency 1; "
         f"{args.workers} worker processes x {args.threads} thread(s); {summary['wait']}",
@@ -592,7 +604,7 @@ def report(args, summary: dict) -> str:
         "",
         f"pipeline, {summary['mode']} mode ({path_taken(summary)})",
         *pipeline_rows(pipeline),
-        f"raw loop (bench.raw: decode + {args.service} + encode in plain Pillow, no pipeline)",
+        f"raw loop (bench.raw: decode + {summary['name']} + encode in plain Pillow, no pipeline)",
         (
             f"  throughput, {raw['processes']} processes",
             f"{raw['images_per_s']:.1f} images/s ({raw['images']} in {raw['wall_s']:.2f} s)",
@@ -691,10 +703,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--services",
         dest="services",
         type=service_list,
-        default=["grayscale"],
+        default=None,
         metavar="NAME[,NAME...]",
         help="a service from /api/v1/services, or several (grayscale,resize,sobel) run one after the other "
         "on one stack (default grayscale)",
+    )
+    parser.add_argument(
+        "--recipe",
+        nargs="?",
+        const=DEFAULT_RECIPE,
+        default=None,
+        metavar="STEPS",
+        help="run each step alone, then all of them as one recipe (one decode, one encode), and compare the "
+        "workers' CPU per job; steps as service:key=value,key=value joined by + "
+        f"(default {DEFAULT_RECIPE})",
     )
     parser.add_argument(
         "--param",
@@ -756,22 +778,89 @@ def positive(raw: str) -> int:
     return value
 
 
-def service_params(args) -> dict:
-    """The parameters as the API takes them (form strings), checked here before any stack comes up."""
-    operation = OPERATIONS.get(args.service)
+def service_params(service: str, items: list[str], width: int, height: int) -> dict:
+    """The parameters as the API takes them (form strings): the service's defaults and `items`
+    (key=value each), checked here before any stack comes up."""
+    operation = OPERATIONS.get(service)
     if operation is None:
-        raise UsageError(f"no service {args.service!r}; choose one of {', '.join(OPERATIONS)}")
-    params = dict(DEFAULT_PARAMS.get(args.service, {}))
-    for item in args.param:
+        raise UsageError(f"no service {service!r}; choose one of {', '.join(OPERATIONS)}")
+    params = dict(DEFAULT_PARAMS.get(service, {}))
+    params.update(key_values(items, "--param"))
+    try:
+        operation.check_fits(operation.parse(params), width, height)
+    except (ValidationError, InvalidParameters) as exc:
+        raise UsageError(f"{service} {params}: {exc}") from None
+    return params
+
+
+def key_values(items: list[str], where: str) -> dict[str, str]:
+    found = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise UsageError(f"--param {item!r}: give it as key=value")
-        params[key] = value
+            raise UsageError(f"{where} {item!r}: give it as key=value")
+        found[key] = value
+    return found
+
+
+def recipe_steps(spec: str, width: int, height: int) -> list[dict]:
+    """`resize:width=1280+sharpen` as steps ({"service", "parameters"} each, values as form strings),
+    checked as a submission's are, against a width x height upload, before any stack comes up."""
+    steps = []
+    for written in spec.split("+"):
+        service, _, items = written.strip().partition(":")
+        parameters = key_values([item for item in items.split(",") if item], f"--recipe step {written!r}:")
+        steps.append({"service": service, "parameters": parameters})
     try:
-        operation.check_fits(operation.parse(params), args.width, args.height)
-    except (ValidationError, InvalidParameters) as exc:
-        raise UsageError(f"{args.service} {params}: {exc}") from None
-    return params
+        recipe = recipes.from_steps(steps, {}, max_steps=100)
+        recipe.check_job(width, height, "jpeg", OutputLimits(10**9, 10**4, 10**9))
+    except (ValidationError, DomainError) as exc:
+        raise UsageError(f"--recipe {spec!r}: {exc}") from None
+    if len(steps) < 2:
+        raise UsageError("--recipe: give two steps or more (one step is --service)")
+    return steps
+
+
+def planned_runs(args) -> list[argparse.Namespace]:
+    """The runs, one after the other on one stack: each --service; or with --recipe each of its steps
+    alone (each distinct one once), then the recipe. Each has its `params` and a `name` of its own."""
+    if args.recipe is None:
+        services = args.services or ["grayscale"]
+        if args.param and len(services) > 1:
+            raise UsageError("--param goes with one service")
+        return [
+            run_of(args, number, service, service_params(service, args.param, args.width, args.height))
+            for number, service in enumerate(services)
+        ]
+    if args.services or args.param:
+        raise UsageError("--recipe names its own steps: give no --service or --param with it")
+    steps = recipe_steps(args.recipe, args.width, args.height)
+    alone = []
+    for step in steps:
+        if (step["service"], step["parameters"]) not in alone:
+            alone.append((step["service"], step["parameters"]))
+    runs = [run_of(args, number, service, params) for number, (service, params) in enumerate(alone)]
+    return [*runs, run_of(args, len(runs), STEPS_SERVICE, {"steps": json.dumps(steps)})]
+
+
+def run_of(args, number: int, service: str, params: dict) -> argparse.Namespace:
+    """One run: the command's arguments with its service, params, name and tag (distinct uploads)."""
+    fields = {
+        "service": service,
+        "params": params,
+        "name": described(service, params),
+        "tag": f"{number}-{service}",
+    }
+    return argparse.Namespace(**{**vars(args), **fields})
+
+
+def described(service: str, params: dict) -> str:
+    """`resize width=1280`; a recipe as its steps: `resize width=1280 -> sharpen -> grayscale`."""
+    if service == STEPS_SERVICE:
+        return " -> ".join(
+            described(step["service"], step["parameters"]) for step in json.loads(params["steps"])
+        )
+    return " ".join([service, *(f"{key}={value}" for key, value in params.items())])
 
 
 def cores(value: float | None) -> str:
@@ -785,28 +874,21 @@ def interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt)  # tear the stack down on `kill` as on Ctrl-C
-    runs = [argparse.Namespace(**{**vars(args), "service": service}) for service in args.services]
-    loads = {run.service: {} for run in runs}
     raws, found = {}, {}
     try:
-        if args.param and len(runs) > 1:
-            raise UsageError("--param goes with one service")
-        params = {run.service: service_params(run) for run in runs}
+        runs = planned_runs(args)
+        loads = {run.name: {} for run in runs}
         jpeg = photo_jpeg(args.width, args.height)
         for run in runs:  # before the stack is up, so that it takes nothing of the raw loop's cores
-            log(f"raw loop {run.service}: {args.jobs} images on {args.workers} processes")
-            with OtherLoad() as loads[run.service]["raw"]:
-                raws[run.service] = measure_raw(
-                    jpeg, run.service, params[run.service], args.jobs, args.workers
-                )
+            log(f"raw loop {run.name}: {args.jobs} images on {args.workers} processes")
+            with OtherLoad() as loads[run.name]["raw"]:
+                raws[run.name] = measure_raw(jpeg, run.service, run.params, args.jobs, args.workers)
         log(f"starting the stack: 1 server, {args.workers} workers x {args.threads} thread(s)")
         with Stack(args.workers, args.threads) as stack:
             for run in runs:
                 if len(runs) > 1 and args.profile:
-                    run.profile = args.profile / run.service
-                found[run.service] = measure_pipeline(
-                    stack, run, params[run.service], jpeg, loads[run.service]
-                )
+                    run.profile = args.profile / run.tag
+                found[run.name] = measure_pipeline(stack, run, run.params, jpeg, loads[run.name])
     except (UsageError, StackError, ProfilerMissing) as exc:
         log(str(exc))
         return 2
@@ -814,19 +896,84 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; the stack is torn down")
         return 130
     failed = False
+    summaries = []
     for number, run in enumerate(runs):
-        pipeline, latency, profiler = found[run.service]
+        pipeline, latency, profiler = found[run.name]
         failed = failed or bool(pipeline["failed"] or latency["failed"])
-        summary = summarise(
-            run, params[run.service], jpeg, pipeline, latency, raws[run.service], loads[run.service]
-        )
+        summary = summarise(run, run.params, jpeg, pipeline, latency, raws[run.name], loads[run.name])
+        summaries.append(summary)
         print(("\n" if number else "") + report(run, summary))
         if profiler is not None:
             print(f"\nwhere the timed run's samples went (py-spy, {RATE} a second; stacks in {run.profile})")
             print("\n".join(profile_summary(path) for path in profiler.outputs.values()))
         if args.json:
             print(json.dumps(rounded(summary)))
+    if args.recipe is not None:
+        figures = recipe_figures(summaries)
+        print("\n" + recipe_report(args, figures))
+        if args.json:
+            print(json.dumps(rounded(figures)))
     return 1 if failed else 0
+
+
+# --- a recipe against its steps alone ----------------------------------------------------------
+def workers_cpu_ms(summary: dict) -> float | None:
+    cpu = summary["cpu_ms_per_job"]
+    return cpu["by_kind"]["workers"] if cpu else None
+
+
+def recipe_figures(summaries: list[dict]) -> dict:
+    """The workers' CPU per job of each step alone and of the recipe (the last summary), and the goal:
+    the recipe over its most expensive step alone."""
+    *alone, recipe = summaries
+    steps = {summary["name"]: workers_cpu_ms(summary) for summary in alone}
+    measured = {name: ms for name, ms in steps.items() if ms is not None}
+    costliest = max(measured, key=lambda name: measured[name]) if measured else None
+    recipe_ms = workers_cpu_ms(recipe)
+    ratio = recipe_ms / measured[costliest] if costliest and recipe_ms is not None else None
+    return {
+        "recipe": recipe["name"],
+        "steps_alone_workers_cpu_ms": steps,
+        "recipe_workers_cpu_ms": recipe_ms,
+        "recipe_processing_ms": recipe["pipeline"].get("processing_ms_mean"),
+        "steps_alone_processing_ms": {
+            summary["name"]: summary["pipeline"].get("processing_ms_mean") for summary in alone
+        },
+        "costliest_step": costliest,
+        "recipe_over_costliest": ratio,
+        "goal": {"value": ratio, "goal": str(RECIPE_GOAL), "verdict": RECIPE_GOAL.verdict(ratio)},
+    }
+
+
+def recipe_report(args, figures: dict) -> str:
+    rows = [
+        f"the recipe {figures['recipe']}",
+        f"against its steps alone, on a {args.width}x{args.height} JPEG: the workers' CPU per job (claim, "
+        "decode, steps, encode, store, complete) and their processing time, mean",
+        ("  step or recipe", f"{'CPU ms':>9}  {'processing ms':>14}"),
+    ]
+    for name, ms in figures["steps_alone_workers_cpu_ms"].items():
+        rows.append(
+            (f"  {name} alone", f"{number(ms)}  {number(figures['steps_alone_processing_ms'][name]):>14}")
+        )
+    rows.append(
+        (
+            "  the recipe: one decode, the steps, one encode",
+            f"{number(figures['recipe_workers_cpu_ms'])}  {number(figures['recipe_processing_ms']):>14}",
+        )
+    )
+    goal = figures["goal"]
+    rows.append(
+        (
+            f"  recipe / {figures['costliest_step']} alone",
+            f"{number(goal['value'], 2)}  goal {goal['goal']:<9} {goal['verdict']}",
+        )
+    )
+    return "\n".join(row if isinstance(row, str) else f"{row[0]:<48}{row[1]}" for row in rows)
+
+
+def number(value: float | None, places: int = 1) -> str:
+    return f"{'no figure':>9}" if value is None else f"{value:9.{places}f}"
 
 
 def measure_pipeline(stack: Stack, args, params: dict, jpeg: bytes, load: dict) -> tuple:
@@ -834,18 +981,16 @@ def measure_pipeline(stack: Stack, args, params: dict, jpeg: bytes, load: dict) 
     both runs (worker timings read afterwards) and the profiler, if any; `load` gets both runs' meters."""
     groups = stack_groups(stack)
     warmup = max(2 * args.workers * args.threads, args.concurrency)
-    log(f"{args.service}: warming up with {warmup} jobs")
-    run_pipeline(stack.base_url, args, params, jpeg, warmup, args.concurrency, f"{args.service}-warmup")
-    log(f"{args.service}: {args.jobs} jobs at concurrency {args.concurrency}, {args.waiting.mode} mode")
+    log(f"{args.name}: warming up with {warmup} jobs")
+    run_pipeline(stack.base_url, args, params, jpeg, warmup, args.concurrency, f"{args.tag}-warmup")
+    log(f"{args.name}: {args.jobs} jobs at concurrency {args.concurrency}, {args.waiting.mode} mode")
     with OtherLoad(groups) as load["pipeline"], profiled(args.profile, stack) as profiler:
         samples = run_pipeline(
-            stack.base_url, args, params, jpeg, args.jobs, args.concurrency, f"{args.service}-run"
+            stack.base_url, args, params, jpeg, args.jobs, args.concurrency, f"{args.tag}-run"
         )
-    log(f"{args.service}: running {args.latency_jobs} jobs at concurrency 1")
+    log(f"{args.name}: running {args.latency_jobs} jobs at concurrency 1")
     with OtherLoad(groups) as load["latency"]:
-        one_by_one = run_pipeline(
-            stack.base_url, args, params, jpeg, args.latency_jobs, 1, f"{args.service}-c1"
-        )
+        one_by_one = run_pipeline(stack.base_url, args, params, jpeg, args.latency_jobs, 1, f"{args.tag}-c1")
     fetch_results(stack.base_url, samples + one_by_one)
     pipeline = summarise_pipeline(samples, args.jobs)
     latency = summarise_pipeline(one_by_one, args.latency_jobs)

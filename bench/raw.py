@@ -3,12 +3,14 @@
 `python -m bench.raw` decodes, processes and encodes one photo-like JPEG per service, as the raw loop
 and as our code (load_image with the operation's decode hint, the operation, encode_image), and prints
 both per image; then P3: a resize from a reduced JPEG decode against a naive full-decode Lanczos resize.
+A recipe (service "steps") is its first step's raw decode, each step's raw work in turn, one encode.
 
 The raw loop uses no Darkroom code on its hot path: parameters are parsed once, before timing.
 """
 
 import argparse
 import io
+import json
 import multiprocessing
 import os
 import statistics
@@ -26,7 +28,8 @@ from pydantic import BaseModel
 from bench.images import photo_jpeg
 from processing.imaging.codecs import encode_image, load_image
 from processing.imaging.formats import default_output_format
-from processing.imaging.operations import OPERATIONS, Operation
+from processing.imaging.operations import OPERATIONS, Operation, OutputOptions
+from processing.imaging.recipes import STEPS_SERVICE
 from processing.worker import admission
 
 RAW_SINGLE_IMAGES = 50  # images in the single-process raw loop (its mean is "per image")
@@ -197,6 +200,36 @@ RAW = {
 }
 
 
+def raw_job(service: str, raw_params: dict) -> tuple[RawService, BaseModel]:
+    """The raw service and its parsed parameters; for a recipe, the steps as one raw service and the
+    recipe's output options."""
+    if service != STEPS_SERVICE:
+        return RAW[service], OPERATIONS[service].parse(raw_params)
+    output = {name: value for name, value in raw_params.items() if name != "steps"}
+    steps = raw_params["steps"]
+    parsed = [
+        (RAW[step["service"]], OPERATIONS[step["service"]].parse(step.get("parameters", {})))
+        for step in (json.loads(steps) if isinstance(steps, str) else steps)
+    ]
+    return raw_recipe(parsed), OutputOptions.model_validate(output)
+
+
+def raw_recipe(parsed: list[tuple[RawService, BaseModel]]) -> RawService:
+    """The first step's decode, then each step's work on what the one before made."""
+    first, first_params = parsed[0]
+
+    def apply(image: Image.Image, params: BaseModel) -> Image.Image | dict:
+        for number, (raw, step_params) in enumerate(parsed):
+            if number:  # what a reduced decode left for the first step is not this image's
+                image.info.update(full_size=image.size, box=None)
+            made = raw.apply(image, step_params)
+            assert isinstance(made, Image.Image)  # a report is no step of a recipe of several
+            image = made
+        return image
+
+    return RawService(lambda jpeg, params: first.decode(jpeg, first_params), apply)
+
+
 def encode(image: Image.Image, format: str, quality: int) -> bytes:
     """processing.imaging.codecs.encode_image's settings, without its copy: no EXIF, ICC profile,
     comment or XMP."""
@@ -235,18 +268,17 @@ def _share_barrier(barrier) -> None:
 def raw_batch(task: tuple[bytes, str, dict, int]) -> tuple[float, float]:
     """One pool process's share; the barrier starts them together and keeps each to one batch."""
     jpeg, service, raw_params, count = task
-    params = OPERATIONS[service].parse(raw_params)
+    raw, params = raw_job(service, raw_params)
     _barrier.wait()
     started = time.time()
     for _ in range(count):
-        process_once(jpeg, RAW[service], params)
+        process_once(jpeg, raw, params)
     return started, time.time()
 
 
 def measure_raw(jpeg: bytes, service: str, raw_params: dict, images: int, processes: int) -> dict:
     admission.keep_freed_memory()
-    params = OPERATIONS[service].parse(raw_params)
-    raw = RAW[service]
+    raw, params = raw_job(service, raw_params)
     for _ in range(3):
         process_once(jpeg, raw, params)
     # CPU time too: the stack's cost is counted in CPU seconds, which a busy machine does not inflate

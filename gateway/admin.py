@@ -1,7 +1,7 @@
 """The jobs admin: find jobs (status, service, owner, date; by id or sha256), see their
-images, timings and audit trail, and act on them: retry, cancel, re-publish the dead
-letters, delete with their files. And the assets admin: every owner's overlay images
-(processing.assets), to see and delete.
+recipe, images, timings and audit trail, and act on them: retry, cancel, re-publish the dead
+letters, delete with their files. The presets admin: named recipes, checked as they are saved. And
+the assets admin: every owner's overlay images (processing.assets), to see and delete.
 
 Every field is read-only: a job changes only through its lifecycle (processing.jobs.lifecycle).
 Storage keys never appear; images are shown as thumbnails (processing.imaging.admin_thumbnails),
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
@@ -24,14 +25,18 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from pydantic import ValidationError
 
 from gateway.models import ApiKey
 from processing import storage
-from processing.errors import BrokerUnavailable
-from processing.imaging import admin_thumbnails
-from processing.jobs import lifecycle, publishing
-from processing.models import Asset, Job
+from processing.errors import BrokerUnavailable, DomainError
+from processing.imaging import admin_thumbnails, recipes
+from processing.imaging.operations import OPERATIONS
+from processing.imaging.operations.base import json_value
+from processing.imaging.recipes import OUTPUT_FIELDS, STEPS_SERVICE
+from processing.jobs import lifecycle, presets, publishing
+from processing.models import Asset, Job, Preset
 from processing.owners import Owner, owned_by
 
 logger = logging.getLogger(__name__)
@@ -92,7 +97,7 @@ class OwnerFilter(admin.SimpleListFilter):
 class JobAdmin(JobModelAdmin):
     list_display = (
         "short_id",
-        "service",
+        "service_and_steps",
         "status",
         "owner",
         "input_thumbnail",
@@ -118,7 +123,22 @@ class JobAdmin(JobModelAdmin):
     date_hierarchy = "created_at"
     actions = ("retry_failed", "republish_dead_letters", "cancel_jobs")
     fieldsets = (
-        (None, {"fields": ("id", "service", "pool", "status", "progress", "parameters_json", "request_id")}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "service",
+                    "recipe",
+                    "preset",
+                    "pool",
+                    "status",
+                    "progress",
+                    "parameters_json",
+                    "request_id",
+                )
+            },
+        ),
         ("Owner", {"fields": ("owner_key", "owner_subject", "owner_session", "owner_user")}),
         (
             "Input",
@@ -214,6 +234,27 @@ class JobAdmin(JobModelAdmin):
     @admin.display(description="job", ordering="id")
     def short_id(self, job: Job) -> str:
         return str(job.id)[:8]
+
+    @admin.display(description="service", ordering="service")
+    def service_and_steps(self, job: Job) -> str:
+        """The service, or a recipe's services in order (resize → sharpen), after its preset's name."""
+        steps, _ = recipe_parts(job)
+        services = " → ".join(str(step.get("service")) for step in steps)
+        return f"{job.preset}: {services}" if job.preset else services
+
+    @admin.display(description="recipe")
+    def recipe(self, job: Job) -> str:
+        """The steps in order, each with the parameters given a value, then the one encode's options."""
+        steps, output = recipe_parts(job)
+        items = format_html_join(
+            "",
+            "<li><strong>{}</strong> {}</li>",
+            ((step.get("service"), described(step.get("service"), step.get("parameters"))) for step in steps),
+        )
+        encode = described(None, output) or "the defaults"
+        return format_html(
+            "<ol style='margin:0;padding-left:1.5em'>{}</ol>then encoded with {}", items, encode
+        )
 
     @admin.display(description="owner")
     def owner(self, job: Job) -> str:
@@ -431,6 +472,82 @@ class AssetAdmin(AssetModelAdmin):
         return thumbnail_response(asset.key)
 
 
+# --- Presets -------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    PresetModelAdmin = admin.ModelAdmin[Preset]
+    PresetModelForm = forms.ModelForm[Preset]
+else:
+    PresetModelAdmin = admin.ModelAdmin
+    PresetModelForm = forms.ModelForm
+
+
+class PresetForm(PresetModelForm):
+    """A preset is saved only as a recipe a client could send: a refusal names the step."""
+
+    class Meta:
+        model = Preset
+        fields = ("name", "description", "steps", "output")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("output") is None:
+            cleaned["output"] = {}  # left empty: the defaults
+        if "steps" in cleaned:
+            output = cleaned["output"]
+            try:
+                recipes.from_steps(
+                    cleaned["steps"],
+                    output if isinstance(output, dict) else {"output": output},
+                    settings.MAX_STEPS,
+                )
+            except (DomainError, ValidationError) as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return cleaned
+
+
+@admin.register(Preset)
+class PresetAdmin(PresetModelAdmin):
+    form = PresetForm
+    list_display = ("name", "description", "services", "replaces_setting", "updated_at")
+    search_fields = ("name", "description")
+
+    @admin.display(description="steps")
+    def services(self, preset: Preset) -> str:
+        steps = preset.steps if isinstance(preset.steps, list) else []
+        return " → ".join(str(step.get("service")) for step in steps if isinstance(step, dict))
+
+    @admin.display(description="replaces the one in PRESETS", boolean=True)
+    def replaces_setting(self, preset: Preset) -> bool:
+        return preset.name in settings.PRESETS
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # The presets declared in settings, each a link to a preset of its name filled in with it, to edit.
+        declared = format_html_join(
+            ", ",
+            '<a href="{}?name={}">{}</a>',
+            ((reverse("admin:processing_preset_add"), name, name) for name in settings.PRESETS),
+        )
+        subtitle = format_html(
+            "Declared in the PRESETS setting: {}. A preset made here replaces the one of the same name.",
+            declared or "none",
+        )
+        return super().changelist_view(request, {**(extra_context or {}), "subtitle": subtitle})
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        """A new preset named after one in PRESETS starts as that one, to be edited."""
+        initial: dict[str, Any] = dict(super().get_changeform_initial_data(request))
+        name = str(initial.get("name", ""))
+        if name in settings.PRESETS:
+            definition = presets.Definition.of_setting(name, settings.PRESETS[name])
+            initial.update(
+                description=definition.description, steps=definition.steps, output=definition.output
+            )
+        return initial
+
+
 # --- Helpers ---------------------------------------------------------------------------------
 
 
@@ -477,6 +594,31 @@ def image_tag(url: str, alt: str, size: int) -> str:
         size,
         size,
     )
+
+
+def recipe_parts(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A job's steps ({"service", "parameters"} each) and its output options, from what it stored: a
+    job of one service is a recipe of one step."""
+    parameters = job.parameters if isinstance(job.parameters, dict) else {}
+    output = {name: parameters[name] for name in OUTPUT_FIELDS if name in parameters}
+    if job.service == STEPS_SERVICE:
+        steps = [step for step in parameters.get("steps", []) if isinstance(step, dict)]
+        return steps, output
+    own = {name: value for name, value in parameters.items() if name not in OUTPUT_FIELDS}
+    return [{"service": job.service, "parameters": own}], output
+
+
+def described(service: Any, parameters: Any) -> str:
+    """Parameters as a client would write them, those given a value, in the order the service's
+    parameters are listed (stored JSON keeps none): width=800, fit=inside."""
+    if not isinstance(parameters, dict):
+        return ""
+    operation = OPERATIONS.get(service) if isinstance(service, str) else None
+    listed = [*(operation.params.model_fields if operation else ()), *OUTPUT_FIELDS]
+    given = sorted(
+        parameters.items(), key=lambda item: listed.index(item[0]) if item[0] in listed else len(listed)
+    )
+    return ", ".join(f"{name}={json_value(value)}" for name, value in given if value is not None)
 
 
 def file_key(job: Job, side: str) -> str:

@@ -113,6 +113,35 @@ class UnknownOperation(DomainError):
         self.name = name
 
 
+class StepRefused(DomainError):
+    """A step of a recipe refused at submit (or found not to fit by the worker): `cause` is what was
+    wrong with it, a domain error or the parameters' ValidationError; `index` and `service` name the
+    step, as `steps[index] (service)`, whatever the cause's own kind."""
+
+    def __init__(self, index: int, service: str, cause: Exception):
+        self.index, self.service, self.cause = index, service, cause
+        code = cause.code if isinstance(cause, DomainError) else "invalid_parameters"
+        super().__init__(code, f"{self.step}: {cause}")
+
+    @property
+    def step(self) -> str:
+        return f"steps[{self.index}] ({self.service})" if self.service else f"steps[{self.index}]"
+
+    @property
+    def path(self) -> str:
+        """Where the step is in the request, as a field path: steps[2]."""
+        return f"steps[{self.index}]"
+
+
+class UnknownPreset(DomainError):
+    """No preset has this name; `available` lists those that do exist."""
+
+    def __init__(self, name: str, available: list[str]):
+        known = ", ".join(available) if available else "none are declared"
+        super().__init__("unknown_preset", f"there is no preset named {name!r}; the presets: {known}")
+        self.name, self.available = name, available
+
+
 class DependencyUnavailable(DomainError):
     """A service the domain relies on didn't answer: nothing was done, and the same request may well
     succeed shortly. The message is the same whatever failed; `cause` says what did, for the logs."""

@@ -3,9 +3,11 @@ import uuid
 from typing import Any, TypeAlias
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import connection, models
 from django.utils import timezone
 
+from processing.imaging.recipes import PRESET_NAME
 from processing.jobs.pools import DEFAULT_POOL
 from processing.owners import ANONYMOUS, MAX_IDENTITY_LENGTH, MAX_SUBJECT_LENGTH, Owner, owned_by
 
@@ -14,7 +16,7 @@ JobId: TypeAlias = uuid.UUID | str
 
 
 class Job(models.Model):
-    """One image and one operation, from upload to result."""
+    """One image and one recipe (one operation, or several steps), from upload to result."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
@@ -26,7 +28,9 @@ class Job(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     service = models.CharField(max_length=40)
+    # A recipe of several steps is service "steps", its chain in `parameters` (processing.imaging.recipes).
     parameters = models.JSONField(default=dict, blank=True)
+    preset = models.CharField(max_length=64, blank=True, help_text="the preset it was submitted with, if any")
     status = models.CharField(max_length=12, choices=STATUS_CHOICES, default=QUEUED)
     progress = models.FloatField(default=0.0)
     request_id = models.CharField(max_length=64, blank=True)
@@ -267,3 +271,31 @@ class Asset(models.Model):
             user_id=self.owner_user_id,
             subject=self.owner_subject,
         )
+
+
+class Preset(models.Model):
+    """A named recipe made in the admin; it replaces a preset of the same name declared in PRESETS
+    (processing.jobs.presets)."""
+
+    name = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[RegexValidator(f"^{PRESET_NAME}$", "letters, digits, - and _ only")],
+        help_text="preset=<name>; it replaces a preset of this name in PRESETS",
+    )
+    description = models.CharField(max_length=200, blank=True)
+    steps = models.JSONField(
+        default=list, help_text='[{"service": "resize", "parameters": {"width": 800}}, ...], in order'
+    )
+    output = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='output options, e.g. {"format": "webp", "quality": 80}',
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -11,6 +11,8 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from processing.imaging.operations import OPERATIONS
+from processing.imaging.recipes import STEPS_SERVICE
+from processing.jobs import presets
 from project import config
 
 
@@ -38,15 +40,29 @@ def check_security(app_configs=None, **kwargs):
 
 @checks.register("darkroom")
 def check_traffic_split(app_configs=None, **kwargs):
-    unknown = sorted(set(settings.TRAFFIC_SPLIT) - set(OPERATIONS))
+    services = [*OPERATIONS, STEPS_SERVICE]  # a job of several steps is service "steps"
+    unknown = sorted(set(settings.TRAFFIC_SPLIT) - set(services))
     if not unknown:
         return []
     return [
         checks.Error(
             f"TRAFFIC_SPLIT names {', '.join(unknown)}, which no service is called.",
-            hint=f"Services: {', '.join(OPERATIONS)}.",
+            hint=f"Services: {', '.join(services)}.",
             id="darkroom.E004",
         )
+    ]
+
+
+@checks.register("darkroom")
+def check_presets(app_configs=None, **kwargs):
+    return [
+        checks.Error(
+            f"PRESETS: {problem}",
+            hint='Each preset is {"steps": [{"service": ..., "parameters": {...}}, ...]} and the output '
+            "options; see docs/recipes.md.",
+            id="darkroom.E007",
+        )
+        for problem in presets.problems_of_setting(settings.PRESETS)
     ]
 
 

@@ -14,6 +14,7 @@ Django-free on purpose (gunicorn's configuration and the scaler's policy read it
 """
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -113,6 +114,54 @@ def parse_header(name: str, raw: str) -> tuple[str, str] | None:
     return "HTTP_" + header.upper().replace("-", "_"), value
 
 
+def parse_presets(name: str, raw: str) -> dict[str, dict[str, Any]]:
+    """Named recipes as a JSON object: {"name": {"description": ..., "steps": [...], "format": ...}}.
+    Only the shape is read here; whether each name and recipe is one the presets take is a system
+    check (darkroom.E007), as the operations are not loaded with the settings."""
+    try:
+        presets = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not JSON: {exc}") from None
+    if not isinstance(presets, dict):
+        raise ImproperlyConfigured(f'{name} must be a JSON object: {{"name": {{"steps": [...]}}, ...}}')
+    for preset, recipe in presets.items():
+        if not isinstance(recipe, dict) or not isinstance(recipe.get("steps"), list):
+            raise ImproperlyConfigured(f'{name}: {preset!r} must be an object with "steps": [...]')
+    return presets
+
+
+def show_presets(value: dict[str, Any]) -> str:
+    return json.dumps(value)
+
+
+# The presets of the embedded default (docs/recipes.md): what the lite page offers out of the box.
+DEFAULT_PRESETS = {
+    "avatar": {
+        "description": "A 256-pixel square, cut where the subject is, as WebP.",
+        "steps": [
+            {"service": "thumbnail", "parameters": {"size": 256, "square": True, "gravity": "attention"}}
+        ],
+        "format": "webp",
+        "quality": 80,
+    },
+    "web": {
+        "description": "At most 1600 pixels wide, lightly sharpened, in the best format the browser takes.",
+        "steps": [
+            {"service": "resize", "parameters": {"width": 1600, "fit": "inside"}},
+            {"service": "sharpen", "parameters": {"radius": 1, "percent": 80}},
+        ],
+        "format": "auto",
+        "quality": 80,
+    },
+    "small": {
+        "description": "At most 640 pixels and 60 KB, for a slow connection.",
+        "steps": [{"service": "thumbnail", "parameters": {"size": 640}}],
+        "format": "auto",
+        "max_bytes": 60_000,
+    },
+}
+
+
 def parse_path(name: str, raw: str) -> Path:
     return Path(raw)
 
@@ -174,6 +223,7 @@ TRAFFIC_SPLIT_TYPE = Type(
 )
 HEADER = Type("header: value", parse_header, show_header)
 PATH = Type("path", parse_path)
+PRESETS_TYPE = Type('JSON object ({"name": {"steps": [...], ...}})', parse_presets, show_presets)
 URI_PREFIX = Type("path (/name/)", parse_uri_prefix)
 
 
@@ -670,6 +720,16 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
         maximum=10_000,
     ),
+    # Each step is an operation's work on up to MAX_OUTPUT_PIXELS: this bounds what one job may ask for.
+    Setting(
+        "MAX_STEPS",
+        INT,
+        10,
+        "Steps one recipe (a job's `steps`, a preset) may have.",
+        LIMITS,
+        minimum=1,
+        maximum=100,
+    ),
     # Measured at AVIF_SPEED 6 on one core: about 0.2 s a megapixel for smooth images, 1.3 s for noise.
     Setting(
         "MAX_AVIF_OUTPUT_PIXELS",
@@ -852,6 +912,15 @@ SETTINGS: tuple[Setting, ...] = (
         BOOL,
         True,
         "A new job whose input, service and parameters match a completed one copies its result.",
+        JOBS,
+    ),
+    Setting(
+        "PRESETS",
+        PRESETS_TYPE,
+        Computed("avatar, web and small (docs/recipes.md)", lambda v: DEFAULT_PRESETS),
+        "Named recipes clients use as preset=<name> (GET /api/v1/presets lists them): a JSON object of "
+        'name to {"description", "steps", and the output options format, quality, max_bytes}. A preset '
+        "of the same name made in the admin replaces the one declared here.",
         JOBS,
     ),
     Setting(

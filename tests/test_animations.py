@@ -14,6 +14,7 @@ from processing.imaging import animation, formats, frame_count
 from processing.imaging.codecs import probe
 from processing.imaging.operations import get_operation
 from processing.imaging.operations.base import OperationResult
+from processing.imaging.recipes import Recipe, Step
 from processing.models import Job
 from processing.worker.actors import pixels_of
 from tests import images
@@ -243,11 +244,11 @@ def test_memory_admission_counts_every_frame_an_animation_keeps():
     def counted(frames: int) -> int:
         job = Job(input_width=100, input_height=100, input_frames=frames, input_format="gif", parameters={})
         _, plan = animation.expected_result(operation, params, frames, None, "", "gif")
-        return pixels_of(job, operation, params, None, plan)
+        return pixels_of(job, Recipe((Step(operation, params),)), None, plan)
 
     # The first frame alone costs what a still does; 50 kept frames of 50 x 50 cost at least their pixels.
     assert counted(1) == pixels_of(
-        Job(input_width=100, input_height=100), operation, params, None, animation.STILL
+        Job(input_width=100, input_height=100), Recipe((Step(operation, params),)), None, animation.STILL
     )
     assert counted(50) * 12 >= 50 * 50 * 50 * animation.BYTES_PER_KEPT_PIXEL
     assert counted(50) > 5 * counted(1)

@@ -165,6 +165,8 @@ def test_the_openapi_document_describes_every_endpoint(client):
     paths = spec["paths"]
     for path in (
         "/api/v1/services",
+        "/api/v1/presets",
+        "/api/v1/process",
         "/api/v1/process/{service}",
         "/api/v1/resize",
         "/api/v1/crop",

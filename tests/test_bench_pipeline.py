@@ -3,6 +3,7 @@
 
 import argparse
 import io
+import json
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from bench.pipeline import (
     CpuSample,
     Proc,
     Sample,
+    UsageError,
     Waiting,
     cpu_by_kind,
     cpu_per_job,
@@ -27,6 +29,9 @@ from bench.pipeline import (
     parse_args,
     parse_server_timing,
     parse_stat,
+    planned_runs,
+    recipe_figures,
+    recipe_report,
     report,
     run_job,
     summarise_pipeline,
@@ -325,7 +330,8 @@ def test_server_timing_gives_each_metrics_duration_in_ms(header, timings):
 # --- the command line ------------------------------------------------------------------------
 def test_the_defaults_are_concurrency_16_one_request_per_job_and_grayscale():
     args = parse_args([])
-    assert (args.concurrency, args.jobs, args.latency_jobs, args.services) == (16, 200, 50, ["grayscale"])
+    assert (args.concurrency, args.jobs, args.latency_jobs) == (16, 200, 50)
+    assert [(run.service, run.params) for run in planned_runs(args)] == [("grayscale", {})]
     assert args.waiting == Waiting("one-request", poll_every=0.05, download=True)
 
 
@@ -430,6 +436,7 @@ def report_of(mode: str, one_request: bool) -> str:
     seconds = {"server": 0.4, "workers": 2.0, "postgres": 0.2, "rabbitmq": 0.2, "redis": 0.1, "client": 0.6}
     cpu = cpu_per_job(seconds, 100, 19.0)
     summary = {
+        "name": "grayscale",
         "params": {},
         "image": {"bytes": 10240},
         "mode": mode,
@@ -480,6 +487,84 @@ def test_the_report_of_a_three_request_run_says_so_and_leaves_the_server_goal_un
     assert re.search(r"requests per job, mean\s+3\.00 \(0 of 100 answered with the result itself\)", text)
     assert "Server-Timing" not in text
     assert re.search(r"server CPU per job\s+4\.00\s+goal <= 4 ms\s+not judged: not one request per job", text)
+
+
+# --- a recipe against its steps alone --------------------------------------------------------------
+def test_a_recipe_runs_each_distinct_step_alone_then_the_steps_as_one_job():
+    args = parse_args(["--recipe", "resize:width=640+sharpen+grayscale+resize:width=640", "--width", "1280"])
+    runs = planned_runs(args)
+
+    assert [(run.service, run.params) for run in runs[:-1]] == [
+        ("resize", {"width": "640"}),
+        ("sharpen", {}),
+        ("grayscale", {}),
+    ]
+    recipe = runs[-1]
+    assert recipe.service == "steps" and json.loads(recipe.params["steps"])[0] == {
+        "service": "resize",
+        "parameters": {"width": "640"},
+    }
+    assert recipe.name == "resize width=640 -> sharpen -> grayscale -> resize width=640"
+    assert len({run.tag for run in runs}) == len(runs)  # each run's uploads are its own
+
+
+def test_the_default_recipe_has_four_steps():
+    runs = planned_runs(parse_args(["--recipe"]))
+    assert len(json.loads(runs[-1].params["steps"])) == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--recipe", "resize:width=99999+grayscale"], "steps[0] (resize): "),
+        (["--recipe", "sepia+grayscale"], "steps[0] (sepia): there is no service named 'sepia'"),
+        (["--recipe", "grayscale"], "give two steps or more"),
+        (["--recipe", "resize:width+grayscale"], "give it as key=value"),
+        (["--recipe", "--service", "sobel"], "give no --service or --param"),
+    ],
+)
+def test_a_recipe_that_would_be_refused_is_refused_before_any_stack_comes_up(argv, message):
+    with pytest.raises(UsageError) as raised:
+        planned_runs(parse_args(argv))
+    assert message in str(raised.value)
+
+
+def summary_with_workers(name: str, workers_ms: float | None, processing_ms: float) -> dict:
+    cpu = cpu_per_job({"workers": workers_ms / 1000, "server": 0.004}, 1, 10.0) if workers_ms else None
+    return {"name": name, "cpu_ms_per_job": cpu, "pipeline": {"processing_ms_mean": processing_ms}}
+
+
+def test_the_recipe_is_judged_against_its_most_expensive_step_alone():
+    figures = recipe_figures(
+        [
+            summary_with_workers("resize width=1280", 30.0, 25.0),
+            summary_with_workers("sharpen", 60.0, 55.0),
+            summary_with_workers("grayscale", 15.0, 12.0),
+            summary_with_workers("resize width=1280 -> sharpen -> grayscale", 72.0, 66.0),
+        ]
+    )
+    assert figures["costliest_step"] == "sharpen"
+    assert figures["recipe_over_costliest"] == pytest.approx(1.2)
+    assert figures["goal"] == {"value": pytest.approx(1.2), "goal": "<= 1.3x", "verdict": "met"}
+
+    text = recipe_report(argparse.Namespace(width=1920, height=1080), figures)
+    assert re.search(r"sharpen alone\s+60\.0\s+55\.0\n", text)
+    assert "the recipe resize width=1280 -> sharpen -> grayscale\n" in text
+    assert re.search(r"the recipe: one decode, the steps, one encode\s+72\.0\s+66\.0\n", text)
+    assert re.search(r"recipe / sharpen alone\s+1\.20\s+goal <= 1\.3x\s+met", text)
+
+
+def test_a_recipe_without_cpu_figures_is_not_judged():
+    alone, recipe = summary_with_workers("sharpen", None, 50.0), summary_with_workers("r", 70.0, 66.0)
+    figures = recipe_figures([alone, recipe])
+    assert figures["goal"]["verdict"] == "unknown"
+    assert "no figure" in recipe_report(argparse.Namespace(width=64, height=48), figures)
+
+
+def test_the_raw_loop_of_a_recipe_decodes_once_runs_each_step_and_encodes_once():
+    steps = json.dumps([{"service": "resize", "parameters": {"width": "80"}}, {"service": "grayscale"}])
+    raw = measure_raw(jpeg_bytes(gradient(160, 120)), "steps", {"steps": steps}, images=2, processes=1)
+    assert raw["cpu_per_image_ms"] > 0 and set(raw["stages_ms"]) == {"decode", "operation", "encode"}
 
 
 def test_the_raw_loop_gives_its_cpu_per_image_for_the_fixed_cost():

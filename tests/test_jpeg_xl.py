@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter
 from pillow_jxl import JpegXLImagePlugin
 
 from processing import storage
-from processing.imaging import admin_thumbnails, codecs, jxl
+from processing.imaging import admin_thumbnails, codecs, jxl, recipes
 from processing.imaging.animation import STILL
 from processing.imaging.codecs import encode_image, load_image, probe
 from processing.imaging.operations import get_operation
@@ -323,8 +323,10 @@ def test_lossless_is_for_format_jxl_without_a_byte_budget(client, stub_broker, p
 def test_a_lossless_job_counts_the_recompression_against_the_machines_pixel_budget():
     convert = get_operation("convert")
     job = SimpleNamespace(input_width=4000, input_height=3000)
-    lossy = actors.pixels_of(job, convert, convert.parse({"format": "jxl"}), None, STILL)
-    lossless = actors.pixels_of(job, convert, convert.parse({"format": "jxl", "lossless": True}), None, STILL)
+    lossy = actors.pixels_of(job, recipes.single(convert, {"format": "jxl"}), None, STILL)
+    lossless = actors.pixels_of(
+        job, recipes.single(convert, {"format": "jxl", "lossless": True}), None, STILL
+    )
 
     assert lossy == math.ceil(12_000_000 * 4.5 / admission.BYTES_PER_PIXEL)
     assert lossless == 12_000_000 * 29 // admission.BYTES_PER_PIXEL  # six times as many

@@ -8,7 +8,7 @@ from ninja.errors import AuthenticationError, HttpError, Throttled
 from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import ValidationError as PydanticValidationError
 
-from gateway.api import assets, frontend, jobs, services, system
+from gateway.api import assets, frontend, jobs, presets, services, system
 from gateway.api.auth import API_AUTH
 from gateway.http.errors import (
     DATABASE_OUTAGES,
@@ -35,6 +35,7 @@ api = NinjaAPI(
     docs_url="/docs",
 )
 api.add_router("", services.router)
+api.add_router("", presets.router)
 api.add_router("", jobs.router)
 api.add_router("", assets.router)
 api.add_router("", system.router)

@@ -33,7 +33,8 @@ from gateway.live import waiting
 from gateway.ops.disclosure import opaque_label
 from processing import storage
 from processing.imaging import formats
-from processing.imaging.operations import get_operation
+from processing.imaging.operations import OPERATIONS, Operation, OutputOptions, get_operation
+from processing.imaging.recipes import OUTPUT_FIELDS, STEPS_SERVICE
 from processing.jobs import lifecycle, submissions
 from processing.jobs.public import JobOut, JobStatus, StatusOut, error_json, job_json, job_urls, status_json
 from processing.models import Job
@@ -71,6 +72,67 @@ def multipart_doc(service: str | None = None, *, many: bool = False) -> dict[str
         "requestBody": {"content": {"multipart/form-data": {"schema": schema}}, "required": True},
         "parameters": [PREFER_PARAMETER],
         **({} if many else {"responses": {200: {"content": {"image/*": {"schema": image}}}}}),
+    }
+
+
+def recipe_doc() -> dict[str, Any]:
+    """The OpenAPI request body of a recipe: `image`, `steps` (each step one of the services, with that
+    service's own parameters) and the output options, or `preset`."""
+    output = OutputOptions.model_json_schema()["properties"]
+    steps = {
+        "type": "array",
+        "minItems": 1,
+        "items": {"oneOf": [step_schema(operation) for operation in OPERATIONS.values()]},
+        "description": (
+            "The steps, in order, as JSON: each a service of /api/v1/services and its own parameters; the "
+            "output options go beside the steps (or on the last step). A report (analyze) is a recipe's "
+            "only step. MAX_STEPS bounds their number."
+        ),
+        "example": [
+            {"service": "resize", "parameters": {"width": 800}},
+            {"service": "sharpen", "parameters": {"radius": 1}},
+        ],
+    }
+    preset = {
+        "type": "string",
+        "description": "Instead of steps and output options: the name of a preset (GET /api/v1/presets).",
+    }
+    schema = {
+        "type": "object",
+        "required": ["image"],
+        "properties": {
+            "image": {"type": "string", "format": "binary"},
+            "steps": steps,
+            "preset": preset,
+            **output,
+        },
+        "additionalProperties": False,
+    }
+    body = {"schema": schema, "encoding": {"steps": {"contentType": "application/json"}}}
+    return {
+        "requestBody": {"content": {"multipart/form-data": body}, "required": True},
+        "parameters": [PREFER_PARAMETER],
+        "responses": {200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}},
+    }
+
+
+def step_schema(operation: Operation[Any]) -> dict[str, Any]:
+    """One step of a recipe as JSON Schema: the service's name and its parameters, less the output options."""
+    parameters = operation.json_schema()
+    properties = {
+        name: value for name, value in parameters.get("properties", {}).items() if name not in OUTPUT_FIELDS
+    }
+    required = [name for name in parameters.get("required", []) if name not in OUTPUT_FIELDS]
+    own = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        own["required"] = required
+    return {
+        "type": "object",
+        "title": operation.name,
+        "description": operation.description,
+        "properties": {"service": {"const": operation.name}, "parameters": own},
+        "required": ["service", "parameters"] if required else ["service"],
+        "additionalProperties": False,
     }
 
 
@@ -130,6 +192,19 @@ def submit_one(request: CallerRequest, response: HttpResponse, service: str) -> 
 
 
 @router.post(
+    "/process",
+    response={200: JobOut, 202: JobOut, **SUBMIT_ERRORS},
+    throttle=SUBMIT_LIMIT,
+    url_name="process_recipe",
+    openapi_extra=recipe_doc(),
+)
+def process_recipe(request: CallerRequest, response: HttpResponse) -> Status[JobOut]:
+    """Upload `image` (multipart) with `steps`, run in order on one decode and one encode, and the output
+    options; or with `preset`, a named recipe (GET /api/v1/presets). Answers 202 with the job."""
+    return submit_one(request, response, STEPS_SERVICE)
+
+
+@router.post(
     "/process/{service}",
     response={200: JobOut, 202: JobOut, **SUBMIT_ERRORS},
     throttle=SUBMIT_LIMIT,
@@ -172,10 +247,15 @@ for _service in ("resize", "crop", "convert"):
     openapi_extra=multipart_doc(many=True),
 )
 def batch(request: CallerRequest, response: HttpResponse) -> Status[dict[str, list[JobOut]]]:
-    """Several `image` files, one `service` and its parameters: a job per image, all or none."""
-    service = request.POST.get("service")
+    """Several `image` files, and one `service` and its parameters, or `steps` or a `preset`: a job per
+    image, all or none."""
+    service = intake.service_of(request.POST)
     if not service:
-        raise ApiError(400, "missing_service", "name the service in a form field called 'service'")
+        raise ApiError(
+            400,
+            "missing_service",
+            "name the service in a form field called 'service', or send steps or a preset",
+        )
     created = submit(request, response, service, at_most=settings.MAX_BATCH_FILES)
     answer_when_ended(request, response, created, one=False)
     return Status(202, batch_json(created))

@@ -93,8 +93,38 @@ class ServiceOut(Schema):
     submit_url: str
 
 
+class RecipesOut(Schema):
+    """How to run several services on one image: POST `submit_url` with `steps`."""
+
+    submit_url: str
+    output_options: list[str] = Field(description="the parameters that go beside the steps, not in one")
+    max_steps: int
+    presets_url: str
+
+
 class ServicesOut(Schema):
     services: list[ServiceOut]
+    recipes: RecipesOut
+
+
+class StepOut(Schema):
+    service: str
+    parameters: dict[str, Any]
+
+
+class PresetOut(Schema):
+    name: str
+    description: str
+    source: Literal["settings", "admin"] = Field(
+        description="where it is declared: the PRESETS setting, or the admin (which replaces its namesake)"
+    )
+    steps: list[StepOut]
+    output: dict[str, Any] = Field(description="the output options of its one encode")
+
+
+class PresetsOut(Schema):
+    presets: list[PresetOut]
+    submit_url: str = Field(description="where to POST an image with preset=<name>")
 
 
 class QueueOut(Schema):

@@ -8,6 +8,7 @@ from botocore.exceptions import BotoCoreError
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.html import escape
+from pydantic import ValidationError
 
 from processing.errors import (
     AssetLimitReached,
@@ -21,7 +22,9 @@ from processing.errors import (
     ImageTooLarge,
     InvalidParameters,
     OutputTooLarge,
+    StepRefused,
     UnknownOperation,
+    UnknownPreset,
     UnprocessableImage,
     UnsupportedImage,
 )
@@ -149,6 +152,9 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     IdempotencyKeyInUse: 409,
     IdempotencyKeyMismatch: 422,
     AssetLimitReached: 409,
+    # Whatever was wrong with a step (an unknown service among them), the recipe is what is refused.
+    StepRefused: 422,
+    UnknownPreset: 422,
 }
 
 
@@ -162,9 +168,30 @@ def status_of(error: type[DomainError]) -> int:
 
 def from_domain(exc: DomainError) -> ApiError:
     """The answer to a domain error, the same from the API and from the pages."""
+    if isinstance(exc, StepRefused):
+        return from_step(exc)
     status = status_of(type(exc))
     retry_after = RETRY_AFTER_SECONDS if status == 503 else None
     return ApiError(status, exc.code, client_message(exc), retry_after=retry_after, **details_of(exc))
+
+
+def from_step(exc: StepRefused) -> ApiError:
+    """A step's refusal: its cause's answer, as a 422 whose message names the step ("steps[2] (crop):
+    ...") and whose fields are the step's (steps[2].width)."""
+    cause = exc.cause
+    if isinstance(cause, ValidationError):
+        answer = from_validation_errors(cause.errors(include_url=False))
+    else:
+        answer = from_domain(cause) if isinstance(cause, DomainError) else internal_error()
+    fields = [
+        {**problem, "field": f"{exc.path}.{problem['field']}" if problem["field"] else exc.path}
+        for problem in answer.details.get("fields", [])
+    ]
+    details = {
+        **answer.details,
+        "fields": fields or [{"field": exc.path, "rule": answer.code, "message": answer.message}],
+    }
+    return ApiError(422, answer.code, f"{exc.step}: {answer.message}", **details)
 
 
 def client_message(exc: DomainError) -> str:

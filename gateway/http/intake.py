@@ -8,10 +8,13 @@ from django.http import HttpRequest, QueryDict
 from gateway.auth.callers import Caller
 from gateway.http.errors import ApiError
 from gateway.http.negotiation import accepted_image_types
+from processing.imaging.recipes import STEPS_SERVICE
 from processing.jobs.submissions import Submission, Upload
 
 # Form fields that are not operation parameters.
 NON_PARAMETER_FIELDS = {"csrfmiddlewaretoken", "image", "service"}
+# Form fields that make a submission a recipe (service "steps") when it names no service.
+RECIPE_FIELDS = ("steps", "preset")
 
 
 def uploads_from(request: HttpRequest, *, at_most: int) -> list[Upload]:
@@ -27,6 +30,14 @@ def uploads_from(request: HttpRequest, *, at_most: int) -> list[Upload]:
         raise ApiError(413, "too_many_files", f"send at most {at_most} image(s) in one request")
     # On disk and hashed as they arrived: settings.FILE_UPLOAD_HANDLERS is gateway.http.uploads's.
     return cast(list[Upload], uploads)
+
+
+def service_of(form: QueryDict) -> str | None:
+    """The service a form names; a form with steps or a preset and no service is a recipe."""
+    named = form.get("service")
+    if named:
+        return named
+    return STEPS_SERVICE if any(form.get(field) for field in RECIPE_FIELDS) else None
 
 
 def parameters_from(form: QueryDict) -> dict[str, Any]:

@@ -195,7 +195,8 @@ def files_in_form(request: HttpRequest) -> int:
 
 
 def form_submission(request: HttpRequest, caller: callers.Caller) -> submissions.Submission:
-    service = request.POST.get("service") or DEFAULT_SERVICE
+    # A form with steps or a preset is a recipe (gateway.http.intake.service_of).
+    service = intake.service_of(request.POST) or DEFAULT_SERVICE
     return intake.submission_from(request, caller, service, at_most=settings.MAX_BATCH_FILES)
 
 

@@ -39,6 +39,7 @@ from processing.imaging.codecs import (
 from processing.imaging.formats import ANIMATED_FORMATS, has_alpha
 from processing.imaging.frame_count import MAX_COUNTED_FRAMES, gif_frames
 from processing.imaging.operations.base import Operation, OperationResult, ProgressCallback
+from processing.imaging.recipes import Recipe
 
 # Bytes a job that keeps an animation's frames holds at its peak per pixel of the frames it keeps,
 # beyond what its operation holds for one frame: each result frame (4 bytes a pixel, as Pillow keeps
@@ -144,6 +145,36 @@ def expected_result(
     animated = keeps_frames(operation, params, frames)
     output_format = formats.chosen_before_pixels(requested, negotiated, input_format, animated)
     return output_format, plan_frames(operation, params, frames, output_format)
+
+
+# Why a recipe of several steps keeps one frame: its steps run one after the other on one picture.
+SEVERAL_STEPS = "a recipe of several steps works on one frame"
+
+
+def recipe_keeps_frames(recipe: Recipe, frames: int) -> bool:
+    """keeps_frames for a recipe: only one of one step animates, as its operation does."""
+    return len(recipe.steps) == 1 and keeps_frames(recipe.steps[0].operation, recipe.steps[0].params, frames)
+
+
+def recipe_result(
+    recipe: Recipe, frames: int, requested: str | None, negotiated: str, input_format: str
+) -> tuple[str, FramePlan]:
+    """expected_result for a recipe: a recipe of one step is its operation's job; one of several keeps
+    the first frame of an animation, and says so."""
+    if len(recipe.steps) == 1:
+        step = recipe.steps[0]
+        return expected_result(step.operation, step.params, frames, requested, negotiated, input_format)
+    output_format = formats.chosen_before_pixels(requested, negotiated, input_format)
+    plan = FramePlan(frames, 1, f"only the first frame was kept: {SEVERAL_STEPS}") if frames > 1 else STILL
+    return output_format, plan
+
+
+def check_recipe_budget(
+    plan: FramePlan, recipe: Recipe, width: int, height: int, limits: AnimationLimits
+) -> None:
+    """check_budget for a recipe: only a recipe of one step keeps frames (recipe_result)."""
+    step = recipe.steps[0]
+    check_budget(plan, step.operation, step.params, width, height, limits)
 
 
 def plan_frames(operation: Operation[Any], params: Any, frames: int, output_format: str) -> FramePlan:

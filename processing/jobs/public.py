@@ -108,7 +108,16 @@ class JobFacts(TypedDict):
     ]
     status: JobStatus
     progress: float
-    parameters: dict[str, Any]
+    parameters: Annotated[
+        dict[str, Any],
+        Field(
+            description="As parsed, defaults filled in. A job of several steps (service `steps`) has "
+            '`{"steps": [{"service", "parameters"}, ...], "format", "quality", "max_bytes"}`.'
+        ),
+    ]
+    preset: Annotated[
+        str | None, Field(description="The preset it was submitted with (preset=<name>), if any.")
+    ]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -188,6 +197,7 @@ def job_json(job: Job) -> JobOut:
         status=job.status,  # type: ignore[typeddict-item]  # a CharField with JobStatus's choices
         progress=round(job.progress, 3),
         parameters=job.parameters,
+        preset=job.preset or None,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

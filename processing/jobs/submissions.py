@@ -3,8 +3,9 @@
 Every check a client can fail happens here, before anything is queued, and fails with a
 domain error (processing.errors) that the gateway turns into an answer. A submission is
 all or nothing: when one of its jobs can't be stored or published, none is left behind.
-A submission is parsed once (`prepare`); its Idempotency-Key fingerprint and its jobs are both
-made from that (the key's record is processing.jobs.idempotency).
+A submission is parsed once (`prepare`) into its recipe (processing.imaging.recipes: one service's
+operation, or several steps); its Idempotency-Key fingerprint and its jobs are both made from that
+(the key's record is processing.jobs.idempotency).
 """
 
 import logging
@@ -16,14 +17,14 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.utils import timezone
-from pydantic import BaseModel
 
 from processing import storage
-from processing.errors import StorageUnavailable, UnknownOperation, UnprocessableImage
-from processing.imaging import animation, formats
+from processing.errors import InvalidParameters, StorageUnavailable, UnknownOperation, UnprocessableImage
+from processing.imaging import animation, formats, recipes
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, OutputLimits, get_operation
-from processing.jobs import idempotency, pools, publishing
+from processing.imaging.recipes import STEPS_SERVICE, Recipe
+from processing.jobs import idempotency, pools, presets, publishing
 from processing.models import Job, JobId
 from processing.owners import Owner, owned_by
 
@@ -36,12 +37,12 @@ RESULT_FIELDS = (
     "output_width",
     "output_height",
     "output_sha256",
-    "output_frames",
-    "frames_note",
     "fallback_format",
     "placeholder_blurhash",
     "placeholder_preview",
     "report",
+    "output_frames",
+    "frames_note",
 )
 
 
@@ -57,7 +58,10 @@ class Upload(Protocol):
 
 @dataclass
 class Submission:
-    """What one request asks for: a service, its parameters, and one or more uploads."""
+    """What one request asks for: a service and its parameters, and one or more uploads.
+
+    Service "steps" (STEPS_SERVICE) is a recipe: its parameters are `steps` (a list, or its JSON
+    text) and the output options, or `preset` alone."""
 
     owner: Owner
     request_id: str
@@ -75,10 +79,10 @@ class Prepared:
     """A submission parsed once: its fingerprint and its jobs are both made from this."""
 
     submission: Submission
-    operation: Operation[Any]
-    params: BaseModel
+    recipe: Recipe
     canonical: dict[str, Any]  # the parameters as parsed, as JSON: what a job stores and a fingerprint hashes
     negotiated_format: str
+    preset: str = ""  # the preset's name, when the recipe is one
 
     @cached_property
     def inputs(self) -> list[tuple[Upload, ImageInfo]]:
@@ -89,13 +93,13 @@ class Prepared:
     def negotiated_for(self, info: ImageInfo) -> str:
         """What format=auto negotiates for this upload: for an animation that keeps its frames, among
         the formats that hold them; for anything else, what the submission negotiated."""
-        if not animation.keeps_frames(self.operation, self.params, info.frames):
+        if not animation.recipe_keeps_frames(self.recipe, info.frames):
             return self.negotiated_format
         return formats.negotiated_format(self.canonical.get("format"), self.submission.accepts, animated=True)
 
     def fingerprint(self) -> str:
         hashes = [upload.sha256 for upload in self.submission.uploads]
-        return idempotency.fingerprint(self.operation.name, self.canonical, hashes, self.negotiated_format)
+        return idempotency.fingerprint(self.recipe.service, self.canonical, hashes, self.negotiated_format)
 
 
 @dataclass
@@ -115,13 +119,29 @@ def find_operation(service: str) -> Operation[Any]:
 
 
 def prepare(submission: Submission) -> Prepared:
-    """Parse the submission once: its service and parameters (refused here when unknown or invalid),
-    and the format format=auto negotiates with the client's Accept header."""
-    operation = find_operation(submission.service)
-    params = operation.parse(submission.raw_parameters)
-    canonical = params.model_dump(mode="json")
+    """Parse the submission once: its recipe (refused here when a service, a step or a preset is
+    unknown, or a parameter invalid), and the format format=auto negotiates with the client's Accept
+    header."""
+    recipe, preset = recipe_of(submission)
+    canonical = recipe.parameters()
     negotiated = formats.negotiated_format(canonical.get("format"), submission.accepts)
-    return Prepared(submission, operation, params, canonical, negotiated)
+    return Prepared(submission, recipe, canonical, negotiated, preset)
+
+
+def recipe_of(submission: Submission) -> tuple[Recipe, str]:
+    """The submission's recipe, and the name of the preset it is, if it is one."""
+    if submission.service != STEPS_SERVICE:
+        return recipes.single(find_operation(submission.service), submission.raw_parameters), ""
+    raw = {name: value for name, value in submission.raw_parameters.items() if value != ""}
+    preset = raw.pop("preset", None)
+    if preset is not None:
+        if raw:
+            problem = "a preset carries its own parameters: send the preset's name alone"
+            raise InvalidParameters(next(iter(raw)), problem)
+        return presets.recipe_named(str(preset)), str(preset)
+    if "steps" not in raw:
+        raise InvalidParameters("steps", f"send steps (a list of {recipes.STEP_SHAPE}) or a preset")
+    return recipes.from_steps(raw.pop("steps"), raw, settings.MAX_STEPS), ""
 
 
 def submit(submission: Submission) -> Accepted:
@@ -137,22 +157,16 @@ def submit(submission: Submission) -> Accepted:
 
 
 def create_jobs(prepared: Prepared) -> list[Job]:
-    """Check what the parameters name (an asset: the owner's), validate every upload against them,
-    then store, create, publish and announce the jobs."""
-    operation, params = prepared.operation, prepared.params
-    operation.check_references(params, prepared.submission.owner)
+    """Validate every upload against the recipe, then store, create, publish and announce the jobs."""
+    recipe = prepared.recipe
+    recipe.check_references(prepared.submission.owner)
     limits, animation_limits = OutputLimits.of(settings), animation.AnimationLimits.of(settings)
     for _, info in prepared.inputs:
-        output_format, frames = animation.expected_result(
-            operation,
-            params,
-            info.frames,
-            prepared.canonical.get("format"),
-            prepared.negotiated_for(info),
-            info.format,
+        output_format, frames = animation.recipe_result(
+            recipe, info.frames, prepared.canonical.get("format"), prepared.negotiated_for(info), info.format
         )
-        operation.check_job(params, info.width, info.height, output_format, limits)
-        animation.check_budget(frames, operation, params, info.width, info.height, animation_limits)
+        recipe.check_job(info.width, info.height, output_format, limits)
+        animation.check_recipe_budget(frames, recipe, info.width, info.height, animation_limits)
 
     single_id = prepared.submission.job_id if len(prepared.inputs) == 1 else None
     created: list[Job] = []
@@ -178,11 +192,12 @@ def inspect(upload: Upload) -> ImageInfo:
 
 
 def create_job(prepared: Prepared, upload: Upload, info: ImageInfo, job_id: uuid.UUID) -> Job:
-    submission, service = prepared.submission, prepared.operation.name
+    submission, service = prepared.submission, prepared.recipe.service
     job = Job(
         id=job_id,
         service=service,
         parameters=prepared.canonical,
+        preset=prepared.preset,
         request_id=submission.request_id,
         input_filename=(upload.name or "")[:255],
         input_sha256=upload.sha256,
@@ -206,8 +221,9 @@ def create_job(prepared: Prepared, upload: Upload, info: ImageInfo, job_id: uuid
 
 
 def reusable_result(job: Job) -> Job | None:
-    """The same owner's completed job with the same input bytes, service and parameters, whose files
-    still exist. Never another owner's: that would tell them someone processed this image before."""
+    """The same owner's completed job with the same input bytes, service and parameters (for a recipe
+    of several steps, the same canonical chain), whose files still exist. Never another owner's: that
+    would tell them someone processed this image before."""
     return (
         Job.objects.filter(
             owned_by(job.owner),

@@ -1,4 +1,5 @@
-"""Dramatiq actors: load the job, claim it, run the operation, store the output."""
+"""Dramatiq actors: load the job, claim it, run its recipe (one operation, or several steps on one
+decode and one encode), store the output."""
 
 import hashlib
 import logging
@@ -13,18 +14,13 @@ from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
 from processing import logcontext, storage
-from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
-from processing.imaging import admin_thumbnails, animation, byte_budget, formats, jxl, placeholders
+from processing.errors import Cancelled, InvalidParameters, StepRefused, UnprocessableImage
+from processing.imaging import admin_thumbnails, animation, byte_budget, formats, jxl, placeholders, recipes
 from processing.imaging.animation import Animation, AnimationLimits, FramePlan, Picture
 from processing.imaging.codecs import DecodeHint, ImageInfo, load_image
-from processing.imaging.operations import OutputLimits, get_operation
-from processing.imaging.operations.base import (
-    Operation,
-    OperationResult,
-    OutputOptions,
-    Params,
-    ProgressCallback,
-)
+from processing.imaging.operations import OutputLimits
+from processing.imaging.operations.base import OperationResult, OutputOptions, ProgressCallback
+from processing.imaging.recipes import Recipe
 from processing.jobs import lifecycle, pools, queues
 from processing.models import Job
 from processing.worker import admission
@@ -79,7 +75,7 @@ def process_claimed(job: Job, worker: str) -> None:
     try:
         with lifecycle.held(job.id, worker):
             run(job, worker)
-    except UnprocessableImage as exc:
+    except (UnprocessableImage, StepRefused) as exc:
         lifecycle.fail(job.id, exc.code, exc.message, worker)
     except (InvalidParameters, ValidationError) as exc:
         # The gateway checks these at upload; this catches what only the decoded image reveals.
@@ -104,75 +100,78 @@ def wait_for_lease_or_skip(job_id: str) -> None:
     raise dramatiq.Retry(f"job held by {worker}", delay=int(seconds_left * 1000) + 500)
 
 
-def pixels_of(
-    job: Job, operation: Operation[Any], params: Params, hint: DecodeHint | None, frames: FramePlan
-) -> int:
-    """What the job counts against the memory budget: the pixels it decodes (fewer when the decode is
-    reduced) or makes, whichever is more, weighted by what its operation holds per pixel; for an
-    animation that keeps its frames, one frame's worth of that and every frame it makes."""
+# Bytes per pixel of the decoded upload, which the job holds to its end (its admin thumbnail is made
+# from it) while the steps after the first work: Pillow keeps RGB in four bytes a pixel.
+HELD_DECODE_BYTES_PER_PIXEL = 4
+
+
+def pixels_of(job: Job, recipe: Recipe, hint: DecodeHint | None, frames: FramePlan) -> int:
+    """What the job counts against the memory budget, at its busiest step: the pixels the step is given
+    (for the first, those decoded, fewer when the decode is reduced) or makes, whichever is more,
+    weighted by what its operation holds per pixel; from the second step on, with the decoded upload.
+    For an animation that keeps its frames (a recipe of one step), one frame's worth of that and every
+    frame it makes."""
     width, height = job.input_width, job.input_height
     if frames.animated:
-        return math.ceil(
-            animation.held_bytes(frames, operation, params, width, height) / admission.BYTES_PER_PIXEL
-        )
+        only = recipe.steps[0]
+        held_bytes = animation.held_bytes(frames, only.operation, only.params, width, height)
+        return math.ceil(held_bytes / admission.BYTES_PER_PIXEL)
     decoded = width * height
     if hint is not None and hint.size is not None:
         decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
-    made = operation.output_size(params, width, height)
-    pixels = max(decoded, made[0] * made[1] if made else 0)
-    return math.ceil(pixels * operation.memory_per_pixel_for(params) / admission.BYTES_PER_PIXEL)
+    busiest = 0.0
+    for index, step, step_width, step_height in recipe.walk(width, height):
+        given = decoded if index == 0 else step_width * step_height
+        made = step.operation.output_size(step.params, step_width, step_height)
+        held = max(given, made[0] * made[1] if made else 0) * step.operation.memory_per_pixel_for(step.params)
+        if index:
+            held += decoded * HELD_DECODE_BYTES_PER_PIXEL
+        busiest = max(busiest, held)
+    return math.ceil(busiest / admission.BYTES_PER_PIXEL)
 
 
 def run(job: Job, worker: str) -> None:
-    operation = get_operation(job.service)
-    params = operation.parse(job.parameters)
-    # Only what the operation needs: a JPEG may decode at a fraction of its size, or as luma alone.
-    hint = operation.decode_hint(params, job.input_width, job.input_height)
-    _, frames = animation.expected_result(
-        operation,
-        params,
-        job.input_frames,
-        job.parameters.get("format"),
-        job.negotiated_format,
-        job.input_format,
+    recipe = recipes.stored(job.service, job.parameters)
+    # Only what the recipe needs: a JPEG may decode at a fraction of its size, or as luma alone.
+    hint = recipe.decode_hint(job.input_width, job.input_height)
+    _, frames = animation.recipe_result(
+        recipe, job.input_frames, job.parameters.get("format"), job.negotiated_format, job.input_format
     )
-    with admission.admitted(pixels_of(job, operation, params, hint, frames)):
-        produce(job, worker, operation, params, hint)
+    with admission.admitted(pixels_of(job, recipe, hint, frames)):
+        produce(job, worker, recipe, hint)
 
 
-def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint: DecodeHint | None) -> None:
-    """Decode, operate, encode and store, then complete the job."""
+def produce(job: Job, worker: str, recipe: Recipe, hint: DecodeHint | None) -> None:
+    """Decode once, run the recipe's steps, encode once and store, then complete the job."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with storage.local_path(job.input_key) as path:
         image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint, settings.MAX_JPEG_SCANS)
         timings["decode_ms"] = elapsed_ms(started)
         # The gateway checked these from the header; here they hold for any job, before a pixel is made.
-        output_format, frames = animation.expected_result(
-            operation, params, info.frames, job.parameters.get("format"), job.negotiated_format, info.format
+        output_format, frames = animation.recipe_result(
+            recipe, info.frames, job.parameters.get("format"), job.negotiated_format, info.format
         )
-        operation.check_job(params, info.width, info.height, output_format, OutputLimits.of(settings))
-        animation.check_budget(
-            frames, operation, params, info.width, info.height, AnimationLimits.of(settings)
-        )
+        recipe.check_job(info.width, info.height, output_format, OutputLimits.of(settings))
+        animation.check_recipe_budget(frames, recipe, info.width, info.height, AnimationLimits.of(settings))
 
         step = time.perf_counter()
         progress = lifecycle.ProgressReporter(job, worker)
         made: Picture | None
         if frames.animated:  # the other frames are decoded from the same file as they are operated on
-            result, made = operate_on_frames(path, operation, params, frames, info, progress)
+            result, made = operate_on_frames(path, recipe, frames, info, progress)
         else:
-            result = operation.apply(image, params, progress)
+            result = recipe.apply(image, progress)
             made = result.image
         timings["operation_ms"] = elapsed_ms(step)
 
     fields: dict[str, Any] = {"output_frames": frames.output, "frames_note": frames.note}
-    if operation.produces == "report":
+    if recipe.produces == "report":
         fields["report"] = result.report
     else:
         assert made is not None  # an operation that produces an image returns one
         first = animation.first_frame(made)
-        fields.update(store_image_output(job, made, params, info.format, timings))
+        fields.update(store_image_output(job, made, recipe.output, info.format, timings))
         if frames.animated and fields["output_frames"] == 1:
             fields["frames_note"] = MERGED_FRAMES_NOTE
         fields.update(placeholders.fields(first))
@@ -191,15 +190,12 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
 
 
 def operate_on_frames(
-    path: str,
-    operation: Operation[Any],
-    params: Any,
-    frames: FramePlan,
-    info: ImageInfo,
-    progress: ProgressCallback,
+    path: str, recipe: Recipe, frames: FramePlan, info: ImageInfo, progress: ProgressCallback
 ) -> tuple[OperationResult, Animation]:
-    """The operation on every frame of the animation at `path`, one at a time (the first frame's result
-    stands for the operation's metrics), within the frames the animation limits allow at its size."""
+    """The recipe's one operation (only a recipe of one step keeps frames: animation.recipe_result) on
+    every frame of the animation at `path`, one at a time (the first frame's result stands for the
+    operation's metrics), within the frames the animation limits allow at its size."""
+    operation, params = recipe.steps[0].operation, recipe.steps[0].params
     frame_pixels, _ = animation.counted_frame(operation, params, info.width, info.height)
     allowance = animation.frame_allowance(AnimationLimits.of(settings), frame_pixels)
     made, first = animation.operate(

@@ -161,19 +161,30 @@ class Operation(Generic[P]):
         """The size of the image these parameters make from a width x height input; None for a report."""
         return params.output_size(width, height)
 
-    def check_job(self, params: P, width: int, height: int, output_format: str, limits: OutputLimits) -> None:
+    def check_job(
+        self,
+        params: P,
+        width: int,
+        height: int,
+        output_format: str,
+        limits: OutputLimits,
+        input_pixels: int | None = None,
+    ) -> None:
         """Every check of a job against its input's size, at submit and again in the worker, before a
         pixel is made: the parameters fit the image (InvalidParameters) and the result is within the
         output limits (OutputTooLarge). `output_format` is the result's format as far as it is known
-        before the pixels (formats.chosen_before_pixels)."""
+        before the pixels (formats.chosen_before_pixels); "" for a step whose result is not encoded.
+        `input_pixels` is the job's upload, which MAX_ENLARGEMENT counts from: by default width x height
+        (a step of a recipe is given the upload's, so that steps cannot enlarge one after another)."""
         self.check_fits(params, width, height)
         self.check_output(params, width, height, limits.max_pixels)
         size = self.output_size(params, width, height)
         if size is None:
             return
         made = size[0] * size[1]
-        if made > width * height * limits.max_enlargement:
-            bound = f"MAX_ENLARGEMENT ({limits.max_enlargement}) times the input's {width * height} pixels"
+        input_pixels = width * height if input_pixels is None else input_pixels
+        if made > input_pixels * limits.max_enlargement:
+            bound = f"MAX_ENLARGEMENT ({limits.max_enlargement}) times the input's {input_pixels} pixels"
             raise output_too_large(params, width, height, size, bound, "MAX_ENLARGEMENT")
         if output_format == "avif" and made > limits.max_avif_pixels:
             bound = f"MAX_AVIF_OUTPUT_PIXELS ({limits.max_avif_pixels}); another format may have more"
