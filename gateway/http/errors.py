@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.html import escape
 
 from processing.errors import (
+    CallbackRefused,
     DependencyUnavailable,
     DomainError,
     EmptyImage,
@@ -146,6 +147,7 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     IdempotencyKeyInvalid: 400,
     IdempotencyKeyInUse: 409,
     IdempotencyKeyMismatch: 422,
+    CallbackRefused: 422,
 }
 
 
@@ -179,6 +181,8 @@ def details_of(exc: DomainError) -> dict[str, Any]:
     422 about parameters."""
     if isinstance(exc, InvalidParameters):
         return {"fields": [{"field": exc.field, "rule": "fits_image", "message": exc.message}]}
+    if isinstance(exc, CallbackRefused):
+        return {"fields": [{"field": exc.field, "rule": exc.code, "message": exc.message}]}
     if isinstance(exc, OutputTooLarge):
         problem = f"makes the result larger than {exc.limit}"
         return {

@@ -11,7 +11,7 @@ from gateway.http.negotiation import accepted_image_types
 from processing.jobs.submissions import Submission, Upload
 
 # Form fields that are not operation parameters.
-NON_PARAMETER_FIELDS = {"csrfmiddlewaretoken", "image", "service"}
+NON_PARAMETER_FIELDS = {"csrfmiddlewaretoken", "image", "service", "callback_url"}
 
 
 def uploads_from(request: HttpRequest, *, at_most: int) -> list[Upload]:
@@ -45,4 +45,6 @@ def submission_from(
         job_id=job_id,
         idempotency_key=request.headers.get("Idempotency-Key"),
         accepts=accepted_image_types(request),
+        # An empty field, like none, means the caller's default (an API key's callback_url).
+        callback_url=request.POST.get("callback_url", "").strip() or caller.callback_url,
     )

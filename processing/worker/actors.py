@@ -1,4 +1,5 @@
-"""Dramatiq actors: load the job, claim it, run the operation, store the output."""
+"""Dramatiq actors: load the job, claim it, run the operation, store the output. (The callbacks'
+actor, deliver_callback, is processing.callbacks.deliveries's: imported here, every worker runs it.)"""
 
 import hashlib
 import logging
@@ -13,6 +14,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from processing import logcontext, storage
+from processing.callbacks.deliveries import deliver_callback  # noqa: F401  (the callbacks queue's actor)
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
 from processing.imaging.codecs import DecodeHint, load_image
