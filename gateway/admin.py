@@ -27,7 +27,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from gateway.models import ApiKey
 from processing import storage
@@ -58,12 +58,10 @@ DEAD_LETTER_CODES = ("processing_error", "worker_lost", "time_limit_exceeded")
 if TYPE_CHECKING:
     JobModelAdmin = admin.ModelAdmin[Job]
     DeliveryModelAdmin = admin.ModelAdmin[CallbackDelivery]
-    DeliveryInline = admin.TabularInline[CallbackDelivery, Job]
     ApiKeyModelAdmin = admin.ModelAdmin[ApiKey]
     ApiKeyModelForm = forms.ModelForm[ApiKey]
 else:
     JobModelAdmin = DeliveryModelAdmin = ApiKeyModelAdmin = admin.ModelAdmin
-    DeliveryInline = admin.TabularInline
     ApiKeyModelForm = forms.ModelForm
 
 
@@ -96,29 +94,6 @@ class OwnerFilter(admin.SimpleListFilter):
         return queryset.filter(owned_by(owner))
 
 
-class CallbackDeliveryInline(DeliveryInline):
-    """The job's callbacks, on its page: each delivery's state, attempts and last answer."""
-
-    model = CallbackDelivery
-    extra = 0
-    can_delete = False
-    show_change_link = True
-    fields = (
-        "event",
-        "url",
-        "state",
-        "attempts",
-        "last_status",
-        "last_error",
-        "next_attempt_at",
-        "finished_at",
-    )
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Job)
 class JobAdmin(JobModelAdmin):
     list_display = (
@@ -148,7 +123,6 @@ class JobAdmin(JobModelAdmin):
     search_help_text = "A job id, an input or output sha256, or a request id"
     date_hierarchy = "created_at"
     actions = ("retry_failed", "republish_dead_letters", "cancel_jobs")
-    inlines = (CallbackDeliveryInline,)
     fieldsets = (
         (
             None,
@@ -161,10 +135,10 @@ class JobAdmin(JobModelAdmin):
                     "progress",
                     "parameters_json",
                     "request_id",
-                    "callback_url",
                 )
             },
         ),
+        ("Callback", {"fields": ("callback_url", "callback_deliveries")}),
         ("Owner", {"fields": ("owner_key", "owner_subject", "owner_session", "owner_user")}),
         (
             "Input",
@@ -317,6 +291,34 @@ class JobAdmin(JobModelAdmin):
     @admin.display(description="metrics")
     def metrics_json(self, job: Job) -> str:
         return pretty_json(job.metrics)
+
+    @admin.display(description="deliveries")
+    def callback_deliveries(self, job: Job) -> str:
+        """Each callback of the job's ends: its state, attempts and last answer, linked to its page."""
+        found = list(job.callback_deliveries.order_by("created_at"))
+        if not found:
+            return "–"
+        rows = format_html_join(
+            "",
+            "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    reverse("admin:processing_callbackdelivery_change", args=[delivery.pk]),
+                    delivery.event,
+                    delivery.get_state_display(),
+                    delivery.attempts,
+                    delivery.last_status or "–",
+                    delivery.last_error or "–",
+                    delivery.next_attempt_at or "–",
+                )
+                for delivery in found
+            ),
+        )
+        return format_html(
+            "<table><tr><th>event</th><th>state</th><th>attempts</th><th>last answer</th><th>last error</th>"
+            "<th>next attempt</th></tr>{}</table>",
+            rows,
+        )
 
     # --- Thumbnails ---------------------------------------------------------------------
 
@@ -578,9 +580,8 @@ class ApiKeyAdmin(ApiKeyModelAdmin):
             "issued": issued,
             "back": reverse("admin:gateway_apikey_changelist"),
         }
-        response = TemplateResponse(request, "admin/callback_secrets.html", context)
-        response["Cache-Control"] = "no-store"  # a secret: not for any cache
-        return response
+        # The admin's pages are never cached (no-store): this one holds secrets.
+        return TemplateResponse(request, "admin/callback_secrets.html", context)
 
 
 def key_owner(key: ApiKey) -> str:
