@@ -20,8 +20,12 @@ from gateway.models import ApiKey
 from processing.callbacks import addresses, deliveries, signing
 from processing.jobs import lifecycle
 from processing.models import CallbackDelivery, Job
+from scaler.backends.processes import worker_command
+from tests import images
 from tests.factories import stored_job
 from tests.receivers import Receiver, Reply
+from tests.services import require
+from tests.stack import LiveStack
 from tests.uploads import submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -296,3 +300,24 @@ def test_a_job_without_a_callback_url_makes_no_delivery(stub_broker):
     lifecycle.cancel(job.id)
     assert not CallbackDelivery.objects.filter(job=job).exists()
     assert Job.objects.get(id=job.id).status == "cancelled"
+
+
+@pytest.mark.services
+def test_on_rabbitmq_a_pools_worker_process_delivers_the_callbacks_of_its_jobs(tmp_path):
+    require("postgres", "rabbitmq", "redis")
+    with Receiver() as receiver, LiveStack(tmp_path, CALLBACK_ALLOWED_NETWORKS="127.0.0.1") as stack:
+        stack.start_server()
+        key, secret = stack.manage("create_api_key", "hooks", "--callback-url", receiver.url).split()
+        stack.spawn("worker", worker_command(1, "images"))  # as run_workers and the scaler start them
+        with stack.client() as client:
+            image = ("a.png", images.png_bytes(images.gradient(16, 12)))
+            response = client.post(
+                "/api/v1/process/grayscale", files={"image": image}, headers={"X-API-Key": key}
+            )
+        job_id = response.json()["job_id"]
+        stack.wait_until(lambda: receiver.received, timeout=60, what="the callback")
+
+    [received] = receiver.received
+    assert received.headers["Darkroom-Event"] == "job.completed"
+    assert verified(received.headers["Darkroom-Signature"], received.body, secret)
+    assert json.loads(received.body)["job_id"] == job_id
