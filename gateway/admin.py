@@ -512,12 +512,20 @@ class ApiKeyForm(ApiKeyModelForm):
         fields = ("callback_url",)
 
     def clean_callback_url(self) -> str:
+        """Checked as a submission's callback_url is; and only for a key with a secret to sign with, or
+        every submission of the key would be refused (no_callback_secret)."""
         url: str = self.cleaned_data["callback_url"].strip()
-        if url:
-            try:
-                targets.check(url, addresses.networks(settings.CALLBACK_ALLOWED_NETWORKS))
-            except CallbackRefused as exc:
-                raise forms.ValidationError(exc.message) from None
+        if not url:
+            return url
+        try:
+            targets.check(url, addresses.networks(settings.CALLBACK_ALLOWED_NETWORKS))
+        except CallbackRefused as exc:
+            raise forms.ValidationError(exc.message) from None
+        if not signing.has_secret(key_owner(self.instance)):
+            raise forms.ValidationError(
+                "This key has no callback secret yet: issue one first (the action "
+                "“Issue a new callback secret”), then set its default callback URL."
+            )
         return url
 
 

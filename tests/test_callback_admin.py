@@ -81,6 +81,11 @@ def test_an_api_keys_default_callback_url_is_checked_when_saved_in_the_admin(adm
     key = ApiKey.objects.get(name="hooks")
     refused = admin_client.post(f"{KEYS}{key.pk}/change/", {"callback_url": "http://10.0.0.1/hook"})
     assert "10.0.0.1 is a private address" in refused.content.decode()
+    # Without a secret, every submission of the key would be refused: a secret comes first.
+    unsigned = admin_client.post(f"{KEYS}{key.pk}/change/", {"callback_url": "https://hooks.example.com/d"})
+    assert "This key has no callback secret yet" in unsigned.content.decode()
+    assert ApiKey.objects.get(pk=key.pk).callback_url == ""
+    signing.issue(f"key:{key.pk}")
     admin_client.post(f"{KEYS}{key.pk}/change/", {"callback_url": "https://hooks.example.com/d"})
     assert ApiKey.objects.get(pk=key.pk).callback_url == "https://hooks.example.com/d"
 
