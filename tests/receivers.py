@@ -1,8 +1,10 @@
 """A real HTTP server on loopback that receives callbacks: it records each request and answers as
 a test scripts it."""
 
+import datetime
 import http.server
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +33,12 @@ class Receiver:
     """Listens on `host` (127.0.0.1 or ::1) at a free port; answers each request with the next of
     `replies` (the last one again once they run out)."""
 
-    def __init__(self, host: str = "127.0.0.1", replies: list[Reply] | None = None):
+    def __init__(
+        self, host: str = "127.0.0.1", replies: list[Reply] | None = None, tls: ssl.SSLContext | None = None
+    ):
         self.replies = list(replies or [Reply()])
         self.received: list[Received] = []
+        self.server_names: list[str | None] = []  # the names TLS clients asked for (SNI)
         self.streamed = 0  # bytes a streaming reply managed to send before the client went away
         self.release = threading.Event()  # lets a silent reply end, at teardown
         receiver = self
@@ -53,7 +58,11 @@ class Receiver:
 
         self.server = Server((host, 0), Handler)
         self.port = self.server.server_address[1]
-        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/hook"
+        if tls is not None:
+            tls.sni_callback = lambda connection, name, context: self.server_names.append(name)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{self.port}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def next_reply(self) -> Reply:
@@ -91,3 +100,36 @@ class Receiver:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def certificate(name: str, folder) -> tuple[str, str]:
+    """A self-signed certificate for `name` and its key: (certificate file, key file) in `folder`.
+    Trusting the certificate makes it its own authority."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_file), str(key_file)

@@ -8,6 +8,7 @@ the retries, or calls one attempt at a time and moves the next attempt's time it
 
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,13 +18,13 @@ import pytest
 from django.utils import timezone
 
 from gateway.models import ApiKey
-from processing.callbacks import addresses, deliveries, signing
+from processing.callbacks import addresses, deliveries, posting, signing
 from processing.jobs import lifecycle
 from processing.models import CallbackDelivery, Job
 from scaler.backends.processes import worker_command
 from tests import images
 from tests.factories import stored_job
-from tests.receivers import Receiver, Reply
+from tests.receivers import Receiver, Reply, certificate
 from tests.services import require
 from tests.stack import LiveStack
 from tests.uploads import submit
@@ -235,6 +236,28 @@ def test_loopback_is_refused_by_default_and_reached_once_the_operator_lists_it(
         assert deliveries.attempt(ended(ipv6.url).id).state == "delivered"
     assert len(ipv4.received) == len(ipv6.received) == 1
     assert ipv4.received[0].headers["Host"] == f"hooks.test:{ipv4.port}"  # the name, on the checked address
+
+
+def test_over_https_the_name_is_what_tls_checks_on_the_checked_address(
+    settings, stub_broker, secret, named_loopback, tmp_path, monkeypatch
+):
+    settings.CALLBACK_ALLOWED_NETWORKS = ["127.0.0.1"]
+    cert, key = certificate("hooks.test", tmp_path)
+    serving = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving.load_cert_chain(cert, key)
+    # The receiver's certificate is trusted as an operator's trust store would trust a real one.
+    monkeypatch.setattr(posting, "tls_context", lambda: ssl.create_default_context(cafile=cert))
+    with Receiver(tls=serving) as receiver:
+        by_name = receiver.url.replace("127.0.0.1", "hooks.test")
+        delivered = deliveries.attempt(ended(by_name).id)
+        by_address = deliveries.attempt(ended(receiver.url).id)
+    assert delivered.state == "delivered"
+    assert receiver.server_names[0] == "hooks.test" and receiver.received[0].headers["Host"].startswith(
+        "hooks.test"
+    )
+    # The certificate names hooks.test, not 127.0.0.1: the check is by the URL's host.
+    assert by_address.state == "pending" and by_address.last_error.startswith("TLS: "), by_address.last_error
+    assert len(receiver.received) == 1
 
 
 def test_a_receiver_that_streams_an_endless_answer_is_read_only_so_far(stub_broker, secret, loopback_allowed):

@@ -117,7 +117,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: {exc.verify_message}"
+        return f"TLS: {getattr(exc, 'verify_message', None) or exc}"
     return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
 
 
