@@ -1,7 +1,9 @@
 """The jobs admin: find jobs (status, service, owner, date; by id or sha256), see their
 recipe, images, timings and audit trail, and act on them: retry, cancel, re-publish the dead
-letters, delete with their files. The presets admin: named recipes, checked as they are saved. And
-the assets admin: every owner's overlay images (processing.assets), to see and delete.
+letters, delete with their files. The presets admin: named recipes, checked as they are saved. The
+assets admin: every owner's overlay images (processing.assets), to see and delete. And each callback
+delivery and its attempts (also on its job), and the API keys: their default callback URL, and a new
+callback secret shown once.
 
 Every field is read-only: a job changes only through its lifecycle (processing.jobs.lifecycle).
 Storage keys never appear; images are shown as thumbnails (processing.imaging.admin_thumbnails),
@@ -23,6 +25,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -30,13 +33,14 @@ from pydantic import ValidationError
 
 from gateway.models import ApiKey
 from processing import storage
-from processing.errors import BrokerUnavailable, DomainError
+from processing.callbacks import addresses, deliveries, signing, targets
+from processing.errors import BrokerUnavailable, CallbackRefused, DomainError
 from processing.imaging import admin_thumbnails, recipes
 from processing.imaging.operations import OPERATIONS
 from processing.imaging.operations.base import json_value
 from processing.imaging.recipes import OUTPUT_FIELDS, STEPS_SERVICE
 from processing.jobs import lifecycle, presets, publishing
-from processing.models import Asset, Job, Preset
+from processing.models import Asset, CallbackDelivery, CallbackSecret, Job, Preset
 from processing.owners import Owner, owned_by
 
 logger = logging.getLogger(__name__)
@@ -59,8 +63,12 @@ DEAD_LETTER_CODES = ("processing_error", "worker_lost", "time_limit_exceeded")
 if TYPE_CHECKING:
     JobModelAdmin = admin.ModelAdmin[Job]
     AssetModelAdmin = admin.ModelAdmin[Asset]
+    DeliveryModelAdmin = admin.ModelAdmin[CallbackDelivery]
+    ApiKeyModelAdmin = admin.ModelAdmin[ApiKey]
+    ApiKeyModelForm = forms.ModelForm[ApiKey]
 else:
-    JobModelAdmin = AssetModelAdmin = admin.ModelAdmin
+    JobModelAdmin = AssetModelAdmin = DeliveryModelAdmin = ApiKeyModelAdmin = admin.ModelAdmin
+    ApiKeyModelForm = forms.ModelForm
 
 
 class OwnerFilter(admin.SimpleListFilter):
@@ -139,6 +147,7 @@ class JobAdmin(JobModelAdmin):
                 )
             },
         ),
+        ("Callback", {"fields": ("callback_url", "callback_deliveries")}),
         ("Owner", {"fields": ("owner_key", "owner_subject", "owner_session", "owner_user")}),
         (
             "Input",
@@ -307,6 +316,34 @@ class JobAdmin(JobModelAdmin):
     @admin.display(description="metrics")
     def metrics_json(self, job: Job) -> str:
         return pretty_json(job.metrics)
+
+    @admin.display(description="deliveries")
+    def callback_deliveries(self, job: Job) -> str:
+        """Each callback of the job's ends: its state, attempts and last answer, linked to its page."""
+        found = list(job.callback_deliveries.order_by("created_at"))
+        if not found:
+            return "–"
+        rows = format_html_join(
+            "",
+            "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    reverse("admin:processing_callbackdelivery_change", args=[delivery.pk]),
+                    delivery.event,
+                    delivery.get_state_display(),
+                    delivery.attempts,
+                    delivery.last_status or "–",
+                    delivery.last_error or "–",
+                    delivery.next_attempt_at or "–",
+                )
+                for delivery in found
+            ),
+        )
+        return format_html(
+            "<table><tr><th>event</th><th>state</th><th>attempts</th><th>last answer</th><th>last error</th>"
+            "<th>next attempt</th></tr>{}</table>",
+            rows,
+        )
 
     # --- Thumbnails ---------------------------------------------------------------------
 
@@ -546,6 +583,176 @@ class PresetAdmin(PresetModelAdmin):
                 description=definition.description, steps=definition.steps, output=definition.output
             )
         return initial
+
+
+# --- Callbacks -------------------------------------------------------------------------------
+
+
+@admin.register(CallbackDelivery)
+class CallbackDeliveryAdmin(DeliveryModelAdmin):
+    """Every callback: where it went, how many attempts, the last answer or error, the next attempt.
+    Read-only; a delivery given up on may be delivered again (same event id, same body)."""
+
+    list_display = (
+        "short_id",
+        "job_link",
+        "event",
+        "url",
+        "state",
+        "attempts",
+        "last_status",
+        "next_attempt_at",
+        "created_at",
+    )
+    list_filter = ("state", "event", ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("job",)
+    list_per_page = 50
+    search_fields = ("=id", "=job__id", "url")
+    search_help_text = "An event id, a job id, or part of a URL"
+    date_hierarchy = "created_at"
+    actions = ("deliver_again",)
+    fields = (
+        "id",
+        "job_link",
+        "event",
+        "url",
+        "state",
+        "attempts",
+        "last_status",
+        "last_error",
+        "created_at",
+        "last_attempt_at",
+        "next_attempt_at",
+        "finished_at",
+        "payload_json",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # callbacks come from jobs that end
+
+    def has_change_permission(self, request: HttpRequest, obj: CallbackDelivery | None = None) -> bool:
+        return False  # a record of what happened; "deliver again" is an action
+
+    @admin.display(description="event id", ordering="id")
+    def short_id(self, delivery: CallbackDelivery) -> str:
+        return str(delivery.id)[:8]
+
+    @admin.display(description="job", ordering="job")
+    def job_link(self, delivery: CallbackDelivery) -> str:
+        url = reverse("admin:processing_job_change", args=[delivery.job_id])
+        return format_html('<a href="{}">{}</a>', url, str(delivery.job_id)[:8])
+
+    @admin.display(description="body")
+    def payload_json(self, delivery: CallbackDelivery) -> str:
+        try:
+            return pretty_json(json.loads(delivery.payload))
+        except ValueError:
+            return delivery.payload
+
+    def has_redeliver_permission(self, request: HttpRequest) -> bool:
+        """Whoever may change deliveries (the form itself changes nothing)."""
+        return request.user.has_perm("processing.change_callbackdelivery")
+
+    @admin.action(description="Deliver the selected given-up callbacks again", permissions=["redeliver"])
+    def deliver_again(self, request: HttpRequest, queryset: QuerySet[CallbackDelivery]) -> None:
+        again = sum(deliveries.redeliver(delivery) for delivery in queryset)
+        self.message_user(request, f"{again} callback(s) will be delivered again.", messages.SUCCESS)
+        if again < queryset.count():
+            self.message_user(
+                request, "Only given-up callbacks are delivered again: the others were left.", messages.INFO
+            )
+
+
+class ApiKeyForm(ApiKeyModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ("callback_url",)
+
+    def clean_callback_url(self) -> str:
+        """Checked as a submission's callback_url is; and only for a key with a secret to sign with, or
+        every submission of the key would be refused (no_callback_secret)."""
+        url: str = self.cleaned_data["callback_url"].strip()
+        if not url:
+            return url
+        try:
+            targets.check(url, addresses.networks(settings.CALLBACK_ALLOWED_NETWORKS))
+        except CallbackRefused as exc:
+            raise forms.ValidationError(exc.message) from None
+        if not signing.has_secret(key_owner(self.instance)):
+            raise forms.ValidationError(
+                "This key has no callback secret yet: issue one first (the action "
+                "“Issue a new callback secret”), then set its default callback URL."
+            )
+        return url
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ApiKeyModelAdmin):
+    """API keys (made by manage.py create_api_key): their default callback URL, and a new callback
+    secret, shown once, by an action. The key itself is never shown: only its hash is stored."""
+
+    form = ApiKeyForm
+    list_display = (
+        "name",
+        "prefix",
+        "is_staff",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "callback_url",
+        "callback_secret",
+    )
+    list_filter = ("is_staff", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "=prefix")
+    actions = ("issue_callback_secrets",)
+    fields = (
+        "name",
+        "prefix",
+        "is_staff",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "callback_url",
+        "callback_secret",
+    )
+    readonly_fields = (
+        "name",
+        "prefix",
+        "is_staff",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "callback_secret",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a key is shown once, by manage.py create_api_key
+
+    @admin.display(description="callback secret")
+    def callback_secret(self, key: ApiKey) -> str:
+        record = CallbackSecret.objects.filter(owner=key_owner(key)).first()
+        return "–" if record is None else f"issued {timezone.localtime(record.rotated_at):%Y-%m-%d %H:%M}"
+
+    @admin.action(description="Issue a new callback secret (shown once)", permissions=["change"])
+    def issue_callback_secrets(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> TemplateResponse:
+        issued = []
+        for key in queryset.order_by("name"):
+            issued.append((str(key), signing.issue(key_owner(key))))
+            self.log_change(request, key, "Issued a new callback secret.")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "New callback secrets",
+            "issued": issued,
+            "back": reverse("admin:gateway_apikey_changelist"),
+        }
+        # The admin's pages are never cached (no-store): this one holds secrets.
+        return TemplateResponse(request, "admin/callback_secrets.html", context)
+
+
+def key_owner(key: ApiKey) -> str:
+    """The owner identity of an API key's jobs, which its callback secret is kept under."""
+    return Owner(key=str(key.pk)).identity
 
 
 # --- Helpers ---------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ import secrets
 from django.db import models
 from django.utils import timezone
 
+from processing.models import MAX_CALLBACK_URL_LENGTH
+
 KEY_PREFIX = "dk"
 
 
@@ -22,6 +24,11 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    callback_url = models.CharField(
+        max_length=MAX_CALLBACK_URL_LENGTH,
+        blank=True,
+        help_text="where the key's jobs send their callback when a submission names none",
+    )
 
     def __str__(self) -> str:
         return f"{self.name} ({KEY_PREFIX}_{self.prefix}_…)"

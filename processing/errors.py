@@ -188,6 +188,13 @@ class IdempotencyKeyMismatch(DomainError):
         super().__init__("idempotency_mismatch", message)
 
 
+class CallbackRefused(DomainError):
+    """A submission's callback_url can't be used: not an http(s) URL, an address callbacks may not
+    reach, or an owner without a callback secret to sign with. `code` says which."""
+
+    field = "callback_url"
+
+
 class Cancelled(Exception):
     """Raised by a progress callback to stop an operation at its next checkpoint.
 

@@ -11,6 +11,8 @@ from processing.imaging.recipes import PRESET_NAME
 from processing.jobs.pools import DEFAULT_POOL
 from processing.owners import ANONYMOUS, MAX_IDENTITY_LENGTH, MAX_SUBJECT_LENGTH, Owner, owned_by
 
+MAX_CALLBACK_URL_LENGTH = 2048
+
 # A job's id as it is passed around: the UUID, or its text (from a URL, a message or a group name).
 JobId: TypeAlias = uuid.UUID | str
 
@@ -46,6 +48,9 @@ class Job(models.Model):
     )
     owner_session = models.CharField(max_length=64, blank=True, help_text="browser session that created it")
     owner_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    callback_url = models.CharField(
+        max_length=MAX_CALLBACK_URL_LENGTH, blank=True, help_text="where a signed POST goes when it ends"
+    )
 
     input_key = models.CharField(max_length=255)
     input_filename = models.CharField(max_length=255, blank=True, help_text="client's name, display only")
@@ -299,3 +304,59 @@ class Preset(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class CallbackSecret(models.Model):
+    """The secret an owner's callbacks are signed with (processing.callbacks.signing), shown to them
+    once. Kept as it is, not hashed: signing needs it. After a rotation the previous secret signs too,
+    for a day, so that receivers can change theirs without losing a callback."""
+
+    owner = models.CharField(
+        max_length=MAX_IDENTITY_LENGTH, unique=True, help_text="the owner's identity (processing.owners)"
+    )
+    secret = models.CharField(max_length=100)
+    previous_secret = models.CharField(max_length=100, blank=True)
+    previous_until = models.DateTimeField(null=True, blank=True)
+    rotated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"callback secret of {self.owner}"
+
+
+class CallbackDelivery(models.Model):
+    """One callback: a job's end, POSTed to its callback_url until delivered or given up
+    (processing.callbacks.deliveries). Its id is the event id every attempt carries."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    GIVEN_UP = "given_up"
+    STATE_CHOICES = [(PENDING, "pending"), (DELIVERED, "delivered"), (GIVEN_UP, "given up")]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="callback_deliveries")
+    event = models.CharField(max_length=20, help_text="job.completed, job.failed or job.cancelled")
+    url = models.CharField(max_length=MAX_CALLBACK_URL_LENGTH)
+    payload = models.TextField(help_text="the body: the job's JSON as it ended, the same at every attempt")
+    state = models.CharField(max_length=10, choices=STATE_CHOICES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_status = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="the HTTP status of the last answer"
+    )
+    last_error = models.TextField(blank=True, help_text="why the last attempt failed, or why it was given up")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text="when a pending delivery is tried next"
+    )
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="when it was delivered or given up")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "callback deliveries"
+        indexes = [
+            # The re-sender's pass: pending deliveries whose attempt is overdue.
+            models.Index(fields=["state", "next_attempt_at"], name="callback_state_next"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} of {self.job_id} ({self.state})"

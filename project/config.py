@@ -330,6 +330,7 @@ SCALER_WORKERS = "Scaler: workers"
 SCALER_GATEWAYS = "Scaler: gateways behind nginx"
 SCALER_PROCESS = "Scaler: the process"
 PROCESSES = "Processes and logs"
+CALLBACKS = "Callbacks"
 
 SETTINGS: tuple[Setting, ...] = (
     # --- Processes and logs
@@ -929,6 +930,42 @@ SETTINGS: tuple[Setting, ...] = (
         24 * 3600,
         "Finished jobs' files are removed by the cleanup (POST /api/v1/files/cleanup) after this.",
         JOBS,
+        minimum=0,
+    ),
+    # --- Callbacks (processing/callbacks/, docs/callbacks.md)
+    Setting(
+        "CALLBACK_ALLOWED_NETWORKS",
+        ADDRESSES,
+        [],
+        "Addresses callbacks may reach although they are loopback, private, link-local or metadata "
+        "addresses, all refused otherwise, e.g. 10.20.0.0/16 for receivers on the operator's own network.",
+        CALLBACKS,
+    ),
+    Setting(
+        "CALLBACK_TIMEOUT_SECONDS",
+        FLOAT,
+        5.0,
+        "How long a callback waits to connect, and for each read of the answer; the whole answer within "
+        "three times this.",
+        CALLBACKS,
+        minimum=0.1,
+        maximum=60,
+    ),
+    Setting(
+        "CALLBACK_FIRST_RETRY_SECONDS",
+        FLOAT,
+        10.0,
+        "The wait before a failed callback's first retry; it doubles at each retry, up to an hour.",
+        CALLBACKS,
+        minimum=0,
+    ),
+    Setting(
+        "CALLBACK_RETRY_SECONDS",
+        INT,
+        24 * 3600,
+        "How long a callback that finds its receiver failing is retried, from the job's end, before it is "
+        "given up.",
+        CALLBACKS,
         minimum=0,
     ),
     # --- Scaler: workers

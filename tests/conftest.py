@@ -15,11 +15,12 @@ from bench.private_services import PrivateServices
 from bench.s3 import SeaweedServer
 from gateway.ops import snapshots
 from processing import events
+from processing.callbacks.deliveries import deliver_callback
 from processing.worker.actors import process_job
 from tests.services import CONFIGURED, XDIST_WORKER, clear_rate_limits, require, url_of
 from tests.stack import LiveStack, refused_port
 
-ACTORS = [process_job]
+ACTORS = [process_job, deliver_callback]
 
 # The processes tests start (servers, workers, manage.py) often have services configured, where the
 # embedded default SECRET_KEY is refused (project.checks, darkroom.E005).

@@ -9,11 +9,14 @@ from django.conf import settings
 from django_dramatiq.utils import load_middleware
 from dramatiq.brokers.stub import StubBroker
 
-from processing.jobs import publishing
+from processing.callbacks import signing
+from processing.callbacks.deliveries import CALLBACK_QUEUE, deliver_callback
+from processing.jobs import lifecycle, publishing
 from processing.models import Job
 from processing.worker import actors, embedded
 from processing.worker.actors import process_job
 from tests.factories import stored_job
+from tests.receivers import Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,12 +51,14 @@ def unbooted_broker():
     broker = StubBroker(middleware=[load_middleware(path) for path in settings.DRAMATIQ_BROKER["MIDDLEWARE"]])
     previous = dramatiq.get_broker()
     dramatiq.set_broker(broker)
-    process_job.broker = broker
-    broker.declare_actor(process_job)
+    for actor in (process_job, deliver_callback):
+        actor.broker = broker
+        broker.declare_actor(actor)
     yield broker
     broker.close()
     dramatiq.set_broker(previous)
-    process_job.broker = previous
+    for actor in (process_job, deliver_callback):
+        actor.broker = previous
 
 
 @pytest.fixture
@@ -96,3 +101,15 @@ def test_an_embedded_job_over_its_time_limit_fails_with_the_reason(
 
     job.refresh_from_db()
     assert (job.status, job.error_code) == (Job.FAILED, "time_limit_exceeded")
+
+
+def test_the_embedded_workers_deliver_callbacks_too(unbooted_broker, embedded_start, settings):
+    settings.CALLBACK_ALLOWED_NETWORKS = ["127.0.0.1"]
+    signing.issue("anonymous")
+    worker = embedded_start()
+    with Receiver() as receiver:
+        job = stored_job(callback_url=receiver.url)
+        lifecycle.cancel(job.id)
+        unbooted_broker.join(CALLBACK_QUEUE)
+        worker.join()
+    assert [each.headers["Darkroom-Event"] for each in receiver.received] == ["job.cancelled"]

@@ -79,7 +79,7 @@ def test_a_split_service_goes_to_its_pool_where_only_that_pools_worker_takes_it(
     assert Job.objects.get(id=canary_job).pool == "canary"
     assert (stub_broker.queues["canary"].qsize(), stub_broker.queues["images"].qsize()) == (1, 1)
     status = client.get("/api/v1/queue/status").json()
-    assert {queue["name"] for queue in status["queues"]} == {"images", "canary"}
+    assert {queue["name"] for queue in status["queues"]} == {"images", "canary", "callbacks"}
     assert {row["pool"]: row["jobs_queued"] for row in status["pools"]} == {"canary": 1, "images": 1}
 
     canary_worker = dramatiq.Worker(stub_broker, worker_timeout=100, worker_threads=1, queues={"canary"})
@@ -104,9 +104,9 @@ def test_a_worker_group_imports_the_actors_rundramatiq_would_find():
     assert ["project.dramatiq_setup", *actors] == WORKER_MODULES
 
 
-def test_a_pools_workers_consume_its_queue_alone():
-    assert worker_command(2, "canary")[-2:] == ["--queues", "canary"]
-    assert LocalWorkers(threads=1, pool="canary").command[-2:] == ["--queues", "canary"]
+def test_a_pools_workers_consume_its_queue_and_the_callbacks_alone():
+    assert worker_command(2, "canary")[-3:] == ["--queues", "canary", "callbacks"]
+    assert LocalWorkers(threads=1, pool="canary").command[-3:] == ["--queues", "canary", "callbacks"]
 
 
 def test_a_pools_workers_are_named_after_it_in_the_scalers_health_and_metrics():

@@ -32,12 +32,13 @@ from gateway.http.negotiation import accepted_image_types
 from gateway.live import waiting
 from gateway.ops.disclosure import opaque_label
 from processing import storage
+from processing.callbacks import deliveries, signing
 from processing.imaging import formats
 from processing.imaging.operations import OPERATIONS, Operation, OutputOptions, get_operation
 from processing.imaging.recipes import OUTPUT_FIELDS, STEPS_SERVICE
 from processing.jobs import lifecycle, submissions
 from processing.jobs.public import JobOut, JobStatus, StatusOut, error_json, job_json, job_urls, status_json
-from processing.models import Job
+from processing.models import MAX_CALLBACK_URL_LENGTH, Job
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,10 @@ def multipart_doc(service: str | None = None, *, many: bool = False) -> dict[str
     schema: dict[str, Any] = {
         "type": "object",
         "required": ["image"],
-        "properties": {"image": {"type": "array", "items": image} if many else image},
+        "properties": {
+            "image": {"type": "array", "items": image} if many else image,
+            "callback_url": CALLBACK_URL_FIELD,
+        },
         "additionalProperties": {"type": "string"},
     }
     if service:
@@ -71,6 +75,7 @@ def multipart_doc(service: str | None = None, *, many: bool = False) -> dict[str
     return {
         "requestBody": {"content": {"multipart/form-data": {"schema": schema}}, "required": True},
         "parameters": [PREFER_PARAMETER],
+        "callbacks": CALLBACKS_DOC,
         **({} if many else {"responses": {200: {"content": {"image/*": {"schema": image}}}}}),
     }
 
@@ -135,6 +140,72 @@ def step_schema(operation: Operation[Any]) -> dict[str, Any]:
         "additionalProperties": False,
     }
 
+
+CALLBACK_URL_FIELD = {
+    "type": "string",
+    "format": "uri",
+    "maxLength": MAX_CALLBACK_URL_LENGTH,
+    "description": (
+        "An http(s) URL that gets a signed POST of each job's JSON when the job completes, fails or is "
+        "cancelled (see `callbacks`; docs/callbacks.md). Empty or absent: the API key's default, if it "
+        "has one. Refused (422) when it is not an http(s) URL, carries credentials or a fragment, names "
+        "an address callbacks may not reach, or the caller has no callback secret. Every address its host "
+        "resolves to is checked again at each attempt: loopback, private, link-local and metadata "
+        "addresses are refused unless the operator allows them (CALLBACK_ALLOWED_NETWORKS)."
+    ),
+}
+
+
+def callback_header(name: str, description: str) -> dict[str, Any]:
+    return {
+        "in": "header",
+        "name": name,
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+CALLBACKS_DOC = {
+    "jobEnded": {
+        "{$request.body#/callback_url}": {
+            "post": {
+                "summary": "The job ended: completed, failed or cancelled",
+                "description": (
+                    "The job's JSON, as GET /api/v1/jobs/{id} gives it, POSTed once it ends. Retried with "
+                    "a backoff from 10 s to an hour for up to a day while the receiver fails (no answer, "
+                    "5xx, 408, 429: Retry-After is honoured); given up at once on a redirect (never "
+                    "followed) or another 4xx. Every attempt carries the same body and event id. Verify "
+                    "Darkroom-Signature before trusting the body."
+                ),
+                "parameters": [
+                    callback_header(
+                        signing.SIGNATURE_HEADER,
+                        "`t=<unix seconds>,v1=<hex HMAC-SHA256>`: the HMAC, keyed with the caller's callback "
+                        "secret, of `<t>.<body>`. For a day after a rotation a second `v1` signs with the "
+                        "secret before. Refuse a `t` far from your clock (5 minutes, say).",
+                    ),
+                    callback_header(deliveries.EVENT_HEADER, "job.completed, job.failed or job.cancelled"),
+                    callback_header(
+                        deliveries.EVENT_ID_HEADER,
+                        "The same at every attempt of this event: deduplicate by it.",
+                    ),
+                    callback_header(deliveries.ATTEMPT_HEADER, "1 for the first attempt, then 2, 3, ..."),
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobOut"}}},
+                },
+                "responses": {
+                    "2XX": {"description": "Delivered: no more attempts."},
+                    "default": {
+                        "description": "Tried again later (5xx, 408, 429), or given up (other answers)."
+                    },
+                },
+            }
+        }
+    }
+}
 
 PREFER_PARAMETER = {
     "in": "header",

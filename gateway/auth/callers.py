@@ -98,6 +98,8 @@ class Caller:
     # When its credential stops being accepted, by time.time(): a token's expiry. None for a key, a
     # session or the anonymous caller (a key ends when revoked: see revoked_keys).
     expires_at: float | None = None
+    # Where its jobs' callbacks go when a submission names no callback_url: an API key's default.
+    callback_url: str = ""
 
     @property
     def sees_jobs_of(self) -> Owner | None:
@@ -286,7 +288,7 @@ def revoked_keys(key_ids: Collection[str]) -> set[str]:
 
 
 def key_caller(key: ApiKey) -> Caller:
-    return Caller(Owner(key=str(key.pk)), is_staff=key.is_staff)
+    return Caller(Owner(key=str(key.pk)), is_staff=key.is_staff, callback_url=key.callback_url)
 
 
 def from_session(session: SessionBase | None, user: User | None) -> Caller | None:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from processing.errors import (
     AssetLimitReached,
     AssetNotFound,
+    CallbackRefused,
     DependencyUnavailable,
     DomainError,
     EmptyImage,
@@ -155,6 +156,7 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     # Whatever was wrong with a step (an unknown service among them), the recipe is what is refused.
     StepRefused: 422,
     UnknownPreset: 422,
+    CallbackRefused: 422,
 }
 
 
@@ -209,7 +211,7 @@ def details_of(exc: DomainError) -> dict[str, Any]:
     named in `fields`, like any other 422 about parameters."""
     if isinstance(exc, InvalidParameters):
         return {"fields": [{"field": exc.field, "rule": "fits_image", "message": exc.message}]}
-    if isinstance(exc, AssetNotFound):
+    if isinstance(exc, (AssetNotFound, CallbackRefused)):
         return {"fields": [{"field": exc.field, "rule": exc.code, "message": exc.message}]}
     if isinstance(exc, OutputTooLarge):
         problem = f"makes the result larger than {exc.limit}"

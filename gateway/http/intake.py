@@ -12,7 +12,7 @@ from processing.imaging.recipes import STEPS_SERVICE
 from processing.jobs.submissions import Submission, Upload
 
 # Form fields that are not operation parameters.
-NON_PARAMETER_FIELDS = {"csrfmiddlewaretoken", "image", "service"}
+NON_PARAMETER_FIELDS = {"csrfmiddlewaretoken", "image", "service", "callback_url"}
 # Form fields that make a submission a recipe (service "steps") when it names no service.
 RECIPE_FIELDS = ("steps", "preset")
 
@@ -56,4 +56,6 @@ def submission_from(
         job_id=job_id,
         idempotency_key=request.headers.get("Idempotency-Key"),
         accepts=accepted_image_types(request),
+        # An empty field, like none, means the caller's default (an API key's callback_url).
+        callback_url=request.POST.get("callback_url", "").strip() or caller.callback_url,
     )

@@ -5,7 +5,9 @@ each change here, once. `announce` builds its event from the job as it is now (m
 job's public JSON, encoded once for every subscriber); once the transaction commits, it records
 the change's metrics and hands the event to this process's `Sender` (sender), which sends it
 through the channel layer (layer) to the job's, its owner's and the staff's groups. The
-server's realtime tier only delivers what arrives there, to sockets and long polls.
+server's realtime tier only delivers what arrives there, to sockets and long polls. An event that
+ends a job with a callback_url is also recorded as that job's callback, sent by a worker
+(processing.callbacks.deliveries).
 
 A job never fails because its event could not be built or sent: such an event is logged and
 lost, and its subscribers fall back to polling.
@@ -15,6 +17,7 @@ import logging
 
 from django.db import transaction
 
+from processing.callbacks import deliveries
 from processing.events.messages import PROGRESS_EVENT, STATUS_EVENTS, event_message, groups_for
 from processing.events.sender import current_sender
 from processing.jobs import prometheus
@@ -24,8 +27,12 @@ logger = logging.getLogger(__name__)
 
 
 def announce(job: Job) -> None:
-    """Tell who follows `job` that it has reached its status (job.queued, job.processing, ...)."""
-    send_on_commit(job, STATUS_EVENTS[job.status])
+    """Tell who follows `job` that it has reached its status (job.queued, job.processing, ...); when it
+    has ended and has a callback_url, its callback too (processing.callbacks.deliveries)."""
+    event = STATUS_EVENTS[job.status]
+    send_on_commit(job, event)
+    if job.callback_url and job.is_finished:
+        deliveries.schedule(job, event)
 
 
 def announce_progress(job: Job) -> None:

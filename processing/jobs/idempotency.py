@@ -21,13 +21,19 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
 def fingerprint(
-    service: str, parameters: dict[str, Any], input_hashes: list[str], negotiated_format: str
+    service: str,
+    parameters: dict[str, Any],
+    input_hashes: list[str],
+    negotiated_format: str,
+    callback_url: str = "",
 ) -> str:
     """What makes two requests the same: the service, its parameters as parsed, each input's bytes,
-    and the format format=auto negotiated."""
+    the format format=auto negotiated, and where the jobs' callbacks go."""
     request = {"service": service, "parameters": parameters, "inputs": input_hashes}
     if negotiated_format:  # only then: fingerprints made before format=auto existed stay the same
         request["negotiated_format"] = negotiated_format
+    if callback_url:  # the same: fingerprints made before callbacks existed stay the same
+        request["callback_url"] = callback_url
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 

@@ -13,6 +13,9 @@ import uuid
 from dataclasses import dataclass
 
 DEFAULT_POOL = "images"
+# Not a pool of jobs: the queue of callback deliveries (processing.callbacks.deliveries), which every
+# worker consumes beside its pool's queue (scaler.backends.processes.worker_command).
+CALLBACK_QUEUE = "callbacks"
 POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
@@ -49,6 +52,8 @@ def parse_share(service: str, text: str) -> Share:
     pool, weight = words[0], int(words[1])
     if not POOL_NAME.match(pool):
         raise SplitError(f"{service!r}: pool {pool!r}: use lowercase letters, digits, - and _ (40 at most)")
+    if pool == CALLBACK_QUEUE:
+        raise SplitError(f"{service!r}: {CALLBACK_QUEUE!r} is the queue of callbacks, not a pool")
     return Share(pool, weight)
 
 

@@ -31,6 +31,11 @@ QUEUE_WAIT_SECONDS = Histogram(
     ["service"],
     buckets=SECONDS_BUCKETS,
 )
+CALLBACK_ATTEMPTS = Counter(
+    "darkroom_callback_attempts",
+    "Callback attempts by outcome: delivered, retried (to be tried again) or given_up",
+    ["outcome"],
+)
 WEBSOCKET_CONNECTIONS = Gauge(
     "darkroom_websocket_connections", "Open WebSocket connections", multiprocess_mode="livesum"
 )

@@ -14,13 +14,11 @@ claims are conditional (see processing.jobs.lease), but a job whose message stil
 queue is not published again (`not_in_their_queues`).
 """
 
+import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta
 from typing import Any
 
-import dramatiq
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.db.models import Count, Q, QuerySet
@@ -28,15 +26,11 @@ from django.utils import timezone
 
 from processing import events
 from processing.errors import BrokerUnavailable
-from processing.jobs import lease, lifecycle, queues
+from processing.jobs import lease, lifecycle, queues, sending
 from processing.models import Job
 from processing.worker.actors import process_job
 
 logger = logging.getLogger(__name__)
-
-# Publishing runs on these threads so a caller can stop waiting: Dramatiq's own enqueue
-# retries a dead or blocked broker for many seconds, and a request must not hang on it.
-_publishers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
 
 # Queued, and its message confirmed by the broker: the message is in its queue unless lost.
 PUBLISHED = Q(status=Job.QUEUED, enqueued_at__isnull=False)
@@ -60,13 +54,7 @@ def send_confirmed(job: Job) -> None:
     BrokerUnavailable when the broker hasn't confirmed within BROKER_PUBLISH_TIMEOUT;
     a message confirmed later anyway is harmless.
     """
-    sending = _publishers.submit(send, job)
-    try:
-        sending.result(timeout=settings.BROKER_PUBLISH_TIMEOUT)
-    except FutureTimeout:
-        raise BrokerUnavailable(f"no confirmation within {settings.BROKER_PUBLISH_TIMEOUT}s") from None
-    except dramatiq.errors.ConnectionError as exc:
-        raise BrokerUnavailable(str(exc) or exc.__class__.__name__) from exc
+    sending.confirmed(functools.partial(send, job))
 
 
 def send(job: Job) -> None:

@@ -26,8 +26,9 @@ def queue_names() -> tuple[str, ...]:
 
 
 def queue_status(only: str | None = None) -> dict[str, Any]:
-    """{"broker": ..., "available": bool, "queues": [...]} read from the broker itself; `only` one pool's."""
-    return read_queues((only,) if only else queue_names())
+    """{"broker": ..., "available": bool, "queues": [...]} read from the broker itself: every pool's and
+    the callbacks', or `only` one pool's."""
+    return read_queues((only,) if only else (*queue_names(), pools.CALLBACK_QUEUE))
 
 
 def read_queues(names: tuple[str, ...]) -> dict[str, Any]:

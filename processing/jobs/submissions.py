@@ -19,7 +19,14 @@ from django.conf import settings
 from django.utils import timezone
 
 from processing import storage
-from processing.errors import InvalidParameters, StorageUnavailable, UnknownOperation, UnprocessableImage
+from processing.callbacks import addresses, signing, targets
+from processing.errors import (
+    CallbackRefused,
+    InvalidParameters,
+    StorageUnavailable,
+    UnknownOperation,
+    UnprocessableImage,
+)
 from processing.imaging import animation, formats, recipes
 from processing.imaging.codecs import ImageInfo, probe
 from processing.imaging.operations import Operation, OutputLimits, get_operation
@@ -72,6 +79,7 @@ class Submission:
     idempotency_key: str | None = None
     # The image subtypes the client's Accept header names (for format=auto), e.g. {"avif", "webp", "*"}.
     accepts: frozenset[str] = frozenset()
+    callback_url: str = ""  # where each job's end is POSTed (processing.callbacks)
 
 
 @dataclass
@@ -99,7 +107,13 @@ class Prepared:
 
     def fingerprint(self) -> str:
         hashes = [upload.sha256 for upload in self.submission.uploads]
-        return idempotency.fingerprint(self.recipe.service, self.canonical, hashes, self.negotiated_format)
+        return idempotency.fingerprint(
+            self.recipe.service,
+            self.canonical,
+            hashes,
+            self.negotiated_format,
+            self.submission.callback_url,
+        )
 
 
 @dataclass
@@ -147,6 +161,8 @@ def recipe_of(submission: Submission) -> tuple[Recipe, str]:
 def submit(submission: Submission) -> Accepted:
     """Make the submission's jobs, or, for a repeated Idempotency-Key, give the ones it made before."""
     prepared = prepare(submission)
+    if submission.callback_url:
+        check_callback(submission.owner, submission.callback_url)
     key = submission.idempotency_key
     if not key:
         return Accepted(create_jobs(prepared))
@@ -154,6 +170,18 @@ def submit(submission: Submission) -> Accepted:
         submission.owner.identity, key, prepared.fingerprint(), lambda: create_jobs(prepared)
     )
     return Accepted(jobs, replayed)
+
+
+def check_callback(owner: Owner, url: str) -> None:
+    """A callback_url must be an http(s) URL whose host, if written as an address, callbacks may reach
+    (its name's addresses are checked at each attempt), and its owner must have a secret to sign with."""
+    targets.check(url, addresses.networks(settings.CALLBACK_ALLOWED_NETWORKS))
+    if not signing.has_secret(owner.identity):
+        raise CallbackRefused(
+            "no_callback_secret",
+            "callbacks are signed with a secret of the caller's own, and this caller has none: an operator "
+            "issues one (manage.py callback_secret)",
+        )
 
 
 def create_jobs(prepared: Prepared) -> list[Job]:
@@ -208,6 +236,7 @@ def create_job(prepared: Prepared, upload: Upload, info: ImageInfo, job_id: uuid
         input_frames=info.frames,
         negotiated_format=prepared.negotiated_for(info),
         pool=pools.pool_for(settings.TRAFFIC_SPLIT, service, job_id),
+        callback_url=submission.callback_url,
         **submission.owner.fields(),
     )
     job.input_key = stored(storage.save_upload, storage.input_key(str(job_id), info.extension), upload)

@@ -1,5 +1,6 @@
 """Dramatiq actors: load the job, claim it, run its recipe (one operation, or several steps on one
-decode and one encode), store the output."""
+decode and one encode), store the output. (The callbacks' actor, deliver_callback, is
+processing.callbacks.deliveries's: imported here, every worker runs it.)"""
 
 import hashlib
 import logging
@@ -14,6 +15,7 @@ from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
 from processing import logcontext, storage
+from processing.callbacks.deliveries import deliver_callback  # noqa: F401  (the callbacks queue's actor)
 from processing.errors import Cancelled, InvalidParameters, StepRefused, UnprocessableImage
 from processing.imaging import admin_thumbnails, animation, byte_budget, formats, jxl, placeholders, recipes
 from processing.imaging.animation import Animation, AnimationLimits, FramePlan, Picture

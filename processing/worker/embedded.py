@@ -11,6 +11,7 @@ import dramatiq
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
+from processing.callbacks import deliveries
 from processing.jobs import publishing
 from processing.models import Job
 
@@ -59,8 +60,10 @@ def republish_unfinished() -> None:
 
 
 def requeue_forever() -> None:
-    """Re-publish what the last process left unfinished, then stale jobs every interval."""
+    """Re-publish what the last process left unfinished, then stale jobs (and overdue callbacks) every
+    interval."""
     republish_unfinished()
     stop = threading.Event()
     while not stop.wait(REQUEUE_INTERVAL_SECONDS):
         publishing.republish_stale()
+        deliveries.resend_overdue()

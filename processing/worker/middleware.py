@@ -14,7 +14,10 @@ from django import db
 from django_dramatiq.middleware import DbConnectionsMiddleware
 from dramatiq import Broker, Middleware, Worker
 from dramatiq.broker import MessageProxy
+from dramatiq.common import q_name
 from dramatiq.compat import StreamablePipe
+
+from processing.jobs.pools import CALLBACK_QUEUE
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +93,17 @@ def describe(exception: BaseException) -> tuple[str, str]:
 class RefuseToConsumeNothing(Middleware):
     """A worker consumes only the queues its process declares (processing.worker.actors.declare_pools,
     from WORKER_POOL and TRAFFIC_SPLIT): one whose `--queues` names none of them would say it is
-    ready and take nothing, so it stops at start instead, saying why.
+    ready and take no job (the callbacks' queue alone, which every worker consumes, is no pool), so it
+    stops at start instead, saying why.
 
     By SystemExit: Dramatiq logs and swallows an Exception from a middleware, and would start anyway.
     """
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
-        if worker.consumers:
+        if any(q_name(queue) != CALLBACK_QUEUE for queue in worker.consumers):
             return
         worker.stop()
-        asked = ", ".join(sorted(worker.consumer_whitelist or ())) or "every queue"
+        asked = ", ".join(sorted(set(worker.consumer_whitelist or ()) - {CALLBACK_QUEUE})) or "every queue"
         declared = ", ".join(sorted(broker.get_declared_queues())) or "none"
         logger.critical(
             "this worker would consume nothing: it was asked for %s, and its process declares %s. "

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from processing.jobs.pools import CALLBACK_QUEUE
+
 # From this file, not settings.BASE_DIR (the same folder), so that the benchmarks can import this module
 # without configuring Django.
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,9 +29,9 @@ SUPERVISE_EVERY = 1.0  # seconds: how soon a crashed process is replaced
 
 
 def worker_command(threads: int, pool: str | None = None) -> list[str]:
-    """One Dramatiq worker process of `threads` threads, on the queue of `pool` (and its retries), or
-    on every queue."""
-    queues = ["--queues", pool] if pool else []
+    """One Dramatiq worker process of `threads` threads, on the queue of `pool` and the callbacks' (and
+    their retries), or on every queue."""
+    queues = ["--queues", pool, CALLBACK_QUEUE] if pool else []
     size = ["--processes", "1", "--threads", str(threads)]
     return [sys.executable, "-m", "dramatiq", "--path", str(ROOT), *size, *WORKER_MODULES, *queues]
 

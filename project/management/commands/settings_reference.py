@@ -14,6 +14,7 @@ GROUPS = (
     config.SECURITY,
     config.LIMITS,
     config.JOBS,
+    config.CALLBACKS,
     config.SCALER_WORKERS,
     config.SCALER_GATEWAYS,
     config.SCALER_PROCESS,
