@@ -1,3 +1,5 @@
+import logging
+
 from django.apps import AppConfig
 
 
@@ -12,9 +14,14 @@ class ProcessingConfig(AppConfig):
 
         from processing import storage
         from processing.events.layer import check_channel_layer
-        from processing.imaging import codecs
+        from processing.imaging import codecs, libtiff
         from processing.models import Job
 
         checks.register(check_channel_layer)
         codecs.set_avif_speed(settings.AVIF_SPEED)
+        codecs.set_pixel_limit(settings.MAX_IMAGE_PIXELS)
+        # What Pillow and libtiff say about an upload (corrupt EXIF, a missing codec) is logged with
+        # its job, not written to stderr as plain text.
+        logging.captureWarnings(True)
+        libtiff.send_errors_to_logging()
         post_delete.connect(storage.delete_files_of_deleted_job, sender=Job, dispatch_uid="job-files")

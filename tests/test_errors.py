@@ -28,7 +28,7 @@ def test_the_base_has_no_status_of_its_own_so_a_new_error_must_be_given_one():
 
 def test_a_subclass_has_its_nearest_listed_base_s_status():
     too_large = type("HugeImage", (ImageTooLarge,), {})
-    assert status_of(too_large) == status_of(ImageTooLarge) == 413
+    assert status_of(too_large) == status_of(ImageTooLarge) == 422
     assert status_of(type("OddImage", (UnprocessableImage,), {})) == 422
 
 
