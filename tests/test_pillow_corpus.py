@@ -16,6 +16,7 @@ EXIF orientation, its ICC profile applied), alpha kept, unless the tables below 
 """
 
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from gateway.http.errors import status_of
 from processing.errors import DomainError
 from processing.imaging import byte_budget, codecs
 from processing.imaging.operations import OutputLimits, get_operation
+from tests import images
 from tests.pillow_corpus import pillow_test_images
 
 # The damaged files make Pillow warn (corrupt EXIF, tags past the end of the file): that is their point.
@@ -250,3 +252,75 @@ def test_files_in_other_formats_are_refused_as_not_an_image_darkroom_accepts(out
     assert codes == {"unsupported_image"}
     assert status_of(type(next(iter(others.values())).refusal)) == 415
     assert len(others) > 300
+
+
+# --- The whole way: over HTTP to the gateway, through the broker to a worker process ------------
+
+# (file, status, code): refused at upload.
+REFUSED_OVER_HTTP = [
+    ("broken.png", 422, "corrupt_image"),
+    ("bmp/g/rgb32bf.bmp", 422, "unsupported_variant"),
+    ("hopper_webp.tif", 422, "unsupported_variant"),
+    ("decompression_bomb.gif", 422, "image_too_large"),
+    ("hopper.psd", 415, "unsupported_image"),
+]
+MADE_OVER_HTTP = ["1_trns.png", "i_trns.png", "16bit.s.tif", "g4_orientation_6.tif"]
+FAILED_OVER_HTTP = {"truncated_image.png": "image file is truncated"}
+
+
+def upload(client, name: str, data: bytes):
+    return client.post("/api/v1/process/convert", files={"image": (name, data)}, data={"format": "png"})
+
+
+@pytest.mark.services
+def test_over_http_a_worker_process_makes_what_the_worker_s_functions_do(live_stack, worker, corpus):
+    with live_stack.client() as client:
+        refused = {
+            name: (response.status_code, response.json()["error"]["code"])
+            for name, *_ in REFUSED_OVER_HTTP
+            for response in [upload(client, Path(name).name, (corpus / name).read_bytes())]
+        }
+        jobs = {
+            name: upload(client, Path(name).name, (corpus / name).read_bytes()).json()["job_id"]
+            for name in [*MADE_OVER_HTTP, *FAILED_OVER_HTTP]
+        }
+        ended = {name: live_stack.wait_for_status(job_id) for name, job_id in jobs.items()}
+        made = {
+            name: Image.open(io.BytesIO(client.get(ended[name]["download_url"]).content))
+            for name in MADE_OVER_HTTP
+        }
+
+    assert refused == {name: (status, code) for name, status, code in REFUSED_OVER_HTTP}
+    for name in MADE_OVER_HTTP:
+        box = (0, 0, *made[name].size)
+        assert difference(made[name], as_pillow_converts_it(corpus / name, name, box)) is None, name
+    for name, reason in FAILED_OVER_HTTP.items():
+        assert ended[name]["status"] == "failed"
+        assert ended[name]["error"]["code"] == "corrupt_image" and reason in ended[name]["error"]["message"]
+
+
+@pytest.mark.services
+def test_what_libtiff_and_pillow_say_of_an_upload_is_in_the_worker_s_log_with_its_job(
+    live_stack, worker, corpus
+):
+    damaged_tiff = live_stack.submit("convert", images.damaged_lzw_tiff_bytes(), "scan.tif", format="png")
+    bad_exif = (corpus / "hopper_bad_exif.jpg").read_bytes()  # Pillow warns: "Corrupt EXIF data"
+    warned = live_stack.submit("convert", bad_exif, "photo.jpg", format="png")
+    failed = live_stack.wait_for_status(damaged_tiff["job_id"])
+    assert live_stack.wait_for_status(warned["job_id"])["status"] == "completed"
+
+    assert failed["error"]["message"] == "the TIFF data is damaged: Using code not yet in table"
+    lines = live_stack.log("worker").splitlines()
+    logged = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {"libtiff: Using code not yet in table"} == {
+        record["message"]
+        for record in logged
+        if record["job_id"] == damaged_tiff["job_id"] and "libtiff" in record["message"]
+    }
+    assert [
+        record["name"]
+        for record in logged
+        if record["job_id"] == warned["job_id"] and "Corrupt EXIF data" in record["message"]
+    ] == ["py.warnings"]
+    plain = [line for line in lines if not line.startswith("{")]
+    assert [line for line in plain if "not yet in table" in line or "Corrupt EXIF" in line] == []
