@@ -16,6 +16,7 @@ from processing.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyInvalid,
     IdempotencyKeyMismatch,
+    ImageTooLarge,
     InvalidParameters,
     OutputTooLarge,
     UnknownOperation,
@@ -134,12 +135,13 @@ def describe_pydantic_error(error: Mapping[str, Any]) -> dict[str, Any]:
 
 # The HTTP status of each domain error. A class not named has the status of its nearest base
 # that is; every DomainError has one (tests/test_errors.py), so none silently becomes a 500.
-# An image over MAX_IMAGE_PIXELS is a 422 like any image that can't be processed: 413 is for a body
-# over its byte limit, which the client would shrink, where this one may be a few kilobytes.
 DOMAIN_STATUS: dict[type[DomainError], int] = {
     UnprocessableImage: 422,
     EmptyImage: 400,
     UnsupportedImage: 415,
+    # 422 like any image that can't be processed: 413 is for a body over its byte limit, which the
+    # client would shrink, where an image of too many pixels may be a few kilobytes.
+    ImageTooLarge: 422,
     InvalidParameters: 422,
     UnknownOperation: 404,
     DependencyUnavailable: 503,

@@ -111,13 +111,14 @@ def load_image(
     With a hint, a JPEG may come back smaller (by 2, 4 or 8) or as L: the image's info then holds
     the upload's displayed size as "source_size" (see source_size), and ImageInfo describes the upload.
     """
-    with open(path, "rb") as fp, libtiff.messages() as libtiff_said:
+    with open(path, "rb") as fp:
         image = open_allowed(fp, max_pixels, max_jpeg_scans)
         source_format = format_of(image)
         try:
-            scale = reduce_decode(image, hint) if hint is not None and source_format == "JPEG" else 1
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)
+            with libtiff.messages() as libtiff_said:
+                scale = reduce_decode(image, hint) if hint is not None and source_format == "JPEG" else 1
+                image.load()
+                ImageOps.exif_transpose(image, in_place=True)
         except Image.DecompressionBombError as exc:  # a GIF frame or a TIFF tile larger than the header said
             raise over_pillow_s_limit(exc) from None
         except DECODING_ERRORS as exc:
