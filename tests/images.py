@@ -9,7 +9,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import ExifTags, Image, ImageCms
+from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 
 from bench.raw import ssim  # noqa: F401  (the benchmark and the tests measure likeness alike)
 from processing.imaging import codecs  # noqa: F401  (registers the HEIF codec, which tests encode with)
@@ -410,6 +410,18 @@ def oriented_tiff_bytes(orientation: int = ROTATE_CLOCKWISE, image: Image.Image 
     return encode(
         image or marked(), "TIFF", compression="tiff_lzw", tiffinfo={ExifTags.Base.Orientation: orientation}
     )
+
+
+def xmp_oriented_png_bytes(orientation: int = ROTATE_CLOCKWISE, image: Image.Image | None = None) -> bytes:
+    """A 40 x 20 PNG whose orientation is in its XMP (a text chunk before the pixels), as editors write it."""
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}"/>'
+        "</rdf:RDF></x:xmpmeta>"
+    )
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    return encode(image or marked(), "PNG", pnginfo=info)
 
 
 def damaged_lzw_tiff_bytes(size: int = 64) -> bytes:

@@ -119,6 +119,13 @@ def test_probe_reports_the_displayed_size_of_a_rotated_tiff_as_the_decoder_makes
     assert (info.width, info.height) == image.size == (20, 40)
 
 
+def test_probe_reports_the_displayed_size_of_a_png_turned_by_its_xmp(upload):
+    path = upload(images.xmp_oriented_png_bytes(images.ROTATE_CLOCKWISE))
+    info = probe(path, LIMIT)
+    image, _ = load_image(path, LIMIT)
+    assert (info.width, info.height) == image.size == (20, 40)
+
+
 def test_pillow_s_own_pixel_limit_refuses_in_darkroom_s_words(upload, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored afterwards
     codecs.set_pixel_limit(1000)

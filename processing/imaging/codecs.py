@@ -317,14 +317,15 @@ def format_of(image: Image.Image) -> str:
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
     width, height = image.size
-    # A PNG may keep its eXIf chunk after the pixel data, and Pillow would decode to find it.
-    if image.format == "PNG" and "exif" not in image.info:
-        return width, height
     # Pillow's TIFF decoder applies the orientation itself: the size it gives is already as displayed.
     if isinstance(image, TiffImagePlugin.TiffImageFile):
         return width, height
+    # A PNG may keep its eXIf chunk after the pixel data, where its own getexif would decode to find
+    # it; the base class reads only what the header gave (XMP, ImageMagick's raw EXIF text).
+    png_before_pixels = image.format == "PNG" and "exif" not in image.info
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        exif = Image.Image.getexif(image) if png_before_pixels else image.getexif()
+        orientation = exif.get(ExifTags.Base.Orientation, 1)
     except DECODING_ERRORS:
         return width, height  # unreadable EXIF: load_image reports the damage if it matters
     return (height, width) if orientation in SWAPPING_ORIENTATIONS else (width, height)
