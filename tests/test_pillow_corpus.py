@@ -125,6 +125,7 @@ class Outcome:
     output: Image.Image | None = None  # the encoded result, decoded again
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # what of the upright image it is
     refusal: DomainError | None = None
+    sizes: tuple[tuple[int, int], ...] = ()  # as displayed: the gateway's from the header, the decoded
 
 
 def through_the_worker(path: Path) -> Outcome:
@@ -135,7 +136,8 @@ def through_the_worker(path: Path) -> Outcome:
         info = codecs.probe(path, settings.MAX_IMAGE_PIXELS, settings.MAX_JPEG_SCANS)
         params, box = middle_window(info.width, info.height)
         OPERATION.check_job(params, info.width, info.height, "png", limits)
-        image, info = codecs.load_image(path, settings.MAX_IMAGE_PIXELS, None, settings.MAX_JPEG_SCANS)
+        image, _ = codecs.load_image(path, settings.MAX_IMAGE_PIXELS, None, settings.MAX_JPEG_SCANS)
+        sizes = ((info.width, info.height), image.size)
         made = OPERATION.apply(image, params, lambda fraction: None).image
         assert made is not None
         data = byte_budget.encode_within(made, "png", params.quality, params.max_bytes).data
@@ -143,7 +145,7 @@ def through_the_worker(path: Path) -> Outcome:
         return Outcome(refusal=refusal)
     output = Image.open(io.BytesIO(data))
     output.load()
-    return Outcome(output=output, box=box)
+    return Outcome(output=output, box=box, sizes=sizes)
 
 
 def middle_window(width: int, height: int) -> tuple[Any, tuple[int, int, int, int]]:
@@ -215,6 +217,8 @@ def test_every_image_in_darkroom_s_formats_comes_out_as_pillow_converts_it(corpu
             continue
         if outcome.refusal is not None:
             wrong[name] = f"refused: {outcome.refusal.code}: {outcome.refusal.message}"
+        elif outcome.sizes[0] != outcome.sizes[1]:  # the gateway checked the limits against the wrong size
+            wrong[name] = "{}x{} at upload, {}x{} decoded".format(*outcome.sizes[0], *outcome.sizes[1])
         elif problem := difference(outcome.output, as_pillow_converts_it(corpus / name, name, outcome.box)):
             wrong[name] = problem
 
