@@ -134,11 +134,12 @@ def load_image(
 def damaged_data(source_format: str, exc: Exception, libtiff_said: list[str]) -> UnprocessableImage:
     """The refusal of a decode that failed, saying why: in libtiff's words when it said why, as Pillow
     passes on only a number ("decoder error -2"), which is given the words Pillow has for it."""
-    number = PILLOW_TIFF_ERROR.fullmatch(str(exc))
     if libtiff_said:
         reason = "; ".join(dict.fromkeys(libtiff_said))
+    elif number := PILLOW_TIFF_ERROR.fullmatch(str(exc)):
+        reason = _imaging.getcodecstatus(int(number[1])) or str(exc)
     else:
-        reason = (number and _imaging.getcodecstatus(int(number[1]))) or str(exc)
+        reason = str(exc)
     return UnprocessableImage("corrupt_image", f"the {source_format} data is damaged: {reason}")
 
 

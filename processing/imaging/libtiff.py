@@ -14,6 +14,7 @@ compression is taken to be available: the decoder's own error then says what it 
 import ctypes
 import functools
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 # va_list argument is passed as a pointer, which vsnprintf takes back as it came.
 ERROR_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
 MESSAGE_BYTES = 1024
+# A mapped library's path in /proc/self/maps: libtiff.so.6, or a wheel's libtiff-20b7e810.so.6.3.0.
+LIBTIFF_PATH = re.compile(r"/\S*/libtiff(-[0-9a-f]+)?\.so[.0-9]*$")
 
 said_here = threading.local()
 
@@ -37,7 +40,7 @@ def library() -> ctypes.CDLL | None:
     """The libtiff Pillow's core module is linked with, or None when it can't be found."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = {Path(line.split()[-1]) for line in maps if "/libtiff" in line}
+            paths = {Path(found[0]) for line in maps if (found := LIBTIFF_PATH.search(line))}
     except OSError:
         return None
     if not paths:
@@ -45,11 +48,14 @@ def library() -> ctypes.CDLL | None:
     # Pillow's wheels carry a libtiff of their own, beside PIL; another may be loaded for something else.
     installed_with_pillow = Path(PIL.__file__).resolve().parent.parent
     path = min(paths, key=lambda path: not path.is_relative_to(installed_with_pillow))
-    lib = ctypes.CDLL(str(path))
-    lib.TIFFIsCODECConfigured.argtypes = [ctypes.c_uint16]
-    lib.TIFFIsCODECConfigured.restype = ctypes.c_int
-    lib.TIFFSetErrorHandler.argtypes = [ERROR_HANDLER]
-    lib.TIFFSetErrorHandler.restype = ctypes.c_void_p
+    try:
+        lib = ctypes.CDLL(str(path))
+        lib.TIFFIsCODECConfigured.argtypes = [ctypes.c_uint16]
+        lib.TIFFIsCODECConfigured.restype = ctypes.c_int
+        lib.TIFFSetErrorHandler.argtypes = [ERROR_HANDLER]
+        lib.TIFFSetErrorHandler.restype = ctypes.c_void_p
+    except (OSError, AttributeError):  # not the library it looked like
+        return None
     return lib
 
 
