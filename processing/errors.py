@@ -28,8 +28,16 @@ class UnsupportedImage(UnprocessableImage):
         super().__init__("unsupported_image", message)
 
 
+class UnsupportedVariant(UnprocessableImage):
+    """An allowed format, but a variant of it this server does not decode (a BMP holding a PNG, a TIFF
+    compression its TIFF library lacks): another file of the same format would be processed."""
+
+    def __init__(self, message: str):
+        super().__init__("unsupported_variant", message)
+
+
 class ImageTooLarge(UnprocessableImage):
-    """More pixels than the configured limit."""
+    """More pixels than the configured limit (MAX_IMAGE_PIXELS)."""
 
     def __init__(self, message: str):
         super().__init__("image_too_large", message)

@@ -698,7 +698,8 @@ SETTINGS: tuple[Setting, ...] = (
         "MAX_IMAGE_PIXELS",
         INT,
         50_000_000,
-        "The largest image (width x height) a worker decodes.",
+        "The largest image (width x height) a worker decodes. Pillow's own limit is set from it, so a "
+        "frame or tile larger than the header said is refused alike: 422 image_too_large.",
         LIMITS,
         minimum=1,
     ),

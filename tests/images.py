@@ -9,7 +9,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import ExifTags, Image, ImageCms
+from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 
 from bench.raw import ssim  # noqa: F401  (the benchmark and the tests measure likeness alike)
 from processing.imaging import codecs  # noqa: F401  (registers the HEIF codec, which tests encode with)
@@ -428,6 +428,63 @@ def transparent_palette_png_bytes(size: int = 16) -> bytes:
     image.putpalette([*WHITE, *RED])
     image.paste(1, (size // 2, 0, size, size))
     return encode(image, "PNG", transparency=0)
+
+
+def one_bit_png_with_a_transparent_level_bytes(size: int = 16) -> bytes:
+    """A 1-bit greyscale PNG, left half black, right half white, white transparent (tRNS)."""
+    image = Image.new("1", (size, size), 0)
+    image.paste(1, (size // 2, 0, size, size))
+    return encode(image, "PNG", transparency=255)
+
+
+def sixteen_bit_png_with_a_transparent_level_bytes(transparent: int = 255) -> bytes:
+    """A 16-bit greyscale PNG of four samples, 0, `transparent`, 32768 and 65535, the second transparent."""
+    samples = np.array([[0, transparent, 32768, 65535]], dtype=np.uint16)
+    return encode(Image.fromarray(samples), "PNG", transparency=transparent)
+
+
+def oriented_tiff_bytes(orientation: int = ROTATE_CLOCKWISE, image: Image.Image | None = None) -> bytes:
+    """A 40 x 20 TIFF (LZW) with an Orientation tag: with 6, displayed 20 x 40."""
+    return encode(
+        image or marked(), "TIFF", compression="tiff_lzw", tiffinfo={ExifTags.Base.Orientation: orientation}
+    )
+
+
+def xmp_oriented_png_bytes(orientation: int = ROTATE_CLOCKWISE, image: Image.Image | None = None) -> bytes:
+    """A 40 x 20 PNG whose orientation is in its XMP (a text chunk before the pixels), as editors write it."""
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}"/>'
+        "</rdf:RDF></x:xmpmeta>"
+    )
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    return encode(image or marked(), "PNG", pnginfo=info)
+
+
+def damaged_lzw_tiff_bytes(size: int = 64) -> bytes:
+    """An LZW TIFF with a sound header and a scrambled strip, which libtiff refuses to decode."""
+    data = bytearray(encode(noise(size, size), "TIFF", compression="tiff_lzw"))
+    header = Image.open(io.BytesIO(data))
+    start, length = header.tag_v2[273][0], header.tag_v2[279][0]  # StripOffsets, StripByteCounts
+    for at in range(start + 4, start + min(length, 200)):
+        data[at] ^= 0x5A
+    return bytes(data)
+
+
+def png_with_a_broken_header_bytes() -> bytes:
+    """A PNG whose header chunk fails its checksum: a PNG, damaged."""
+    data = bytearray(png_bytes(solid(8, 8)))
+    data[29] ^= 0xFF  # the IHDR chunk's CRC, after the signature (8) and the chunk (8 + 13)
+    return bytes(data)
+
+
+def bmp_holding_bytes(inner: bytes, compression: int = 5, bits: int = 0) -> bytes:
+    """A BMP (version 5 header) whose pixels are another file: a PNG with compression 5 (BI_PNG), a
+    JPEG with 4. With other values, a BMP header saying so, followed by `inner`."""
+    info = struct.pack("<IiiHHII", 124, 8, 8, 1, bits, compression, len(inner)).ljust(124, b"\0")
+    offset = 14 + len(info)
+    return b"BM" + struct.pack("<IHHI", offset + len(inner), 0, 0, offset) + info + inner
 
 
 # Files that must never be decoded

@@ -106,7 +106,7 @@ def test_deleting_an_asset_removes_it_and_its_file(client):
         (images.text_bytes(), 415, "unsupported_image"),
         (images.svg_bytes(), 415, "unsupported_image"),
         (images.cut_png_bytes(200), 422, "corrupt_image"),  # a whole header, pixels cut short
-        (images.png_header_bytes(30000, 30000), 413, "image_too_large"),
+        (images.png_header_bytes(30000, 30000), 422, "image_too_large"),
     ],
 )
 def test_what_is_not_a_whole_supported_image_within_the_limits_is_refused(client, data, status, code):
@@ -123,7 +123,7 @@ def test_an_asset_over_the_byte_or_pixel_limit_is_refused_naming_the_limit(clien
 
     settings.MAX_ASSET_BYTES, settings.MAX_ASSET_PIXELS = 10_000_000, 1000
     response = upload_asset(client, images.png_bytes(images.gradient(40, 30)))
-    assert (response.status_code, error_of(response)["code"]) == (413, "image_too_large")
+    assert (response.status_code, error_of(response)["code"]) == (422, "image_too_large")
     assert not Asset.objects.exists()
 
 

@@ -200,7 +200,7 @@ def test_outputs_carry_no_exif_or_gps_from_the_input(client, run_jobs):
         (images.eps_bytes(), "drawing.eps", 415, "unsupported_image"),
         (images.pdf_bytes(), "paper.pdf", 415, "unsupported_image"),
         (images.svg_bytes(), "logo.svg", 415, "unsupported_image"),
-        (images.png_header_bytes(30000, 30000), "huge.png", 413, "image_too_large"),
+        (images.png_header_bytes(30000, 30000), "huge.png", 422, "image_too_large"),
     ],
     ids=["empty", "text-named-jpg", "eps", "pdf", "svg", "png-claiming-30000x30000"],
 )

@@ -28,7 +28,7 @@ def test_the_base_has_no_status_of_its_own_so_a_new_error_must_be_given_one():
 
 def test_a_subclass_has_its_nearest_listed_base_s_status():
     too_large = type("HugeImage", (ImageTooLarge,), {})
-    assert status_of(too_large) == status_of(ImageTooLarge) == 413
+    assert status_of(too_large) == status_of(ImageTooLarge) == 422
     assert status_of(type("OddImage", (UnprocessableImage,), {})) == 422
 
 
@@ -82,3 +82,22 @@ def test_the_api_and_the_upload_form_answer_a_domain_error_alike(stub_broker, se
     assert error["code"] == code
     assert shown.details.get("fields") == error.get("fields")
     assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("data", "title"),
+    [
+        (images.png_header_bytes(30000, 30000), "That image has too many pixels"),
+        (images.png_with_a_broken_header_bytes(), "That image is damaged"),
+        (images.bmp_holding_bytes(images.png_bytes()), "Darkroom can&#x27;t read that kind of image"),
+    ],
+    ids=["too-large", "damaged", "variant"],
+)
+def test_the_upload_form_titles_an_image_it_cannot_process_by_what_is_wrong(stub_broker, data, title):
+    browser = Client()
+    browser.get("/")
+    form = browser.post("/upload", {"service": "grayscale", "image": SimpleUploadedFile("up.png", data)})
+
+    assert form.status_code == 422
+    assert f"<h1>{title}</h1>" in form.content.decode()

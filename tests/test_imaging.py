@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageCms
 
+from processing import logcontext
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
 from processing.imaging import codecs
 from processing.imaging.codecs import (
@@ -102,13 +103,76 @@ def test_probe_rejects_a_decompression_bomb_from_its_header(upload, max_pixels):
 def test_probe_allows_exactly_the_pixel_limit(upload):
     path = upload(images.png_bytes(images.gradient(100, 100)))
     assert probe(path, 10_000).width == 100
-    with pytest.raises(ImageTooLarge, match="100x100"):
+    with pytest.raises(ImageTooLarge, match=r"100 × 100 = 10000 pixels, more than MAX_IMAGE_PIXELS \(9999\)"):
         probe(path, 9_999)
 
 
 def test_probe_reports_the_displayed_size_of_a_rotated_photo(upload):
     info = probe(upload(images.oriented_jpeg_bytes(images.ROTATE_CLOCKWISE)), LIMIT)
     assert (info.width, info.height) == (20, 40)
+
+
+def test_probe_reports_the_displayed_size_of_a_rotated_tiff_as_the_decoder_makes_it(upload):
+    # Pillow's TIFF decoder turns the pixels itself and reports the turned size: not turned twice.
+    path = upload(images.oriented_tiff_bytes(images.ROTATE_CLOCKWISE))
+    info = probe(path, LIMIT)
+    image, _ = load_image(path, LIMIT)
+    assert (info.width, info.height) == image.size == (20, 40)
+
+
+def test_probe_reports_the_displayed_size_of_a_png_turned_by_its_xmp(upload):
+    path = upload(images.xmp_oriented_png_bytes(images.ROTATE_CLOCKWISE))
+    info = probe(path, LIMIT)
+    image, _ = load_image(path, LIMIT)
+    assert (info.width, info.height) == image.size == (20, 40)
+
+
+def test_pillow_s_own_pixel_limit_refuses_in_darkroom_s_words(upload, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored afterwards
+    codecs.set_pixel_limit(1000)
+    path = upload(images.png_bytes(images.gradient(100, 100)))
+    with pytest.raises(ImageTooLarge) as caught:
+        probe(path, LIMIT)  # a larger limit given: Pillow's, set from MAX_IMAGE_PIXELS, speaks first
+    assert caught.value.message == "the image has 10000 pixels, more than MAX_IMAGE_PIXELS (1000)"
+
+
+# Files the allowed decoders refuse: damaged, or a variant they don't decode
+
+
+def test_a_damaged_file_in_an_allowed_format_is_corrupt_not_of_another_format(upload):
+    with pytest.raises(UnprocessableImage) as caught:
+        probe(upload(images.png_with_a_broken_header_bytes()), LIMIT)
+    assert caught.value.code == "corrupt_image"
+    assert caught.value.message.startswith("the PNG file is damaged: broken PNG file (bad header checksum")
+
+
+def test_a_bmp_holding_a_png_is_a_variant_this_server_does_not_decode(upload):
+    with pytest.raises(UnprocessableImage) as caught:
+        probe(upload(images.bmp_holding_bytes(images.png_bytes())), LIMIT)
+    assert caught.value.code == "unsupported_variant"
+    assert "PNG data inside a BMP (compression BI_PNG)" in caught.value.message
+
+
+def test_a_bmp_with_an_impossible_pixel_depth_is_damaged(upload):
+    with pytest.raises(UnprocessableImage) as caught:
+        probe(upload(images.bmp_holding_bytes(b"", compression=0, bits=30000)), LIMIT)
+    assert (caught.value.code, caught.value.message) == (
+        "corrupt_image",
+        "the BMP file is damaged: Unsupported BMP pixel depth (30000)",
+    )
+
+
+def test_a_failed_tiff_decode_says_why_in_libtiff_s_words_and_logs_them_with_the_job(upload, caplog, capfd):
+    caplog.handler.addFilter(logcontext.ContextFilter())
+    with logcontext.bound(job="job-1"), pytest.raises(UnprocessableImage) as caught:
+        load_image(upload(images.damaged_lzw_tiff_bytes()), LIMIT)
+
+    assert caught.value.message == "the TIFF data is damaged: Using code not yet in table"
+    said = [record for record in caplog.records if record.name == "processing.imaging.libtiff"]
+    assert [(record.getMessage(), record.job_id) for record in said] == [
+        ("libtiff: Using code not yet in table", "job-1")
+    ]
+    assert "not yet in table" not in capfd.readouterr().err
 
 
 def test_probe_does_not_decode_the_pixels(upload):
@@ -318,6 +382,19 @@ def test_load_image_turns_cmyk_into_rgb(upload):
     image, _ = load_image(upload(images.cmyk_jpeg_bytes()), LIMIT)
     assert image.mode == "RGB"
     assert np.allclose(pixels(image)[8, 8], images.RED, atol=10)
+
+
+def test_load_image_keeps_the_transparent_level_of_a_1_bit_png_as_alpha(upload):
+    image, _ = load_image(upload(images.one_bit_png_with_a_transparent_level_bytes(16)), LIMIT)
+    assert image.mode == "LA"
+    assert image.getpixel((0, 0)) == (0, 255) and image.getpixel((15, 0))[1] == 0
+
+
+def test_load_image_keeps_the_transparent_level_of_a_16_bit_png_as_alpha(upload):
+    # 255 in 16 bits is nearly black, and only that sample is transparent: not 65535, which clips to 255.
+    image, _ = load_image(upload(images.sixteen_bit_png_with_a_transparent_level_bytes(255)), LIMIT)
+    assert image.mode == "LA"
+    assert [image.getpixel((x, 0)) for x in range(4)] == [(0, 255), (1, 0), (128, 255), (255, 255)]
 
 
 def test_load_image_keeps_palette_transparency_as_alpha(upload):

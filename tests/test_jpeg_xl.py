@@ -205,7 +205,7 @@ def test_a_jpeg_xl_upload_is_processed_and_stays_jpeg_xl(client, run_jobs):
 @pytest.mark.parametrize(
     "data, status, code",
     [
-        (header_claiming(60_000, 60_000), 413, "image_too_large"),
+        (header_claiming(60_000, 60_000), 422, "image_too_large"),
         (jxl.CODESTREAM_SIGNATURE + b"\x00", 422, "corrupt_image"),
     ],
     ids=["3.6-gigapixel header", "truncated header"],

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from processing.errors import (
     AssetLimitReached,
     AssetNotFound,
+    AssetTooLarge,
     CallbackRefused,
     DependencyUnavailable,
     DomainError,
@@ -145,7 +146,12 @@ DOMAIN_STATUS: dict[type[DomainError], int] = {
     UnprocessableImage: 422,
     EmptyImage: 400,
     UnsupportedImage: 415,
-    ImageTooLarge: 413,
+    # 422 like any image that can't be processed: 413 is for a body over its byte limit, which the
+    # client would shrink, where an image of too many pixels may be a few kilobytes.
+    ImageTooLarge: 422,
+    # An asset of more bytes than MAX_ASSET_BYTES: a body too large, where an image of too many pixels
+    # (ImageTooLarge) is content Darkroom won't take.
+    AssetTooLarge: 413,
     InvalidParameters: 422,
     UnknownOperation: 404,
     DependencyUnavailable: 503,

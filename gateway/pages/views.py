@@ -58,6 +58,12 @@ ERROR_TITLES = {
     429: "Too many uploads at once",
     503: "Darkroom is busy",
 }
+# An image that can't be processed is a 422, as are options that need changing: these say which.
+IMAGE_ERROR_TITLES = {
+    "corrupt_image": "That image is damaged",
+    "image_too_large": "That image has too many pixels",
+    "unsupported_variant": "Darkroom can't read that kind of image",
+}
 
 
 # --- Pages ------------------------------------------------------------------------------
@@ -255,7 +261,7 @@ def error_page(request: HttpRequest, error: ApiError) -> HttpResponse:
     context = {
         "ui": "lite",
         "ui_links": ui_links("lite", None),
-        "title": ERROR_TITLES.get(error.status, "Something went wrong"),
+        "title": IMAGE_ERROR_TITLES.get(error.code) or ERROR_TITLES.get(error.status, "Something went wrong"),
         "error": error,
         # invalid_parameters' message is its problems in one line: the page lists them instead.
         "message": "" if error.code == "invalid_parameters" else error.message,

@@ -5,17 +5,18 @@ import mmap
 import os
 import re
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pillow_heif
-from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, TiffImagePlugin, UnidentifiedImageError, _imaging
 
-from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
-from processing.imaging import jxl
+from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage
+from processing.imaging import jxl, libtiff, refusals
 from processing.imaging.formats import OUTPUT_FORMATS, extension_for, has_alpha, mime_type_for
 from processing.imaging.frame_count import count_frames
 
@@ -55,6 +56,13 @@ JPEG_START = b"\xff\xd8\xff"  # SOI and the next marker's first byte, as Pillow 
 MAX_JPEG_SEGMENTS_BEFORE_SCAN = 1000
 MAX_JPEG_STRAY_BYTES_BEFORE_SCAN = 1000
 MAX_JPEG_HEADER_BYTES = 16 * 1024 * 1024
+
+# How Pillow's refusal of a decompression bomb counts its pixels ("Image size (N pixels) exceeds ...").
+PILLOW_PIXEL_COUNT = re.compile(r"\((\d+) pixels\)")
+# How Pillow reports libtiff's failure to decode, a number without its meaning.
+PILLOW_TIFF_ERROR = re.compile(r"decoder error (-\d+)")
+# TIFF tags that say what a sample is.
+BITS_PER_SAMPLE, SAMPLE_FORMAT, SIGNED_INTEGER = 258, 339, 2
 
 # Orientations 5-8 swap width and height.
 SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
@@ -115,18 +123,33 @@ def load_image(
         source_format = format_of(image)
         frames = count_frames(image, fp)
         try:
-            scale = reduce_decode(image, hint) if hint is not None and source_format == "JPEG" else 1
-            image.load()
-            if not jxl.oriented_by_decoder(image):
-                ImageOps.exif_transpose(image, in_place=True)
+            with libtiff.messages() as libtiff_said:
+                scale = reduce_decode(image, hint) if hint is not None and source_format == "JPEG" else 1
+                image.load()
+                if not jxl.oriented_by_decoder(image):
+                    ImageOps.exif_transpose(image, in_place=True)
+        except Image.DecompressionBombError as exc:  # a GIF frame or a TIFF tile larger than the header said
+            raise over_pillow_s_limit(exc) from None
         except DECODING_ERRORS as exc:
-            raise UnprocessableImage("corrupt_image", f"the {source_format} data is damaged: {exc}") from None
+            raise damaged_data(source_format, exc, libtiff_said) from None
     image = to_working_mode(image)
     image.info["source_format"] = source_format
     if scale > 1:
         image.info["source_size"] = (image.width * scale, image.height * scale)
     info = ImageInfo(source_format, *source_size(image), mime_type_for(source_format), frames)
     return image, info
+
+
+def damaged_data(source_format: str, exc: Exception, libtiff_said: list[str]) -> UnprocessableImage:
+    """The refusal of a decode that failed, saying why: in libtiff's words when it said why, as Pillow
+    passes on only a number ("decoder error -2"), which is given the words Pillow has for it."""
+    if libtiff_said:
+        reason = "; ".join(dict.fromkeys(libtiff_said))
+    elif number := PILLOW_TIFF_ERROR.fullmatch(str(exc)):
+        reason = _imaging.getcodecstatus(int(number[1])) or str(exc)
+    else:
+        reason = str(exc)
+    return UnprocessableImage("corrupt_image", f"the {source_format} data is damaged: {reason}")
 
 
 def reduce_decode(image: Image.Image, hint: DecodeHint) -> int:
@@ -171,13 +194,13 @@ def open_allowed(fp: BinaryIO, max_pixels: int, max_jpeg_scans: int | None = Non
     try:
         image = Image.open(fp, formats=ALLOWED_INPUT_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"the image is too large to decode: {exc}") from None
+        raise over_pillow_s_limit(exc) from None
     except UnidentifiedImageError:
-        allowed = ", ".join(ALLOWED_INPUT_FORMATS)
-        raise UnsupportedImage(f"not an image in a supported format ({allowed})") from None
+        raise refusals.refused(fp, ALLOWED_INPUT_FORMATS) from None
     except DECODING_ERRORS as exc:
-        raise UnprocessableImage("corrupt_image", f"the image header is damaged: {exc}") from None
+        raise refusals.refused(fp, ALLOWED_INPUT_FORMATS, exc) from None
     check_pixels(*image.size, max_pixels)
+    refusals.check_decodable(image)
     if max_jpeg_scans is not None and format_of(image) == "JPEG" and image.info.get("progressive"):
         check_jpeg_scans(fp, max_jpeg_scans)
     return image
@@ -186,7 +209,8 @@ def open_allowed(fp: BinaryIO, max_pixels: int, max_jpeg_scans: int | None = Non
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageTooLarge(
-            f"{width}x{height} is {width * height / 1e6:.1f} megapixels; the limit is {max_pixels / 1e6:g}"
+            f"the image is {width} × {height} = {width * height} pixels, "
+            f"more than MAX_IMAGE_PIXELS ({max_pixels})"
         )
 
 
@@ -197,6 +221,25 @@ def checked_jxl_header(fp: BinaryIO, max_pixels: int) -> jxl.Header | None:
     if header is not None:
         check_pixels(header.width, header.height, max_pixels)
     return header
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """Make Pillow's own pixel limit MAX_IMAGE_PIXELS (applied when Django starts).
+
+    Pillow refuses an image over twice its MAX_IMAGE_PIXELS, in Image.open and while decoding (a GIF
+    frame or a TIFF tile larger than the header said), and only warns over it: half the setting (rounded
+    up) refuses what Darkroom refuses, and the warning, for images Darkroom accepts, is dropped.
+    """
+    Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def over_pillow_s_limit(exc: Image.DecompressionBombError) -> ImageTooLarge:
+    """The refusal, in our words, of an image Pillow found past twice its limit (set_pixel_limit)."""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    counted = PILLOW_PIXEL_COUNT.search(str(exc))
+    pixels = f"{counted[1]} pixels" if counted else "more pixels than that"
+    return ImageTooLarge(f"the image has {pixels}, more than MAX_IMAGE_PIXELS ({limit})")
 
 
 def check_jpeg_scans(fp: BinaryIO, limit: int) -> None:
@@ -297,11 +340,15 @@ def format_of(image: Image.Image) -> str:
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
     width, height = image.size
-    # A PNG may keep its eXIf chunk after the pixel data, and Pillow would decode to find it.
-    if image.format == "PNG" and "exif" not in image.info:
+    # Pillow's TIFF decoder applies the orientation itself: the size it gives is already as displayed.
+    if isinstance(image, TiffImagePlugin.TiffImageFile):
         return width, height
+    # A PNG may keep its eXIf chunk after the pixel data, where its own getexif would decode to find
+    # it; the base class reads only what the header gave (XMP, ImageMagick's raw EXIF text).
+    png_before_pixels = image.format == "PNG" and "exif" not in image.info
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        exif = Image.Image.getexif(image) if png_before_pixels else image.getexif()
+        orientation = exif.get(ExifTags.Base.Orientation, 1)
     except DECODING_ERRORS:
         return width, height  # unreadable EXIF: load_image reports the damage if it matters
     return (height, width) if orientation in SWAPPING_ORIENTATIONS else (width, height)
@@ -343,15 +390,54 @@ def normalise_mode(image: Image.Image) -> Image.Image:
     if image.mode in ("LA", "RGBA") or (image.mode in ("L", "RGB") and not image.has_transparency_data):
         return image
     if image.mode.startswith("I"):
-        # 16-bit samples: Pillow's convert("L") clips at 255 instead of scaling.
-        samples = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
-        return Image.fromarray((samples >> 8).astype(np.uint8), "L")
-    if image.mode in ("1", "F"):
+        return wide_samples_to_8_bits(image)
+    if image.mode in ("1", "L"):
+        # A transparent grey level (PNG's tRNS) becomes alpha: Pillow's convert does it, as it does for RGBA.
+        return image.convert("LA" if image.has_transparency_data else "L")
+    if image.mode == "F":
         return image.convert("L")
     try:
         return image.convert("RGBA" if image.has_transparency_data else "RGB")
     except ValueError:
         raise UnprocessableImage("unsupported_color_mode", f"{image.mode} images are not supported") from None
+
+
+def wide_samples_to_8_bits(image: Image.Image) -> Image.Image:
+    """L (LA with a transparent grey level) from samples of 16 bits or more, scaled from their own range.
+
+    Pillow's convert("L") clips at 255 instead of scaling: a 16-bit photo came out white. The range is
+    the samples' bit depth (12-bit TIFFs too), 0 to 32767 for signed 16-bit ones (negative is black)
+    and, for wider integers, whose range no file states, 0 to 65535 as for 16 bits.
+    """
+    white = white_level(image)
+    levels = np.arange(white + 1, dtype=np.uint32)
+    to_8_bits = ((levels * 255 + white // 2) // white).astype(np.uint8)
+    samples = np.asarray(image)
+    within = np.clip(samples, 0, white) if samples.dtype.itemsize > 2 or white < 65535 else samples
+    gray = Image.fromarray(to_8_bits[within], "L")
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int):
+        return gray
+    # Compared at the samples' own depth: PNG's tRNS gives the transparent level in 16 bits.
+    alpha = np.where(samples == transparent, 0, 255).astype(np.uint8)
+    return Image.merge("LA", (gray, Image.fromarray(alpha, "L")))
+
+
+def white_level(image: Image.Image) -> int:
+    """The sample value shown as white in an I or I;16 image, from what its file says of its samples."""
+    tags = image.tag_v2 if isinstance(image, TiffImagePlugin.TiffImageFile) else {}
+    bits = first(tags.get(BITS_PER_SAMPLE), 16)
+    signed = first(tags.get(SAMPLE_FORMAT), 1) == SIGNED_INTEGER
+    if image.mode.startswith("I;16"):
+        return (1 << bits) - 1 if 1 <= bits <= 16 else 65535
+    return 32767 if signed and bits == 16 else 65535
+
+
+def first(value: Any, default: int) -> int:
+    """A TIFF tag's first value (Pillow gives a tuple for a tag of several), or the default."""
+    if isinstance(value, tuple):
+        value = value[0] if value else None
+    return value if isinstance(value, int) else default
 
 
 def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
