@@ -60,6 +60,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "gateway.http.middleware.DeclaredBodyLimitMiddleware",
     "gateway.http.middleware.RequestIdMiddleware",
+    "gateway.http.middleware.ApiErrorsAsJson",
     "gateway.http.middleware.RateLimitHeadersMiddleware",
     "gateway.http.middleware.BrowserSessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
