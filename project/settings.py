@@ -168,6 +168,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "processing.worker.middleware.ExitWhenOrphaned",
     "processing.worker.middleware.ReuseFreedMemory",
     "processing.worker.middleware.RefuseToConsumeNothing",
+    "processing.worker.middleware.NoIdleBrokerConnections",
 ]
 
 
