@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-downloads bench-ws \
+.PHONY: setup run stack api-key serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-downloads bench-ws \
 	bench-scaler bench-thumbor bench-memory bench-formats chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -26,6 +26,27 @@ RELOAD_DIRS := $(foreach dir,project gateway processing scaler,--reload-dir $(di
 
 run: setup
 	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) --reload $(RELOAD_DIRS) $(UVICORN_WS) $(UVICORN_TRUST)
+
+# The full stack on one machine, in one command: the gateway on PORT, the workers, the re-publisher
+# and the clean-up (Procfile), run by honcho (project/stack.py), each line prefixed by its process;
+# Ctrl-C stops them all. Their settings come from STACK_ENV, which the first run writes:
+# deploy/stack.env (the services on this machine) and a SECRET_KEY of its own.
+STACK_ENV ?= .env
+HONCHO_RUN = $(BIN)/honcho run -e $(STACK_ENV)
+
+stack: $(STAMP) $(STACK_ENV)
+	$(HONCHO_RUN) $(BIN)/python manage.py create_database
+	$(HONCHO_RUN) $(BIN)/python manage.py migrate --noinput
+	$(HONCHO_RUN) $(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python -m project.stack -e $(STACK_ENV) --port $(PORT)
+
+$(STACK_ENV):
+	{ cat deploy/stack.env; echo "SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')"; } > $@
+	@echo "Wrote $@: the services on this machine and a new SECRET_KEY. Edit it to point elsewhere."
+
+# A new API key for the full stack, printed once (only its hash is stored): KEY=$$(make -s api-key)
+api-key: $(STAMP)
+	@$(HONCHO_RUN) $(BIN)/python manage.py create_api_key $(or $(NAME),me)
 
 # One process for HTTP and WebSockets: uvicorn streams request bodies to disk (constant memory).
 # WebSockets: uvicorn's sans-I/O protocol, less what an open socket does not need (gateway/live/ws_protocol.py),
