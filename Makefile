@@ -89,7 +89,7 @@ cleanup: $(STAMP)
 # On four processes (pytest-xdist; TEST_PROCESSES=1 for one), a file's tests together on one: on
 # two cores, since most live tests spend their time waiting for the servers and workers they start.
 # Measured under CI, six runs in a row: 3:29 to 3:59. The cores are nearly always busy, so what
-# the suite costs is CPU, mostly in the processes it starts (see README, "Tests").
+# the suite costs is CPU, mostly in the processes it starts (see docs/testing.md).
 # The tests that stop or restart PostgreSQL, RabbitMQ or Redis do it to servers of their own
 # (bench/private_services.py), so every test can run beside the others.
 TEST_PROCESSES ?= 4
