@@ -100,10 +100,12 @@ def test_an_unknown_api_path_is_a_json_404_and_a_page_s_404_stays_a_page():
 
 
 @pytest.mark.django_db
-def test_a_method_an_endpoint_does_not_take_is_a_json_405_naming_those_it_does():
-    response = Client().put("/api/v1/services")
+def test_a_method_an_endpoint_does_not_take_is_a_json_405_naming_those_it_does(settings):
+    settings.CORS_ALLOWED_ORIGINS = ["https://app.example.com"]
+    response = Client().put("/api/v1/services", headers={"Origin": "https://app.example.com"})
 
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
     assert response["Allow"] == "GET"
     assert "PUT" in response.json()["error"]["message"]
+    assert response["Access-Control-Allow-Origin"] == "https://app.example.com"  # a page elsewhere reads it

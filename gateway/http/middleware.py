@@ -48,7 +48,8 @@ class RequestIdMiddleware:
 class ApiErrorsAsJson:
     """Every error under /api/ in the API's one shape: Django's own 404 page for a path no URL matches,
     and ninja's 405 for a method an endpoint doesn't take, are HTML or plain text; a client parsing
-    JSON gets the same {"error": {"code", "message"}} as from any other error (Allow is kept)."""
+    JSON gets the same {"error": {"code", "message"}} as from any other error. The answer keeps the
+    original's headers (Allow, CORS) and cookies."""
 
     def __init__(self, get_response: GetResponse):
         self.get_response = get_response
@@ -60,12 +61,15 @@ class ApiErrorsAsJson:
         if response.get("Content-Type", "").startswith("application/json"):
             return response  # the API's own answer already
         if response.status_code == 404:
-            return error_response(404, "not_found", f"no such endpoint: {request.path}; see /api/docs")
-        allowed = response.get("Allow", "")
-        answer = error_response(
-            405, "method_not_allowed", f"{request.method} is not allowed here; allowed: {allowed}"
-        )
-        answer["Allow"] = allowed
+            answer = error_response(404, "not_found", f"no such endpoint: {request.path}; see /api/docs")
+        else:
+            allowed = response.get("Allow", "")
+            message = f"{request.method} is not allowed here; allowed: {allowed}"
+            answer = error_response(405, "method_not_allowed", message)
+        for header, value in response.items():
+            if header.lower() not in ("content-type", "content-length"):
+                answer[header] = value
+        answer.cookies = response.cookies
         return answer
 
 
