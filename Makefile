@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-downloads bench-ws \
+.PHONY: setup run stack api-key serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-downloads bench-ws \
 	bench-scaler bench-thumbor bench-memory bench-formats chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -26,6 +26,27 @@ RELOAD_DIRS := $(foreach dir,project gateway processing scaler,--reload-dir $(di
 
 run: setup
 	$(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) --reload $(RELOAD_DIRS) $(UVICORN_WS) $(UVICORN_TRUST)
+
+# The full stack on one machine, in one command: the gateway on PORT, the workers, the re-publisher
+# and the clean-up (Procfile), run by honcho (project/stack.py), each line prefixed by its process;
+# Ctrl-C stops them all. Their settings come from STACK_ENV, which the first run writes:
+# deploy/stack.env (the services on this machine) and a SECRET_KEY of its own.
+STACK_ENV ?= .env
+HONCHO_RUN = $(BIN)/honcho run -e $(STACK_ENV)
+
+stack: $(STAMP) $(STACK_ENV)
+	$(HONCHO_RUN) $(BIN)/python manage.py create_database
+	$(HONCHO_RUN) $(BIN)/python manage.py migrate --noinput
+	$(HONCHO_RUN) $(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python -m project.stack -e $(STACK_ENV) --port $(PORT)
+
+$(STACK_ENV):
+	{ cat deploy/stack.env; echo "SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')"; } > $@
+	@echo "Wrote $@: the services on this machine and a new SECRET_KEY. Edit it to point elsewhere."
+
+# A new API key for the full stack, printed once (only its hash is stored): KEY=$$(make -s api-key)
+api-key: $(STAMP)
+	@$(HONCHO_RUN) $(BIN)/python manage.py create_api_key $(or $(NAME),me)
 
 # One process for HTTP and WebSockets: uvicorn streams request bodies to disk (constant memory).
 # WebSockets: uvicorn's sans-I/O protocol, less what an open socket does not need (gateway/live/ws_protocol.py),
@@ -68,7 +89,7 @@ cleanup: $(STAMP)
 # On four processes (pytest-xdist; TEST_PROCESSES=1 for one), a file's tests together on one: on
 # two cores, since most live tests spend their time waiting for the servers and workers they start.
 # Measured under CI, six runs in a row: 3:29 to 3:59. The cores are nearly always busy, so what
-# the suite costs is CPU, mostly in the processes it starts (see README, "Tests").
+# the suite costs is CPU, mostly in the processes it starts (see docs/testing.md).
 # The tests that stop or restart PostgreSQL, RabbitMQ or Redis do it to servers of their own
 # (bench/private_services.py), so every test can run beside the others.
 TEST_PROCESSES ?= 4

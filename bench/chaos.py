@@ -1,7 +1,7 @@
 """`make chaos`: the full stack through the faults it promises to survive, one fault per run of jobs.
 
-The stack runs as the README's full stack does: the gateway, `make worker` (supervised worker
-processes) and `make requeue`. For each fault, clients submit a few hundred distinct images
+The stack runs as a deployment's does (docs/deployment.md): the gateway, `make worker` (supervised
+worker processes) and `make requeue`. For each fault, clients submit a few hundred distinct images
 (retrying a 503, as a client of a queue should) while the fault strikes: a worker process or a
 worker's main process SIGKILLed, RabbitMQ stopped and started, Redis killed and started,
 PostgreSQL stopped and started, the S3 server (SeaweedFS: files live there) killed and restarted. Then

@@ -38,7 +38,22 @@ async def application(scope, receive, send):
         return await http_application(scope, receive, send)
     if scope["type"] == "websocket":
         return await routing.application(scope, receive, send)
-    raise ValueError(f"no application for {scope['type']!r} connections")  # the server skips lifespan
+    if scope["type"] == "lifespan":
+        return await lifespan(receive, send)
+    raise ValueError(f"no application for {scope['type']!r} connections")
+
+
+async def lifespan(receive, send):
+    """Start-up and shutdown have nothing to do here (what the process needs starts on import,
+    below), and say so: a server whose lifespan events go unanswered logs that the protocol
+    "appears unsupported", which reads like a fault at every start."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 embedded.start()  # in-process workers in the embedded default; a no-op in the full stack

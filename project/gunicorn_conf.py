@@ -1,8 +1,8 @@
 """gunicorn (WSGI), kept for comparison: `make bench-api` measures it beside the ASGI servers.
 
 It answers a trivial view faster (no event-loop-to-thread hop per request) but holds a
-worker thread for every long poll, so the API is served by uvicorn (see README, "What
-serves what").
+worker thread for every long poll, so the API is served by uvicorn (see docs/deployment.md,
+"What serves what").
 """
 
 import os

@@ -60,6 +60,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "gateway.http.middleware.DeclaredBodyLimitMiddleware",
     "gateway.http.middleware.RequestIdMiddleware",
+    "gateway.http.middleware.ApiErrorsAsJson",
     "gateway.http.middleware.RateLimitHeadersMiddleware",
     "gateway.http.middleware.BrowserSessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -167,6 +168,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "processing.worker.middleware.ExitWhenOrphaned",
     "processing.worker.middleware.ReuseFreedMemory",
     "processing.worker.middleware.RefuseToConsumeNothing",
+    "processing.worker.middleware.NoIdleBrokerConnections",
 ]
 
 
@@ -263,6 +265,27 @@ PROMETHEUS_EXPORT_MIGRATIONS = False
 STATIC_URL = "/static/"
 STATIC_ROOT = env.VAR_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "gateway.api.docs.SwaggerUiFiles",  # Swagger UI for /api/docs, so that it needs no CDN
+]
+# Files not worth compressing: whitenoise's list of those compressed already (less Flash and video,
+# which nothing here ships), and source maps, which only developer tools read.
+WHITENOISE_SKIP_COMPRESS_EXTENSIONS = (
+    "jpg",
+    "jpeg",
+    "png",
+    "gif",
+    "webp",
+    "avif",
+    "woff",
+    "woff2",
+    "zip",
+    "gz",
+    "br",
+    "map",
+)
 
 # --- The rest -----------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

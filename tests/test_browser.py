@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -422,3 +423,28 @@ def clean_artifacts():
         old.unlink()
     yield
     shutil.rmtree(ARTIFACTS / "downloads", ignore_errors=True)
+
+
+# --- The API docs -------------------------------------------------------------------------------
+
+
+def test_the_api_docs_linked_from_the_header_render_with_no_request_to_another_host(
+    server, browser, page_errors
+):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    own_host = urlparse(server.url).netloc
+    elsewhere = []
+
+    def offline(route):  # as on a machine without the internet: only the server itself answers
+        if urlparse(route.request.url).netloc == own_host:
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort("internetdisconnected")
+
+    page.route("**/*", offline)
+    page.goto(server.url)
+    page.click(".masthead >> text=API docs")
+    page.locator(".swagger-ui .opblock-summary-path", has_text="/api/v1/process/{service}").wait_for()
+    assert page.title() == "Darkroom API"
+    page.screenshot(path=ARTIFACTS / "api-docs.png")
+    assert elsewhere == []

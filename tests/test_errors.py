@@ -101,3 +101,30 @@ def test_the_upload_form_titles_an_image_it_cannot_process_by_what_is_wrong(stub
 
     assert form.status_code == 422
     assert f"<h1>{title}</h1>" in form.content.decode()
+
+
+# --- Every error under /api/ is JSON -------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_an_unknown_api_path_is_a_json_404_and_a_page_s_404_stays_a_page():
+    client = Client()
+    unknown = client.get("/api/v1/no-such-thing")
+
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "not_found"
+    assert "/api/v1/no-such-thing" in unknown.json()["error"]["message"]
+    assert client.get("/api/nothing-here").json()["error"]["code"] == "not_found"
+    assert not client.get("/no-such-page").get("Content-Type").startswith("application/json")
+
+
+@pytest.mark.django_db
+def test_a_method_an_endpoint_does_not_take_is_a_json_405_naming_those_it_does(settings):
+    settings.CORS_ALLOWED_ORIGINS = ["https://app.example.com"]
+    response = Client().put("/api/v1/services", headers={"Origin": "https://app.example.com"})
+
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert response["Allow"] == "GET"
+    assert "PUT" in response.json()["error"]["message"]
+    assert response["Access-Control-Allow-Origin"] == "https://app.example.com"  # a page elsewhere reads it

@@ -55,7 +55,7 @@ def answers(url: str) -> bool:
         return False
 
 
-def test_make_run_processes_a_job_and_refuses_a_200_mb_upload_without_holding_it(make_run):
+def test_make_run_processes_a_job_and_refuses_a_200_mb_upload_without_holding_it(make_run, tmp_path):
     process, url = make_run
     with httpx.Client(base_url=url, timeout=30) as client:
         small = images.jpeg_bytes(images.gradient(64, 64))
@@ -73,3 +73,5 @@ def test_make_run_processes_a_job_and_refuses_a_200_mb_upload_without_holding_it
 
     assert response.status_code == 413, response.text
     assert grown_mib <= 20, f"`make run` grew by {grown_mib:.1f} MiB for a body it refused"
+    # The application answers the server's start-up events: no "lifespan unsupported" line at the start.
+    assert "Application startup complete" in (tmp_path / "make-run.log").read_text()

@@ -406,6 +406,7 @@ def test_every_documented_way_to_run_workers_supervises_them(manifests, services
     assert not any("dramatiq" in str(service.get("command", "")) for service in services.values())
     make_worker = re.search(r"^worker:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
     assert "manage.py run_workers" in make_worker.group(1)
+    assert "manage.py run_workers" in procfile_line("worker")
 
 
 def test_every_namespaced_object_lives_in_the_darkroom_namespace(manifests):
@@ -415,6 +416,11 @@ def test_every_namespaced_object_lives_in_the_darkroom_namespace(manifests):
 
 
 # --- Forwarded headers ------------------------------------------------------------------------
+def procfile_line(process: str) -> str:
+    """The command of `process` in the Procfile (`make stack`)."""
+    return re.search(rf"^{process}: (.*)$", (ROOT / "Procfile").read_text(), re.MULTILINE).group(1)
+
+
 def test_every_uvicorn_command_line_trusts_forwarded_headers_from_trusted_proxies_alone(manifests):
     """uvicorn's own default trusts X-Forwarded-For from 127.0.0.1: a local client could then pick
     its address, and so its rate-limit counter."""
@@ -426,6 +432,7 @@ def test_every_uvicorn_command_line_trusts_forwarded_headers_from_trusted_proxie
         assert "$(UVICORN_TRUST)" in recipe, target
     assert 'UVICORN_TRUST = --forwarded-allow-ips "$${TRUSTED_PROXIES:-}"' in makefile
     assert '--forwarded-allow-ips \\"${TRUSTED_PROXIES:-}\\"' in (ROOT / "Dockerfile").read_text()
+    assert '--forwarded-allow-ips "${TRUSTED_PROXIES:-}"' in procfile_line("web")
     gateway = one(manifests, "Deployment", "darkroom-gateway")["spec"]["template"]["spec"]["containers"][0]
     assert "--forwarded-allow-ips=$(TRUSTED_PROXIES)" in gateway["command"]
     command = gateway_command("127.0.0.1", 8001)  # the scaler's own nginx (loopback) and TRUSTED_PROXIES
@@ -446,6 +453,7 @@ def test_every_uvicorn_command_line_serves_websockets_with_the_lean_protocol(man
     flags = " ".join(UVICORN_FLAGS)
     assert f"UVICORN_WS := {flags}" in makefile.replace("\\\n\t", "")
     assert flags in (ROOT / "Dockerfile").read_text()
+    assert flags in procfile_line("web")
     gateway = one(manifests, "Deployment", "darkroom-gateway")["spec"]["template"]["spec"]["containers"][0]
     pairs = zip(UVICORN_FLAGS[::2], UVICORN_FLAGS[1::2], strict=True)
     assert all(f"{flag}={value}" in gateway["command"] for flag, value in pairs)

@@ -4,15 +4,16 @@ or stalled. Real PostgreSQL, RabbitMQ and Redis (tests/stack.py)."""
 import io
 import os
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from scaler.backends.processes import child_pids
+from scaler.backends.processes import child_pids, worker_command
 from tests.frozen import submit_and_freeze_mid_job
-from tests.stack import MANAGE
+from tests.stack import MANAGE, LiveStack, rabbitmqctl
 
 pytestmark = pytest.mark.services
 
@@ -135,3 +136,43 @@ def test_a_worker_completes_its_jobs_when_redis_is_unreachable(live_stack, reque
     finally:
         live_stack.stop(name)
     assert live_stack.processes.get(name) is None
+
+
+def rabbitmq_rows(*what: str) -> list[list[str]]:
+    """`rabbitmqctl list_...` answered as rows of columns."""
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *what, "--no-table-headers"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return [line.split("\t") for line in done.stdout.splitlines() if line]
+
+
+def connections_serving_no_consumer(vhost: str) -> list[str]:
+    """The connections in `vhost` on which nothing consumes: nothing reads them between publishes."""
+    channels = rabbitmq_rows("list_channels", "connection", "consumer_count")
+    consuming = {connection for connection, count in channels if count != "0"}
+    in_vhost = [pid for where, pid in rabbitmq_rows("list_connections", "vhost", "pid") if where == vhost]
+    return [pid for pid in in_vhost if pid not in consuming]
+
+
+def test_an_idle_worker_drains_without_an_error(tmp_path):
+    """Nothing sends an unused connection's heartbeats, so RabbitMQ drops it after a few minutes; a
+    worker that kept one found it dead when it closed it at shutdown, and logged pika's errors."""
+    with LiveStack(tmp_path) as stack:  # a vhost of its own: every connection in it is the worker's
+        stack.spawn("idle", worker_command(threads=2, pool="images"))
+        consumers = lambda: len(rabbitmq_rows("list_consumers", "-p", stack.name))  # noqa: E731
+        stack.wait_until(
+            lambda: consumers() == 2, 60, "the worker to consume its queue and its delay queue", 1
+        )
+
+        unused = connections_serving_no_consumer(stack.name)
+        for connection in unused:  # what RabbitMQ does to a connection whose heartbeats stopped
+            rabbitmqctl("close_connection", connection, "missed heartbeats")
+        stack.stop("idle")
+
+        errors = [line for line in stack.log("idle").splitlines() if "ERROR" in line or "CRITICAL" in line]
+        assert errors == []
+        assert unused == []

@@ -10,6 +10,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from gateway.api import assets, frontend, jobs, presets, services, system
 from gateway.api.auth import API_AUTH
+from gateway.api.docs import OfflineSwagger
 from gateway.http.errors import (
     DATABASE_OUTAGES,
     STORAGE_OUTAGES,
@@ -33,6 +34,7 @@ api = NinjaAPI(
     urls_namespace="api-1",
     auth=API_AUTH,
     docs_url="/docs",
+    docs=OfflineSwagger(),
 )
 api.add_router("", services.router)
 api.add_router("", presets.router)

@@ -16,9 +16,11 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.deprecation import MiddlewareMixin
 
 from gateway.http.body_limits import body_limits
+from gateway.http.errors import error_response
 from gateway.live.asgi import App, Message, Receive, Scope, Send
 from processing import logcontext
 
+API_PREFIX = "/api/"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 GetResponse = Callable[[HttpRequest], HttpResponse]
@@ -41,6 +43,34 @@ class RequestIdMiddleware:
             response = self.get_response(request)
         response["X-Request-ID"] = request_id
         return response
+
+
+class ApiErrorsAsJson:
+    """Every error under /api/ in the API's one shape: Django's own 404 page for a path no URL matches,
+    and ninja's 405 for a method an endpoint doesn't take, are HTML or plain text; a client parsing
+    JSON gets the same {"error": {"code", "message"}} as from any other error. The answer keeps the
+    original's headers (Allow, CORS) and cookies."""
+
+    def __init__(self, get_response: GetResponse):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code not in (404, 405) or not request.path_info.startswith(API_PREFIX):
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response  # the API's own answer already
+        if response.status_code == 404:
+            answer = error_response(404, "not_found", f"no such endpoint: {request.path}; see /api/docs")
+        else:
+            allowed = response.get("Allow", "")
+            message = f"{request.method} is not allowed here; allowed: {allowed}"
+            answer = error_response(405, "method_not_allowed", message)
+        for header, value in response.items():
+            if header.lower() not in ("content-type", "content-length"):
+                answer[header] = value
+        answer.cookies = response.cookies
+        return answer
 
 
 class RequestBodyLimit:
@@ -188,8 +218,6 @@ class RateLimitHeadersMiddleware:
 
 
 # --- Browser middleware, for requests that can use it ------------------------------------
-
-API_PREFIX = "/api/"
 
 
 def is_cookieless_api_call(request: HttpRequest) -> bool:
