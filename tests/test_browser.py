@@ -187,6 +187,8 @@ def test_desktop_batch_of_three_completes_live_and_downloads_an_image(server, br
 
     page.set_input_files("#images", [image_file(f"photo-{n}.png", n) for n in range(3)])
     page.select_option("#service", "grayscale")
+    assert not page.is_visible("#param-runs")  # a benchmark's knob, under "Advanced"
+    page.click("summary:text('Advanced')")
     page.fill("#param-runs", "3")
     page.click("[data-submit]")
 
@@ -318,6 +320,23 @@ def test_low_bandwidth_gets_the_lite_ui_which_works_without_javascript(
     with page.expect_download() as download:
         page.click("text=Download the result")
     assert downloaded_image(download.value).size == (240, 160)
+
+
+def test_the_lite_form_changes_operation_without_a_reload_and_keeps_the_chosen_file(server, browser, page_errors):
+    page = open_page(browser, page_errors, viewport={"width": 800, "height": 900}, java_script_enabled=False)
+    page.goto(server.url + "/?ui=lite")
+    page.set_input_files("#image", image_file("kept.png", 50))
+    assert not page.is_visible("#f-rotate-angle")
+    page.select_option("#service", "rotate")  # the page's CSS shows rotate's options: no reload
+
+    page.fill("#f-rotate-angle", "90")
+    assert not page.is_visible("#f-grayscale-threads") and page.is_visible("#f-output-format")
+    page.screenshot(path=ARTIFACTS / "lite-rotate.png", full_page=True)
+    page.click("text=Upload and process")
+    page.wait_for_selector("[data-status=completed]")
+    with page.expect_download() as download:
+        page.click("text=Download the result")
+    assert downloaded_image(download.value).size == (160, 240)  # the file chosen first, turned
 
 
 # --- The admin --------------------------------------------------------------------------------

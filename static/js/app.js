@@ -97,7 +97,9 @@
     let control;
     if (spec.enum) {
       const blank = value === "" && !required ? [el("option", { value: "", text: "Default" })] : [];
-      const options = spec.enum.map((option) => el("option", { value: option, text: option, selected: String(option) === value }));
+      const options = spec.enum.map((option) =>
+        el("option", { value: option, text: choiceLabel(prop, option), selected: String(option) === value })
+      );
       control = el("select", common, ...blank, ...options);
     } else if (spec.type === "boolean") {
       control = el(
@@ -120,6 +122,13 @@
     return el("div", { class: "field" }, label, control, help);
   }
 
+  /** A choice as a form shows it: the schema's label for it (x-enum-labels), else the value capitalised. */
+  function choiceLabel(prop, value) {
+    const labels = prop["x-enum-labels"] || {};
+    const text = String(value);
+    return labels[text] || text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
   function showParameters() {
     const service = services.get(serviceSelect.value);
     const option = serviceSelect.selectedOptions[0];
@@ -130,7 +139,12 @@
     const required = new Set(schema.required || []);
     const later = (name) => OUTPUT_OPTIONS.includes(name) && !required.has(name);
     const names = Object.keys(schema.properties || {}).sort((a, b) => later(a) - later(b));
-    const fields = names.map((name) => parameterField(name, schema.properties[name], required.has(name)));
+    const field = (name) => parameterField(name, schema.properties[name], required.has(name));
+    // Knobs most people leave alone (a benchmark's threads and runs) wait behind "Advanced".
+    const advanced = (name) => schema.properties[name]["x-advanced"] && !required.has(name);
+    const fields = names.filter((name) => !advanced(name)).map(field);
+    const extra = names.filter(advanced).map(field);
+    if (extra.length) fields.push(el("details", { class: "advanced" }, el("summary", { text: "Advanced" }), ...extra));
     const none = el("p", { class: "hint", text: "This operation has no options." });
     parameterBox.replaceChildren(legend, ...(fields.length ? fields : [none]));
   }

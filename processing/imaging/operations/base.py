@@ -7,15 +7,21 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from processing.errors import OutputTooLarge
 from processing.imaging.codecs import DecodeHint
-from processing.imaging.formats import OutputFormat
+from processing.imaging.formats import OutputFormat, choice_labels
 
 ProgressCallback = Callable[[float], None]
 # A kilobyte holds a recognisable thumbnail in any format; a budget above 50 MB budgets nothing.
 MIN_BUDGET_BYTES = 1024
 MAX_BUDGET_BYTES = 50_000_000
+
+# A parameter's schema with this shows it in a form's "Advanced" group: a knob most people leave alone.
+ADVANCED: JsonDict = {"x-advanced": True}
+# How a form shows each choice of the `format` parameter.
+FORMAT_CHOICES: JsonDict = {"x-enum-labels": {value: label for value, label in choice_labels().items()}}
 
 # A reduced decode keeps at least twice the result's pixels on each side, as Image.thumbnail's own
 # draft does: the DCT scaling does the coarse work, the Lanczos filter the accurate last step.
@@ -42,20 +48,20 @@ class OutputOptions(Params):
     format: OutputFormat | None = Field(
         None,
         description=(
-            "Output format; by default the input's format (JPEG for HEIC; PNG for GIF, BMP and TIFF). "
-            "`auto`: the best the client accepts: AVIF, then WebP, when the upload request's Accept "
-            "header names it, otherwise JPEG (PNG for an image with transparency). A download whose "
-            "Accept header does not name the modern format gets that JPEG or PNG instead."
+            "The result's file type. Default: the input's (JPEG for HEIC; PNG for GIF, BMP and TIFF). "
+            "Auto: AVIF or WebP if the uploader's Accept header names it, else JPEG (PNG if transparent)."
         ),
+        json_schema_extra=FORMAT_CHOICES,
     )
     quality: int = Field(85, ge=1, le=100, description="JPEG, WebP and AVIF quality; PNG ignores it.")
     max_bytes: int | None = Field(
         None,
         ge=MIN_BUDGET_BYTES,
         le=MAX_BUDGET_BYTES,
+        title="Largest file size (bytes)",
         description=(
-            "A byte budget for the result: over it, the highest quality (down to 30) that fits, and "
-            "if even that is too large, fewer pixels. The result's width and height say what was made."
+            "A larger result is saved at a lower quality (down to 30), then with fewer pixels, until it "
+            "fits. Its width and height say what was made."
         ),
     )
 

@@ -4,11 +4,20 @@ from PIL import Image
 from pydantic import Field
 
 from processing.imaging.formats import OutputFormat
-from processing.imaging.operations.base import Operation, OperationResult, OutputOptions, ProgressCallback
+from processing.imaging.operations.base import (
+    FORMAT_CHOICES,
+    Operation,
+    OperationResult,
+    OutputOptions,
+    ProgressCallback,
+)
 
 
 class ConvertParams(OutputOptions):
-    format: OutputFormat = Field(description="Output format (`auto`: as for every image service).")
+    format: OutputFormat = Field(
+        description="The result's file type; Auto as for every image service.",
+        json_schema_extra=FORMAT_CHOICES,
+    )
 
 
 def convert(image: Image.Image, params: ConvertParams, progress: ProgressCallback) -> OperationResult:
