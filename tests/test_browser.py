@@ -8,6 +8,7 @@ tests skip with a reason; under CI=true that is a failure.
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,8 +212,10 @@ def test_desktop_shows_the_blurhash_until_the_result_loads_and_auto_gives_chromi
     server, browser, page_errors
 ):
     page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
-    held = []  # the result's download, held until the placeholder has been seen
-    page.route("**/api/v1/download/**", lambda route: held.append(route))
+    held = []  # the result's preview, held until the placeholder has been seen
+    page.route("**/api/v1/preview/**", lambda route: held.append(route))
+    downloads = []
+    page.on("request", lambda request: "/api/v1/download/" in request.url and downloads.append(request.url))
     page.goto(server.url)
     page.wait_for_selector("body[data-ready]")
 
@@ -231,7 +234,8 @@ def test_desktop_shows_the_blurhash_until_the_result_loads_and_auto_gives_chromi
         route.continue_()
     placeholder.wait_for(state="detached")
 
-    assert page.evaluate("document.querySelector('.after img').naturalWidth") == 240
+    assert page.evaluate("document.querySelector('.after img').naturalWidth") == 240  # never enlarged
+    assert "size=640" in held[0].request.url and downloads == []  # a box-sized preview, not the result
     job_id = page.get_attribute(".jobs li[data-status=completed]", "data-job-id")
     job = page.evaluate(f"fetch('/api/v1/jobs/{job_id}').then(r => r.json())")
     assert (job["result"]["format"], job["result"]["fallback_format"]) == ("avif", "jpeg")
@@ -256,20 +260,35 @@ def test_desktop_falls_back_to_polling_when_the_websocket_is_refused(server, bro
 # --- Mobile ----------------------------------------------------------------------------------
 
 
-def test_mobile_ui_on_an_iphone_uploads_one_photo_that_completes(server, browser, page_errors):
+def test_mobile_ui_on_an_iphone_shows_the_result_reduced_with_its_format_and_size(
+    server, browser, page_errors
+):
     page = open_page(browser, page_errors, **IPHONE_CONTEXT, device_scale_factor=2)
+    downloads = []
+    page.on("request", lambda request: "/api/v1/download/" in request.url and downloads.append(request.url))
     page.goto(server.url)
     assert ui_of(page) == "mobile"
     assert page.get_attribute("#camera", "capture") == "environment"
     page.wait_for_selector("body[data-ready]")
 
-    page.set_input_files("#camera", image_file("IMG_0001.png", 20))
+    photo = images.photo(2000, 1500, seed=time.time_ns() % 1_000_000)
+    page.set_input_files(
+        "#camera", {"name": "IMG_0001.jpg", "mimeType": "image/jpeg", "buffer": images.jpeg_bytes(photo)}
+    )
     page.select_option("#service", "sobel")
     page.click("[data-submit]")
 
-    page.wait_for_selector(".jobs li[data-status=completed] >> text=IMG_0001.png")
-    assert page.locator(".preview img").count() == 0  # no previews on a phone: its BlurHash instead
-    assert page.locator(".jobs li[data-status=completed] .preview canvas.placeholder").count() == 1
+    card = page.locator(".jobs li[data-status=completed]", has_text="IMG_0001.jpg")
+    card.wait_for()
+    shown = card.locator(".preview img")
+    page.wait_for_function("document.querySelector('.jobs li .preview img').naturalWidth > 0")
+    assert shown.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [1280, 960]  # reduced for the screen
+    job_url = f"/api/v1/jobs/{card.get_attribute('data-job-id')}"
+    result_bytes = page.evaluate(f"fetch('{job_url}').then(r => r.json())")["result"]["bytes"]
+    facts = re.fullmatch(r"JPEG · 2000 × 1500 px · (\d+) KB", card.locator(".result-facts").inner_text())
+    assert facts and int(facts.group(1)) == pytest.approx(result_bytes / 1024, abs=1)
+    assert card.locator(".preview canvas.placeholder").count() == 0  # the preview has replaced it
+    assert downloads == []  # nothing of the full result until Download is tapped
     page.screenshot(path=ARTIFACTS / "mobile.png", full_page=True)
 
 
@@ -322,7 +341,9 @@ def test_low_bandwidth_gets_the_lite_ui_which_works_without_javascript(
     assert downloaded_image(download.value).size == (240, 160)
 
 
-def test_the_lite_form_changes_operation_without_a_reload_and_keeps_the_chosen_file(server, browser, page_errors):
+def test_the_lite_form_changes_operation_without_a_reload_and_keeps_the_chosen_file(
+    server, browser, page_errors
+):
     page = open_page(browser, page_errors, viewport={"width": 800, "height": 900}, java_script_enabled=False)
     page.goto(server.url + "/?ui=lite")
     page.set_input_files("#image", image_file("kept.png", 50))

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from processing import logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
-from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders
+from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders, previews
 from processing.imaging.codecs import DecodeHint, load_image
 from processing.imaging.operations import OutputLimits, get_operation
 from processing.imaging.operations.base import Operation, OutputOptions, Params
@@ -143,6 +143,7 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
         fields.update(placeholders.fields(made))
         stored_size = (fields["output_width"], fields["output_height"])
         admin_thumbnails.store_unless_later(fields["output_key"], made, stored_size)
+        previews.store_unless_later(fields["output_key"], made, stored_size)
     admin_thumbnails.store_unless_later(job.input_key, image, (info.width, info.height))
     # After storing: encode_ms and store_ms belong in the metrics too.
     fields["metrics"] = {**result.metrics, **timings}

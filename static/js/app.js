@@ -323,13 +323,14 @@
       status: el("span", { class: "status" }),
       progress: el("progress", { max: "100", value: "0" }),
       preview: el("div", { class: "preview" }),
+      facts: el("p", { class: "result-facts", hidden: true }),
       metrics: el("p", { class: "metrics" }),
       report: el("div", { class: "report" }),
       error: el("p", { class: "job-error" }),
       actions: el("div", { class: "job-actions" }),
     };
     const head = el("div", { class: "job-head" }, card.title, el("span", { class: "job-service", text: job.service }), card.status);
-    card.item.append(head, card.progress, card.error, card.preview, card.metrics, card.report, card.actions);
+    card.item.append(head, card.progress, card.error, card.preview, card.facts, card.metrics, card.report, card.actions);
     return card;
   }
 
@@ -365,7 +366,10 @@
     card.error.hidden = !job.error;
     if (!previous || previous.status !== job.status || !card.actions.hasChildNodes()) fillActions(card, job);
     if (features.real_time_preview) fillPreview(card, job, title);
-    else fillPlaceholder(card, job);
+    else fillResult(card, job, title);
+    const image = job.result && job.result.preview_url ? job.result : null;
+    card.facts.textContent = image ? resultFacts(image) : "";
+    card.facts.hidden = !image;
     if (job.result && job.result.report && !card.report.hasChildNodes()) card.report.append(...reportView(job.result.report));
     if (features.advanced_metrics && D.isFinished(job) && !card.metricsRequested) showMetrics(card, job);
   }
@@ -386,47 +390,63 @@
 
   function fillPreview(card, job, title) {
     const upload = uploads.get(job.job_id);
-    const isImage = job.result && String(job.result.content_type).startsWith("image/");
+    const isImage = Boolean(job.result && job.result.preview_url);
     if (card.preview.hasChildNodes() || !upload) {
-      if (isImage && !card.after) addAfter(card, job, title);
+      if (isImage && !card.after) addAfter(card, job, "After " + job.service + ": " + title, "After");
       return;
     }
     const before = el("figure", {}, el("img", { src: previewUrl(upload.file), alt: "Before: " + title }), el("figcaption", { text: "Before" }));
     card.preview.append(before);
-    if (isImage) addAfter(card, job, title);
+    if (isImage) addAfter(card, job, "After " + job.service + ": " + title, "After");
+  }
+
+  // A phone shows the result alone: its preview, and what Download would fetch.
+  function fillResult(card, job, title) {
+    if (!job.result || !job.result.preview_url || card.after) return;
+    addAfter(card, job, "Result of " + job.service + ": " + title, null);
   }
 
   function blurhashOf(job) {
     return job.result && job.result.placeholder ? job.result.placeholder.blurhash : null;
   }
 
-  // The result, over its BlurHash until it has loaded.
-  function addAfter(card, job, title) {
-    card.after = el("img", { src: job.result.url, alt: "After " + job.service + ": " + title });
+  /** The result's preview that fills `box` on this screen: the smallest size covering it, else the largest. */
+  function resultPreviewUrl(job, box) {
+    const needed = Math.max(box.clientWidth, box.clientHeight) * (window.devicePixelRatio || 1);
+    // Saving data: the smallest preview, whatever the screen.
+    const sizes = config.bandwidth === "low" ? config.preview_sizes.slice(0, 1) : config.preview_sizes;
+    const size = sizes.find((candidate) => candidate >= needed) || sizes[sizes.length - 1];
+    return job.result.preview_url + "?size=" + size;
+  }
+
+  // The result's preview, sized for its box, over its BlurHash until it has loaded.
+  function addAfter(card, job, alt, caption) {
+    card.after = el("img", { alt });
     const frame = el("div", { class: "after" }, card.after);
     const hash = blurhashOf(job);
-    if (hash && !card.after.complete) {
+    if (hash) {
       const placeholder = D.placeholder(hash, job.result.width, job.result.height);
       frame.prepend(placeholder);
       card.after.addEventListener("load", () => placeholder.remove(), { once: true });
     }
-    card.preview.append(el("figure", {}, frame, el("figcaption", { text: "After" })));
+    // No preview to show (the result has expired, say): the BlurHash stays, and no broken image.
+    card.after.addEventListener("error", () => (card.after.hidden = true), { once: true });
+    card.preview.append(el("figure", {}, frame, caption ? el("figcaption", { text: caption }) : null));
+    card.after.src = resultPreviewUrl(job, frame); // once in the page, where its box has a size
   }
 
-  // On a phone no result is downloaded until asked for: its BlurHash stands in for it.
-  function fillPlaceholder(card, job) {
-    const hash = blurhashOf(job);
-    if (!hash || card.placeholder) return;
-    card.placeholder = D.placeholder(hash, job.result.width, job.result.height);
-    card.preview.append(card.placeholder);
+  /** "PNG · 4000 × 3000 px · 23.0 MB": what Download gives. */
+  function resultFacts(result) {
+    const name = config.format_names[result.format] || String(result.format).toUpperCase();
+    return [name, result.width + " × " + result.height + " px", formatBytes(result.bytes)].join(" · ");
   }
 
   async function showMetrics(card, job) {
     card.metricsRequested = true;
     try {
       const facts = await D.api.get(job.result_url);
+      // The result's format, size and bytes are on the line above (resultFacts).
       const parts = ["Queue wait " + formatMs(facts.queue_wait_ms), "processing " + formatMs(facts.processing_ms), "total " + formatMs(facts.total_ms)];
-      if (facts.output) parts.push(facts.output.width + " × " + facts.output.height + ", " + formatBytes(facts.output.bytes));
       card.metrics.textContent = parts.join(" · ");
     } catch (error) {
       card.metricsRequested = false; // try again with the next update
