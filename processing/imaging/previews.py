@@ -5,7 +5,7 @@ a phone none at all. A preview is a WebP whose longest edge is at most one of st
 (a few files per result, each of bounded cost; GET /api/v1/preview/{id}?size=N). It is made as the
 admin's thumbnails are (admin_thumbnails): from the result itself on its first request when the
 result has MAX_LATER_PIXELS at most (a JPEG at the smallest DCT scale that will do); for a larger
-result, the worker stores the largest preview from the pixels it holds (about 0.15 s for a 12 MP
+result, the worker stores the largest preview from the pixels it holds (about 0.1 s for a 12 MP
 result, against the seconds such a job takes), and the smaller ones are made from that.
 """
 
@@ -48,4 +48,13 @@ def preview(key: str, size: int, max_pixels: int, max_jpeg_scans: int | None) ->
 
 
 def preview_bytes(image: Image.Image, size: int) -> bytes:
+    """A WebP of the image whose longest edge is at most `size`, never enlarged."""
+    target = admin_thumbnails.scaled(image.size, size)
+    if target != image.size:
+        # An average of whole boxes first (Image.reduce: every pixel read once, in C), then the last
+        # step. Sampled as an admin thumbnail is, a preview this large reads most pixels anyway: a
+        # 12 MP result to 1280 took 139 ms so, 32 ms thus, and looks as alike (SSIM 0.98 to Lanczos).
+        factor = min(image.width // target[0], image.height // target[1])
+        reduced = image.reduce(factor) if factor >= 2 else image
+        image = reduced.resize(target, Image.Resampling.BILINEAR)
     return admin_thumbnails.thumbnail_bytes(image, edge=size, quality=QUALITY)
