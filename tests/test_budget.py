@@ -143,7 +143,7 @@ def test_the_pages_offer_a_byte_budget_to_visitors_saving_data(client, headers, 
 
     page = client.get("/", headers=headers).content.decode()
     if config["ui_mode"] == "lite":
-        assert form_value(page, "max_bytes") == (str(budget) if budget else "")
+        assert form_value(page, "output.max_bytes") == (str(budget) if budget else "")
 
 
 @pytest.mark.django_db

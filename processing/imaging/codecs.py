@@ -6,7 +6,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -15,7 +15,11 @@ import pillow_heif
 from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
+from processing.imaging import png
 from processing.imaging.formats import OUTPUT_FORMATS, extension_for, has_alpha, mime_type_for
+
+# How far a piece of work has got, 0 to 1; it may raise (processing.errors.Cancelled) to stop the work.
+ProgressCallback = Callable[[float], None]
 
 # HEIC/HEIF (iPhone photos) through libheif; AVIF is Pillow's own.
 pillow_heif.register_heif_opener()
@@ -331,8 +335,13 @@ def normalise_mode(image: Image.Image) -> Image.Image:
         raise UnprocessableImage("unsupported_color_mode", f"{image.mode} images are not supported") from None
 
 
-def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
-    """Encode pixels only: no EXIF (so no GPS), XMP, ICC profile or comment reaches the output."""
+def encode_image(
+    image: Image.Image, format: str, quality: int, progress: ProgressCallback | None = None
+) -> bytes:
+    """Encode pixels only: no EXIF (so no GPS), XMP, ICC profile or comment reaches the output.
+
+    A PNG is written a band of rows at a time, telling `progress` how far it has got (the other
+    encoders are one call each, with nothing to tell until they end)."""
     if format not in OUTPUT_FORMATS:
         raise ValueError(f"cannot encode {format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     if max(image.size) > MAX_EDGE[format]:
@@ -341,6 +350,9 @@ def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
             f"{format.upper()} images can be at most {MAX_EDGE[format]} pixels wide and high; "
             f"this one is {image.width}x{image.height}",
         )
+    if format == "png":
+        # Read band by band, not copied: the writer takes nothing but the pixels.
+        return png.encode(image if image.mode in png.MODES else pixels_for(image, "png"), progress or ignore)
     if format == "jpeg" and image.mode in ("L", "RGB") and not image.has_transparency_data:
         # Stored as it is, no copy: JPEG's encoder takes metadata only from the arguments below (the
         # comment would fall back to image.info, and is given explicitly).
@@ -355,13 +367,15 @@ def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
         clean.save(out, "JPEG", quality=quality, exif=b"", icc_profile=None, comment=b"")
     elif format == "webp":
         clean.save(out, "WEBP", quality=quality, exif=b"", icc_profile=None, xmp=b"")
-    elif format == "avif":
+    else:
         clean.save(
             out, "AVIF", quality=avif_quality(quality), exif=b"", icc_profile=None, xmp=b"", **AVIF_OPTIONS
         )
-    else:
-        clean.save(out, "PNG", optimize=False, compress_level=6, exif=b"", icc_profile=None)
     return out.getvalue()
+
+
+def ignore(fraction: float) -> None:
+    """A progress callback for work nobody follows."""
 
 
 def set_avif_speed(speed: int) -> None:

@@ -11,9 +11,9 @@ from pydantic.config import JsonDict
 
 from processing.errors import OutputTooLarge
 from processing.imaging.codecs import DecodeHint
+from processing.imaging.codecs import ProgressCallback as ProgressCallback  # the operations name it from here
 from processing.imaging.formats import OutputFormat, choice_labels
 
-ProgressCallback = Callable[[float], None]
 # A kilobyte holds a recognisable thumbnail in any format; a budget above 50 MB budgets nothing.
 MIN_BUDGET_BYTES = 1024
 MAX_BUDGET_BYTES = 50_000_000
