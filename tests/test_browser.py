@@ -242,6 +242,46 @@ def test_desktop_shows_the_blurhash_until_the_result_loads_and_auto_gives_chromi
     page.screenshot(path=ARTIFACTS / "desktop-auto.png", full_page=True)
 
 
+def test_a_running_job_shows_a_working_bar_until_its_first_step_then_how_far_it_has_got(
+    server, browser, page_errors
+):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    sockets = []
+
+    def serve(socket):  # this test's events, in its order, on the page's live socket
+        sockets.append(socket)
+        socket.send(json.dumps({"type": "jobs.state", "jobs": []}))
+
+    page.route_web_socket("**/ws/**", serve)
+    page.goto(server.url)
+    page.wait_for_selector("[data-job-list][data-transport=websocket]", state="attached")
+    job = {
+        "job_id": "00000000-0000-4000-8000-000000000001",
+        "service": "resize",
+        "created_at": "2030-01-01T00:00:00Z",
+        "job_url": "/api/v1/jobs/00000000-0000-4000-8000-000000000001",
+        "result": None,
+        "error": None,
+    }
+    bar = page.locator(f".jobs li[data-job-id='{job['job_id']}'] progress")
+
+    def send(event: str, status: str, progress: float) -> None:
+        sockets[0].send(json.dumps({"type": event, "job": {**job, "status": status, "progress": progress}}))
+
+    send("job.processing", "processing", 0)
+    bar.wait_for()
+    working = "b => [b.matches(':indeterminate'), b.classList.contains('is-working')]"
+    assert bar.evaluate(working) == [True, True]  # no step yet: the whole bar shows work going on
+    bar.screenshot(path=ARTIFACTS / "progress-working.png", animations="disabled")
+    send("job.progress", "processing", 0.4)
+    page.wait_for_function("document.querySelector('.jobs li progress').value === 40")
+    assert bar.evaluate(working) == [False, True]
+    bar.screenshot(path=ARTIFACTS / "progress-40.png", animations="disabled")
+    send("job.completed", "completed", 1)
+    page.wait_for_function("document.querySelector('.jobs li progress').value === 100")
+    assert "is-working" not in bar.get_attribute("class")
+
+
 def test_desktop_falls_back_to_polling_when_the_websocket_is_refused(server, browser, page_errors):
     page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
     page.route_web_socket("**/ws/**", lambda socket: socket.close())

@@ -15,12 +15,12 @@ from pydantic import ValidationError
 from processing import logcontext, storage
 from processing.errors import Cancelled, InvalidParameters, UnprocessableImage
 from processing.imaging import admin_thumbnails, byte_budget, formats, placeholders, previews
-from processing.imaging.codecs import DecodeHint, load_image
+from processing.imaging.codecs import DecodeHint, ProgressCallback, load_image
 from processing.imaging.operations import OutputLimits, get_operation
 from processing.imaging.operations.base import Operation, OutputOptions, Params
 from processing.jobs import lifecycle, pools, queues
 from processing.models import Job
-from processing.worker import admission
+from processing.worker import admission, progress
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +98,8 @@ def wait_for_lease_or_skip(job_id: str) -> None:
 def pixels_of(job: Job, operation: Operation[Any], params: Params, hint: DecodeHint | None) -> int:
     """What the job counts against the memory budget: the pixels it decodes (fewer when the decode is
     reduced) or makes, whichever is more, weighted by what its operation holds per pixel."""
-    width, height = job.input_width, job.input_height
-    decoded = width * height
-    if hint is not None and hint.size is not None:
-        decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
-    made = operation.output_size(params, width, height)
+    decoded = decoded_pixels(job, hint)
+    made = operation.output_size(params, job.input_width, job.input_height)
     pixels = max(decoded, made[0] * made[1] if made else 0)
     return math.ceil(pixels * operation.memory_per_pixel / admission.BYTES_PER_PIXEL)
 
@@ -116,13 +113,46 @@ def run(job: Job, worker: str) -> None:
         produce(job, worker, operation, params, hint)
 
 
+def decoded_pixels(job: Job, hint: DecodeHint | None) -> int:
+    """The pixels the decode makes: fewer when the decode is reduced (DCT scaling divides by 8 at most)."""
+    pixels = job.input_width * job.input_height
+    if hint is not None and hint.size is not None:
+        return max(hint.size[0] * hint.size[1], pixels // 64)
+    return pixels
+
+
+def stages_of(
+    job: Job, worker: str, operation: Operation[Any], params: Any, hint: DecodeHint | None
+) -> progress.Stages:
+    """The job's progress bar, cut into what each of its stages is expected to cost."""
+    decoded = decoded_pixels(job, hint)
+    made = operation.output_size(params, job.input_width, job.input_height)
+    made_pixels = made[0] * made[1] if made else 0
+    requested = job.parameters.get("format")
+    # format=auto left to the content is JPEG or PNG: counted as JPEG, most results' case.
+    output_format = formats.chosen_before_pixels(requested, job.negotiated_format, job.input_format) or "jpeg"
+    fallback = "jpeg" if requested == formats.AUTO and job.negotiated_format else ""
+    costs = progress.Costs.of(
+        input_format=job.input_format,
+        decoded_pixels=decoded,
+        ns_per_pixel=operation.ns_per_pixel,
+        worked_pixels=max(decoded, made_pixels),
+        output_format=output_format if made else "",
+        output_pixels=made_pixels,
+        fallback_format=fallback if made else "",
+    )
+    return progress.Stages(lifecycle.ProgressReporter(job, worker), costs)
+
+
 def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint: DecodeHint | None) -> None:
     """Decode, operate, encode and store, then complete the job."""
+    stages = stages_of(job, worker, operation, params, hint)  # its throttle counts from here
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with storage.local_path(job.input_key) as path:
         image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint, settings.MAX_JPEG_SCANS)
     timings["decode_ms"] = elapsed_ms(started)
+    stages.done("decode")
     # The gateway checked these from the header; here they hold for any job, before a pixel is made.
     output_format = formats.chosen_before_pixels(
         job.parameters.get("format"), job.negotiated_format, info.format
@@ -130,7 +160,7 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
     operation.check_job(params, info.width, info.height, output_format, OutputLimits.of(settings))
 
     step = time.perf_counter()
-    result = operation.apply(image, params, lifecycle.ProgressReporter(job, worker))
+    result = operation.apply(image, params, stages.stage("operation"))
     timings["operation_ms"] = elapsed_ms(step)
 
     fields: dict[str, Any] = {}
@@ -139,7 +169,7 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
     else:
         made = result.image
         assert made is not None  # an operation that produces an image returns one
-        fields.update(store_image_output(job, made, params, info.format, timings))
+        fields.update(store_image_output(job, made, params, info.format, timings, stages))
         fields.update(placeholders.fields(made))
         stored_size = (fields["output_width"], fields["output_height"])
         admin_thumbnails.store_unless_later(fields["output_key"], made, stored_size)
@@ -157,12 +187,20 @@ def produce(job: Job, worker: str, operation: Operation[Any], params: Any, hint:
 
 
 def store_image_output(
-    job: Job, image: Image.Image, params: OutputOptions, input_format: str, timings: dict[str, float]
+    job: Job,
+    image: Image.Image,
+    params: OutputOptions,
+    input_format: str,
+    timings: dict[str, float],
+    stages: progress.Stages,
 ) -> dict[str, Any]:
     chosen = formats.result_formats(params.format, job.negotiated_format, input_format, image)
     step = time.perf_counter()
-    fitted = byte_budget.encode_within(image, chosen.output, params.quality, params.max_bytes)
+    fitted = byte_budget.encode_within(
+        image, chosen.output, params.quality, params.max_bytes, stages.stage("encode")
+    )
     timings["encode_ms"] = elapsed_ms(step)
+    stages.done("encode")
     if fitted.encodes > 1:
         timings.update(fitted.metrics(image))
     data = fitted.data
@@ -179,17 +217,26 @@ def store_image_output(
         "output_sha256": hashlib.sha256(data).hexdigest(),
     }
     if chosen.fallback:
-        fields.update(store_fallback(job, fitted.image, chosen.fallback, params.quality, params.max_bytes))
+        fields.update(
+            store_fallback(
+                job, fitted.image, chosen.fallback, params.quality, params.max_bytes, stages.stage("fallback")
+            )
+        )
     timings["store_ms"] = elapsed_ms(step)
     return fields
 
 
 def store_fallback(
-    job: Job, image: Image.Image, fallback_format: str, quality: int, max_bytes: int | None
+    job: Job,
+    image: Image.Image,
+    fallback_format: str,
+    quality: int,
+    max_bytes: int | None,
+    progress: ProgressCallback,
 ) -> dict[str, Any]:
     """The same result in `fallback_format`, for downloads whose Accept does not name the chosen format;
     within the same budget, so it may have fewer pixels than the result."""
-    data = byte_budget.encode_within(image, fallback_format, quality, max_bytes).data
+    data = byte_budget.encode_within(image, fallback_format, quality, max_bytes, progress).data
     key = storage.save_output(storage.fallback_key(str(job.id), formats.extension_for(fallback_format)), data)
     return {"fallback_key": key, "fallback_format": fallback_format}
 

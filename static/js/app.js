@@ -321,7 +321,7 @@
       item: el("li", { class: "job", "data-job-id": job.job_id, "data-created": job.created_at }),
       title: el("h3", { tabindex: "-1" }),
       status: el("span", { class: "status" }),
-      progress: el("progress", { max: "100", value: "0" }),
+      progress: el("progress", { class: "job-progress", max: "100", value: "0" }),
       preview: el("div", { class: "preview" }),
       facts: el("p", { class: "result-facts", hidden: true }),
       metrics: el("p", { class: "metrics" }),
@@ -359,7 +359,13 @@
     card.title.textContent = title;
     card.status.textContent = STATUS_TEXT[job.status];
     card.status.className = "status status-" + job.status;
-    card.progress.value = Math.round((job.status === "completed" ? 1 : job.progress || 0) * 100);
+    // Processing with no step reported yet (or none to report, as a resize has): a bar that shows
+    // the work going on, not an empty one. Once steps come, how far; striped while it works.
+    const working = job.status === "processing";
+    const done = job.status === "completed" ? 1 : job.progress || 0;
+    if (working && done === 0) card.progress.removeAttribute("value");
+    else card.progress.value = Math.round(done * 100);
+    card.progress.classList.toggle("is-working", working);
     card.progress.setAttribute("aria-label", "Progress of " + title);
     card.progress.hidden = job.status === "failed" || job.status === "cancelled";
     card.error.textContent = job.error ? job.error.message : "";

@@ -31,4 +31,5 @@ OPERATION = Operation(
     params=ConvertParams,
     apply=convert,
     memory_per_pixel=4.5,
+    ns_per_pixel=0.0,
 )

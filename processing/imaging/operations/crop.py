@@ -82,4 +82,5 @@ OPERATION = Operation(
     params=CropParams,
     apply=crop,
     memory_per_pixel=5.0,
+    ns_per_pixel=0.3,
 )

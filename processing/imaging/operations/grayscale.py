@@ -93,4 +93,5 @@ OPERATION = Operation(
     params=GrayscaleParams,
     apply=grayscale,
     memory_per_pixel=2.5,
+    ns_per_pixel=1.0,
 )

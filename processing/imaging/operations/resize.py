@@ -95,4 +95,5 @@ OPERATION = Operation(
     description="Resize to a width and/or height, fitting, covering or filling the box.",
     params=ResizeParams,
     apply=resize,
+    ns_per_pixel=22.0,
 )

@@ -47,4 +47,5 @@ OPERATION = Operation(
     params=SobelParams,
     apply=sobel,
     memory_per_pixel=9.5,
+    ns_per_pixel=9.0,
 )

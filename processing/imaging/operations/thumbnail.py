@@ -88,4 +88,5 @@ OPERATION = Operation(
     description="Make a thumbnail whose longest edge is at most the given size.",
     params=ThumbnailParams,
     apply=thumbnail,
+    ns_per_pixel=4.5,
 )
