@@ -1,5 +1,6 @@
 """Where a job's files live: `uploads/<job id>/` and `results/<job id>/` in the default storage,
-and their admin thumbnails under `thumbnails/`; an owner's overlay images under `assets/<asset id>/`."""
+and their admin thumbnails under `thumbnails/`, the previews of results under `previews/`; an owner's
+overlay images under `assets/<asset id>/`."""
 
 import contextlib
 import os
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from processing.models import Job
 
 JOB_FOLDERS = ("uploads", "results")
+# The longest edges a result's previews may have (processing.imaging.previews makes them).
+PREVIEW_SIZES = (320, 640, 1280)
 
 
 def input_key(job_id: str, extension: str) -> str:
@@ -43,6 +46,11 @@ def thumbnail_key(key: str) -> str:
     """Where the admin's thumbnail of the file at `key` is stored: a folder of their own, so that
     a job's results folder holds its output (and fallback) and nothing else."""
     return f"thumbnails/{key}.webp"
+
+
+def preview_key(key: str, size: int) -> str:
+    """Where the preview of the result at `key` whose longest edge is at most `size` is stored."""
+    return f"previews/{key}.{size}.webp"
 
 
 def save_upload(key: str, uploaded_file: "File[bytes]") -> str:
@@ -98,11 +106,14 @@ def read(key: str) -> bytes:
 
 
 def delete_job_files(*keys: str) -> None:
-    """Delete each file and its thumbnail (which may never have been made)."""
+    """Delete each file, its thumbnail and a result's previews (any of which may never have been made)."""
     for key in keys:
         if key:
             default_storage.delete(key)
             default_storage.delete(thumbnail_key(key))
+            if key.startswith("results/"):
+                for size in PREVIEW_SIZES:
+                    default_storage.delete(preview_key(key, size))
 
 
 def delete_files_of_deleted_job(sender: type["Job"], instance: "Job", **kwargs: Any) -> None:

@@ -172,6 +172,38 @@ def test_progress_reaches_subscribers_and_the_database(make_job, run_jobs, sent,
     assert ("job.progress", 1.0) in seen
 
 
+def progress_of(sent) -> list[float]:
+    return [event["job"]["progress"] for event in sent.events if event["type"] == "job.progress"]
+
+
+def test_a_sharpen_to_png_reports_its_bands_and_its_encode_in_order(make_job, run_jobs, sent, monkeypatch):
+    monkeypatch.setattr(lifecycle, "PROGRESS_WRITE_INTERVAL", 0)  # as for a job slower than the interval
+    job = make_job("sharpen", format="png")  # 64 x 48: one band each, for the operation and the encode
+    publishing.publish(job)
+    run_jobs()
+
+    reported = progress_of(sent)
+    assert reported == sorted(reported) and reported[-1] == 1.0
+    # The decode's end, the sharpen's, then the encode's: each stage moves the bar, none waits for the end.
+    assert len([fraction for fraction in reported if 0 < fraction < 1]) >= 2
+    assert [event["type"] for event in sent.events][-1] == "job.completed"
+
+
+def test_a_multi_second_job_reports_progress_between_zero_and_one_as_it_goes(make_job, run_jobs, sent):
+    # The throttle as deployed (one write per PROGRESS_WRITE_INTERVAL): 6 MP sharpened to a PNG is
+    # seconds of work in some thirty steps (bands of the sharpen and of the encode), so a step
+    # comes after the interval has passed and before the end, however fast the machine.
+    photo = images.jpeg_bytes(images.photo(1000, 667).resize((3000, 2000)), quality=90)
+    job = make_job("sharpen", data=photo, format="png")
+    Job.objects.filter(id=job.id).update(input_format="jpeg", input_width=3000, input_height=2000)
+    publishing.publish(job)
+    run_jobs()
+
+    job.refresh_from_db()
+    assert job.status == Job.COMPLETED and job.metrics["operation_ms"] + job.metrics["encode_ms"] > 500
+    assert any(0 < fraction < 1 for fraction in progress_of(sent))
+
+
 def refuse(*args, **kwargs):
     raise ConnectionError("channel layer down")
 

@@ -4,7 +4,6 @@ import io
 import re
 from datetime import timedelta
 
-import dramatiq
 import pytest
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -16,8 +15,8 @@ from processing import storage
 from processing.imaging import admin_thumbnails
 from processing.jobs import lifecycle
 from processing.models import Asset, Job
-from processing.worker.actors import process_job
 from tests import images
+from tests.factories import process_queued
 from tests.uploads import png, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,15 +40,6 @@ def failed_job(client, broker, code: str = "processing_error", seed: int = 0) ->
     broker.flush_all()  # the message is gone (to the dead-letter queue) before the job is failed
     assert lifecycle.fail(job.id, code, "gave up after repeated errors: OSError: storage timed out")
     return Job.objects.get(id=job.id)
-
-
-def process_queued(broker) -> None:
-    """Run a worker over everything queued so far, then stop it: jobs wait until a test says so."""
-    worker = dramatiq.Worker(broker, worker_timeout=100)
-    worker.start()
-    broker.join(process_job.queue_name, fail_fast=False)
-    worker.join()
-    worker.stop()
 
 
 def act(admin_client, action: str, *selected: Job, **extra):

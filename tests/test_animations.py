@@ -18,6 +18,7 @@ from processing.imaging.recipes import Recipe, Step
 from processing.models import Job
 from processing.worker.actors import pixels_of
 from tests import images
+from tests.factories import process_queued
 
 through_the_api = pytest.mark.django_db(transaction=True)
 
@@ -463,10 +464,10 @@ def test_an_animation_over_the_limits_is_refused_naming_the_limit_and_what_would
 
 
 @through_the_api
-def test_the_worker_checks_the_animation_limits_again(client, run_jobs, settings):
+def test_the_worker_checks_the_animation_limits_again(client, stub_broker, settings):
     response = submit(client, images.animated_bytes("GIF"), "rotate", angle=90)
     settings.MAX_ANIMATION_PIXELS = WIDTH * HEIGHT  # lowered after the job was accepted
-    run_jobs()
+    process_queued(stub_broker)  # only now: the worker finds the lowered limit
 
     job = client.get(f"/api/v1/jobs/{response.json()['job_id']}").json()
     assert job["status"] == "failed" and job["error"]["code"] == "animation_too_large"

@@ -12,6 +12,7 @@ from PIL import Image, ImageFilter
 
 from processing.models import Job, Preset
 from tests import images
+from tests.factories import process_queued
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -207,12 +208,12 @@ def test_a_batch_runs_one_recipe_on_every_image(client, run_jobs):
         assert result.size == (40, 30) and result.mode == "L"
 
 
-def test_a_job_of_several_steps_that_the_worker_refuses_fails_naming_its_step(client, run_jobs, settings):
+def test_a_job_of_several_steps_that_the_worker_refuses_fails_naming_its_step(client, stub_broker, settings):
     # Accepted, then the limit is lowered before a worker takes it: the worker checks again.
     steps = [{"service": "grayscale"}, {"service": "resize", "parameters": {"width": 160}}]
     job_id = process(client, steps).json()["job_id"]
     settings.MAX_OUTPUT_PIXELS = 10_000
-    run_jobs()
+    process_queued(stub_broker)  # only now: the worker finds the lowered limit
 
     job = client.get(f"/api/v1/jobs/{job_id}").json()
     assert job["status"] == "failed" and job["error"]["code"] == "output_too_large"

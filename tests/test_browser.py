@@ -8,6 +8,7 @@ tests skip with a reason; under CI=true that is a failure.
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from processing.imaging import formats
 from project.serving import UVICORN_FLAGS
 from tests import images
 from tests.services import IN_CI
@@ -188,6 +190,8 @@ def test_desktop_batch_of_three_completes_live_and_downloads_an_image(server, br
 
     page.set_input_files("#images", [image_file(f"photo-{n}.png", n) for n in range(3)])
     page.select_option("#service", "grayscale")
+    assert not page.is_visible("#param-runs")  # a benchmark's knob, under "Advanced"
+    page.click("summary:text('Advanced')")
     page.fill("#param-runs", "3")
     page.click("[data-submit]")
 
@@ -206,12 +210,14 @@ def test_desktop_batch_of_three_completes_live_and_downloads_an_image(server, br
     page.screenshot(path=ARTIFACTS / "desktop.png", full_page=True)
 
 
-def test_desktop_shows_the_blurhash_until_the_result_loads_and_auto_gives_chromium_avif(
+def test_desktop_shows_the_blurhash_until_the_result_loads_and_auto_gives_chromium_its_best_format(
     server, browser, page_errors
 ):
     page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
-    held = []  # the result's download, held until the placeholder has been seen
-    page.route("**/api/v1/download/**", lambda route: held.append(route))
+    held = []  # the result's preview, held until the placeholder has been seen
+    page.route("**/api/v1/preview/**", lambda route: held.append(route))
+    downloads = []
+    page.on("request", lambda request: "/api/v1/download/" in request.url and downloads.append(request.url))
     page.goto(server.url)
     page.wait_for_selector("body[data-ready]")
 
@@ -230,11 +236,56 @@ def test_desktop_shows_the_blurhash_until_the_result_loads_and_auto_gives_chromi
         route.continue_()
     placeholder.wait_for(state="detached")
 
-    assert page.evaluate("document.querySelector('.after img').naturalWidth") == 240
+    assert page.evaluate("document.querySelector('.after img').naturalWidth") == 240  # never enlarged
+    assert "size=640" in held[0].request.url and downloads == []  # a box-sized preview, not the result
     job_id = page.get_attribute(".jobs li[data-status=completed]", "data-job-id")
     job = page.evaluate(f"fetch('/api/v1/jobs/{job_id}').then(r => r.json())")
-    assert (job["result"]["format"], job["result"]["fallback_format"]) == ("avif", "jpeg")
+    # The first of format=auto's choices this Chromium shows (its own probe; JPEG XL since version 14x).
+    shown = page.evaluate("Darkroom.imageTypes")
+    best = next(name for name in formats.MODERN_FORMATS if f"image/{name}" in shown)
+    assert best in ("jxl", "avif")  # a Chromium of any version shows at least AVIF
+    assert (job["result"]["format"], job["result"]["fallback_format"]) == (best, "jpeg")
     page.screenshot(path=ARTIFACTS / "desktop-auto.png", full_page=True)
+
+
+def test_a_running_job_shows_a_working_bar_until_its_first_step_then_how_far_it_has_got(
+    server, browser, page_errors
+):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    sockets = []
+
+    def serve(socket):  # this test's events, in its order, on the page's live socket
+        sockets.append(socket)
+        socket.send(json.dumps({"type": "jobs.state", "jobs": []}))
+
+    page.route_web_socket("**/ws/**", serve)
+    page.goto(server.url)
+    page.wait_for_selector("[data-job-list][data-transport=websocket]", state="attached")
+    job = {
+        "job_id": "00000000-0000-4000-8000-000000000001",
+        "service": "resize",
+        "created_at": "2030-01-01T00:00:00Z",
+        "job_url": "/api/v1/jobs/00000000-0000-4000-8000-000000000001",
+        "result": None,
+        "error": None,
+    }
+    bar = page.locator(f".jobs li[data-job-id='{job['job_id']}'] progress")
+
+    def send(event: str, status: str, progress: float) -> None:
+        sockets[0].send(json.dumps({"type": event, "job": {**job, "status": status, "progress": progress}}))
+
+    send("job.processing", "processing", 0)
+    bar.wait_for()
+    working = "b => [b.matches(':indeterminate'), b.classList.contains('is-working')]"
+    assert bar.evaluate(working) == [True, True]  # no step yet: the whole bar shows work going on
+    bar.screenshot(path=ARTIFACTS / "progress-working.png", animations="disabled")
+    send("job.progress", "processing", 0.4)
+    page.wait_for_function("document.querySelector('.jobs li progress').value === 40")
+    assert bar.evaluate(working) == [False, True]
+    bar.screenshot(path=ARTIFACTS / "progress-40.png", animations="disabled")
+    send("job.completed", "completed", 1)
+    page.wait_for_function("document.querySelector('.jobs li progress').value === 100")
+    assert "is-working" not in bar.get_attribute("class")
 
 
 def test_desktop_falls_back_to_polling_when_the_websocket_is_refused(server, browser, page_errors):
@@ -297,20 +348,35 @@ def test_desktop_says_whether_an_animation_kept_its_frames(server, browser, page
 # --- Mobile ----------------------------------------------------------------------------------
 
 
-def test_mobile_ui_on_an_iphone_uploads_one_photo_that_completes(server, browser, page_errors):
+def test_mobile_ui_on_an_iphone_shows_the_result_reduced_with_its_format_and_size(
+    server, browser, page_errors
+):
     page = open_page(browser, page_errors, **IPHONE_CONTEXT, device_scale_factor=2)
+    downloads = []
+    page.on("request", lambda request: "/api/v1/download/" in request.url and downloads.append(request.url))
     page.goto(server.url)
     assert ui_of(page) == "mobile"
     assert page.get_attribute("#camera", "capture") == "environment"
     page.wait_for_selector("body[data-ready]")
 
-    page.set_input_files("#camera", image_file("IMG_0001.png", 20))
+    photo = images.photo(2000, 1500, seed=time.time_ns() % 1_000_000)
+    page.set_input_files(
+        "#camera", {"name": "IMG_0001.jpg", "mimeType": "image/jpeg", "buffer": images.jpeg_bytes(photo)}
+    )
     page.select_option("#service", "sobel")
     page.click("[data-submit]")
 
-    page.wait_for_selector(".jobs li[data-status=completed] >> text=IMG_0001.png")
-    assert page.locator(".preview img").count() == 0  # no previews on a phone: its BlurHash instead
-    assert page.locator(".jobs li[data-status=completed] .preview canvas.placeholder").count() == 1
+    card = page.locator(".jobs li[data-status=completed]", has_text="IMG_0001.jpg")
+    card.wait_for()
+    shown = card.locator(".preview img")
+    page.wait_for_function("document.querySelector('.jobs li .preview img').naturalWidth > 0")
+    assert shown.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [1280, 960]  # reduced for the screen
+    job_url = f"/api/v1/jobs/{card.get_attribute('data-job-id')}"
+    result_bytes = page.evaluate(f"fetch('{job_url}').then(r => r.json())")["result"]["bytes"]
+    facts = re.fullmatch(r"JPEG · 2000 × 1500 px · (\d+) KB", card.locator(".result-facts").inner_text())
+    assert facts and int(facts.group(1)) == pytest.approx(result_bytes / 1024, abs=1)
+    assert card.locator(".preview canvas.placeholder").count() == 0  # the preview has replaced it
+    assert downloads == []  # nothing of the full result until Download is tapped
     page.screenshot(path=ARTIFACTS / "mobile.png", full_page=True)
 
 
@@ -361,6 +427,25 @@ def test_low_bandwidth_gets_the_lite_ui_which_works_without_javascript(
     with page.expect_download() as download:
         page.click("text=Download the result")
     assert downloaded_image(download.value).size == (240, 160)
+
+
+def test_the_lite_form_changes_operation_without_a_reload_and_keeps_the_chosen_file(
+    server, browser, page_errors
+):
+    page = open_page(browser, page_errors, viewport={"width": 800, "height": 900}, java_script_enabled=False)
+    page.goto(server.url + "/?ui=lite")
+    page.set_input_files("#image", image_file("kept.png", 50))
+    assert not page.is_visible("#f-rotate-angle")
+    page.select_option("#service", "rotate")  # the page's CSS shows rotate's options: no reload
+
+    page.fill("#f-rotate-angle", "90")
+    assert not page.is_visible("#f-grayscale-threads") and page.is_visible("#f-output-format")
+    page.screenshot(path=ARTIFACTS / "lite-rotate.png", full_page=True)
+    page.click("text=Upload and process")
+    page.wait_for_selector("[data-status=completed]")
+    with page.expect_download() as download:
+        page.click("text=Download the result")
+    assert downloaded_image(download.value).size == (160, 240)  # the file chosen first, turned
 
 
 # --- The admin --------------------------------------------------------------------------------

@@ -64,9 +64,9 @@ def encoded(monkeypatch):
     sizes: list[tuple[int, int]] = []
     real = byte_budget.encode
 
-    def counting(image: Image.Image, format: str, quality: int) -> bytes:
+    def counting(image: Image.Image, format: str, quality: int, progress=None) -> bytes:
         sizes.append(image.size)
-        return real(image, format, quality)
+        return real(image, format, quality, progress)
 
     monkeypatch.setattr(byte_budget, "encode", counting)
     return sizes
@@ -87,7 +87,7 @@ def test_a_result_far_over_its_budget_is_encoded_whole_once_then_shrunk(encoded,
 def test_the_search_gives_up_after_a_bounded_number_of_encodes(monkeypatch):
     encodes = []
 
-    def never_small_enough(image: Image.Image, format: str, quality: int) -> bytes:
+    def never_small_enough(image: Image.Image, format: str, quality: int, progress=None) -> bytes:
         encodes.append(image.size)
         return bytes(4096)
 
@@ -143,7 +143,7 @@ def test_the_pages_offer_a_byte_budget_to_visitors_saving_data(client, headers, 
 
     page = client.get("/", headers=headers).content.decode()
     if config["ui_mode"] == "lite":
-        assert form_value(page, "max_bytes") == (str(budget) if budget else "")
+        assert form_value(page, "output.max_bytes") == (str(budget) if budget else "")
 
 
 @pytest.mark.django_db

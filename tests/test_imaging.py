@@ -6,8 +6,15 @@ import pytest
 from PIL import ExifTags, Image, ImageCms
 
 from processing import logcontext
-from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage, UnsupportedImage
-from processing.imaging import codecs
+from processing.errors import (
+    Cancelled,
+    EmptyImage,
+    ImageTooLarge,
+    TooManyScans,
+    UnprocessableImage,
+    UnsupportedImage,
+)
+from processing.imaging import codecs, png
 from processing.imaging.codecs import (
     ALLOWED_INPUT_FORMATS,
     DecodeHint,
@@ -464,6 +471,49 @@ def test_encoded_output_is_the_requested_format(output_format):
 def test_png_output_is_lossless():
     image = images.noise(32, 32)
     assert np.array_equal(pixels(decoded(encode_image(image, "png", 1))), pixels(image))
+
+
+def image_data(png_bytes: bytes) -> bytes:
+    """A PNG's IDAT chunks, joined: its compressed, filtered rows, however they are split in chunks."""
+    data, position = b"", 8
+    while position < len(png_bytes):
+        length = int.from_bytes(png_bytes[position : position + 4], "big")
+        if png_bytes[position + 4 : position + 8] == b"IDAT":
+            data += png_bytes[position + 8 : position + 8 + length]
+        position += 12 + length
+    return data
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+@pytest.mark.parametrize(
+    "image",
+    [images.photo(123, 77), images.noise(64, 40), images.solid(1, 9), images.checkerboard(300, 1, square=3)],
+    ids=["photo", "noise", "one column", "one row"],
+)
+def test_png_output_is_pillows_image_data_byte_for_byte(image, mode, monkeypatch):
+    monkeypatch.setattr(png, "BAND_BYTES", 1000)  # several bands, each filtered knowing the row above
+    image = image.convert(mode)
+    if "A" in mode:
+        image.putalpha(images.noise(*image.size, seed=3).convert("L"))
+    ours = encode_image(image, "png", 85)
+    pillows = io.BytesIO()
+    image.save(pillows, "PNG", optimize=False, compress_level=6)
+
+    assert image_data(ours) == image_data(pillows.getvalue())
+    assert decoded(ours).mode == mode and np.array_equal(pixels(decoded(ours)), pixels(image))
+
+
+def test_a_png_reports_its_progress_band_by_band_and_stops_when_told(monkeypatch):
+    monkeypatch.setattr(png, "BAND_BYTES", 64 * 3 * 10)  # ten rows a band
+    seen = []
+    encode_image(images.photo(64, 48), "png", 85, progress=seen.append)
+    assert seen == [10 / 48, 20 / 48, 30 / 48, 40 / 48, 1.0]
+
+    def cancelled(fraction):
+        raise Cancelled("the job was cancelled")
+
+    with pytest.raises(Cancelled):
+        encode_image(images.photo(64, 48), "png", 85, progress=cancelled)
 
 
 @pytest.mark.parametrize("output_format", ["jpeg", "webp", "avif", "jxl"])

@@ -352,7 +352,7 @@ def test_the_openapi_document_offers_jxl_and_convert_documents_lossless(client):
 @pytest.mark.django_db
 def test_the_upload_forms_offer_jpeg_xl(client):
     lite = client.get("/?ui=lite&service=convert").content.decode()
-    assert '<option value="jxl">jxl</option>' in lite and 'name="lossless"' in lite
+    assert '<option value="jxl">JPEG XL</option>' in lite and 'name="convert.lossless"' in lite
     desktop = client.get("/?ui=desktop").content.decode()
     assert "JPEG XL" in desktop  # the formats an upload may be in
     # The desktop and mobile forms are built from the services' parameters.

@@ -674,6 +674,62 @@ def test_sharpen_leaves_flat_areas_alone():
     assert np.array_equal(pixels(run("sharpen", image, percent=500).image), pixels(image))
 
 
+def reported(service: str, image: Image.Image, **raw) -> tuple[Image.Image, list[float]]:
+    operation = get_operation(service)
+    seen: list[float] = []
+    return operation.apply(image, operation.parse(raw), seen.append).image, seen
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+@pytest.mark.parametrize(
+    ("service", "image_filter"),
+    [
+        ("blur", lambda r: ImageFilter.GaussianBlur(r)),
+        ("sharpen", lambda r: ImageFilter.UnsharpMask(r, 150, 3)),
+    ],
+)
+@pytest.mark.parametrize("radius", [0.1, 0.5, 1, 2, 2.5, 7.3, 20])
+def test_blur_and_sharpen_in_bands_match_the_whole_filter_pixel_for_pixel(
+    service, image_filter, radius, mode
+):
+    image = images.noise(60, 900, seed=4).convert(mode)
+    result, seen = reported(service, image, radius=radius)
+    assert np.array_equal(pixels(result), pixels(image.filter(image_filter(radius))))
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert len(seen) > 1 if radius <= 7.3 else True  # a band is at least eight times the filter's reach
+
+
+def test_a_blur_reports_each_tenth_and_stops_at_a_cancel_between_bands():
+    _, seen = reported("blur", images.noise(20, 1000), radius=2)
+    assert seen == [n / 10 for n in range(1, 11)]
+
+    def cancel_at_the_third_band(fraction):
+        if fraction >= 0.3:
+            raise Cancelled("the job was cancelled")
+
+    operation = get_operation("blur")
+    with pytest.raises(Cancelled):
+        operation.apply(images.noise(20, 1000), operation.parse({"radius": 2}), cancel_at_the_third_band)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+@pytest.mark.parametrize(
+    ("angle", "expand"), [(30, True), (-45, True), (123.456, True), (17.3, False), (90, False)]
+)
+def test_a_rotation_in_bands_matches_pillows_whole_rotation(angle, expand, mode):
+    image = images.photo(301, 203, seed=2).convert(mode)
+    if mode == "RGBA":
+        image.putalpha(images.noise(301, 203, seed=5).convert("L"))
+    result, seen = reported("rotate", image, angle=angle, expand=expand, fill="#336699")
+    fill = (0x33, 0x66, 0x99) if mode != "L" else "#336699"
+    whole = image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=expand, fillcolor=fill)
+
+    assert result.size == whole.size and result.mode == mode
+    difference = np.abs(pixels(result) - pixels(whole))
+    assert difference.max() <= 1 and np.mean(difference > 0) < 0.001  # the same sums, in another order
+    assert len(seen) == 11 and seen[-1] == 1.0  # each tenth, and the end
+
+
 # Analyze
 
 

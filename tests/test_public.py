@@ -26,6 +26,14 @@ def test_each_http_url_of_a_job_resolves_to_its_view():
     assert {str(match.kwargs["job_id"]) for match in named.values()} == {str(JOB_ID)}
 
 
+def test_a_results_preview_url_is_the_preview_route():
+    job = Job(id=JOB_ID, service="blur", status=Job.COMPLETED, output_key=f"results/{JOB_ID}/output.png")
+    match = resolve(job_json(job)["result"]["preview_url"])
+    assert (match.url_name, str(match.kwargs["job_id"])) == ("job_preview", str(JOB_ID))
+    report = Job(id=JOB_ID, service="analyze", status=Job.COMPLETED, report={})
+    assert job_json(report)["result"]["preview_url"] is None
+
+
 def test_the_websocket_url_of_a_job_is_the_job_route():
     path = job_urls(JOB_ID)["ws_url"].lstrip("/")
     matches = [(p.name, p.pattern.match(path)) for p in websocket_urlpatterns if p.pattern.match(path)]

@@ -164,8 +164,8 @@ def test_an_idle_worker_drains_without_an_error(tmp_path):
     with LiveStack(tmp_path) as stack:  # a vhost of its own: every connection in it is the worker's
         stack.spawn("idle", worker_command(threads=2, pool="images"))
         consumers = lambda: len(rabbitmq_rows("list_consumers", "-p", stack.name))  # noqa: E731
-        stack.wait_until(
-            lambda: consumers() == 2, 60, "the worker to consume its queue and its delay queue", 1
+        stack.wait_until(  # its pool's queue and the callbacks' queue, each with its delay queue
+            lambda: consumers() == 4, 60, "the worker to consume its queues and their delay queues", 1
         )
 
         unused = connections_serving_no_consumer(stack.name)

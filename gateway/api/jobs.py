@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from django.conf import settings
@@ -20,7 +20,7 @@ from django.utils.http import content_disposition_header
 from ninja import Query, Router, Schema, Status
 from ninja.params import functions as params
 from ninja.renderers import JSONRenderer
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from gateway.api.auth import READ_LIMIT, SUBMIT_LIMIT, CallerRequest
 from gateway.api.schemas import ErrorOut, JobPageOut, JobsOut, MetricsOut
@@ -33,7 +33,7 @@ from gateway.live import waiting
 from gateway.ops.disclosure import opaque_label
 from processing import storage
 from processing.callbacks import deliveries, signing
-from processing.imaging import formats
+from processing.imaging import formats, previews
 from processing.imaging.operations import OPERATIONS, Operation, OutputOptions, get_operation
 from processing.imaging.recipes import OUTPUT_FIELDS, STEPS_SERVICE
 from processing.jobs import lifecycle, submissions
@@ -631,6 +631,50 @@ def job_download(request: CallerRequest, job_id: str) -> HttpResponseBase:
     response = file_response(key, formats.mime_type_for(output_format), f"{job.id}.{key.rsplit('.', 1)[-1]}")
     if formats.varies_with_accept(job.parameters.get("format")):
         patch_vary_headers(response, ["Accept"])
+    return response
+
+
+def one_of_the_preview_sizes(size: int) -> int:
+    if size not in previews.SIZES:
+        raise ValueError(f"size must be one of {', '.join(map(str, previews.SIZES))}")
+    return size
+
+
+PreviewSize = Annotated[
+    int, AfterValidator(one_of_the_preview_sizes), Field(json_schema_extra={"enum": list(previews.SIZES)})
+]
+PREVIEW_SIZE_PARAMETER = params.Query(
+    640, description="The preview's longest edge at most, in pixels: ask for the smallest that fills the box."
+)
+
+
+@router.get(
+    "/preview/{job_id}",
+    response={200: None, 404: ErrorOut, 409: ErrorOut, 410: ErrorOut, **READ_ERRORS},
+    throttle=READ_LIMIT,
+    url_name="job_preview",
+    openapi_extra={"responses": {200: {"content": {previews.CONTENT_TYPE: {}}}}},
+)
+def job_preview(
+    request: CallerRequest, job_id: str, size: PreviewSize = PREVIEW_SIZE_PARAMETER
+) -> HttpResponse:
+    """A completed image result, smaller: a WebP whose longest edge is at most `size` (never enlarged),
+    for showing it in a page without downloading it whole. Made on the first request, then kept."""
+    job = get_job(request, job_id)
+    if job.status != Job.COMPLETED:
+        raise ApiError(
+            409, "not_ready", f"the job is {job.status}; there is no result yet", job_status=job.status
+        )
+    if job.files_removed_at:
+        raise ApiError(410, "expired", "the result was removed after its retention period")
+    if not job.output_key:
+        raise ApiError(409, "no_image", "the result is a report, not an image: download it instead")
+    data = previews.preview(job.output_key, size, settings.MAX_IMAGE_PIXELS, settings.MAX_JPEG_SCANS)
+    if data is None:
+        raise ApiError(404, "no_preview", "this result has no preview: download it instead")
+    response = HttpResponse(data, content_type=previews.CONTENT_TYPE)
+    # The caller's alone, and a job's result never changes.
+    response["Cache-Control"] = "private, max-age=86400"
     return response
 
 

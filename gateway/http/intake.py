@@ -45,13 +45,21 @@ def parameters_from(form: QueryDict) -> dict[str, Any]:
 
 
 def submission_from(
-    request: HttpRequest, caller: Caller, service: str, *, at_most: int, job_id: uuid.UUID | None = None
+    request: HttpRequest,
+    caller: Caller,
+    service: str,
+    *,
+    at_most: int,
+    job_id: uuid.UUID | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> Submission:
+    """The request's submission; its parameters are the form's fields unless given (read from the form
+    some other way: the lite page's, gateway.pages.views.form_parameters)."""
     return Submission(
         owner=caller.owner,
         request_id=request.request_id,  # type: ignore[attr-defined]  # gateway.http.middleware sets it
         service=service,
-        raw_parameters=parameters_from(request.POST),
+        raw_parameters=parameters_from(request.POST) if parameters is None else parameters,
         uploads=uploads_from(request, at_most=at_most),
         job_id=job_id,
         idempotency_key=request.headers.get("Idempotency-Key"),

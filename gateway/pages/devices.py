@@ -15,6 +15,9 @@ from django.conf import settings
 from django.http import HttpHeaders, HttpRequest, HttpResponse
 from django.utils.cache import patch_vary_headers
 
+from processing import storage
+from processing.imaging import formats
+
 DEVICES = ("mobile", "tablet", "desktop", "bot")
 UI_MODES = ("desktop", "mobile", "lite")
 BANDWIDTHS = ("low", "high")
@@ -140,6 +143,9 @@ def frontend_config(profile: Profile) -> dict[str, Any]:
         "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
         "max_batch_files": settings.MAX_BATCH_FILES if rich else 1,
         "save_data_max_bytes": save_data_budget(profile),
+        # The sizes of a result's previews (GET /api/v1/preview/{id}?size=), and formats' names.
+        "preview_sizes": list(storage.PREVIEW_SIZES),
+        "format_names": {name: formats.display_name(name) for name in formats.OUTPUT_FORMATS},
     }
 
 

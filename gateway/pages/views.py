@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -31,7 +31,10 @@ from gateway.http.errors import ApiError, from_domain, from_validation_errors
 from gateway.http.uploads import UploadTooLarge
 from gateway.pages import devices
 from processing.errors import DomainError
+from processing.imaging import formats
+from processing.imaging.codecs import ALLOWED_INPUT_FORMATS
 from processing.imaging.operations import OPERATIONS
+from processing.imaging.operations.base import Operation, OutputOptions
 from processing.jobs import submissions
 from processing.jobs.public import job_urls
 from processing.models import Job
@@ -97,6 +100,7 @@ def home(request: HttpRequest) -> HttpResponse:
         "services": [(op.name, op.description) for op in OPERATIONS.values()],
         "ui_links": ui_links(ui, profile.ui_choice),
         "max_upload_mb": settings.MAX_UPLOAD_BYTES // (1024 * 1024),
+        "input_formats": input_formats_in_words(),
     }
     if ui == "lite":
         budget = context["config"]["save_data_max_bytes"]
@@ -203,7 +207,10 @@ def files_in_form(request: HttpRequest) -> int:
 def form_submission(request: HttpRequest, caller: callers.Caller) -> submissions.Submission:
     # A form with steps or a preset is a recipe (gateway.http.intake.service_of).
     service = intake.service_of(request.POST) or DEFAULT_SERVICE
-    return intake.submission_from(request, caller, service, at_most=settings.MAX_BATCH_FILES)
+    parameters = form_parameters(request.POST, service)
+    return intake.submission_from(
+        request, caller, service, at_most=settings.MAX_BATCH_FILES, parameters=parameters
+    )
 
 
 # --- Helpers ----------------------------------------------------------------------------
@@ -229,6 +236,12 @@ def returning_caller(request: HttpRequest) -> callers.Caller | None:
 def browser_jobs(caller: callers.Caller | None, count: int) -> list[Job]:
     """A returning browser's most recent jobs; none for a browser without a session."""
     return [] if caller is None else callers.recent_jobs(caller.sees_jobs_of, count)
+
+
+def input_formats_in_words() -> str:
+    """The formats an upload may be in, as people name them: "JPEG, PNG, …, HEIC or AVIF"."""
+    names = [formats.display_name(name) for name in ALLOWED_INPUT_FORMATS]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def ui_links(current: str, chosen: str | None) -> list[dict[str, Any]]:
@@ -273,12 +286,20 @@ def error_page(request: HttpRequest, error: ApiError) -> HttpResponse:
     return response
 
 
-# --- The lite upload form: parameter fields from the service's JSON schema ---------------------
+# --- The lite upload form: parameter fields from the services' JSON schemas ---------------------
+#
+# Without JavaScript, choosing an operation must not reload the page (the file chosen would go):
+# the form holds every operation's fields, named `<service>.<parameter>`, and the output options
+# every image operation shares once, named `output.<parameter>`; the page's CSS shows the chosen
+# operation's (form_parameters reads them back).
+
+OUTPUT_PREFIX = "output"
 
 
 @dataclass(frozen=True)
 class FormField:
-    name: str
+    name: str  # the parameter's
+    key: str  # the form field's: `<service>.<name>` or `output.<name>`
     label: str
     help: str
     widget: str  # number, select, text or color
@@ -286,44 +307,122 @@ class FormField:
     value: str
     options: tuple[tuple[str, str], ...] = ()
     attrs: dict[str, Any] = field(default_factory=dict)  # min, max, step, pattern
+    advanced: bool = False  # shown under "Advanced": a knob most people leave alone
+
+    @property
+    def id(self) -> str:
+        return "f-" + self.key.replace(".", "-")
+
+    @property
+    def shared(self) -> bool:
+        """An output option, shown with whichever operation is chosen unless it has no use for it."""
+        return self.key.startswith(OUTPUT_PREFIX + ".")
+
+
+@dataclass(frozen=True)
+class ServiceFields:
+    """One operation's own fields on the lite form, and the shared output options it has no use for
+    (a report takes none; convert asks for its format itself)."""
+
+    name: str
+    description: str
+    fields: list[FormField]
+    advanced: list[FormField]
+    hides: list[str]  # the ids of those output options' fields, or of their fieldset if it is all of them
+
+
+# A watermark's overlay is an asset uploaded through the API, and its text options alone weigh as much
+# as three everyday operations: the light page leaves it to the desktop and mobile pages and the API.
+NOT_ON_THE_LITE_PAGE = ("watermark",)
 
 
 def lite_form(request: HttpRequest, budget: int | None) -> dict[str, Any]:
-    """The chosen service (?service=, since without JavaScript a choice needs a reload) and its fields,
+    """Every operation's fields and the shared output options, the one chosen (?service=) selected,
     with `budget` filled in as max_bytes for a visitor saving data."""
-    service = request.GET.get("service", DEFAULT_SERVICE)
-    operation = OPERATIONS.get(service) or OPERATIONS[DEFAULT_SERVICE]
+    chosen = request.GET.get("service", DEFAULT_SERVICE)
     defaults = {"max_bytes": budget} if budget else {}
-    return {"operation": operation, "fields": parameter_fields(operation.json_schema(), defaults)}
+    output = parameter_fields(OutputOptions.model_json_schema(), OUTPUT_PREFIX, defaults)
+    return {
+        "chosen": chosen if chosen in OPERATIONS and chosen not in NOT_ON_THE_LITE_PAGE else DEFAULT_SERVICE,
+        "service_fields": [
+            service_fields(operation, output)
+            for operation in OPERATIONS.values()
+            if operation.name not in NOT_ON_THE_LITE_PAGE
+        ],
+        "output_fields": output,
+    }
 
 
-def parameter_fields(schema: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[FormField]:
-    """Form fields for a pydantic JSON schema: the service's own parameters, then the output options.
-    `defaults` replaces the schema's defaults for this page (a visitor saving data: a byte budget)."""
+def service_fields(operation: Operation[Any], output: list[FormField]) -> ServiceFields:
+    schema = operation.json_schema()
+    own = [f for f in parameter_fields(schema, operation.name) if f.name not in OUTPUT_OPTIONS or f.required]
+    properties = schema.get("properties", {})
+    unused = [f"{f.id}-p" for f in output if f.name not in properties or any(o.name == f.name for o in own)]
+    hides = [OUTPUT_PREFIX] if len(unused) == len(output) else unused
+    return ServiceFields(
+        operation.name,
+        operation.description,
+        fields=[f for f in own if not f.advanced],
+        advanced=[f for f in own if f.advanced],
+        hides=hides,
+    )
+
+
+def form_parameters(form: QueryDict, service: str) -> dict[str, Any]:
+    """The chosen operation's parameters from a form: its own fields (`<service>.<name>`) over the
+    output options it takes (`output.<name>`); other operations' fields are not its. A plain name
+    (the desktop form without JavaScript, a script) is a parameter as it is."""
+    properties = OPERATIONS[service].json_schema().get("properties", {}) if service in OPERATIONS else {}
+    plain, output, own = {}, {}, {}
+    for key, value in intake.parameters_from(form).items():
+        prefix, _, name = key.rpartition(".")
+        if not prefix:
+            plain[key] = value
+        elif prefix == OUTPUT_PREFIX and name in properties:
+            output[name] = value
+        elif prefix == service:
+            own[name] = value
+    return {**plain, **output, **own}
+
+
+def parameter_fields(
+    schema: dict[str, Any], prefix: str, defaults: dict[str, Any] | None = None
+) -> list[FormField]:
+    """Form fields for a pydantic JSON schema, named `<prefix>.<parameter>`: the service's own
+    parameters, then the output options. `defaults` replaces the schema's defaults for this page (a
+    visitor saving data: a byte budget)."""
     required = set(schema.get("required", []))
     properties = schema.get("properties", {}).items()
     fields = [
-        form_field(name, prop, name in required, (defaults or {}).get(name)) for name, prop in properties
+        form_field(name, f"{prefix}.{name}", prop, name in required, (defaults or {}).get(name))
+        for name, prop in properties
     ]
     return sorted(fields, key=lambda f: f.name in OUTPUT_OPTIONS and not f.required)
 
 
-def form_field(name: str, prop: dict[str, Any], required: bool, page_default: Any = None) -> FormField:
+def form_field(
+    name: str, key: str, prop: dict[str, Any], required: bool, page_default: Any = None
+) -> FormField:
     spec = without_null(prop)
     default = prop.get("default") if page_default is None else page_default
     value = "" if default is None else str(default)
-    common = {"name": name, "label": prop.get("title", name), "help": prop.get("description", "")}
+    common = {
+        "name": name,
+        "key": key,
+        "label": prop.get("title", name),
+        "help": prop.get("description", ""),
+        "required": required,
+        "advanced": bool(prop.get("x-advanced")) and not required,
+    }
     if "enum" in spec:
-        options = tuple((str(v), str(v)) for v in spec["enum"])
+        options = tuple((str(v), choice_label(prop, v)) for v in spec["enum"])
         if default is None and not required:
             options = (("", "Default"), *options)
-        return FormField(**common, widget="select", required=required, value=value, options=options)
+        return FormField(**common, widget="select", value=value, options=options)
     kind = spec.get("type")
     if kind == "boolean":
         options = (("true", "Yes"), ("false", "No"))
-        return FormField(
-            **common, widget="select", required=required, value=str(bool(default)).lower(), options=options
-        )
+        return FormField(**common, widget="select", value=str(bool(default)).lower(), options=options)
     if kind in ("integer", "number"):
         attrs = {
             "min": spec.get("minimum"),
@@ -331,11 +430,18 @@ def form_field(name: str, prop: dict[str, Any], required: bool, page_default: An
             "step": "1" if kind == "integer" else "any",
         }
         attrs = {key: val for key, val in attrs.items() if val is not None}
-        return FormField(**common, widget="number", required=required, value=value, attrs=attrs)
+        return FormField(**common, widget="number", value=value, attrs=attrs)
     if spec.get("pattern") == COLOUR_PATTERN:
-        return FormField(**common, widget="color", required=required, value=value or "#ffffff")
+        return FormField(**common, widget="color", value=value or "#ffffff")
     attrs = {"pattern": spec["pattern"].strip("^$")} if spec.get("pattern") else {}
-    return FormField(**common, widget="text", required=required, value=value, attrs=attrs)
+    return FormField(**common, widget="text", value=value, attrs=attrs)
+
+
+def choice_label(prop: dict[str, Any], value: Any) -> str:
+    """A choice as the form shows it: the schema's label for it (x-enum-labels), else capitalised."""
+    text = str(value)
+    label: str = prop.get("x-enum-labels", {}).get(text) or text[:1].upper() + text[1:]
+    return label
 
 
 def without_null(prop: dict[str, Any]) -> dict[str, Any]:

@@ -380,11 +380,12 @@ def plays_of(image: Image.Image) -> int:
 # --- Encoding ------------------------------------------------------------------------------------
 
 
-def encode(picture: Picture, format: str, quality: int) -> bytes:
-    """A still or an animation, encoded (no metadata, as codecs.encode_image)."""
+def encode(picture: Picture, format: str, quality: int, progress: ProgressCallback | None = None) -> bytes:
+    """A still or an animation, encoded (no metadata, as codecs.encode_image); `progress` hears a still
+    PNG's bands."""
     if isinstance(picture, Animation):
         return encode_animation(picture, format, quality)
-    return encode_image(picture, format, quality)
+    return encode_image(picture, format, quality, progress)
 
 
 def encode_animation(animation: Animation, format: str, quality: int) -> bytes:

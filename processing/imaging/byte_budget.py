@@ -19,6 +19,7 @@ from PIL import Image
 
 from processing.errors import UnprocessableImage
 from processing.imaging.animation import Picture, encode
+from processing.imaging.codecs import ProgressCallback
 
 MIN_QUALITY = 30
 # Bytes do not fall exactly with the area: aim a little below the budget so one shrink mostly does.
@@ -49,9 +50,17 @@ class Fitted:
         }
 
 
-def encode_within(image: Picture, format: str, quality: int, max_bytes: int | None) -> Fitted:
-    """The image encoded at `quality`, or, over `max_bytes`, the best encoding that fits."""
-    data = encode(image, format, quality)
+def encode_within(
+    image: Picture,
+    format: str,
+    quality: int,
+    max_bytes: int | None,
+    progress: ProgressCallback | None = None,
+) -> Fitted:
+    """The image encoded at `quality`, or, over `max_bytes`, the best encoding that fits. `progress`
+    follows the first encode, the one of the whole image (the search's are of fewer pixels, or lower
+    quality, and rare)."""
+    data = encode(image, format, quality, progress)
     if max_bytes is None or len(data) <= max_bytes:
         return Fitted(data, image, quality, 1)
     lowest = lowest_quality(format, quality)

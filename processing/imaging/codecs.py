@@ -7,7 +7,7 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -16,9 +16,12 @@ import pillow_heif
 from PIL import ExifTags, Image, ImageCms, ImageOps, TiffImagePlugin, UnidentifiedImageError, _imaging
 
 from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, UnprocessableImage
-from processing.imaging import jxl, libtiff, refusals
+from processing.imaging import jxl, libtiff, png, refusals
 from processing.imaging.formats import OUTPUT_FORMATS, extension_for, has_alpha, mime_type_for
 from processing.imaging.frame_count import count_frames
+
+# How far a piece of work has got, 0 to 1; it may raise (processing.errors.Cancelled) to stop the work.
+ProgressCallback = Callable[[float], None]
 
 # HEIC/HEIF (iPhone photos) through libheif; AVIF is Pillow's own; JPEG XL (JXL) is registered by
 # processing.imaging.jxl.
@@ -440,9 +443,17 @@ def first(value: Any, default: int) -> int:
     return value if isinstance(value, int) else default
 
 
-def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
-    """Encode pixels only: no EXIF (so no GPS), XMP, ICC profile or comment reaches the output."""
+def encode_image(
+    image: Image.Image, format: str, quality: int, progress: ProgressCallback | None = None
+) -> bytes:
+    """Encode pixels only: no EXIF (so no GPS), XMP, ICC profile or comment reaches the output.
+
+    A PNG is written a band of rows at a time, telling `progress` how far it has got (the other
+    encoders are one call each, with nothing to tell until they end)."""
     check_encodable(image, format)
+    if format == "png":
+        # Read band by band, not copied: the writer takes nothing but the pixels.
+        return png.encode(image if image.mode in png.MODES else pixels_for(image, "png"), progress or ignore)
     if format == "jpeg" and image.mode in ("L", "RGB") and not image.has_transparency_data:
         # Stored as it is, no copy: JPEG's encoder takes metadata only from the arguments below (the
         # comment would fall back to image.info, and is given explicitly).
@@ -463,11 +474,13 @@ def encode_image(image: Image.Image, format: str, quality: int) -> bytes:
         )
     elif format == "gif":
         clean.save(out, "GIF", comment=b"")
-    elif format == "jxl":
-        return jxl.encode(clean, quality)
     else:
-        clean.save(out, "PNG", optimize=False, compress_level=6, exif=b"", icc_profile=None)
+        return jxl.encode(clean, quality)
     return out.getvalue()
+
+
+def ignore(fraction: float) -> None:
+    """A progress callback for work nobody follows."""
 
 
 def check_encodable(image: Image.Image, format: str) -> None:

@@ -47,6 +47,18 @@ MIME_TYPES = {
     "AVIF": "image/avif",
     "JXL": "image/jxl",
 }
+# How people write each format's name (Pillow calls an iPhone's HEIC photos HEIF).
+DISPLAY_NAMES = {
+    "JPEG": "JPEG",
+    "PNG": "PNG",
+    "WEBP": "WebP",
+    "GIF": "GIF",
+    "BMP": "BMP",
+    "TIFF": "TIFF",
+    "HEIF": "HEIC",
+    "AVIF": "AVIF",
+    "JXL": "JPEG XL",
+}
 EXTENSIONS = {
     "JPEG": "jpg",
     "PNG": "png",
@@ -150,6 +162,20 @@ def download_for(result: StoredResult, accepted: Collection[str]) -> tuple[str, 
 def varies_with_accept(requested: str | None) -> bool:
     """Whether a download's file depends on the client's Accept header (caches must key on it)."""
     return requested == AUTO
+
+
+def display_name(format_name: str) -> str:
+    """The format's name as people write it: WebP, HEIC."""
+    upper = format_name.upper()
+    return DISPLAY_NAMES.get(upper, upper)
+
+
+def choice_labels() -> dict[str, str]:
+    """What a form shows for each value of the `format` parameter."""
+    return {
+        **{name: display_name(name) for name in OUTPUT_FORMATS},
+        AUTO: "Auto (the best the browser shows)",
+    }
 
 
 def mime_type_for(format_name: str) -> str:

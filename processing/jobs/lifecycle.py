@@ -78,8 +78,9 @@ def release(job_id: JobId, worker: str) -> None:
 class ProgressReporter:
     """The progress callback handed to operations: a throttled write and a cancellation checkpoint.
 
-    The first write comes `interval` seconds after the claim: a job that finishes sooner
-    reports no progress at all, since "processing" and then "completed" say all there is.
+    The first write comes `interval` seconds after the reporter is made, as the job's work begins
+    (processing.worker.progress cuts that work into stages): a job that finishes sooner reports no
+    progress at all, since "processing" and then "completed" say all there is.
     """
 
     def __init__(self, job: Job, worker: str, interval: float | None = None):

@@ -75,6 +75,15 @@ class ResultOut(TypedDict):
             ),
         ]
     ]
+    preview_url: NotRequired[
+        Annotated[
+            str | None,
+            Field(
+                description="An image result, smaller, for showing in a page: add `?size=` 320, 640 or "
+                "1280, its longest edge at most. Null for a report."
+            ),
+        ]
+    ]
     report: NotRequired[dict[str, Any] | None]
     frames: NotRequired[
         Annotated[
@@ -163,6 +172,7 @@ def result_json(job: Job, download_url: str) -> ResultOut | None:
         bytes=job.output_bytes,
         placeholder=placeholder_json(job),
         fallback_format=job.fallback_format or None,
+        preview_url=f"{API}/preview/{job.id}" if job.output_key else None,
         report=job.report,
         frames=frames_json(job),
     )

@@ -17,7 +17,16 @@ from pydantic import ValidationError
 from processing import logcontext, storage
 from processing.callbacks.deliveries import deliver_callback  # noqa: F401  (the callbacks queue's actor)
 from processing.errors import Cancelled, InvalidParameters, StepRefused, UnprocessableImage
-from processing.imaging import admin_thumbnails, animation, byte_budget, formats, jxl, placeholders, recipes
+from processing.imaging import (
+    admin_thumbnails,
+    animation,
+    byte_budget,
+    formats,
+    jxl,
+    placeholders,
+    previews,
+    recipes,
+)
 from processing.imaging.animation import Animation, AnimationLimits, FramePlan, Picture
 from processing.imaging.codecs import DecodeHint, ImageInfo, load_image
 from processing.imaging.operations import OutputLimits
@@ -25,7 +34,7 @@ from processing.imaging.operations.base import OperationResult, OutputOptions, P
 from processing.imaging.recipes import Recipe
 from processing.jobs import lifecycle, pools, queues
 from processing.models import Job
-from processing.worker import admission
+from processing.worker import admission, progress
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +127,7 @@ def pixels_of(job: Job, recipe: Recipe, hint: DecodeHint | None, frames: FramePl
         only = recipe.steps[0]
         held_bytes = animation.held_bytes(frames, only.operation, only.params, width, height)
         return math.ceil(held_bytes / admission.BYTES_PER_PIXEL)
-    decoded = width * height
-    if hint is not None and hint.size is not None:
-        decoded = max(hint.size[0] * hint.size[1], decoded // 64)  # DCT scaling divides by 8 at most
+    decoded = decoded_pixels(job, hint)
     busiest = 0.0
     for index, step, step_width, step_height in recipe.walk(width, height):
         given = decoded if index == 0 else step_width * step_height
@@ -140,16 +147,54 @@ def run(job: Job, worker: str) -> None:
         recipe, job.input_frames, job.parameters.get("format"), job.negotiated_format, job.input_format
     )
     with admission.admitted(pixels_of(job, recipe, hint, frames)):
-        produce(job, worker, recipe, hint)
+        produce(job, worker, recipe, hint, frames)
 
 
-def produce(job: Job, worker: str, recipe: Recipe, hint: DecodeHint | None) -> None:
+def decoded_pixels(job: Job, hint: DecodeHint | None) -> int:
+    """The pixels the decode makes: fewer when the decode is reduced (DCT scaling divides by 8 at most)."""
+    pixels = job.input_width * job.input_height
+    if hint is not None and hint.size is not None:
+        return max(hint.size[0] * hint.size[1], pixels // 64)
+    return pixels
+
+
+def stages_of(
+    job: Job, worker: str, recipe: Recipe, hint: DecodeHint | None, frames: FramePlan
+) -> progress.Stages:
+    """The job's progress bar, cut into what each of its stages is expected to cost: the recipe's steps
+    by what each costs on the pixels it is given, every frame of an animation that keeps them."""
+    decoded = decoded_pixels(job, hint)
+    operation_ns = 0.0
+    made_pixels = 0
+    for index, step, width, height in recipe.walk(job.input_width, job.input_height):
+        made = step.operation.output_size(step.params, width, height)
+        made_pixels = made[0] * made[1] if made else 0
+        given = decoded if index == 0 else width * height
+        operation_ns += step.operation.ns_per_pixel * max(given, made_pixels)
+    requested = job.parameters.get("format")
+    # format=auto left to the content is JPEG or PNG: counted as JPEG, most results' case.
+    output_format = formats.chosen_before_pixels(requested, job.negotiated_format, job.input_format) or "jpeg"
+    fallback = "jpeg" if requested == formats.AUTO and job.negotiated_format else ""
+    costs = progress.Costs.of(
+        input_format=job.input_format,
+        decoded_pixels=decoded * frames.output,
+        operation_ns=operation_ns * frames.output,
+        output_format=output_format if made_pixels else "",
+        output_pixels=made_pixels * frames.output,
+        fallback_format=fallback if made_pixels else "",
+    )
+    return progress.Stages(lifecycle.ProgressReporter(job, worker), costs)
+
+
+def produce(job: Job, worker: str, recipe: Recipe, hint: DecodeHint | None, frames: FramePlan) -> None:
     """Decode once, run the recipe's steps, encode once and store, then complete the job."""
+    stages = stages_of(job, worker, recipe, hint, frames)  # its throttle counts from here
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with storage.local_path(job.input_key) as path:
         image, info = load_image(path, settings.MAX_IMAGE_PIXELS, hint, settings.MAX_JPEG_SCANS)
         timings["decode_ms"] = elapsed_ms(started)
+        stages.done("decode")
         # The gateway checked these from the header; here they hold for any job, before a pixel is made.
         output_format, frames = animation.recipe_result(
             recipe, info.frames, job.parameters.get("format"), job.negotiated_format, info.format
@@ -158,12 +203,11 @@ def produce(job: Job, worker: str, recipe: Recipe, hint: DecodeHint | None) -> N
         animation.check_recipe_budget(frames, recipe, info.width, info.height, AnimationLimits.of(settings))
 
         step = time.perf_counter()
-        progress = lifecycle.ProgressReporter(job, worker)
         made: Picture | None
         if frames.animated:  # the other frames are decoded from the same file as they are operated on
-            result, made = operate_on_frames(path, recipe, frames, info, progress)
+            result, made = operate_on_frames(path, recipe, frames, info, stages.stage("operation"))
         else:
-            result = recipe.apply(image, progress)
+            result = recipe.apply(image, stages.stage("operation"))
             made = result.image
         timings["operation_ms"] = elapsed_ms(step)
 
@@ -173,12 +217,13 @@ def produce(job: Job, worker: str, recipe: Recipe, hint: DecodeHint | None) -> N
     else:
         assert made is not None  # an operation that produces an image returns one
         first = animation.first_frame(made)
-        fields.update(store_image_output(job, made, recipe.output, info.format, timings))
+        fields.update(store_image_output(job, made, recipe.output, info.format, timings, stages))
         if frames.animated and fields["output_frames"] == 1:
             fields["frames_note"] = MERGED_FRAMES_NOTE
         fields.update(placeholders.fields(first))
         stored_size = (fields["output_width"], fields["output_height"])
         admin_thumbnails.store_unless_later(fields["output_key"], first, stored_size)
+        previews.store_unless_later(fields["output_key"], first, stored_size)
     admin_thumbnails.store_unless_later(job.input_key, image, (info.width, info.height))
     # After storing: encode_ms and store_ms belong in the metrics too.
     fields["metrics"] = {**result.metrics, **timings}
@@ -212,7 +257,12 @@ def operate_on_frames(
 
 
 def store_image_output(
-    job: Job, image: Picture, params: OutputOptions, input_format: str, timings: dict[str, float]
+    job: Job,
+    image: Picture,
+    params: OutputOptions,
+    input_format: str,
+    timings: dict[str, float],
+    stages: progress.Stages,
 ) -> dict[str, Any]:
     """Encode the result (and its fallback) and store it: its fields on the job. An animation's frames
     are counted in the file, as its encoder may have merged identical neighbours."""
@@ -220,8 +270,9 @@ def store_image_output(
     content = animation.first_frame(image)
     chosen = formats.result_formats(params.format, job.negotiated_format, input_format, content, animated)
     step = time.perf_counter()
-    fitted = encoded(job, image, chosen.output, params, input_format)
+    fitted = encoded(job, image, chosen.output, params, input_format, stages.stage("encode"))
     timings["encode_ms"] = elapsed_ms(step)
+    stages.done("encode")
     if fitted.encodes > 1:
         timings.update(fitted.metrics(image))
     data = fitted.data
@@ -239,18 +290,27 @@ def store_image_output(
         "output_frames": animation.frames_in(data, chosen.output) if animated else 1,
     }
     if chosen.fallback:
-        fields.update(store_fallback(job, fitted.image, chosen.fallback, params.quality, params.max_bytes))
+        fields.update(
+            store_fallback(
+                job, fitted.image, chosen.fallback, params.quality, params.max_bytes, stages.stage("fallback")
+            )
+        )
     timings["store_ms"] = elapsed_ms(step)
     return fields
 
 
 def encoded(
-    job: Job, image: Picture, output_format: str, params: OutputOptions, input_format: str
+    job: Job,
+    image: Picture,
+    output_format: str,
+    params: OutputOptions,
+    input_format: str,
+    progress: ProgressCallback,
 ) -> byte_budget.Fitted:
     """The result's bytes: a lossless JPEG XL when asked for (convert's `lossless`), of the upload's own
     file when it is a JPEG; otherwise the image encoded within its byte budget."""
     if not getattr(params, "lossless", False):
-        return byte_budget.encode_within(image, output_format, params.quality, params.max_bytes)
+        return byte_budget.encode_within(image, output_format, params.quality, params.max_bytes, progress)
     jpeg = None
     if formats.keeps_the_jpeg(True, input_format, output_format):
         with storage.local_path(job.input_key) as path:
@@ -261,11 +321,16 @@ def encoded(
 
 
 def store_fallback(
-    job: Job, image: Picture, fallback_format: str, quality: int, max_bytes: int | None
+    job: Job,
+    image: Picture,
+    fallback_format: str,
+    quality: int,
+    max_bytes: int | None,
+    progress: ProgressCallback,
 ) -> dict[str, Any]:
     """The same result in `fallback_format`, for downloads whose Accept does not name the chosen format;
     within the same budget, so it may have fewer pixels than the result."""
-    data = byte_budget.encode_within(image, fallback_format, quality, max_bytes).data
+    data = byte_budget.encode_within(image, fallback_format, quality, max_bytes, progress).data
     key = storage.save_output(storage.fallback_key(str(job.id), formats.extension_for(fallback_format)), data)
     return {"fallback_key": key, "fallback_format": fallback_format}
 

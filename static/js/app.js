@@ -97,7 +97,9 @@
     let control;
     if (spec.enum) {
       const blank = value === "" && !required ? [el("option", { value: "", text: "Default" })] : [];
-      const options = spec.enum.map((option) => el("option", { value: option, text: option, selected: String(option) === value }));
+      const options = spec.enum.map((option) =>
+        el("option", { value: option, text: choiceLabel(prop, option), selected: String(option) === value })
+      );
       control = el("select", common, ...blank, ...options);
     } else if (spec.type === "boolean") {
       control = el(
@@ -120,6 +122,13 @@
     return el("div", { class: "field" }, label, control, help);
   }
 
+  /** A choice as a form shows it: the schema's label for it (x-enum-labels), else the value capitalised. */
+  function choiceLabel(prop, value) {
+    const labels = prop["x-enum-labels"] || {};
+    const text = String(value);
+    return labels[text] || text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
   function showParameters() {
     const service = services.get(serviceSelect.value);
     const option = serviceSelect.selectedOptions[0];
@@ -130,7 +139,12 @@
     const required = new Set(schema.required || []);
     const later = (name) => OUTPUT_OPTIONS.includes(name) && !required.has(name);
     const names = Object.keys(schema.properties || {}).sort((a, b) => later(a) - later(b));
-    const fields = names.map((name) => parameterField(name, schema.properties[name], required.has(name)));
+    const field = (name) => parameterField(name, schema.properties[name], required.has(name));
+    // Knobs most people leave alone (a benchmark's threads and runs) wait behind "Advanced".
+    const advanced = (name) => schema.properties[name]["x-advanced"] && !required.has(name);
+    const fields = names.filter((name) => !advanced(name)).map(field);
+    const extra = names.filter(advanced).map(field);
+    if (extra.length) fields.push(el("details", { class: "advanced" }, el("summary", { text: "Advanced" }), ...extra));
     const none = el("p", { class: "hint", text: "This operation has no options." });
     parameterBox.replaceChildren(legend, ...(fields.length ? fields : [none]));
   }
@@ -307,8 +321,9 @@
       item: el("li", { class: "job", "data-job-id": job.job_id, "data-created": job.created_at }),
       title: el("h3", { tabindex: "-1" }),
       status: el("span", { class: "status" }),
-      progress: el("progress", { max: "100", value: "0" }),
+      progress: el("progress", { class: "job-progress", max: "100", value: "0" }),
       preview: el("div", { class: "preview" }),
+      facts: el("p", { class: "result-facts", hidden: true }),
       metrics: el("p", { class: "metrics" }),
       report: el("div", { class: "report" }),
       error: el("p", { class: "job-error" }),
@@ -316,7 +331,7 @@
       actions: el("div", { class: "job-actions" }),
     };
     const head = el("div", { class: "job-head" }, card.title, el("span", { class: "job-service", text: job.service }), card.status);
-    card.item.append(head, card.progress, card.error, card.frames, card.preview, card.metrics, card.report, card.actions);
+    card.item.append(head, card.progress, card.error, card.frames, card.preview, card.facts, card.metrics, card.report, card.actions);
     return card;
   }
 
@@ -345,7 +360,13 @@
     card.title.textContent = title;
     card.status.textContent = STATUS_TEXT[job.status];
     card.status.className = "status status-" + job.status;
-    card.progress.value = Math.round((job.status === "completed" ? 1 : job.progress || 0) * 100);
+    // Processing with no step reported yet (or none to report, as a resize has): a bar that shows
+    // the work going on, not an empty one. Once steps come, how far; striped while it works.
+    const working = job.status === "processing";
+    const done = job.status === "completed" ? 1 : job.progress || 0;
+    if (working && done === 0) card.progress.removeAttribute("value");
+    else card.progress.value = Math.round(done * 100);
+    card.progress.classList.toggle("is-working", working);
     card.progress.setAttribute("aria-label", "Progress of " + title);
     card.progress.hidden = job.status === "failed" || job.status === "cancelled";
     card.error.textContent = job.error ? job.error.message : "";
@@ -353,7 +374,10 @@
     fillFrames(card, job.result && job.result.frames);
     if (!previous || previous.status !== job.status || !card.actions.hasChildNodes()) fillActions(card, job);
     if (features.real_time_preview) fillPreview(card, job, title);
-    else fillPlaceholder(card, job);
+    else fillResult(card, job, title);
+    const image = job.result && job.result.preview_url ? job.result : null;
+    card.facts.textContent = image ? resultFacts(image) : "";
+    card.facts.hidden = !image;
     if (job.result && job.result.report && !card.report.hasChildNodes()) card.report.append(...reportView(job.result.report));
     if (features.advanced_metrics && D.isFinished(job) && !card.metricsRequested) showMetrics(card, job);
   }
@@ -384,47 +408,63 @@
 
   function fillPreview(card, job, title) {
     const upload = uploads.get(job.job_id);
-    const isImage = job.result && String(job.result.content_type).startsWith("image/");
+    const isImage = Boolean(job.result && job.result.preview_url);
     if (card.preview.hasChildNodes() || !upload) {
-      if (isImage && !card.after) addAfter(card, job, title);
+      if (isImage && !card.after) addAfter(card, job, "After " + job.service + ": " + title, "After");
       return;
     }
     const before = el("figure", {}, el("img", { src: previewUrl(upload.file), alt: "Before: " + title }), el("figcaption", { text: "Before" }));
     card.preview.append(before);
-    if (isImage) addAfter(card, job, title);
+    if (isImage) addAfter(card, job, "After " + job.service + ": " + title, "After");
+  }
+
+  // A phone shows the result alone: its preview, and what Download would fetch.
+  function fillResult(card, job, title) {
+    if (!job.result || !job.result.preview_url || card.after) return;
+    addAfter(card, job, "Result of " + job.service + ": " + title, null);
   }
 
   function blurhashOf(job) {
     return job.result && job.result.placeholder ? job.result.placeholder.blurhash : null;
   }
 
-  // The result, over its BlurHash until it has loaded.
-  function addAfter(card, job, title) {
-    card.after = el("img", { src: job.result.url, alt: "After " + job.service + ": " + title });
+  /** The result's preview that fills `box` on this screen: the smallest size covering it, else the largest. */
+  function resultPreviewUrl(job, box) {
+    const needed = Math.max(box.clientWidth, box.clientHeight) * (window.devicePixelRatio || 1);
+    // Saving data: the smallest preview, whatever the screen.
+    const sizes = config.bandwidth === "low" ? config.preview_sizes.slice(0, 1) : config.preview_sizes;
+    const size = sizes.find((candidate) => candidate >= needed) || sizes[sizes.length - 1];
+    return job.result.preview_url + "?size=" + size;
+  }
+
+  // The result's preview, sized for its box, over its BlurHash until it has loaded.
+  function addAfter(card, job, alt, caption) {
+    card.after = el("img", { alt });
     const frame = el("div", { class: "after" }, card.after);
     const hash = blurhashOf(job);
-    if (hash && !card.after.complete) {
+    if (hash) {
       const placeholder = D.placeholder(hash, job.result.width, job.result.height);
       frame.prepend(placeholder);
       card.after.addEventListener("load", () => placeholder.remove(), { once: true });
     }
-    card.preview.append(el("figure", {}, frame, el("figcaption", { text: "After" })));
+    // No preview to show (the result has expired, say): the BlurHash stays, and no broken image.
+    card.after.addEventListener("error", () => (card.after.hidden = true), { once: true });
+    card.preview.append(el("figure", {}, frame, caption ? el("figcaption", { text: caption }) : null));
+    card.after.src = resultPreviewUrl(job, frame); // once in the page, where its box has a size
   }
 
-  // On a phone no result is downloaded until asked for: its BlurHash stands in for it.
-  function fillPlaceholder(card, job) {
-    const hash = blurhashOf(job);
-    if (!hash || card.placeholder) return;
-    card.placeholder = D.placeholder(hash, job.result.width, job.result.height);
-    card.preview.append(card.placeholder);
+  /** "PNG · 4000 × 3000 px · 23.0 MB": what Download gives. */
+  function resultFacts(result) {
+    const name = config.format_names[result.format] || String(result.format).toUpperCase();
+    return [name, result.width + " × " + result.height + " px", formatBytes(result.bytes)].join(" · ");
   }
 
   async function showMetrics(card, job) {
     card.metricsRequested = true;
     try {
       const facts = await D.api.get(job.result_url);
+      // The result's format, size and bytes are on the line above (resultFacts).
       const parts = ["Queue wait " + formatMs(facts.queue_wait_ms), "processing " + formatMs(facts.processing_ms), "total " + formatMs(facts.total_ms)];
-      if (facts.output) parts.push(facts.output.width + " × " + facts.output.height + ", " + formatBytes(facts.output.bytes));
       card.metrics.textContent = parts.join(" · ");
     } catch (error) {
       card.metricsRequested = false; // try again with the next update

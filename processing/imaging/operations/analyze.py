@@ -97,4 +97,5 @@ OPERATION = Operation(
     params=AnalyzeParams,
     apply=analyze,
     produces="report",
+    ns_per_pixel=19.0,
 )

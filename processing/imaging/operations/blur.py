@@ -3,6 +3,7 @@
 from PIL import Image, ImageFilter
 from pydantic import Field
 
+from processing.imaging.operations import bands
 from processing.imaging.operations.base import Operation, OperationResult, OutputOptions, ProgressCallback
 
 
@@ -11,8 +12,8 @@ class BlurParams(OutputOptions):
 
 
 def blur(image: Image.Image, params: BlurParams, progress: ProgressCallback) -> OperationResult:
-    blurred = image.filter(ImageFilter.GaussianBlur(params.radius))
-    progress(1.0)
+    image_filter = ImageFilter.GaussianBlur(params.radius)
+    blurred = bands.filtered(image, image_filter, bands.gaussian_reach(params.radius), progress)
     return OperationResult(image=blurred)
 
 
@@ -22,4 +23,5 @@ OPERATION = Operation(
     params=BlurParams,
     apply=blur,
     animates=True,
+    ns_per_pixel=50.0,
 )

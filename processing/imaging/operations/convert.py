@@ -4,7 +4,13 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from processing.imaging.formats import OutputFormat
-from processing.imaging.operations.base import Operation, OperationResult, OutputOptions, ProgressCallback
+from processing.imaging.operations.base import (
+    FORMAT_CHOICES,
+    Operation,
+    OperationResult,
+    OutputOptions,
+    ProgressCallback,
+)
 
 # What a lossless JPEG XL job holds at its peak per pixel, most of it libjxl's recompression of a JPEG
 # (22 bytes a pixel) beside the decoded pixels (for the placeholder and the result's size): 27.8 and
@@ -14,15 +20,18 @@ LOSSLESS_MEMORY_PER_PIXEL = 29.0
 
 class ConvertParams(OutputOptions):
     format: OutputFormat = Field(
-        description="Output format: JPEG, PNG, WebP, AVIF or JPEG XL (`jxl`); `auto` as for all services."
+        description=(
+            "The result's file type: JPEG, PNG, WebP, AVIF, JPEG XL or GIF; Auto as for every image service."
+        ),
+        json_schema_extra=FORMAT_CHOICES,
     )
     lossless: bool = Field(
         False,
         description=(
-            "JPEG XL only (`format=jxl`): no loss at all. A JPEG upload is recompressed as it is: the "
-            "result, about a quarter smaller, decodes back to the very same JPEG file, byte for byte, so "
-            "its metadata (EXIF, GPS, ICC profile) stays too. Any other upload: exactly its pixels. "
-            "`quality` does not apply, and neither may `max_bytes`."
+            "For JPEG XL only: no loss at all. A JPEG upload is recompressed as it is: the result, about "
+            "a quarter smaller, decodes back to the very same JPEG file, byte for byte, its metadata "
+            "(EXIF, GPS, ICC profile) included. Any other upload keeps exactly its pixels. Quality does "
+            "not apply, and a largest file size may not be given."
         ),
     )
 
@@ -55,4 +64,5 @@ OPERATION = Operation(
     apply=convert,
     memory_per_pixel=4.5,
     animates=True,
+    ns_per_pixel=0.0,
 )

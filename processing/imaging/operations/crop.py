@@ -86,4 +86,5 @@ OPERATION = Operation(
     apply=crop,
     memory_per_pixel=5.0,
     animates=True,
+    ns_per_pixel=0.3,
 )

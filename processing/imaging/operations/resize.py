@@ -99,4 +99,5 @@ OPERATION = Operation(
     params=ResizeParams,
     apply=resize,
     animates=True,
+    ns_per_pixel=22.0,
 )

@@ -3,6 +3,7 @@
 from PIL import Image, ImageFilter
 from pydantic import Field
 
+from processing.imaging.operations import bands
 from processing.imaging.operations.base import Operation, OperationResult, OutputOptions, ProgressCallback
 
 
@@ -13,8 +14,8 @@ class SharpenParams(OutputOptions):
 
 
 def sharpen(image: Image.Image, params: SharpenParams, progress: ProgressCallback) -> OperationResult:
-    sharpened = image.filter(ImageFilter.UnsharpMask(params.radius, params.percent, params.threshold))
-    progress(1.0)
+    image_filter = ImageFilter.UnsharpMask(params.radius, params.percent, params.threshold)
+    sharpened = bands.filtered(image, image_filter, bands.gaussian_reach(params.radius), progress)
     return OperationResult(image=sharpened)
 
 
@@ -24,4 +25,5 @@ OPERATION = Operation(
     params=SharpenParams,
     apply=sharpen,
     animates=True,
+    ns_per_pixel=70.0,
 )

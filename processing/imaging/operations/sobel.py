@@ -48,4 +48,5 @@ OPERATION = Operation(
     apply=sobel,
     memory_per_pixel=9.5,
     animates=True,
+    ns_per_pixel=9.0,
 )

@@ -92,4 +92,5 @@ OPERATION = Operation(
     params=ThumbnailParams,
     apply=thumbnail,
     animates=True,
+    ns_per_pixel=4.5,
 )
