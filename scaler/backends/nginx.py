@@ -44,13 +44,14 @@ def main_config(prefix: Path) -> str:
     temp_paths = "".join(f"    {name}_temp_path {prefix / name};\n" for name in TEMP_PATHS)
     # As root, nginx would run its workers as `nobody`, who can't read a private prefix.
     user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
-    # A WebSocket through nginx holds two connections, the client's and the gateway's: each worker
+    # A WebSocket through nginx holds two connections, the client's and the gateway's: the worker
     # takes as many as its descriptors allow (`make scale --gateways` raises them to the hard limit).
+    # One worker: least_conn counts requests in flight per worker, and the gateways are few.
     descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     connections = max(1024, descriptors - DESCRIPTORS_FOR_ITSELF)
     return (
         f"{user}daemon off;\n"
-        "worker_processes auto;\n"
+        "worker_processes 1;\n"
         f"worker_rlimit_nofile {descriptors};\n"
         f"pid {prefix / 'nginx.pid'};\n"
         f"error_log {prefix / 'error.log'} warn;\n"
