@@ -372,8 +372,10 @@ class Clients:
         self.closed_early: list[int] = []  # close codes of sockets the server closed outside the storm
         self.pending = len(job_ids)  # first handshakes not yet done
         self.connected = asyncio.Event()
-        self.away: dict[str, float] = {}  # job -> when its socket was dropped by the storm
-        self.back: list[float] = []  # when each dropped client had its state again
+        self.open_now: set[str] = set()  # jobs whose socket is open
+        self.finished: set[str] = set()  # jobs whose socket the server closed with 1000
+        self.away: set[str] = set()  # jobs whose socket the storm dropped, not back yet
+        self.back: dict[str, float] = {}  # job -> when its client had its state again after the storm
         self.refused = 0  # reconnection attempts that failed (the server not back yet, or too busy)
 
     async def run(self) -> None:
@@ -396,10 +398,15 @@ class Clients:
     async def report_storm(self) -> None:
         """Once each socket the storm dropped is back (or has failed), say when they came back."""
         deadline = time.monotonic() + self.options["storm_timeout"]
-        await asyncio.sleep(1)  # every socket has seen its process die
-        while self.away and time.monotonic() < deadline:
+        dropped = self.open_now | self.away  # open when the storm began: each dies with its process
+
+        def unsettled() -> set[str]:
+            return dropped - self.back.keys() - self.finished
+
+        while unsettled() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        self.results.put(("storm", self.back, len(self.away), self.refused))
+        back = [self.back[job] for job in dropped if job in self.back]
+        self.results.put(("storm", back, len(unsettled()), self.refused))
 
     def one_done(self) -> None:
         self.pending -= 1
@@ -445,17 +452,23 @@ class Clients:
                 first = False
                 self.opened[process] = self.opened.get(process, 0) + 1
                 self.one_done()
-            elif self.away.pop(job_id, None) is not None:
-                self.back.append(time.time())
+            elif job_id in self.away:
+                self.away.discard(job_id)
+                self.back[job_id] = time.time()
             backoff.reset()
             self.receive(job_id, state, process)
+            self.open_now.add(job_id)
             code = await self.follow(ws, job_id, process)
-            if code == 1000 or self.events["stop"].is_set():
+            self.open_now.discard(job_id)
+            if code == 1000:
+                self.finished.add(job_id)
+                return
+            if self.events["stop"].is_set():
                 return
             if not self.events["storm"].is_set():
                 self.closed_early.append(code)  # the server gave up on it before its job finished
                 return
-            self.away[job_id] = time.time()
+            self.away.add(job_id)
             await asyncio.sleep(backoff.next())
 
     async def follow(self, ws, job_id: str, process: str) -> int:
