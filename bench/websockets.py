@@ -50,6 +50,7 @@ import multiprocessing
 import os
 import random
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -167,6 +168,16 @@ def reachable(host: str, port: int) -> bool:
         return False
 
 
+def group_alive(group: int) -> bool:
+    """Whether any process of the process group is still there (a zombie counts as gone)."""
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = status.read_text().rsplit(")", 1)[1].split()  # after the command's name
+            if fields[0] != "Z" and int(fields[2]) == group:
+                return True
+    return False
+
+
 def gateway_pids(server_pid: int) -> list[int]:
     """The processes serving: uvicorn's worker processes, or the server itself when it has none."""
     from scaler.backends.processes import child_pids
@@ -235,7 +246,12 @@ class Stack(StartedOrCleanedUp):
         self.spawn("server", [*server, *shlex.split(self.serve_flags)])
 
     def wait_for_gateways(self, timeout: float = 120) -> list[int]:
+        server = self.processes["server"]
+
         def all_started() -> bool:
+            if server.poll() is not None:
+                tail = (self.workdir / "server.log").read_text(errors="replace")[-500:]
+                raise RuntimeError(f"the server exited ({server.returncode}): {tail}")
             return self.gateway_processes == 1 or len(gateway_pids(self.server_pid)) == self.gateway_processes
 
         wait_until(all_started, f"{self.gateway_processes} gateway processes", timeout)
@@ -247,6 +263,9 @@ class Stack(StartedOrCleanedUp):
         server = self.processes["server"]
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+        # A process holding thousands of sockets takes a while to die, and until the last one of the
+        # group has, the port is still theirs: the new server could not listen on it.
+        wait_until(lambda: not group_alive(server.pid), "the killed gateway processes to be gone", 120)
         self.start_server()
 
     def __exit__(self, *exc_info) -> None:
@@ -258,6 +277,10 @@ class Stack(StartedOrCleanedUp):
 
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        if exc_info[0] is None:  # the logs of a run that failed stay, to be read
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            print(f"the servers' logs: {self.workdir}", file=sys.stderr)
 
     def spawn(self, name: str, command: list[str]) -> None:
         with open(self.workdir / f"{name}.log", "ab") as log:
@@ -369,7 +392,7 @@ class Clients:
         self.latencies: list[tuple[str, float, float, str]] = []  # (kind, committed, delay, process)
         self.completed: set[str] = set()  # jobs whose completion reached their client (event or state)
         self.opened: dict[str, int] = {}  # gateway process -> sockets it took at the first handshake
-        self.failed = 0  # first handshakes that failed
+        self.failed: dict[str, int] = {}  # why first handshakes failed -> how many
         self.closed_early: list[int] = []  # close codes of sockets the server closed outside the storm
         self.pending = len(job_ids)  # first handshakes not yet done
         self.connected = asyncio.Event()
@@ -441,9 +464,10 @@ class Clients:
         while True:
             try:
                 ws, state = await self.handshake(job_id)
-            except (OSError, TimeoutError, WebSocketException):
+            except (OSError, TimeoutError, WebSocketException) as exc:
                 if first:
-                    self.failed += 1
+                    reason = f"{type(exc).__name__}: {exc}"[:80]
+                    self.failed[reason] = self.failed.get(reason, 0) + 1
                     return self.one_done()
                 self.refused += 1
                 await asyncio.sleep(backoff.next())
@@ -592,11 +616,16 @@ def run(args, url: str, key: str, job_ids: list[str], gateways: Gateways, stack:
     processes, results, events = start_clients(url, key, job_ids, args)
     connected = collect(results, "connected", len(processes), timeout=1800)
     by_process: dict[str, int] = {}
-    for counts, _ in connected:
+    failures: dict[str, int] = {}
+    for counts, reasons in connected:
+        for reason, count in reasons.items():
+            failures[reason] = failures.get(reason, 0) + count
         for process, count in counts.items():
             by_process[process] = by_process.get(process, 0) + count
-    open_count, failed = sum(by_process.values()), sum(c[1] for c in connected)
+    open_count, failed = sum(by_process.values()), sum(failures.values())
     say(f"{open_count} open, {failed} failed, in {time.monotonic() - opened:.1f} s")
+    for reason, count in sorted(failures.items(), key=lambda item: -item[1]):
+        print(f"  failed handshakes: {count} {reason}")
     time.sleep(3)  # let the servers settle
     after = gateways.memory()
     scraped["open"] = gateways.metrics()
@@ -641,15 +670,25 @@ def reconnect_storm(args, stack: Stack, job_ids: list[str], results, events, cli
         target=lambda: driven.update(finished=drive(job_ids, args.rate, args.storm_jobs_for)[0]), daemon=True
     )
     killed = time.time()
-    stack.restart_server()
-    driver.start()
-    pids = stack.wait_for_gateways()
-    say(f"{len(pids)} gateway processes started again; waiting for every client to be back")
+    error = None
+    try:
+        stack.restart_server()
+        driver.start()
+        pids = stack.wait_for_gateways()
+        say(f"{len(pids)} gateway processes started again; waiting for every client to be back")
+    except RuntimeError as exc:  # the clients still report, as failures: the run's figures still print
+        error = str(exc)
+        say(f"the gateways did not come back: {error}")
     reports = collect(results, "storm", client_processes, timeout=args.storm_timeout + 120)
-    driver.join()
+    if driver.ident is not None:  # started
+        driver.join()
     back = [when - killed for report in reports for when in report[0]]
-    peaks = {str(pid): memory_kib(pid, "VmHWM") for pid in gateway_pids(stack.server_pid)}
+    peaks = {}
+    for pid in gateway_pids(stack.server_pid) if error is None else ():
+        with contextlib.suppress(OSError, RuntimeError):
+            peaks[str(pid)] = memory_kib(pid, "VmHWM")
     return {
+        "error": error,
         "back": len(back),
         "until all back": max(back, default=0.0),
         "failures": sum(report[1] for report in reports),
@@ -814,6 +853,8 @@ def report_storm(storm: dict) -> None:
     print(f"  completions during the storm that reached no client: {storm['never']}")
     shown = ", ".join(f"{pid} {kib / 1024:.0f} MiB" for pid, kib in sorted(peaks.items()))
     print(f"  peak memory of each new gateway process: {shown}")
+    if storm["error"]:
+        print(f"  the gateways did not come back: {storm['error']}")
 
 
 def verdicts(args, open_count, failed, memory, rate, worst, never, early, storm) -> None:
@@ -842,7 +883,8 @@ def verdicts(args, open_count, failed, memory, rate, worst, never, early, storm)
         peak_mib = max(storm["peak KiB"].values(), default=0) / 1024
         lines.append(
             (
-                storm["until all back"] <= GOAL_STORM_SECONDS
+                storm["error"] is None
+                and storm["until all back"] <= GOAL_STORM_SECONDS
                 and storm["failures"] == 0
                 and storm["never"] == 0
                 and peak_mib <= GOAL_PROCESS_MIB,
