@@ -45,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -308,6 +309,16 @@ def setup_django(env: dict) -> None:
     import django
 
     django.setup()
+    # A gateway's full inbox is logged at every event sent to it; the run counts them (sender_losses).
+    logging.getLogger("processing.events.layer").setLevel(logging.ERROR)
+
+
+def sender_losses() -> float:
+    """Events this process (the jobs' side) could not put in a gateway's inbox in Redis so far: the
+    gateway was not reading them (a stalled or dead process). Its sockets get the state instead."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("darkroom_ws_dropped_total", {"reason": "channel_full"}) or 0.0
 
 
 def create_jobs(count: int) -> tuple[str, list[str]]:
@@ -644,6 +655,7 @@ def run(args, url: str, key: str, job_ids: list[str], gateways: Gateways, stack:
     finished, took = drive(job_ids, args.rate, args.duration)
     time.sleep(2)  # the last events in flight
     scraped["flowed"] = gateways.metrics()
+    inboxes_full = sender_losses()
     storm = None
     if args.storm and stack is not None:
         storm = reconnect_storm(args, stack, job_ids[len(finished) :], results, events, len(processes))
@@ -663,8 +675,10 @@ def run(args, url: str, key: str, job_ids: list[str], gateways: Gateways, stack:
     worst = report_windows(steady, started)
     report_server(scraped, list(by_process))
     print(f"sockets the server closed early: {len(early)} {sorted(set(early)) if early else ''}")
+    print(f"events a gateway's inbox in Redis could not take (it was not reading): {inboxes_full:.0f}")
     if storm is not None:
         storm["never"] = len(set(storm.pop("finished")) - completed)
+        storm["inboxes full"] = sender_losses() - inboxes_full
         report_storm(storm)
     verdicts(args, open_count, failed, memory, len(finished) / took, worst, never, len(early), storm)
 
@@ -860,6 +874,7 @@ def report_storm(storm: dict) -> None:
     print(f"  clients not back within the storm's timeout (failures): {storm['failures']}")
     print(f"  reconnection attempts refused or failed on the way (retried): {storm['refused attempts']}")
     print(f"  completions during the storm that reached no client: {storm['never']}")
+    print(f"  events for the killed gateways' inboxes, which nobody read again: {storm['inboxes full']:.0f}")
     shown = ", ".join(f"{pid} {kib / 1024:.0f} MiB" for pid, kib in sorted(peaks.items()))
     print(f"  peak memory of each new gateway process: {shown}")
     if storm["error"]:
