@@ -58,8 +58,11 @@ UVICORN_WS := --ws gateway.live.ws_protocol:LeanWebSocketProtocol --ws-per-messa
 # trusts 127.0.0.1, so that any local client could pick its address, and so its rate limits.
 UVICORN_TRUST = --forwarded-allow-ips "$${TRUSTED_PROXIES:-}"
 
+# Several processes (WEB_CONCURRENCY) share the port, each with its own channel in Redis: an event
+# reaches a socket whichever holds it. Each may open as many sockets as the machine's hard limit on
+# descriptors allows (raised to it here); docs/sockets-at-scale.md says what else a machine needs.
 serve: setup
-	ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
 		--workers $${WEB_CONCURRENCY:-1} --no-access-log --timeout-graceful-shutdown 30 $(UVICORN_WS) $(UVICORN_TRUST)
 
 # Behind nginx (deploy/nginx): the HTTP API on uvicorn processes, one per core, /ws/ on uvicorn.
@@ -70,7 +73,7 @@ serve-http: setup
 		$(UVICORN_TRUST)
 
 serve-ws: setup
-	ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(WS_PORT) \
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || ulimit -n 20000 2>/dev/null || true; $(BIN)/uvicorn project.asgi:application --host $(HOST) --port $(WS_PORT) \
 		--no-access-log $(UVICORN_WS) $(UVICORN_TRUST)
 
 
@@ -122,9 +125,11 @@ bench-api: $(STAMP)
 bench-downloads: $(STAMP)
 	$(BIN)/python -m bench.downloads $(BENCH_ARGS)
 
-# WebSocket scale: 10,000 clients watching jobs on one server process (PostgreSQL, redis-server).
+# WebSocket scale: 10,000 clients watching jobs on gateway processes sharing one port (PostgreSQL,
+# redis-server), then a reconnect storm; a verdict per goal. The goals' run (docs/sockets-at-scale.md):
+# BENCH_ARGS="--clients 100000 --rate 200".
 bench-ws: $(STAMP)
-	$(BIN)/python -m bench.websockets $(BENCH_WS_ARGS)
+	$(BIN)/python -m bench.websockets $(BENCH_WS_ARGS) $(BENCH_ARGS)
 
 # A burst of 49 MP JPEGs at 2 worker processes in a 1 GB memory cgroup (needs root for the cgroup):
 # OOM kills, 5xx and jobs completed. BENCH_MEMORY_ARGS="--no-admission" for the same without admission.

@@ -345,6 +345,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEBUG", BOOL, False, "Django's debug mode: never in production.", PROCESSES),
     Setting("LOG_LEVEL", STR, "INFO", "The root logger's level; every process logs JSON lines.", PROCESSES),
     Setting(
+        "GATEWAY_PROCESS_HEADER",
+        BOOL,
+        False,
+        "A WebSocket handshake's answer names the gateway process that holds the socket "
+        "(`X-Gateway-Process`: its process id), for benchmarks and tests of several processes on one port.",
+        PROCESSES,
+    ),
+    Setting(
         "WORKER_PROCESSES",
         INT,
         1,

@@ -267,10 +267,15 @@ class LiveStack:
         self.processes[name] = process
         return process
 
-    def start_server(self, name: str = "server", kind: str = "uvicorn", **env: str) -> subprocess.Popen:
+    def start_server(
+        self, name: str = "server", kind: str = "uvicorn", workers: int = 1, **env: str
+    ) -> subprocess.Popen:
         """uvicorn (ASGI: HTTP and WebSockets) or gunicorn (WSGI, one worker process: HTTP), on a port
-        the kernel picks; `url(name)` then answers (and `base_url` too, for the first server)."""
+        the kernel picks; `url(name)` then answers (and `base_url` too, for the first server).
+        uvicorn with `workers` > 1: that many processes sharing the port, as `make serve` runs them."""
         command = SERVERS[kind](0)
+        if workers > 1:
+            command += ["--workers", str(workers)]
         if kind == "uvicorn":  # as the Makefile does: forwarded headers only from TRUSTED_PROXIES
             command += ["--forwarded-allow-ips", {**self.env, **env}.get("TRUSTED_PROXIES", "")]
         log = self.workdir / f"{name}.log"

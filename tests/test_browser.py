@@ -83,10 +83,9 @@ class Server:
         raise AssertionError(f"job {job_id} did not reach {status}: {job}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    require_browser()
-    var_dir = tmp_path_factory.mktemp("browser")
+def embedded_site(var_dir: Path) -> dict[str, str]:
+    """The environment of a server of the embedded default in `var_dir`, migrated, with its static
+    files and a staff user."""
     env = {name: value for name, value in os.environ.items() if name not in SERVICE_VARIABLES}
     # No retries, so that the admin test's job fails at once instead of after backoffs.
     env.update(DARKROOM_VAR_DIR=str(var_dir), JOB_MAX_RETRIES="0", LOG_LEVEL="WARNING")
@@ -97,20 +96,32 @@ def server(tmp_path_factory):
     subprocess.run(
         [*manage, *staff], env={**env, "DJANGO_SUPERUSER_PASSWORD": STAFF[1]}, cwd=ROOT, check=True
     )
+    return env
 
+
+def start_server(env: dict[str, str], var_dir: Path, port: int = 0) -> tuple[subprocess.Popen, int]:
+    """uvicorn on `port` (0: one the kernel picks), answering; the process and its port."""
     command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1"]
-    log = open(var_dir / "server.log", "wb")  # noqa: SIM115 (the server writes to it)
-    command += ["--port", "0", *UVICORN_FLAGS]  # as every gateway serves WebSockets
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
+    command += ["--port", str(port), *UVICORN_FLAGS]  # as every gateway serves WebSockets
+    log_path = var_dir / "server.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
+    port = announced_port(log_path, process, start)
+    wait_until_live(f"http://127.0.0.1:{port}", process)
+    return process, port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    require_browser()
+    var_dir = tmp_path_factory.mktemp("browser")
+    process, port = start_server(embedded_site(var_dir), var_dir)
     try:
-        port = announced_port(var_dir / "server.log", process)
-        url = f"http://127.0.0.1:{port}"
-        wait_until_live(url, process)
-        yield Server(url, var_dir, websocket_answers(port))
+        yield Server(f"http://127.0.0.1:{port}", var_dir, websocket_answers(port))
     finally:
         process.terminate()
         process.wait(timeout=30)
-        log.close()
 
 
 def wait_until_live(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
@@ -291,6 +302,8 @@ def test_a_running_job_shows_a_working_bar_until_its_first_step_then_how_far_it_
 def test_desktop_falls_back_to_polling_when_the_websocket_is_refused(server, browser, page_errors):
     page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
     page.route_web_socket("**/ws/**", lambda socket: socket.close())
+    long_polls = []
+    page.on("request", lambda request: "?wait=" in request.url and long_polls.append(request.url))
     page.goto(server.url)
     page.wait_for_selector("[data-job-list][data-transport=polling]", state="attached")
 
@@ -301,6 +314,36 @@ def test_desktop_falls_back_to_polling_when_the_websocket_is_refused(server, bro
     card = page.locator(".jobs li", has_text="polled.png")
     card.and_(page.locator("[data-status=completed]")).wait_for()
     assert "Brightness" in card.inner_text()
+    job_id = page.locator(".jobs li", has_text="polled.png").get_attribute("data-job-id")
+    assert any(f"/jobs/{job_id}?wait=" in url for url in long_polls), long_polls  # answered at its end
+
+
+def test_a_page_recovers_when_its_server_is_killed_and_started_again(browser, page_errors, tmp_path):
+    """As when a deploy restarts every gateway: the page polls while the server is gone, then
+    reconnects (with backoff) to the new one and is live again."""
+    env = embedded_site(tmp_path)
+    process, port = start_server(env, tmp_path)
+    try:
+        page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+        page.goto(f"http://127.0.0.1:{port}")
+        page.wait_for_selector("[data-job-list][data-transport=websocket]", state="attached")
+
+        process.kill()
+        process.wait(timeout=30)
+        page.wait_for_selector("[data-job-list][data-transport=polling]", state="attached")
+        process, _ = start_server(env, tmp_path, port)
+        page.wait_for_selector("[data-job-list][data-transport=websocket]", state="attached", timeout=90_000)
+
+        page.set_input_files("#images", [image_file("after-restart.png", 11)])
+        page.select_option("#service", "grayscale")
+        page.click("[data-submit]")
+        page.locator(".jobs li", has_text="after-restart.png").and_(
+            page.locator("[data-status=completed]")
+        ).wait_for()
+        assert page.get_attribute("[data-job-list]", "data-transport") == "websocket"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_desktop_says_whether_an_animation_kept_its_frames(server, browser, page_errors):

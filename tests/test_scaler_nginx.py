@@ -2,6 +2,7 @@
 stand-in gateways that answer with their name and the headers they received, and in front of a
 real gateway as the scaler starts it."""
 
+import contextlib
 import json
 import re
 import shutil
@@ -269,10 +270,10 @@ def download_stack(tmp_path):
         yield stack
 
 
-def gateway_as_the_scaler_starts_it(stack: LiveStack) -> str:
+def gateway_as_the_scaler_starts_it(stack: LiveStack, name: str = "gateway") -> str:
     """The gateway's address (HOST:PORT), with the scaler's command line and environment."""
-    process = stack.spawn("gateway", gateway_command("127.0.0.1", 0), **gateway_environment("127.0.0.1"))
-    url = f"http://127.0.0.1:{announced_port(stack.workdir / 'gateway.log', process)}"
+    process = stack.spawn(name, gateway_command("127.0.0.1", 0), **gateway_environment("127.0.0.1"))
+    url = f"http://127.0.0.1:{announced_port(stack.workdir / f'{name}.log', process)}"
     stack.wait_until(lambda: stack.is_live(url), timeout=60, what="the gateway to answer /health/live")
     return url.removeprefix("http://")
 
@@ -330,3 +331,40 @@ def test_without_the_prefix_the_gateway_behind_nginx_sends_the_file_itself(nginx
     assert "X-Accel-Redirect" not in direct.headers and direct.content == result.read_bytes()
     sent = httpx.get(f"{proxy.url}/api/v1/download/{job_id}", headers={"X-API-Key": alice})
     assert sent.content == result.read_bytes() and sent.headers["Content-Type"] == "image/jpeg"
+
+
+# --- Live events through nginx to gateways of their own ---------------------------------------
+@pytest.fixture
+def gateways_naming_themselves(tmp_path):
+    """Two gateways as the scaler starts them, each naming itself in its WebSocket handshakes."""
+    require("postgres", "rabbitmq", "redis")
+    with LiveStack(tmp_path, GATEWAY_PROCESS_HEADER="true") as stack:
+        yield stack, [gateway_as_the_scaler_starts_it(stack, name) for name in ("gateway-a", "gateway-b")]
+
+
+def test_an_event_reaches_sockets_on_both_gateways_behind_the_scalers_nginx(
+    nginx, gateways_naming_themselves
+):
+    from websockets.sync.client import connect
+
+    stack, addresses = gateways_naming_themselves
+    proxy = nginx(addresses)
+    url = proxy.url.replace("http://", "ws://") + "/ws/jobs/"
+    by_gateway = {}
+    with contextlib.ExitStack() as sockets:
+        for _ in range(50):  # least_conn sends the next one to the gateway holding fewer: two suffice
+            ws = sockets.enter_context(connect(url))
+            assert json.loads(ws.recv(timeout=30))["type"] == "jobs.state"  # subscribed
+            by_gateway.setdefault(ws.response.headers["X-Gateway-Process"], ws)
+            if len(by_gateway) == 2:
+                break
+        assert len(by_gateway) == 2, "every socket went to one gateway"
+        with httpx.Client(base_url=proxy.url, timeout=30) as client:
+            image = images.jpeg_bytes(images.gradient(64, 48))
+            job = client.post("/api/v1/process/grayscale", files={"image": ("a.jpg", image)}).json()
+
+        for ws in by_gateway.values():
+            event = json.loads(ws.recv(timeout=30))
+            while event.get("job", {}).get("job_id") != job["job_id"]:
+                event = json.loads(ws.recv(timeout=30))
+            assert (event["type"], event["job"]["status"]) == ("job.queued", "queued")

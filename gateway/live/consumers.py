@@ -37,11 +37,13 @@ A browser page from another origin is refused at the handshake (HTTP 403, `gatew
 import asyncio
 import json
 import logging
+import os
 import uuid
 from collections import OrderedDict, deque
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
 
@@ -60,6 +62,7 @@ from processing.owners import Owner
 logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "darkroom"
+PROCESS_HEADER = b"x-gateway-process"
 REMEMBERED_JOBS = 128  # jobs whose latest status a stream remembers, to drop late events
 # Frames waiting for a socket whose client reads slowly; past this it gets the state instead.
 SEND_BACKLOG = 32
@@ -142,7 +145,8 @@ class LiveSocket:
         """The whole life of the socket; `route` is what its path says (gateway.live.routing)."""
         if (await receive())["type"] != "websocket.connect":
             return
-        await self.send_asgi({"type": "websocket.accept", "subprotocol": accepted_subprotocol(scope)})
+        accept = {"type": "websocket.accept", "subprotocol": accepted_subprotocol(scope)}
+        await self.send_asgi({**accept, "headers": process_header()})
         WEBSOCKET_CONNECTIONS.inc()
         try:
             await self.open(scope, route)
@@ -289,6 +293,14 @@ def forget_handshake(scope: Scope) -> None:
     as long as the socket is open (about 1.5 KiB a socket; see gateway.live.ws_protocol)."""
     for key in ("headers", "subprotocols", "state", "extensions"):
         scope.pop(key, None)
+
+
+def process_header() -> list[tuple[bytes, bytes]]:
+    """With GATEWAY_PROCESS_HEADER, which gateway process holds the socket: several processes share
+    one port (uvicorn's workers), and a test or benchmark of them needs to know whose socket is whose."""
+    if not settings.GATEWAY_PROCESS_HEADER:
+        return []
+    return [(PROCESS_HEADER, str(os.getpid()).encode())]
 
 
 def accepted_subprotocol(scope: Scope) -> str | None:

@@ -9,6 +9,7 @@ finish on the old worker processes while new ones already use the new list.
 import getpass
 import logging
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ from string import Template
 
 from django.conf import settings
 
+from project.serving import DESCRIPTORS_FOR_ITSELF
 from scaler.backends.processes import port_open, spawn
 
 logger = logging.getLogger(__name__)
@@ -42,12 +44,18 @@ def main_config(prefix: Path) -> str:
     temp_paths = "".join(f"    {name}_temp_path {prefix / name};\n" for name in TEMP_PATHS)
     # As root, nginx would run its workers as `nobody`, who can't read a private prefix.
     user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
+    # A WebSocket through nginx holds two connections, the client's and the gateway's: the worker
+    # takes as many as its descriptors allow (`make scale --gateways` raises them to the hard limit).
+    # One worker: least_conn counts requests in flight per worker, and the gateways are few.
+    descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    connections = max(1024, descriptors - DESCRIPTORS_FOR_ITSELF)
     return (
         f"{user}daemon off;\n"
         "worker_processes 1;\n"
+        f"worker_rlimit_nofile {descriptors};\n"
         f"pid {prefix / 'nginx.pid'};\n"
         f"error_log {prefix / 'error.log'} warn;\n"
-        "events { worker_connections 1024; }\n"
+        f"events {{ worker_connections {connections}; }}\n"
         "http {\n"
         f"{temp_paths}"
         f"    include {prefix / 'darkroom.conf'};\n"

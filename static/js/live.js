@@ -1,8 +1,11 @@
 /* Darkroom's client: the JSON API, and a live feed of the caller's jobs.
  *
- * The feed listens on the WebSocket (WS /ws/jobs/) while it is open, and polls each
- * unfinished job (GET /api/v1/jobs/{id}) at the configured interval while it isn't,
- * reconnecting with exponential backoff. Plain browser JavaScript: no build step.
+ * The feed listens on the WebSocket (WS /ws/jobs/) while it is open. While it isn't, it
+ * long-polls unfinished jobs (GET /api/v1/jobs/{id}?wait=N answers the moment the job ends), a
+ * few at a time so that uploads and downloads keep the browser's other connections, and polls
+ * the rest at the configured interval; and it reconnects with exponential backoff and jitter,
+ * so that clients dropped together (a deploy restarting every gateway) don't come back together.
+ * Plain browser JavaScript: no build step.
  */
 (function () {
   "use strict";
@@ -10,6 +13,9 @@
   const FINISHED = ["completed", "failed", "cancelled"];
   // Statuses only move forward; a late event or poll answer must not move a job back.
   const RANK = { queued: 0, processing: 1, completed: 2, failed: 2, cancelled: 2 };
+  // A browser opens six connections to a server: long polls hold two at most.
+  const LONG_POLLS_AT_ONCE = 2;
+  const LONG_POLL_SECONDS = 25; // answered sooner when the job ends; under proxies' idle timeouts
 
   function isFinished(job) {
     return FINISHED.includes(job.status);
@@ -117,6 +123,7 @@
       this.backoff = new Backoff(1000, 30000);
       this.socket = null;
       this.pollTimer = null;
+      this.longPolls = new Set(); // ids of the jobs long-polled now
       this.transport = null;
     }
 
@@ -129,6 +136,7 @@
       if (!isNewer(known, job)) return;
       this.jobs.set(job.job_id, job);
       this.onJob(job, known);
+      if (this.pollTimer !== null) this.longPollMore();
     }
 
     unfinished() {
@@ -187,13 +195,35 @@
     usePolling() {
       this.setTransport("polling");
       if (this.pollTimer !== null) return;
-      this.poll();
       this.pollTimer = setInterval(() => this.poll(), this.pollingInterval);
+      this.longPollMore();
+      this.poll();
     }
 
     stopPolling() {
       clearInterval(this.pollTimer);
-      this.pollTimer = null;
+      this.pollTimer = null; // the long polls in flight end with their answers
+    }
+
+    longPollMore() {
+      for (const job of this.unfinished()) {
+        if (this.longPolls.size >= LONG_POLLS_AT_ONCE) return;
+        if (!this.longPolls.has(job.job_id)) this.longPoll(job);
+      }
+    }
+
+    /** Wait on the server for the job's end; again while the socket is down and the job unfinished. */
+    async longPoll(job) {
+      this.longPolls.add(job.job_id);
+      let failed = false;
+      try {
+        this.update(await request("GET", job.job_url + "?wait=" + LONG_POLL_SECONDS));
+      } catch (error) {
+        failed = true; // the server is down or refused: wait an interval before asking again
+      }
+      if (failed) await new Promise((resolve) => setTimeout(resolve, this.pollingInterval));
+      this.longPolls.delete(job.job_id);
+      if (this.pollTimer !== null) this.longPollMore();
     }
 
     setTransport(transport) {
@@ -203,8 +233,9 @@
     }
 
     poll(jobs) {
+      const unpolled = (jobs || this.unfinished()).filter((job) => !this.longPolls.has(job.job_id));
       return Promise.all(
-        (jobs || this.unfinished()).map((job) =>
+        unpolled.map((job) =>
           request("GET", job.job_url)
             .then((fresh) => this.update(fresh))
             .catch(() => null) // the next poll tries again

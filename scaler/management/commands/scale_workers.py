@@ -10,6 +10,7 @@ from django.db import close_old_connections
 
 from gateway.http.body_limits import body_limits
 from project import config
+from project.serving import raise_open_files_limit
 from scaler import readings
 from scaler.autoscaler import Autoscaler
 from scaler.backends.gateways import LocalGateways
@@ -58,6 +59,8 @@ class Command(BaseCommand):
         worker_policy, gateway_policy = policies(options)
         if options["gateways"] and options["SCALER_BACKEND"] != "local":
             raise CommandError("--gateways runs gateway processes locally: it needs --backend local")
+        if options["gateways"]:
+            raise_open_files_limit()  # the gateways and nginx it starts hold a socket per client
         if options["gateways"] and options["WORKER_POOL"] == LocalGateways.name:
             raise CommandError(f"--pool {LocalGateways.name} is the gateways' name in the health and metrics")
         status = Status(options["SCALER_BACKEND"], options["SCALE_CHECK_INTERVAL"])

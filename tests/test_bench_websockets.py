@@ -1,0 +1,52 @@
+"""`make bench-ws` end to end, at a size that takes seconds: two gateway processes on one port,
+clients from two loopback addresses, a reconnect storm. What it asserts is what the lead's runs at
+100,000 rely on (every figure and every verdict printed, nobody lost), never how fast it went."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bench.websockets import ROOT
+from tests.services import IN_CI, require, url_of
+
+pytestmark = pytest.mark.services
+
+CLIENTS = 60
+
+
+@pytest.fixture(scope="module")
+def printed() -> str:
+    require("postgres")
+    if not shutil.which("redis-server"):
+        message = "needs redis-server on the PATH"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+    run = [sys.executable, "-m", "bench.websockets", "--clients", str(CLIENTS), "--processes", "2"]
+    run += ["--client-processes", "2", "--rate", "20", "--duration", "2", "--storm-jobs-for", "1"]
+    env = {**os.environ, "DATABASE_URL": url_of("postgres")}
+    done = subprocess.run(run, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_every_client_connects_and_each_socket_is_counted_for_the_process_holding_it(printed):
+    assert f"connections:         {CLIENTS} open (0 failed)" in printed
+    held = [int(count) for count in re.findall(r"^  gateway \d+: (\d+) sockets$", printed, re.M)]
+    assert sum(held) == CLIENTS and 1 <= len(held) <= 2, printed
+    assert "server memory, all gateways:" in printed
+
+
+def test_every_completion_reaches_its_client_through_the_run_and_the_storm(printed):
+    assert "completed events never received: 0" in printed
+    assert "sockets the server closed early: 0" in printed
+    assert "completions during the storm that reached no client: 0" in printed
+    assert "clients not back within the storm's timeout (failures): 0" in printed
+
+
+def test_it_prints_a_verdict_for_each_goal(printed):
+    verdicts = re.findall(r"^(PASS|FAIL)  (\S+)", printed, re.M)
+    assert len(verdicts) == 5, printed
+    assert verdicts[-1][1] == "storm:" and "did not come back" not in printed
