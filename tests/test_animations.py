@@ -3,6 +3,7 @@ the animation limits; the first frame alone, said so, where they are not. Throug
 worker (in-process), every result compared frame by frame with Pillow doing the same to each frame."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -507,3 +508,22 @@ def test_the_lite_status_page_says_only_the_first_frame_was_kept(client, run_job
     html = client.get(location).content.decode()
     assert "Only the first frame was kept: JPEG holds one frame" in html
     assert f"(the upload has {FRAMES} frames)" in html and f"GIF, {WIDTH} × {HEIGHT}, {FRAMES} frames" in html
+
+
+@through_the_api
+def test_a_recipe_of_several_steps_keeps_an_animations_first_frame_and_says_why(client, run_jobs):
+    steps = [
+        {"service": "rotate", "parameters": {"angle": 90}},
+        {"service": "resize", "parameters": {"width": 16}},
+    ]
+    upload = SimpleUploadedFile("animation.gif", images.animated_bytes("GIF"))
+    response = client.post("/api/v1/process", {"image": upload, "steps": json.dumps(steps), "format": "gif"})
+    assert response.status_code == 202, response.content
+    run_jobs()
+
+    job = client.get(f"/api/v1/jobs/{response.json()['job_id']}").json()
+    frames = job["result"]["frames"]
+    assert (frames["input"], frames["output"]) == (FRAMES, 1)
+    assert frames["note"] == f"only the first frame was kept: {animation.SEVERAL_STEPS}"
+    result = download(client, job)
+    assert getattr(result, "n_frames", 1) == 1 and result.width == 16

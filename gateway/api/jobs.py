@@ -616,13 +616,7 @@ def worker_seen_by(caller: Caller, worker_id: str) -> str | None:
 )
 def job_download(request: CallerRequest, job_id: str) -> HttpResponseBase:
     """The result file, or a redirect to a signed, expiring URL when results live in object storage."""
-    job = get_job(request, job_id)
-    if job.status != Job.COMPLETED:
-        raise ApiError(
-            409, "not_ready", f"the job is {job.status}; there is nothing to download", job_status=job.status
-        )
-    if job.files_removed_at:
-        raise ApiError(410, "expired", "the result was removed after its retention period")
+    job = result_of(request, job_id, "there is nothing to download")
     if not job.output_key:  # a report service: the report is the result
         return JsonResponse(
             job.report, headers={"Content-Disposition": f'attachment; filename="{job.id}.json"'}
@@ -632,6 +626,17 @@ def job_download(request: CallerRequest, job_id: str) -> HttpResponseBase:
     if formats.varies_with_accept(job.parameters.get("format")):
         patch_vary_headers(response, ["Accept"])
     return response
+
+
+def result_of(request: CallerRequest, job_id: str, not_ready: str) -> Job:
+    """The caller's completed job whose files are still kept: 409 `not_ready` (saying `not_ready`)
+    before it completes, 410 once its files were removed."""
+    job = get_job(request, job_id)
+    if job.status != Job.COMPLETED:
+        raise ApiError(409, "not_ready", f"the job is {job.status}; {not_ready}", job_status=job.status)
+    if job.files_removed_at:
+        raise ApiError(410, "expired", "the result was removed after its retention period")
+    return job
 
 
 def one_of_the_preview_sizes(size: int) -> int:
@@ -660,13 +665,7 @@ def job_preview(
 ) -> HttpResponse:
     """A completed image result, smaller: a WebP whose longest edge is at most `size` (never enlarged),
     for showing it in a page without downloading it whole. Made on the first request, then kept."""
-    job = get_job(request, job_id)
-    if job.status != Job.COMPLETED:
-        raise ApiError(
-            409, "not_ready", f"the job is {job.status}; there is no result yet", job_status=job.status
-        )
-    if job.files_removed_at:
-        raise ApiError(410, "expired", "the result was removed after its retention period")
+    job = result_of(request, job_id, "there is no result yet")
     if not job.output_key:
         raise ApiError(409, "no_image", "the result is a report, not an image: download it instead")
     data = previews.preview(job.output_key, size, settings.MAX_IMAGE_PIXELS, settings.MAX_JPEG_SCANS)
