@@ -6,7 +6,6 @@ as service "steps" and its canonical chain,
 
     {"steps": [{"service": "resize", "parameters": {...}}, ...],
      "format": ..., "quality": ..., "max_bytes": ...}
-     "format": ..., "quality": ..., "max_bytes": ...}
 
 each step's parameters as parsed (defaults filled in, without the output options, which belong to
 the job). The same recipe, however it was written, is the same JSON: result reuse and the
