@@ -491,6 +491,27 @@ def test_the_lite_form_changes_operation_without_a_reload_and_keeps_the_chosen_f
     assert downloaded_image(download.value).size == (160, 240)  # the file chosen first, turned
 
 
+def test_the_lite_form_sends_a_chosen_preset_without_javascript(server, browser, page_errors):
+    page = open_page(browser, page_errors, viewport={"width": 800, "height": 900}, java_script_enabled=False)
+    page.goto(server.url + "/?ui=lite")
+    page.set_input_files("#image", image_file("lite-preset.png", 51, size=(400, 300)))
+    assert page.is_visible("#f-output-format")
+    page.select_option("#preset", "avatar")  # the page's CSS puts the operation's options away
+    assert not page.is_visible("#f-output-format") and not page.is_visible("#s-grayscale")
+
+    page.click("text=Upload and process")
+    page.wait_for_selector("[data-status=completed]")
+    job_id = re.search(r"/jobs/([0-9a-f-]+)/", page.url).group(1)
+    job = page.context.request.get(f"{server.url}/api/v1/jobs/{job_id}").json()  # the session's job
+    result = job["result"]
+    assert (job["preset"], result["format"], result["width"], result["height"]) == (
+        "avatar",
+        "webp",
+        256,
+        256,
+    )
+
+
 # --- The admin --------------------------------------------------------------------------------
 
 
