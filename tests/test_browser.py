@@ -667,22 +667,28 @@ def test_desktop_shows_the_servers_refusal_naming_the_step_and_marks_its_field(s
     assert page.locator(".jobs li[data-job-id]").count() == 0
 
 
-def test_a_one_step_recipe_after_a_removal_is_that_services_job(server, browser, page_errors):
+def test_a_batch_with_a_one_step_recipe_left_after_a_removal_makes_that_services_jobs(
+    server, browser, page_errors
+):
     page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    posts = []
+    page.on("request", lambda request: request.method == "POST" and posts.append(urlparse(request.url).path))
     page.goto(server.url)
     page.wait_for_selector("body[data-ready]")
-    page.set_input_files("#images", [image_file("one-step.png", 62)])
+    page.set_input_files("#images", [image_file(f"one-step-{n}.png", 62 + n) for n in range(2)])
 
     page.click("label[for=mode-recipe]")
     add_step(page, "rotate")
     add_step(page, "grayscale")
     page.get_by_role("button", name="Remove step 1 (rotate)").click()
     assert step_titles(page) == ["Step 1: Grayscale"]
-    page.click("[data-submit]")
+    page.click("[data-submit]")  # two images: one batch, the recipe in place of a service
 
-    card = page.locator(".jobs li[data-status=completed]", has_text="one-step.png")
-    card.wait_for()
-    assert job_of(page, card)["service"] == "grayscale"
+    page.wait_for_function("document.querySelectorAll('.jobs li[data-status=completed]').length === 2")
+    for card in page.locator(".jobs li[data-status=completed]").all():
+        job = job_of(page, card)
+        assert (job["service"], job["result"]["width"], job["result"]["height"]) == ("grayscale", 240, 160)
+    assert posts == ["/api/v1/jobs/batch"]
 
 
 def test_mobile_steps_have_touch_sized_buttons_and_a_preset_chosen_runs(server, browser, page_errors):
