@@ -491,6 +491,27 @@ def test_the_lite_form_changes_operation_without_a_reload_and_keeps_the_chosen_f
     assert downloaded_image(download.value).size == (160, 240)  # the file chosen first, turned
 
 
+def test_the_lite_form_sends_a_chosen_preset_without_javascript(server, browser, page_errors):
+    page = open_page(browser, page_errors, viewport={"width": 800, "height": 900}, java_script_enabled=False)
+    page.goto(server.url + "/?ui=lite")
+    page.set_input_files("#image", image_file("lite-preset.png", 51, size=(400, 300)))
+    assert page.is_visible("#f-output-format")
+    page.select_option("#preset", "avatar")  # the page's CSS puts the operation's options away
+    assert not page.is_visible("#f-output-format") and not page.is_visible("#s-grayscale")
+
+    page.click("text=Upload and process")
+    page.wait_for_selector("[data-status=completed]")
+    job_id = re.search(r"/jobs/([0-9a-f-]+)/", page.url).group(1)
+    job = page.context.request.get(f"{server.url}/api/v1/jobs/{job_id}").json()  # the session's job
+    result = job["result"]
+    assert (job["preset"], result["format"], result["width"], result["height"]) == (
+        "avatar",
+        "webp",
+        256,
+        256,
+    )
+
+
 # --- The admin --------------------------------------------------------------------------------
 
 
@@ -576,3 +597,121 @@ def test_the_api_docs_linked_from_the_header_render_with_no_request_to_another_h
     assert page.title() == "Darkroom API"
     page.screenshot(path=ARTIFACTS / "api-docs.png")
     assert elsewhere == []
+
+
+# --- Recipes and presets ---------------------------------------------------------------------------
+
+
+def job_of(page, card) -> dict:
+    return page.evaluate(f"fetch('/api/v1/jobs/{card.get_attribute('data-job-id')}').then(r => r.json())")
+
+
+def add_step(page, service: str) -> None:
+    page.select_option("#add-step", service)
+    page.click("[data-add-step]")
+
+
+def step_titles(page) -> list[str]:
+    return page.locator(".steps li legend").all_inner_texts()
+
+
+def test_desktop_builds_a_recipe_moves_and_removes_steps_and_the_job_runs_its_chain(
+    server, browser, page_errors
+):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready]")
+    page.set_input_files("#images", [image_file("recipe.png", 60)])
+
+    page.click("label[for=mode-recipe]")
+    assert page.is_hidden("#service")  # the one-operation picker gives way to the recipe
+    add_step(page, "grayscale")
+    add_step(page, "resize")
+    page.locator(".steps li", has_text="Resize").locator("input[name=width]").fill("120")
+    page.get_by_role("button", name="Move step 2 (resize) up").click()
+    assert step_titles(page) == ["Step 1: Resize", "Step 2: Grayscale"]
+    assert page.get_by_role("button", name="Move step 1 (resize) up").is_disabled()
+    add_step(page, "blur")
+    page.get_by_role("button", name="Remove step 3 (blur)").click()
+    assert step_titles(page) == ["Step 1: Resize", "Step 2: Grayscale"]
+    page.select_option("#output-format", "png")
+    page.click("[data-submit]")
+
+    card = page.locator(".jobs li[data-status=completed]", has_text="recipe.png")
+    card.wait_for()
+    job = job_of(page, card)
+    assert job["service"] == "steps"
+    chain = job["parameters"]["steps"]
+    assert [step["service"] for step in chain] == ["resize", "grayscale"]
+    assert chain[0]["parameters"]["width"] == 120 and job["parameters"]["format"] == "png"
+    assert (job["result"]["format"], job["result"]["width"], job["result"]["height"]) == ("png", 120, 80)
+    page.screenshot(path=ARTIFACTS / "desktop-recipe.png", full_page=True)
+
+
+def test_desktop_shows_the_servers_refusal_naming_the_step_and_marks_its_field(server, browser, page_errors):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready]")
+    page.set_input_files("#images", [image_file("refused.png", 61)])
+
+    page.click("label[for=mode-recipe]")
+    add_step(page, "grayscale")
+    add_step(page, "blur")
+    radius = page.locator(".steps li", has_text="Blur").locator("input[name=radius]")
+    radius.fill("500")  # the page leaves the check to the server, which says which step
+    page.click("[data-submit]")
+
+    alert = page.locator("[data-form-error]")
+    alert.locator("text=steps[1] (blur)").wait_for()
+    assert radius.get_attribute("aria-invalid") == "true"
+    assert page.locator(".jobs li[data-job-id]").count() == 0
+
+
+def test_a_batch_with_a_one_step_recipe_left_after_a_removal_makes_that_services_jobs(
+    server, browser, page_errors
+):
+    page = open_page(browser, page_errors, viewport={"width": 1280, "height": 900})
+    posts = []
+    page.on("request", lambda request: request.method == "POST" and posts.append(urlparse(request.url).path))
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready]")
+    page.set_input_files("#images", [image_file(f"one-step-{n}.png", 62 + n) for n in range(2)])
+
+    page.click("label[for=mode-recipe]")
+    add_step(page, "rotate")
+    add_step(page, "grayscale")
+    page.get_by_role("button", name="Remove step 1 (rotate)").click()
+    assert step_titles(page) == ["Step 1: Grayscale"]
+    page.click("[data-submit]")  # two images: one batch, the recipe in place of a service
+
+    page.wait_for_function("document.querySelectorAll('.jobs li[data-status=completed]').length === 2")
+    for card in page.locator(".jobs li[data-status=completed]").all():
+        job = job_of(page, card)
+        assert (job["service"], job["result"]["width"], job["result"]["height"]) == ("grayscale", 240, 160)
+    assert posts == ["/api/v1/jobs/batch"]
+
+
+def test_mobile_steps_have_touch_sized_buttons_and_a_preset_chosen_runs(server, browser, page_errors):
+    page = open_page(browser, page_errors, **IPHONE_CONTEXT)
+    page.goto(server.url)
+    assert ui_of(page) == "mobile"
+    page.wait_for_selector("body[data-ready]")
+
+    page.tap("label[for=mode-recipe]")
+    add_step(page, "resize")
+    for button in page.locator(".steps li .step-actions button").all():
+        assert button.bounding_box()["height"] >= 44  # a comfortable touch target, no dragging
+
+    page.tap("label[for=mode-preset]")
+    page.wait_for_selector("#preset option[value=small]", state="attached")
+    page.select_option("#preset", "small")
+    assert "thumbnail" in page.inner_text("[data-preset-description]")
+    page.set_input_files("#library", image_file("preset.png", 63))
+    page.tap("[data-submit]")
+
+    card = page.locator(".jobs li[data-status=completed]", has_text="preset.png")
+    card.wait_for()
+    job = job_of(page, card)
+    assert job["preset"] == "small"
+    assert job["result"]["width"] <= 640
+    page.screenshot(path=ARTIFACTS / "mobile-preset.png", full_page=True)

@@ -388,3 +388,36 @@ def test_a_too_large_upload_gets_a_page_even_with_the_csrf_check_on(settings, st
     assert response.status_code == 413
     assert "That upload is too large" in response.content.decode()
     assert Job.objects.count() == 0
+
+
+def test_the_lite_form_offers_the_presets_and_a_chosen_one_replaces_the_operation(client, run_jobs):
+    html = page(client, "/?ui=lite").content.decode()
+    offered = re.search(r'<select id="preset" name="preset">(.*?)</select>', html, re.S)
+    # Each choice's text is what it sends (no value attribute: the light page counts its bytes).
+    assert offered and re.findall(r"<option>([\w-]+)", offered.group(1)) == ["avatar", "small", "web"]
+
+    # The form sends its operation and options too, as it always does: the preset wins.
+    fields = {"preset": "avatar", "service": "rotate", "rotate.angle": "90", "output.format": "png"}
+    response = client.post("/upload", {"image": png(image=images.noise(400, 300, seed=7)), **fields})
+    assert response.status_code == 303
+    job = Job.objects.get()
+    assert (job.preset, job.service) == ("avatar", "thumbnail")  # a recipe of one step is its service's job
+    run_jobs()
+    job.refresh_from_db()
+    assert (job.status, job.output_format, job.output_width, job.output_height) == (
+        "completed",
+        "webp",
+        256,
+        256,
+    )
+    assert 'data-status="completed"' in client.get(response["Location"]).content.decode()
+
+
+def test_the_lite_form_with_no_preset_chosen_runs_its_operation(client, stub_broker):
+    page(client, "/?ui=lite")
+    response = client.post(
+        "/upload", {"preset": "", "service": "rotate", "rotate.angle": "90", "image": png()}
+    )
+    assert response.status_code == 303
+    job = Job.objects.get()
+    assert (job.service, job.preset, job.parameters["angle"]) == ("rotate", "", 90)

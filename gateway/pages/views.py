@@ -35,7 +35,8 @@ from processing.imaging import formats
 from processing.imaging.codecs import ALLOWED_INPUT_FORMATS
 from processing.imaging.operations import OPERATIONS
 from processing.imaging.operations.base import Operation, OutputOptions
-from processing.jobs import submissions
+from processing.imaging.recipes import STEPS_SERVICE
+from processing.jobs import presets, submissions
 from processing.jobs.public import job_urls
 from processing.models import Job
 
@@ -205,12 +206,20 @@ def files_in_form(request: HttpRequest) -> int:
 
 
 def form_submission(request: HttpRequest, caller: callers.Caller) -> submissions.Submission:
-    # A form with steps or a preset is a recipe (gateway.http.intake.service_of).
-    service = intake.service_of(request.POST) or DEFAULT_SERVICE
+    service = form_service(request.POST)
     parameters = form_parameters(request.POST, service)
     return intake.submission_from(
         request, caller, service, at_most=settings.MAX_BATCH_FILES, parameters=parameters
     )
+
+
+def form_service(form: QueryDict) -> str:
+    """The service a form asks for. The lite form always names an operation beside its preset choice:
+    a preset chosen there replaces it. Otherwise a form with steps or a preset and no service is a
+    recipe (gateway.http.intake.service_of)."""
+    if form.get("preset"):
+        return STEPS_SERVICE
+    return intake.service_of(form) or DEFAULT_SERVICE
 
 
 # --- Helpers ----------------------------------------------------------------------------
@@ -350,6 +359,7 @@ def lite_form(request: HttpRequest, budget: int | None) -> dict[str, Any]:
             if operation.name not in NOT_ON_THE_LITE_PAGE
         ],
         "output_fields": output,
+        "presets": [definition for definition, _ in presets.usable()],
     }
 
 

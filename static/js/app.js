@@ -87,13 +87,18 @@
   // A visitor saving data gets results within a byte budget unless they clear it.
   const PAGE_DEFAULTS = config.save_data_max_bytes ? { max_bytes: config.save_data_max_bytes } : {};
 
-  function parameterField(name, prop, required) {
+  // Where a field goes: the one operation's options, a recipe step's (each step's ids its own), or
+  // the recipe's output options. Its data attribute says which list of values it belongs to.
+  const SINGLE = { prefix: "param-", mark: "data-parameter" };
+  const RECIPE_OUTPUT = { prefix: "output-", mark: "data-output-option" };
+
+  function parameterField(name, prop, required, place = SINGLE) {
     const spec = withoutNull(prop);
-    const id = "param-" + name;
+    const id = place.prefix + name;
     const given = name in PAGE_DEFAULTS ? PAGE_DEFAULTS[name] : prop.default;
     const value = given === undefined || given === null ? "" : String(given);
     const help = prop.description ? el("small", { id: id + "-help", text: prop.description }) : null;
-    const common = { id, name, required, "aria-describedby": help && id + "-help", "data-parameter": true };
+    const common = { id, name, required, "aria-describedby": help && id + "-help", [place.mark]: true };
     let control;
     if (spec.enum) {
       const blank = value === "" && !required ? [el("option", { value: "", text: "Default" })] : [];
@@ -135,26 +140,182 @@
     serviceDescription.textContent = option ? option.dataset.description : "";
     const legend = parameterBox.querySelector("legend");
     if (!service) return;
-    const schema = service.parameters;
+    const fields = schemaFields(service.parameters, () => true, SINGLE);
+    const none = el("p", { class: "hint", text: "This operation has no options." });
+    parameterBox.replaceChildren(legend, ...(fields.length ? fields : [none]));
+  }
+
+  /** The fields of a schema's parameters that `wanted` keeps, the shared output options last. */
+  function schemaFields(schema, wanted, place) {
     const required = new Set(schema.required || []);
     const later = (name) => OUTPUT_OPTIONS.includes(name) && !required.has(name);
-    const names = Object.keys(schema.properties || {}).sort((a, b) => later(a) - later(b));
-    const field = (name) => parameterField(name, schema.properties[name], required.has(name));
+    const names = Object.keys(schema.properties || {})
+      .filter((name) => wanted(name, required.has(name)))
+      .sort((a, b) => later(a) - later(b));
+    const field = (name) => parameterField(name, schema.properties[name], required.has(name), place);
     // Knobs most people leave alone (a benchmark's threads and runs) wait behind "Advanced".
     const advanced = (name) => schema.properties[name]["x-advanced"] && !required.has(name);
     const fields = names.filter((name) => !advanced(name)).map(field);
     const extra = names.filter(advanced).map(field);
     if (extra.length) fields.push(el("details", { class: "advanced" }, el("summary", { text: "Advanced" }), ...extra));
-    const none = el("p", { class: "hint", text: "This operation has no options." });
-    parameterBox.replaceChildren(legend, ...(fields.length ? fields : [none]));
+    return fields;
   }
 
-  function chosenParameters() {
+  function valuesOf(controls) {
     const values = {};
-    form.querySelectorAll("[data-parameter]").forEach((control) => {
+    controls.forEach((control) => {
       if (control.value !== "") values[control.name] = control.value;
     });
     return values;
+  }
+
+  function chosenParameters() {
+    return valuesOf(form.querySelectorAll("[data-parameter]"));
+  }
+
+  // --- Recipes: steps added, removed and moved, one set of output options; or a preset --------
+
+  const modeInputs = Array.from(form.querySelectorAll("[data-mode]"));
+  const modePanels = Array.from(form.querySelectorAll("[data-mode-panel]"));
+  const stepList = form.querySelector("[data-steps]");
+  const noSteps = form.querySelector("[data-no-steps]");
+  const stepsLeft = form.querySelector("[data-steps-left]");
+  const addService = form.querySelector("[data-add-service]");
+  const addButton = form.querySelector("[data-add-step]");
+  const recipeOutput = form.querySelector("[data-recipe-output]");
+  const presetSelect = form.querySelector("[data-preset]");
+  const presetDescription = form.querySelector("[data-preset-description]");
+  let recipes = { submit_url: "/api/v1/process", output_options: OUTPUT_OPTIONS, max_steps: 10, presets_url: "/api/v1/presets" };
+  let stepsMade = 0; // each step's fields get ids of their own
+
+  function chosenMode() {
+    const checked = modeInputs.find((input) => input.checked);
+    return checked ? checked.value : "single";
+  }
+
+  function showMode() {
+    const mode = chosenMode();
+    modePanels.forEach((panel) => (panel.hidden = panel.dataset.modePanel !== mode));
+  }
+
+  function titleCase(name) {
+    return name.charAt(0).toUpperCase() + name.slice(1);
+  }
+
+  /** The recipe parts of the page, once the services (and their recipes object) are known. */
+  function setUpRecipes(answer) {
+    if (answer.recipes) recipes = answer.recipes;
+    // A report is a recipe's only step, never one of several: the analyze service does that alone.
+    const images = Array.from(services.values()).filter((service) => service.produces === "image");
+    addService.replaceChildren(...images.map((service) => el("option", { value: service.name, text: titleCase(service.name) })));
+    // The output options' schema: any image service's, which all share them.
+    const sharing = images.find((service) => recipes.output_options.every((name) => name in (service.parameters.properties || {})));
+    const legend = recipeOutput.querySelector("legend");
+    if (sharing) {
+      const fields = schemaFields(sharing.parameters, (name) => recipes.output_options.includes(name), RECIPE_OUTPUT);
+      recipeOutput.replaceChildren(legend, ...fields);
+    }
+    showSteps();
+    const modes = form.querySelector("[data-modes]");
+    modes.disabled = false;
+    modes.hidden = false;
+    D.api
+      .get(recipes.presets_url)
+      .then((list) => showPresets(list.presets))
+      .catch(() => (presetDescription.textContent = "Could not load the presets; reload the page to try again."));
+  }
+
+  function addStep(name) {
+    const service = services.get(name);
+    if (!service) return;
+    stepsMade += 1;
+    const place = { prefix: "step" + stepsMade + "-", mark: "data-step-parameter" };
+    // A step's own parameters; the output options are the recipe's, given once (below the steps).
+    const own = (param, required) => required || !OUTPUT_OPTIONS.includes(param);
+    const fields = schemaFields(service.parameters, own, place);
+    const button = (action, text) => el("button", { type: "button", class: "button secondary small", "data-step-action": action, text });
+    const actions = el("div", { class: "step-actions" }, button("up", "↑ Up"), button("down", "↓ Down"), button("remove", "Remove"));
+    const none = fields.length ? null : el("p", { class: "hint", text: "No options." });
+    const step = el("li", { class: "step", "data-step": name }, el("fieldset", {}, el("legend", {}), none, ...fields, actions));
+    stepList.append(step);
+    showSteps();
+    announce("Step " + stepList.children.length + " added: " + name);
+  }
+
+  /** Number the steps, name them in their buttons, and allow only the moves there are. */
+  function showSteps() {
+    const steps = Array.from(stepList.children);
+    steps.forEach((step, index) => {
+      const name = step.dataset.step;
+      const label = "step " + (index + 1) + " (" + name + ")";
+      step.querySelector("legend").textContent = "Step " + (index + 1) + ": " + titleCase(name);
+      const [up, down, remove] = step.querySelectorAll("[data-step-action]");
+      up.setAttribute("aria-label", "Move " + label + " up");
+      down.setAttribute("aria-label", "Move " + label + " down");
+      remove.setAttribute("aria-label", "Remove " + label);
+      up.disabled = index === 0;
+      down.disabled = index === steps.length - 1;
+    });
+    noSteps.hidden = steps.length > 0;
+    const full = steps.length >= recipes.max_steps;
+    addButton.disabled = full;
+    stepsLeft.textContent = full ? "A recipe has at most " + recipes.max_steps + " steps." : "";
+  }
+
+  function onStepAction(event) {
+    const button = event.target.closest("[data-step-action]");
+    if (!button) return;
+    const step = button.closest("[data-step]");
+    const action = button.dataset.stepAction;
+    if (action === "remove") {
+      const next = step.nextElementSibling || step.previousElementSibling;
+      step.remove();
+      showSteps();
+      announce("Step removed: " + step.dataset.step);
+      (next ? next.querySelector("[data-step-action=remove]") : addService).focus();
+      return;
+    }
+    if (action === "up" && step.previousElementSibling) step.previousElementSibling.before(step);
+    if (action === "down" && step.nextElementSibling) step.nextElementSibling.after(step);
+    showSteps();
+    // Moving a step takes its focus with it; at either end, the other move button keeps it.
+    const other = step.querySelector("[data-step-action=" + (action === "up" ? "down" : "up") + "]");
+    (button.disabled ? other : button).focus();
+    const position = Array.from(stepList.children).indexOf(step) + 1;
+    announce(titleCase(step.dataset.step) + " is now step " + position);
+  }
+
+  function recipeFields() {
+    const steps = Array.from(stepList.children).map((step) => ({
+      service: step.dataset.step,
+      parameters: valuesOf(step.querySelectorAll("[data-step-parameter]")),
+    }));
+    return { steps: JSON.stringify(steps), ...valuesOf(recipeOutput.querySelectorAll("[data-output-option]")) };
+  }
+
+  function showPresets(presets) {
+    const options = presets.map((preset) => el("option", { value: preset.name, text: titleCase(preset.name) }));
+    presetSelect.replaceChildren(...options);
+    presetSelect.presets = new Map(presets.map((preset) => [preset.name, preset]));
+    showPreset();
+  }
+
+  function showPreset() {
+    const preset = (presetSelect.presets || new Map()).get(presetSelect.value);
+    if (!preset) {
+      presetDescription.textContent = "No presets are declared.";
+      return;
+    }
+    const chain = preset.steps.map((step) => step.service).join(" → ");
+    presetDescription.textContent = (preset.description ? preset.description + " " : "") + "(" + chain + ")";
+  }
+
+  /** What the form asks for: one service with its parameters, or a recipe's (or preset's) fields. */
+  function chosenSubmission() {
+    const mode = chosenMode();
+    if (mode === "recipe") return { service: null, fields: recipeFields() };
+    if (mode === "preset") return { service: null, fields: { preset: presetSelect.value } };
+    return { service: serviceSelect.value, fields: chosenParameters() };
   }
 
   // --- Choosing files: the inputs, and the drop zone that is their label -----------------------
@@ -215,6 +376,9 @@
 
   function problemWith(files) {
     if (!files.length) return mobile ? "Take or choose a photo first." : "Choose at least one image first.";
+    const mode = chosenMode();
+    if (mode === "recipe" && !stepList.children.length) return "Add at least one step to the recipe first.";
+    if (mode === "preset" && !presetSelect.value) return "There is no preset to choose.";
     const large = files.filter((file) => file.size > config.max_upload_bytes);
     if (large.length) {
       return large.map((file) => file.name).join(", ") + ": larger than " + formatBytes(config.max_upload_bytes) + ".";
@@ -227,12 +391,22 @@
     const list = fields.length
       ? el("ul", {}, ...fields.map((f) => el("li", { text: (f.field ? f.field + ": " : "") + f.message })))
       : null;
-    errorBox.replaceChildren(el("p", { text: fields.length ? "Please check the options." : error.message || String(error) }), list);
-    form.querySelectorAll("[data-parameter]").forEach((control) => {
-      const invalid = fields.some((f) => f.field === control.name);
+    // A recipe's refusal names its step (steps[1] (sharpen): ...): that says more than a generic line.
+    const namesStep = /^steps\[\d+\]/.test(error.message || "");
+    const lead = fields.length && !namesStep ? "Please check the options." : error.message || String(error);
+    errorBox.replaceChildren(el("p", { text: lead }), list);
+    form.querySelectorAll("[data-parameter], [data-step-parameter], [data-output-option]").forEach((control) => {
+      const invalid = fields.some((f) => f.field === fieldPath(control));
       if (invalid) control.setAttribute("aria-invalid", "true");
       else control.removeAttribute("aria-invalid");
     });
+  }
+
+  /** A control's field as the API names it in a refusal: `width`, or `steps[1].width` in a recipe. */
+  function fieldPath(control) {
+    const step = control.closest("[data-step]");
+    if (!step) return control.name;
+    return "steps[" + Array.from(stepList.children).indexOf(step) + "]." + control.name;
   }
 
   function setBusy(busy) {
@@ -256,14 +430,15 @@
     await Promise.all(Array.from({ length: Math.min(limit, queue.length) }, runner));
   }
 
-  async function send(files, service, parameters, onProgress) {
+  async function send(files, chosen, onProgress) {
     const data = new FormData();
     files.forEach((file) => data.append("image", file, file.name));
-    Object.entries(parameters).forEach(([name, value]) => data.append(name, value));
-    let path = "/api/v1/process/" + encodeURIComponent(service);
+    Object.entries(chosen.fields).forEach(([name, value]) => data.append(name, value));
+    // A recipe or preset goes to the recipes' endpoint, or to a batch in place of a service.
+    let path = chosen.service ? "/api/v1/process/" + encodeURIComponent(chosen.service) : recipes.submit_url;
     if (files.length > 1) {
       path = "/api/v1/jobs/batch";
-      data.append("service", service);
+      if (chosen.service) data.append("service", chosen.service);
     }
     const answer = await D.api.upload(path, data, onProgress);
     const jobs = answer.jobs || [answer];
@@ -290,10 +465,11 @@
     const sent = new Map();
     const groups = inGroups(files, features.batch_processing ? config.max_batch_files : 1);
     const created = [];
+    const chosen = chosenSubmission();
     try {
       await inParallel(groups, config.max_concurrent_uploads, async (group) => {
         const size = group.reduce((sum, file) => sum + file.size, 0);
-        const jobs = await send(group, serviceSelect.value, chosenParameters(), (fraction) => {
+        const jobs = await send(group, chosen, (fraction) => {
           sent.set(group, fraction * size);
           progress.value = Math.round((100 * Array.from(sent.values()).reduce((a, b) => a + b, 0)) / total);
         });
@@ -529,6 +705,10 @@
 
   form.addEventListener("submit", submit);
   serviceSelect.addEventListener("change", showParameters);
+  modeInputs.forEach((input) => input.addEventListener("change", showMode));
+  addButton.addEventListener("click", () => addStep(addService.value));
+  stepList.addEventListener("click", onStepAction);
+  presetSelect.addEventListener("change", showPreset);
   const dropzone = form.querySelector("[data-dropzone]");
   if (dropzone) enableDropping(dropzone);
 
@@ -537,6 +717,7 @@
     .then((answer) => {
       answer.services.forEach((service) => services.set(service.name, service));
       showParameters();
+      setUpRecipes(answer);
     })
     .catch(() => showError({ message: "Could not load the operations' options; reload the page to try again." }));
 
