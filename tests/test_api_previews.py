@@ -80,21 +80,17 @@ def test_a_preview_keeps_transparency(client, run_jobs):
 @pytest.mark.parametrize(
     ("case", "status", "code"),
     [
-        ("queued", 409, "not_ready"),
         ("report", 409, "no_image"),
         ("expired", 410, "expired"),
         ("another owner", 404, "not_found"),
         ("a size not offered", 422, None),
     ],
 )
-def test_what_has_no_preview_says_why(client, run_jobs, stub_broker, api_key, case, status, code):
-    if case == "queued":
-        job_id = submit(client).json()["job_id"]
-    else:
-        job = completed(client, run_jobs, service="analyze" if case == "report" else "blur")
-        job_id = str(job.id)
-        if case == "expired":
-            Job.objects.filter(id=job_id).update(files_removed_at=timezone.now())
+def test_what_has_no_preview_says_why(client, run_jobs, api_key, case, status, code):
+    job = completed(client, run_jobs, service="analyze" if case == "report" else "blur")
+    job_id = str(job.id)
+    if case == "expired":
+        Job.objects.filter(id=job_id).update(files_removed_at=timezone.now())
     headers = api_key("someone else") if case == "another owner" else {}
     size = 500 if case == "a size not offered" else 640
 
@@ -105,6 +101,14 @@ def test_what_has_no_preview_says_why(client, run_jobs, stub_broker, api_key, ca
         assert error["code"] == code
     else:
         assert "320, 640, 1280" in error["message"]
+
+
+def test_a_job_not_yet_done_has_no_preview_yet(client, stub_broker):
+    job_id = submit(client).json()["job_id"]  # no worker runs in this test: the job stays queued
+
+    answer = client.get(f"/api/v1/preview/{job_id}?size=640")
+    assert (answer.status_code, answer.json()["error"]["code"]) == (409, "not_ready")
+    assert answer.json()["error"]["job_status"] == "queued"
 
 
 def test_deleting_a_jobs_files_deletes_its_previews(client, run_jobs):
