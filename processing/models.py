@@ -139,12 +139,7 @@ class Job(models.Model):
 
     @property
     def owner(self) -> Owner:
-        return Owner(
-            key=self.owner_key,
-            session=self.owner_session,
-            user_id=self.owner_user_id,
-            subject=self.owner_subject,
-        )
+        return Owner.of_row(self)
 
     @property
     def file_keys(self) -> list[str]:
@@ -270,12 +265,7 @@ class Asset(models.Model):
 
     @property
     def owner(self) -> Owner:
-        return Owner(
-            key=self.owner_key,
-            session=self.owner_session,
-            user_id=self.owner_user_id,
-            subject=self.owner_subject,
-        )
+        return Owner.of_row(self)
 
 
 class Preset(models.Model):

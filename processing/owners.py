@@ -68,6 +68,13 @@ class Owner:
             return f"session:{self.session}"
         return ANONYMOUS
 
+    @classmethod
+    def of_row(cls, row: Any) -> "Owner":
+        """The owner a row's owner columns (`fields`) name: a job's or an asset's."""
+        return cls(
+            key=row.owner_key, session=row.owner_session, user_id=row.owner_user_id, subject=row.owner_subject
+        )
+
     def fields(self) -> dict[str, Any]:
         """The job row's owner columns."""
         return {

@@ -232,7 +232,8 @@ class Overlay:
 
 
 def watermark(image: Image.Image, params: WatermarkParams, progress: ProgressCallback) -> OperationResult:
-    params.check_fits(image.width, image.height)
+    # The bounds (check_fits) were checked for this size before a pixel was decoded (Operation.check_job,
+    # at submit and in the worker): not again here, which would read the asset's row once more.
     overlay = text_overlay(params) if params.text is not None else image_overlay(params, image.width)
     # A copy, in a mode that takes colour (grey text on a grey photo is the rare case): the actor
     # still stores the input's thumbnail from `image`.
