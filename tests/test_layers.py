@@ -1,5 +1,5 @@
 """processing.events.layer.RedisChannelLayer against a real Redis: one reader per process, bounded buffers,
-every loss counted and marked."""
+every loss counted and marked with the groups it was for."""
 
 import asyncio
 import uuid
@@ -87,21 +87,53 @@ def dropped(reason: str) -> float:
     return WS_DROPPED.labels(reason)._value.get()
 
 
-async def test_a_message_a_full_inbox_cannot_take_is_counted_and_marked_for_its_channel(layer):
+async def test_a_message_a_full_inbox_cannot_take_is_counted_and_marked_for_its_groups(layer):
     layer.channel_capacity = layer.compile_capacities({"specific.*": 2})  # a process that stopped reading
     stalled = await layer.new_channel()
-    await layer.group_add("job.11", stalled)
+    await layer.group_add_many(["job.11", "owner.11", "job.12"], stalled)
     before = dropped("channel_full")
-    assert not await layer.take_losses(stalled)
+    assert not await layer.losses_of(stalled)
 
-    for number in range(3):
-        await layer.group_send("job.11", {"type": "job.event", "text": str(number)})
+    for number in range(2):
+        await layer.group_send("job.12", {"type": "job.event", "text": str(number)})
+    await layer.group_send_many(["job.11", "owner.11"], {"type": "job.event", "text": "refused"})
 
     assert dropped("channel_full") == before + 1
-    assert await layer.take_losses(stalled)
-    assert not await layer.take_losses(stalled)  # told once
+    losses = await layer.losses_of(stalled)
+    assert (losses.groups, losses.everyone) == ({"job.11", "owner.11"}, False)  # not job.12's sockets
+    assert await layer.losses_of(stalled) == losses  # read, not cleared: a reader that fails reads it again
+    await layer.forget_losses(stalled, losses)
+    assert not await layer.losses_of(stalled)
     received = [await asyncio.wait_for(layer.receive(stalled), 5) for _ in range(2)]
     assert [message["text"] for message in received] == ["0", "1"]
+
+
+async def test_a_loss_marked_while_losses_were_being_told_stays_marked(layer):
+    layer.channel_capacity = layer.compile_capacities({"specific.*": 0})  # refuses everything
+    stalled = await layer.new_channel()
+    await layer.group_add("job.14", stalled)
+    await layer.group_send("job.14", {"type": "job.event", "text": "first"})
+
+    told = await layer.losses_of(stalled)
+    await layer.group_send("job.14", {"type": "job.event", "text": "second"})  # before it is forgotten
+    await layer.forget_losses(stalled, told)
+
+    assert (await layer.losses_of(stalled)).groups == {"job.14"}
+
+
+async def test_a_message_that_expired_unread_is_a_loss_for_every_group(layer):
+    stalled = await layer.new_channel()
+    await layer.group_add_many(["job.13", "job.15"], stalled)
+    await layer.group_send("job.13", {"type": "job.event", "text": "old"})
+    inbox, redis_client = layer.channel_key(stalled), layer.connection(0)
+    (old,) = await redis_client.zrange(inbox, 0, -1)
+    await redis_client.zadd(inbox, {old: 0}, xx=True)  # as if it had waited unread since 1970
+
+    await layer.group_send("job.15", {"type": "job.event", "text": "new"})  # drops what expired
+
+    losses = await layer.losses_of(stalled)
+    assert losses.everyone  # its groups are not read from an expired message: everyone is told
+    assert (await asyncio.wait_for(layer.receive(stalled), 5))["text"] == "new"
 
 
 async def test_a_stopped_consumers_channel_keeps_nothing(layer):
@@ -136,7 +168,10 @@ async def test_a_channel_that_does_not_read_holds_at_most_its_capacity(layer):
 
     assert layer.receive_buffer[stuck].qsize() == 5
     assert (await layer.receive(stuck))["text"] == "45"  # the oldest were dropped
-    assert await layer.take_losses(stuck) and not await layer.take_losses(reader)
+    losses = await layer.losses_of(stuck)
+    assert (losses.groups, losses.everyone) == ({"owner.x"}, False)
+    assert not await layer.losses_of(stuck)  # a buffer's losses are told once
+    assert not await layer.losses_of(reader)
 
 
 async def test_when_redis_goes_away_every_waiting_receive_raises(layer):

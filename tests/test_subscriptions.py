@@ -1,20 +1,28 @@
 """gateway.live.subscriptions on a real Redis: however many sockets a process holds, it is one channel
-in the channel layer, in each group once, and it leaves the groups nobody follows any more."""
+in the channel layer, in each group once, and it leaves the groups nobody follows any more. When
+Redis stalls or restarts, the channel keeps its subscribers and tries again; a loss reaches only
+the subscribers of the groups that lost something."""
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 import pytest
 import redis
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from bench.private_services import PrivateServices, start_redis, stop_redis
 from gateway.auth import callers
 from gateway.live import routing
+from gateway.live import subscriptions as subscriptions_module
 from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
 from processing.events import messages
+from processing.events.layer import RedisChannelLayer
 from tests.factories import stored_job
-from tests.services import close_database_connections
+from tests.services import close_database_connections, require, url_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True), pytest.mark.services]
 
@@ -97,3 +105,181 @@ async def test_a_group_left_while_it_was_being_joined_does_not_stay_joined(redis
     async with asyncio.timeout(30):  # else it never settles: the layer keeps a group nobody follows
         await subscriptions.settled()
     assert members(client, prefix) == {}
+
+
+# --- When Redis stalls, restarts, or loses messages -----------------------------------------
+
+
+class Recorder:
+    """A subscriber that keeps what it is told."""
+
+    def __init__(self):
+        self.heard: list[str] = []
+        self.times_missed = 0
+        self.times_lost = 0
+
+    def deliver(self, message):
+        self.heard.append(message["text"])
+
+    def missed(self):
+        self.times_missed += 1
+
+    def lost(self):
+        self.times_lost += 1
+
+
+async def eventually(condition: Callable[[], bool], within: float = 60.0) -> None:
+    """Wait until `condition()` holds; the deadline is only there so that a broken test ends."""
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def event(text: str) -> dict:
+    return {"type": "job.event", "text": text}
+
+
+def redis_host(url: str) -> dict:
+    return {"address": url, "socket_timeout": None, "socket_connect_timeout": 0.5}
+
+
+@pytest.fixture
+def private_redis(settings):
+    """The channel layer on a Redis of the test's own, which the test may pause or restart without
+    touching the tests running beside it (a pause holds every client of the server)."""
+    require("redis")
+    with PrivateServices("redis") as services:
+        server = services.servers["redis"]
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "processing.events.layer.RedisChannelLayer",
+                "CONFIG": {"hosts": [redis_host(server.url)]},
+            }
+        }
+        yield server
+
+
+@pytest.fixture
+def patient(monkeypatch):
+    """A channel that never gives up on its own: only the test ends a failure."""
+    monkeypatch.setattr(subscriptions_module, "LOST_AFTER", 3600)
+
+
+@contextlib.contextmanager
+def writes_held(url: str):
+    """Redis holds every write (CLIENT PAUSE WRITE) until the block ends, as a Redis too busy to
+    answer in time does: a join or a loss mark's removal runs past its timeout; reads still answer."""
+    client = redis.Redis.from_url(url)
+    client.client_pause(3_600_000, all=False)
+    try:
+        yield
+    finally:
+        client.client_unpause()
+        client.close()
+
+
+@contextlib.asynccontextmanager
+async def sending_layer(url: str, **config):
+    """Another process's channel layer, to send events from."""
+    layer = RedisChannelLayer(hosts=[redis_host(url)], **config)
+    try:
+        yield layer
+    finally:
+        await layer.close_pools()
+
+
+async def test_a_join_that_times_out_is_tried_again_and_no_socket_is_closed(private_redis, patient):
+    subscriptions, first, second = Subscriptions.of_running_loop(), Recorder(), Recorder()
+    assert await subscriptions.subscribe("job.first", first)
+
+    with writes_held(private_redis.url):
+        joining = asyncio.create_task(subscriptions.subscribe("job.second", second))
+        await eventually(lambda: "membership" in subscriptions.failing())
+        assert not joining.done()  # waiting for the join, not failed
+
+    assert await joining
+    async with sending_layer(private_redis.url) as other_process:
+        await other_process.group_send_many(["job.first", "job.second"], event("after"))
+    await eventually(lambda: first.heard and second.heard)
+    assert first.heard == second.heard == ["after"]
+    assert (first.times_lost, second.times_lost) == (0, 0)
+    assert (first.times_missed, second.times_missed) == (0, 0)  # reading went on: nothing was lost
+
+
+async def test_a_layer_that_stays_unreachable_ends_in_lost_and_fails_the_joins_waiting(
+    private_redis, monkeypatch
+):
+    monkeypatch.setattr(subscriptions_module, "LOST_AFTER", 0.5)
+    subscriptions, first, second = Subscriptions.of_running_loop(), Recorder(), Recorder()
+    assert await subscriptions.subscribe("job.first", first)
+
+    with writes_held(private_redis.url):
+        assert not await asyncio.wait_for(subscriptions.subscribe("job.second", second), 60)
+        assert first.times_lost == 1
+
+
+async def test_after_redis_restarts_every_subscriber_gets_the_state_and_later_events(private_redis, patient):
+    subscriptions, first, second = Subscriptions.of_running_loop(), Recorder(), Recorder()
+    assert await subscriptions.subscribe("job.first", first)
+    assert await subscriptions.subscribe("job.second", second)
+
+    stop_redis("127.0.0.1", private_redis.port)  # its groups and inboxes go with it
+    await eventually(lambda: "reading" in subscriptions.failing())
+    start_redis("127.0.0.1", private_redis.port, private_redis.folder)
+
+    await eventually(lambda: first.times_missed and second.times_missed)  # once it read and joined again
+    async with sending_layer(private_redis.url) as other_process:
+        await other_process.group_send_many(["job.first", "job.second"], event("after"))
+    await eventually(lambda: first.heard and second.heard)
+    assert (first.times_lost, second.times_lost) == (0, 0)
+
+
+async def test_a_loss_on_one_group_is_told_to_its_subscribers_only(redis_layer):
+    _, prefix = redis_layer
+    subscriptions, in_lost, in_other = Subscriptions.of_running_loop(), Recorder(), Recorder()
+    assert await subscriptions.subscribe("job.lost", in_lost)
+    assert await subscriptions.subscribe("job.other", in_other)
+
+    # A sender for which every process's inbox is full: the event is refused and marked lost.
+    async with sending_layer(url_of("redis"), prefix=prefix, channel_capacity={"specific.*": 0}) as full:
+        await full.group_send("job.lost", event("refused"))
+
+    await eventually(lambda: in_lost.times_missed)
+    assert in_other.times_missed == 0  # told in the same check, had it been told
+    assert (in_lost.times_lost, in_other.times_lost) == (0, 0)
+
+
+class TimesOutOnceItSeesALoss:
+    """The layer's loss check, whose first answer that holds a loss comes too late for its caller: Redis
+    read the marks, the caller timed out. A check that cleared the marks as it read them lost them."""
+
+    def __init__(self, layer):
+        self.losses_of = layer.losses_of
+        self.timed_out = False
+
+    async def __call__(self, channel):
+        losses = await self.losses_of(channel)
+        if losses and not self.timed_out:
+            self.timed_out = True
+            raise TimeoutError
+        return losses
+
+
+async def test_a_loss_check_that_times_out_loses_no_subscriber_and_no_loss(redis_layer, patient, monkeypatch):
+    _, prefix = redis_layer
+    layer = get_channel_layer()
+    check = TimesOutOnceItSeesALoss(layer)
+    monkeypatch.setattr(layer, "losses_of", check)
+    subscriptions, in_lost, in_other = Subscriptions.of_running_loop(), Recorder(), Recorder()
+    assert await subscriptions.subscribe("job.lost", in_lost)
+    assert await subscriptions.subscribe("job.other", in_other)
+
+    async with sending_layer(url_of("redis"), prefix=prefix, channel_capacity={"specific.*": 0}) as full:
+        await full.group_send("job.lost", event("refused"))
+    await eventually(lambda: in_lost.times_missed)  # by the check after the one that timed out
+
+    assert check.timed_out and in_other.times_missed == 0
+    async with sending_layer(url_of("redis"), prefix=prefix) as other_process:
+        await other_process.group_send_many(["job.lost", "job.other"], event("after"))
+    await eventually(lambda: in_lost.heard and in_other.heard)
+    assert (in_lost.times_lost, in_other.times_lost) == (0, 0)

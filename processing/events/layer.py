@@ -14,11 +14,16 @@ the groups it came for. What that needs from channels-redis, and what this adds:
 - `group_add_many` / `group_discard_many`: many groups joined or left in one round trip.
 - Losses are never silent: a message that a channel could not take (its inbox full, or
   expired unread: its process stalled) or that a full buffer pushed out is counted in
-  `darkroom_ws_dropped_total{reason}` and marked for the channel; `take_losses(channel)` tells
-  its receiver, which then gives its sockets the current state instead of what they missed.
+  `darkroom_ws_dropped_total{reason}` and marked for the channel with the groups it was for.
+  `losses_of(channel)` tells its receiver which groups lost messages (`Losses`; every group when
+  a lost message's groups are unknown, as for one that expired), so that only the sockets of those
+  groups are given the current state instead of what they missed. Reading the marks does not
+  clear them: `forget_losses` does, once the receiver has acted on them, so a call that times out
+  on the way loses no mark (at worst a group is told twice).
 """
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -45,46 +50,68 @@ logger = logging.getLogger(__name__)
 # where a plain redis-py pool (100 at most) would fail them with MaxConnectionsError.
 POOL_SIZE = 64
 LOSS_MARK_EXPIRY = 3600  # seconds a loss stays marked for a channel nobody reads any more
+# The loss mark of a message whose groups are unknown (one that expired unread, or had no groups):
+# every group of the channel may have missed it. Not a group name the layer takes, so never a group's.
+UNKNOWN_GROUPS = "*"
 
 # Live events that did not reach a socket, by where they were lost: "channel_full" (a
 # process's inbox in Redis), "buffer_full" (a process's buffer), "slow_client" (a socket
 # that is not reading). Each such socket is given the current state when it can take it.
 WS_DROPPED = Counter("darkroom_ws_dropped", "Live job events that did not reach a socket", ["reason"])
 
+# Counts a loss in an inbox's loss marks (a hash: group, or UNKNOWN_GROUPS, -> messages lost) and
+# keeps them LOSS_MARK_EXPIRY seconds; part of both sending scripts.
+MARK_LOSS_LUA = (
+    f"local UNKNOWN_GROUPS = '{UNKNOWN_GROUPS}'\n"
+    + """
+local function mark_loss(inbox, groups, count, loss_expiry)
+    for _, group in ipairs(groups) do
+        redis.call('HINCRBY', inbox .. ':losses', group, count)
+    end
+    redis.call('EXPIRE', inbox .. ':losses', loss_expiry)
+end
+"""
+)
+
 # Puts each channel key's message in its inbox unless that holds `capacity` already; drops
-# what outlived the layer's expiry first. Either loss is marked in the key's loss counter.
-# KEYS: inbox keys. ARGV: a message per key, a capacity per key, now, expiry, loss expiry.
-SEND_LUA = """
+# what outlived the layer's expiry first. A refused message is marked lost for its groups, an
+# expired one for UNKNOWN_GROUPS (reading its groups would cost more than telling everyone).
+# KEYS: inbox keys. ARGV: a message per key, a capacity per key, the groups of each key's message
+# (a msgpack list), now, expiry, loss expiry.
+SEND_LUA = (
+    MARK_LOSS_LUA
+    + """
 local keys, now = #KEYS, tonumber(ARGV[#ARGV - 2])
 local expiry, loss_expiry = tonumber(ARGV[#ARGV - 1]), tonumber(ARGV[#ARGV])
 local full = 0
 for i = 1, keys do
     local expired = redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, now - expiry)
-    local lost = expired
+    if expired > 0 then
+        mark_loss(KEYS[i], {UNKNOWN_GROUPS}, expired, loss_expiry)
+    end
     if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[keys + i]) then
         redis.call('ZADD', KEYS[i], now, ARGV[i])
         redis.call('EXPIRE', KEYS[i], expiry)
     else
         full = full + 1
-        lost = lost + 1
-    end
-    if lost > 0 then
-        redis.call('INCRBY', KEYS[i] .. ':lost', lost)
-        redis.call('EXPIRE', KEYS[i] .. ':lost', loss_expiry)
+        mark_loss(KEYS[i], cmsgpack.unpack(ARGV[2 * keys + i]), 1, loss_expiry)
     end
 end
 return full
 """
+)
 
 
 # group_send_many in one round trip (one Redis host, messages in msgpack, not encrypted): finds each
 # group's live members, makes one copy of the message per process inbox, with the channels it is
-# for and the groups they came through, and delivers it as SEND_LUA does.
+# for and the groups they came through, and delivers it (and marks its losses) as SEND_LUA does.
 # KEYS: group keys. ARGV: the message's msgpack map, declared with two entries more than it holds
 # (the copy's "__asgi_channel__" and "groups"), the serializer's random prefix, now, group expiry,
 # expiry, loss expiry, the capacity of process channels ("specific.…!…") and of others, the key
 # prefix, then each group's name.
-SEND_TO_GROUPS_LUA = """
+SEND_TO_GROUPS_LUA = (
+    MARK_LOSS_LUA
+    + """
 local body, random_prefix, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local group_expiry, expiry, loss_expiry = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local process_capacity, other_capacity, prefix = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
@@ -117,21 +144,46 @@ for _, inbox in ipairs(inboxes) do
     local copy = copies[inbox]
     local message = random_prefix .. body .. cmsgpack.pack('__asgi_channel__') .. cmsgpack.pack(copy.channels)
         .. cmsgpack.pack('groups') .. cmsgpack.pack(copy.groups)
-    local lost = redis.call('ZREMRANGEBYSCORE', inbox, 0, now - expiry)
+    local expired = redis.call('ZREMRANGEBYSCORE', inbox, 0, now - expiry)
+    if expired > 0 then
+        mark_loss(inbox, {UNKNOWN_GROUPS}, expired, loss_expiry)
+    end
     if redis.call('ZCARD', inbox) < copy.capacity then
         redis.call('ZADD', inbox, now, message)
         redis.call('EXPIRE', inbox, expiry)
     else
         full = full + 1
-        lost = lost + 1
-    end
-    if lost > 0 then
-        redis.call('INCRBY', inbox .. ':lost', lost)
-        redis.call('EXPIRE', inbox .. ':lost', loss_expiry)
+        mark_loss(inbox, copy.groups, 1, loss_expiry)
     end
 end
 return full
 """
+)
+
+# Forgets losses a receiver has acted on: takes each group's count read (losses_of) off its mark,
+# and drops the marks that reach nothing, so a loss marked since the read stays marked.
+# KEYS: the loss marks. ARGV: group, count, group, count...
+FORGET_LOSSES_LUA = """
+for i = 1, #ARGV, 2 do
+    if redis.call('HINCRBY', KEYS[1], ARGV[i], -tonumber(ARGV[i + 1])) <= 0 then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+    end
+end
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Losses:
+    """What a channel lost since its losses were last forgotten: the groups the lost messages were
+    for, or `everyone` when some lost message's groups are unknown; `marks`, what of it Redis holds
+    (group -> messages), for forget_losses. False when nothing was lost."""
+
+    groups: frozenset[str] = frozenset()
+    everyone: bool = False
+    marks: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.everyone or bool(self.groups)
 
 
 class LayerDown:
@@ -148,7 +200,8 @@ class RedisChannelLayer(ChannelsRedisLayer):  # type: ignore[misc]  # channels-r
         super().__init__(*args, **kwargs)
         self.inbox = f"specific.{self.client_prefix}!"  # the non-local part of new_channel()'s names
         self.reader: asyncio.Task[None] | None = None
-        self.overflowed: set[str] = set()  # channels whose buffer dropped a message since take_losses
+        # Channel -> the groups of the messages its full buffer dropped, not yet told (losses_of).
+        self.overflowed: dict[str, set[str]] = {}
 
     def create_pool(self, index: int) -> ConnectionPool:
         host = dict(self.hosts[index])
@@ -273,13 +326,12 @@ class RedisChannelLayer(ChannelsRedisLayer):  # type: ignore[misc]  # channels-r
         for index, keys in by_host.items():
             messages = [self.serialize(by_key[key]) for key in keys]
             capacities = [self.get_capacity(by_key[key]["__asgi_channel__"][0]) for key in keys]
-            now = time.time()
+            groups = [msgpack.packb(by_key[key]["groups"]) for key in keys]
+            times = [time.time(), self.expiry, LOSS_MARK_EXPIRY]
             full = await self.connection(index).eval(
-                SEND_LUA, len(keys), *keys, *messages, *capacities, now, self.expiry, LOSS_MARK_EXPIRY
+                SEND_LUA, len(keys), *keys, *messages, *capacities, *groups, *times
             )
-            if full:
-                WS_DROPPED.labels("channel_full").inc(full)
-                logger.warning("%d server processes are not reading their live events", full)
+            self.count_full(full)
 
     # --- Membership ------------------------------------------------------------------------
 
@@ -305,12 +357,29 @@ class RedisChannelLayer(ChannelsRedisLayer):  # type: ignore[misc]  # channels-r
                     pipe.zrem(self._group_key(name), channel)
                 await pipe.execute()
 
-    async def take_losses(self, channel: str) -> bool:
-        """Whether messages for `channel` were lost since the last call (the mark is cleared)."""
-        overflowed = channel in self.overflowed
-        self.overflowed.discard(channel)
-        key = self.channel_key(channel) + b":lost"
-        return bool(await self.connection(self.inbox_host(channel)).getdel(key)) or overflowed
+    # --- Losses --------------------------------------------------------------------------
+
+    def loss_key(self, channel: str) -> bytes:
+        """Where the scripts mark what `channel`'s inbox lost (a hash: group -> messages)."""
+        return self.channel_key(channel) + b":losses"
+
+    async def losses_of(self, channel: str) -> Losses:
+        """What `channel` lost since its losses were last forgotten: marked in Redis (kept until
+        forget_losses) or dropped by its full buffer (told once, here)."""
+        found = await self.connection(self.inbox_host(channel)).hgetall(self.loss_key(channel))
+        marks = {group.decode(): int(count) for group, count in found.items()}
+        groups = set(marks) | self.overflowed.pop(channel, set())
+        everyone = UNKNOWN_GROUPS in groups
+        return Losses(frozenset(groups - {UNKNOWN_GROUPS}), everyone, marks)
+
+    async def forget_losses(self, channel: str, losses: Losses) -> None:
+        """Clear the marks `losses` read; what was lost since stays marked."""
+        if not losses.marks:
+            return
+        counts = [part for group, count in losses.marks.items() for part in (group, count)]
+        await self.connection(self.inbox_host(channel)).eval(
+            FORGET_LOSSES_LUA, 1, self.loss_key(channel), *counts
+        )
 
     # --- Receiving -------------------------------------------------------------------------
 
@@ -344,6 +413,11 @@ class RedisChannelLayer(ChannelsRedisLayer):  # type: ignore[misc]  # channels-r
         elif self.reader.get_loop() is not asyncio.get_running_loop():
             raise RuntimeError("two event loops are trying to receive() on one channel layer")
 
+    def overflow(self, channel: str, dropped: Any) -> None:
+        WS_DROPPED.labels("buffer_full").inc()
+        groups = dropped.get("groups") if isinstance(dropped, dict) else None
+        self.overflowed.setdefault(channel, set()).update(groups or [UNKNOWN_GROUPS])
+
     async def read_inbox(self) -> None:
         """Deliver the inbox's messages to their channels' buffers until Redis fails."""
         try:
@@ -353,9 +427,8 @@ class RedisChannelLayer(ChannelsRedisLayer):  # type: ignore[misc]  # channels-r
                     buffer = self.receive_buffer.get(channel)
                     if buffer is None:  # its receiver has gone: nobody to give it to
                         continue
-                    if buffer.full():  # put_nowait drops the oldest
-                        WS_DROPPED.labels("buffer_full").inc()
-                        self.overflowed.add(channel)
+                    if buffer.full():  # the oldest makes room; its groups missed it
+                        self.overflow(channel, buffer.get_nowait())
                     buffer.put_nowait(message)
         except (RedisError, OSError) as error:
             logger.warning("channel layer inbox unreadable: %s: %s", type(error).__name__, error)
