@@ -216,6 +216,7 @@ async def test_a_layer_that_stays_unreachable_ends_in_lost_and_fails_the_joins_w
     with writes_held(private_redis.url):
         assert not await asyncio.wait_for(subscriptions.subscribe("job.second", second), 60)
         assert first.times_lost == 1
+        assert second.times_lost == 0  # never a subscriber: its subscribe said so, and that is all
 
 
 async def test_after_redis_restarts_every_subscriber_gets_the_state_and_later_events(private_redis, patient):

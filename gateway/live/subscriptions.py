@@ -25,7 +25,9 @@ A failure shorter than that loses nobody: a call to the layer that fails or runs
 that doubles from RETRY_FIRST_AFTER up to RETRY_AT_MOST_AFTER, keeping every subscriber; a
 join waits meanwhile (its subscriber's `subscribe` returns once it is done), and fails only if
 the channel is declared lost. A loss check that fails clears no mark, so what was lost meanwhile
-is still told when a check works again.
+is still told when a check works again. Only a channel on which nothing has worked yet gives up at
+its first failure other than a timeout: Redis is not there (down, or a wrong address), and its
+first subscribers had better learn it at once.
 
 Group membership in the channel layer expires a day after a join (channels-redis'
 `group_expiry`): every group is joined again each REJOIN_EVERY seconds.
@@ -40,6 +42,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, Self
 
+import redis.exceptions
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 
@@ -62,6 +65,7 @@ PING = "live.ping"  # the type of the message a channel sends itself to learn it
 
 # What a failing layer raises: Redis and socket errors, and the timeouts around its calls.
 LAYER_FAILURES = (*sender.LAYER_ERRORS, TimeoutError)
+TIMEOUTS = (TimeoutError, redis.exceptions.TimeoutError)  # a layer too slow, rather than not there
 
 
 # Joins or leaves groups for a channel: add_many or discard_many.
@@ -165,6 +169,7 @@ class Subscriptions(OnePerLoop):
         self.membership_applied = asyncio.Event()  # every change so far is in the layer
         self.down = False  # the channel was declared lost, and no channel has been tried since
         self.retries: dict[str, Retries] = {}  # by kind of call, for the channel of the moment
+        self.has_worked = False  # a call to the layer has succeeded on the channel of the moment
         self.rejoin_due = False  # join every group again with the next change
         self.refresh_due = False  # then tell every subscriber it missed events
         self.task = self.loop.create_task(self.run(), name="live-subscriptions")
@@ -227,6 +232,7 @@ class Subscriptions(OnePerLoop):
             channel = await self.layer.new_channel()
             self.down = False
             self.retries = {what: Retries(what) for what in ("reading", "membership", "the loss check")}
+            self.has_worked = False
             try:
                 async with asyncio.TaskGroup() as tasks:  # the first to fail stops the others
                     tasks.create_task(self.read(channel))
@@ -240,10 +246,15 @@ class Subscriptions(OnePerLoop):
             await asyncio.sleep(LISTEN_AGAIN_AFTER)
 
     async def failed(self, what: str, error: BaseException) -> None:
-        """Wait before trying `what` again; ChannelLost when it has failed for too long."""
+        """Wait before trying `what` again; ChannelLost when it has failed for too long, or at once
+        when nothing has worked yet on this channel and Redis is not there (not merely slow): its
+        first subscribers are better told now that live events are unavailable than in LOST_AFTER."""
+        if not self.has_worked and not isinstance(error, TIMEOUTS):
+            raise ChannelLost(f"{what} failed before anything worked") from error
         await asyncio.sleep(self.retries[what].failed(error, self.loop.time()))
 
     def worked(self, what: str) -> None:
+        self.has_worked = True
         self.retries[what].worked(self.loop.time())
 
     async def read(self, channel: str) -> None:
@@ -259,6 +270,7 @@ class Subscriptions(OnePerLoop):
             if message.get("type") == PING:
                 self.read_again_works()
                 continue
+            self.has_worked = True
             self.hand_out(message)
 
     def hand_out(self, message: dict[str, Any]) -> None:
@@ -380,14 +392,15 @@ class Subscriptions(OnePerLoop):
                 logger.exception("a subscriber could not be told it missed events")
 
     async def stop(self, channel: str) -> None:
-        """Tell every subscriber, and everyone waiting to be one, that it will hear nothing more."""
+        """Tell every subscriber that it will hear nothing more (`lost`), and everyone still waiting
+        to be one that it is not (its `subscribe` returns False)."""
         self.down = True
         joining, self.joining = self.joining, {}
         fail(joining.values())
         members, self.members = self.members, {}
         joined_groups, self.joined, self.emptied = self.joined, set(), set()
         self.rejoin_due = self.refresh_due = False
-        for subscriber in {subscriber for group in members.values() for subscriber in group}:
+        for subscriber in {subscriber for group in joined_groups for subscriber in members.get(group, ())}:
             subscriber.lost()
         forget_channel(self.layer, channel)
         with contextlib.suppress(Exception):  # a layer that is down forgets the channel, or expires it
