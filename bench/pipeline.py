@@ -257,12 +257,14 @@ def delivered(sample: Sample, response: Response, keep_content: bool) -> Sample:
     return sample
 
 
-def run_pipeline(
-    base_url: str, args, params: dict, jpeg: bytes, count: int, concurrency: int, label: str
-) -> list[Sample]:
-    """`count` jobs, `concurrency` at a time, each a distinct upload (encoded before any is sent),
-    submitted and waited for."""
-    uploads = [job_upload(tagged(jpeg, f"{label}-{number}"), params) for number in range(count)]
+def distinct_uploads(jpeg: bytes, params: dict, count: int, label: str) -> list[Body]:
+    """`count` jobs' uploads, each of its own bytes (the JPEG tagged `label-number`), encoded now: before
+    the run whose CPU is counted."""
+    return [job_upload(tagged(jpeg, f"{label}-{number}"), params) for number in range(count)]
+
+
+def run_pipeline(base_url: str, args, uploads: list[Body], concurrency: int) -> list[Sample]:
+    """A job of each upload (from distinct_uploads), `concurrency` at a time, submitted and waited for."""
 
     def one(client: Client, upload: Body, stop: threading.Event) -> Sample:
         return run_job(client, args.service, upload, args.waiting, stop)
@@ -985,15 +987,16 @@ def measure_pipeline(stack: Stack, args, params: dict, jpeg: bytes, load: dict) 
     groups = stack_groups(stack)
     warmup = max(2 * args.workers * args.threads, args.concurrency)
     log(f"{args.name}: warming up with {warmup} jobs")
-    run_pipeline(stack.base_url, args, params, jpeg, warmup, args.concurrency, f"{args.tag}-warmup")
+    uploads = distinct_uploads(jpeg, params, warmup, f"{args.tag}-warmup")
+    run_pipeline(stack.base_url, args, uploads, args.concurrency)
     log(f"{args.name}: {args.jobs} jobs at concurrency {args.concurrency}, {args.waiting.mode} mode")
+    uploads = distinct_uploads(jpeg, params, args.jobs, f"{args.tag}-run")
     with OtherLoad(groups) as load["pipeline"], profiled(args.profile, stack) as profiler:
-        samples = run_pipeline(
-            stack.base_url, args, params, jpeg, args.jobs, args.concurrency, f"{args.tag}-run"
-        )
+        samples = run_pipeline(stack.base_url, args, uploads, args.concurrency)
     log(f"{args.name}: running {args.latency_jobs} jobs at concurrency 1")
+    uploads = distinct_uploads(jpeg, params, args.latency_jobs, f"{args.tag}-c1")
     with OtherLoad(groups) as load["latency"]:
-        one_by_one = run_pipeline(stack.base_url, args, params, jpeg, args.latency_jobs, 1, f"{args.tag}-c1")
+        one_by_one = run_pipeline(stack.base_url, args, uploads, 1)
     fetch_results(stack.base_url, samples + one_by_one)
     pipeline = summarise_pipeline(samples, args.jobs)
     latency = summarise_pipeline(one_by_one, args.latency_jobs)

@@ -79,12 +79,16 @@ class ScriptedServer:
                 if reply.hang_up:
                     self.close_connection = True
                     return
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                self.wfile.write(reply.body)
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except ConnectionError:  # the client gave up waiting (a held answer) and went away
+                    self.close_connection = True
+                    return
                 self.close_connection = self.close_connection or reply.close
 
             def log_message(self, *args: object) -> None:
