@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 from pydantic import ValidationError
 
+from bench.http_client import Body, Client, ClientError, Response, form
 from bench.images import photo_jpeg, tagged
 from bench.profile import RATE, Profiler, ProfilerMissing
 from bench.profile import summary as profile_summary
@@ -166,27 +166,28 @@ def parse_server_timing(header: str) -> dict[str, float]:
     return timings
 
 
-def is_image(response: httpx.Response) -> bool:
+def is_image(response: Response) -> bool:
     return response.headers.get("content-type", "").startswith("image/")
 
 
+def job_upload(image: bytes, params: Mapping[str, object]) -> Body:
+    """A job's submission as the API takes it, the image and the service's parameters, encoded once:
+    before the timed run, so that the load client only sends its bytes."""
+    return form(params, {"image": ("bench.jpg", image, "image/jpeg")})
+
+
 def run_job(
-    client: httpx.Client,
+    client: Client,
     service: str,
-    upload: bytes,
-    params: dict,
+    upload: Body,
     waiting: Waiting,
     stop: threading.Event,
     keep_content: bool = False,
 ) -> Sample:
-    """Submit one job and wait for it as `waiting` says; with `keep_content`, the result's bytes are kept."""
+    """Submit one job (`upload`, from job_upload) and wait for it as `waiting` says; with `keep_content`,
+    the result's bytes are kept."""
     sample = Sample(submitted=time.time())
-    response = client.post(
-        submit_path(service),
-        files={"image": ("bench.jpg", upload, "image/jpeg")},
-        data=params,
-        headers=waiting.submit_headers(),
-    )
+    response = client.post(submit_path(service), upload, headers=waiting.submit_headers())
     sample.requests = 1
     if response.status_code == 200 and is_image(response):  # the result itself
         sample.in_one = True
@@ -224,7 +225,7 @@ def submit_path(service: str) -> str:
     return "/api/v1/process" if service == STEPS_SERVICE else f"/api/v1/process/{service}"
 
 
-def wait_for(client: httpx.Client, sample: Sample, waiting: Waiting, stop: threading.Event) -> None:
+def wait_for(client: Client, sample: Sample, waiting: Waiting, stop: threading.Event) -> None:
     """Read the job until it ends: long polls, asked again at once if one runs out (one-request's and
     long-poll's), or plain reads `poll_every` apart; the job's final JSON lands in sample.job."""
     wait = {} if waiting.mode == "poll" else {"wait": LONG_POLL_S}
@@ -244,11 +245,11 @@ def wait_for(client: httpx.Client, sample: Sample, waiting: Waiting, stop: threa
     sample.error = "interrupted"
 
 
-def delivered(sample: Sample, response: httpx.Response, keep_content: bool) -> Sample:
+def delivered(sample: Sample, response: Response, keep_content: bool) -> Sample:
     """The sample of the response that carries the result (the submit's, or a download)."""
     sample.seen = time.time()
     if response.status_code != 200:
-        sample.error = f"{response.request.method} {response.url.path} answered {response.status_code}"
+        sample.error = f"{response.method} {response.path} answered {response.status_code}"
         return sample
     sample.result_bytes = len(response.content)
     if keep_content:
@@ -256,26 +257,30 @@ def delivered(sample: Sample, response: httpx.Response, keep_content: bool) -> S
     return sample
 
 
-def run_pipeline(
-    base_url: str, args, params: dict, jpeg: bytes, count: int, concurrency: int, label: str
-) -> list[Sample]:
-    """`count` jobs, `concurrency` at a time, each a distinct upload, submitted and waited for."""
+def distinct_uploads(jpeg: bytes, params: dict, count: int, label: str) -> list[Body]:
+    """`count` jobs' uploads, each of its own bytes (the JPEG tagged `label-number`), encoded now: before
+    the run whose CPU is counted."""
+    return [job_upload(tagged(jpeg, f"{label}-{number}"), params) for number in range(count)]
 
-    def one(client: httpx.Client, number: int, stop: threading.Event) -> Sample:
-        upload = tagged(jpeg, f"{label}-{number}")
-        return run_job(client, args.service, upload, params, args.waiting, stop)
 
-    def failed(exc: httpx.HTTPError, started: float) -> Sample:  # like a refused submission
+def run_pipeline(base_url: str, args, uploads: list[Body], concurrency: int) -> list[Sample]:
+    """A job of each upload (from distinct_uploads), `concurrency` at a time, submitted and waited for."""
+
+    def one(client: Client, upload: Body, stop: threading.Event) -> Sample:
+        return run_job(client, args.service, upload, args.waiting, stop)
+
+    def failed(exc: ClientError, started: float) -> Sample:  # like a refused submission
         return Sample(submitted=time.time(), error=f"{exc.__class__.__name__}: {exc}")
 
-    return run_concurrently(base_url, range(count), concurrency, one, failed)
+    return run_concurrently(base_url, uploads, concurrency, one, failed)
 
 
 def run_concurrently(
     base_url: str, items: Iterable, concurrency: int, one: Callable, failed: Callable
 ) -> list:
-    """`one(client, item, stop)` for every item, `concurrency` at a time, a client per thread;
-    an item whose HTTP failed gives `failed(error, started)` (started: its perf_counter)."""
+    """`one(client, item, stop)` for every item, `concurrency` at a time, a client per thread
+    (bench.http_client: one kept-alive connection each); an item whose HTTP failed gives
+    `failed(error, started)` (started: its perf_counter)."""
     todo = queue.SimpleQueue()
     for item in items:
         todo.put(item)
@@ -284,7 +289,7 @@ def run_concurrently(
     def drive() -> list:
         results = []
         # Longer than the long poll, so a wait that runs its course is not a client timeout.
-        with httpx.Client(base_url=base_url, timeout=LONG_POLL_S + 30) as client:
+        with Client(base_url, timeout=LONG_POLL_S + 30) as client:
             while not stop.is_set():
                 try:
                     item = todo.get_nowait()
@@ -293,7 +298,7 @@ def run_concurrently(
                 started = time.perf_counter()
                 try:
                     results.append(one(client, item, stop))
-                except httpx.HTTPError as exc:
+                except ClientError as exc:
                     results.append(failed(exc, started))
         return results
 
@@ -309,7 +314,7 @@ def run_concurrently(
 def fetch_results(base_url: str, samples: list[Sample]) -> None:
     """Worker-side timings, read after the timed run so the reads don't load the server during it; and
     the job's timestamps, for a job whose result came in the submit's answer (its JSON never did)."""
-    with httpx.Client(base_url=base_url, timeout=60) as client:
+    with Client(base_url, timeout=60) as client:
         for sample in samples:
             if not sample.ok:
                 continue
@@ -982,15 +987,16 @@ def measure_pipeline(stack: Stack, args, params: dict, jpeg: bytes, load: dict) 
     groups = stack_groups(stack)
     warmup = max(2 * args.workers * args.threads, args.concurrency)
     log(f"{args.name}: warming up with {warmup} jobs")
-    run_pipeline(stack.base_url, args, params, jpeg, warmup, args.concurrency, f"{args.tag}-warmup")
+    uploads = distinct_uploads(jpeg, params, warmup, f"{args.tag}-warmup")
+    run_pipeline(stack.base_url, args, uploads, args.concurrency)
     log(f"{args.name}: {args.jobs} jobs at concurrency {args.concurrency}, {args.waiting.mode} mode")
+    uploads = distinct_uploads(jpeg, params, args.jobs, f"{args.tag}-run")
     with OtherLoad(groups) as load["pipeline"], profiled(args.profile, stack) as profiler:
-        samples = run_pipeline(
-            stack.base_url, args, params, jpeg, args.jobs, args.concurrency, f"{args.tag}-run"
-        )
+        samples = run_pipeline(stack.base_url, args, uploads, args.concurrency)
     log(f"{args.name}: running {args.latency_jobs} jobs at concurrency 1")
+    uploads = distinct_uploads(jpeg, params, args.latency_jobs, f"{args.tag}-c1")
     with OtherLoad(groups) as load["latency"]:
-        one_by_one = run_pipeline(stack.base_url, args, params, jpeg, args.latency_jobs, 1, f"{args.tag}-c1")
+        one_by_one = run_pipeline(stack.base_url, args, uploads, 1)
     fetch_results(stack.base_url, samples + one_by_one)
     pipeline = summarise_pipeline(samples, args.jobs)
     latency = summarise_pipeline(one_by_one, args.latency_jobs)

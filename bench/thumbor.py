@@ -29,6 +29,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from bench import pipeline
+from bench.http_client import Body, Client, ClientError
 from bench.images import photo_jpeg, tagged
 from bench.pipeline import (
     MODES,
@@ -39,6 +40,7 @@ from bench.pipeline import (
     add_poll_argument,
     cores,
     interrupt,
+    job_upload,
     log,
     percentiles,
     positive,
@@ -188,32 +190,34 @@ def with_result(outcome: Outcome, content: bytes, where: str) -> Outcome:
     return outcome
 
 
-def thumbor_request(
-    client: httpx.Client, name: str, stop: threading.Event, *, comparison: Comparison
-) -> Outcome:
+def thumbor_request(client: Client, name: str, stop: threading.Event, *, comparison: Comparison) -> Outcome:
     outcome = Outcome(started=time.perf_counter())
     response = client.get(thumbor_path(comparison, name))
     outcome.finished = time.perf_counter()
     if response.status_code != 200:
-        outcome.error = f"GET {response.url.path} answered {response.status_code}"
+        outcome.error = f"GET {response.path} answered {response.status_code}"
         return outcome
-    return with_result(outcome, response.content, f"GET {response.url.path}")
+    return with_result(outcome, response.content, f"GET {response.path}")
+
+
+def darkroom_uploads(comparison: Comparison, images: dict[str, bytes]) -> dict[str, Body]:
+    """Each image as a job of `comparison`'s service, encoded before the run (bench.pipeline.job_upload)."""
+    return {name: job_upload(image, comparison.params) for name, image in images.items()}
 
 
 def darkroom_job(
-    client: httpx.Client,
+    client: Client,
     name: str,
     stop: threading.Event,
     *,
     comparison: Comparison,
-    images: dict[str, bytes],
+    uploads: dict[str, Body],
     waiting: Waiting,
 ) -> Outcome:
-    """Upload, until the result's bytes are in hand: bench.pipeline's client, in `waiting`'s mode."""
+    """Upload, until the result's bytes are in hand: bench.pipeline's client, in `waiting`'s mode;
+    `uploads` from darkroom_uploads."""
     outcome = Outcome(started=time.perf_counter())
-    sample = run_job(
-        client, comparison.service, images[name], comparison.params, waiting, stop, keep_content=True
-    )
+    sample = run_job(client, comparison.service, uploads[name], waiting, stop, keep_content=True)
     outcome.finished, outcome.requests = time.perf_counter(), sample.requests
     if not sample.ok:
         outcome.error = sample.error or f"the job is {sample.job.get('status')}"
@@ -222,9 +226,10 @@ def darkroom_job(
 
 
 def run_concurrently(base_url: str, names: list[str], concurrency: int, one: Callable) -> list[Outcome]:
-    """`one(client, name, stop)` for every name, `concurrency` at a time, a client per thread."""
+    """`one(client, name, stop)` for every name, `concurrency` at a time, a client per thread: for both
+    servers the same kept-alive client (bench.http_client), so that neither side's load costs more."""
 
-    def failed(exc: httpx.HTTPError, started: float) -> Outcome:
+    def failed(exc: ClientError, started: float) -> Outcome:
         return Outcome(started, time.perf_counter(), error=f"{exc.__class__.__name__}: {exc}")
 
     return pipeline.run_concurrently(base_url, names, concurrency, one, failed)
@@ -371,7 +376,7 @@ def measure(
     names: list[str],
     warmup: list[str],
     concurrency: int,
-    one: Callable[[httpx.Client, str, threading.Event], Outcome],
+    one: Callable[[Client, str, threading.Event], Outcome],
     reference: Image.Image,
 ) -> Figures:
     """Warm the server up on other images, then run `names`; OtherLoad counts the server's groups as ours."""
@@ -417,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         with Stack(args.processes, 1) as server:
             for comparison in COMPARISONS:
                 log(f"Darkroom {comparison.service}: {len(names)} jobs at concurrency {args.concurrency}")
-                submit = partial(darkroom_job, comparison=comparison, images=images, waiting=args.waiting)
+                uploads = darkroom_uploads(comparison, images)
+                submit = partial(darkroom_job, comparison=comparison, uploads=uploads, waiting=args.waiting)
                 groups = {process.pid for process in server.processes.values()}
                 darkroom[comparison.service] = measure(
                     server.base_url,

@@ -11,10 +11,10 @@ import sys
 import threading
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 from PIL import Image
 
+from bench.http_client import Client
 from bench.pipeline import (
     CpuSample,
     Proc,
@@ -25,6 +25,7 @@ from bench.pipeline import (
     cpu_per_job,
     fetch_results,
     goals,
+    job_upload,
     other_cores,
     parse_args,
     parse_server_timing,
@@ -38,6 +39,7 @@ from bench.pipeline import (
 )
 from bench.raw import measure_raw
 from tests.images import gradient, jpeg_bytes
+from tests.scripted_server import Answer, ScriptedServer, Seen
 
 CLIENT = 500
 SERVER, WORKER = 600, 700  # process group leaders, as bench.stack starts them
@@ -202,53 +204,49 @@ def test_goals_without_a_figure_are_unknown_not_met():
 
 # --- the client ----------------------------------------------------------------------------
 RESULT = b"\xff\xd8 the result's bytes \xff\xd9"
+ONE_REQUEST_HEADERS = {
+    "Content-Type": "image/jpeg",
+    "Job-Id": "j1",
+    "Job-Status": "completed",
+    "Location": "/api/v1/jobs/j1",
+    "Server-Timing": "queue;dur=1.5, processing;dur=12.25, total;dur=16",
+    "Preference-Applied": "wait=30, return=representation",
+}
 
 
-def fake_darkroom(
-    seen: list[httpx.Request],
-    unfinished_answers: int = 0,
-    one_request: bool = False,
-    status: str = "completed",
-) -> httpx.MockTransport:
+def fake_darkroom(unfinished_answers: int = 0, one_request: bool = False, status: str = "completed"):
     """Today's server (202, then job reads and a download), or with `one_request` the submit's answer
     the lead's contract gives: the result itself with the job's headers."""
 
-    def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
+    def answer(request: Seen, seen: list[Seen]) -> Answer:
         if request.method == "POST" and one_request:
-            return httpx.Response(
-                200,
-                content=RESULT,
-                headers={
-                    "Content-Type": "image/jpeg",
-                    "Job-Id": "j1",
-                    "Job-Status": "completed",
-                    "Location": "/api/v1/jobs/j1",
-                    "Server-Timing": "queue;dur=1.5, processing;dur=12.25, total;dur=16",
-                    "Preference-Applied": "wait=30, return=representation",
-                },
-            )
+            return Answer(200, ONE_REQUEST_HEADERS, RESULT)
         if request.method == "POST":
-            return httpx.Response(202, json={"job_id": "j1", "status": "queued"})
-        if request.url.path == "/api/v1/download/j1":
-            return httpx.Response(200, content=RESULT, headers={"Content-Type": "image/jpeg"})
-        reads = sum(1 for r in seen if r.url.path == "/api/v1/jobs/j1")
-        return httpx.Response(
-            200, json={"job_id": "j1", "status": status if reads > unfinished_answers else "processing"}
+            return Answer.of_json({"job_id": "j1", "status": "queued"}, status=202)
+        if request.path == "/api/v1/download/j1":
+            return Answer(200, {"Content-Type": "image/jpeg"}, RESULT)
+        reads = sum(1 for r in seen if r.path == "/api/v1/jobs/j1")
+        return Answer.of_json(
+            {"job_id": "j1", "status": status if reads > unfinished_answers else "processing"}
         )
 
-    return httpx.MockTransport(handle)
+    return answer
+
+
+def job_against(answer, waiting: Waiting, keep_content: bool = True) -> tuple:
+    """One job of bench.pipeline's client against a server that answers as `answer` says."""
+    with ScriptedServer(answer) as server, Client(server.url, timeout=10) as client:
+        upload = job_upload(b"jpeg", {})
+        job = run_job(client, "grayscale", upload, waiting, threading.Event(), keep_content=keep_content)
+    return job, server.seen
 
 
 def client_job(waiting: Waiting, **server) -> tuple:
-    seen = []
-    with httpx.Client(base_url="http://darkroom", transport=fake_darkroom(seen, **server)) as client:
-        job = run_job(client, "grayscale", b"jpeg", {}, waiting, threading.Event(), keep_content=True)
-    return job, seen
+    return job_against(fake_darkroom(**server), waiting)
 
 
-def paths(seen: list[httpx.Request]) -> list[str]:
-    return [f"{r.method} {r.url.path}" for r in seen]
+def paths(seen: list[Seen]) -> list[str]:
+    return [f"{r.method} {r.path}" for r in seen]
 
 
 def test_one_request_asks_to_wait_for_the_result_itself_and_has_it_in_the_submits_answer():
@@ -264,21 +262,18 @@ def test_one_request_asks_to_wait_for_the_result_itself_and_has_it_in_the_submit
 def test_one_request_against_a_server_that_answers_202_falls_back_to_one_long_poll_and_a_download():
     job, seen = client_job(Waiting("one-request"))
     assert paths(seen) == ["POST /api/v1/process/grayscale", "GET /api/v1/jobs/j1", "GET /api/v1/download/j1"]
-    assert seen[1].url.params["wait"] == "30"
+    assert seen[1].params["wait"] == "30"
     assert job.ok and not job.in_one and job.requests == 3
     assert job.content == RESULT
 
 
 def test_a_final_json_answer_that_is_completed_is_followed_by_a_download():
-    def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
+    def answer(request: Seen, seen: list[Seen]) -> Answer:
         if request.method == "POST":  # 200: the job ended in time, but its JSON came, not its bytes
-            return httpx.Response(200, json={"job_id": "j1", "status": "completed"})
-        return httpx.Response(200, content=RESULT, headers={"Content-Type": "image/jpeg"})
+            return Answer.of_json({"job_id": "j1", "status": "completed"})
+        return Answer(200, {"Content-Type": "image/jpeg"}, RESULT)
 
-    seen = []
-    with httpx.Client(base_url="http://darkroom", transport=httpx.MockTransport(handle)) as client:
-        job = run_job(client, "grayscale", b"jpeg", {}, Waiting("one-request"), threading.Event())
+    job, seen = job_against(answer, Waiting("one-request"), keep_content=False)
     assert paths(seen) == ["POST /api/v1/process/grayscale", "GET /api/v1/download/j1"]
     assert job.ok and job.requests == 2 and job.result_bytes == len(RESULT)
     assert job.content == b""  # kept only when asked
@@ -299,16 +294,49 @@ def test_by_long_poll_a_job_is_waited_for_with_one_long_poll_then_downloaded():
 
 def test_a_long_poll_that_runs_out_before_the_job_ends_is_asked_again():
     job, seen = client_job(Waiting("long-poll", download=False), unfinished_answers=2)
-    reads = [r for r in seen if r.url.path == "/api/v1/jobs/j1"]
+    reads = [r for r in seen if r.path == "/api/v1/jobs/j1"]
     assert job.ok and job.requests == 4 and job.result_bytes is None
-    assert all(r.url.params.get("wait") == "30" for r in reads) and len(reads) == 3
+    assert all(r.params.get("wait") == "30" for r in reads) and len(reads) == 3
 
 
 def test_by_poll_the_client_reads_the_job_without_waiting():
     job, seen = client_job(Waiting("poll", poll_every=0.001), unfinished_answers=2)
-    reads = [r for r in seen if r.url.path == "/api/v1/jobs/j1"]
+    reads = [r for r in seen if r.path == "/api/v1/jobs/j1"]
     assert job.ok and job.requests == 5  # submit, three reads, the download
-    assert len(reads) == 3 and all("wait" not in r.url.params for r in reads)
+    assert len(reads) == 3 and all("wait" not in r.params for r in reads)
+
+
+def test_every_request_of_a_job_goes_on_one_kept_alive_connection():
+    job, seen = client_job(Waiting("long-poll"), unfinished_answers=2)
+    assert job.ok and len(seen) == 5
+    assert {r.connection for r in seen} == {1}
+
+
+def test_a_download_that_redirects_to_another_server_is_followed_there_as_one_request():
+    def signed(request: Seen, seen: list[Seen]) -> Answer:
+        return Answer(200, {"Content-Type": "image/jpeg"}, RESULT)
+
+    with ScriptedServer(signed) as storage:
+
+        def answer(request: Seen, seen: list[Seen]) -> Answer:
+            if request.method == "POST":
+                return Answer.of_json({"job_id": "j1", "status": "completed"})
+            return Answer(302, {"Location": f"{storage.url}/bucket/j1.jpg?X-Signature=abc"})
+
+        job, seen = job_against(answer, Waiting("long-poll"))
+    assert paths(seen) == ["POST /api/v1/process/grayscale", "GET /api/v1/download/j1"]
+    assert [(r.path, r.params) for r in storage.seen] == [("/bucket/j1.jpg", {"X-Signature": "abc"})]
+    assert job.ok and job.requests == 2 and job.content == RESULT
+
+
+def test_a_failed_download_names_the_request_that_answered():
+    def answer(request: Seen, seen: list[Seen]) -> Answer:
+        if request.method == "POST":
+            return Answer.of_json({"job_id": "j1", "status": "completed"})
+        return Answer.of_json({"detail": "gone"}, status=410)
+
+    job, _ = job_against(answer, Waiting("long-poll"))
+    assert job.error == "GET /api/v1/download/j1 answered 410"
 
 
 @pytest.mark.parametrize(
@@ -576,10 +604,10 @@ def test_the_raw_loop_gives_its_cpu_per_image_for_the_fixed_cost():
 # --- against today's server ---------------------------------------------------------------------
 @pytest.mark.services
 def test_the_server_answers_a_job_with_its_result_in_one_request(live_stack, worker):
-    upload = jpeg_bytes(gradient(320, 240))
-    with httpx.Client(base_url=live_stack.base_url, timeout=60) as client:
+    upload = job_upload(jpeg_bytes(gradient(320, 240)), {})
+    with Client(live_stack.base_url, timeout=60) as client:
         job = run_job(
-            client, "grayscale", upload, {}, Waiting("one-request"), threading.Event(), keep_content=True
+            client, "grayscale", upload, Waiting("one-request"), threading.Event(), keep_content=True
         )
     assert job.ok and job.in_one and job.requests == 1, job.error
     assert Image.open(io.BytesIO(job.content)).size == (320, 240)

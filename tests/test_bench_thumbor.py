@@ -3,28 +3,36 @@ thumbor not needed."""
 
 import io
 import threading
+from functools import partial
 from pathlib import Path
 
-import httpx
 import pytest
+from django.test import RequestFactory
 from PIL import Image, ImageFilter
 
+from bench.http_client import Client
 from bench.images import photo_jpeg
 from bench.pipeline import Waiting
 from bench.thumbor import (
     COMPARISONS,
+    RESIZE_PARAMS,
+    Comparison,
     Figures,
     Outcome,
     darkroom_job,
+    darkroom_uploads,
     likeness,
     parse_args,
     report,
+    run_concurrently,
     summarise,
     thumbor_config,
     thumbor_path,
+    thumbor_request,
 )
 from processing.imaging.operations import OPERATIONS
 from tests import images
+from tests.scripted_server import Answer, ScriptedServer, Seen
 
 BY_SERVICE = {comparison.service: comparison for comparison in COMPARISONS}
 
@@ -143,102 +151,132 @@ def test_darkrooms_client_asks_for_one_request_per_job_by_default():
 RESULT = images.jpeg_bytes(images.gradient(400, 225))
 
 
-def fake_darkroom(answers_before_done: int, seen: list[httpx.Request], one_request: bool = False):
+def fake_darkroom(answers_before_done: int, one_request: bool = False):
     """Answers `processing` to the first waits, then `completed`; the result is a 400x225 JPEG.
     With `one_request`, the submit's answer is the result itself, as the one-request contract says."""
 
-    def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
+    def answer(request: Seen, seen: list[Seen]) -> Answer:
         if request.method == "POST" and one_request:
             headers = {"Content-Type": "image/jpeg", "Job-Id": "j1", "Job-Status": "completed"}
-            return httpx.Response(200, content=RESULT, headers=headers)
+            return Answer(200, headers, RESULT)
         if request.method == "POST":
-            return httpx.Response(202, json={"job_id": "j1", "status": "queued"})
-        if request.url.path == "/api/v1/jobs/j1":
-            waits = sum(1 for r in seen if r.url.path == "/api/v1/jobs/j1")
-            status = "completed" if waits > answers_before_done else "processing"
-            return httpx.Response(200, json={"job_id": "j1", "status": status})
-        if request.url.path == "/api/v1/download/j1":
-            return httpx.Response(200, content=RESULT, headers={"Content-Type": "image/jpeg"})
-        return httpx.Response(404)
+            return Answer.of_json({"job_id": "j1", "status": "queued"}, status=202)
+        if request.path == "/api/v1/jobs/j1":
+            waits = sum(1 for r in seen if r.path == "/api/v1/jobs/j1")
+            return Answer.of_json(
+                {"job_id": "j1", "status": "completed" if waits > answers_before_done else "processing"}
+            )
+        if request.path == "/api/v1/download/j1":
+            return Answer(200, {"Content-Type": "image/jpeg"}, RESULT)
+        return Answer(404)
 
-    return httpx.MockTransport(handle)
+    return answer
 
 
-def run_job(answers_before_done: int, seen: list[httpx.Request], one_request: bool = False) -> Outcome:
-    upload = {"run-0001.jpg": images.jpeg_bytes(images.gradient(64, 48))}
-    transport = fake_darkroom(answers_before_done, seen, one_request)
-    with httpx.Client(base_url="http://darkroom", transport=transport) as client:
-        return darkroom_job(
+def job_against(answer, comparison: Comparison, image: bytes) -> tuple[Outcome, list[Seen]]:
+    uploads = darkroom_uploads(comparison, {"run-0001.jpg": image})
+    with ScriptedServer(answer) as server, Client(server.url, timeout=10) as client:
+        outcome = darkroom_job(
             client,
             "run-0001.jpg",
             threading.Event(),
-            comparison=BY_SERVICE["resize"],
-            images=upload,
+            comparison=comparison,
+            uploads=uploads,
             waiting=Waiting("one-request"),
         )
+    return outcome, server.seen
+
+
+def run_job(answers_before_done: int, one_request: bool = False) -> tuple[Outcome, list[Seen]]:
+    image = images.jpeg_bytes(images.gradient(64, 48))
+    return job_against(fake_darkroom(answers_before_done, one_request), BY_SERVICE["resize"], image)
 
 
 def test_a_server_that_answers_with_the_result_takes_one_request_per_job():
-    seen = []
-    outcome = run_job(answers_before_done=0, seen=seen, one_request=True)
+    outcome, seen = run_job(answers_before_done=0, one_request=True)
     assert outcome.error is None and outcome.size == (400, 225) and outcome.requests == 1
     assert outcome.content == RESULT
-    assert [(r.method, r.url.path) for r in seen] == [("POST", "/api/v1/process/resize")]
+    assert [(r.method, r.path) for r in seen] == [("POST", "/api/v1/process/resize")]
     assert seen[0].headers["Prefer"] == "wait=30, return=representation"
 
 
+def test_the_upload_carries_the_comparisons_parameters_and_the_image():
+    image = images.jpeg_bytes(images.gradient(64, 48))
+    _, seen = job_against(fake_darkroom(0, one_request=True), BY_SERVICE["resize"], image)
+    request = RequestFactory().generic(
+        "POST", "/", seen[0].body, content_type=seen[0].headers["Content-Type"]
+    )
+    assert request.POST.dict() == RESIZE_PARAMS
+    assert request.FILES["image"].read() == image
+
+
 def test_a_server_that_answers_202_is_long_polled_and_the_result_is_downloaded():
-    seen = []
-    outcome = run_job(answers_before_done=0, seen=seen)
+    outcome, seen = run_job(answers_before_done=0)
     assert outcome.error is None and outcome.size == (400, 225) and outcome.requests == 3
-    assert [(r.method, r.url.path) for r in seen] == [
+    assert [(r.method, r.path) for r in seen] == [
         ("POST", "/api/v1/process/resize"),
         ("GET", "/api/v1/jobs/j1"),
         ("GET", "/api/v1/download/j1"),
     ]
-    assert seen[1].url.params["wait"] == "30"
+    assert seen[1].params["wait"] == "30"
 
 
 def test_a_long_poll_that_runs_out_is_asked_again_until_the_job_finishes():
-    seen = []
-    outcome = run_job(answers_before_done=3, seen=seen)
+    outcome, seen = run_job(answers_before_done=3)
     assert outcome.error is None and outcome.size == (400, 225)
-    assert [r.url.path for r in seen].count("/api/v1/jobs/j1") == 4
+    assert [r.path for r in seen].count("/api/v1/jobs/j1") == 4
 
 
 def test_a_failed_job_is_counted_as_failed_and_nothing_is_downloaded():
-    seen = []
-
-    def failing(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
+    def failing(request: Seen, seen: list[Seen]) -> Answer:
         if request.method == "POST":
-            return httpx.Response(202, json={"job_id": "j1", "status": "queued"})
-        return httpx.Response(200, json={"status": "failed", "error": {"code": "unprocessable_image"}})
+            return Answer.of_json({"job_id": "j1", "status": "queued"}, status=202)
+        return Answer.of_json({"status": "failed", "error": {"code": "unprocessable_image"}})
 
-    with httpx.Client(base_url="http://darkroom", transport=httpx.MockTransport(failing)) as client:
-        outcome = darkroom_job(
-            client,
-            "a.jpg",
-            threading.Event(),
-            comparison=BY_SERVICE["grayscale"],
-            images={"a.jpg": b"jpeg"},
-            waiting=Waiting("one-request"),
-        )
+    outcome, seen = job_against(failing, BY_SERVICE["grayscale"], b"jpeg")
     assert outcome.error.startswith("failed:")
-    assert "/api/v1/download/j1" not in [r.url.path for r in seen]
+    assert "/api/v1/download/j1" not in [r.path for r in seen]
+
+
+# --- thumbor's side, with the same client ---------------------------------------------------
+def test_thumbor_is_asked_on_the_same_kept_alive_client_and_its_image_is_measured():
+    def thumbor(request: Seen, seen: list[Seen]) -> Answer:
+        return Answer(200, {"Content-Type": "image/jpeg"}, RESULT)
+
+    with ScriptedServer(thumbor) as server:
+        outcomes = run_concurrently(
+            server.url,
+            ["a.jpg", "b.jpg", "c.jpg"],
+            1,
+            partial(thumbor_request, comparison=BY_SERVICE["resize"]),
+        )
+    assert [(o.error, o.size) for o in outcomes] == [(None, (400, 225))] * 3
+    assert [r.path for r in server.seen] == [
+        f"/unsafe/fit-in/400x300/{name}" for name in ("a.jpg", "b.jpg", "c.jpg")
+    ]
+    assert {r.connection for r in server.seen} == {1}
+
+
+def test_a_thumbor_error_names_the_request_that_answered():
+    with (
+        ScriptedServer(lambda request, seen: Answer(404)) as server,
+        Client(server.url, timeout=10) as client,
+    ):
+        outcome = thumbor_request(client, "a.jpg", threading.Event(), comparison=BY_SERVICE["grayscale"])
+    assert outcome.error == "GET /unsafe/filters:grayscale()/a.jpg answered 404"
 
 
 # --- the same client against the real stack ----------------------------------------------
 @pytest.mark.services
 @pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.service)
 def test_the_darkroom_client_gets_the_result_thumbor_would_give(live_stack, worker, comparison):
-    upload = {"photo.jpg": images.jpeg_bytes(images.gradient(1920, 1080))}
-    with httpx.Client(base_url=live_stack.base_url, timeout=60) as client:
+    image = images.jpeg_bytes(images.gradient(1920, 1080))
+    uploads = darkroom_uploads(comparison, {"photo.jpg": image})
+    with Client(live_stack.base_url, timeout=60) as client:
         outcome = darkroom_job(
-            client, "photo.jpg", threading.Event(), comparison=comparison, images=upload, waiting=Waiting()
+            client, "photo.jpg", threading.Event(), comparison=comparison, uploads=uploads, waiting=Waiting()
         )
     assert outcome.error is None
     # thumbor's fit-in/400x300 of 1920x1080 is 400x225; its grayscale keeps the size.
     assert outcome.size == {"resize": (400, 225), "grayscale": (1920, 1080)}[comparison.service]
-    assert likeness(outcome.content, comparison.reference(upload["photo.jpg"])) > 0.9
+    assert likeness(outcome.content, comparison.reference(image)) > 0.9
