@@ -13,9 +13,9 @@ for the last one to be done; the worker's CPU (its main process and the process 
 - dramatiq: Dramatiq's RabbitMQ broker with its own default middleware, no Django;
 - bare: the same broker with no middleware at all.
 
-The messages are published by this process as the gateway publishes a job's (persistent, with
-publisher confirms), faster than a worker takes them, so that a next message is always waiting, as
-it is for a worker of `make bench` under load. Also printed: the worker's CPU while idle, per second.
+The messages are published by this process as the gateway publishes a job's (persistent), but
+without publisher confirms, so faster than a worker takes them: a next message is always waiting,
+as it is for a worker of `make bench` under load. Also printed: the worker's CPU while idle, per second.
 
     python -m bench.worker_floor [--messages 2000] [--rounds 5] [--variants project,dramatiq,bare]
 """
