@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WS_PORT ?= 8001
 
-.PHONY: setup run stack api-key serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-downloads bench-ws \
+.PHONY: setup run stack api-key serve serve-http serve-ws worker requeue cleanup scale test lint format bench bench-api bench-worker-floor bench-downloads bench-ws \
 	bench-scaler bench-thumbor bench-memory bench-formats chaos clean
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -118,8 +118,15 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
 
+# The job read against a bare view on each server, then the floor under a submission on uvicorn: bare
+# views receiving the same upload, against the real submit. BENCH_ARGS="--measure uploads" for that alone.
 bench-api: $(STAMP)
 	$(BIN)/python -m bench.api $(BENCH_ARGS)
+
+# What a message costs a worker process when its actor does nothing: the project's worker, Dramatiq's
+# defaults, no middleware (the floor under the workers' goal of `make bench`).
+bench-worker-floor: $(STAMP)
+	$(BIN)/python -m bench.worker_floor $(BENCH_ARGS)
 
 # A result's download through nginx: sent by the gateway, then by nginx itself (X-Accel-Redirect).
 bench-downloads: $(STAMP)

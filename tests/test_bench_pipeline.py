@@ -622,6 +622,7 @@ BENCHMARKS = [
     "bench.chaos",
     "bench.thumbor",
     "bench.api",
+    "bench.worker_floor",
     "bench.websockets",
     "bench.formats",
     "bench.memory",
