@@ -56,9 +56,7 @@ def create(owner: Owner, upload: Upload, name: str = "") -> Asset:
             f"the asset is {upload.size} bytes; the limit is {settings.MAX_ASSET_BYTES} (MAX_ASSET_BYTES)"
         )
     # Decoded whole now: damage is the uploader's answer today, not a failed job later.
-    image, info = load_image(
-        upload.temporary_file_path(), settings.MAX_ASSET_PIXELS, None, settings.MAX_JPEG_SCANS
-    )
+    image, info = load_image(upload.file, settings.MAX_ASSET_PIXELS, None, settings.MAX_JPEG_SCANS)
     data = encode_image(image, "png", quality=100)
     asset = Asset(
         name=(name or upload.name or "")[:255],

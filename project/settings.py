@@ -237,11 +237,15 @@ STORAGES = {
 }
 
 # --- Uploads ------------------------------------------------------------------
-# Uploads always stream to a temporary file on disk, never into memory.
-FILE_UPLOAD_HANDLERS = ["gateway.http.uploads.LimitedTemporaryFileUploadHandler"]
+# A request of at most FILE_UPLOAD_MAX_MEMORY_SIZE holds its upload in memory; a larger one streams
+# to a temporary file on disk (gateway.http.uploads).
+FILE_UPLOAD_HANDLERS = [
+    "gateway.http.uploads.LimitedMemoryFileUploadHandler",
+    "gateway.http.uploads.LimitedTemporaryFileUploadHandler",
+]
 FILE_UPLOAD_TEMP_DIR = env.VAR_DIR / "tmp"
 FILE_UPLOAD_TEMP_DIR.mkdir(parents=True, exist_ok=True)
-FILE_UPLOAD_MAX_MEMORY_SIZE = 512 * 1024  # what the ASGI handler spools in memory before disk
+FILE_UPLOAD_MAX_MEMORY_SIZE = 512 * 1024  # a request up to this size keeps its upload in memory
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # non-file form fields
 
 # --- The API: owners, limits, reuse ---------------------------------------------

@@ -1,5 +1,6 @@
 """POST /api/v1/process/{service} (and /resize, /crop): what a client sees, in-process with a real worker."""
 
+import hashlib
 import io
 
 import numpy as np
@@ -212,7 +213,31 @@ def test_it_rejects_a_bad_upload_before_queueing(client, stub_broker, data, file
     assert stub_broker.queues.get("images") is None or stub_broker.queues["images"].qsize() == 0
 
 
-def test_it_rejects_an_upload_over_the_size_limit(client, stub_broker, settings):
+# A request up to FILE_UPLOAD_MAX_MEMORY_SIZE holds its upload in memory, a larger one streams it to disk
+# (gateway.http.uploads): either way the same job, the same stored bytes, the same limit.
+HELD_IN_MEMORY, STREAMED_TO_DISK = 10 * 1024 * 1024, 0
+
+
+@pytest.mark.parametrize("memory_size", [HELD_IN_MEMORY, STREAMED_TO_DISK], ids=["in-memory", "on-disk"])
+def test_an_upload_is_stored_whole_and_hashed_whether_held_in_memory_or_on_disk(
+    client, run_jobs, settings, memory_size
+):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = memory_size
+    data = images.jpeg_bytes(images.noise(300, 200))
+    job_id = upload(client, data=data).json()["job_id"]
+    job = Job.objects.get(id=job_id)
+
+    with default_storage.open(job.input_key, "rb") as stored:
+        assert stored.read() == data
+    assert job.input_sha256 == hashlib.sha256(data).hexdigest()
+    assert (job.input_width, job.input_height) == (300, 200)
+    run_jobs()
+    assert download_image(client, job_id).size == (300, 200)
+
+
+@pytest.mark.parametrize("memory_size", [HELD_IN_MEMORY, STREAMED_TO_DISK], ids=["in-memory", "on-disk"])
+def test_the_size_limit_holds_whether_held_in_memory_or_on_disk(client, stub_broker, settings, memory_size):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = memory_size
     settings.MAX_UPLOAD_BYTES = 1000
     response = upload(client, data=images.png_bytes(images.noise(100, 100)))
     assert response.status_code == 413

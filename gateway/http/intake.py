@@ -28,7 +28,7 @@ def uploads_from(request: HttpRequest, *, at_most: int) -> list[Upload]:
         )
     if len(uploads) > at_most:
         raise ApiError(413, "too_many_files", f"send at most {at_most} image(s) in one request")
-    # On disk and hashed as they arrived: settings.FILE_UPLOAD_HANDLERS is gateway.http.uploads's.
+    # Hashed as they arrived, in memory or on disk: settings.FILE_UPLOAD_HANDLERS are gateway.http.uploads's.
     return cast(list[Upload], uploads)
 
 

@@ -1,5 +1,6 @@
 """Reading uploads safely and writing results cleanly: the only place that decides which files are images."""
 
+import contextlib
 import io
 import mmap
 import os
@@ -19,6 +20,7 @@ from processing.errors import EmptyImage, ImageTooLarge, TooManyScans, Unprocess
 from processing.imaging import jxl, libtiff, png, refusals
 from processing.imaging.formats import OUTPUT_FORMATS, extension_for, has_alpha, mime_type_for
 from processing.imaging.frame_count import count_frames
+from processing.imaging.whole_file import size_of, whole
 
 # How far a piece of work has got, 0 to 1; it may raise (processing.errors.Cancelled) to stop the work.
 ProgressCallback = Callable[[float], None]
@@ -98,9 +100,24 @@ class DecodeHint:
     size: tuple[int, int] | None = None
 
 
-def probe(path: str | os.PathLike[str], max_pixels: int, max_jpeg_scans: int | None = None) -> ImageInfo:
+# An image to read: a path, or a file already open (a small upload held in memory).
+Source = str | os.PathLike[str] | BinaryIO
+
+
+@contextlib.contextmanager
+def opened(source: Source) -> Iterator[BinaryIO]:
+    """A path opened for reading, or an open file from its start, left open for its owner to close."""
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as fp:
+            yield fp
+        return
+    source.seek(0)
+    yield source
+
+
+def probe(source: Source, max_pixels: int, max_jpeg_scans: int | None = None) -> ImageInfo:
     """Identify an upload from its header alone (and a JPEG's markers); never decodes the pixels."""
-    with open(path, "rb") as fp:
+    with opened(source) as fp:
         header = checked_jxl_header(fp, max_pixels)
         if header is not None:  # opening it with Pillow would decode it
             return ImageInfo("JXL", *header.displayed_size, mime_type_for("JXL"))
@@ -111,7 +128,7 @@ def probe(path: str | os.PathLike[str], max_pixels: int, max_jpeg_scans: int | N
 
 
 def load_image(
-    path: str | os.PathLike[str],
+    source: Source,
     max_pixels: int,
     hint: DecodeHint | None = None,
     max_jpeg_scans: int | None = None,
@@ -121,7 +138,7 @@ def load_image(
     With a hint, a JPEG may come back smaller (by 2, 4 or 8) or as L: the image's info then holds
     the upload's displayed size as "source_size" (see source_size), and ImageInfo describes the upload.
     """
-    with open(path, "rb") as fp:
+    with opened(source) as fp:
         image = open_allowed(fp, max_pixels, max_jpeg_scans)
         source_format = format_of(image)
         frames = count_frames(image, fp)
@@ -190,7 +207,7 @@ def source_size(image: Image.Image) -> tuple[int, int]:
 def open_allowed(fp: BinaryIO, max_pixels: int, max_jpeg_scans: int | None = None) -> Image.Image:
     """Open the header with only the allowed decoders, refusing empty files, a JPEG header too long to
     walk, too many pixels and, given max_jpeg_scans, a JPEG with more scans than that."""
-    if os.fstat(fp.fileno()).st_size == 0:
+    if size_of(fp) == 0:
         raise EmptyImage()
     check_jpeg_header(fp)
     checked_jxl_header(fp, max_pixels)
@@ -256,7 +273,7 @@ def check_jpeg_scans(fp: BinaryIO, limit: int) -> None:
     of an image whose first one held every component ("broken data stream"). Most photos are
     sequential: the walk, a pass over the whole file, is skipped for them.
     """
-    with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    with whole(fp) as data:
         scans = count_scans(data, stop_after=limit)
     if scans > limit:
         raise TooManyScans(
@@ -267,7 +284,7 @@ def check_jpeg_scans(fp: BinaryIO, limit: int) -> None:
 def check_jpeg_header(fp: BinaryIO) -> None:
     """Walk a JPEG's markers to its first scan, refusing a header longer than Pillow should walk
     (MAX_JPEG_SEGMENTS_BEFORE_SCAN and the limits beside it); anything but a JPEG is left to Pillow."""
-    with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    with whole(fp) as data:
         if data[:3] != JPEG_START:
             return
         for marker, _ in jpeg_markers(data):

@@ -16,6 +16,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from processing.errors import UnprocessableImage
+from processing.imaging.whole_file import whole
 
 # Past this the count stops: MAX_ANIMATION_FRAMES may be at most this, so any count over the
 # setting is seen as one.
@@ -36,7 +37,7 @@ def count_frames(image: Image.Image, fp: BinaryIO) -> int:
         frames: int = getattr(image, "n_frames", 1)
         return min(frames, MAX_COUNTED_FRAMES + 1)
     if image.format == "GIF":
-        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with whole(fp) as data:
             return gif_frames(data)
     return 1
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from django.conf import settings
 from django.utils import timezone
@@ -54,13 +54,13 @@ RESULT_FIELDS = (
 
 
 class Upload(Protocol):
-    """An uploaded file already on local disk, hashed as it arrived (gateway.http.uploads makes these)."""
+    """An uploaded file, hashed as it arrived (gateway.http.uploads makes these): `file` is its bytes,
+    in memory (a small upload) or in a temporary file on local disk."""
 
     name: str | None
     size: int
     sha256: str
-
-    def temporary_file_path(self) -> str: ...
+    file: BinaryIO
 
 
 @dataclass
@@ -213,7 +213,7 @@ def create_jobs(prepared: Prepared) -> list[Job]:
 def inspect(upload: Upload) -> ImageInfo:
     """The upload's header facts; an UnprocessableImage names the file it is about (`filename`)."""
     try:
-        return probe(upload.temporary_file_path(), settings.MAX_IMAGE_PIXELS, settings.MAX_JPEG_SCANS)
+        return probe(upload.file, settings.MAX_IMAGE_PIXELS, settings.MAX_JPEG_SCANS)
     except UnprocessableImage as exc:
         exc.filename = upload.name
         raise
