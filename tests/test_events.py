@@ -106,7 +106,7 @@ def test_the_groups_of_dropped_events_are_told_once_each():
 
     notice = missed.take()
     assert notice == Notice(frozenset({"job.1", "job.2", "jobs.all"}))
-    assert notice.recipients() == ["job.1", "job.2", "jobs.all"]
+    assert notice.batches() == [["job.1", "job.2", "jobs.all"]]
     assert missed.take() is None  # told: nothing more to tell
 
 
@@ -119,7 +119,7 @@ def test_past_the_groups_the_sender_remembers_every_listener_is_told(monkeypatch
 
     notice = missed.take()
     assert notice is not None and notice.everyone
-    assert notice.recipients() == [messages.LISTENERS_GROUP]
+    assert notice.batches() == [[messages.LISTENERS_GROUP]]
 
 
 def test_a_notice_that_failed_is_told_again_with_the_groups_dropped_meanwhile():
@@ -130,6 +130,14 @@ def test_a_notice_that_failed_is_told_again_with_the_groups_dropped_meanwhile():
     missed.put_back(failed)
 
     assert missed.take() == Notice(frozenset({"job.1", "job.2"}))
+
+
+def test_many_groups_are_told_in_calls_of_a_bounded_size(monkeypatch):
+    monkeypatch.setattr(sender_module, "GROUPS_PER_NOTICE", 2)
+    notice = Notice(frozenset({"job.1", "job.2", "job.3"}))
+
+    assert notice.batches() == [["job.1", "job.2"], ["job.3"]]
+    assert notice.untold(notice.batches()[1:]) == Notice(frozenset({"job.3"}))  # the first call went out
 
 
 def test_a_group_dropped_again_while_its_notice_was_on_its_way_is_told_again():
