@@ -16,7 +16,7 @@ from channels.testing import WebsocketCommunicator
 
 from bench.private_services import PrivateServices, start_redis, stop_redis
 from gateway.auth import callers
-from gateway.live import routing
+from gateway.live import routing, waiting
 from gateway.live import subscriptions as subscriptions_module
 from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
@@ -24,9 +24,10 @@ from processing.events import messages
 from processing.events import sender as sender_module
 from processing.events.layer import RedisChannelLayer
 from processing.events.sender import BlockingSender, Sender
-from processing.jobs import lifecycle
+from processing.jobs import lease, lifecycle
 from tests.factories import stored_job
 from tests.services import close_database_connections, require, url_of
+from tests.waits import client_of_the_server, until_someone_waits_on
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True), pytest.mark.services]
 
@@ -393,12 +394,22 @@ async def test_events_a_sender_could_not_keep_up_with_are_told_to_their_groups(i
     assert (in_kept.times_missed, in_other.times_missed) == (0, 0)
 
 
+WORKER = "test-host:1:worker"
+
+
+def stop_the_process_sender() -> None:
+    """This process's sender, made for the test's Redis: its thread ends."""
+    running = sender_module.current_sender()
+    if isinstance(running, BlockingSender):
+        running.stop()
+
+
 def finish_job(job) -> None:
     """What a worker records of a job it has claimed and completed."""
-    claimed = lifecycle.claim(job.id, "test-host:1:worker")
+    claimed = lifecycle.claim(job.id, WORKER)
     lifecycle.complete(
         claimed,
-        "test-host:1:worker",
+        WORKER,
         output_key=f"results/{job.id}/output.png",
         output_format="png",
         output_content_type="image/png",
@@ -431,6 +442,30 @@ async def test_a_socket_whose_job_completed_while_redis_held_writes_gets_the_com
         closed = await ws.receive_output(timeout=60)
         assert (closed["type"], closed["code"]) == ("websocket.close", 1000)
     finally:
-        worker_sender = sender_module.current_sender()
-        if isinstance(worker_sender, BlockingSender):
-            worker_sender.stop()
+        stop_the_process_sender()
+
+
+async def test_a_long_poll_whose_job_completed_while_redis_held_writes_is_answered(
+    private_redis, patient, short_cooldown, monkeypatch
+):
+    monkeypatch.setattr(waiting, "RECHECK_EVERY", 3600)  # the job is read again only when told to
+    job = await database_sync_to_async(stored_job)()
+    claimed = await database_sync_to_async(lease.claim)(job.id, WORKER)
+
+    async with client_of_the_server() as server:
+        polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=60"))
+        try:
+            await until_someone_waits_on(job.id)
+            with writes_held(private_redis.url):
+                assert await database_sync_to_async(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
+                worker_sender = sender_module.current_sender()
+                assert isinstance(worker_sender, BlockingSender)
+                await all_handled(worker_sender)
+                assert worker_sender.dropped == 1  # completed: its end is never heard
+
+            # Long before the 60 s the client allowed, after which it would be answered anyway.
+            response = await asyncio.wait_for(polling, 30)
+        finally:
+            stop_the_process_sender()
+
+    assert response.json()["status"] == "completed"
