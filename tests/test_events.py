@@ -1,5 +1,6 @@
 """processing.events: a job's events are built where it changes and sent on commit; the sender never
-makes a job wait on the channel layer, and no event is lost unseen."""
+makes a job wait on the channel layer, and no event is lost unseen: the groups of those it drops are
+told once it can (their subscribers, end to end: tests/test_subscriptions.py)."""
 
 import asyncio
 import uuid
@@ -10,8 +11,9 @@ from django.db import transaction
 from prometheus_client import REGISTRY
 
 from processing.events import messages
+from processing.events import sender as sender_module
 from processing.events.layer import RedisChannelLayer
-from processing.events.sender import BlockingSender, Sender, start_in_thread
+from processing.events.sender import BlockingSender, Missed, Notice, Sender, start_in_thread
 from processing.jobs import lifecycle, publishing
 from processing.worker.actors import process_job
 from tests.factories import stored_job
@@ -92,6 +94,70 @@ async def test_the_blocking_sender_delivers_to_the_groups_channels_in_order():
     assert sender.dropped == 0
     sender.stop()
     await layer.flush()
+
+
+# --- What the sender remembers of the events it dropped --------------------------------
+
+
+def test_the_groups_of_dropped_events_are_told_once_each():
+    missed = Missed()
+    missed.add(["job.1", "jobs.all"])
+    missed.add(["job.2", "jobs.all"])
+
+    notice = missed.take()
+    assert notice == Notice(frozenset({"job.1", "job.2", "jobs.all"}))
+    assert notice.batches() == [["job.1", "job.2", "jobs.all"]]
+    assert missed.take() is None  # told: nothing more to tell
+
+
+def test_past_the_groups_the_sender_remembers_every_listener_is_told(monkeypatch):
+    monkeypatch.setattr(sender_module, "MISSED_GROUPS_AT_MOST", 2)
+    missed = Missed()
+    missed.add(["job.1", "job.2"])
+    missed.add(["job.3"])
+    missed.add(["job.4"])
+
+    notice = missed.take()
+    assert notice is not None and notice.everyone
+    assert notice.batches() == [[messages.LISTENERS_GROUP]]
+
+
+def test_a_notice_that_failed_is_told_again_with_the_groups_dropped_meanwhile():
+    missed = Missed()
+    missed.add(["job.1"])
+    failed = missed.take()
+    missed.add(["job.2"])
+    missed.put_back(failed)
+
+    assert missed.take() == Notice(frozenset({"job.1", "job.2"}))
+
+
+def test_many_groups_are_told_in_calls_of_a_bounded_size(monkeypatch):
+    monkeypatch.setattr(sender_module, "GROUPS_PER_NOTICE", 2)
+    notice = Notice(frozenset({"job.1", "job.2", "job.3"}))
+
+    assert notice.batches() == [["job.1", "job.2"], ["job.3"]]
+    assert notice.untold(notice.batches()[1:]) == Notice(frozenset({"job.3"}))  # the first call went out
+
+
+def test_a_group_dropped_again_while_its_notice_was_on_its_way_is_told_again():
+    missed = Missed()
+    missed.add(["job.1"])
+    assert missed.take() == Notice(frozenset({"job.1"}))  # on its way: it may reach Redis before the drop
+    missed.add(["job.1"])
+
+    assert missed.take() == Notice(frozenset({"job.1"}))
+
+
+def test_everyone_put_back_stays_everyone(monkeypatch):
+    monkeypatch.setattr(sender_module, "MISSED_GROUPS_AT_MOST", 1)
+    missed = Missed()
+    missed.add(["job.1", "job.2"])
+    failed = missed.take()
+    missed.add(["job.3"])
+    missed.put_back(failed)
+
+    assert missed.take() == Notice(everyone=True)
 
 
 # --- Announcing: where a job changes, on commit ----------------------------------------

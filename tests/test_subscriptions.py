@@ -1,7 +1,8 @@
 """gateway.live.subscriptions on a real Redis: however many sockets a process holds, it is one channel
 in the channel layer, in each group once, and it leaves the groups nobody follows any more. When
 Redis stalls or restarts, the channel keeps its subscribers and tries again; a loss reaches only
-the subscribers of the groups that lost something."""
+the subscribers of the groups that lost something, and so do the events a sender had to drop, once
+it can send again."""
 
 import asyncio
 import contextlib
@@ -15,14 +16,18 @@ from channels.testing import WebsocketCommunicator
 
 from bench.private_services import PrivateServices, start_redis, stop_redis
 from gateway.auth import callers
-from gateway.live import routing
+from gateway.live import routing, waiting
 from gateway.live import subscriptions as subscriptions_module
 from gateway.live.subscriptions import Subscriptions
 from gateway.models import ApiKey
 from processing.events import messages
+from processing.events import sender as sender_module
 from processing.events.layer import RedisChannelLayer
+from processing.events.sender import BlockingSender, Sender
+from processing.jobs import lease, lifecycle
 from tests.factories import stored_job
 from tests.services import close_database_connections, require, url_of
+from tests.waits import client_of_the_server, until_someone_waits_on
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True), pytest.mark.services]
 
@@ -35,11 +40,14 @@ def anyio_backend():
 
 
 def members(client: redis.Redis, prefix: str) -> dict[str, set[bytes]]:
-    """Each group in Redis and the channels in it."""
-    return {
+    """Each group that sockets follow in Redis and the channels in it (not LISTENERS_GROUP, which
+    every listening channel is in, for as long as it listens)."""
+    groups = {
         key.decode().removeprefix(f"{prefix}:group:"): set(client.zrange(key, 0, -1))
         for key in client.scan_iter(f"{prefix}:group:*")
     }
+    groups.pop(messages.LISTENERS_GROUP, None)
+    return groups
 
 
 @pytest.fixture(autouse=True)
@@ -284,3 +292,180 @@ async def test_a_loss_check_that_times_out_loses_no_subscriber_and_no_loss(redis
         await other_process.group_send_many(["job.lost", "job.other"], event("after"))
     await eventually(lambda: in_lost.heard and in_other.heard)
     assert (in_lost.times_lost, in_other.times_lost) == (0, 0)
+
+
+# --- Events a sender dropped -----------------------------------------------------------------
+
+
+@pytest.fixture
+def short_cooldown(monkeypatch):
+    """A sender that fails tries again after 0.2 s rather than 5: the tests wait for it."""
+    monkeypatch.setattr(sender_module, "COOLDOWN", 0.2)
+
+
+@contextlib.contextmanager
+def blocking_sender(url: str):
+    """A worker process's sender, on the test's Redis."""
+    layer = RedisChannelLayer(hosts=[redis_host(url)])
+    sender = BlockingSender(layer)
+    try:
+        yield sender
+    finally:
+        sender.stop()
+
+
+async def all_handled(sender: BlockingSender) -> None:
+    """Returns once the sender has sent or dropped every event handed to it so far."""
+    await asyncio.to_thread(sender.pending.join)
+
+
+async def test_an_event_dropped_while_redis_held_writes_is_told_to_its_groups_subscribers_once_it_can(
+    private_redis, patient, short_cooldown
+):
+    subscriptions, in_dropped, in_other = Subscriptions.of_running_loop(), Recorder(), Recorder()
+    assert await subscriptions.subscribe("job.dropped", in_dropped)
+    assert await subscriptions.subscribe("job.other", in_other)
+
+    with blocking_sender(private_redis.url) as sender:
+        with writes_held(private_redis.url):
+            sender.send(["job.dropped"], event("never sent"))  # times out: dropped
+            await all_handled(sender)
+            assert sender.dropped == 1 and not in_dropped.times_missed
+
+        await eventually(lambda: in_dropped.times_missed)
+    assert in_dropped.heard == []  # the event itself never went out
+    assert in_other.times_missed == 0  # told in the same message, had it been told
+    assert (in_dropped.times_lost, in_other.times_lost) == (0, 0)
+
+
+async def test_dropped_events_are_still_told_after_a_notice_that_failed(
+    private_redis, patient, short_cooldown
+):
+    subscriptions, in_dropped = Subscriptions.of_running_loop(), Recorder()
+    assert await subscriptions.subscribe("job.dropped", in_dropped)
+
+    with blocking_sender(private_redis.url) as sender:
+        with writes_held(private_redis.url):
+            sender.send(["job.dropped"], event("never sent"))
+            await all_handled(sender)
+            failed_until = sender.paused_until
+            # Nothing more to send: only a notice, tried after the cooldown, can pause the sender again.
+            await eventually(lambda: sender.paused_until > failed_until)
+            assert not in_dropped.times_missed
+
+        await eventually(lambda: in_dropped.times_missed)
+
+
+async def test_past_the_groups_a_sender_remembers_every_listener_is_told(
+    private_redis, patient, short_cooldown, monkeypatch
+):
+    monkeypatch.setattr(sender_module, "MISSED_GROUPS_AT_MOST", 2)
+    subscriptions, in_dropped, elsewhere = Subscriptions.of_running_loop(), Recorder(), Recorder()
+    assert await subscriptions.subscribe("job.dropped-1", in_dropped)
+    assert await subscriptions.subscribe("job.never-dropped", elsewhere)
+
+    with blocking_sender(private_redis.url) as sender:
+        with writes_held(private_redis.url):
+            for number in (1, 2, 3):  # three groups: more than the sender remembers
+                sender.send([f"job.dropped-{number}"], event("never sent"))
+            await all_handled(sender)
+            assert sender.dropped == 3
+
+        await eventually(lambda: in_dropped.times_missed and elsewhere.times_missed)
+    assert (in_dropped.times_lost, elsewhere.times_lost) == (0, 0)
+
+
+async def test_events_a_sender_could_not_keep_up_with_are_told_to_their_groups(in_memory_layer, monkeypatch):
+    monkeypatch.setattr(sender_module, "BACKLOG", 1)
+    subscriptions = Subscriptions.of_running_loop()
+    in_kept, in_dropped, in_other = Recorder(), Recorder(), Recorder()
+    for group, subscriber in (("job.kept", in_kept), ("job.dropped", in_dropped), ("job.other", in_other)):
+        assert await subscriptions.subscribe(group, subscriber)
+
+    sender = Sender(asyncio.get_running_loop(), get_channel_layer())  # the in-memory layer's, on this loop
+    sender.send(["job.kept"], event("kept"))
+    sender.send(["job.dropped"], event("dropped"))  # handed over before the sender takes the first: no room
+    try:
+        await eventually(lambda: in_dropped.times_missed)
+    finally:
+        sender.task.cancel()
+
+    assert in_kept.heard == ["kept"] and in_dropped.heard == []
+    assert (in_kept.times_missed, in_other.times_missed) == (0, 0)
+
+
+WORKER = "test-host:1:worker"
+
+
+def stop_the_process_sender() -> None:
+    """This process's sender, made for the test's Redis: its thread ends."""
+    running = sender_module.current_sender()
+    if isinstance(running, BlockingSender):
+        running.stop()
+
+
+def finish_job(job) -> None:
+    """What a worker records of a job it has claimed and completed."""
+    claimed = lifecycle.claim(job.id, WORKER)
+    lifecycle.complete(
+        claimed,
+        WORKER,
+        output_key=f"results/{job.id}/output.png",
+        output_format="png",
+        output_content_type="image/png",
+        output_bytes=10,
+        output_width=64,
+        output_height=48,
+    )
+
+
+async def test_a_socket_whose_job_completed_while_redis_held_writes_gets_the_completed_state(
+    private_redis, patient, short_cooldown
+):
+    key, (job,) = await jobs_of_a_new_key(1)
+    path, headers = f"/ws/jobs/{job.id}/", [(b"x-api-key", key.encode())]
+    ws = WebsocketCommunicator(routing.application, path, headers=headers)
+    assert (await ws.connect())[0]
+    assert (await ws.receive_json_from())["job"]["status"] == "queued"
+
+    try:
+        with writes_held(private_redis.url):
+            await database_sync_to_async(finish_job)(job)  # its events can't be sent: dropped
+            worker_sender = sender_module.current_sender()
+            assert isinstance(worker_sender, BlockingSender)
+            await all_handled(worker_sender)
+            assert worker_sender.dropped == 2  # processing, completed
+
+        state = await ws.receive_json_from(timeout=60)
+        assert state["type"] == "job.state"
+        assert state["job"]["status"] == "completed"
+        closed = await ws.receive_output(timeout=60)
+        assert (closed["type"], closed["code"]) == ("websocket.close", 1000)
+    finally:
+        stop_the_process_sender()
+
+
+async def test_a_long_poll_whose_job_completed_while_redis_held_writes_is_answered(
+    private_redis, patient, short_cooldown, monkeypatch
+):
+    monkeypatch.setattr(waiting, "RECHECK_EVERY", 3600)  # the job is read again only when told to
+    job = await database_sync_to_async(stored_job)()
+    claimed = await database_sync_to_async(lease.claim)(job.id, WORKER)
+
+    async with client_of_the_server() as server:
+        polling = asyncio.create_task(server.get(f"/api/v1/jobs/{job.id}?wait=60"))
+        try:
+            await until_someone_waits_on(job.id)
+            with writes_held(private_redis.url):
+                assert await database_sync_to_async(lifecycle.complete)(claimed, WORKER, processing_ms=1.0)
+                worker_sender = sender_module.current_sender()
+                assert isinstance(worker_sender, BlockingSender)
+                await all_handled(worker_sender)
+                assert worker_sender.dropped == 1  # completed: its end is never heard
+
+            # Long before the 60 s the client allowed, after which it would be answered anyway.
+            response = await asyncio.wait_for(polling, 30)
+        finally:
+            stop_the_process_sender()
+
+    assert response.json()["status"] == "completed"

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from processing.events.layer import WS_DROPPED, RedisChannelLayer
-from processing.events.messages import owner_group
+from processing.events.messages import LISTENERS_GROUP, owner_group
 from processing.owners import ANONYMOUS
 from tests import images
 from tests.services import IN_CI, require
@@ -188,10 +188,13 @@ async def flood(redis_url: str, group: str, count: int, size: int) -> None:
 
 
 def group_members(redis_url: str, group: str = "*") -> int:
-    """Sockets subscribed to `group` (or to any group), as channels-redis keeps them."""
+    """Sockets subscribed to `group` (or to any group), as channels-redis keeps them; not the group
+    every server process's channel is in (LISTENERS_GROUP)."""
     client = redis.Redis.from_url(redis_url)
+    listeners = f"asgi:group:{LISTENERS_GROUP}".encode()
     try:
-        return sum(client.zcard(key) for key in client.keys(f"asgi:group:{group}"))
+        keys = [key for key in client.keys(f"asgi:group:{group}") if key != listeners]
+        return sum(client.zcard(key) for key in keys)
     finally:
         client.close()
 

@@ -15,7 +15,10 @@ trips (GROUPS_PER_CALL groups each), not one per socket. A subscriber is told:
   current state. The layer marks every loss with the groups it was for (processing.events.layer:
   `losses_of`), and only their subscribers are told; everyone when the layer can't say, or when
   the channel could not be read for a while (Redis restarted, say: the channel joins its groups
-  again first).
+  again first). Events a sender dropped before they reached the layer are told the same way: the
+  sender sends their groups a MISSED_MESSAGE_TYPE message once the layer works again
+  (processing.events.sender), or sends it to LISTENERS_GROUP, which every channel joins, to tell
+  everyone.
 - `lost()`: the channel layer has failed for LOST_AFTER seconds in a row; the subscriber will hear
   nothing more, and should tell its client. Subscriptions start again, with a new channel,
   LISTEN_AGAIN_AFTER seconds later.
@@ -48,6 +51,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 
 from processing.events import sender
 from processing.events.layer import Losses
+from processing.events.messages import LISTENERS_GROUP, MISSED_MESSAGE_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +237,8 @@ class Subscriptions(OnePerLoop):
             self.down = False
             self.retries = {what: Retries(what) for what in ("reading", "membership", "the loss check")}
             self.has_worked = False
+            self.rejoin_due = True  # the new channel joins LISTENERS_GROUP, before any group of a subscriber
+            self.membership_changed.set()
             try:
                 async with asyncio.TaskGroup() as tasks:  # the first to fail stops the others
                     tasks.create_task(self.read(channel))
@@ -271,6 +277,9 @@ class Subscriptions(OnePerLoop):
                 self.read_again_works()
                 continue
             self.has_worked = True
+            if message.get("type") == MISSED_MESSAGE_TYPE:  # a sender dropped events of these groups
+                self.tell_missed(self.subscribers_of_groups_told(message.get("groups", ())))
+                continue
             self.hand_out(message)
 
     def hand_out(self, message: dict[str, Any]) -> None:
@@ -323,9 +332,10 @@ class Subscriptions(OnePerLoop):
             self.membership_applied.set()
 
     async def rejoin(self, channel: str) -> None:
-        """Join every group again (their membership expires; Redis may have restarted), then tell
-        every subscriber if reading had stopped: events may have been lost meanwhile."""
-        await self.change(add_many, list(self.joined), channel)
+        """Join every group again, and LISTENERS_GROUP (their membership expires; Redis may have
+        restarted), then tell every subscriber if reading had stopped: events may have been lost
+        meanwhile."""
+        await self.change(add_many, [LISTENERS_GROUP, *self.joined], channel)
         self.rejoin_due = False
         if self.refresh_due:
             self.refresh_due = False
@@ -378,6 +388,11 @@ class Subscriptions(OnePerLoop):
                 continue
             self.worked("the loss check")
 
+    def subscribers_of_groups_told(self, groups: Iterable[str]) -> set[Subscriber]:
+        """Who a message to `groups` is for: every subscriber when it came to LISTENERS_GROUP."""
+        groups = list(groups)
+        return self.subscribers(None if LISTENERS_GROUP in groups else groups)
+
     def subscribers(self, groups: Iterable[str] | None = None) -> set[Subscriber]:
         """The subscribers of `groups` (None: of every group), each once."""
         if groups is None:
@@ -404,7 +419,7 @@ class Subscriptions(OnePerLoop):
             subscriber.lost()
         forget_channel(self.layer, channel)
         with contextlib.suppress(Exception):  # a layer that is down forgets the channel, or expires it
-            await self.change(discard_many, list(joined_groups), channel)
+            await self.change(discard_many, [LISTENERS_GROUP, *joined_groups], channel)
 
 
 def batches(groups: list[str]) -> Iterator[list[str]]:

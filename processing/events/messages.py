@@ -3,7 +3,8 @@
 A WebSocket frame is `{"type": "job.completed", "job": {...}}`, the job's public JSON
 (processing.jobs.public); it is encoded once here, for every subscriber. Each event goes to
 the job's group, its owner's and the staff's; an event that ends the job also goes to the
-group of the long polls (gateway.live.waiting).
+group of the long polls (gateway.live.waiting). Events the sender had to drop are followed, once
+it can, by a MISSED_MESSAGE_TYPE message to their groups, or to every listener (LISTENERS_GROUP).
 """
 
 import hashlib
@@ -18,6 +19,11 @@ from processing.models import Job, JobId
 STAFF_GROUP = "jobs.all"
 ENDED_GROUP = "jobs.ended"  # only the events that end a job: what long polls wait for
 MESSAGE_TYPE = "job.event"  # what the channel layer carries: a message needs a type
+# What the sender sends, once it can, to the groups of job events it dropped (processing.events.sender):
+# their subscribers give their clients the current state (gateway.live.subscriptions).
+MISSED_MESSAGE_TYPE = "job.events_missed"
+# The group every listening channel joins (gateway.live.subscriptions): a message to it reaches them all.
+LISTENERS_GROUP = "live.listeners"
 
 # The event that says a job has reached a status; and the one that says it got further.
 STATUS_EVENTS = {
