@@ -122,6 +122,21 @@ def test_past_the_groups_the_sender_remembers_every_listener_is_told(monkeypatch
     assert notice.batches() == [[messages.LISTENERS_GROUP]]
 
 
+def test_a_sender_replaced_for_another_layer_tells_nothing_more(monkeypatch):
+    """Only tests change a process's layer; a sender left on a dead one must not try it forever."""
+    old, new = sender_module.Breaker(), sender_module.Breaker()
+    monkeypatch.setattr(sender_module, "_sender", old)
+    monkeypatch.setattr(sender_module, "_sender_pid", None)
+    old.missed.add(["job.1"])
+    assert old.seconds_to_notice() is not None  # due, before it is replaced
+
+    sender_module.replace_sender(new)
+
+    assert sender_module._sender is new
+    assert old.seconds_to_notice() is None
+    assert old.notice_due() is None
+
+
 def test_a_notice_that_failed_is_told_again_with_the_groups_dropped_meanwhile():
     missed = Missed()
     missed.add(["job.1"])

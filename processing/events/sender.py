@@ -136,6 +136,7 @@ class Breaker:
         self.dropped = 0
         self.missed = Missed()
         self.next_notice_at = 0.0
+        self.replaced = False  # another sender serves this process now: nothing left to tell from here
 
     def paused(self, groups: Iterable[str]) -> bool:
         """True, and the event for `groups` dropped, within COOLDOWN of a failure."""
@@ -182,7 +183,7 @@ class Breaker:
         """Who to tell now that events were dropped: None when nobody, or not now (the layer failed
         less than COOLDOWN ago, or a notice went out less than NOTICE_EVERY ago)."""
         now = time.monotonic()
-        if now < self.paused_until or now < self.next_notice_at:
+        if self.replaced or now < self.paused_until or now < self.next_notice_at:
             return None
         notice = self.missed.take()
         if notice is not None:
@@ -191,7 +192,7 @@ class Breaker:
 
     def seconds_to_notice(self) -> float | None:
         """How long to wait for the next event before a notice is due; None: no notice to send."""
-        if not self.missed:
+        if self.replaced or not self.missed:
             return None
         return max(0.0, self.paused_until - time.monotonic(), self.next_notice_at - time.monotonic())
 
@@ -407,7 +408,6 @@ def current_sender() -> Sender | BlockingSender | None:
     from there (see `serve_from_running_loop`). Other layers (Redis) get a thread of their own,
     made on first use in each process (worker processes are forked).
     """
-    global _sender, _sender_pid
     layer = get_channel_layer()
     if _sender is not None and _sender.layer is layer and _sender_pid == os.getpid():
         return _sender
@@ -415,17 +415,26 @@ def current_sender() -> Sender | BlockingSender | None:
         return None  # no layer; or in memory, and no WebSocket has connected to this process yet
     with _lock:
         if _sender is None or _sender.layer is not layer or _sender_pid != os.getpid():
-            _sender, _sender_pid = start_in_thread(layer), os.getpid()
+            replace_sender(start_in_thread(layer))
         return _sender
+
+
+def replace_sender(made: Sender | BlockingSender) -> None:
+    """Make `made` this process's sender (under _lock). The one it replaces, for another layer (only
+    tests change a process's layer) or another loop, no longer tells what it dropped: its groups
+    were another layer's, and a dead one would be tried every COOLDOWN for as long as the process lives."""
+    global _sender, _sender_pid
+    if _sender is not None:
+        _sender.replaced = True
+    _sender, _sender_pid = made, os.getpid()
 
 
 def serve_from_running_loop() -> None:
     """Called by subscribers as they start: with the in-memory layer, send from their loop."""
-    global _sender, _sender_pid
     layer = get_channel_layer()
     if not isinstance(layer, InMemoryChannelLayer):
         return
     loop = asyncio.get_running_loop()
     with _lock:
         if not isinstance(_sender, Sender) or _sender.loop is not loop or _sender.layer is not layer:
-            _sender, _sender_pid = Sender(loop, layer), os.getpid()
+            replace_sender(Sender(loop, layer))
