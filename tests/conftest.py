@@ -6,6 +6,7 @@ import uuid
 import dramatiq
 import pytest
 import redis
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django_dramatiq.utils import load_middleware
@@ -16,6 +17,7 @@ from bench.s3 import SeaweedServer
 from gateway.ops import snapshots
 from processing import events
 from processing.callbacks.deliveries import deliver_callback
+from processing.events import sender
 from processing.worker.actors import process_job
 from tests.services import CONFIGURED, XDIST_WORKER, clear_rate_limits, require, url_of
 from tests.stack import LiveStack, refused_port
@@ -55,6 +57,18 @@ def django_db_setup(django_db_setup, django_db_blocker):
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             [connection.settings_dict["NAME"]],
         )
+
+
+@pytest.fixture(autouse=True)
+def no_sender_left_on_a_test_s_layer():
+    """A test that points the channel layer elsewhere (a Redis that is down, say) leaves this process's
+    sender on that layer; once its settings are restored (this fixture comes first, so it is torn down
+    after `settings`), the sender is retired as the next announce on another layer would retire it,
+    and no longer tells a dead Redis what it dropped, every few seconds for the rest of the run."""
+    yield
+    running = sender._sender
+    if running is not None and running.layer is not get_channel_layer():
+        running.replaced = True
 
 
 @pytest.fixture(autouse=True)
