@@ -103,6 +103,15 @@ def stop_side_by_side(processes: list[subprocess.Popen], signal_each, timeout: f
             process.wait()
 
 
+def start_logged(log_path: Path, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`command` from the project's folder, in a process group of its own (stopped as a whole), its
+    output appended to `log_path`."""
+    with open(log_path, "ab") as log:  # the child holds its own copy of the descriptor
+        return subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+
+
 class Stack(StartedOrCleanedUp):
     """`with Stack(workers=2, threads=1) as stack:` then talk to `stack.base_url`."""
 
@@ -187,15 +196,7 @@ class Stack(StartedOrCleanedUp):
 
     def spawn(self, name: str, command: list[str], **env: str) -> None:
         """Start `command` as `name`, in a process group of its own; `env` adds to the stack's environment."""
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            self.processes[name] = subprocess.Popen(
-                command,
-                env={**self.env, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                start_new_session=True,
-            )
+        self.processes[name] = start_logged(self.workdir / f"{name}.log", command, {**self.env, **env})
 
     def stop(self, *names: str) -> None:
         """SIGTERM to each process group; they shut down side by side."""

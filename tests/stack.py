@@ -18,9 +18,9 @@ import httpx
 import psycopg
 
 from bench.ports import unused_ports
-from bench.stack import announced_port, stop_side_by_side
+from bench.stack import announced_port, start_logged, stop_side_by_side
 from project.serving import UVICORN_FLAGS
-from scaler.backends.processes import MANAGE, ROOT, child_pids, worker_command
+from scaler.backends.processes import MANAGE, child_pids, worker_command
 from tests.services import clear_rate_limits, url_of
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -255,15 +255,7 @@ class LiveStack:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
     def spawn(self, name: str, command: list[str], **env: str) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (the child process keeps it)
-        process = subprocess.Popen(
-            command,
-            env={**self.env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
-        )
+        process = start_logged(self.workdir / f"{name}.log", command, {**self.env, **env})
         self.processes[name] = process
         return process
 
