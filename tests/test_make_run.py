@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scaler.backends.processes import child_pids
+from scaler.backends.processes import ROOT, child_pids
 from tests import images
-from tests.stack import ROOT, LiveStack, announced_port, bmp_upload_body, peak_rss_kib
+from tests.stack import LiveStack, announced_port, bmp_upload_body, peak_rss_kib
 
 SERVICE_VARIABLES = ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "AWS_STORAGE_BUCKET_NAME")
 

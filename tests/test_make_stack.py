@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scaler.backends.processes import ROOT
 from tests import images
-from tests.stack import ROOT, LiveStack, announced_port
+from tests.stack import LiveStack, announced_port
 
 pytestmark = pytest.mark.services
 
