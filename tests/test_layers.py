@@ -7,6 +7,7 @@ import uuid
 import pytest
 import redis
 
+from processing.events import layer as layer_module
 from processing.events.layer import WS_DROPPED, RedisChannelLayer, check_channel_layer
 from tests.services import require, url_of
 from tests.stack import refused_port
@@ -172,6 +173,42 @@ async def test_a_channel_that_does_not_read_holds_at_most_its_capacity(layer):
     assert (losses.groups, losses.everyone) == ({"owner.x"}, False)
     assert not await layer.losses_of(stuck)  # a buffer's losses are told once
     assert not await layer.losses_of(reader)
+
+
+async def read_in_order(layer, channel: str, count: int) -> list[str]:
+    return [(await asyncio.wait_for(layer.receive(channel), 5))["text"] for _ in range(count)]
+
+
+async def test_a_burst_larger_than_one_read_arrives_whole_and_in_order(layer):
+    count = 2 * layer_module.READ_AT_ONCE + 17  # three reads: two full, one not
+    layer.capacity = count  # the channel's buffer, and the inbox in Redis, hold the whole burst
+    layer.channel_capacity = layer.compile_capacities({"specific.*": count})
+    channel = await layer.new_channel()
+    await layer.group_add("job.burst", channel)
+    for number in range(count):  # waiting in the inbox before anyone reads it
+        await layer.group_send("job.burst", {"type": "job.event", "text": str(number)})
+
+    assert await read_in_order(layer, channel, count) == [str(number) for number in range(count)]
+
+
+async def test_on_a_redis_without_bzmpop_the_inbox_is_read_a_message_a_call(layer, monkeypatch):
+    """Redis before 7.0 answers BZMPOP with an error: the reader falls back to BZPOPMIN, for good."""
+    tried = []
+
+    async def bzmpop_of_redis_6(self, *args, **kwargs):
+        tried.append(args)
+        raise redis.ResponseError("unknown command 'BZMPOP', with args beginning with: '5' '1'")
+
+    monkeypatch.setattr(redis.asyncio.Redis, "bzmpop", bzmpop_of_redis_6)
+    channel = await layer.new_channel()
+    await layer.group_add("job.old", channel)
+    for number in range(3):
+        await layer.group_send("job.old", {"type": "job.event", "text": str(number)})
+
+    assert await read_in_order(layer, channel, 3) == ["0", "1", "2"]
+    await layer.group_send("job.old", {"type": "job.event", "text": "later"})
+    assert await read_in_order(layer, channel, 1) == ["later"]
+    assert len(tried) == 1 and not layer.pops_many  # asked once, then never again
 
 
 async def test_when_redis_goes_away_every_waiting_receive_raises(layer):
