@@ -21,7 +21,9 @@ refuse_unsafe_start()  # e.g. the default SECRET_KEY with services configured: d
 from gateway.http.middleware import RequestBodyLimit  # noqa: E402
 from gateway.http.wsgi_threads import ThreadedWsgi  # noqa: E402
 from gateway.live import gc_pauses, routing  # noqa: E402
-from gateway.live.waiting import LongPolls  # noqa: E402
+from gateway.live.subscriptions import Subscriptions  # noqa: E402
+from gateway.live.waiting import EndListener, LongPolls  # noqa: E402
+from processing.events import sender  # noqa: E402
 from processing.worker import embedded  # noqa: E402
 
 SYNC_THREADS = 16  # requests handled at once on the thread pool; waits never take one
@@ -44,14 +46,18 @@ async def application(scope, receive, send):
 
 
 async def lifespan(receive, send):
-    """Start-up and shutdown have nothing to do here (what the process needs starts on import,
-    below), and say so: a server whose lifespan events go unanswered logs that the protocol
-    "appears unsupported", which reads like a fault at every start."""
+    """Start-up has nothing to do here (what the process needs starts on import, below), and says
+    so: a server whose lifespan events go unanswered logs that the protocol "appears unsupported",
+    which reads like a fault at every start. At shutdown, the process's live channel leaves its
+    groups, rather than being sent every job's end, dead, until its membership expires."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            # The long polls' listener first: it would take the channel's stop for a failure.
+            await EndListener.stop_on_running_loop(timeout=sender.LAYER_TIMEOUT)
+            await Subscriptions.stop_on_running_loop(timeout=sender.LAYER_TIMEOUT)
             await send({"type": "lifespan.shutdown.complete"})
             return
 

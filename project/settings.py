@@ -140,6 +140,9 @@ if env.REDIS_URL:
                 # Each server process has one inbox in Redis for all its sockets: room for a 1 s GC pause.
                 "channel_capacity": {"specific.*": 2000},
                 "expiry": 30,
+                # A process that dies stays in its groups, sent events nobody reads, until this runs
+                # out (channels-redis: a day); the live ones join theirs again well within it.
+                "group_expiry": 300,
             },
         }
     }

@@ -115,6 +115,22 @@ async def test_a_group_left_while_it_was_being_joined_does_not_stay_joined(redis
     assert members(client, prefix) == {}
 
 
+async def test_a_channel_joins_its_groups_again_well_within_their_expiry(redis_layer, settings):
+    """A dead process's channel leaves the groups when its membership expires; a live one must not."""
+    client, prefix = redis_layer
+    layer = settings.CHANNEL_LAYERS["default"]
+    config = {**layer["CONFIG"], "group_expiry": 1}  # joined again every 0.2 s
+    settings.CHANNEL_LAYERS = {"default": {**layer, "CONFIG": config}}
+    subscriptions = Subscriptions.of_running_loop()
+    assert await subscriptions.subscribe("job.renewed", Quiet())
+    group = f"{prefix}:group:job.renewed"
+    [channel] = client.zrange(group, 0, -1)
+    client.zadd(group, {channel: 0}, xx=True)  # as if it had joined in 1970: expired
+
+    await eventually(lambda: (client.zscore(group, channel) or 0) > 0, within=30)
+    assert client.zrange(group, 0, -1) == [channel]
+
+
 # --- When Redis stalls, restarts, or loses messages -----------------------------------------
 
 

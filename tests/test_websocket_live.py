@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from processing.events.layer import WS_DROPPED, RedisChannelLayer
-from processing.events.messages import LISTENERS_GROUP, owner_group
+from processing.events.messages import ENDED_GROUP, LISTENERS_GROUP, owner_group
 from processing.owners import ANONYMOUS
 from tests import images
 from tests.services import IN_CI, require
@@ -278,3 +278,27 @@ def test_with_redis_stopped_jobs_complete_and_sockets_get_the_state_or_a_clean_c
         assert (code, reason) == (1013, "live updates unavailable; poll the API")
     finally:
         own_redis.start()
+
+
+def test_a_server_that_stops_leaves_the_groups_every_server_joins(tmp_path):
+    """Had it stayed in them, dead, every job's end would be copied to its inbox until its membership
+    expired, and counted as lost once that inbox was full."""
+    require("postgres", "rabbitmq", "redis")
+    with LiveStack(tmp_path) as stack:
+        client = redis.Redis.from_url(stack.env["REDIS_URL"])
+        groups = [f"asgi:group:{ENDED_GROUP}", f"asgi:group:{LISTENERS_GROUP}"]
+        before = {group: set(client.zrange(group, 0, -1)) for group in groups}  # other tests' servers
+        stack.start_server()
+        job = stack.submit("grayscale", images.jpeg_bytes(images.gradient(64, 48)))  # no worker: it waits
+        with stack.client() as http:
+            assert http.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 1}).status_code == 200  # a long poll
+        joined = {group: set(client.zrange(group, 0, -1)) - before[group] for group in groups}
+        assert [len(channels) for channels in joined.values()] == [1, 1]  # the server's one channel
+
+        stack.stop("server")
+
+        assert {group: joined[group] & set(client.zrange(group, 0, -1)) for group in groups} == {
+            group: set() for group in groups
+        }
+        assert "live events interrupted" not in stack.log("server")  # a stop, not a failure
+        client.close()

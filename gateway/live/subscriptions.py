@@ -32,8 +32,14 @@ is still told when a check works again. Only a channel on which nothing has work
 its first failure other than a timeout: Redis is not there (down, or a wrong address), and its
 first subscribers had better learn it at once.
 
-Group membership in the channel layer expires a day after a join (channels-redis'
-`group_expiry`): every group is joined again each REJOIN_EVERY seconds.
+Group membership in the channel layer expires `group_expiry` seconds after a join (5 minutes in
+the settings; channels-redis has a day): every group is joined again REJOINS_PER_EXPIRY times
+within that. A process that stops leaves its groups (the server's shutdown stops its channel:
+`Subscriptions.stop_on_running_loop`); one that dies in them stays a member, dead, only until its
+membership expires. Until then every event for its groups is copied to its inbox, which nobody
+reads, and once that is full, counted as lost (`darkroom_ws_dropped_total{reason="channel_full"}`).
+Every process joins ENDED_GROUP and LISTENERS_GROUP: with a day's expiry, each process killed in
+a day cost every job's end that much.
 """
 
 import asyncio
@@ -55,7 +61,7 @@ from processing.events.messages import LISTENERS_GROUP, MISSED_MESSAGE_TYPE
 
 logger = logging.getLogger(__name__)
 
-REJOIN_EVERY = 3600  # seconds
+REJOINS_PER_EXPIRY = 5  # a membership renewed this often within its expiry survives a stalled renewal or two
 LISTEN_AGAIN_AFTER = sender.COOLDOWN  # seconds after the channel was declared lost
 LOSS_CHECK_EVERY = 1.0  # seconds between asking the layer which groups of this channel lost messages
 # Seconds a call to the layer may keep failing (each failure taking up to sender.LAYER_TIMEOUT)
@@ -157,6 +163,18 @@ class OnePerLoop:
                 found.task.cancel()
             found = cls._by_loop[loop] = cls(layer)
         return found
+
+    @classmethod
+    async def stop_on_running_loop(cls, timeout: float) -> None:
+        """At the server's shutdown: cancel this event loop's instance's task, if it has one, and
+        wait for it to end, `timeout` seconds at most."""
+        running = cls._by_loop.get(asyncio.get_running_loop())
+        if running is None or running.task.done():
+            return
+        running.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(timeout):
+                await running.task
 
 
 class Subscriptions(OnePerLoop):
@@ -312,14 +330,15 @@ class Subscriptions(OnePerLoop):
 
     async def keep_membership(self, channel: str) -> None:
         """Join and leave groups as subscribers come and go, all of a moment's changes at once."""
-        rejoin_at = self.loop.time() + REJOIN_EVERY
+        rejoin_every = getattr(self.layer, "group_expiry", 86400) / REJOINS_PER_EXPIRY
+        rejoin_at = self.loop.time() + rejoin_every
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, rejoin_at - self.loop.time())):
                     await self.membership_changed.wait()
             self.membership_changed.clear()
             if self.loop.time() >= rejoin_at:
-                self.rejoin_due, rejoin_at = True, self.loop.time() + REJOIN_EVERY
+                self.rejoin_due, rejoin_at = True, self.loop.time() + rejoin_every
             try:
                 if self.rejoin_due:
                     await self.rejoin(channel)
