@@ -290,8 +290,8 @@ def test_a_server_that_stops_leaves_the_groups_every_server_joins(tmp_path):
         before = {group: set(client.zrange(group, 0, -1)) for group in groups}  # other tests' servers
         stack.start_server()
         job = stack.submit("grayscale", images.jpeg_bytes(images.gradient(64, 48)))  # no worker: it waits
-        with stack.client() as http:
-            assert http.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 1}).status_code == 200  # a long poll
+        with stack.client() as http:  # a long poll: the server's channel joins the group of every end
+            assert http.get(f"/api/v1/jobs/{job['job_id']}", params={"wait": 1}).status_code == 200
         joined = {group: set(client.zrange(group, 0, -1)) - before[group] for group in groups}
         assert [len(channels) for channels in joined.values()] == [1, 1]  # the server's one channel
 
