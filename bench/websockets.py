@@ -183,6 +183,17 @@ def group_alive(group: int) -> bool:
     return False
 
 
+def can_listen_on(port: int) -> bool:
+    """Whether a server could listen on the port now (nobody else does), as uvicorn binds it."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def gateway_pids(server_pid: int) -> list[int]:
     """The processes serving: uvicorn's worker processes, or the server itself when it has none."""
     from scaler.backends.processes import child_pids
@@ -269,8 +280,14 @@ class Stack(StartedOrCleanedUp):
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
         # A process holding thousands of sockets takes a while to die, and until the last one of the
-        # group has, the port is still theirs: the new server could not listen on it.
-        wait_until(lambda: not group_alive(server.pid), "the killed gateway processes to be gone", 120)
+        # group has, the port is still theirs: the new server could not listen on it. Nor until the
+        # last thread of each has: a process whose first thread is a zombie may have others still
+        # closing its sockets (a storm once failed so, on "Address already in use").
+        wait_until(
+            lambda: not group_alive(server.pid) and can_listen_on(self.port),
+            "the killed gateway processes to be gone",
+            120,
+        )
         self.start_server()
 
     def __exit__(self, *exc_info) -> None:

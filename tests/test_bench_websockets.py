@@ -5,12 +5,13 @@ clients from two loopback addresses, a reconnect storm. What it asserts is what 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from bench.websockets import ROOT
+from bench.websockets import ROOT, can_listen_on
 from tests.services import IN_CI, require, url_of
 
 pytestmark = pytest.mark.services
@@ -50,3 +51,13 @@ def test_it_prints_a_verdict_for_each_goal(printed):
     verdicts = re.findall(r"^(PASS|FAIL)  (\S+)", printed, re.M)
     assert len(verdicts) == 5, printed
     assert verdicts[-1][1] == "storm:" and "did not come back" not in printed
+
+
+def test_a_gateway_restarts_on_its_port_only_once_nothing_listens_on_it():
+    """The storm's restart waits for this: a killed gateway's thread may still hold the port."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
+        listening.listen()
+        assert not can_listen_on(port)
+    assert can_listen_on(port)
