@@ -8,10 +8,11 @@ import shutil
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from bench.websockets import ROOT, can_listen_on
+from bench.websockets import ROOT, can_listen_on, report_storm, verdicts
 from tests.services import IN_CI, require, url_of
 
 pytestmark = pytest.mark.services
@@ -61,3 +62,20 @@ def test_a_gateway_restarts_on_its_port_only_once_nothing_listens_on_it():
         listening.listen()
         assert not can_listen_on(port)
     assert can_listen_on(port)
+
+
+def test_a_storm_whose_jobs_stopped_finishing_says_so_and_fails_its_goal(capsys):
+    """Else no job would count as finished during it, and so none as lost: a storm that looks perfect."""
+    storm = {"error": None, "driver error": "OperationalError: couldn't get a connection", "back": 60}
+    storm |= {"until all back": 1.0, "failures": 0, "refused attempts": 0, "never": 0, "inboxes full": 0}
+    storm |= {"peak KiB": {"1": 200 * 1024}}
+
+    report_storm(storm)
+    verdicts(SimpleNamespace(), 60, 0, None, 100.0, 0.01, 0, 0, storm)
+
+    printed = capsys.readouterr().out
+    assert "the jobs stopped finishing during the storm: OperationalError" in printed
+    assert [line for line in printed.splitlines() if line.endswith("largest process 200 MiB")] == [
+        "FAIL  storm: every client back with its state within 60 s, 0 failures, no process over 1024 MiB: "
+        "1.0 s, 0 failures, 0 completions lost, largest process 200 MiB"
+    ]
