@@ -23,10 +23,12 @@ from gateway.http.wsgi_threads import ThreadedWsgi  # noqa: E402
 from gateway.live import gc_pauses, routing  # noqa: E402
 from gateway.live.subscriptions import Subscriptions  # noqa: E402
 from gateway.live.waiting import EndListener, LongPolls  # noqa: E402
-from processing.events import sender  # noqa: E402
 from processing.worker import embedded  # noqa: E402
 
 SYNC_THREADS = 16  # requests handled at once on the thread pool; waits never take one
+# Seconds a stopping process gives its live channel to leave its groups: each call to Redis has
+# processing.events.sender.LAYER_TIMEOUT, and a loaded machine's shutdown may need a few of them.
+LEAVE_GROUPS_WITHIN = 5.0
 
 # A response held whole goes back to the event loop in one hop (gateway/http/wsgi_threads.py).
 django_http = ThreadedWsgi(django_wsgi, workers=SYNC_THREADS)
@@ -56,8 +58,8 @@ async def lifespan(receive, send):
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             # The long polls' listener first: it would take the channel's stop for a failure.
-            await EndListener.stop_on_running_loop(timeout=sender.LAYER_TIMEOUT)
-            await Subscriptions.stop_on_running_loop(timeout=sender.LAYER_TIMEOUT)
+            await EndListener.stop_on_running_loop(timeout=LEAVE_GROUPS_WITHIN)
+            await Subscriptions.stop_on_running_loop(timeout=LEAVE_GROUPS_WITHIN)
             await send({"type": "lifespan.shutdown.complete"})
             return
 
