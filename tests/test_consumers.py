@@ -283,6 +283,23 @@ async def test_a_late_event_does_not_take_the_client_back_to_an_older_status(ali
     assert (await ws.receive_json_from())["type"] == "job.completed"
 
 
+async def test_a_queued_event_after_a_queued_state_is_not_sent_again(alice):
+    key, caller = alice
+    job = await in_thread(make_job)(caller)
+    ws = await watch(f"/ws/jobs/{job.id}/", key)
+    assert (await ws.receive_json_from())["job"]["status"] == "queued"
+
+    # The gateway's "queued" is sent after the submit's answer: a quick client's socket may have
+    # read the queued state first.
+    group = messages.job_group(job.id)
+    queued = {**messages.event_message("job.queued", job), "groups": [group]}
+    await get_channel_layer().group_send(group, queued)
+
+    await in_thread(lifecycle.claim)(job.id, WORKER)
+    assert (await ws.receive_json_from())["type"] == "job.processing"
+    await ws.disconnect()
+
+
 async def test_a_browser_session_watches_the_jobs_it_created():
     session = SessionStore()
     caller = await in_thread(callers.issue_session)(session, None)

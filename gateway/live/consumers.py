@@ -337,8 +337,11 @@ class JobSocket(LiveSocket):
         return frames
 
     def wants(self, message: dict[str, Any]) -> bool:
+        """Only what takes the client further: a later status, or more progress while processing. The
+        gateway's "queued" may reach the layer after the socket sent a queued job's state: it is the
+        same news again."""
         rank = STATUS_RANK[message["status"]]
-        if rank < self.rank:
+        if rank < self.rank or (rank == self.rank and message["status"] != Job.PROCESSING):
             return False
         self.rank = rank
         return True
