@@ -66,7 +66,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench.stack import StartedOrCleanedUp, free_port
+from bench.stack import StartedOrCleanedUp, free_port, start_logged
 from project.serving import UVICORN_FLAGS, raise_open_files_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,10 +306,7 @@ class Stack(StartedOrCleanedUp):
             print(f"the servers' logs: {self.workdir}", file=sys.stderr)
 
     def spawn(self, name: str, command: list[str]) -> None:
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            self.processes[name] = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-            )
+        self.processes[name] = start_logged(self.workdir / f"{name}.log", command, self.env)
 
     @property
     def server_pid(self) -> int:
